@@ -1,0 +1,125 @@
+//! The shared vocabulary of TLS policy: modes and certificate-check outcomes.
+//!
+//! `postern-certs` produces [`CertificateCheck`] values; the decision functions of
+//! this crate consume them.
+
+use serde::{Deserialize, Serialize};
+
+/// Inbound (server) TLS mode. Seed: "Mode de sécurité TLS du serveur";
+/// Postfix: `smtpd_tls_security_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ServerTlsMode {
+    /// STARTTLS is not advertised (Postfix `none`).
+    None,
+    /// STARTTLS is advertised, plaintext is accepted (Postfix `may`). The default.
+    #[default]
+    Offer,
+    /// STARTTLS is advertised and required before mail commands (Postfix `encrypt`).
+    Require,
+}
+
+/// Whether the server requests a client certificate. Postfix:
+/// `smtpd_tls_ask_ccert` / `smtpd_tls_req_ccert`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ClientCertMode {
+    /// No certificate is requested. The default.
+    #[default]
+    None,
+    /// A certificate is requested, never required; whether it verified is recorded.
+    Ask,
+    /// A certificate verified against the configured roots is required
+    /// (only valid with [`ServerTlsMode::Require`]).
+    Require,
+}
+
+/// Outbound (client) TLS mode. Seed: "Mode de sécurité TLS du client";
+/// Postfix: `smtp_tls_security_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ClientTlsMode {
+    /// Never use TLS (Postfix `none`).
+    None,
+    /// STARTTLS when offered, else plaintext (Postfix `may`). The default.
+    #[default]
+    Opportunistic,
+    /// TLS required, certificate not verified (Postfix `encrypt`).
+    Encrypt,
+    /// TLS required, certificate chain verified and matching the MX host name
+    /// (Postfix `verify`).
+    Verify,
+    /// TLS required, certificate verified and matching the next-hop domain
+    /// (Postfix `secure`).
+    Secure,
+    /// TLS required, certificate matching a SHA-256 pin (Postfix `fingerprint`).
+    Fingerprint,
+    /// DANE (RFC 7672) when TLSA records exist, else opportunistic (Postfix `dane`).
+    Dane,
+    /// DANE required (Postfix `dane-only`).
+    DaneOnly,
+    /// MTA-STS (RFC 8461) policy of the destination domain.
+    MtaSts,
+}
+
+/// A TLS protocol version. Only TLS 1.2 and 1.3 exist in this stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246).
+    #[default]
+    #[serde(rename = "TLSv1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446).
+    #[serde(rename = "TLSv1.3")]
+    Tls13,
+}
+
+/// How far a peer's certificate was trusted, as Postfix's TLS summary line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum PeerTrust {
+    /// No certificate was presented (or none was looked at).
+    Anonymous,
+    /// A certificate was presented but its chain is not trusted.
+    Untrusted,
+    /// The chain is trusted but the name did not match (or was not checked).
+    Trusted,
+    /// The chain is trusted and the name matched, or a pin / DANE record matched.
+    Verified,
+}
+
+/// Why a certificate check did not reach [`PeerTrust::Verified`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum CertificateFailure {
+    /// The chain does not lead to a trust anchor (includes self-signed).
+    NotTrusted,
+    /// A certificate of the chain has expired.
+    Expired,
+    /// A certificate of the chain is not yet valid.
+    NotYetValid,
+    /// The chain is trusted but no name matched.
+    HostMismatch,
+    /// No SHA-256 pin matched.
+    PinMismatch,
+    /// No usable DANE TLSA record matched.
+    DaneMismatch,
+    /// The certificate could not be parsed or is otherwise invalid.
+    Invalid,
+}
+
+/// The outcome of checking a peer's certificate: the trust reached and, when it
+/// fell short of what was checked for, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CertificateCheck {
+    /// The trust reached.
+    pub trust: PeerTrust,
+    /// Why the check fell short, if it did.
+    pub failure: Option<CertificateFailure>,
+}

@@ -1,0 +1,3 @@
+//! The Postern relay (skeleton).
+
+fn main() {}
