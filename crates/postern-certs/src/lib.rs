@@ -1,4 +1,124 @@
-//! Skeleton.
+//! Certificate management and rustls configuration for SMTP TLS policy.
+//!
+//! This crate is the only place where Postern touches rustls configuration.
+//! It takes its vocabulary (modes, trust levels, check outcomes) from
+//! [`postern_policy`] and plain parameters for everything else.
+//!
+//! # Design
+//!
+//! - **Default certificate** ([`load_or_create`]): when no server certificate
+//!   exists, a self-signed "Default Cert" (RSA 4096, SHA-256, SAN = host name,
+//!   explicit validity) and an ECDSA P-256 companion are generated, written
+//!   atomically (key mode 0600) and reused on every later start. A half-present
+//!   or mismatched pair is an error, never silently regenerated.
+//! - **Import and inspection** ([`CertKey::from_pem`], [`inspect`]): PEM chains
+//!   with PKCS#8, PKCS#1 or SEC1 keys, with clear errors; a certificate table
+//!   row (subject, SANs, key size, fingerprint, status at a given time).
+//! - **Serving** ([`CertificateStore`], [`ServedCertificates`], [`CertResolver`]):
+//!   selection by SNI (exact, then wildcard), a fallback for clients without SNI
+//!   (RFC 8461 §7.1: servers must not require it), ECDSA to clients offering
+//!   ECDSA schemes and RSA to the others; the served set is swapped atomically
+//!   for hot reload.
+//! - **Verifiers** ([`PeerCertVerifier`], [`ClientCertPolicy`]): one per side,
+//!   for every mode, each deciding a [`CertificateCheck`] (Anonymous /
+//!   Untrusted / Trusted / Verified and the reason) for logs and TLS-RPT. Read
+//!   it after a handshake with [`ClientTlsConnection::certificate_check`] or
+//!   [`ServerTlsContext::client_certificate`] (from `peer_certificates()`, so
+//!   resumed sessions report too), or from a refused handshake's error with
+//!   [`refused_check`]. Handshake signatures are always verified, in every
+//!   mode: no verifier here accepts everything. DANE and custom MTA-STS
+//!   checks plug in through [`CertificateHook`].
+//! - **Configuration** ([`ServerTlsContext`], [`ClientTlsContext`]): TLS 1.2 and
+//!   1.3 only, minimum version honoured, the aws-lc-rs provider passed
+//!   explicitly, server session tickets and cache, client session caches shared
+//!   across connections (one per verification policy), SNI sent.
+//!
+//! Time is always passed in (`now`), except inside a rustls handshake, which
+//! uses rustls' clock.
+//!
+//! ## No anonymous cipher suites
+//!
+//! rustls has no aNULL suites. Encryption for a client with no certificate
+//! (the seed's "anonymous ciphers") is what server client-certificate modes
+//! `none` and `ask` give: the client presents nothing and the session is
+//! encrypted with the server's certificate.
+//!
+//! # Example
+//!
+//! Serve a certificate, connect with `encrypt` (no chain check, signatures
+//! checked) and read the recorded outcome. Real servers would use
+//! [`load_or_create`] to get the RSA-4096 default certificate; P-256 keeps this
+//! example fast.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use postern_certs::{
+//!     CertKey, CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec,
+//!     DefaultCertOptions, GeneratedKind, ServerTlsContext, ServerTlsSpec, TrustRoots,
+//!     generate_self_signed,
+//! };
+//! use postern_policy::{ClientTlsMode, PeerTrust, CertificateFailure};
+//! use rustls::pki_types::UnixTime;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let now = UnixTime::now();
+//! let pem = generate_self_signed(&DefaultCertOptions::new("mx.example.org"), GeneratedKind::EcdsaP256, now)?;
+//! let mut store = CertificateStore::new();
+//! store.add("Default Cert", CertKey::from_pem(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes())?)?;
+//! let row = &store.list(now)[0];
+//! assert!(row.self_signed);
+//!
+//! let server = ServerTlsContext::new(&ServerTlsSpec::default(), Arc::new(CertResolver::new(store.served())))?;
+//! let client = ClientTlsContext::new(TrustRoots::webpki().into_store());
+//! let conn = client.connection(&ClientTlsSpec::new(ClientTlsMode::Encrypt, "mx.example.org"))?;
+//!
+//! let mut c = rustls::ClientConnection::new(conn.config.clone(), conn.server_name.clone())?;
+//! let mut s = rustls::ServerConnection::new(server.config())?;
+//! // Pump the handshake through memory.
+//! while c.is_handshaking() || s.is_handshaking() {
+//!     let mut buf = Vec::new();
+//!     c.write_tls(&mut buf)?;
+//!     s.read_tls(&mut buf.as_slice())?;
+//!     s.process_new_packets()?;
+//!     buf.clear();
+//!     s.write_tls(&mut buf)?;
+//!     c.read_tls(&mut buf.as_slice())?;
+//!     c.process_new_packets()?;
+//! }
+//! let check = conn.certificate_check(c.peer_certificates(), now);
+//! assert_eq!(check.trust, PeerTrust::Untrusted); // self-signed: no path to a root
+//! assert_eq!(check.failure, Some(CertificateFailure::NotTrusted));
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
+
+mod certkey;
+mod config;
+mod default_cert;
+mod error;
+mod inspect;
+mod resolver;
+mod store;
+mod verify;
+
+pub use certkey::{CertKey, Fingerprint, FingerprintParseError, KeyType, MIN_RSA_BITS};
+pub use config::{
+    ClientTlsConnection, ClientTlsContext, ClientTlsSpec, ServerTlsContext, ServerTlsSpec,
+    TrustRoots, protocol_versions, provider,
+};
+pub use default_cert::{
+    DefaultCertOptions, DefaultCertificate, ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind,
+    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_or_create,
+};
+pub use error::{ConfigError, DefaultCertError, ImportError, InspectError, StoreError};
+pub use inspect::{CertStatus, CertificateRow, EXPIRY_WARNING_DAYS, inspect};
+pub use resolver::{CertResolver, ServedCertificates};
+pub use store::{CertificateStore, DEFAULT_CERT_NAME};
+pub use verify::{
+    CertificateHook, ClientCertPolicy, ClientCertificate, HookInput, PeerCertVerifier,
+    RefusedCertificate, refused_check,
+};
+
+pub use postern_policy::{CertificateCheck, CertificateFailure, PeerTrust};

@@ -66,7 +66,9 @@ pub enum ClientTlsMode {
 }
 
 /// A TLS protocol version. Only TLS 1.2 and 1.3 exist in this stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[non_exhaustive]
 pub enum TlsVersion {
     /// TLS 1.2 (RFC 5246).
@@ -123,3 +125,152 @@ pub struct CertificateCheck {
     /// Why the check fell short, if it did.
     pub failure: Option<CertificateFailure>,
 }
+
+impl ServerTlsMode {
+    /// The configuration spelling (`none`, `offer`, `require`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Offer => "offer",
+            Self::Require => "require",
+        }
+    }
+}
+
+impl ClientCertMode {
+    /// The configuration spelling (`none`, `ask`, `require`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Ask => "ask",
+            Self::Require => "require",
+        }
+    }
+}
+
+impl ClientTlsMode {
+    /// The configuration spelling (`none`, `opportunistic`, `encrypt`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Opportunistic => "opportunistic",
+            Self::Encrypt => "encrypt",
+            Self::Verify => "verify",
+            Self::Secure => "secure",
+            Self::Fingerprint => "fingerprint",
+            Self::Dane => "dane",
+            Self::DaneOnly => "dane-only",
+            Self::MtaSts => "mta-sts",
+        }
+    }
+
+    /// The Postfix `smtp_tls_security_level` value closest to this mode.
+    pub const fn postfix_level(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Opportunistic => "may",
+            Self::Encrypt => "encrypt",
+            Self::Verify => "verify",
+            Self::Secure => "secure",
+            Self::Fingerprint => "fingerprint",
+            Self::Dane => "dane",
+            Self::DaneOnly => "dane-only",
+            Self::MtaSts => "may (+ MTA-STS policy)",
+        }
+    }
+
+    /// Whether the mode, by itself, requires TLS whatever the DNS says
+    /// (`dane` and `mta-sts` depend on what is published, so they return `false`).
+    pub const fn always_requires_tls(self) -> bool {
+        matches!(
+            self,
+            Self::Encrypt | Self::Verify | Self::Secure | Self::Fingerprint | Self::DaneOnly
+        )
+    }
+}
+
+impl TlsVersion {
+    /// The conventional spelling (`TLSv1.2`, `TLSv1.3`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Tls12 => "TLSv1.2",
+            Self::Tls13 => "TLSv1.3",
+        }
+    }
+}
+
+impl PeerTrust {
+    /// Postfix's word for this level, as in "Verified TLS connection established".
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Anonymous => "Anonymous",
+            Self::Untrusted => "Untrusted",
+            Self::Trusted => "Trusted",
+            Self::Verified => "Verified",
+        }
+    }
+}
+
+impl CertificateFailure {
+    /// A short lowercase description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotTrusted => "certificate not trusted",
+            Self::Expired => "certificate expired",
+            Self::NotYetValid => "certificate not yet valid",
+            Self::HostMismatch => "certificate name mismatch",
+            Self::PinMismatch => "no pinned fingerprint matched",
+            Self::DaneMismatch => "no usable TLSA record matched",
+            Self::Invalid => "invalid certificate",
+        }
+    }
+}
+
+impl CertificateCheck {
+    /// A check that reached [`PeerTrust::Verified`].
+    pub const fn verified() -> Self {
+        Self {
+            trust: PeerTrust::Verified,
+            failure: None,
+        }
+    }
+
+    /// A check that stopped at `trust` because of `failure`.
+    pub const fn failed(trust: PeerTrust, failure: CertificateFailure) -> Self {
+        Self {
+            trust,
+            failure: Some(failure),
+        }
+    }
+
+    /// No certificate presented.
+    pub const fn anonymous() -> Self {
+        Self {
+            trust: PeerTrust::Anonymous,
+            failure: None,
+        }
+    }
+
+    /// Whether the peer was verified (chain and name, pin, or DANE record).
+    pub const fn is_verified(&self) -> bool {
+        matches!(self.trust, PeerTrust::Verified)
+    }
+}
+
+macro_rules! display_as_str {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(
+    ServerTlsMode,
+    ClientCertMode,
+    ClientTlsMode,
+    TlsVersion,
+    PeerTrust,
+    CertificateFailure
+);

@@ -1,0 +1,310 @@
+//! Importing a certificate chain with its private key, and SHA-256 fingerprints.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::public_key::PublicKey;
+
+use crate::error::ImportError;
+
+/// The smallest RSA modulus accepted on import, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// A SHA-256 fingerprint of a DER certificate (Postfix `fingerprint` pins).
+///
+/// Displays as colon-separated upper-case hex (`AB:CD:…`); parses with or
+/// without colons, in either case.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The SHA-256 digest of `der`.
+    pub fn of(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+/// A string that is not a SHA-256 fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a sha-256 fingerprint (64 hex digits, colons allowed)")]
+pub struct FingerprintParseError;
+
+impl FromStr for Fingerprint {
+    type Err = FingerprintParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
+        if digits.len() != 64 {
+            return Err(FingerprintParseError);
+        }
+        let mut out = [0u8; 32];
+        for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let hex = std::str::from_utf8(pair).map_err(|_| FingerprintParseError)?;
+            *slot = u8::from_str_radix(hex, 16).map_err(|_| FingerprintParseError)?;
+        }
+        Ok(Self(out))
+    }
+}
+
+/// The public-key algorithm of a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyType {
+    /// RSA.
+    Rsa,
+    /// ECDSA (any named curve).
+    Ecdsa,
+    /// Ed25519.
+    Ed25519,
+    /// DSA (never accepted by rustls).
+    Dsa,
+    /// Anything else.
+    Other,
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Rsa => "RSA",
+            Self::Ecdsa => "ECDSA",
+            Self::Ed25519 => "Ed25519",
+            Self::Dsa => "DSA",
+            Self::Other => "other",
+        })
+    }
+}
+
+/// Key type and size in bits read from a parsed certificate.
+///
+/// The RSA size is counted from the modulus here: x509-parser's
+/// `RSAPublicKey::key_size()` returns 0 unless the modulus has exactly one
+/// leading zero byte.
+pub(crate) fn key_type_and_bits(cert: &X509Certificate<'_>) -> (KeyType, usize) {
+    let spki = cert.public_key();
+    let oid = spki.algorithm.algorithm.to_id_string();
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => (KeyType::Rsa, significant_bits(rsa.modulus)),
+        Ok(PublicKey::EC(point)) => (KeyType::Ecdsa, point.key_size()),
+        Ok(PublicKey::DSA(y)) => (KeyType::Dsa, significant_bits(y)),
+        // id-Ed25519, RFC 8410 §3.
+        _ if oid == "1.3.101.112" => (KeyType::Ed25519, 256),
+        _ => (KeyType::Other, 0),
+    }
+}
+
+/// Number of significant bits of a big-endian unsigned integer.
+fn significant_bits(bytes: &[u8]) -> usize {
+    let trimmed = match bytes.iter().position(|b| *b != 0) {
+        Some(first) => &bytes[first..],
+        None => return 0,
+    };
+    // `trimmed` is non-empty and its first byte is non-zero (found above).
+    (trimmed.len() - 1) * 8 + (8 - trimmed[0].leading_zeros() as usize)
+}
+
+/// The DNS names of a certificate's subjectAltName, lower-cased.
+pub(crate) fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A certificate chain with its private key, checked and ready to serve.
+///
+/// Built by [`CertKey::from_pem`] (or [`CertKey::from_der`]); the checks are
+/// those a mail administrator expects at import time: the chain is not empty,
+/// every certificate parses, the key loads and matches the leaf, and an RSA
+/// key has at least [`MIN_RSA_BITS`] bits.
+#[derive(Clone)]
+pub struct CertKey {
+    certified: Arc<CertifiedKey>,
+    key_type: KeyType,
+    key_bits: usize,
+    names: Vec<String>,
+    fingerprint: Fingerprint,
+}
+
+impl fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertKey")
+            .field("names", &self.names)
+            .field("key_type", &self.key_type)
+            .field("key_bits", &self.key_bits)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pem_error(e: pem::Error) -> ImportError {
+    match e {
+        pem::Error::NoItemsFound => ImportError::EmptyChain,
+        other => ImportError::MalformedPem(other.to_string()),
+    }
+}
+
+impl CertKey {
+    /// Parses a PEM certificate chain (leaf first) and a PEM private key
+    /// (`PRIVATE KEY` PKCS#8, `RSA PRIVATE KEY` PKCS#1 or `EC PRIVATE KEY` SEC1).
+    ///
+    /// Uses the aws-lc-rs provider to load the key.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, ImportError> {
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error)?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => ImportError::NoPrivateKey,
+            other => ImportError::MalformedPem(other.to_string()),
+        })?;
+        Self::from_der(chain, key)
+    }
+
+    /// Builds from DER values (leaf first), with the same checks as [`CertKey::from_pem`].
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, ImportError> {
+        Self::from_der_with_provider(chain, key, &rustls::crypto::aws_lc_rs::default_provider())
+    }
+
+    /// Builds from DER values with a given crypto provider.
+    pub fn from_der_with_provider(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        provider: &CryptoProvider,
+    ) -> Result<Self, ImportError> {
+        let Some(leaf_der) = chain.first() else {
+            return Err(ImportError::EmptyChain);
+        };
+        for der in &chain {
+            X509Certificate::from_der(der)
+                .map_err(|e| ImportError::InvalidCertificate(e.to_string()))?;
+        }
+        let (_, leaf) = X509Certificate::from_der(leaf_der)
+            .map_err(|e| ImportError::InvalidCertificate(e.to_string()))?;
+        let (key_type, key_bits) = key_type_and_bits(&leaf);
+        if key_type == KeyType::Rsa && key_bits < MIN_RSA_BITS {
+            return Err(ImportError::WeakRsaKey { bits: key_bits });
+        }
+        let names = dns_names(&leaf);
+        let fingerprint = Fingerprint::of(leaf_der);
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(ImportError::InvalidKey)?;
+        let certified = CertifiedKey::new(chain, signing_key);
+        // aws-lc-rs signing keys always expose their SubjectPublicKeyInfo, so
+        // `Unknown` cannot hide a mismatch: treat every error as a mismatch.
+        certified
+            .keys_match()
+            .map_err(|_| ImportError::KeyMismatch)?;
+        Ok(Self {
+            certified: Arc::new(certified),
+            key_type,
+            key_bits,
+            names,
+            fingerprint,
+        })
+    }
+
+    /// The rustls certified key (chain and signing key).
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified
+    }
+
+    /// The chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified.cert
+    }
+
+    /// The leaf certificate.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        // Non-empty: checked in `from_der_with_provider`.
+        &self.certified.cert[0]
+    }
+
+    /// The leaf's DNS subjectAltNames, lower-cased (wildcards kept as `*.example`).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The leaf's key type.
+    pub fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+
+    /// The leaf's key size in bits.
+    pub fn key_bits(&self) -> usize {
+        self.key_bits
+    }
+
+    /// The SHA-256 fingerprint of the leaf.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_round_trip() {
+        let f = Fingerprint::of(b"abc");
+        let s = f.to_string();
+        assert_eq!(s.len(), 95);
+        assert!(s.starts_with("BA:78:16:BF"));
+        assert_eq!(s.parse::<Fingerprint>(), Ok(f));
+        assert_eq!(s.replace(':', "").to_lowercase().parse::<Fingerprint>(), Ok(f));
+        assert!("zz".parse::<Fingerprint>().is_err());
+        assert!("G".repeat(64).parse::<Fingerprint>().is_err());
+    }
+
+    #[test]
+    fn bits_counting() {
+        assert_eq!(significant_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(significant_bits(&[0, 0, 0x01]), 1);
+        assert_eq!(significant_bits(&[0x7f, 0xff]), 15);
+        assert_eq!(significant_bits(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn empty_and_malformed() {
+        assert!(matches!(CertKey::from_pem(b"", b""), Err(ImportError::EmptyChain)));
+        let bad = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(matches!(CertKey::from_pem(bad, b""), Err(ImportError::MalformedPem(_))));
+    }
+}

@@ -1,0 +1,300 @@
+//! The seed's "Default Cert": a self-signed RSA-4096 / SHA-256 certificate for
+//! the host name (plus an ECDSA P-256 companion), generated once and persisted.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use rcgen::{
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
+};
+use rustls::pki_types::UnixTime;
+use time::OffsetDateTime;
+
+use crate::certkey::CertKey;
+use crate::error::DefaultCertError;
+
+/// RSA modulus size of the generated certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RsaBits {
+    /// 2048 bits.
+    B2048,
+    /// 3072 bits.
+    B3072,
+    /// 4096 bits (the seed's choice). The default.
+    #[default]
+    B4096,
+}
+
+/// Settings for the default certificate.
+///
+/// Default: no host name (set one: [`DefaultCertOptions::new`]), common name
+/// "Default Cert", RSA 4096 bits, 825 days of validity starting one hour
+/// before generation, ECDSA P-256 companion on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DefaultCertOptions {
+    /// DNS names (or IP addresses) put in the subjectAltName; the first is the host name.
+    pub host_names: Vec<String>,
+    /// Subject common name.
+    pub common_name: String,
+    /// Days of validity after generation.
+    pub validity_days: u32,
+    /// RSA key size.
+    pub rsa_bits: RsaBits,
+    /// Also generate an ECDSA P-256 certificate for the same names.
+    pub ecdsa_companion: bool,
+}
+
+impl Default for DefaultCertOptions {
+    fn default() -> Self {
+        Self {
+            host_names: Vec::new(),
+            common_name: crate::store::DEFAULT_CERT_NAME.to_owned(),
+            validity_days: 825,
+            rsa_bits: RsaBits::B4096,
+            ecdsa_companion: true,
+        }
+    }
+}
+
+impl DefaultCertOptions {
+    /// Defaults for `host_name`.
+    pub fn new(host_name: impl Into<String>) -> Self {
+        Self {
+            host_names: vec![host_name.into()],
+            ..Self::default()
+        }
+    }
+}
+
+/// A generated certificate and key, PEM-encoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct GeneratedPem {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The PKCS#8 private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for GeneratedPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedPem")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which key a generated certificate carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GeneratedKind {
+    /// RSA with a SHA-256 signature.
+    Rsa(RsaBits),
+    /// ECDSA P-256 with a SHA-256 signature.
+    EcdsaP256,
+}
+
+fn to_offset(t: UnixTime) -> OffsetDateTime {
+    let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Generates a self-signed certificate per `opts` at time `now`
+/// (validity `now − 1 h` to `now + validity_days`).
+pub fn generate_self_signed(
+    opts: &DefaultCertOptions,
+    kind: GeneratedKind,
+    now: UnixTime,
+) -> Result<GeneratedPem, DefaultCertError> {
+    if opts.host_names.is_empty() {
+        return Err(DefaultCertError::NoHostName);
+    }
+    let key = match kind {
+        GeneratedKind::Rsa(bits) => {
+            let size = match bits {
+                RsaBits::B2048 => RsaKeySize::_2048,
+                RsaBits::B3072 => RsaKeySize::_3072,
+                RsaBits::B4096 => RsaKeySize::_4096,
+            };
+            KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, size)?
+        }
+        GeneratedKind::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+    };
+    let mut params = CertificateParams::new(opts.host_names.clone())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, opts.common_name.as_str());
+    params.distinguished_name = dn;
+    let now = to_offset(now);
+    params.not_before = now - Duration::from_secs(3600);
+    params.not_after = now + Duration::from_secs(u64::from(opts.validity_days) * 86_400);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if matches!(kind, GeneratedKind::Rsa(_)) {
+        // RSA key exchange does not exist in TLS 1.2/1.3 as rustls speaks them,
+        // but peers' X.509 checks commonly expect keyEncipherment on RSA certs.
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
+    }
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params.self_signed(&key)?;
+    Ok(GeneratedPem {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The default certificates, as loaded or created by [`load_or_create`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DefaultCertificate {
+    /// The RSA certificate.
+    pub rsa: CertKey,
+    /// The ECDSA P-256 companion, when enabled.
+    pub ecdsa: Option<CertKey>,
+    /// Whether anything was generated by this call (false: all reused).
+    pub created: bool,
+}
+
+impl DefaultCertificate {
+    /// The certificates, RSA first.
+    pub fn certs(&self) -> impl Iterator<Item = &CertKey> {
+        std::iter::once(&self.rsa).chain(self.ecdsa.as_ref())
+    }
+}
+
+/// File names used in the directory given to [`load_or_create`].
+pub const RSA_CERT_FILE: &str = "default-rsa.crt.pem";
+/// RSA private key file (mode 0600).
+pub const RSA_KEY_FILE: &str = "default-rsa.key.pem";
+/// ECDSA certificate file.
+pub const ECDSA_CERT_FILE: &str = "default-ecdsa.crt.pem";
+/// ECDSA private key file (mode 0600).
+pub const ECDSA_KEY_FILE: &str = "default-ecdsa.key.pem";
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DefaultCertError + '_ {
+    move |source| DefaultCertError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `data` to `path` atomically: a temporary file in the same directory
+/// (created with `mode`), fsync, rename over `path`, fsync of the directory.
+fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), DefaultCertError> {
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
+    // A temporary file left by a crash is stale: start afresh, so the mode
+    // below applies to a newly created file.
+    let _ = fs::remove_file(&tmp);
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let result = (|| {
+        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(data).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io_err(path))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Loads one pair, or generates it if neither file exists.
+fn load_or_create_pair(
+    dir: &Path,
+    cert_file: &str,
+    key_file: &str,
+    generate: impl FnOnce() -> Result<GeneratedPem, DefaultCertError>,
+) -> Result<(CertKey, bool), DefaultCertError> {
+    let cert_path = dir.join(cert_file);
+    let key_path = dir.join(key_file);
+    let (cert_exists, key_exists) = (cert_path.exists(), key_path.exists());
+    let (cert_pem, key_pem, created) = match (cert_exists, key_exists) {
+        (true, true) => (
+            fs::read(&cert_path).map_err(io_err(&cert_path))?,
+            fs::read(&key_path).map_err(io_err(&key_path))?,
+            false,
+        ),
+        (false, false) => {
+            let pem = generate()?;
+            // Key first: a crash in between leaves a lone key, reported below
+            // as incomplete rather than silently regenerated over.
+            write_atomic(dir, &key_path, pem.key_pem.as_bytes(), 0o600)?;
+            write_atomic(dir, &cert_path, pem.cert_pem.as_bytes(), 0o644)?;
+            tracing::info!(cert = %cert_path.display(), "generated default certificate");
+            (pem.cert_pem.into_bytes(), pem.key_pem.into_bytes(), true)
+        }
+        (true, false) => {
+            return Err(DefaultCertError::Incomplete {
+                present: cert_path,
+                missing: key_path,
+            });
+        }
+        (false, true) => {
+            return Err(DefaultCertError::Incomplete {
+                present: key_path,
+                missing: cert_path,
+            });
+        }
+    };
+    let cert = CertKey::from_pem(&cert_pem, &key_pem).map_err(|source| {
+        DefaultCertError::Unusable {
+            cert: cert_path.clone(),
+            source,
+        }
+    })?;
+    Ok((cert, created))
+}
+
+/// Loads the default certificate(s) from `dir`, generating what is missing.
+///
+/// - Neither file of a pair exists: the pair is generated and written
+///   atomically (key file mode 0600).
+/// - Both exist: they are loaded and checked to match; they are never
+///   regenerated, whatever `opts` says (names or sizes differing from `opts`
+///   are kept: the operator replaces the files to change them).
+/// - Only one exists, or the pair does not match: an error, never a silent
+///   regeneration.
+///
+/// With `ecdsa_companion` on and an existing RSA pair but no ECDSA pair, the
+/// companion is generated (this creates, it does not replace).
+pub fn load_or_create(
+    dir: &Path,
+    opts: &DefaultCertOptions,
+    now: UnixTime,
+) -> Result<DefaultCertificate, DefaultCertError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let (rsa, rsa_created) = load_or_create_pair(dir, RSA_CERT_FILE, RSA_KEY_FILE, || {
+        generate_self_signed(opts, GeneratedKind::Rsa(opts.rsa_bits), now)
+    })?;
+    let (ecdsa, ecdsa_created) = if opts.ecdsa_companion {
+        let (c, created) = load_or_create_pair(dir, ECDSA_CERT_FILE, ECDSA_KEY_FILE, || {
+            generate_self_signed(opts, GeneratedKind::EcdsaP256, now)
+        })?;
+        (Some(c), created)
+    } else {
+        (None, false)
+    };
+    Ok(DefaultCertificate {
+        rsa,
+        ecdsa,
+        created: rsa_created || ecdsa_created,
+    })
+}

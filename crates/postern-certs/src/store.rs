@@ -1,0 +1,131 @@
+//! The certificate table: named certificates, and the set they serve.
+
+use rustls::pki_types::UnixTime;
+
+use crate::certkey::CertKey;
+use crate::error::StoreError;
+use crate::inspect::{CertificateRow, inspect};
+use crate::resolver::{CertResolver, ServedCertificates};
+
+/// The default certificate's table name (the seed's "Default Cert").
+pub const DEFAULT_CERT_NAME: &str = "Default Cert";
+
+/// Named certificates in insertion order (the certificate table).
+///
+/// Several certificates may share a table name (an RSA certificate and its
+/// ECDSA companion): [`CertificateStore::add`] refuses only the same name *and*
+/// the same key type. The entry set as fallback (by default the first added)
+/// is served to clients whose SNI matches nothing.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateStore {
+    entries: Vec<(String, CertKey)>,
+    fallback: Option<String>,
+}
+
+impl CertificateStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a certificate under a table name.
+    pub fn add(&mut self, name: impl Into<String>, cert: CertKey) -> Result<(), StoreError> {
+        let name = name.into();
+        if self
+            .entries
+            .iter()
+            .any(|(n, c)| *n == name && c.key_type() == cert.key_type())
+        {
+            return Err(StoreError::Duplicate(name));
+        }
+        self.entries.push((name, cert));
+        Ok(())
+    }
+
+    /// Removes every certificate under `name`; returns them.
+    pub fn remove(&mut self, name: &str) -> Vec<CertKey> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries)
+            .into_iter()
+            .partition(|(n, _)| n == name);
+        self.entries = kept;
+        if self.fallback.as_deref() == Some(name) {
+            self.fallback = None;
+        }
+        gone.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Replaces every certificate under `name` with `certs` (renewal).
+    pub fn replace(&mut self, name: &str, certs: impl IntoIterator<Item = CertKey>) {
+        let fallback = self.fallback.clone();
+        self.remove(name);
+        self.fallback = fallback;
+        self.entries
+            .extend(certs.into_iter().map(|c| (name.to_owned(), c)));
+    }
+
+    /// Makes the entries named `name` the fallback for unmatched or absent SNI.
+    pub fn set_fallback(&mut self, name: impl Into<String>) {
+        self.fallback = Some(name.into());
+    }
+
+    /// The certificates under `name`.
+    pub fn get(&self, name: &str) -> impl Iterator<Item = &CertKey> {
+        self.entries
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, c)| c)
+    }
+
+    /// Table name and certificate, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &CertKey)> {
+        self.entries.iter().map(|(n, c)| (n.as_str(), c))
+    }
+
+    /// Number of certificates.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The certificate table at time `now`.
+    pub fn list(&self, now: UnixTime) -> Vec<CertificateRow> {
+        self.entries
+            .iter()
+            .filter_map(|(name, c)| match inspect(name, c.leaf(), now) {
+                Ok(row) => Some(row),
+                Err(e) => {
+                    // Unreachable in practice: `CertKey` parsed the leaf on import.
+                    tracing::warn!(name, error = %e, "certificate no longer parses");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The served set for these certificates.
+    pub fn served(&self) -> ServedCertificates {
+        let mut set = ServedCertificates::new();
+        let fallback = self
+            .fallback
+            .as_deref()
+            .filter(|f| self.entries.iter().any(|(n, _)| n == f))
+            .or_else(|| self.entries.first().map(|(n, _)| n.as_str()));
+        for (name, cert) in &self.entries {
+            if Some(name.as_str()) == fallback {
+                set.add_fallback(cert);
+            } else {
+                set.add(cert);
+            }
+        }
+        set
+    }
+
+    /// Installs this store's served set into `resolver` (hot reload).
+    pub fn publish(&self, resolver: &CertResolver) {
+        resolver.swap(self.served());
+    }
+}

@@ -1,0 +1,514 @@
+//! Certificate verifiers that record a structured [`CertificateCheck`].
+//!
+//! Every verifier here checks the handshake signatures (`CertificateVerify`)
+//! with `rustls::crypto::verify_tls12_signature` / `verify_tls13_signature`,
+//! whatever the mode: even "encrypt" proves the peer holds the key of the
+//! certificate it sent. None of them accepts everything.
+
+use std::fmt;
+use std::sync::Arc;
+
+use postern_policy::{CertificateCheck, CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::certkey::{Fingerprint, dns_names};
+
+/// Builds a check value.
+pub(crate) const fn check(trust: PeerTrust, failure: Option<CertificateFailure>) -> CertificateCheck {
+    CertificateCheck { trust, failure }
+}
+
+/// The error inside `rustls::Error::InvalidCertificate(CertificateError::Other(..))`
+/// with which a verifier refuses a handshake: it carries the full check, so
+/// the reason (and the trust reached) survives a failed handshake for logs and
+/// TLS-RPT. Read it back with [`refused_check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("certificate refused: {:?} ({:?})", .0.trust, .0.failure)]
+pub struct RefusedCertificate(pub CertificateCheck);
+
+/// The check that made a verifier of this crate refuse the handshake, if
+/// that is why `error` happened. Accepts the error as rustls returns it, or
+/// as an `std::io::Error` wrapping it (tokio-rustls).
+pub fn refused_check(error: &(dyn std::error::Error + 'static)) -> Option<CertificateCheck> {
+    let rustls_error = error.downcast_ref::<Error>().or_else(|| {
+        error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Error>())
+    })?;
+    match rustls_error {
+        Error::InvalidCertificate(CertificateError::Other(other)) => {
+            let inner: &(dyn std::error::Error + 'static) = &*other.0;
+            inner.downcast_ref::<RefusedCertificate>().map(|r| r.0)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a check is a full success.
+pub(crate) fn accepted(c: &CertificateCheck) -> bool {
+    c.trust == PeerTrust::Verified && c.failure.is_none()
+}
+
+/// What a [`CertificateHook`] is given.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct HookInput<'a> {
+    /// The server's end-entity certificate.
+    pub end_entity: &'a CertificateDer<'a>,
+    /// The rest of the chain as sent.
+    pub intermediates: &'a [CertificateDer<'a>],
+    /// The name the connection was made to (SNI / MX host).
+    pub server_name: &'a ServerName<'a>,
+    /// The handshake time.
+    pub now: UnixTime,
+    /// The WebPKI result (chain to the configured roots, name match).
+    pub pkix: CertificateCheck,
+}
+
+/// Where DANE (RFC 7672) and custom MTA-STS checks plug in.
+///
+/// The hook receives the chain and the WebPKI outcome and returns the final
+/// check. For [`ClientTlsMode::Dane`] and [`ClientTlsMode::DaneOnly`] a hook
+/// is required and the connection is refused unless it returns
+/// [`PeerTrust::Verified`]. For other modes a hook, if given, replaces the
+/// WebPKI outcome (and the mode's enforcement applies to its result).
+pub trait CertificateHook: Send + Sync + fmt::Debug {
+    /// Decides the check for this chain.
+    fn check(&self, input: &HookInput<'_>) -> CertificateCheck;
+}
+
+/// Maps a rustls chain error to a failure reason.
+fn failure_of(e: &Error) -> CertificateFailure {
+    match e {
+        Error::InvalidCertificate(CertificateError::Expired)
+        | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
+            CertificateFailure::Expired
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet)
+        | Error::InvalidCertificate(CertificateError::NotValidYetContext { .. }) => {
+            CertificateFailure::NotYetValid
+        }
+        Error::InvalidCertificate(CertificateError::BadEncoding) => CertificateFailure::Invalid,
+        _ => CertificateFailure::NotTrusted,
+    }
+}
+
+/// The error with which a refused check aborts the handshake.
+fn error_of(check: CertificateCheck) -> Error {
+    Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        RefusedCertificate(check),
+    ))))
+}
+
+/// Whether the leaf matches one of `names`. A name starting with a dot
+/// (`.example.com`) matches any subdomain, as Postfix's `dot-nexthop`.
+fn name_matches(parsed: &ParsedCertificate<'_>, leaf: &CertificateDer<'_>, names: &[String]) -> bool {
+    let mut san_cache: Option<Vec<String>> = None;
+    names.iter().any(|name| match name.strip_prefix('.') {
+        Some(suffix) => {
+            let sans = san_cache.get_or_insert_with(|| {
+                X509Certificate::from_der(leaf)
+                    .map(|(_, c)| dns_names(&c))
+                    .unwrap_or_default()
+            });
+            let suffix = suffix.trim_end_matches('.').to_ascii_lowercase();
+            let dotted = format!(".{suffix}");
+            sans.iter().any(|san| match san.strip_prefix("*.") {
+                // `*.parent` stands for names one label under `parent`.
+                Some(parent) => parent == suffix || parent.ends_with(&dotted),
+                None => san.ends_with(&dotted),
+            })
+        }
+        None => ServerName::try_from(name.as_str())
+            .map(|sn| verify_server_name(parsed, &sn).is_ok())
+            .unwrap_or(false),
+    })
+}
+
+/// What the client (outbound) verifier checks, per mode.
+#[derive(Clone)]
+pub(crate) struct ServerCheckConfig {
+    pub(crate) mode: ClientTlsMode,
+    pub(crate) roots: Arc<RootCertStore>,
+    pub(crate) match_names: Vec<String>,
+    pub(crate) pins: Vec<Fingerprint>,
+    pub(crate) hook: Option<Arc<dyn CertificateHook>>,
+    pub(crate) report_only: bool,
+}
+
+/// The outbound verifier: a [`ServerCertVerifier`] for every
+/// [`ClientTlsMode`], deciding a [`CertificateCheck`].
+///
+/// | mode | refuses the handshake unless |
+/// |---|---|
+/// | opportunistic, encrypt | never (the trust reached is recorded) |
+/// | verify, mta-sts | chain to the roots and a match name (the MX host) |
+/// | secure | chain to the roots and a match name (next-hop names) |
+/// | fingerprint | the leaf's SHA-256 matches a pin |
+/// | dane, dane-only | the hook returns `Verified` |
+///
+/// In every mode, the check recorded says how far the chain got: `Untrusted`
+/// (no path to a root, expired, ...), `Trusted` (chain good, name not matched)
+/// or `Verified`, for logs and TLS-RPT.
+pub struct PeerCertVerifier {
+    cfg: ServerCheckConfig,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for PeerCertVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCertVerifier")
+            .field("mode", &self.cfg.mode)
+            .field("match_names", &self.cfg.match_names)
+            .field("pins", &self.cfg.pins)
+            .field("roots", &self.cfg.roots.len())
+            .field("hook", &self.cfg.hook)
+            .field("report_only", &self.cfg.report_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerCertVerifier {
+    pub(crate) fn new(cfg: ServerCheckConfig, provider: Arc<CryptoProvider>) -> Self {
+        Self { cfg, provider }
+    }
+
+    /// Whether this mode refuses a handshake whose check is not `Verified`.
+    pub fn enforces(&self) -> bool {
+        !self.cfg.report_only
+            && !matches!(self.cfg.mode, ClientTlsMode::Opportunistic | ClientTlsMode::Encrypt | ClientTlsMode::None)
+    }
+
+    /// The WebPKI part: chain to the configured roots, then the match names
+    /// (none configured: the name connected to).
+    fn pkix(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> CertificateCheck {
+        let Ok(parsed) = ParsedCertificate::try_from(end_entity) else {
+            return check(PeerTrust::Untrusted, Some(CertificateFailure::Invalid));
+        };
+        if let Err(e) = verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.cfg.roots,
+            intermediates,
+            now,
+            self.provider.signature_verification_algorithms.all,
+        ) {
+            return check(PeerTrust::Untrusted, Some(failure_of(&e)));
+        }
+        let matched = if self.cfg.match_names.is_empty() {
+            verify_server_name(&parsed, server_name).is_ok()
+        } else {
+            name_matches(&parsed, end_entity, &self.cfg.match_names)
+        };
+        if matched {
+            check(PeerTrust::Verified, None)
+        } else {
+            check(PeerTrust::Trusted, Some(CertificateFailure::HostMismatch))
+        }
+    }
+
+    /// Computes the check for a chain, as the handshake would (without the
+    /// signature check, which needs the handshake), e.g. after the handshake
+    /// with `peer_certificates()`, which a resumed session carries over.
+    pub fn evaluate(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+    ) -> CertificateCheck {
+        let pkix = self.pkix(end_entity, intermediates, server_name, now);
+        if let Some(hook) = &self.cfg.hook {
+            return hook.check(&HookInput {
+                end_entity,
+                intermediates,
+                server_name,
+                now,
+                pkix,
+            });
+        }
+        match self.cfg.mode {
+            ClientTlsMode::Fingerprint => {
+                if self.cfg.pins.contains(&Fingerprint::of(end_entity)) {
+                    check(PeerTrust::Verified, None)
+                } else {
+                    let trust = match pkix.trust {
+                        PeerTrust::Verified => PeerTrust::Trusted,
+                        other => other,
+                    };
+                    check(trust, Some(CertificateFailure::PinMismatch))
+                }
+            }
+            _ => pkix,
+        }
+    }
+
+}
+
+impl ServerCertVerifier for PeerCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let outcome = self.evaluate(end_entity, intermediates, server_name, now);
+        tracing::debug!(mode = ?self.cfg.mode, trust = ?outcome.trust, failure = ?outcome.failure, "server certificate checked");
+        if self.enforces() && !accepted(&outcome) {
+            return Err(error_of(outcome));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client certificate as seen by the server: the check and the leaf's fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct ClientCertificate {
+    /// Anonymous (none sent), Untrusted, or Verified against the configured roots.
+    pub check: CertificateCheck,
+    /// SHA-256 of the leaf, when one was sent.
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// The inbound verifier for client certificates (`ask` and `require`).
+///
+/// - `ask`: a certificate is requested and never required; any certificate
+///   is accepted (its `CertificateVerify` signature is still checked) and
+///   whether it chains to the configured roots is recorded. rustls'
+///   `WebPkiClientVerifier` would reject an untrusted certificate, hence this
+///   verifier.
+/// - `require`: a certificate chaining to the configured roots is required.
+///
+/// The check is a pure function of the client's chain, so the server reads it
+/// after the handshake with [`ClientCertPolicy::client_certificate`] on
+/// `peer_certificates()`; it holds for resumed sessions too.
+pub struct ClientCertPolicy {
+    mode: ClientCertMode,
+    webpki: Option<Arc<dyn ClientCertVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for ClientCertPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCertPolicy")
+            .field("mode", &self.mode)
+            .field("has_roots", &self.webpki.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertPolicy {
+    /// A policy for `mode` with optional CA roots (required for `require`).
+    pub fn new(
+        mode: ClientCertMode,
+        roots: Option<Arc<RootCertStore>>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, crate::ConfigError> {
+        let webpki = match roots {
+            Some(r) if !r.is_empty() => Some(
+                WebPkiClientVerifier::builder_with_provider(r, Arc::clone(&provider)).build()?,
+            ),
+            _ => None,
+        };
+        if mode == ClientCertMode::Require && webpki.is_none() {
+            return Err(crate::ConfigError::MissingClientRoots);
+        }
+        Ok(Self {
+            mode,
+            webpki,
+            provider,
+        })
+    }
+
+    /// The value for a connection that sent no certificate.
+    pub fn anonymous() -> ClientCertificate {
+        ClientCertificate {
+            check: check(PeerTrust::Anonymous, None),
+            fingerprint: None,
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> ClientCertMode {
+        self.mode
+    }
+
+    /// Checks a client chain (as `peer_certificates()` returns it) at time `now`.
+    pub fn client_certificate(&self, chain: Option<&[CertificateDer<'_>]>, now: UnixTime) -> ClientCertificate {
+        let Some((leaf, rest)) = chain.and_then(<[_]>::split_first) else {
+            return Self::anonymous();
+        };
+        ClientCertificate {
+            check: self.check_chain(leaf, rest, now),
+            fingerprint: Some(Fingerprint::of(leaf)),
+        }
+    }
+
+    fn check_chain(
+        &self,
+        leaf: &CertificateDer<'_>,
+        rest: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> CertificateCheck {
+        match &self.webpki {
+            None => check(PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted)),
+            Some(v) => match v.verify_client_cert(leaf, rest, now) {
+                // Client certificates carry no name to match: a trusted chain is
+                // the whole check.
+                Ok(_) => check(PeerTrust::Verified, None),
+                Err(e) => check(PeerTrust::Untrusted, Some(failure_of(&e))),
+            },
+        }
+    }
+}
+
+impl ClientCertVerifier for ClientCertPolicy {
+    fn offer_client_auth(&self) -> bool {
+        matches!(self.mode, ClientCertMode::Ask | ClientCertMode::Require)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mode == ClientCertMode::Require
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.webpki.as_ref().map_or(&[], |v| v.root_hint_subjects())
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        match (self.mode, &self.webpki) {
+            (ClientCertMode::Require, Some(v)) => v.verify_client_cert(end_entity, intermediates, now),
+            (ClientCertMode::Require, None) => Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            _ => {
+                // ask: record (for the log) and accept; the signature is still checked.
+                let seen = self.check_chain(end_entity, intermediates, now);
+                tracing::debug!(
+                    trust = ?seen.trust,
+                    fingerprint = %Fingerprint::of(end_entity),
+                    "client certificate"
+                );
+                Ok(ClientCertVerified::assertion())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str]) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn matches(cert_names: &[&str], wanted: &[&str]) -> bool {
+        let der = cert(cert_names);
+        let parsed = ParsedCertificate::try_from(&der).unwrap();
+        let wanted: Vec<String> = wanted.iter().map(|s| s.to_string()).collect();
+        name_matches(&parsed, &der, &wanted)
+    }
+
+    #[test]
+    fn dot_names_match_subdomains_only() {
+        assert!(matches(&["mx.example.org"], &[".example.org"]));
+        assert!(matches(&["a.b.example.org"], &[".example.org"]));
+        assert!(matches(&["*.example.org"], &[".example.org"]));
+        assert!(matches(&["*.mx.example.org"], &[".example.org"]));
+        assert!(!matches(&["example.org"], &[".example.org"]));
+        assert!(!matches(&["badexample.org"], &[".example.org"]));
+        assert!(!matches(&["mx.example.org.evil"], &[".example.org"]));
+        assert!(matches(&["MX.Example.ORG"], &[".EXAMPLE.org."]));
+    }
+
+    #[test]
+    fn exact_names_use_webpki_rules() {
+        assert!(matches(&["mx.example.org"], &["mx.example.org"]));
+        assert!(matches(&["*.example.org"], &["mx.example.org"]));
+        assert!(!matches(&["*.example.org"], &["a.mx.example.org"]));
+        assert!(!matches(&["*.example.org"], &["example.org"]));
+        assert!(matches(&["other.example", "mx.example.org"], &["nope.example", "mx.example.org"]));
+        assert!(!matches(&["mx.example.org"], &["not a name"]));
+    }
+
+    #[test]
+    fn refusal_round_trips_through_errors() {
+        let c = check(PeerTrust::Trusted, Some(CertificateFailure::HostMismatch));
+        let e = error_of(c);
+        assert_eq!(refused_check(&e), Some(c));
+        let io = std::io::Error::other(e);
+        assert_eq!(refused_check(&io), Some(c));
+        let unrelated = Error::InvalidCertificate(CertificateError::Expired);
+        assert_eq!(refused_check(&unrelated), None);
+        assert!(!accepted(&check(PeerTrust::Verified, Some(CertificateFailure::DaneMismatch))));
+        assert!(accepted(&check(PeerTrust::Verified, None)));
+    }
+}

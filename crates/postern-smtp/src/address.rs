@@ -1,0 +1,458 @@
+//! Validated SMTP addresses: RFC 5321 section 4.1.2 (command argument syntax) and 4.1.3 (address literals),
+//! with the RFC 6531 (SMTPUTF8) extension of `atext`, `qtext` and sub-domains to UTF-8, and the length limits of
+//! RFC 5321 section 4.5.3.1.
+//!
+//! Parsing is permissive about UTF-8 (every type records whether it is pure ASCII); the server session refuses a
+//! non-ASCII address in a transaction that did not declare `SMTPUTF8` (RFC 6531 section 3.4).
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// RFC 5321 4.5.3.1.1: the maximum total length of a user name or other local-part is 64 octets.
+pub const MAX_LOCAL_PART_LEN: usize = 64;
+/// RFC 5321 4.5.3.1.2: the maximum total length of a domain name or number is 255 octets.
+pub const MAX_DOMAIN_LEN: usize = 255;
+/// RFC 5321 4.5.3.1.3: the maximum total length of a reverse-path or forward-path is 256 octets, including the
+/// punctuation and element separators.
+pub const MAX_PATH_LEN: usize = 256;
+
+/// Why an address, domain or path was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddressError {
+    /// A domain is empty, has an empty label, or a label with a character outside letters, digits, hyphen.
+    #[error("invalid domain")]
+    InvalidDomain,
+    /// An address literal (`[...]`) is not an IPv4, `IPv6:` or general address literal.
+    #[error("invalid address literal")]
+    InvalidAddressLiteral,
+    /// The local part is neither a dot-string nor a quoted string.
+    #[error("invalid local part")]
+    InvalidLocalPart,
+    /// The local part is longer than 64 octets (RFC 5321 4.5.3.1.1).
+    #[error("local part too long")]
+    LocalPartTooLong,
+    /// The domain is longer than 255 octets (RFC 5321 4.5.3.1.2), or a label longer than 63.
+    #[error("domain too long")]
+    DomainTooLong,
+    /// The path is longer than 256 octets (RFC 5321 4.5.3.1.3).
+    #[error("path too long")]
+    PathTooLong,
+    /// The path is not enclosed in angle brackets, or has no `@`, or a malformed source route.
+    #[error("bad path syntax")]
+    PathSyntax,
+}
+
+/// A domain name: dot-separated labels of letters, digits and hyphens (RFC 5321 4.1.2 `Domain`), or U-labels
+/// (RFC 6531). Labels may also contain `_`, which appears in real host names; nothing else is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Domain(String);
+
+impl Domain {
+    /// Parse and validate a domain.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        if s.is_empty() {
+            return Err(AddressError::InvalidDomain);
+        }
+        if s.len() > MAX_DOMAIN_LEN {
+            return Err(AddressError::DomainTooLong);
+        }
+        for label in s.split('.') {
+            if label.is_empty() {
+                return Err(AddressError::InvalidDomain);
+            }
+            if label.len() > 63 {
+                return Err(AddressError::DomainTooLong);
+            }
+            // sub-domain = Let-dig [Ldh-str]; Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig
+            let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii();
+            if !label.chars().all(ok_char) || label.starts_with('-') || label.ends_with('-') {
+                return Err(AddressError::InvalidDomain);
+            }
+            if label.chars().any(|c| !c.is_ascii() && (c.is_control() || c.is_whitespace())) {
+                return Err(AddressError::InvalidDomain);
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The domain as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the domain is pure ASCII (no U-label).
+    pub fn is_ascii(&self) -> bool {
+        self.0.is_ascii()
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for Domain {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<&str> for Domain {
+    type Error = AddressError;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+/// An address literal (RFC 5321 4.1.3): `[192.0.2.1]`, `[IPv6:2001:db8::1]` or a general address literal
+/// `[tag:content]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AddressLiteral {
+    /// `IPv4-address-literal`.
+    Ipv4(Ipv4Addr),
+    /// `IPv6-address-literal`.
+    Ipv6(Ipv6Addr),
+    /// `General-address-literal = Standardized-tag ":" 1*dcontent`.
+    General {
+        /// The standardized tag.
+        tag: String,
+        /// The content after the colon.
+        content: String,
+    },
+}
+
+impl AddressLiteral {
+    /// Parse a literal including its square brackets.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let inner = s
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .ok_or(AddressError::InvalidAddressLiteral)?;
+        if let Some(v6) = inner.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:")).map(|_| &inner[5..]) {
+            return v6.parse().map(Self::Ipv6).map_err(|_| AddressError::InvalidAddressLiteral);
+        }
+        if let Ok(v4) = inner.parse::<Ipv4Addr>() {
+            return Ok(Self::Ipv4(v4));
+        }
+        // Standardized-tag = Ldh-str; dcontent = %d33-90 / %d94-126
+        let (tag, content) = inner.split_once(':').ok_or(AddressError::InvalidAddressLiteral)?;
+        let tag_ok = !tag.is_empty()
+            && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !tag.ends_with('-');
+        let content_ok = !content.is_empty() && content.bytes().all(|b| (33..=90).contains(&b) || (94..=126).contains(&b));
+        if tag_ok && content_ok {
+            Ok(Self::General { tag: tag.to_owned(), content: content.to_owned() })
+        } else {
+            Err(AddressError::InvalidAddressLiteral)
+        }
+    }
+}
+
+impl fmt::Display for AddressLiteral {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ipv4(a) => write!(f, "[{a}]"),
+            Self::Ipv6(a) => write!(f, "[IPv6:{a}]"),
+            Self::General { tag, content } => write!(f, "[{tag}:{content}]"),
+        }
+    }
+}
+
+/// The right-hand side of a mailbox, or the EHLO argument: a domain or an address literal.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A domain name.
+    Domain(Domain),
+    /// An address literal.
+    Literal(AddressLiteral),
+}
+
+impl Host {
+    /// Parse a domain, or an address literal when `s` starts with `[`.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        if s.starts_with('[') {
+            AddressLiteral::parse(s).map(Self::Literal)
+        } else {
+            Domain::parse(s).map(Self::Domain)
+        }
+    }
+
+    /// Whether the host is pure ASCII.
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            Self::Domain(d) => d.is_ascii(),
+            Self::Literal(_) => true,
+        }
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Domain(d) => d.fmt(f),
+            Self::Literal(l) => l.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Host {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// RFC 5321 4.1.2 `atext` (RFC 5322 3.2.3), extended to UTF-8 by RFC 6531 3.3.
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+}
+
+/// A mailbox `Local-part "@" ( Domain / address-literal )` (RFC 5321 4.1.2).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mailbox {
+    local_part: String,
+    host: Host,
+}
+
+impl Mailbox {
+    /// Parse `local@domain` (without angle brackets).
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let local_end = if s.starts_with('"') {
+            // Quoted-string = DQUOTE *QcontentSMTP DQUOTE
+            let mut escaped = false;
+            let mut end = None;
+            for (i, c) in s.char_indices().skip(1) {
+                if escaped {
+                    // quoted-pairSMTP = %d92 %d32-126
+                    if !(' '..='~').contains(&c) {
+                        return Err(AddressError::InvalidLocalPart);
+                    }
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    end = Some(i + 1);
+                    break;
+                } else if c.is_ascii() && !(c == ' ' || c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c)) {
+                    // qtextSMTP = %d32-33 / %d35-91 / %d93-126
+                    return Err(AddressError::InvalidLocalPart);
+                } else if !c.is_ascii() && c.is_control() {
+                    return Err(AddressError::InvalidLocalPart);
+                }
+            }
+            end.ok_or(AddressError::InvalidLocalPart)?
+        } else {
+            // Dot-string = Atom *("." Atom)
+            let end = s.find('@').ok_or(AddressError::PathSyntax)?;
+            let local = &s[..end];
+            if local.is_empty() || local.split('.').any(|atom| atom.is_empty() || !atom.chars().all(is_atext)) {
+                return Err(AddressError::InvalidLocalPart);
+            }
+            end
+        };
+        let local_part = &s[..local_end];
+        if local_part.len() > MAX_LOCAL_PART_LEN {
+            return Err(AddressError::LocalPartTooLong);
+        }
+        let rest = s[local_end..].strip_prefix('@').ok_or(AddressError::PathSyntax)?;
+        let host = Host::parse(rest)?;
+        Ok(Self { local_part: local_part.to_owned(), host })
+    }
+
+    /// The local part as written (a quoted string keeps its quotes).
+    pub fn local_part(&self) -> &str {
+        &self.local_part
+    }
+
+    /// The domain or address literal.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Whether the mailbox is pure ASCII (else it needs SMTPUTF8, RFC 6531).
+    pub fn is_ascii(&self) -> bool {
+        self.local_part.is_ascii() && self.host.is_ascii()
+    }
+}
+
+impl fmt::Display for Mailbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.local_part, self.host)
+    }
+}
+
+impl FromStr for Mailbox {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// Strip `<` `>` and an optional source route (`@a,@b:`), which RFC 5321 4.1.1.3 says servers must accept and
+/// SHOULD ignore. Returns the inner mailbox text (possibly empty).
+fn unwrap_path(s: &str) -> Result<&str, AddressError> {
+    if s.len() > MAX_PATH_LEN {
+        return Err(AddressError::PathTooLong);
+    }
+    let inner = s.strip_prefix('<').and_then(|r| r.strip_suffix('>')).ok_or(AddressError::PathSyntax)?;
+    if inner.starts_with('@') {
+        // A-d-l = At-domain *( "," At-domain ) ":"
+        let (adl, mailbox) = inner.split_once(':').ok_or(AddressError::PathSyntax)?;
+        for at_domain in adl.split(',') {
+            Domain::parse(at_domain.strip_prefix('@').ok_or(AddressError::PathSyntax)?)?;
+        }
+        return Ok(mailbox);
+    }
+    Ok(inner)
+}
+
+/// `Reverse-path = Path / "<>"` (RFC 5321 4.1.2), the MAIL FROM argument.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReversePath {
+    /// `<>`: the null reverse path of bounces (RFC 5321 4.5.5).
+    Null,
+    /// A mailbox.
+    Mailbox(Mailbox),
+}
+
+impl ReversePath {
+    /// Parse a path including its angle brackets.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let inner = unwrap_path(s)?;
+        if inner.is_empty() {
+            return Ok(Self::Null);
+        }
+        Mailbox::parse(inner).map(Self::Mailbox)
+    }
+
+    /// Whether the path is pure ASCII.
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            Self::Null => true,
+            Self::Mailbox(m) => m.is_ascii(),
+        }
+    }
+}
+
+impl fmt::Display for ReversePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Null => f.write_str("<>"),
+            Self::Mailbox(m) => write!(f, "<{m}>"),
+        }
+    }
+}
+
+impl FromStr for ReversePath {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A RCPT TO argument: `"<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path` (RFC 5321 4.1.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ForwardPath {
+    /// `<Postmaster>` without a domain (RFC 5321 4.5.1), matched case-insensitively.
+    Postmaster,
+    /// A mailbox.
+    Mailbox(Mailbox),
+}
+
+impl ForwardPath {
+    /// Parse a path including its angle brackets.
+    pub fn parse(s: &str) -> Result<Self, AddressError> {
+        let inner = unwrap_path(s)?;
+        if inner.eq_ignore_ascii_case("postmaster") {
+            return Ok(Self::Postmaster);
+        }
+        Mailbox::parse(inner).map(Self::Mailbox)
+    }
+
+    /// Whether the path is pure ASCII.
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            Self::Postmaster => true,
+            Self::Mailbox(m) => m.is_ascii(),
+        }
+    }
+}
+
+impl fmt::Display for ForwardPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Postmaster => f.write_str("<Postmaster>"),
+            Self::Mailbox(m) => write!(f, "<{m}>"),
+        }
+    }
+}
+
+impl FromStr for ForwardPath {
+    type Err = AddressError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert!(Domain::parse("mail.example.com").is_ok());
+        assert!(Domain::parse("xn--bcher-kva.example").is_ok());
+        assert!(Domain::parse("bücher.example").is_ok());
+        assert_eq!(Domain::parse(""), Err(AddressError::InvalidDomain));
+        assert_eq!(Domain::parse("a..b"), Err(AddressError::InvalidDomain));
+        assert_eq!(Domain::parse("-a.b"), Err(AddressError::InvalidDomain));
+        assert_eq!(Domain::parse("a b"), Err(AddressError::InvalidDomain));
+        assert_eq!(Domain::parse(&"a".repeat(64)), Err(AddressError::DomainTooLong));
+        let long = vec!["abcdefgh"; 30].join(".");
+        assert_eq!(Domain::parse(&long), Err(AddressError::DomainTooLong));
+    }
+
+    #[test]
+    fn literals() {
+        assert_eq!(Host::parse("[192.0.2.1]").unwrap().to_string(), "[192.0.2.1]");
+        assert_eq!(Host::parse("[IPv6:2001:db8::1]").unwrap().to_string(), "[IPv6:2001:db8::1]");
+        assert!(Host::parse("[x-tag:abc]").is_ok());
+        assert!(Host::parse("[300.1.1.1]").is_err());
+        assert!(Host::parse("[IPv6:zz]").is_err());
+        assert!(Host::parse("[1.2.3.4").is_err());
+    }
+
+    #[test]
+    fn mailboxes() {
+        let m = Mailbox::parse("Smith@bar.com").unwrap();
+        assert_eq!(m.local_part(), "Smith");
+        assert_eq!(m.host().to_string(), "bar.com");
+        assert!(Mailbox::parse("\"a b@c\"@example.org").is_ok());
+        assert!(Mailbox::parse("a.b@[192.0.2.1]").is_ok());
+        assert!(Mailbox::parse("a..b@x").is_err());
+        assert!(Mailbox::parse("a@").is_err());
+        assert!(Mailbox::parse("noat").is_err());
+        assert!(Mailbox::parse("a(b)@x").is_err());
+        assert_eq!(Mailbox::parse(&format!("{}@x", "a".repeat(65))), Err(AddressError::LocalPartTooLong));
+        let u = Mailbox::parse("用户@例子.广告").unwrap();
+        assert!(!u.is_ascii());
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(ReversePath::parse("<>").unwrap(), ReversePath::Null);
+        assert_eq!(ForwardPath::parse("<postMaster>").unwrap(), ForwardPath::Postmaster);
+        // RFC 5321 4.1.1.3 source routes are accepted and ignored.
+        let p = ForwardPath::parse("<@hosta.int,@jkl.org:userc@d.bar.org>").unwrap();
+        assert_eq!(p.to_string(), "<userc@d.bar.org>");
+        assert!(ReversePath::parse("a@b").is_err());
+        assert!(ForwardPath::parse("<>").is_err());
+        let long = format!("<{}@{}>", "a".repeat(60), vec!["abcdefgh"; 22].join("."));
+        assert_eq!(ForwardPath::parse(&long), Err(AddressError::PathTooLong));
+    }
+}

@@ -1,0 +1,437 @@
+//! Replies: RFC 5321 section 4.2 (reply lines, multi-line replies) with RFC 3463 enhanced status codes (RFC 2034
+//! `ENHANCEDSTATUSCODES`), an encoder and an incremental, bounded parser for the client side.
+
+use std::fmt;
+
+/// A reply code `%x32-35 %x30-35 %x30-39` (RFC 5321 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyCode(u16);
+
+impl ReplyCode {
+    /// Validate a code: first digit 2 to 5, second 0 to 5, third 0 to 9.
+    pub fn new(code: u16) -> Result<Self, ReplyError> {
+        let (a, b) = (code / 100, code / 10 % 10);
+        if (2..=5).contains(&a) && b <= 5 && code < 600 {
+            Ok(Self(code))
+        } else {
+            Err(ReplyError::InvalidCode)
+        }
+    }
+
+    /// The numeric value.
+    pub fn value(self) -> u16 {
+        self.0
+    }
+
+    /// 2yz: positive completion.
+    pub fn is_positive(self) -> bool {
+        self.0 / 100 == 2
+    }
+
+    /// 3yz: positive intermediate (354).
+    pub fn is_intermediate(self) -> bool {
+        self.0 / 100 == 3
+    }
+
+    /// 4yz: transient negative completion.
+    pub fn is_transient(self) -> bool {
+        self.0 / 100 == 4
+    }
+
+    /// 5yz: permanent negative completion.
+    pub fn is_permanent(self) -> bool {
+        self.0 / 100 == 5
+    }
+}
+
+impl fmt::Display for ReplyCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:03}", self.0)
+    }
+}
+
+/// An RFC 3463 enhanced status code `class.subject.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnhancedStatus {
+    class: u8,
+    subject: u16,
+    detail: u16,
+}
+
+impl EnhancedStatus {
+    /// Build a status; `class` must be 2, 4 or 5 and subject and detail at most 999 (RFC 3463 section 2).
+    pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, ReplyError> {
+        if matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999 {
+            Ok(Self { class, subject, detail })
+        } else {
+            Err(ReplyError::InvalidEnhancedStatus)
+        }
+    }
+
+    const fn fixed(class: u8, subject: u16, detail: u16) -> Self {
+        Self { class, subject, detail }
+    }
+
+    /// Parse `d.d{1,3}.d{1,3}`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('.');
+        let class = it.next()?;
+        let subject = it.next()?;
+        let detail = it.next()?;
+        let num = |p: &str, max: usize| (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse::<u16>().ok()).flatten();
+        if it.next().is_some() {
+            return None;
+        }
+        let class = u8::try_from(num(class, 1)?).ok()?;
+        Self::new(class, num(subject, 3)?, num(detail, 3)?).ok()
+    }
+
+    /// The class digit (2 success, 4 persistent transient failure, 5 permanent failure).
+    pub fn class(self) -> u8 {
+        self.class
+    }
+
+    /// The subject number.
+    pub fn subject(self) -> u16 {
+        self.subject
+    }
+
+    /// The detail number.
+    pub fn detail(self) -> u16 {
+        self.detail
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// Why a reply could not be built or parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The reply code is outside 200..=559 or malformed.
+    #[error("invalid reply code")]
+    InvalidCode,
+    /// The enhanced status code is malformed or its class does not match the reply code.
+    #[error("invalid enhanced status code")]
+    InvalidEnhancedStatus,
+    /// Reply text contains CR, LF or another control character, or is too long.
+    #[error("invalid reply text")]
+    InvalidText,
+    /// A reply line does not start with three digits followed by SP, `-` or CRLF.
+    #[error("malformed reply line")]
+    Malformed,
+    /// The lines of a multi-line reply carry different codes (RFC 5321 4.2.1).
+    #[error("inconsistent codes in a multi-line reply")]
+    InconsistentCode,
+    /// A reply line is longer than the parser's limit.
+    #[error("reply line too long")]
+    LineTooLong,
+    /// A reply has more lines than the parser's limit.
+    #[error("too many reply lines")]
+    TooManyLines,
+    /// A bare CR or LF inside a reply line.
+    #[error("bare cr or lf in reply")]
+    BareLineEnding,
+}
+
+/// A complete reply: code, optional enhanced status code, and one or more text lines.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reply {
+    code: ReplyCode,
+    enhanced: Option<EnhancedStatus>,
+    lines: Vec<String>,
+}
+
+/// Longest text accepted in one line built with [`Reply::new`]: 512 octets per reply line (RFC 5321 4.5.3.1.5)
+/// minus the code, separator, enhanced code and CRLF.
+pub const MAX_REPLY_TEXT: usize = 512 - 4 - 10 - 2;
+
+impl Reply {
+    /// Build a reply. Each line must be free of control characters (no CR or LF: nothing can be injected) and at
+    /// most [`MAX_REPLY_TEXT`] octets; the enhanced code's class must match the reply code's first digit.
+    pub fn new<I, S>(code: u16, enhanced: Option<EnhancedStatus>, lines: I) -> Result<Self, ReplyError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let code = ReplyCode::new(code)?;
+        if let Some(e) = enhanced
+            && u16::from(e.class) != code.0 / 100
+        {
+            return Err(ReplyError::InvalidEnhancedStatus);
+        }
+        let lines: Vec<String> = lines.into_iter().map(Into::into).collect();
+        if lines.iter().any(|l| l.len() > MAX_REPLY_TEXT || l.chars().any(char::is_control)) {
+            return Err(ReplyError::InvalidText);
+        }
+        let lines = if lines.is_empty() { vec![String::new()] } else { lines };
+        Ok(Self { code, enhanced, lines })
+    }
+
+    /// Internal constructor for replies whose parts are known valid (constant codes and texts).
+    pub(crate) fn fixed(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
+        Self {
+            code: ReplyCode(code),
+            enhanced: Some(EnhancedStatus::fixed(enhanced.0, enhanced.1, enhanced.2)),
+            lines: vec![text.into()],
+        }
+    }
+
+    /// Internal constructor without an enhanced status (greeting, EHLO).
+    pub(crate) fn plain(code: u16, lines: Vec<String>) -> Self {
+        Self { code: ReplyCode(code), enhanced: None, lines }
+    }
+
+    /// The reply code.
+    pub fn code(&self) -> ReplyCode {
+        self.code
+    }
+
+    /// The enhanced status code, if present.
+    pub fn enhanced(&self) -> Option<EnhancedStatus> {
+        self.enhanced
+    }
+
+    /// The text lines (without code, enhanced status or CRLF; at least one, possibly empty).
+    pub fn lines(&self) -> &[String] {
+        &self.lines
+    }
+
+    /// The text lines joined with a space, for logs.
+    pub fn text(&self) -> String {
+        self.lines.join(" ")
+    }
+
+    /// Append the wire form: `code-text CRLF` for all lines but the last, `code SP text CRLF` for the last
+    /// (RFC 5321 4.2.1); the enhanced code starts each line's text (RFC 2034 section 4).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            out.extend_from_slice(self.code.to_string().as_bytes());
+            out.push(if i == last { b' ' } else { b'-' });
+            if let Some(e) = self.enhanced {
+                out.extend_from_slice(e.to_string().as_bytes());
+                if !line.is_empty() {
+                    out.push(b' ');
+                }
+            }
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The wire form as a new buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(e) = self.enhanced {
+            write!(f, " {e}")?;
+        }
+        write!(f, " {}", self.text())
+    }
+}
+
+/// Incremental reply parser with limits on line length and line count. Lines end only at CRLF; a bare CR or LF
+/// inside a line is an error, so one reply can never be split into two by a stray octet.
+#[derive(Debug, Clone)]
+pub struct ReplyParser {
+    max_line: usize,
+    max_lines: usize,
+    partial: Vec<u8>,
+    code: Option<ReplyCode>,
+    lines: Vec<String>,
+}
+
+impl Default for ReplyParser {
+    /// Lines of at most 2048 octets (RFC 5321 4.5.3.1.5 requires 512; real servers send longer), 256 lines.
+    fn default() -> Self {
+        Self::new(2048, 256)
+    }
+}
+
+impl ReplyParser {
+    /// A parser accepting lines of at most `max_line` octets (CRLF included, at least 512) and replies of at
+    /// most `max_lines` lines.
+    pub fn new(max_line: usize, max_lines: usize) -> Self {
+        Self { max_line: max_line.max(512), max_lines: max_lines.max(1), partial: Vec::new(), code: None, lines: Vec::new() }
+    }
+
+    /// Whether a reply has been started but not finished.
+    pub fn is_mid_reply(&self) -> bool {
+        !self.partial.is_empty() || self.code.is_some()
+    }
+
+    /// Consume bytes of `input` up to the end of the first complete reply. Returns the number of bytes consumed
+    /// and the reply once it is complete. Incomplete lines are kept internally (bounded by the line limit). After
+    /// an error the parser is unusable for this connection: the caller must close it.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Reply>), ReplyError> {
+        let mut consumed = 0;
+        while consumed < input.len() {
+            let rest = &input[consumed..];
+            let (take, complete) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (i + 1, true),
+                None => (rest.len(), false),
+            };
+            if self.partial.len() + take > self.max_line {
+                return Err(ReplyError::LineTooLong);
+            }
+            self.partial.extend_from_slice(&rest[..take]);
+            consumed += take;
+            if !complete {
+                break;
+            }
+            let line = std::mem::take(&mut self.partial);
+            if let Some(reply) = self.line(&line)? {
+                return Ok((consumed, Some(reply)));
+            }
+        }
+        Ok((consumed, None))
+    }
+
+    fn line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
+        // The line ends with LF (caller guarantees); it must be CRLF with no other CR or LF.
+        let body = line.strip_suffix(b"\r\n").ok_or(ReplyError::BareLineEnding)?;
+        if body.contains(&b'\r') || body.contains(&b'\n') {
+            return Err(ReplyError::BareLineEnding);
+        }
+        if body.len() < 3 || !body[..3].iter().all(u8::is_ascii_digit) {
+            return Err(ReplyError::Malformed);
+        }
+        let code = ReplyCode::new(u16::from(body[0] - b'0') * 100 + u16::from(body[1] - b'0') * 10 + u16::from(body[2] - b'0'))
+            .map_err(|_| ReplyError::Malformed)?;
+        if self.code.is_some_and(|c| c != code) {
+            return Err(ReplyError::InconsistentCode);
+        }
+        self.code = Some(code);
+        let (last, text) = match body.get(3) {
+            None => (true, &[][..]),
+            Some(b' ') => (true, &body[4..]),
+            Some(b'-') => (false, &body[4..]),
+            Some(_) => return Err(ReplyError::Malformed),
+        };
+        if self.lines.len() >= self.max_lines {
+            return Err(ReplyError::TooManyLines);
+        }
+        self.lines.push(String::from_utf8_lossy(text).into_owned());
+        if !last {
+            return Ok(None);
+        }
+        let lines = std::mem::take(&mut self.lines);
+        self.code = None;
+        Ok(Some(split_enhanced(code, lines)))
+    }
+}
+
+/// RFC 2034 section 4: when the server uses enhanced codes, every line's text starts with one whose class
+/// matches the reply code. Take it from the first line and strip it from every line that carries it.
+fn split_enhanced(code: ReplyCode, mut lines: Vec<String>) -> Reply {
+    let first = lines.first().and_then(|l| {
+        let word = l.split(' ').next().unwrap_or_default();
+        EnhancedStatus::parse(word).filter(|e| u16::from(e.class) == code.0 / 100)
+    });
+    if let Some(e) = first {
+        let prefix = e.to_string();
+        for l in &mut lines {
+            if let Some(rest) = l.strip_prefix(prefix.as_str())
+                && (rest.is_empty() || rest.starts_with(' '))
+            {
+                *l = rest.strip_prefix(' ').unwrap_or(rest).to_owned();
+            }
+        }
+    }
+    Reply { code, enhanced: first, lines }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> Vec<Result<Reply, ReplyError>> {
+        let mut p = ReplyParser::default();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < input.len() {
+            match p.feed(&input[pos..]) {
+                Ok((n, r)) => {
+                    pos += n;
+                    if let Some(r) = r {
+                        out.push(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    out.push(Err(e));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn encode_multi_line() {
+        let r = Reply::new(250, EnhancedStatus::new(2, 1, 0).ok(), ["Ok", "second"]).unwrap();
+        assert_eq!(r.to_bytes(), b"250-2.1.0 Ok\r\n250 2.1.0 second\r\n");
+        let r = Reply::new(354, None, ["End data with <CR><LF>.<CR><LF>"]).unwrap();
+        assert_eq!(r.to_bytes(), b"354 End data with <CR><LF>.<CR><LF>\r\n");
+    }
+
+    #[test]
+    fn new_refuses_injection_and_mismatch() {
+        assert_eq!(Reply::new(250, None, ["a\r\n250 b"]), Err(ReplyError::InvalidText));
+        assert_eq!(Reply::new(250, EnhancedStatus::new(5, 1, 1).ok(), ["x"]), Err(ReplyError::InvalidEnhancedStatus));
+        assert_eq!(Reply::new(199, None, ["x"]), Err(ReplyError::InvalidCode));
+        assert_eq!(Reply::new(260, None, ["x"]), Err(ReplyError::InvalidCode));
+    }
+
+    #[test]
+    fn parse_split_and_enhanced() {
+        let wire = b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 100\r\n550 5.1.1 No such user\r\n";
+        for split in 0..wire.len() {
+            let mut p = ReplyParser::default();
+            let (n1, r1) = p.feed(&wire[..split]).unwrap();
+            assert!(n1 <= split);
+            let mut replies: Vec<Reply> = r1.into_iter().collect();
+            let mut pos = n1;
+            while pos < wire.len() {
+                let (n, r) = p.feed(&wire[pos..]).unwrap();
+                pos += n;
+                replies.extend(r);
+            }
+            assert_eq!(replies.len(), 2, "split {split}");
+            assert_eq!(replies[0].lines(), ["mx.example.org", "PIPELINING", "SIZE 100"]);
+            assert_eq!(replies[1].code().value(), 550);
+            assert_eq!(replies[1].enhanced().unwrap().to_string(), "5.1.1");
+            assert_eq!(replies[1].lines(), ["No such user"]);
+        }
+    }
+
+    #[test]
+    fn parse_errors() {
+        assert_eq!(parse_all(b"250-a\r\n251 b\r\n"), vec![Err(ReplyError::InconsistentCode)]);
+        assert_eq!(parse_all(b"250 a\n"), vec![Err(ReplyError::BareLineEnding)]);
+        assert_eq!(parse_all(b"250 a\r250 b\r\n"), vec![Err(ReplyError::BareLineEnding)]);
+        assert_eq!(parse_all(b"25x ok\r\n"), vec![Err(ReplyError::Malformed)]);
+        assert_eq!(parse_all(b"250+ok\r\n"), vec![Err(ReplyError::Malformed)]);
+        let long = [b"250 ".as_slice(), &[b'a'; 3000], b"\r\n"].concat();
+        assert_eq!(parse_all(&long), vec![Err(ReplyError::LineTooLong)]);
+        assert_eq!(parse_all(b"220\r\n").len(), 1);
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = Reply::fixed(451, (4, 3, 0), "Error: queue file write error");
+        let parsed = parse_all(&r.to_bytes());
+        assert_eq!(parsed, vec![Ok(r)]);
+    }
+}

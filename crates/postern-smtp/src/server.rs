@@ -1,0 +1,851 @@
+//! The server session: an SMTP receiver (RFC 5321 section 4) as a state machine with no I/O.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::address::{ForwardPath, Host, ReversePath};
+use crate::capabilities::Capabilities;
+use crate::command::{Body, Command, CommandError, MailParams, RcptParams};
+use crate::config::{AfterStartTls, ServerConfig, StartTlsPolicy};
+use crate::data::{DataReceiver, DataSummary};
+use crate::reply::Reply;
+
+/// Output queued beyond this many octets pauses command processing until [`ServerSession::poll_transmit`]
+/// drains it, so a pipelining client cannot grow the output without bound.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
+/// What the server session reports to the application. Events marked *decision* leave the session waiting:
+/// the application answers with [`ServerSession::accept`], [`ServerSession::accept_with`] or
+/// [`ServerSession::reject`], possibly much later (after an fsync); no further input is processed meanwhile,
+/// so replies stay in order (RFC 2920 3.1).
+///
+/// A transaction (opened by an accepted `Mail`) ends with `MessageEnd` answered, `MessageRejected`, `Reset`,
+/// `Hello`, `StartTls` or `Closing`; the application then drops any content it stored for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// *Decision.* EHLO (`extended`) or HELO. Accepting sends the greeting reply (with the capability list for
+    /// EHLO) and resets any transaction (RFC 5321 4.1.4).
+    Hello {
+        /// The client's name.
+        name: Host,
+        /// EHLO rather than HELO.
+        extended: bool,
+    },
+    /// *Decision.* MAIL FROM, syntax, sequence, size and extension checks already passed. Accepting opens a
+    /// transaction (`250 2.1.0 Ok`).
+    Mail {
+        /// The reverse path.
+        from: ReversePath,
+        /// Its ESMTP parameters.
+        params: MailParams,
+    },
+    /// *Decision.* RCPT TO, checks passed (sequence, recipient limit). Accepting adds the recipient (`250 2.1.5
+    /// Ok`).
+    Rcpt {
+        /// The forward path.
+        to: ForwardPath,
+        /// Its ESMTP parameters.
+        params: RcptParams,
+    },
+    /// Message content starts: `354` was sent for DATA (`chunked` false) or the first BDAT chunk was accepted.
+    MessageStart {
+        /// BDAT (RFC 3030) rather than DATA.
+        chunked: bool,
+    },
+    /// A piece of message content, in order: dot-unstuffed with CRLF line endings for DATA, verbatim for BDAT.
+    /// Each piece is at most the input buffer size.
+    MessageChunk(Vec<u8>),
+    /// *Decision.* The whole message has been received (DATA's end line or BDAT LAST). Accept only once the
+    /// message is safely stored: the `250` is the promise of delivery (RFC 5321 4.1.1.4, 6.1).
+    MessageEnd {
+        /// What the receiver saw: size, long lines, bare CR / LF (already normalised), NUL.
+        summary: DataSummary,
+    },
+    /// The engine refused the message after its content (too large: `552 5.3.4`; bare CR / LF in `Reject`
+    /// mode: `550 5.5.2`); the reply is already queued. Discard the content.
+    MessageRejected {
+        /// The reply sent.
+        reply: Reply,
+    },
+    /// RSET: the transaction, if any, is gone (`250 2.0.0 Ok` sent).
+    Reset,
+    /// NOOP (`250 2.0.0 Ok` sent).
+    Noop,
+    /// HELP (`214` sent).
+    Help,
+    /// *Decision.* VRFY with its argument; accepting sends `252 2.0.0` (cannot verify, will try), or answer
+    /// with your own `250` / `550` reply.
+    Vrfy(String),
+    /// STARTTLS accepted: `220 2.0.0 Ready to start TLS` is queued. Send all pending output
+    /// ([`ServerSession::poll_transmit`]), then run the TLS handshake on the connection and call
+    /// [`ServerSession::handle_tls_established`]. Plaintext that followed the STARTTLS line was thrown away
+    /// (RFC 3207 section 4, CVE-2011-0411); input handed over until the handshake is thrown away too and
+    /// counted in [`ServerSession::discarded_bytes`].
+    StartTls {
+        /// Octets that followed the STARTTLS line in the buffer and were discarded (log them: a client sending
+        /// any is broken or an attacker's injection).
+        discarded: usize,
+    },
+    /// The session is over: send the pending output, then close the connection.
+    Closing(CloseReason),
+}
+
+/// Why the server session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client sent QUIT (`221 2.0.0 Bye`).
+    Quit,
+    /// A deadline passed (`421 4.4.2 ... Error: timeout exceeded`).
+    Timeout,
+    /// The error budget ran out (`421 4.7.0 ... Error: too many errors`).
+    TooManyErrors,
+    /// Pipelining or greeting synchronization violated (`554 5.5.0 Error: SMTP protocol synchronization`).
+    Synchronization,
+    /// The application answered with a `421` reply.
+    Application,
+    /// The client closed the connection ([`ServerSession::handle_eof`]).
+    PeerClosed,
+}
+
+/// Misuse of the answering methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnswerError {
+    /// No decision is pending.
+    #[error("no decision pending")]
+    NoDecisionPending,
+    /// `accept_with` needs a 2xx reply, `reject` a 4xx or 5xx reply.
+    #[error("reply code does not match the answer")]
+    WrongReplyClass,
+    /// `accept_with` is not available for EHLO / HELO (the engine builds that reply).
+    #[error("custom acceptance not supported for this event")]
+    Unsupported,
+}
+
+/// Misuse of [`ServerSession::handle_tls_established`] / [`crate::ClientSession::handle_tls_established`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no tls handshake was expected")]
+pub struct UnexpectedTls;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    Hello { extended: bool },
+    Mail { from: ReversePath, params: MailParams },
+    Rcpt,
+    MessageEnd,
+    Vrfy(String),
+}
+
+#[derive(Debug, Clone)]
+enum Bdat {
+    /// Content is delivered as chunks.
+    Accept,
+    /// Content is skipped; this reply is sent once the chunk is consumed.
+    Discard(Reply),
+}
+
+#[derive(Debug, Clone)]
+enum Phase {
+    Command,
+    Data(Box<DataReceiver>),
+    Bdat { remaining: u64, last: bool, mode: Bdat },
+    Decision(Pending),
+    Handshake,
+    Closed,
+}
+
+#[derive(Debug, Clone)]
+struct Transaction {
+    params: MailParams,
+    recipients: usize,
+    /// A BDAT chunk was received for this transaction.
+    chunked: bool,
+    /// Octets of BDAT content so far.
+    bdat_size: u64,
+    /// A BDAT chunk failed: later chunks get this reply (RFC 3030 4.2).
+    bdat_failed: Option<Reply>,
+}
+
+/// A server SMTP session, sans I/O.
+///
+/// # Contract
+/// Inputs are the `handle_*` methods and the answers to decision events; outputs are the `poll_*` methods.
+/// After every input:
+/// 1. call [`poll_event`](Self::poll_event) until it returns `None`, answering each decision event;
+/// 2. send everything [`poll_transmit`](Self::poll_transmit) returns;
+/// 3. if [`is_closed`](Self::is_closed), close the connection; if a `StartTls` event came, handshake;
+/// 4. otherwise read from the connection with [`poll_timeout`](Self::poll_timeout) as deadline, then call
+///    [`handle_input`](Self::handle_input) (or [`handle_timeout`](Self::handle_timeout) /
+///    [`handle_eof`](Self::handle_eof)).
+///
+/// The greeting is queued by [`new`](Self::new): send it before reading (a client talking first is refused).
+/// Input is buffered up to `ServerConfig::input_buffer` octets: `handle_input` returns how many it took, and the
+/// caller offers the rest again after step 1. Time is passed in; the session never reads the clock.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: ServerConfig,
+    phase: Phase,
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+    events: VecDeque<ServerEvent>,
+    hello: Option<bool>,
+    txn: Option<Transaction>,
+    tls_active: bool,
+    errors: u32,
+    deadline: Option<Instant>,
+    greeting_sent: bool,
+    skipping_long_line: bool,
+    discarded: u64,
+}
+
+impl ServerSession {
+    /// A session on a fresh plaintext connection; queues the `220` greeting and arms the deadline for the
+    /// first command (`now` + `timeouts.command`).
+    pub fn new(config: ServerConfig, now: Instant) -> Self {
+        Self::with_tls(config, false, now)
+    }
+
+    /// A session on a connection that is already TLS (implicit TLS, RFC 8314): STARTTLS is not offered and
+    /// REQUIRETLS is.
+    pub fn new_tls(config: ServerConfig, now: Instant) -> Self {
+        Self::with_tls(config, true, now)
+    }
+
+    fn with_tls(config: ServerConfig, tls_active: bool, now: Instant) -> Self {
+        let config = config.validated();
+        let deadline = Some(now + config.timeouts.command);
+        let mut s = Self {
+            phase: Phase::Command,
+            input: Vec::with_capacity(4096),
+            pos: 0,
+            output: Vec::new(),
+            events: VecDeque::new(),
+            hello: None,
+            txn: None,
+            tls_active,
+            errors: 0,
+            deadline,
+            greeting_sent: false,
+            skipping_long_line: false,
+            discarded: 0,
+            config,
+        };
+        // RFC 5321 4.2: the greeting is a 220 reply naming the host.
+        let greeting = Reply::plain(220, vec![format!("{} {}", s.config.hostname, s.config.banner).trim_end().to_owned()]);
+        greeting.encode(&mut s.output);
+        s
+    }
+
+    /// Feed bytes received from the client. Returns how many were taken (at most the free buffer space; all of
+    /// them once the session is closed or awaiting the TLS handshake, where input is discarded). Processing
+    /// happens in [`poll_event`](Self::poll_event).
+    #[must_use = "bytes not taken must be offered again after draining events"]
+    pub fn handle_input(&mut self, data: &[u8]) -> usize {
+        match self.phase {
+            Phase::Closed => return data.len(),
+            Phase::Handshake => {
+                // RFC 3207 4: nothing received in plaintext after STARTTLS is ever processed.
+                self.discarded += data.len() as u64;
+                if !data.is_empty() && self.config.after_starttls == AfterStartTls::Close {
+                    self.close(CloseReason::Synchronization);
+                }
+                return data.len();
+            }
+            _ => {}
+        }
+        if data.is_empty() {
+            return 0;
+        }
+        if self.config.forbid_unauth_pipelining {
+            // Talking before the greeting was sent, or while a group-ending command awaits its reply.
+            let barrier = matches!(self.phase, Phase::Decision(Pending::Hello { .. } | Pending::Vrfy(_)));
+            if !self.greeting_sent || barrier {
+                self.sync_violation();
+                return data.len();
+            }
+        }
+        if self.pos > 0 && (self.pos == self.input.len() || self.pos >= self.input.len() / 2) {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        let free = self.config.input_buffer.saturating_sub(self.input.len());
+        let take = free.min(data.len());
+        self.input.extend_from_slice(&data[..take]);
+        take
+    }
+
+    /// The client closed its side of the connection.
+    pub fn handle_eof(&mut self) {
+        if !matches!(self.phase, Phase::Closed) {
+            self.close(CloseReason::PeerClosed);
+        }
+    }
+
+    /// The current deadline, if the session is waiting for the client: the caller calls
+    /// [`handle_timeout`](Self::handle_timeout) when it passes. `None` while the application decides.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time passed: if the deadline is reached, queue `421 4.4.2 <host> Error: timeout exceeded` and close
+    /// (RFC 5321 4.5.3.2; the deadline covers the whole command or data phase).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Closed) {
+            let r = Reply::fixed(421, (4, 4, 2), format!("{} Error: timeout exceeded", self.config.hostname));
+            self.send(&r);
+            self.close(CloseReason::Timeout);
+        }
+    }
+
+    /// TLS is now established after a `StartTls` event. Per RFC 3207 4.2 the session returns to its state
+    /// right after the greeting: EHLO name and transaction are forgotten, STARTTLS is no longer advertised (a
+    /// second STARTTLS gets `554 5.5.1 Error: TLS already active`), REQUIRETLS is advertised.
+    pub fn handle_tls_established(&mut self) -> Result<(), UnexpectedTls> {
+        if !matches!(self.phase, Phase::Handshake) {
+            return Err(UnexpectedTls);
+        }
+        self.tls_active = true;
+        self.hello = None;
+        self.txn = None;
+        self.input.clear();
+        self.pos = 0;
+        self.skipping_long_line = false;
+        self.deadline = None;
+        self.phase = Phase::Command;
+        Ok(())
+    }
+
+    /// Change whether a TLS handshake is possible now (certificates loaded): affects the next EHLO reply and
+    /// STARTTLS (`454 4.7.0` when unavailable).
+    pub fn set_tls_available(&mut self, available: bool) {
+        self.config.tls_available = available;
+    }
+
+    /// Bytes to send to the client, if any. Everything queued so far is returned at once.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        if self.output.is_empty() {
+            return None;
+        }
+        self.greeting_sent = true;
+        Some(std::mem::take(&mut self.output))
+    }
+
+    /// Whether the session is over (after draining the output, close the connection).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// Whether TLS is active (after `handle_tls_established`, or a session made with `new_tls`).
+    pub fn is_tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    /// Whether a decision event awaits the application's answer.
+    pub fn is_awaiting_decision(&self) -> bool {
+        matches!(self.phase, Phase::Decision(_))
+    }
+
+    /// Total plaintext octets discarded after STARTTLS (RFC 3207 4), for logging.
+    pub fn discarded_bytes(&self) -> u64 {
+        self.discarded
+    }
+
+    /// Number of negative replies sent so far (the error budget).
+    pub fn error_count(&self) -> u32 {
+        self.errors
+    }
+
+    /// The configuration in use (after [`ServerConfig::validated`]).
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Accept the pending decision with the standard reply.
+    pub fn accept(&mut self) -> Result<(), AnswerError> {
+        let Phase::Decision(pending) = std::mem::replace(&mut self.phase, Phase::Command) else {
+            return Err(AnswerError::NoDecisionPending);
+        };
+        match pending {
+            Pending::Hello { extended } => {
+                self.hello = Some(extended);
+                self.txn = None;
+                let reply = if extended {
+                    self.capabilities().ehlo_reply(&self.config.hostname, "")
+                } else {
+                    Reply::plain(250, vec![self.config.hostname.clone()])
+                };
+                self.send(&reply);
+            }
+            Pending::Mail { from, params } => {
+                let _ = from;
+                self.txn = Some(Transaction { params, recipients: 0, chunked: false, bdat_size: 0, bdat_failed: None });
+                self.send(&Reply::fixed(250, (2, 1, 0), "Ok"));
+            }
+            Pending::Rcpt => {
+                if let Some(t) = &mut self.txn {
+                    t.recipients += 1;
+                }
+                self.send(&Reply::fixed(250, (2, 1, 5), "Ok"));
+            }
+            Pending::MessageEnd => {
+                self.txn = None;
+                self.send(&Reply::fixed(250, (2, 0, 0), "Ok: queued"));
+            }
+            Pending::Vrfy(arg) => {
+                let arg: String = arg.chars().filter(|c| !c.is_control()).take(256).collect();
+                self.send(&Reply::fixed(252, (2, 0, 0), arg));
+            }
+        }
+        Ok(())
+    }
+
+    /// Accept the pending decision with this 2xx reply (e.g. `250 2.0.0 Ok: queued as 4F2A`). Not for EHLO /
+    /// HELO.
+    pub fn accept_with(&mut self, reply: Reply) -> Result<(), AnswerError> {
+        let Phase::Decision(pending) = &self.phase else {
+            return Err(AnswerError::NoDecisionPending);
+        };
+        if !reply.code().is_positive() {
+            return Err(AnswerError::WrongReplyClass);
+        }
+        if matches!(pending, Pending::Hello { .. }) {
+            return Err(AnswerError::Unsupported);
+        }
+        // Apply the state change of a standard acceptance, then replace its reply.
+        let mark = self.output.len();
+        self.accept()?;
+        self.output.truncate(mark);
+        self.send(&reply);
+        Ok(())
+    }
+
+    /// Refuse the pending decision with this 4xx / 5xx reply. A `421` reply closes the session afterwards
+    /// (RFC 5321 3.8). Refusing MessageEnd ends the transaction.
+    pub fn reject(&mut self, reply: Reply) -> Result<(), AnswerError> {
+        let Phase::Decision(pending) = &self.phase else {
+            return Err(AnswerError::NoDecisionPending);
+        };
+        let code = reply.code();
+        if !(code.is_transient() || code.is_permanent()) {
+            return Err(AnswerError::WrongReplyClass);
+        }
+        match pending {
+            Pending::Hello { .. } => {
+                self.hello = None;
+                self.txn = None;
+            }
+            Pending::MessageEnd => self.txn = None,
+            _ => {}
+        }
+        self.phase = Phase::Command;
+        self.send(&reply);
+        if code.value() == 421 && !self.is_closed() {
+            self.close(CloseReason::Application);
+        }
+        Ok(())
+    }
+
+    /// Process buffered input and return the next event, if any. `now` arms the deadline when the session
+    /// starts waiting for the client.
+    pub fn poll_event(&mut self, now: Instant) -> Option<ServerEvent> {
+        loop {
+            if let Some(ev) = self.events.pop_front() {
+                return Some(ev);
+            }
+            if self.output.len() > MAX_PENDING_OUTPUT {
+                return None;
+            }
+            let progressed = match self.phase {
+                Phase::Command => self.step_command(),
+                Phase::Data(_) => self.step_data(),
+                Phase::Bdat { .. } => self.step_bdat(),
+                Phase::Decision(_) | Phase::Handshake | Phase::Closed => return None,
+            };
+            if !progressed && self.events.is_empty() {
+                if self.deadline.is_none() {
+                    let t = &self.config.timeouts;
+                    let span = if matches!(self.phase, Phase::Command) { t.command } else { t.data };
+                    self.deadline = Some(now + span);
+                }
+                return None;
+            }
+        }
+    }
+
+    // ---- internals ----
+
+    fn capabilities(&self) -> Capabilities {
+        let c = &self.config;
+        Capabilities {
+            size: Some(c.data.max_message_size),
+            pipelining: c.pipelining,
+            eight_bit_mime: true,
+            smtputf8: c.smtputf8,
+            chunking: c.chunking,
+            binary_mime: c.chunking && c.binary_mime,
+            // RFC 3207 4.2: not advertised again once TLS is active.
+            starttls: c.starttls != StartTlsPolicy::Disabled && !self.tls_active && c.tls_available,
+            enhanced_status_codes: true,
+            // RFC 8689 2 in practice: only on a TLS-protected session.
+            requiretls: c.requiretls && self.tls_active,
+            dsn: c.dsn,
+            ..Capabilities::default()
+        }
+    }
+
+    fn send(&mut self, reply: &Reply) {
+        reply.encode(&mut self.output);
+        let code = reply.code();
+        if (code.is_transient() || code.is_permanent()) && !self.is_closed() {
+            self.errors += 1;
+            if self.errors >= self.config.max_errors && code.value() != 421 {
+                let r = Reply::fixed(421, (4, 7, 0), format!("{} Error: too many errors", self.config.hostname));
+                r.encode(&mut self.output);
+                self.close(CloseReason::TooManyErrors);
+            }
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if !self.is_closed() {
+            self.phase = Phase::Closed;
+            self.deadline = None;
+            self.input.clear();
+            self.pos = 0;
+            self.events.push_back(ServerEvent::Closing(reason));
+        }
+    }
+
+    fn sync_violation(&mut self) {
+        // Postfix 3.9 smtpd_forbid_unauth_pipelining.
+        let r = Reply::fixed(554, (5, 5, 0), "Error: SMTP protocol synchronization");
+        r.encode(&mut self.output);
+        self.close(CloseReason::Synchronization);
+    }
+
+    fn pipelining_allowed(&self) -> bool {
+        self.config.pipelining && self.hello == Some(true)
+    }
+
+    fn tls_required(&self) -> bool {
+        self.config.starttls == StartTlsPolicy::Require && !self.tls_active
+    }
+
+    /// Take the next command line; returns whether anything was consumed.
+    fn step_command(&mut self) -> bool {
+        let buf = &self.input[self.pos..];
+        // RFC 5321 2.3.8: only CRLF ends a line; a bare CR or LF is part of the (bad) line.
+        let Some(i) = memchr::memmem::find(buf, b"\r\n") else {
+            if buf.len() >= self.config.max_command_line {
+                // Skip the overlong line but keep a trailing CR that may start the CRLF.
+                let keep = usize::from(buf.last() == Some(&b'\r'));
+                self.pos += buf.len() - keep;
+                self.skipping_long_line = true;
+                return true;
+            }
+            return false;
+        };
+        let end = self.pos + i + 2;
+        let line_len = end - self.pos;
+        let start = self.pos;
+        self.pos = end;
+        self.deadline = None;
+        if std::mem::take(&mut self.skipping_long_line) || line_len > self.config.max_command_line {
+            self.send(&CommandError::LineTooLong.reply());
+            return true;
+        }
+        let parsed = Command::parse(&self.input[start..end]);
+        let more = self.pos < self.input.len();
+        match parsed {
+            Err(e) => self.send(&e.reply()),
+            Ok(cmd) => {
+                let ends = cmd.ends_group() || !self.pipelining_allowed();
+                let exempt = matches!(cmd, Command::Bdat { .. } | Command::StartTls);
+                if self.config.forbid_unauth_pipelining && more && ends && !exempt {
+                    self.sync_violation();
+                } else {
+                    self.command(cmd);
+                }
+            }
+        }
+        true
+    }
+
+    fn decide(&mut self, pending: Pending, event: ServerEvent) {
+        self.phase = Phase::Decision(pending);
+        self.events.push_back(event);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        // RFC 3207 4: with TLS required, only these commands are allowed before STARTTLS.
+        let allowed_plain = matches!(cmd, Command::Ehlo(_) | Command::Helo(_) | Command::StartTls | Command::Noop | Command::Quit | Command::Help(_));
+        if self.tls_required() && !allowed_plain {
+            let r = Reply::fixed(530, (5, 7, 0), "Must issue a STARTTLS command first");
+            if let Command::Bdat { size, last } = cmd {
+                self.phase = Phase::Bdat { remaining: size, last, mode: Bdat::Discard(r) };
+            } else {
+                self.send(&r);
+            }
+            return;
+        }
+        match cmd {
+            Command::Ehlo(name) => self.decide(Pending::Hello { extended: true }, ServerEvent::Hello { name, extended: true }),
+            Command::Helo(name) => self.decide(Pending::Hello { extended: false }, ServerEvent::Hello { name, extended: false }),
+            Command::Mail { from, params } => self.mail(from, params),
+            Command::Rcpt { to, params } => self.rcpt(to, params),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.txn = None;
+                self.send(&Reply::fixed(250, (2, 0, 0), "Ok"));
+                self.events.push_back(ServerEvent::Reset);
+            }
+            Command::Noop => {
+                self.send(&Reply::fixed(250, (2, 0, 0), "Ok"));
+                self.events.push_back(ServerEvent::Noop);
+            }
+            Command::Quit => {
+                self.send(&Reply::fixed(221, (2, 0, 0), "Bye"));
+                self.close(CloseReason::Quit);
+            }
+            Command::Vrfy(arg) => self.decide(Pending::Vrfy(arg.clone()), ServerEvent::Vrfy(arg)),
+            Command::Expn(_) => self.send(&Reply::fixed(502, (5, 5, 1), "Error: command not implemented")),
+            Command::Help(_) => {
+                self.send(&Reply::fixed(214, (2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS"));
+                self.events.push_back(ServerEvent::Help);
+            }
+            Command::StartTls => self.starttls(),
+            // Command is non_exhaustive for other crates only; every variant is handled above.
+        }
+    }
+
+    fn mail(&mut self, from: ReversePath, params: MailParams) {
+        let c = &self.config;
+        let unsupported = |p: &str| Reply::fixed(555, (5, 5, 4), format!("Unsupported option: {p}"));
+        let refusal = if self.hello.is_none() {
+            Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first"))
+        } else if self.txn.is_some() {
+            Some(Reply::fixed(503, (5, 5, 1), "Error: nested MAIL command"))
+        } else if params.size.is_some_and(|s| s > c.data.max_message_size) {
+            // RFC 1870 6.1
+            Some(Reply::fixed(552, (5, 3, 4), "Message size exceeds fixed limit"))
+        } else if params.body == Some(Body::BinaryMime) && !(c.chunking && c.binary_mime) {
+            Some(unsupported("BODY=BINARYMIME"))
+        } else if params.smtputf8 && !c.smtputf8 {
+            Some(unsupported("SMTPUTF8"))
+        } else if params.requiretls && !(c.requiretls && self.tls_active) {
+            Some(unsupported("REQUIRETLS"))
+        } else if (params.ret.is_some() || params.envid.is_some()) && !c.dsn {
+            Some(unsupported(if params.ret.is_some() { "RET" } else { "ENVID" }))
+        } else if !(from.is_ascii() || params.smtputf8 && c.smtputf8) {
+            // RFC 6531 3.5
+            Some(Reply::fixed(553, (5, 6, 7), "Must declare SMTPUTF8 to send unicode address"))
+        } else {
+            None
+        };
+        match refusal {
+            Some(r) => self.send(&r),
+            None => self.decide(Pending::Mail { from: from.clone(), params: params.clone() }, ServerEvent::Mail { from, params }),
+        }
+    }
+
+    fn rcpt(&mut self, to: ForwardPath, params: RcptParams) {
+        let refusal = match &self.txn {
+            None => Some(Reply::fixed(503, (5, 5, 1), "Error: need MAIL command")),
+            // RFC 5321 4.5.3.1.10: 452 for too many recipients.
+            Some(t) if t.recipients >= self.config.max_recipients => Some(Reply::fixed(452, (4, 5, 3), "Error: too many recipients")),
+            Some(_) if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn => {
+                Some(Reply::fixed(555, (5, 5, 4), "Unsupported option: NOTIFY"))
+            }
+            Some(t) if !to.is_ascii() && !t.params.smtputf8 => Some(Reply::fixed(553, (5, 6, 7), "Must declare SMTPUTF8 to send unicode address")),
+            Some(_) => None,
+        };
+        match refusal {
+            Some(r) => self.send(&r),
+            None => self.decide(Pending::Rcpt, ServerEvent::Rcpt { to, params }),
+        }
+    }
+
+    fn data(&mut self) {
+        let refusal = match &self.txn {
+            None if self.hello.is_none() => Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first")),
+            None => Some(Reply::fixed(503, (5, 5, 1), "Error: need RCPT command")),
+            Some(t) if t.recipients == 0 => Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients")),
+            // RFC 3030 3: BINARYMIME content needs BDAT; DATA and BDAT do not mix in one transaction.
+            Some(t) if t.params.body == Some(Body::BinaryMime) || t.chunked => {
+                Some(Reply::fixed(503, (5, 5, 1), "Error: BDAT required for this transaction"))
+            }
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            self.send(&r);
+            return;
+        }
+        self.send(&Reply::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
+        self.phase = Phase::Data(Box::new(DataReceiver::new(self.config.data.clone())));
+        self.deadline = None;
+        self.events.push_back(ServerEvent::MessageStart { chunked: false });
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) {
+        // RFC 3030 2: the chunk's octets follow the command line whatever the reply; they are always consumed
+        // so the session stays in sync, and skipped when the command is refused.
+        let refusal = if !self.config.chunking {
+            Some(Reply::fixed(502, (5, 5, 1), "Error: command not implemented"))
+        } else {
+            match &self.txn {
+                None if self.hello.is_none() => Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first")),
+                None => Some(Reply::fixed(503, (5, 5, 1), "Error: need RCPT command")),
+                Some(t) if t.recipients == 0 => Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients")),
+                Some(t) => t.bdat_failed.clone(),
+            }
+        };
+        self.deadline = None;
+        let mode = match refusal {
+            Some(r) => Bdat::Discard(r),
+            None => {
+                if let Some(t) = &mut self.txn
+                    && !t.chunked
+                {
+                    t.chunked = true;
+                    self.events.push_back(ServerEvent::MessageStart { chunked: true });
+                }
+                Bdat::Accept
+            }
+        };
+        self.phase = Phase::Bdat { remaining: size, last, mode };
+    }
+
+    fn starttls(&mut self) {
+        let r = if self.tls_active {
+            Some(Reply::fixed(554, (5, 5, 1), "Error: TLS already active"))
+        } else if self.config.starttls == StartTlsPolicy::Disabled {
+            Some(Reply::fixed(502, (5, 5, 1), "Error: command not implemented"))
+        } else if !self.config.tls_available {
+            Some(Reply::fixed(454, (4, 7, 0), "TLS not available due to temporary reason"))
+        } else if self.txn.is_some() {
+            Some(Reply::fixed(503, (5, 5, 1), "Error: MAIL transaction in progress"))
+        } else {
+            None
+        };
+        if let Some(r) = r {
+            self.send(&r);
+            return;
+        }
+        let leftover = self.input.len() - self.pos;
+        if leftover > 0 && self.config.after_starttls == AfterStartTls::Close {
+            self.sync_violation();
+            return;
+        }
+        // RFC 3207 4 / CVE-2011-0411: pipelined plaintext after STARTTLS is never processed.
+        self.discarded += leftover as u64;
+        self.input.clear();
+        self.pos = 0;
+        self.send(&Reply::fixed(220, (2, 0, 0), "Ready to start TLS"));
+        self.hello = None;
+        self.txn = None;
+        self.deadline = None;
+        self.phase = Phase::Handshake;
+        self.events.push_back(ServerEvent::StartTls { discarded: leftover });
+    }
+
+    fn step_data(&mut self) -> bool {
+        let Phase::Data(rx) = &mut self.phase else { return false };
+        let avail = &self.input[self.pos..];
+        if avail.is_empty() {
+            return false;
+        }
+        let mut out = Vec::new();
+        let step = rx.feed(avail, &mut out);
+        self.pos += step.consumed.min(avail.len());
+        if !out.is_empty() {
+            self.events.push_back(ServerEvent::MessageChunk(out));
+        }
+        match step.end {
+            Some(summary) => {
+                self.deadline = None;
+                self.phase = Phase::Command;
+                self.message_end(summary);
+                true
+            }
+            None => step.consumed > 0,
+        }
+    }
+
+    fn message_end(&mut self, summary: DataSummary) {
+        let reply = if summary.too_large {
+            Some(Reply::fixed(552, (5, 3, 4), "Error: message file too big"))
+        } else if summary.rejected_by_policy(self.config.data.bare_line_endings) {
+            // Postfix 3.9 smtpd_forbid_bare_newline = reject
+            Some(Reply::fixed(550, (5, 5, 2), "Error: bare <CR> or <LF> received"))
+        } else {
+            None
+        };
+        match reply {
+            Some(r) => {
+                self.txn = None;
+                self.send(&r);
+                self.events.push_back(ServerEvent::MessageRejected { reply: r });
+            }
+            None => self.decide(Pending::MessageEnd, ServerEvent::MessageEnd { summary }),
+        }
+    }
+
+    fn step_bdat(&mut self) -> bool {
+        let Phase::Bdat { remaining, last, mode } = &mut self.phase else { return false };
+        let avail = self.input.len() - self.pos;
+        // Bounded by the buffer, so the cast cannot truncate.
+        let n = usize::try_from((*remaining).min(avail as u64)).unwrap_or(avail);
+        if n == 0 && *remaining > 0 {
+            return false;
+        }
+        *remaining -= n as u64;
+        let (done, last) = (*remaining == 0, *last);
+        let chunk = &self.input[self.pos..self.pos + n];
+        self.pos += n;
+        let mut mode = mode.clone();
+        if let (Bdat::Accept, Some(t)) = (&mode, &mut self.txn) {
+            let max = self.config.data.max_message_size;
+            t.bdat_size += n as u64;
+            if t.bdat_size > max {
+                let r = Reply::fixed(552, (5, 3, 4), "Error: message file too big");
+                if t.bdat_failed.is_none() {
+                    self.events.push_back(ServerEvent::MessageRejected { reply: r.clone() });
+                }
+                t.bdat_failed = Some(r.clone());
+                mode = Bdat::Discard(r);
+            } else if n > 0 {
+                self.events.push_back(ServerEvent::MessageChunk(chunk.to_vec()));
+            }
+        }
+        if let Phase::Bdat { mode: m, .. } = &mut self.phase {
+            *m = mode.clone();
+        }
+        if !done {
+            return n > 0;
+        }
+        self.deadline = None;
+        self.phase = Phase::Command;
+        match mode {
+            Bdat::Discard(r) => {
+                if last {
+                    self.txn = None;
+                }
+                self.send(&r);
+            }
+            Bdat::Accept if last => {
+                let size = self.txn.as_ref().map_or(0, |t| t.bdat_size);
+                let summary = DataSummary { size, ..DataSummary::default() };
+                self.decide(Pending::MessageEnd, ServerEvent::MessageEnd { summary });
+            }
+            Bdat::Accept => {
+                let size = self.txn.as_ref().map_or(0, |t| t.bdat_size);
+                self.send(&Reply::fixed(250, (2, 0, 0), format!("Ok: {size} bytes")));
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,597 @@
+//! The server side: a TCP listener whose connections are driven by [`postern_smtp::ServerSession`]s, upgraded
+//! to TLS with tokio-rustls when the client issues STARTTLS, with decisions delegated to a [`ServerHandler`].
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use postern_certs::ServerTlsContext;
+use postern_policy::{
+    CertificateCheck, ClientCertMode, ClientCertificate, CommandVerdict, ServerPolicy, ServerPolicyError,
+    ServerTlsMode, TlsVersion,
+};
+use postern_smtp::{
+    CloseReason, DataSummary, EnhancedStatus, ForwardPath, Host, MailParams, RcptParams, Reply, ReversePath,
+    ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
+};
+use rustls::pki_types::UnixTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::stream::{Stream, negotiated};
+
+/// Size of one socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The application's answer to a decision (EHLO, MAIL, RCPT, end of message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Accept with the engine's standard reply (`250 2.1.0 Ok`, `250 2.0.0 Ok: queued`, …).
+    Accept,
+    /// Accept with this 2xx reply (e.g. `250 2.0.0 Ok: queued as 4F2A`). Not for EHLO / HELO, whose reply the
+    /// engine builds: there it counts as [`Verdict::Accept`].
+    AcceptWith(Reply),
+    /// Refuse with this 4xx / 5xx reply (a `421` also closes the connection, RFC 5321 section 3.8).
+    Reject(Reply),
+}
+
+impl Verdict {
+    /// A refusal built from its parts; a reply that cannot be built (bad code or text) becomes
+    /// `451 4.3.0 Error: internal error`, so that a mistake never turns into an acceptance.
+    pub fn reject(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
+        let built = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2)
+            .and_then(|e| Reply::new(code, Some(e), [text]))
+            .ok()
+            .filter(|r| r.code().is_transient() || r.code().is_permanent());
+        Self::Reject(built.unwrap_or_else(internal_error))
+    }
+}
+
+/// `451 4.3.0 Error: internal error`.
+fn internal_error() -> Reply {
+    fixed(451, (4, 3, 0), "Error: internal error")
+}
+
+/// A reply from constant parts.
+fn fixed(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
+    let status = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2);
+    // Callers pass constant, valid parts (class matching the code, printable text); the fallback replies are
+    // themselves constant and valid, so neither `expect` below can fire.
+    let reply = status.and_then(|e| Reply::new(code, Some(e), [text]));
+    reply.unwrap_or_else(|_| Reply::new(451, None, ["Error: internal error"]).expect("constant reply is valid"))
+}
+
+/// TLS facts of an inbound connection, known once the STARTTLS handshake completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsInfo {
+    /// The negotiated protocol version.
+    pub version: TlsVersion,
+    /// The negotiated cipher suite, as rustls names it (e.g. `TLS13_AES_256_GCM_SHA384`).
+    pub cipher: String,
+    /// The client certificate, if one was presented: SHA-256 fingerprint, subject, issuer and the result of
+    /// verifying it against the configured client CA roots.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+impl TlsInfo {
+    /// The client certificate check: `Anonymous` when none was presented.
+    pub fn client_check(&self) -> CertificateCheck {
+        self.client_certificate.as_ref().map_or_else(CertificateCheck::anonymous, |c| c.check)
+    }
+}
+
+/// What the server knows about a connection; passed to every handler call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// A number identifying the connection in logs (unique per [`Server`]).
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Our address.
+    pub local: SocketAddr,
+    /// TLS facts once STARTTLS succeeded; `None` while plaintext.
+    pub tls: Option<TlsInfo>,
+}
+
+impl ConnectionInfo {
+    /// Whether TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The client certificate, if TLS is active and one was presented. Feed it to
+    /// [`ServerPolicy::may_relay`] to authorise relaying by verified certificate (trusted agents).
+    pub fn client_certificate(&self) -> Option<&ClientCertificate> {
+        self.tls.as_ref().and_then(|t| t.client_certificate.as_ref())
+    }
+}
+
+/// The application behind a [`Server`]: opens one [`SessionHandler`] per connection.
+pub trait ServerHandler: Send + Sync + 'static {
+    /// The per-connection state (e.g. the spool file of the current message).
+    type Session: SessionHandler;
+
+    /// A client connected (and was given a slot under the connection limit).
+    fn open(&self, info: &ConnectionInfo) -> Self::Session;
+}
+
+/// Per-connection decisions. Each decision method is awaited before the connection goes on, so it may do I/O
+/// (a DNS lookup, an fsync); replies stay in order (RFC 2920 section 3.1).
+///
+/// A transaction starts with an accepted [`mail`](Self::mail) and ends with [`message_end`](Self::message_end)
+/// or [`reset`](Self::reset); on `reset`, drop any content stored for it.
+pub trait SessionHandler: Send + 'static {
+    /// EHLO (`extended`) or HELO. Default: accept.
+    fn hello(&mut self, info: &ConnectionInfo, name: &Host, extended: bool) -> impl Future<Output = Verdict> + Send {
+        let _ = (info, name, extended);
+        async { Verdict::Accept }
+    }
+
+    /// MAIL FROM, after the engine's syntax, sequence and size checks. Default: accept.
+    fn mail(&mut self, info: &ConnectionInfo, from: &ReversePath, params: &MailParams) -> impl Future<Output = Verdict> + Send {
+        let _ = (info, from, params);
+        async { Verdict::Accept }
+    }
+
+    /// RCPT TO: the place for relay rules (accept local domains; relay only for authorised networks or a
+    /// verified client certificate, [`ConnectionInfo::client_certificate`]).
+    fn rcpt(&mut self, info: &ConnectionInfo, to: &ForwardPath, params: &RcptParams) -> impl Future<Output = Verdict> + Send;
+
+    /// A piece of message content, in order (dot-unstuffed, CRLF line endings for DATA; verbatim for BDAT).
+    fn message_chunk(&mut self, chunk: Vec<u8>) -> impl Future<Output = ()> + Send;
+
+    /// The whole message was received. Accept only once it is durably stored (file and directory fsynced): the
+    /// `250` is the promise of delivery (RFC 5321 section 6.1). If storing failed, reject with a 4xx.
+    fn message_end(&mut self, info: &ConnectionInfo, summary: &DataSummary) -> impl Future<Output = Verdict> + Send;
+
+    /// The current transaction, if any, is gone (RSET, EHLO, STARTTLS, a refused message, the end of the
+    /// connection). May be called when no transaction is open.
+    fn reset(&mut self) {}
+
+    /// The connection ended.
+    fn closed(&mut self, info: &ConnectionInfo, reason: CloseReason) {
+        let _ = (info, reason);
+    }
+}
+
+/// Why a [`Server`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The inbound policy is inconsistent (client certificates required without TLS required, …).
+    #[error("invalid inbound policy: {0}")]
+    Policy(#[from] ServerPolicyError),
+    /// TLS mode `offer` or `require` needs a TLS context (certificates).
+    #[error("tls mode {0} needs a tls context")]
+    MissingTlsContext(ServerTlsMode),
+}
+
+/// Server settings.
+///
+/// Default: the engine's default [`ServerConfig`] (host name `localhost`; its STARTTLS setting is replaced by
+/// the policy's mode), [`ServerPolicy::default`] (offer TLS, no client certificate), no TLS context (set one for
+/// `offer` / `require`), 100 simultaneous connections (Postfix `default_process_limit`), a 60 s TLS handshake
+/// timeout and a 30 s shutdown grace period.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerSettings {
+    /// Engine settings: host name, limits, deadlines ([`postern_smtp::Timeouts`]).
+    pub smtp: ServerConfig,
+    /// Inbound TLS policy: mode none / offer / require, client certificates none / ask / require.
+    pub policy: ServerPolicy,
+    /// The TLS configuration from postern-certs; its client-certificate mode must match `policy`.
+    pub tls: Option<ServerTlsContext>,
+    /// Simultaneous connections; past it a client gets `421 4.3.2 Too many connections` and is closed.
+    pub max_connections: usize,
+    /// Time allowed for the TLS handshake after `220 Ready to start TLS`.
+    pub handshake_timeout: Duration,
+    /// Time sessions are given to finish after shutdown is requested; then idle sessions are told `421 4.3.2`
+    /// and the rest are aborted.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            smtp: ServerConfig::default(),
+            policy: ServerPolicy::default(),
+            tls: None,
+            max_connections: 100,
+            handshake_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerSettings {
+    /// Settings for this host name, TLS policy and TLS context, defaults otherwise.
+    pub fn new(hostname: impl Into<String>, policy: ServerPolicy, tls: Option<ServerTlsContext>) -> Self {
+        Self { smtp: ServerConfig::new(hostname), policy, tls, ..Self::default() }
+    }
+}
+
+/// An SMTP server: accepts connections and drives one session per connection.
+///
+/// Cloning is cheap (shared settings and handler).
+pub struct Server<H> {
+    settings: Arc<ServerSettings>,
+    handler: Arc<H>,
+    slots: Arc<Semaphore>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl<H> Clone for Server<H> {
+    fn clone(&self) -> Self {
+        Self {
+            settings: Arc::clone(&self.settings),
+            handler: Arc::clone(&self.handler),
+            slots: Arc::clone(&self.slots),
+            next_id: Arc::clone(&self.next_id),
+        }
+    }
+}
+
+impl<H> fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("settings", &self.settings)
+            .field("free_slots", &self.slots.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H: ServerHandler> Server<H> {
+    /// A server with these settings and this application. The policy is validated; the engine's STARTTLS
+    /// setting follows the policy's mode.
+    pub fn new(mut settings: ServerSettings, handler: H) -> Result<Self, ServerError> {
+        settings.policy.validate()?;
+        settings.smtp.starttls = match settings.policy.tls {
+            ServerTlsMode::None => StartTlsPolicy::Disabled,
+            ServerTlsMode::Require => StartTlsPolicy::Require,
+            _ => StartTlsPolicy::Offer,
+        };
+        if settings.policy.tls != ServerTlsMode::None && settings.tls.is_none() {
+            return Err(ServerError::MissingTlsContext(settings.policy.tls));
+        }
+        settings.smtp.tls_available = settings.tls.is_some();
+        let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+        Ok(Self { settings: Arc::new(settings), handler: Arc::new(handler), slots, next_id: Arc::new(AtomicU64::new(1)) })
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &ServerSettings {
+        &self.settings
+    }
+
+    /// Serve `listener` until `shutdown` completes; then stop accepting, give open sessions the grace period to
+    /// finish, tell the idle ones `421 4.3.2` and abort the rest. Accept errors (e.g. out of file descriptors)
+    /// are logged and retried after a short pause.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let (force_tx, force_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => self.spawn_connection(&mut tasks, tcp, peer, force_rx.clone()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        drop(listener);
+        tracing::info!(sessions = tasks.len(), "shutting down: no longer accepting connections");
+        let all_done = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.settings.shutdown_grace, all_done).await.is_err() {
+            tracing::info!(sessions = tasks.len(), "grace period over: closing remaining sessions");
+            // Receivers are in the tasks; a send error only means they are all gone already.
+            let _ = force_tx.send(true);
+            let closing = async { while tasks.join_next().await.is_some() {} };
+            if tokio::time::timeout(Duration::from_secs(1), closing).await.is_err() {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+            }
+        }
+    }
+
+    fn spawn_connection(&self, tasks: &mut JoinSet<()>, tcp: TcpStream, peer: SocketAddr, force: watch::Receiver<bool>) {
+        match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => {
+                let server = self.clone();
+                tasks.spawn(async move {
+                    server.serve_connection(tcp, peer, force).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tracing::warn!(%peer, limit = self.settings.max_connections, "too many connections");
+                let reply = fixed(421, (4, 3, 2), &format!("{} Too many connections, try again later", self.settings.smtp.hostname));
+                tasks.spawn(async move {
+                    let mut tcp = tcp;
+                    let refuse = async {
+                        tcp.write_all(&reply.to_bytes()).await?;
+                        tcp.shutdown().await
+                    };
+                    // A client that does not read gets no more than a second.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+                });
+            }
+        }
+    }
+
+    /// Drive one connection to its end (for callers with their own accept loop; the connection limit is not
+    /// applied here). `force` turning `true` closes the session with `421 4.3.2` when it next waits for input.
+    pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, force: watch::Receiver<bool>) {
+        let local = tcp.local_addr().unwrap_or(peer);
+        let _ = tcp.set_nodelay(true);
+        let info = ConnectionInfo { id: self.next_id.fetch_add(1, Ordering::Relaxed), peer, local, tls: None };
+        tracing::debug!(id = info.id, %peer, "connect");
+        let session = self.handler.open(&info);
+        let mut conn = Connection {
+            settings: &self.settings,
+            session: ServerSession::new(self.settings.smtp.clone(), Instant::now()),
+            stream: Stream::Plain(tcp),
+            pending: Vec::new(),
+            info,
+            handler: session,
+            force,
+        };
+        let reason = conn.run().await;
+        tracing::debug!(id = conn.info.id, %peer, ?reason, "disconnect");
+        conn.handler.reset();
+        conn.handler.closed(&conn.info, reason);
+    }
+}
+
+/// One inbound connection being served.
+struct Connection<'a, S> {
+    settings: &'a ServerSettings,
+    session: ServerSession,
+    stream: Stream<TlsStream<TcpStream>>,
+    /// Bytes read but not yet taken by the session.
+    pending: Vec<u8>,
+    info: ConnectionInfo,
+    handler: S,
+    force: watch::Receiver<bool>,
+}
+
+impl<S: SessionHandler> Connection<'_, S> {
+    /// Serve until the session closes or the connection fails; returns why it ended.
+    async fn run(&mut self) -> CloseReason {
+        let mut reason = CloseReason::PeerClosed;
+        loop {
+            // 1. events, answering decisions.
+            let mut starttls = false;
+            while let Some(event) = self.session.poll_event(Instant::now()) {
+                match event {
+                    ServerEvent::StartTls { discarded } => {
+                        starttls = true;
+                        if discarded > 0 {
+                            tracing::warn!(id = self.info.id, peer = %self.info.peer, discarded,
+                                "plaintext after STARTTLS discarded (RFC 3207 section 4)");
+                        }
+                    }
+                    ServerEvent::Closing(r) => reason = r,
+                    other => self.on_event(other).await,
+                }
+            }
+            // 2. transmit.
+            if let Err(e) = self.transmit().await {
+                tracing::debug!(id = self.info.id, error = %e, "write failed");
+                return CloseReason::PeerClosed;
+            }
+            // 3. close, or handshake.
+            if self.session.is_closed() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+                return reason;
+            }
+            if starttls {
+                if let Err(r) = self.handshake().await {
+                    return r;
+                }
+                continue;
+            }
+            // 4. input: buffered bytes first, then the socket, with the session's deadline.
+            if !self.pending.is_empty() {
+                let taken = self.session.handle_input(&self.pending);
+                self.pending.drain(..taken);
+                if taken > 0 {
+                    continue;
+                }
+            }
+            self.read().await;
+        }
+    }
+
+    async fn on_event(&mut self, event: ServerEvent) {
+        let answer = match event {
+            ServerEvent::Hello { name, extended } => {
+                self.handler.reset();
+                match self.certificate_gate() {
+                    Some(v) => v,
+                    None => self.handler.hello(&self.info, &name, extended).await,
+                }
+            }
+            ServerEvent::Mail { from, params } => match self.certificate_gate() {
+                Some(v) => v,
+                None => self.handler.mail(&self.info, &from, &params).await,
+            },
+            ServerEvent::Rcpt { to, params } => self.handler.rcpt(&self.info, &to, &params).await,
+            ServerEvent::MessageChunk(chunk) => {
+                self.handler.message_chunk(chunk).await;
+                return;
+            }
+            ServerEvent::MessageEnd { summary } => self.handler.message_end(&self.info, &summary).await,
+            ServerEvent::Vrfy(_) => match self.certificate_gate() {
+                Some(v) => v,
+                None => Verdict::Accept,
+            },
+            ServerEvent::MessageRejected { .. } | ServerEvent::Reset => {
+                self.handler.reset();
+                return;
+            }
+            _ => return,
+        };
+        let answered = match answer {
+            Verdict::Accept => self.session.accept(),
+            Verdict::AcceptWith(reply) => match self.session.accept_with(reply) {
+                Err(postern_smtp::AnswerError::Unsupported) => self.session.accept(),
+                other => other,
+            },
+            Verdict::Reject(reply) => match self.session.reject(reply) {
+                // A reply of the wrong class is a handler bug: refuse rather than accept.
+                Err(postern_smtp::AnswerError::WrongReplyClass) => self.session.reject(internal_error()),
+                other => other,
+            },
+        };
+        if let Err(e) = answered {
+            // Only decision events reach this point, and each is answered exactly once.
+            tracing::error!(id = self.info.id, error = %e, "answer not taken by the session");
+        }
+    }
+
+    /// RFC 3207 section 4.1 / client certificates `require`: without a verified client certificate, commands
+    /// are refused with `554 5.7.1` (the handshake already refuses such clients; this is the second lock).
+    fn certificate_gate(&self) -> Option<Verdict> {
+        let tls = self.info.tls.as_ref()?;
+        match self.settings.policy.client_certificate_verdict(&tls.client_check()) {
+            CommandVerdict::Allow => None,
+            CommandVerdict::Reject { code, status, text } => {
+                let mut parts = status.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
+                let class = u8::try_from(parts.next().unwrap_or(5)).unwrap_or(5);
+                let subject = parts.next().unwrap_or(7);
+                let detail = parts.next().unwrap_or(1);
+                Some(Verdict::reject(code, (class, subject, detail), text))
+            }
+            _ => Some(Verdict::Reject(fixed(554, (5, 7, 1), "Client certificate required"))),
+        }
+    }
+
+    async fn transmit(&mut self) -> io::Result<()> {
+        let limit = self.settings.smtp.timeouts.command;
+        while let Some(bytes) = self.session.poll_transmit() {
+            match tokio::time::timeout(limit, self.stream.write_all(&bytes)).await {
+                Ok(r) => r?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")),
+            }
+        }
+        self.stream.flush().await
+    }
+
+    async fn read(&mut self) {
+        let deadline = self.session.poll_timeout();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut force = self.force.clone();
+        let forced = async move {
+            // An error means nobody can request a forced close any more: wait forever.
+            if force.wait_for(|f| *f).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = self.stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => self.session.handle_eof(),
+                Ok(n) => {
+                    let taken = self.session.handle_input(&buf[..n]);
+                    self.pending.extend_from_slice(&buf[taken..n]);
+                }
+            },
+            () = sleep => self.session.handle_timeout(Instant::now()),
+            () = forced => {
+                // RFC 5321 3.8: a server shutting down answers 421.
+                let reply = fixed(421, (4, 3, 2), &format!("{} Service shutting down", self.settings.smtp.hostname));
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&reply.to_bytes())).await;
+                self.session.handle_eof();
+            }
+        }
+    }
+
+    /// After `220 Ready to start TLS` was sent: discard any plaintext still held, handshake, tell the session.
+    async fn handshake(&mut self) -> Result<(), CloseReason> {
+        // RFC 3207 section 4 (CVE-2011-0411): the session throws away (counts) plaintext handed to it now.
+        let held = std::mem::take(&mut self.pending);
+        let _ = self.session.handle_input(&held);
+        if self.session.discarded_bytes() > 0 {
+            tracing::warn!(id = self.info.id, peer = %self.info.peer, total = self.session.discarded_bytes(),
+                "plaintext received after STARTTLS dropped before the TLS handshake");
+        }
+        if self.session.is_closed() {
+            // `AfterStartTls::Close`: the loop drains the Closing event and closes.
+            return Ok(());
+        }
+        let Some(ctx) = &self.settings.tls else {
+            // The engine only accepts STARTTLS when `tls_available`, set from the context's presence.
+            return Err(CloseReason::Application);
+        };
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(CloseReason::Application);
+        };
+        let accept = TlsAcceptor::from(ctx.config()).accept(tcp);
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::info!(id = self.info.id, "TLS handshake failed from unknown[{}]: {e}", self.info.peer.ip());
+                return Err(CloseReason::PeerClosed);
+            }
+            Err(_) => {
+                tracing::info!(id = self.info.id, "TLS handshake timed out from unknown[{}]", self.info.peer.ip());
+                return Err(CloseReason::Timeout);
+            }
+        };
+        let (_, conn) = tls.get_ref();
+        let (version, cipher) = negotiated(conn);
+        let client_certificate = client_certificate(ctx, conn.peer_certificates());
+        let trust = client_certificate.as_ref().map_or(postern_policy::PeerTrust::Anonymous, |c| c.check.trust);
+        // Postfix's summary line (smtpd_tls_loglevel = 1).
+        tracing::info!(id = self.info.id,
+            "{trust} TLS connection established from unknown[{}]: {version} with cipher {cipher}", self.info.peer.ip());
+        if let Some(c) = &client_certificate {
+            tracing::info!(id = self.info.id, subject = %c.subject, issuer = %c.issuer, fingerprint = %c.fingerprint,
+                trust = %c.check.trust, "client certificate");
+        }
+        self.info.tls = Some(TlsInfo { version, cipher, client_certificate });
+        self.stream = Stream::Tls(Box::new(tls));
+        if self.settings.policy.client_certificates == ClientCertMode::Require && self.certificate_gate().is_some() {
+            tracing::warn!(id = self.info.id, "client certificate required and not verified");
+        }
+        // The session was waiting for exactly this (StartTls event); RFC 3207 4.2: it forgets all state.
+        if self.session.handle_tls_established().is_err() {
+            return Err(CloseReason::Application);
+        }
+        Ok(())
+    }
+}
+
+/// The client certificate of a finished handshake, with subject and issuer for relay rules.
+fn client_certificate(ctx: &ServerTlsContext, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Option<ClientCertificate> {
+    let leaf = chain.and_then(<[_]>::first)?;
+    let now = UnixTime::now();
+    let seen = ctx.client_certificate(chain, now);
+    let (subject, issuer) = match postern_certs::inspect("client", leaf, now) {
+        Ok(row) => (row.subject, row.issuer),
+        Err(_) => (String::new(), String::new()),
+    };
+    let fingerprint = postern_policy::Fingerprint(seen.fingerprint.map_or_else(|| postern_certs::Fingerprint::of(leaf).0, |f| f.0));
+    Some(ClientCertificate::new(fingerprint, subject, issuer, seen.check))
+}

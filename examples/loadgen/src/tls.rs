@@ -1,0 +1,167 @@
+//! rustls configurations (aws-lc-rs provider) for the generator and the sink.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
+
+use crate::options::{ClientArgs, TlsVersion};
+
+/// A TLS setup error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TlsSetupError {
+    /// A PEM file could not be read or holds nothing usable.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// rustls refused the configuration.
+    #[error("tls configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The server name is not a valid DNS name or IP address.
+    #[error("invalid server name: {0}")]
+    ServerName(String),
+    /// The roots could not build a verifier.
+    #[error("certificate verifier: {0}")]
+    Verifier(String),
+}
+
+fn pem_error(path: &Path, reason: impl ToString) -> TlsSetupError {
+    TlsSetupError::Pem { path: path.display().to_string(), reason: reason.to_string() }
+}
+
+/// Read every certificate of a PEM file (at least one).
+pub(crate) fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem_error(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(path, e))?;
+    if certs.is_empty() {
+        return Err(pem_error(path, "no certificate"));
+    }
+    Ok(certs)
+}
+
+/// Read the first private key (PKCS#8, PKCS#1 or SEC1) of a PEM file.
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(path, e))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+fn versions(v: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
+    match v {
+        TlsVersion::Tls12 => &[&rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Any => rustls::ALL_VERSIONS,
+    }
+}
+
+/// A server certificate verifier that accepts any certificate chain and name, yet verifies the handshake
+/// signatures (TLS 1.2 `ServerKeyExchange`, TLS 1.3 `CertificateVerify`) with the certificate's key, so the
+/// server does all the cryptographic work of a real handshake. Benchmark use only: it gives no
+/// authentication.
+#[derive(Debug)]
+pub(crate) struct AcceptAnyCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl AcceptAnyCertificate {
+    /// A verifier using the provider's signature algorithms.
+    pub(crate) fn new(provider: &CryptoProvider) -> Self {
+        Self { algorithms: provider.signature_verification_algorithms }
+    }
+}
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The client configuration for a run. With `--resume` the caller shares this one configuration (and so its
+/// session cache) among all connections; without it resumption is disabled, so every handshake is full.
+pub(crate) fn client_config(args: &ClientArgs) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions(args.tls_version))?;
+    let builder = match &args.ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs(ca)? {
+                roots.add(cert).map_err(|e| pem_error(ca, e))?;
+            }
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+            builder.with_webpki_verifier(verifier)
+        }
+        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(&provider))),
+    };
+    let mut config = match (&args.client_cert, &args.client_key) {
+        (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        _ => builder.with_no_client_auth(),
+    };
+    config.resumption = if args.resume {
+        // Room for one ticket per concurrent connection at least.
+        Resumption::in_memory_sessions(args.connections.max(256))
+    } else {
+        Resumption::disabled()
+    };
+    Ok(Arc::new(config))
+}
+
+/// The server name for SNI and verification.
+pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, TlsSetupError> {
+    ServerName::try_from(name.to_owned()).map_err(|_| TlsSetupError::ServerName(name.into()))
+}
+
+/// The sink's server configuration: one certificate, TLS 1.2 and 1.3, session tickets and an ID cache.
+pub(crate) fn sink_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::ALL_VERSIONS)?
+        .with_no_client_auth()
+        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
+    config.ticketer = aws_lc_rs::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    Ok(Arc::new(config))
+}

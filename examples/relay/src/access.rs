@@ -1,0 +1,350 @@
+//! Relay authorisation: who may send mail where.
+//!
+//! The relay is never an open relay (RFC 2505, anti-spam recommendations for
+//! SMTP MTAs). For each RCPT TO the server asks
+//! [`AccessPolicy::check_recipient`]:
+//!
+//! - a recipient in an accepted domain (Postfix `mydestination` /
+//!   `relay_domains`) is accepted from anyone;
+//! - any other recipient only from an authorised client: a client address in
+//!   an authorised network (Postfix `mynetworks`), or a client that presented
+//!   a TLS certificate the policy trusts for relaying (Postfix
+//!   `permit_tls_all_clientcerts` / `permit_tls_clientcerts` with
+//!   `relay_clientcerts`);
+//! - anyone else gets `554 5.7.1 <rcpt>: Relay access denied`, Postfix's
+//!   reply.
+//!
+//! Sender-specified routing in the local part (`user%other@local`,
+//! `user!other@local`, `"user@other"@local`) is refused from unauthorised
+//! clients even for accepted domains (Postfix `allow_untrusted_routing = no`):
+//! a next hop that honours it would turn the relay into an open one.
+//!
+//! Whether a client certificate "verified" is the TLS layer's finding (the
+//! policy's client-certificate roots); this module only takes the result.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::envelope::EnhancedCode;
+use crate::routing::normalize_domain;
+
+/// The client certificate a session presented, as the TLS layer judged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// SHA-256 fingerprint of the certificate (DER), hex; any case and
+    /// colons are accepted.
+    pub sha256: String,
+    /// Whether its chain verified against the configured client-certificate
+    /// roots.
+    pub verified: bool,
+}
+
+/// What the server knows about the client when a recipient is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The client's IP address.
+    pub ip: IpAddr,
+    /// The certificate presented in the TLS handshake, if any.
+    pub certificate: Option<ClientCertificate>,
+}
+
+/// Why a client may relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The recipient is in an accepted domain; anyone may send to it.
+    AcceptedDomain,
+    /// The client address is in this authorised network.
+    Network(IpNet),
+    /// The client presented a verified certificate, and
+    /// [`AccessPolicy::relay_verified_client_certs`] is on.
+    VerifiedCertificate,
+    /// The client presented a certificate with a listed fingerprint.
+    CertificateFingerprint,
+}
+
+/// A refused recipient. Its `Display` is the reply line the server sends,
+/// without CRLF: `554 5.7.1 <rcpt>: Relay access denied`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} {enhanced} {text}")]
+pub struct Denied {
+    /// The SMTP reply code.
+    pub code: u16,
+    /// The enhanced status code.
+    pub enhanced: EnhancedCode,
+    /// The reply text after the codes.
+    pub text: String,
+}
+
+/// The relay's access rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AccessPolicy {
+    /// Domains accepted from anyone: `example.com` is that domain only,
+    /// `.example.com` its subdomains.
+    pub accepted_domains: Vec<String>,
+    /// Client networks that may relay anywhere.
+    pub authorised_networks: Vec<IpNet>,
+    /// Whether any verified client certificate allows relaying.
+    pub relay_verified_client_certs: bool,
+    /// SHA-256 fingerprints of client certificates that allow relaying,
+    /// verified or not (the handshake proved the client holds the key).
+    pub relay_client_cert_fingerprints: Vec<String>,
+}
+
+impl AccessPolicy {
+    /// A policy with these accepted domains and networks, and no
+    /// certificate-based relaying.
+    pub fn new(accepted_domains: Vec<String>, authorised_networks: Vec<IpNet>) -> Self {
+        Self {
+            accepted_domains,
+            authorised_networks,
+            ..Self::default()
+        }
+    }
+
+    /// Whether `domain` is one of ours.
+    pub fn is_accepted_domain(&self, domain: &str) -> bool {
+        let domain = normalize_domain(domain);
+        self.accepted_domains.iter().any(|d| {
+            let d = normalize_domain(d);
+            match d.strip_prefix('.') {
+                Some(parent) => {
+                    domain.len() > d.len() && domain.ends_with(&d) && !parent.is_empty()
+                }
+                None => d == domain,
+            }
+        })
+    }
+
+    /// Why `client` may relay to any destination, if it may.
+    pub fn relay_grant(&self, client: &Client) -> Option<Grant> {
+        // An IPv4-mapped IPv6 address (a dual-stack listener) is matched as IPv4.
+        let ip = match client.ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client.ip, IpAddr::V4),
+            v4 => v4,
+        };
+        if let Some(net) = self.authorised_networks.iter().find(|n| n.contains(&ip)) {
+            return Some(Grant::Network(*net));
+        }
+        let cert = client.certificate.as_ref()?;
+        if cert.verified && self.relay_verified_client_certs {
+            return Some(Grant::VerifiedCertificate);
+        }
+        let fp = normalize_fingerprint(&cert.sha256);
+        if !fp.is_empty()
+            && self
+                .relay_client_cert_fingerprints
+                .iter()
+                .any(|f| normalize_fingerprint(f) == fp)
+        {
+            return Some(Grant::CertificateFingerprint);
+        }
+        None
+    }
+
+    /// Decides a RCPT TO. `recipient` is the mailbox without angle brackets
+    /// (source routes already dropped, RFC 5321 §4.1.1.3).
+    pub fn check_recipient(&self, client: &Client, recipient: &str) -> Result<Grant, Denied> {
+        let grant = self.relay_grant(client);
+        if let Some((local, domain)) = recipient.rsplit_once('@')
+            && self.is_accepted_domain(domain)
+        {
+            let routed = local.contains(['@', '%', '!']);
+            if !routed {
+                return Ok(grant.unwrap_or(Grant::AcceptedDomain));
+            }
+            if let Some(grant) = grant {
+                return Ok(grant);
+            }
+        } else if let Some(grant) = grant {
+            return Ok(grant);
+        }
+        Err(Denied {
+            code: 554,
+            enhanced: EnhancedCode::NOT_AUTHORIZED,
+            text: format!("<{}>: Relay access denied", printable(recipient)),
+        })
+    }
+}
+
+/// Hex digits only, lowercase (`AB:cd:..` → `abcd..`).
+fn normalize_fingerprint(fp: &str) -> String {
+    fp.chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// The recipient as echoed in a reply: no control characters (it came from
+/// the client) and bounded length.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> AccessPolicy {
+        AccessPolicy::new(
+            vec!["example.com".into(), ".corp.example".into()],
+            vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+                "10.1.0.0/16".parse().unwrap(),
+            ],
+        )
+    }
+
+    fn client(ip: &str) -> Client {
+        Client {
+            ip: ip.parse().unwrap(),
+            certificate: None,
+        }
+    }
+
+    fn with_cert(ip: &str, sha256: &str, verified: bool) -> Client {
+        Client {
+            ip: ip.parse().unwrap(),
+            certificate: Some(ClientCertificate {
+                sha256: sha256.into(),
+                verified,
+            }),
+        }
+    }
+
+    #[test]
+    fn accepted_domains_from_anyone() {
+        let p = policy();
+        let stranger = client("203.0.113.9");
+        assert_eq!(
+            p.check_recipient(&stranger, "user@example.com"),
+            Ok(Grant::AcceptedDomain)
+        );
+        assert_eq!(
+            p.check_recipient(&stranger, "user@EXAMPLE.COM."),
+            Ok(Grant::AcceptedDomain)
+        );
+        assert_eq!(
+            p.check_recipient(&stranger, "user@mail.corp.example"),
+            Ok(Grant::AcceptedDomain)
+        );
+        // `.corp.example` is subdomains only; `example.com` is that domain only.
+        assert!(p.check_recipient(&stranger, "user@corp.example").is_err());
+        assert!(
+            p.check_recipient(&stranger, "user@sub.example.com")
+                .is_err()
+        );
+        assert!(p.check_recipient(&stranger, "user@notexample.com").is_err());
+    }
+
+    #[test]
+    fn relaying_denied_to_strangers_with_postfix_reply() {
+        let p = policy();
+        let denied = p
+            .check_recipient(&client("203.0.113.9"), "victim@elsewhere.org")
+            .unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "554 5.7.1 <victim@elsewhere.org>: Relay access denied"
+        );
+        // No domain, address literal: also relaying.
+        assert!(
+            p.check_recipient(&client("203.0.113.9"), "postmaster")
+                .is_err()
+        );
+        assert!(
+            p.check_recipient(&client("203.0.113.9"), "u@[192.0.2.1]")
+                .is_err()
+        );
+        // An unverified certificate grants nothing by itself.
+        assert!(
+            p.check_recipient(&with_cert("203.0.113.9", "ab", false), "v@elsewhere.org")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn authorised_networks_relay() {
+        let p = policy();
+        assert_eq!(
+            p.check_recipient(&client("127.0.0.1"), "x@elsewhere.org"),
+            Ok(Grant::Network("127.0.0.0/8".parse().unwrap()))
+        );
+        assert!(
+            p.check_recipient(&client("10.1.200.3"), "x@elsewhere.org")
+                .is_ok()
+        );
+        assert!(
+            p.check_recipient(&client("10.2.0.1"), "x@elsewhere.org")
+                .is_err()
+        );
+        assert!(p.check_recipient(&client("::1"), "x@elsewhere.org").is_ok());
+        assert!(
+            p.check_recipient(&client("::ffff:127.0.0.1"), "x@elsewhere.org")
+                .is_ok()
+        );
+        assert!(
+            p.check_recipient(&client("::2"), "x@elsewhere.org")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn certificates_relay_only_when_configured() {
+        let mut p = policy();
+        let verified = with_cert("203.0.113.9", "AB:CD:EF", true);
+        assert!(
+            p.check_recipient(&verified, "x@elsewhere.org").is_err(),
+            "off by default"
+        );
+        p.relay_verified_client_certs = true;
+        assert_eq!(
+            p.check_recipient(&verified, "x@elsewhere.org"),
+            Ok(Grant::VerifiedCertificate)
+        );
+
+        let mut p = policy();
+        p.relay_client_cert_fingerprints = vec!["abcdef".into()];
+        let pinned = with_cert("203.0.113.9", "AB:CD:EF", false);
+        assert_eq!(
+            p.check_recipient(&pinned, "x@elsewhere.org"),
+            Ok(Grant::CertificateFingerprint)
+        );
+        assert!(
+            p.check_recipient(&with_cert("203.0.113.9", "abcdee", true), "x@elsewhere.org")
+                .is_err()
+        );
+        assert!(
+            p.check_recipient(&with_cert("203.0.113.9", "", true), "x@elsewhere.org")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn sender_routing_in_local_part_is_refused_from_strangers() {
+        let p = policy();
+        let stranger = client("203.0.113.9");
+        for rcpt in [
+            "victim%elsewhere.org@example.com",
+            "elsewhere.org!victim@example.com",
+            "\"v@elsewhere.org\"@example.com",
+        ] {
+            assert!(p.check_recipient(&stranger, rcpt).is_err(), "{rcpt}");
+            assert!(
+                p.check_recipient(&client("127.0.0.1"), rcpt).is_ok(),
+                "{rcpt}"
+            );
+        }
+    }
+
+    #[test]
+    fn reply_cannot_be_split_by_the_recipient() {
+        let p = policy();
+        let denied = p
+            .check_recipient(&client("203.0.113.9"), "a@b.org\r\n250 ok")
+            .unwrap_err();
+        assert!(!denied.to_string().contains('\n'));
+    }
+}

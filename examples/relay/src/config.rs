@@ -1,0 +1,714 @@
+//! The relay's configuration: a TOML file in which every key is optional.
+//!
+//! With no file at all the embedded defaults make a working local relay:
+//! listen on 127.0.0.1:2525, accept mail for `localhost`, relay for the
+//! loopback networks, keep the spool in `./postern-state`. Unknown keys are
+//! errors (`deny_unknown_fields`), and every error names the key.
+//! docs/configuration.md documents each key with its Postfix equivalent.
+//!
+//! The `[tls]` table holds the TLS policy settings; it is kept as raw TOML
+//! here and handed to the policy layer, which validates it.
+//!
+//! ```
+//! use postern_relay::config::Config;
+//!
+//! let config = Config::from_toml_str(r#"
+//!     accepted_domains = ["example.com"]
+//!     [queue]
+//!     max_lifetime = "2d"
+//! "#).unwrap();
+//! assert_eq!(config.queue.max_lifetime.as_secs(), 2 * 86_400);
+//! assert_eq!(config.listen[0].to_string(), "127.0.0.1:2525");
+//!
+//! let err = Config::from_toml_str("[queue]\nmax_lifetime = \"2 fortnights\"").unwrap_err();
+//! assert!(err.to_string().contains("queue.max_lifetime"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::access::AccessPolicy;
+use crate::dsn::BounceSettings;
+use crate::queue::RetryPolicy;
+use crate::routing::{NextHop, StaticRoutes};
+
+/// An error in the configuration. Every variant names the key concerned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a key is unknown or has a value of the
+    /// wrong type.
+    #[error("invalid `{key}`: {message}")]
+    Parse {
+        /// The key (dotted path) the error is at, or `<syntax>` when the
+        /// file is not TOML at all.
+        key: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("invalid `{key}`: {reason}")]
+    Invalid {
+        /// The key (dotted path).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The key the error is about.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Read { .. } => None,
+            Self::Parse { key, .. } | Self::Invalid { key, .. } => Some(key),
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// A duration written as a number with a unit, Postfix style: `30s`, `5m`,
+/// `1h`, `5d`, `1w`; a bare integer is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "DurationRepr", into = "String")]
+pub struct Interval(pub Duration);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationRepr {
+    Secs(u64),
+    Text(String),
+}
+
+/// A duration that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?} (expected a number with unit s, m, h, d or w, like \"5m\")")]
+pub struct InvalidInterval(String);
+
+impl FromStr for Interval {
+    type Err = InvalidInterval;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidInterval(s.to_owned());
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let mult = match unit.trim() {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult)
+            .map(|s| Self(Duration::from_secs(s)))
+            .ok_or_else(bad)
+    }
+}
+
+impl TryFrom<DurationRepr> for Interval {
+    type Error = InvalidInterval;
+
+    fn try_from(r: DurationRepr) -> Result<Self, Self::Error> {
+        match r {
+            DurationRepr::Secs(s) => Ok(Self(Duration::from_secs(s))),
+            DurationRepr::Text(t) => t.parse(),
+        }
+    }
+}
+
+impl fmt::Display for Interval {
+    /// The largest whole unit: `300s` shows as `5m`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+            if s != 0 && s.is_multiple_of(mult) {
+                return write!(f, "{}{unit}", s / mult);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
+impl From<Interval> for String {
+    fn from(i: Interval) -> Self {
+        i.to_string()
+    }
+}
+
+impl Interval {
+    /// Whole seconds.
+    pub fn as_secs(self) -> u64 {
+        self.0.as_secs()
+    }
+}
+
+const fn mins(m: u64) -> Interval {
+    Interval(Duration::from_secs(m * 60))
+}
+
+/// The whole configuration. See the [module docs](self); the defaults are
+/// those of [`Config::default`], listed in docs/configuration.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Config {
+    /// This relay's host name: greeting, EHLO, Received, bounces.
+    /// Default: the system host name, else `localhost`.
+    pub hostname: String,
+    /// Addresses to accept SMTP connections on. Default `127.0.0.1:2525`.
+    pub listen: Vec<SocketAddr>,
+    /// The state directory: spool, certificates. Default `postern-state`
+    /// (relative to the working directory).
+    pub state_dir: PathBuf,
+    /// Domains accepted from anyone (`example.com`; `.example.com` for its
+    /// subdomains). Default `["localhost"]`.
+    pub accepted_domains: Vec<String>,
+    /// Client networks allowed to relay anywhere.
+    /// Default `["127.0.0.0/8", "::1/128"]`.
+    pub authorised_networks: Vec<IpNet>,
+    /// Whether a client certificate that verified against the client
+    /// certificate roots allows relaying. Default `false`.
+    pub relay_verified_client_certs: bool,
+    /// SHA-256 fingerprints of client certificates allowed to relay.
+    /// Default `[]`.
+    pub relay_client_cert_fingerprints: Vec<String>,
+    /// Largest message accepted, in bytes (RFC 1870 SIZE). Default 10240000.
+    pub message_size_limit: u64,
+    /// Largest original returned whole in a bounce, in bytes. Default 50000.
+    pub bounce_size_limit: u64,
+    /// Static routes: destination (`example.com`, `.example.com`, `*`) →
+    /// next hop (`host`, `host:port`, `[ip]:port`). Default none (MX lookup).
+    pub routes: BTreeMap<String, NextHop>,
+    /// Retries and queue lifetime.
+    pub queue: QueueConfig,
+    /// SMTP timeouts.
+    pub timeouts: Timeouts,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
+    /// Default `info`.
+    pub log: String,
+    /// TLS policy settings (server and client modes, per-domain overrides,
+    /// certificates). Kept as raw TOML here; the TLS policy layer reads and
+    /// validates it. See docs/policy.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<toml::Table>,
+}
+
+/// Queue settings (`[queue]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct QueueConfig {
+    /// Delay after the first failed attempt. Default `5m`.
+    pub min_backoff: Interval,
+    /// Longest delay between attempts. Default `1h`.
+    pub max_backoff: Interval,
+    /// Time after which undelivered mail is returned. Default `5d`.
+    pub max_lifetime: Interval,
+    /// The same for bounces (null sender), which are dropped. Default `5d`.
+    pub bounce_lifetime: Interval,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            min_backoff: Interval(p.min_backoff),
+            max_backoff: Interval(p.max_backoff),
+            max_lifetime: Interval(p.max_lifetime),
+            bounce_lifetime: Interval(p.bounce_lifetime),
+        }
+    }
+}
+
+/// SMTP timeouts (`[timeouts]`), RFC 5321 §4.5.3.2 values by default. Each is
+/// a deadline for the whole phase, not reset by every read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Server: waiting for the next command (§4.5.3.2.7). Default `5m`.
+    pub server_command: Interval,
+    /// Server: receiving the message content, up to the final dot. Default `10m`.
+    pub server_data: Interval,
+    /// Both sides: the TLS handshake after STARTTLS. Default `1m`.
+    pub tls_handshake: Interval,
+    /// Client: establishing the TCP connection. Default `30s`.
+    pub connect: Interval,
+    /// Client: the 220 greeting (§4.5.3.2.1). Default `5m`.
+    pub greeting: Interval,
+    /// Client: replies to EHLO, STARTTLS, MAIL (§4.5.3.2.2). Default `5m`.
+    pub mail: Interval,
+    /// Client: replies to RCPT (§4.5.3.2.3). Default `5m`.
+    pub rcpt: Interval,
+    /// Client: the 354 reply to DATA (§4.5.3.2.4). Default `2m`.
+    pub data_init: Interval,
+    /// Client: sending each block of content (§4.5.3.2.5). Default `3m`.
+    pub data_block: Interval,
+    /// Client: the reply to the final dot (§4.5.3.2.6). Default `10m`.
+    pub data_done: Interval,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            server_command: mins(5),
+            server_data: mins(10),
+            tls_handshake: mins(1),
+            connect: Interval(Duration::from_secs(30)),
+            greeting: mins(5),
+            mail: mins(5),
+            rcpt: mins(5),
+            data_init: mins(2),
+            data_block: mins(3),
+            data_done: mins(10),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            hostname: system_hostname(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            state_dir: PathBuf::from("postern-state"),
+            accepted_domains: vec!["localhost".into()],
+            // Prefix lengths 8 and 128 are within range for their families,
+            // so `new_assert` cannot panic.
+            authorised_networks: vec![
+                IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+                IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+            ],
+            relay_verified_client_certs: false,
+            relay_client_cert_fingerprints: Vec::new(),
+            message_size_limit: 10_240_000,
+            bounce_size_limit: 50_000,
+            routes: BTreeMap::new(),
+            queue: QueueConfig::default(),
+            timeouts: Timeouts::default(),
+            log: "info".into(),
+            tls: None,
+        }
+    }
+}
+
+/// The host name the kernel reports (Linux `/proc`), else `/etc/hostname`,
+/// else `localhost`. (std has no gethostname; reading these files avoids a
+/// dependency for one value that the configuration can set anyway.)
+fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_ascii_lowercase())
+        .find(|s| is_domain(s))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
+fn is_domain(s: &str) -> bool {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl Config {
+    /// Parses and validates a configuration from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .and_then(|span| key_at(text, span.start))
+                .unwrap_or_else(|| "<syntax>".to_owned());
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = match line {
+                Some(line) => format!("{} (line {line})", e.message().trim()),
+                None => e.message().trim().to_owned(),
+            };
+            ConfigError::Parse { key, message }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads the configuration: the file if given, else the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => {
+                let config = Self::default();
+                config.validate()?;
+                Ok(config)
+            }
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::from_toml_str(&text)
+            }
+        }
+    }
+
+    /// Checks the values that parse but are not acceptable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_domain(&self.hostname) {
+            return Err(invalid(
+                "hostname",
+                format!("{:?} is not a host name", self.hostname),
+            ));
+        }
+        if self.listen.is_empty() {
+            return Err(invalid("listen", "at least one address is needed"));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "must not be empty"));
+        }
+        for d in &self.accepted_domains {
+            if !is_domain(d.strip_prefix('.').unwrap_or(d)) {
+                return Err(invalid(
+                    "accepted_domains",
+                    format!("{d:?} is not a domain or .domain"),
+                ));
+            }
+        }
+        for fp in &self.relay_client_cert_fingerprints {
+            let hex: Vec<char> = fp.chars().filter(|&c| c != ':').collect();
+            if hex.len() != 64 || !hex.iter().all(char::is_ascii_hexdigit) {
+                return Err(invalid(
+                    "relay_client_cert_fingerprints",
+                    format!("{fp:?} is not a SHA-256 fingerprint (64 hex digits)"),
+                ));
+            }
+        }
+        // RFC 5321 §4.5.3.1.7: the maximum message size is at least 64K octets.
+        if self.message_size_limit < 65_536 {
+            return Err(invalid(
+                "message_size_limit",
+                "must be at least 65536 (RFC 5321 §4.5.3.1.7)",
+            ));
+        }
+        self.static_routes()?;
+        let q = &self.queue;
+        for (key, v) in [
+            ("queue.min_backoff", q.min_backoff),
+            ("queue.max_backoff", q.max_backoff),
+            ("queue.max_lifetime", q.max_lifetime),
+            ("queue.bounce_lifetime", q.bounce_lifetime),
+        ] {
+            if v.0.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if q.min_backoff > q.max_backoff {
+            return Err(invalid(
+                "queue.min_backoff",
+                "must not exceed queue.max_backoff",
+            ));
+        }
+        let t = &self.timeouts;
+        for (key, v) in [
+            ("timeouts.server_command", t.server_command),
+            ("timeouts.server_data", t.server_data),
+            ("timeouts.tls_handshake", t.tls_handshake),
+            ("timeouts.connect", t.connect),
+            ("timeouts.greeting", t.greeting),
+            ("timeouts.mail", t.mail),
+            ("timeouts.rcpt", t.rcpt),
+            ("timeouts.data_init", t.data_init),
+            ("timeouts.data_block", t.data_block),
+            ("timeouts.data_done", t.data_done),
+        ] {
+            if v.0.is_zero() {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid("log", e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The spool directory inside the state directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
+    }
+
+    /// The static routes.
+    pub fn static_routes(&self) -> Result<StaticRoutes, ConfigError> {
+        let mut routes = StaticRoutes::new();
+        for (key, hop) in &self.routes {
+            routes
+                .insert(key, hop.clone())
+                .map_err(|e| invalid(format!("routes.\"{key}\""), e.to_string()))?;
+        }
+        Ok(routes)
+    }
+
+    /// The relay access rules.
+    pub fn access_policy(&self) -> AccessPolicy {
+        let mut p = AccessPolicy::new(
+            self.accepted_domains.clone(),
+            self.authorised_networks.clone(),
+        );
+        p.relay_verified_client_certs = self.relay_verified_client_certs;
+        p.relay_client_cert_fingerprints
+            .clone_from(&self.relay_client_cert_fingerprints);
+        p
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            min_backoff: self.queue.min_backoff.0,
+            max_backoff: self.queue.max_backoff.0,
+            max_lifetime: self.queue.max_lifetime.0,
+            bounce_lifetime: self.queue.bounce_lifetime.0,
+        }
+    }
+
+    /// The bounce settings.
+    pub fn bounce_settings(&self) -> BounceSettings {
+        let mut s = BounceSettings::new(self.hostname.clone());
+        s.size_limit = self.bounce_size_limit;
+        s
+    }
+}
+
+/// The dotted key at byte `offset` of a TOML document: the `[table]` header
+/// in force there plus the key on that line. Covers the plain
+/// `[section]` / `key = value` layout of this file format.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && !l.starts_with("[["))
+        .map(|l| {
+            l.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        });
+    if line.starts_with('[') {
+        // The error is about a table header itself (an unknown section).
+        return Some(
+            line.trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+        );
+    }
+    let key = line.split('=').next()?.trim();
+    if key.is_empty() {
+        return table;
+    }
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_gives_working_defaults() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(
+            c.listen,
+            vec!["127.0.0.1:2525".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.accepted_domains, ["localhost"]);
+        assert_eq!(
+            c.authorised_networks,
+            vec![
+                "127.0.0.0/8".parse::<IpNet>().unwrap(),
+                "::1/128".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.state_dir, PathBuf::from("postern-state"));
+        assert_eq!(c.queue.min_backoff.as_secs(), 300);
+        assert_eq!(c.queue.max_backoff.as_secs(), 3600);
+        assert_eq!(c.queue.max_lifetime.as_secs(), 5 * 86_400);
+        assert_eq!(c.timeouts.data_init.as_secs(), 120);
+        assert_eq!(c.timeouts.data_block.as_secs(), 180);
+        assert_eq!(c.timeouts.data_done.as_secs(), 600);
+        assert!(!c.hostname.is_empty());
+        assert!(c.tls.is_none());
+        // An empty file is the same as no file.
+        assert_eq!(Config::from_toml_str("").unwrap(), c);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::from_toml_str(
+            r#"
+            hostname = "relay.example.org"
+            listen = ["0.0.0.0:25", "[::]:25"]
+            state_dir = "/var/lib/postern"
+            accepted_domains = ["example.org", ".example.org"]
+            authorised_networks = ["10.0.0.0/8"]
+            relay_verified_client_certs = true
+            relay_client_cert_fingerprints = ["AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"]
+            message_size_limit = 52428800
+            log = "postern=debug,info"
+
+            [routes]
+            "example.net" = "127.0.0.1:2526"
+            ".example.net" = "[::1]:2527"
+            "*" = "smarthost.example.org"
+
+            [queue]
+            min_backoff = "1m"
+            max_backoff = 7200
+            max_lifetime = "3d"
+
+            [timeouts]
+            connect = "10s"
+
+            [tls]
+            server_mode = "require"
+            [tls.domains."example.net"]
+            mode = "verify"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname, "relay.example.org");
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.queue.max_backoff.as_secs(), 7200);
+        assert_eq!(c.timeouts.connect.as_secs(), 10);
+        assert_eq!(c.timeouts.greeting.as_secs(), 300, "others keep defaults");
+        let routes = c.static_routes().unwrap();
+        assert_eq!(
+            routes.lookup("a.example.net").unwrap().1.to_string(),
+            "[::1]:2527"
+        );
+        assert_eq!(
+            routes.lookup("other.org").unwrap().1.to_string(),
+            "smarthost.example.org:25"
+        );
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls["server_mode"].as_str(), Some("require"));
+        assert!(c.access_policy().relay_verified_client_certs);
+        assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
+    }
+
+    fn error_key(text: &str) -> String {
+        let e = Config::from_toml_str(text).unwrap_err();
+        let msg = e.to_string();
+        let key = e.key().unwrap().to_owned();
+        assert!(msg.contains(&key), "{msg}");
+        key
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(error_key("colour = \"blue\""), "colour");
+        assert_eq!(
+            error_key("[queue]\nmin_backof = \"5m\""),
+            "queue.min_backof"
+        );
+        assert_eq!(
+            error_key("[queue]\nmin_backoff = \"5 parsecs\""),
+            "queue.min_backoff"
+        );
+        assert_eq!(error_key("listen = [\"localhost\"]"), "listen");
+        assert_eq!(
+            error_key("authorised_networks = [\"10.0.0.0/33\"]"),
+            "authorised_networks"
+        );
+        assert_eq!(
+            error_key("[routes]\n\"example.com\" = \"bad host:99999\""),
+            "routes.\"example.com\""
+        );
+        assert_eq!(
+            error_key("[routes]\n\"*.example.com\" = \"mx.example.com\""),
+            "routes.\"*.example.com\""
+        );
+        assert_eq!(error_key("[nonsense]\nx = 1"), "nonsense");
+        assert_eq!(error_key("message_size_limit = 1000"), "message_size_limit");
+        assert_eq!(error_key("hostname = \"not a host\""), "hostname");
+        assert_eq!(error_key("listen = []"), "listen");
+        assert_eq!(
+            error_key("[queue]\nmin_backoff = \"2h\""),
+            "queue.min_backoff"
+        );
+        assert_eq!(error_key("[timeouts]\nrcpt = 0"), "timeouts.rcpt");
+        assert_eq!(
+            error_key("relay_client_cert_fingerprints = [\"abc\"]"),
+            "relay_client_cert_fingerprints"
+        );
+        assert_eq!(
+            error_key("accepted_domains = [\"a..b\"]"),
+            "accepted_domains"
+        );
+        assert_eq!(error_key("log = \"[[[\""), "log");
+        assert_eq!(error_key("hostname = "), "hostname");
+    }
+
+    #[test]
+    fn intervals() {
+        assert_eq!("30s".parse::<Interval>().unwrap().as_secs(), 30);
+        assert_eq!("5m".parse::<Interval>().unwrap().as_secs(), 300);
+        assert_eq!("1h".parse::<Interval>().unwrap().as_secs(), 3600);
+        assert_eq!("5d".parse::<Interval>().unwrap().as_secs(), 432_000);
+        assert_eq!("2w".parse::<Interval>().unwrap().as_secs(), 1_209_600);
+        assert_eq!("42".parse::<Interval>().unwrap().as_secs(), 42);
+        for bad in ["", "m", "5 minutes", "-5m", "1.5h", "99999999999999999999d"] {
+            assert!(bad.parse::<Interval>().is_err(), "{bad}");
+        }
+        assert_eq!(Interval(Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!(Interval(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(Interval(Duration::from_secs(432_000)).to_string(), "5d");
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let c = Config::default();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), c);
+    }
+}

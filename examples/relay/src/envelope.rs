@@ -1,0 +1,488 @@
+//! The data model of a queued message: identifier, envelope, recipients and the
+//! record of failed delivery attempts.
+//!
+//! These types are what [`crate::spool`] stores (as JSON, next to the content),
+//! what [`crate::queue`] schedules, what [`crate::dsn`] reports on and what
+//! `postern-relay queue list --json` prints.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a queued message.
+///
+/// Always 1 to 64 ASCII letters and digits, so it is safe to use as a file
+/// name and in headers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+/// A string that is not a valid [`MessageId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid message id (1 to 64 ASCII letters and digits expected)")]
+pub struct InvalidMessageId;
+
+/// Per-process counter that keeps ids generated within one microsecond apart.
+static ID_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl MessageId {
+    /// Generates a fresh id from the time, the process id and a counter
+    /// (like Postfix's long queue ids: sortable by arrival time).
+    pub fn generate(now: SystemTime) -> Self {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let count = ID_COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self(format!(
+            "{:010X}{:05X}{:08X}{:08X}",
+            since.as_secs(),
+            since.subsec_micros(),
+            std::process::id(),
+            count
+        ))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = InvalidMessageId;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        if !value.is_empty()
+            && value.len() <= 64
+            && value.bytes().all(|b| b.is_ascii_alphanumeric())
+        {
+            Ok(Self(value))
+        } else {
+            Err(InvalidMessageId)
+        }
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = InvalidMessageId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::try_from(s.to_owned())
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An RFC 3463 enhanced status code, `class.subject.detail`.
+///
+/// RFC 3463 §2: class is 2, 4 or 5; subject and detail are 1 to 3 digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EnhancedCode {
+    class: u8,
+    subject: u16,
+    detail: u16,
+}
+
+/// A string or triple that is not a valid [`EnhancedCode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid enhanced status code (RFC 3463 `class.subject.detail` expected)")]
+pub struct InvalidEnhancedCode;
+
+impl EnhancedCode {
+    /// `4.4.7`: delivery time expired (RFC 3463 §3.5).
+    pub const EXPIRED: Self = Self::known(4, 4, 7);
+    /// `4.4.3`: directory (DNS) server failure (RFC 3463 §3.5).
+    pub const DNS_FAILURE: Self = Self::known(4, 4, 3);
+    /// `5.1.2`: bad destination system address (RFC 3463 §3.2).
+    pub const BAD_DESTINATION: Self = Self::known(5, 1, 2);
+    /// `5.1.10`: recipient address has null MX (RFC 7505 §4, registered in §6).
+    pub const NULL_MX: Self = Self::known(5, 1, 10);
+    /// `5.4.4`: unable to route (RFC 3463 §3.5).
+    pub const UNROUTABLE: Self = Self::known(5, 4, 4);
+    /// `5.7.1`: delivery not authorized (RFC 3463 §3.8).
+    pub const NOT_AUTHORIZED: Self = Self::known(5, 7, 1);
+
+    /// Internal constructor for the constants above; the triples are valid by
+    /// inspection (class 4 or 5, subject and detail below 1000).
+    const fn known(class: u8, subject: u16, detail: u16) -> Self {
+        Self {
+            class,
+            subject,
+            detail,
+        }
+    }
+
+    /// Builds a code, checking the RFC 3463 §2 ranges.
+    pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, InvalidEnhancedCode> {
+        if matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000 {
+            Ok(Self {
+                class,
+                subject,
+                detail,
+            })
+        } else {
+            Err(InvalidEnhancedCode)
+        }
+    }
+
+    /// The class digit: 2 (success), 4 (persistent transient failure) or
+    /// 5 (permanent failure).
+    pub fn class(self) -> u8 {
+        self.class
+    }
+
+    /// Whether the code reports a permanent failure (class 5).
+    pub fn is_permanent(self) -> bool {
+        self.class == 5
+    }
+}
+
+impl FromStr for EnhancedCode {
+    type Err = InvalidEnhancedCode;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        fn part(p: Option<&str>) -> Result<u16, InvalidEnhancedCode> {
+            let p = p.ok_or(InvalidEnhancedCode)?;
+            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(InvalidEnhancedCode);
+            }
+            p.parse().map_err(|_| InvalidEnhancedCode)
+        }
+        let mut parts = s.split('.');
+        let class = part(parts.next())?;
+        let subject = part(parts.next())?;
+        let detail = part(parts.next())?;
+        if parts.next().is_some() {
+            return Err(InvalidEnhancedCode);
+        }
+        let class = u8::try_from(class).map_err(|_| InvalidEnhancedCode)?;
+        Self::new(class, subject, detail)
+    }
+}
+
+impl TryFrom<String> for EnhancedCode {
+    type Error = InvalidEnhancedCode;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<EnhancedCode> for String {
+    fn from(code: EnhancedCode) -> Self {
+        code.to_string()
+    }
+}
+
+impl fmt::Display for EnhancedCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
+    }
+}
+
+/// Why a delivery attempt failed, as recorded in the queue and reported by
+/// `queue list` and in bounces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The enhanced status code (ours or the remote server's).
+    pub code: EnhancedCode,
+    /// The reply, one line: the remote server's reply (`550 5.1.1 no such user`)
+    /// or the reply this relay composed for a local failure.
+    pub reply: String,
+    /// The RFC 8460 §4.3 result type when the failure is a TLS one
+    /// (`starttls-not-supported`, `certificate-not-trusted`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_type: Option<String>,
+    /// The policy rule that decided, as the TLS policy explains it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_rule: Option<String>,
+    /// The host that gave the reply, when a remote server did
+    /// (`mx.example.com[192.0.2.1]:25`); `None` for a local failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_mta: Option<String>,
+    /// When the failure happened.
+    #[serde(with = "unix_time")]
+    pub at: SystemTime,
+}
+
+impl Failure {
+    /// A failure with a code and reply and no TLS or remote details.
+    pub fn new(code: EnhancedCode, reply: impl Into<String>, at: SystemTime) -> Self {
+        Self {
+            code,
+            reply: reply.into(),
+            result_type: None,
+            policy_rule: None,
+            remote_mta: None,
+            at,
+        }
+    }
+}
+
+/// Where a recipient stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecipientState {
+    /// Not attempted yet.
+    Pending,
+    /// Attempted, failed temporarily; will be retried.
+    Deferred,
+    /// Accepted by the next hop.
+    Delivered,
+    /// Failed permanently (or expired); the sender is still to be notified.
+    Failed,
+    /// Failed, and the sender was notified (or cannot be: null reverse path).
+    Returned,
+}
+
+impl RecipientState {
+    /// Whether delivery to this recipient is still to be attempted.
+    pub fn is_open(self) -> bool {
+        matches!(self, Self::Pending | Self::Deferred)
+    }
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path mailbox, without angle brackets.
+    pub address: String,
+    /// The RFC 3461 ORCPT parameter as received (`rfc822;user@example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    /// Where delivery to this recipient stands.
+    pub state: RecipientState,
+    /// The most recent failure for this recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+impl Recipient {
+    /// A pending recipient.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            orcpt: None,
+            state: RecipientState::Pending,
+            last_failure: None,
+        }
+    }
+}
+
+/// The RFC 3461 RET parameter: what a bounce returns of the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ret {
+    /// The full message.
+    Full,
+    /// The headers only.
+    Hdrs,
+}
+
+/// The RFC 1652 / RFC 3030 BODY parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Body {
+    /// `BODY=7BIT`.
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+    /// `BODY=BINARYMIME`.
+    BinaryMime,
+}
+
+/// The MAIL FROM parameters the relay keeps with the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailParams {
+    /// RFC 8689 REQUIRETLS: every hop must use verified TLS, and a bounce is
+    /// redacted (headers only).
+    #[serde(default)]
+    pub requiretls: bool,
+    /// RFC 6531 SMTPUTF8.
+    #[serde(default)]
+    pub smtputf8: bool,
+    /// RFC 1652 BODY.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Body>,
+    /// RFC 1870 SIZE as declared by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// RFC 3461 ENVID (decoded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envid: Option<String>,
+    /// RFC 3461 RET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ret: Option<Ret>,
+}
+
+/// The envelope and delivery state of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message id (also its spool entry name).
+    pub id: MessageId,
+    /// The reverse path (MAIL FROM) without angle brackets; empty for the
+    /// null reverse path `<>`.
+    pub reverse_path: String,
+    /// The recipients, in RCPT order.
+    pub recipients: Vec<Recipient>,
+    /// The MAIL FROM parameters.
+    pub params: MailParams,
+    /// When the message was accepted.
+    #[serde(with = "unix_time")]
+    pub received_at: SystemTime,
+    /// How many delivery attempts were made.
+    pub attempts: u32,
+    /// When the next delivery attempt is due.
+    #[serde(with = "unix_time")]
+    pub next_attempt: SystemTime,
+    /// The most recent failure of any recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<Failure>,
+}
+
+impl Envelope {
+    /// A new envelope, due for delivery at `received_at`, with a fresh id.
+    pub fn new(
+        reverse_path: impl Into<String>,
+        recipients: impl IntoIterator<Item = Recipient>,
+        params: MailParams,
+        received_at: SystemTime,
+    ) -> Self {
+        Self {
+            id: MessageId::generate(received_at),
+            reverse_path: reverse_path.into(),
+            recipients: recipients.into_iter().collect(),
+            params,
+            received_at,
+            attempts: 0,
+            next_attempt: received_at,
+            last_failure: None,
+        }
+    }
+
+    /// Whether the reverse path is null (`<>`): bounces and other
+    /// notifications, which must never be answered with a bounce
+    /// (RFC 5321 §4.5.5).
+    pub fn is_null_sender(&self) -> bool {
+        self.reverse_path.is_empty()
+    }
+
+    /// Indices of the recipients still to be attempted.
+    pub fn open_recipients(&self) -> Vec<usize> {
+        self.indices_in(RecipientState::is_open)
+    }
+
+    /// Indices of the recipients that failed and whose sender is still to be
+    /// notified.
+    pub fn failed_unreturned(&self) -> Vec<usize> {
+        self.indices_in(|s| s == RecipientState::Failed)
+    }
+
+    /// Whether nothing is left to do: every recipient delivered or returned.
+    pub fn is_finished(&self) -> bool {
+        self.recipients.iter().all(|r| {
+            matches!(
+                r.state,
+                RecipientState::Delivered | RecipientState::Returned
+            )
+        })
+    }
+
+    fn indices_in(&self, pred: impl Fn(RecipientState) -> bool) -> Vec<usize> {
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| pred(r.state))
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// Serde helper: a [`SystemTime`] as whole seconds since the Unix epoch
+/// (before the epoch is stored as 0).
+pub(crate) mod unix_time {
+    use super::{Duration, SystemTime, UNIX_EPOCH};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = u64::deserialize(d)?;
+        UNIX_EPOCH
+            .checked_add(Duration::from_secs(secs))
+            .ok_or_else(|| serde::de::Error::custom("time out of range"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_are_unique_and_valid() {
+        let now = SystemTime::now();
+        let a = MessageId::generate(now);
+        let b = MessageId::generate(now);
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().parse::<MessageId>(), Ok(a.clone()));
+        assert!("../etc".parse::<MessageId>().is_err());
+        assert!("".parse::<MessageId>().is_err());
+        assert!("A".repeat(65).parse::<MessageId>().is_err());
+    }
+
+    #[test]
+    fn enhanced_code_parses_per_rfc3463() {
+        let c: EnhancedCode = "5.1.10".parse().unwrap();
+        assert_eq!(c, EnhancedCode::NULL_MX);
+        assert!(c.is_permanent());
+        assert_eq!(c.to_string(), "5.1.10");
+        assert!(!"4.7.5".parse::<EnhancedCode>().unwrap().is_permanent());
+        for bad in [
+            "3.1.1", "5.1", "5.1.1.1", "5.1000.1", "5..1", "x.1.1", "5.1.+1", "",
+        ] {
+            assert!(bad.parse::<EnhancedCode>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_through_json() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut env = Envelope::new(
+            "a@example.org",
+            [Recipient::new("b@example.com")],
+            MailParams {
+                requiretls: true,
+                ..MailParams::default()
+            },
+            t,
+        );
+        let mut failure = Failure::new("4.7.5".parse().unwrap(), "454 4.7.5 tls failed", t);
+        failure.result_type = Some("certificate-not-trusted".into());
+        env.recipients[0].state = RecipientState::Deferred;
+        env.recipients[0].last_failure = Some(failure.clone());
+        env.last_failure = Some(failure);
+        let json = serde_json::to_string(&env).unwrap();
+        assert!(json.contains("\"4.7.5\""), "{json}");
+        assert!(json.contains("1700000000"), "{json}");
+        let back: Envelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, env);
+    }
+}

@@ -1,0 +1,673 @@
+//! Where to deliver: static routes, else the destination's MX records.
+//!
+//! [`Router::route`] answers for a recipient domain with a [`Route`]: the
+//! next-hop hosts in the order to try them, or a [`Failure`] that is
+//! temporary (defer) or permanent (bounce).
+//!
+//! 1. Static routes (Postfix `transport_maps` with `smtp:[host]:port`
+//!    entries): the domain itself, then `.parent` entries from the nearest to
+//!    the farthest, then `*`. Keys are case-insensitive and a trailing dot is
+//!    ignored. A static route names the host to connect to: no MX lookup.
+//! 2. Otherwise DNS, RFC 5321 §5.1: the MX records sorted by preference; no
+//!    MX records at all means the implicit MX, the domain itself with
+//!    preference 0, provided it has an address record; a null MX (RFC 7505:
+//!    one MX with exchange `.`) means the domain accepts no mail, a permanent
+//!    failure `556 5.1.10`. A domain that does not exist is a permanent
+//!    failure `5.1.2`; a DNS error is a temporary failure `4.4.3`, never a
+//!    bounce.
+//!
+//! DNS goes through the [`Resolver`] trait: [`HickoryResolver`] in the relay,
+//! a fake in tests.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::{EnhancedCode, Failure};
+
+/// The SMTP port (RFC 5321 §4.5.4.2 delivery is to port 25).
+pub const SMTP_PORT: u16 = 25;
+
+/// A host and port to connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NextHop {
+    /// A host name or an IP address (without brackets).
+    pub host: String,
+    /// The TCP port.
+    pub port: u16,
+}
+
+/// A next-hop string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid next hop {0:?} (expected host, host:port, [ip] or [ip]:port)")]
+pub struct InvalidNextHop(String);
+
+impl FromStr for NextHop {
+    type Err = InvalidNextHop;
+
+    /// Parses `host`, `host:port`, `1.2.3.4:port`, `[ip]` or `[ip]:port`
+    /// (brackets are needed around an IPv6 address with a port).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidNextHop(s.to_owned());
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or_else(bad)?;
+            inside.parse::<IpAddr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (inside, port)
+        } else if s.parse::<Ipv6Addr>().is_ok() {
+            (s, None)
+        } else {
+            match s.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?,
+            None => SMTP_PORT,
+        };
+        let host = host.trim_end_matches('.');
+        let valid_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if host.parse::<IpAddr>().is_err() && !valid_name {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for NextHop {
+    type Error = InvalidNextHop;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<NextHop> for String {
+    fn from(hop: NextHop) -> Self {
+        hop.to_string()
+    }
+}
+
+impl fmt::Display for NextHop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How a route was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A static route; the key that matched (`example.com`, `.example.com`, `*`).
+    Static(String),
+    /// The destination's MX records.
+    Mx,
+    /// No MX records: the domain itself (RFC 5321 §5.1 implicit MX).
+    ImplicitMx,
+}
+
+/// Where to deliver mail for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The destination domain (normalised: lowercase, no trailing dot). The
+    /// TLS policy is looked up by this name, and `secure` mode matches the
+    /// certificate against it.
+    pub domain: String,
+    /// The hosts to try, in order (MX preference; `verify` mode matches the
+    /// certificate against the host name).
+    pub hosts: Vec<NextHop>,
+    /// How the route was found.
+    pub source: RouteSource,
+}
+
+/// A DNS lookup that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// The name does not exist (NXDOMAIN).
+    #[error("domain does not exist")]
+    NoSuchDomain,
+    /// The name exists but has no records of the type asked (NODATA).
+    #[error("no records")]
+    NoRecords,
+    /// The lookup could not be completed (timeout, SERVFAIL, network).
+    #[error("dns lookup failed: {0}")]
+    Temporary(String),
+}
+
+/// One MX record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    /// Lower is preferred.
+    pub preference: u16,
+    /// The mail exchanger's host name; `"."` or `""` for a null MX.
+    pub exchange: String,
+}
+
+/// The DNS lookups routing needs. Implemented by [`HickoryResolver`]; tests
+/// use an in-memory table.
+pub trait Resolver {
+    /// The MX records of `domain`.
+    fn mx(&self, domain: &str) -> impl Future<Output = Result<Vec<MxRecord>, LookupError>> + Send;
+    /// The A and AAAA addresses of `host`.
+    fn addresses(
+        &self,
+        host: &str,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, LookupError>> + Send;
+}
+
+/// [`Resolver`] backed by hickory-resolver with the system configuration
+/// (`/etc/resolv.conf`).
+#[derive(Debug, Clone)]
+pub struct HickoryResolver {
+    inner: TokioResolver,
+}
+
+impl HickoryResolver {
+    /// A resolver with the system configuration. Call within a tokio runtime.
+    pub fn from_system() -> Result<Self, LookupError> {
+        let inner = TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| LookupError::Temporary(e.to_string()))?;
+        Ok(Self { inner })
+    }
+}
+
+fn lookup_error(e: &hickory_resolver::net::NetError) -> LookupError {
+    if e.is_nx_domain() {
+        LookupError::NoSuchDomain
+    } else if e.is_no_records_found() {
+        LookupError::NoRecords
+    } else {
+        LookupError::Temporary(e.to_string())
+    }
+}
+
+/// An absolute name, so the resolver's search list is never applied.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Resolver for HickoryResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        let lookup = self
+            .inner
+            .mx_lookup(fqdn(domain))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(MxRecord {
+                    preference: mx.preference,
+                    exchange: mx.exchange.to_ascii(),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        let lookup = self
+            .inner
+            .lookup_ip(fqdn(host))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup.iter().collect())
+    }
+}
+
+/// Static routes: destination domain → next hop.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StaticRoutes {
+    map: HashMap<String, NextHop>,
+}
+
+/// A static route key that is not a domain, `.domain` or `*`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid route key {0:?} (expected domain, .domain or *)")]
+pub struct InvalidRouteKey(String);
+
+impl StaticRoutes {
+    /// No routes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a route. `key` is a domain (that domain only), `.domain` (its
+    /// subdomains) or `*` (everything else, a smart host).
+    pub fn insert(&mut self, key: &str, hop: NextHop) -> Result<(), InvalidRouteKey> {
+        let norm = normalize_domain(key);
+        let domain_part = norm.strip_prefix('.').unwrap_or(&norm);
+        let ok = norm == "*"
+            || (!domain_part.is_empty()
+                && !domain_part.contains("..")
+                && !domain_part.starts_with('.')
+                && domain_part
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '.'));
+        if !ok {
+            return Err(InvalidRouteKey(key.to_owned()));
+        }
+        self.map.insert(norm, hop);
+        Ok(())
+    }
+
+    /// The route for `domain` and the key that matched: exact name, then
+    /// `.parent` keys nearest first, then `*`.
+    pub fn lookup(&self, domain: &str) -> Option<(&str, &NextHop)> {
+        let domain = normalize_domain(domain);
+        let candidates = std::iter::once(domain.clone())
+            .chain(
+                domain
+                    .match_indices('.')
+                    .map(|(i, _)| domain[i..].to_owned()),
+            )
+            .chain(std::iter::once("*".to_owned()));
+        for key in candidates {
+            if let Some((k, hop)) = self.map.get_key_value(&key) {
+                return Some((k.as_str(), hop));
+            }
+        }
+        None
+    }
+
+    /// Whether there are no routes.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Lowercase, without a trailing dot (DNS names are case-insensitive and
+/// `example.com.` is `example.com`).
+pub fn normalize_domain(domain: &str) -> String {
+    domain.trim_end_matches('.').to_lowercase()
+}
+
+/// Finds routes: static first, then DNS.
+#[derive(Debug, Clone)]
+pub struct Router<R> {
+    routes: StaticRoutes,
+    resolver: R,
+}
+
+impl<R: Resolver> Router<R> {
+    /// A router with these static routes and this resolver.
+    pub fn new(routes: StaticRoutes, resolver: R) -> Self {
+        Self { routes, resolver }
+    }
+
+    /// The resolver (the delivery layer also looks up host addresses with it).
+    pub fn resolver(&self) -> &R {
+        &self.resolver
+    }
+
+    /// The route for a recipient domain, or the failure to record for its
+    /// recipients (temporary: defer; permanent: bounce). `now` stamps the
+    /// failure.
+    pub async fn route(&self, domain: &str, now: SystemTime) -> Result<Route, Failure> {
+        let domain = normalize_domain(domain);
+        if let Some((key, hop)) = self.routes.lookup(&domain) {
+            return Ok(Route {
+                domain,
+                hosts: vec![hop.clone()],
+                source: RouteSource::Static(key.to_owned()),
+            });
+        }
+        // A domain literal (`user@[192.0.2.1]`, RFC 5321 §4.1.3) is not
+        // routed by DNS; only a static route may take it.
+        if domain.starts_with('[') {
+            return Err(Failure::new(
+                EnhancedCode::UNROUTABLE,
+                format!("554 5.4.4 no route to address literal {domain}"),
+                now,
+            ));
+        }
+        match self.resolver.mx(&domain).await {
+            Ok(records) if !records.is_empty() => mx_route(domain, records, now),
+            Ok(_) | Err(LookupError::NoRecords) => self.implicit_mx(domain, now).await,
+            Err(LookupError::NoSuchDomain) => Err(Failure::new(
+                EnhancedCode::BAD_DESTINATION,
+                format!("550 5.1.2 domain {domain} does not exist"),
+                now,
+            )),
+            Err(LookupError::Temporary(e)) => Err(Failure::new(
+                EnhancedCode::DNS_FAILURE,
+                format!("451 4.4.3 MX lookup for {domain} failed: {e}"),
+                now,
+            )),
+        }
+    }
+
+    /// RFC 5321 §5.1: "If an empty list of MXs is returned, the address is
+    /// treated as if it was associated with an implicit MX RR, with a
+    /// preference of 0, pointing to that host."
+    async fn implicit_mx(&self, domain: String, now: SystemTime) -> Result<Route, Failure> {
+        match self.resolver.addresses(&domain).await {
+            Ok(addrs) if !addrs.is_empty() => Ok(Route {
+                hosts: vec![NextHop {
+                    host: domain.clone(),
+                    port: SMTP_PORT,
+                }],
+                domain,
+                source: RouteSource::ImplicitMx,
+            }),
+            Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::new(
+                EnhancedCode::UNROUTABLE,
+                format!("554 5.4.4 {domain} has no MX and no address record"),
+                now,
+            )),
+            Err(LookupError::Temporary(e)) => Err(Failure::new(
+                EnhancedCode::DNS_FAILURE,
+                format!("451 4.4.3 address lookup for {domain} failed: {e}"),
+                now,
+            )),
+        }
+    }
+}
+
+fn mx_route(domain: String, mut records: Vec<MxRecord>, now: SystemTime) -> Result<Route, Failure> {
+    let is_null = |r: &MxRecord| r.exchange.is_empty() || r.exchange == ".";
+    // RFC 7505 §3: a null MX is a single MX RR with preference 0 and the
+    // zero-length exchange; the domain accepts no mail. §4: such
+    // mail is returned with 556 5.1.10 (RFC 7504 §3 reply code).
+    // `records[0]` exists: the length is checked first.
+    if records.len() == 1 && is_null(&records[0]) {
+        return Err(Failure::new(
+            EnhancedCode::NULL_MX,
+            format!("556 5.1.10 {domain} does not accept mail (null MX)"),
+            now,
+        ));
+    }
+    // A "." mixed with real MX records is a misconfiguration; it names no
+    // host, so it is skipped and the real ones are used.
+    records.retain(|r| !is_null(r));
+    // RFC 5321 §5.1: MX records are tried in order of preference, lowest first.
+    // (Equal preferences keep the DNS order rather than being shuffled, so that
+    // tests are deterministic.)
+    records.sort_by_key(|r| r.preference);
+    let mut hosts: Vec<NextHop> = Vec::with_capacity(records.len());
+    for r in records {
+        let hop = NextHop {
+            host: normalize_domain(&r.exchange),
+            port: SMTP_PORT,
+        };
+        if !hosts.contains(&hop) {
+            hosts.push(hop);
+        }
+    }
+    Ok(Route {
+        domain,
+        hosts,
+        source: RouteSource::Mx,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::UNIX_EPOCH;
+
+    /// In-memory DNS: answers from tables and records what was asked.
+    #[derive(Default)]
+    struct FakeDns {
+        mx: HashMap<String, Result<Vec<MxRecord>, LookupError>>,
+        addrs: HashMap<String, Result<Vec<IpAddr>, LookupError>>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl FakeDns {
+        fn mx(mut self, domain: &str, records: &[(u16, &str)]) -> Self {
+            let records = records
+                .iter()
+                .map(|&(preference, exchange)| MxRecord {
+                    preference,
+                    exchange: exchange.into(),
+                })
+                .collect();
+            self.mx.insert(domain.into(), Ok(records));
+            self
+        }
+        fn mx_err(mut self, domain: &str, e: LookupError) -> Self {
+            self.mx.insert(domain.into(), Err(e));
+            self
+        }
+        fn addr(mut self, host: &str, r: Result<Vec<IpAddr>, LookupError>) -> Self {
+            self.addrs.insert(host.into(), r);
+            self
+        }
+    }
+
+    impl Resolver for FakeDns {
+        async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+            self.asked.lock().unwrap().push(format!("MX {domain}"));
+            self.mx
+                .get(domain)
+                .cloned()
+                .unwrap_or(Err(LookupError::NoSuchDomain))
+        }
+        async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+            self.asked.lock().unwrap().push(format!("A {host}"));
+            self.addrs
+                .get(host)
+                .cloned()
+                .unwrap_or(Err(LookupError::NoSuchDomain))
+        }
+    }
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH
+    }
+
+    fn hop(s: &str) -> NextHop {
+        s.parse().unwrap()
+    }
+
+    fn hosts(route: &Route) -> Vec<String> {
+        route.hosts.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn next_hop_parsing() {
+        assert_eq!(
+            hop("mx.example.com"),
+            NextHop {
+                host: "mx.example.com".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            hop("MX.Example.com.:2525"),
+            NextHop {
+                host: "mx.example.com".into(),
+                port: 2525
+            }
+        );
+        assert_eq!(
+            hop("127.0.0.1:2526"),
+            NextHop {
+                host: "127.0.0.1".into(),
+                port: 2526
+            }
+        );
+        assert_eq!(
+            hop("[::1]:2527"),
+            NextHop {
+                host: "::1".into(),
+                port: 2527
+            }
+        );
+        assert_eq!(
+            hop("::1"),
+            NextHop {
+                host: "::1".into(),
+                port: 25
+            }
+        );
+        assert_eq!(hop("[::1]").to_string(), "[::1]:25");
+        for bad in [
+            "",
+            ":25",
+            "host:0",
+            "host:99999",
+            "[nothost]:25",
+            "[::1]x",
+            "bad_host",
+            "-a.com",
+            "a..b",
+        ] {
+            assert!(bad.parse::<NextHop>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn static_lookup_order_exact_then_parents_then_star() {
+        let mut r = StaticRoutes::new();
+        r.insert("example.com", hop("exact:1")).unwrap();
+        r.insert(".example.com", hop("sub:2")).unwrap();
+        r.insert(".com", hop("com:3")).unwrap();
+        assert_eq!(
+            r.lookup("EXAMPLE.com."),
+            Some(("example.com", &hop("exact:1")))
+        );
+        assert_eq!(
+            r.lookup("a.b.example.com"),
+            Some((".example.com", &hop("sub:2")))
+        );
+        assert_eq!(r.lookup("other.com"), Some((".com", &hop("com:3"))));
+        assert_eq!(r.lookup("example.org"), None);
+        r.insert("*", hop("smarthost:4")).unwrap();
+        assert_eq!(r.lookup("example.org"), Some(("*", &hop("smarthost:4"))));
+        for bad in ["", ".", "..com", "a b", "*.example.com"] {
+            assert!(r.insert(bad, hop("x")).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn static_route_wins_without_dns() {
+        let mut routes = StaticRoutes::new();
+        routes.insert(".test", hop("127.0.0.1:2526")).unwrap();
+        let router = Router::new(routes, FakeDns::default());
+        let route = router.route("Mail.Test.", now()).await.unwrap();
+        assert_eq!(route.domain, "mail.test");
+        assert_eq!(hosts(&route), ["127.0.0.1:2526"]);
+        assert_eq!(route.source, RouteSource::Static(".test".into()));
+        assert!(router.resolver().asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn mx_sorted_by_preference() {
+        let dns = FakeDns::default().mx(
+            "example.com",
+            &[
+                (20, "mx2.example.com."),
+                (10, "MX1.example.com."),
+                (30, "mx3.example.com."),
+                (10, "mx1.example.com"),
+            ],
+        );
+        let route = Router::new(StaticRoutes::new(), dns)
+            .route("example.com", now())
+            .await
+            .unwrap();
+        assert_eq!(route.source, RouteSource::Mx);
+        assert_eq!(
+            hosts(&route),
+            [
+                "mx1.example.com:25",
+                "mx2.example.com:25",
+                "mx3.example.com:25"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn implicit_mx_when_no_mx_records() {
+        let dns = FakeDns::default()
+            .mx_err("example.net", LookupError::NoRecords)
+            .addr("example.net", Ok(vec!["192.0.2.1".parse().unwrap()]));
+        let route = Router::new(StaticRoutes::new(), dns)
+            .route("example.net", now())
+            .await
+            .unwrap();
+        assert_eq!(route.source, RouteSource::ImplicitMx);
+        assert_eq!(hosts(&route), ["example.net:25"]);
+
+        let dns = FakeDns::default()
+            .mx_err("example.net", LookupError::NoRecords)
+            .addr("example.net", Err(LookupError::NoRecords));
+        let err = Router::new(StaticRoutes::new(), dns)
+            .route("example.net", now())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+    }
+
+    #[tokio::test]
+    async fn null_mx_is_a_permanent_failure() {
+        let dns = FakeDns::default().mx("nomail.example", &[(0, ".")]);
+        let err = Router::new(StaticRoutes::new(), dns)
+            .route("nomail.example", now())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code.to_string(), "5.1.10");
+        assert!(err.code.is_permanent());
+        assert!(err.reply.starts_with("556 5.1.10"));
+
+        // "." among real records is skipped, not a null MX.
+        let dns = FakeDns::default().mx("mixed.example", &[(0, "."), (10, "mx.mixed.example")]);
+        let route = Router::new(StaticRoutes::new(), dns)
+            .route("mixed.example", now())
+            .await
+            .unwrap();
+        assert_eq!(hosts(&route), ["mx.mixed.example:25"]);
+    }
+
+    #[tokio::test]
+    async fn dns_errors_defer_and_nxdomain_bounces() {
+        let dns =
+            FakeDns::default().mx_err("flaky.example", LookupError::Temporary("timeout".into()));
+        let router = Router::new(StaticRoutes::new(), dns);
+        let err = router.route("flaky.example", now()).await.unwrap_err();
+        assert_eq!(err.code, EnhancedCode::DNS_FAILURE);
+        assert!(!err.code.is_permanent());
+
+        let err = router.route("missing.example", now()).await.unwrap_err();
+        assert_eq!(err.code, EnhancedCode::BAD_DESTINATION);
+
+        let err = router.route("[192.0.2.1]", now()).await.unwrap_err();
+        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+    }
+}
