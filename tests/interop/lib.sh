@@ -198,6 +198,15 @@ make_pki() {
     ) || fail "could not create the test PKI (see $d/pki.log)"
 }
 
+# PKI: run.sh makes one for the whole run and exports its directory; a case
+# run alone makes its own.
+ensure_pki() {
+    if [ -z "${PKI:-}" ] || [ ! -f "$PKI/ca.pem" ]; then
+        PKI="$WORK/pki"
+        make_pki "$PKI"
+    fi
+}
+
 # ------------------------------------------------------------------ Postfix
 
 POSTFIX_UID="$(id -u postfix 2>/dev/null || echo 0)"
@@ -303,6 +312,26 @@ pf_start() {
     wait_port "$port" 20 || fail "postfix $name is not listening on 127.0.0.1:$port"
 }
 
+# nexthop_new KIND NAME PORT: a Postfix next hop configured per case:
+#   notls           no STARTTLS (smtpd_tls_security_level = none)
+#   may-selfsigned  STARTTLS offered, self-signed certificate
+#   may-ca          STARTTLS offered, certificate from the test CA (names localhost, 127.0.0.1)
+#   may-wrongname   STARTTLS offered, certificate from the test CA for wrong.test
+#   encrypt         TLS required before MAIL (smtpd_tls_security_level = encrypt), test CA certificate
+nexthop_new() {
+    local kind=$1 name=$2 port=$3 cert level=may
+    case "$kind" in
+    notls) pf_new "$name" "$port" "smtpd_tls_security_level = none"; return ;;
+    may-selfsigned) cert=selfsigned ;;
+    may-ca) cert=nexthop ;;
+    may-wrongname) cert=wrongname ;;
+    encrypt) cert=nexthop level=encrypt ;;
+    *) fail "unknown next hop kind $kind" ;;
+    esac
+    pf_new "$name" "$port" "smtpd_tls_security_level = $level" \
+        "smtpd_tls_cert_file = $PKI/$cert-chain.pem" "smtpd_tls_key_file = $PKI/$cert.key"
+}
+
 # pf_maildir NAME: the directory where delivered messages appear.
 pf_maildir() { echo "$WORK/$1/mail/maildir/new"; }
 
@@ -332,10 +361,16 @@ pf_grep() {
 
 pf_log() { echo "$WORK/$1/maillog"; }
 
-# pf_queue_ids NAME: queue ids waiting in the instance's queue.
-pf_queue_count() {
-    postqueue -c "$WORK/$1/etc" -j 2>/dev/null | grep -c queue_id || true
+# pf_status NAME RCPT: the last delivery status Postfix logged for RCPT
+# ("sent", "deferred", "bounced") followed by the reason; empty when none yet.
+pf_status() {
+    grep -E "\]: [0-9A-F]+: to=<$2>,.* status=" "$(pf_log "$1")" 2>/dev/null | tail -n 1 |
+        sed -E 's/.* status=([a-z]+) (.*)/\1 \2/' || true
 }
+
+# tls_of NAME RCPT: "tls", "plain" or "absent": how Postfix instance NAME received RCPT's mail,
+# according to its own log.
+tls_of() { python3 "$INTEROP_DIR/smtp_raw.py" tls-of "$(pf_log "$1")" "$2"; }
 
 # ------------------------------------------------------------------ swaks
 

@@ -2,6 +2,9 @@
 //! side with smtp-proto's `DataReceiver` and with the physical limit (one `memmem` search for CRLF "." CRLF and one
 //! copy) on the same wire bytes; and the client-side dot-stuffer.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -11,8 +14,28 @@ use postern_smtp::data::{DataLimits, DataReceiver, DotStuffer, dot_stuff};
 /// characters, about one in forty starting with "." (which the wire form stuffs).
 fn message(size: usize) -> Vec<u8> {
     const WORDS: &[&str] = &[
-        "the", "relay", "message", "delivery", "of", "and", "postern", "transport", "security", "a", "to",
-        "certificate", "policy", "in", "mailbox", "is", "domain", "for", "server", "with", "client", "queue",
+        "the",
+        "relay",
+        "message",
+        "delivery",
+        "of",
+        "and",
+        "postern",
+        "transport",
+        "security",
+        "a",
+        "to",
+        "certificate",
+        "policy",
+        "in",
+        "mailbox",
+        "is",
+        "domain",
+        "for",
+        "server",
+        "with",
+        "client",
+        "queue",
     ];
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move || {

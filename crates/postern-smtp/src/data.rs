@@ -219,7 +219,13 @@ impl DataReceiver {
     }
 
     /// Scan content from `input[start..]` in state `Mid`, copying whole spans; returns the new position.
-    fn scan_line(&mut self, input: &[u8], start: usize, out: &mut Vec<u8>, dot_lines: &mut DotLines) -> usize {
+    fn scan_line(
+        &mut self,
+        input: &[u8],
+        start: usize,
+        out: &mut Vec<u8>,
+        dot_lines: &mut DotLines,
+    ) -> usize {
         let mut i = start;
         loop {
             let (plain_end, at_line_start) = self.skip_plain(input, i, dot_lines);
@@ -283,7 +289,12 @@ impl DataReceiver {
     ///
     /// Returns the end of the plain run, never between a CR and its LF, and whether that end is the start of a
     /// line (the run ended with CRLF); `line_len` is exact at that position.
-    fn skip_plain(&mut self, input: &[u8], start: usize, dot_lines: &mut DotLines) -> (usize, bool) {
+    fn skip_plain(
+        &mut self,
+        input: &[u8],
+        start: usize,
+        dot_lines: &mut DotLines,
+    ) -> (usize, bool) {
         // `Mid` never follows an undecided CR, so an LF here is the exact path's business.
         if input.len() < start + BLOCK + 1 || input[start] == LF {
             return (start, false);
@@ -349,7 +360,10 @@ impl DataReceiver {
 
     /// Append content, up to the size limit; count it all.
     fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
-        let room = self.limits.max_message_size.saturating_sub(self.summary.size);
+        let room = self
+            .limits
+            .max_message_size
+            .saturating_sub(self.summary.size);
         self.summary.size = self.summary.size.saturating_add(bytes.len() as u64);
         if bytes.len() as u64 <= room {
             out.extend_from_slice(bytes);
@@ -600,7 +614,8 @@ mod tests {
         b"\r\r\n.\r\r\n",
     ];
 
-    const SMUGGLED: &[u8] = b"MAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n";
+    const SMUGGLED: &[u8] =
+        b"MAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n";
 
     fn limits(mode: BareLineEndings) -> DataLimits {
         DataLimits {
@@ -618,7 +633,11 @@ mod tests {
     }
 
     /// Feed `input` cut at `cuts` (positions, any order, may repeat), stopping at the end of data.
-    fn chunked(limits: &DataLimits, input: &[u8], cuts: &[usize]) -> (usize, Option<DataSummary>, Vec<u8>) {
+    fn chunked(
+        limits: &DataLimits,
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (usize, Option<DataSummary>, Vec<u8>) {
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
         cuts.push(input.len());
         cuts.sort_unstable();
@@ -698,10 +717,17 @@ mod tests {
                 let (consumed, end, out) = one_shot(&limits(mode), &input);
                 assert_eq!(end, None, "{lookalike:?} ended the data");
                 assert_eq!(consumed, input.len());
-                assert!(!out.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "bare LF in output");
+                assert!(
+                    !out.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+                    "bare LF in output"
+                );
                 // Split at every position: still no end.
                 for cut in 0..=input.len() {
-                    assert_eq!(chunked(&limits(mode), &input, &[cut]).1, None, "{lookalike:?} at {cut}");
+                    assert_eq!(
+                        chunked(&limits(mode), &input, &[cut]).1,
+                        None,
+                        "{lookalike:?} at {cut}"
+                    );
                 }
                 // The real end then closes exactly one message that holds the would-be smuggled commands.
                 let mut full = input.clone();
@@ -709,10 +735,16 @@ mod tests {
                 let (consumed, end, out) = one_shot(&limits(mode), &full);
                 let end = end.expect("the real end of data is recognised");
                 assert_eq!(consumed, full.len() - b"QUIT\r\n".len());
-                assert!(out.windows(9).any(|w| w == b"MAIL FROM"), "smuggled text stays content");
+                assert!(
+                    out.windows(9).any(|w| w == b"MAIL FROM"),
+                    "smuggled text stays content"
+                );
                 assert!(out.ends_with(b"smuggled\r\n"));
                 let bare = end.bare_cr || end.bare_lf;
-                assert_eq!(end.rejected_by_policy(mode), bare && mode == BareLineEndings::Reject);
+                assert_eq!(
+                    end.rejected_by_policy(mode),
+                    bare && mode == BareLineEndings::Reject
+                );
             }
         }
     }
@@ -829,7 +861,11 @@ mod tests {
                     let (_, end, out) = one_shot(&lim, &input);
                     assert_eq!(out.len(), input.len() - 3);
                     let expected = len > lim.max_line_length;
-                    assert_eq!(end.map(|e| e.line_too_long), Some(expected), "max {max} pad {pad} len {len}");
+                    assert_eq!(
+                        end.map(|e| e.line_too_long),
+                        Some(expected),
+                        "max {max} pad {pad} len {len}"
+                    );
                 }
             }
         }
@@ -843,7 +879,10 @@ mod tests {
         assert_eq!(dot_stuff(b".\r\n"), b"..\r\n.\r\n");
         assert_eq!(dot_stuff(b"x\n.y\r.z\r"), b"x\r\n..y\r\n..z\r\n.\r\n");
         assert_eq!(dot_stuff(b"\r\r\n."), b"\r\n\r\n..\r\n.\r\n");
-        assert_eq!(normalize_line_endings(b"a\nb\r\rc\r\n\r"), b"a\r\nb\r\n\r\nc\r\n\r\n");
+        assert_eq!(
+            normalize_line_endings(b"a\nb\r\rc\r\n\r"),
+            b"a\r\nb\r\n\r\nc\r\n\r\n"
+        );
         // Streaming: a CR at the end of one chunk and its LF in the next.
         let mut s = DotStuffer::new();
         let mut out = Vec::new();
@@ -899,15 +938,20 @@ mod tests {
     }
 
     fn any_limits() -> impl Strategy<Value = DataLimits> {
-        (0u64..2000, prop_oneof![2usize..12, 60usize..200], any::<bool>()).prop_map(|(size, line, reject)| DataLimits {
-            max_message_size: size * 4,
-            max_line_length: line,
-            bare_line_endings: if reject {
-                BareLineEndings::Reject
-            } else {
-                BareLineEndings::Normalize
-            },
-        })
+        (
+            0u64..2000,
+            prop_oneof![2usize..12, 60usize..200],
+            any::<bool>(),
+        )
+            .prop_map(|(size, line, reject)| DataLimits {
+                max_message_size: size * 4,
+                max_line_length: line,
+                bare_line_endings: if reject {
+                    BareLineEndings::Reject
+                } else {
+                    BareLineEndings::Normalize
+                },
+            })
     }
 
     proptest! {

@@ -281,7 +281,6 @@ impl Pair {
                 self.server.server.handle_tls_established().unwrap();
                 self.tls_pending = (false, false);
                 self.server.events.retain(|e| !matches!(e, ServerEvent::StartTls { .. }));
-                moved = true;
                 continue;
             }
             // Deliver one piece each way.
