@@ -21,7 +21,6 @@ import re
 import socket
 import ssl
 import sys
-import time
 
 # The thirteen end-of-data lookalikes (SMTP smuggling, CVE-2023-51764/5/6).
 # Only CRLF . CRLF ends the data; none of these may.
@@ -125,10 +124,10 @@ def smuggle(host, port, index, rcpt, smuggled_rcpt):
     # server would answer the lookalike's end of data first and then the
     # smuggled MAIL/RCPT/DATA.
     code, text = c.reply()
-    tail = c.drain(1.0)
+    tail = c.drain(0.3)
     try:
         c.send(b"QUIT\r\n")
-        tail += c.drain(1.0)
+        tail += c.drain(0.5)
     except OSError:
         pass
     print("%d %r final=%d %r after=%r" % (index, look, code, text, tail))
@@ -241,5 +240,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    time.sleep(0)
     sys.exit(main(sys.argv))

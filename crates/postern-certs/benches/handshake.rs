@@ -9,8 +9,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_main};
 use postern_certs::{
     CertKey, CertResolver, ClientTlsContext, ClientTlsSpec, DefaultCertOptions, GeneratedKind,
-    RsaBits, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots,
-    generate_self_signed,
+    RsaBits, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots, generate_self_signed,
 };
 use postern_policy::{ClientTlsMode, TlsVersion};
 use rustls::pki_types::UnixTime;
@@ -80,7 +79,10 @@ fn certs() -> (CertKey, CertKey) {
         let pem = generate_self_signed(&opts, kind, now).expect("generate");
         CertKey::from_pem(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes()).expect("import")
     };
-    (load(GeneratedKind::Rsa(RsaBits::B4096)), load(GeneratedKind::EcdsaP256))
+    (
+        load(GeneratedKind::Rsa(RsaBits::B4096)),
+        load(GeneratedKind::EcdsaP256),
+    )
 }
 
 fn bench(c: &mut Criterion) {

@@ -185,11 +185,29 @@ impl CertKey {
         let chain = CertificateDer::pem_slice_iter(chain_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(pem_error)?;
+        if chain.is_empty() {
+            return Err(ImportError::EmptyChain);
+        }
         let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
             pem::Error::NoItemsFound => ImportError::NoPrivateKey,
             other => ImportError::MalformedPem(other.to_string()),
         })?;
         Self::from_der(chain, key)
+    }
+
+    /// Reads and parses a PEM chain file and a PEM key file (they may be the
+    /// same file), as [`CertKey::from_pem`].
+    pub fn from_pem_files(
+        chain_path: impl AsRef<std::path::Path>,
+        key_path: impl AsRef<std::path::Path>,
+    ) -> Result<Self, ImportError> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|source| ImportError::Io {
+                path: p.to_owned(),
+                source,
+            })
+        };
+        Self::from_pem(&read(chain_path.as_ref())?, &read(key_path.as_ref())?)
     }
 
     /// Builds from DER values (leaf first), with the same checks as [`CertKey::from_pem`].
@@ -288,7 +306,10 @@ mod tests {
         assert_eq!(s.len(), 95);
         assert!(s.starts_with("BA:78:16:BF"));
         assert_eq!(s.parse::<Fingerprint>(), Ok(f));
-        assert_eq!(s.replace(':', "").to_lowercase().parse::<Fingerprint>(), Ok(f));
+        assert_eq!(
+            s.replace(':', "").to_lowercase().parse::<Fingerprint>(),
+            Ok(f)
+        );
         assert!("zz".parse::<Fingerprint>().is_err());
         assert!("G".repeat(64).parse::<Fingerprint>().is_err());
     }
@@ -303,8 +324,14 @@ mod tests {
 
     #[test]
     fn empty_and_malformed() {
-        assert!(matches!(CertKey::from_pem(b"", b""), Err(ImportError::EmptyChain)));
+        assert!(matches!(
+            CertKey::from_pem(b"", b""),
+            Err(ImportError::EmptyChain)
+        ));
         let bad = b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
-        assert!(matches!(CertKey::from_pem(bad, b""), Err(ImportError::MalformedPem(_))));
+        assert!(matches!(
+            CertKey::from_pem(bad, b""),
+            Err(ImportError::MalformedPem(_))
+        ));
     }
 }

@@ -394,7 +394,9 @@ impl ClientTlsContext {
     pub fn connection(&self, spec: &ClientTlsSpec) -> Result<ClientTlsConnection, ConfigError> {
         match spec.mode {
             ClientTlsMode::None => return Err(ConfigError::TlsDisabled),
-            ClientTlsMode::Fingerprint if spec.pins.is_empty() => return Err(ConfigError::MissingPins),
+            ClientTlsMode::Fingerprint if spec.pins.is_empty() => {
+                return Err(ConfigError::MissingPins);
+            }
             ClientTlsMode::Dane | ClientTlsMode::DaneOnly if spec.hook.is_none() => {
                 return Err(ConfigError::MissingHook(spec.mode));
             }
@@ -411,7 +413,10 @@ impl ClientTlsContext {
         let server_name = ServerName::try_from(spec.server_name.trim_end_matches('.'))
             .map_err(|_| ConfigError::InvalidServerName(spec.server_name.clone()))?
             .to_owned();
-        let roots = spec.roots.clone().unwrap_or_else(|| Arc::clone(&self.roots));
+        let roots = spec
+            .roots
+            .clone()
+            .unwrap_or_else(|| Arc::clone(&self.roots));
         let key = format!(
             "{:?}|{:?}|{:?}|{:p}|{:?}|{}|{:?}|{}",
             spec.mode,
@@ -452,6 +457,8 @@ impl ClientTlsContext {
             )),
             None => builder.with_no_client_auth(),
         };
+        // RFC 8461 §7.1 and RFC 7672 §8.1: the client sends SNI (the MX host,
+        // or the TLSA base domain).
         config.enable_sni = !spec.no_sni;
         config.resumption = if self.session_cache_size == 0 {
             Resumption::disabled()

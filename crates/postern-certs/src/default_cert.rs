@@ -186,7 +186,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DefaultCertError + '_ {
 /// Writes `data` to `path` atomically: a temporary file in the same directory
 /// (created with `mode`), fsync, rename over `path`, fsync of the directory.
 fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), DefaultCertError> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
     // A temporary file left by a crash is stale: start afresh, so the mode
     // below applies to a newly created file.
@@ -254,12 +257,11 @@ fn load_or_create_pair(
             });
         }
     };
-    let cert = CertKey::from_pem(&cert_pem, &key_pem).map_err(|source| {
-        DefaultCertError::Unusable {
+    let cert =
+        CertKey::from_pem(&cert_pem, &key_pem).map_err(|source| DefaultCertError::Unusable {
             cert: cert_path.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok((cert, created))
 }
 

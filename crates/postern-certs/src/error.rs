@@ -24,6 +24,15 @@ pub enum ImportError {
     /// A certificate of the chain could not be parsed.
     #[error("invalid certificate: {0}")]
     InvalidCertificate(String),
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The RSA key is shorter than 2048 bits.
     #[error("rsa key of {bits} bits is too short (minimum 2048)")]
     WeakRsaKey {

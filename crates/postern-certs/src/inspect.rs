@@ -98,7 +98,8 @@ fn weak_signature(oid: &str) -> bool {
 
 /// Inspects a DER certificate into a table row, with `now` deciding the status.
 pub fn inspect(name: &str, der: &[u8], now: UnixTime) -> Result<CertificateRow, InspectError> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| InspectError::Parse(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| InspectError::Parse(e.to_string()))?;
     let (key_type, key_bits) = key_type_and_bits(&cert);
     let sig_oid = cert.signature_algorithm.algorithm.to_id_string();
     let validity = cert.validity();

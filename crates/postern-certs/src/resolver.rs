@@ -37,7 +37,8 @@ fn insert_sorted(list: &mut Vec<Entry>, entry: Entry) {
 /// Selection for a ClientHello:
 /// 1. the SNI name, exact match on a subjectAltName;
 /// 2. else a wildcard SAN `*.parent` covering exactly one leftmost label
-///    (RFC 6125 §6.4.3);
+///    (RFC 6125 §6.4.3; RFC 8461 §4.1: "`*.example.com` … would not match
+///    `example.com` or `a.b.example.com`" — the same rule clients apply);
 /// 3. else the fallback group. RFC 8461 §7.1 (and RFC 6066 §3): servers must not
 ///    require SNI, so a client that sends none, or an unknown name, still gets a
 ///    certificate.
@@ -96,9 +97,10 @@ impl ServedCertificates {
         self.count += 1;
         for name in cert.names() {
             match name.strip_prefix("*.") {
-                Some(parent) => {
-                    insert_sorted(self.wildcard.entry(parent.to_owned()).or_default(), entry.clone())
-                }
+                Some(parent) => insert_sorted(
+                    self.wildcard.entry(parent.to_owned()).or_default(),
+                    entry.clone(),
+                ),
                 None => insert_sorted(self.exact.entry(name.clone()).or_default(), entry.clone()),
             }
         }

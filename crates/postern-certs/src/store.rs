@@ -3,6 +3,7 @@
 use rustls::pki_types::UnixTime;
 
 use crate::certkey::CertKey;
+use crate::default_cert::DefaultCertificate;
 use crate::error::StoreError;
 use crate::inspect::{CertificateRow, inspect};
 use crate::resolver::{CertResolver, ServedCertificates};
@@ -39,6 +40,15 @@ impl CertificateStore {
             return Err(StoreError::Duplicate(name));
         }
         self.entries.push((name, cert));
+        Ok(())
+    }
+
+    /// Adds the default certificate (RSA and its ECDSA companion) under
+    /// [`DEFAULT_CERT_NAME`].
+    pub fn add_default(&mut self, default: &DefaultCertificate) -> Result<(), StoreError> {
+        for cert in default.certs() {
+            self.add(DEFAULT_CERT_NAME, cert.clone())?;
+        }
         Ok(())
     }
 

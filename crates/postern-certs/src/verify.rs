@@ -1,4 +1,4 @@
-//! Certificate verifiers that record a structured [`CertificateCheck`].
+//! Certificate verifiers that decide a structured [`CertificateCheck`].
 //!
 //! Every verifier here checks the handshake signatures (`CertificateVerify`)
 //! with `rustls::crypto::verify_tls12_signature` / `verify_tls13_signature`,
@@ -8,20 +8,28 @@
 use std::fmt;
 use std::sync::Arc;
 
-use postern_policy::{CertificateCheck, CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust};
+use postern_policy::{
+    CertificateCheck, CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore,
+    SignatureScheme,
+};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::certkey::{Fingerprint, dns_names};
 
 /// Builds a check value.
-pub(crate) const fn check(trust: PeerTrust, failure: Option<CertificateFailure>) -> CertificateCheck {
+pub(crate) const fn check(
+    trust: PeerTrust,
+    failure: Option<CertificateFailure>,
+) -> CertificateCheck {
     CertificateCheck { trust, failure }
 }
 
@@ -110,7 +118,11 @@ fn error_of(check: CertificateCheck) -> Error {
 
 /// Whether the leaf matches one of `names`. A name starting with a dot
 /// (`.example.com`) matches any subdomain, as Postfix's `dot-nexthop`.
-fn name_matches(parsed: &ParsedCertificate<'_>, leaf: &CertificateDer<'_>, names: &[String]) -> bool {
+fn name_matches(
+    parsed: &ParsedCertificate<'_>,
+    leaf: &CertificateDer<'_>,
+    names: &[String],
+) -> bool {
     let mut san_cache: Option<Vec<String>> = None;
     names.iter().any(|name| match name.strip_prefix('.') {
         Some(suffix) => {
@@ -184,11 +196,16 @@ impl PeerCertVerifier {
     /// Whether this mode refuses a handshake whose check is not `Verified`.
     pub fn enforces(&self) -> bool {
         !self.cfg.report_only
-            && !matches!(self.cfg.mode, ClientTlsMode::Opportunistic | ClientTlsMode::Encrypt | ClientTlsMode::None)
+            && !matches!(
+                self.cfg.mode,
+                ClientTlsMode::Opportunistic | ClientTlsMode::Encrypt | ClientTlsMode::None
+            )
     }
 
     /// The WebPKI part: chain to the configured roots, then the match names
-    /// (none configured: the name connected to).
+    /// (none configured: the name connected to). RFC 8461 §4.2 states the
+    /// check `verify` and MTA-STS need: the certificate is unexpired, chains
+    /// to a trusted root, and has a DNS-ID subjectAltName matching the MX host.
     fn pkix(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -241,6 +258,9 @@ impl PeerCertVerifier {
             });
         }
         match self.cfg.mode {
+            // Postfix `fingerprint` level with `smtp_tls_fingerprint_digest =
+            // sha256`: the leaf's digest is compared with each pin; chain and
+            // names are not required.
             ClientTlsMode::Fingerprint => {
                 if self.cfg.pins.contains(&Fingerprint::of(end_entity)) {
                     check(PeerTrust::Verified, None)
@@ -255,7 +275,6 @@ impl PeerCertVerifier {
             _ => pkix,
         }
     }
-
 }
 
 impl ServerCertVerifier for PeerCertVerifier {
@@ -281,7 +300,12 @@ impl ServerCertVerifier for PeerCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -290,11 +314,18 @@ impl ServerCertVerifier for PeerCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -372,7 +403,11 @@ impl ClientCertPolicy {
     }
 
     /// Checks a client chain (as `peer_certificates()` returns it) at time `now`.
-    pub fn client_certificate(&self, chain: Option<&[CertificateDer<'_>]>, now: UnixTime) -> ClientCertificate {
+    pub fn client_certificate(
+        &self,
+        chain: Option<&[CertificateDer<'_>]>,
+        now: UnixTime,
+    ) -> ClientCertificate {
         let Some((leaf, rest)) = chain.and_then(<[_]>::split_first) else {
             return Self::anonymous();
         };
@@ -420,8 +455,12 @@ impl ClientCertVerifier for ClientCertPolicy {
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
         match (self.mode, &self.webpki) {
-            (ClientCertMode::Require, Some(v)) => v.verify_client_cert(end_entity, intermediates, now),
-            (ClientCertMode::Require, None) => Err(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+            (ClientCertMode::Require, Some(v)) => {
+                v.verify_client_cert(end_entity, intermediates, now)
+            }
+            (ClientCertMode::Require, None) => {
+                Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
+            }
             _ => {
                 // ask: record (for the log) and accept; the signature is still checked.
                 let seen = self.check_chain(end_entity, intermediates, now);
@@ -441,7 +480,12 @@ impl ClientCertVerifier for ClientCertPolicy {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -450,11 +494,18 @@ impl ClientCertVerifier for ClientCertPolicy {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -495,7 +546,10 @@ mod tests {
         assert!(matches(&["*.example.org"], &["mx.example.org"]));
         assert!(!matches(&["*.example.org"], &["a.mx.example.org"]));
         assert!(!matches(&["*.example.org"], &["example.org"]));
-        assert!(matches(&["other.example", "mx.example.org"], &["nope.example", "mx.example.org"]));
+        assert!(matches(
+            &["other.example", "mx.example.org"],
+            &["nope.example", "mx.example.org"]
+        ));
         assert!(!matches(&["mx.example.org"], &["not a name"]));
     }
 
@@ -508,7 +562,10 @@ mod tests {
         assert_eq!(refused_check(&io), Some(c));
         let unrelated = Error::InvalidCertificate(CertificateError::Expired);
         assert_eq!(refused_check(&unrelated), None);
-        assert!(!accepted(&check(PeerTrust::Verified, Some(CertificateFailure::DaneMismatch))));
+        assert!(!accepted(&check(
+            PeerTrust::Verified,
+            Some(CertificateFailure::DaneMismatch)
+        )));
         assert!(accepted(&check(PeerTrust::Verified, None)));
     }
 }

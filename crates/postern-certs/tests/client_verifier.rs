@@ -7,7 +7,7 @@ use std::sync::Arc;
 use common::{LeafSpec, MX, Pem, fixtures, handshake, now};
 use postern_certs::{
     CertResolver, CertificateHook, ClientTlsContext, ClientTlsSpec, ConfigError, Fingerprint,
-    HookInput, ServedCertificates, refused_check, ServerTlsContext, ServerTlsSpec, TrustRoots,
+    HookInput, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots, refused_check,
 };
 use postern_policy::{CertificateCheck, CertificateFailure, ClientTlsMode, PeerTrust};
 use rustls::{ClientConnection, ServerConnection};
@@ -60,7 +60,11 @@ fn encrypt_and_opportunistic_never_refuse_but_report_trust() {
 
         let o = run(&f.self_signed, &spec(mode));
         assert!(o.result.is_ok(), "{mode:?} must accept self-signed");
-        is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted));
+        is(
+            &o,
+            PeerTrust::Untrusted,
+            Some(CertificateFailure::NotTrusted),
+        );
 
         let o = run(&f.expired, &spec(mode));
         assert!(o.result.is_ok());
@@ -68,11 +72,19 @@ fn encrypt_and_opportunistic_never_refuse_but_report_trust() {
 
         let o = run(&f.not_yet_valid, &spec(mode));
         assert!(o.result.is_ok());
-        is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotYetValid));
+        is(
+            &o,
+            PeerTrust::Untrusted,
+            Some(CertificateFailure::NotYetValid),
+        );
 
         let o = run(&f.wrong_name, &spec(mode));
         assert!(o.result.is_ok());
-        is(&o, PeerTrust::Trusted, Some(CertificateFailure::HostMismatch));
+        is(
+            &o,
+            PeerTrust::Trusted,
+            Some(CertificateFailure::HostMismatch),
+        );
     }
 }
 
@@ -84,10 +96,26 @@ fn verify_accepts_only_a_trusted_chain_with_the_mx_name() {
     is(&o, PeerTrust::Verified, None);
 
     for (pem, trust, failure) in [
-        (&f.self_signed, PeerTrust::Untrusted, CertificateFailure::NotTrusted),
-        (&f.expired, PeerTrust::Untrusted, CertificateFailure::Expired),
-        (&f.not_yet_valid, PeerTrust::Untrusted, CertificateFailure::NotYetValid),
-        (&f.wrong_name, PeerTrust::Trusted, CertificateFailure::HostMismatch),
+        (
+            &f.self_signed,
+            PeerTrust::Untrusted,
+            CertificateFailure::NotTrusted,
+        ),
+        (
+            &f.expired,
+            PeerTrust::Untrusted,
+            CertificateFailure::Expired,
+        ),
+        (
+            &f.not_yet_valid,
+            PeerTrust::Untrusted,
+            CertificateFailure::NotYetValid,
+        ),
+        (
+            &f.wrong_name,
+            PeerTrust::Trusted,
+            CertificateFailure::HostMismatch,
+        ),
     ] {
         let o = run(pem, &spec(ClientTlsMode::Verify));
         assert!(o.result.is_err(), "verify must refuse {failure:?}");
@@ -110,12 +138,20 @@ fn chain_missing_its_intermediate_is_untrusted() {
     };
     let o = run(&bare, &spec(ClientTlsMode::Verify));
     assert!(o.result.is_err());
-    is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted));
+    is(
+        &o,
+        PeerTrust::Untrusted,
+        Some(CertificateFailure::NotTrusted),
+    );
     // Another CA's certificate is just as untrusted.
     bare = f.other_ca.leaf(LeafSpec::server(&[MX]));
     let o = run(&bare, &spec(ClientTlsMode::Encrypt));
     assert!(o.result.is_ok());
-    is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted));
+    is(
+        &o,
+        PeerTrust::Untrusted,
+        Some(CertificateFailure::NotTrusted),
+    );
 }
 
 #[test]
@@ -132,13 +168,21 @@ fn secure_matches_next_hop_names_not_the_mx_host() {
     s.match_names = vec!["example.org".into()];
     let o = run(&f.leaf, &s);
     assert!(o.result.is_err());
-    is(&o, PeerTrust::Trusted, Some(CertificateFailure::HostMismatch));
+    is(
+        &o,
+        PeerTrust::Trusted,
+        Some(CertificateFailure::HostMismatch),
+    );
 
     // A spoofed MX answer pointing at a valid certificate of another domain.
     s.match_names = vec!["example.org".into(), ".example.org".into()];
     let o = run(&f.wrong_name, &s);
     assert!(o.result.is_err());
-    is(&o, PeerTrust::Trusted, Some(CertificateFailure::HostMismatch));
+    is(
+        &o,
+        PeerTrust::Trusted,
+        Some(CertificateFailure::HostMismatch),
+    );
 
     // `.example.org` does not match a certificate for example.org itself.
     let apex = f.inter.leaf(LeafSpec::server(&["example.org"]));
@@ -158,7 +202,10 @@ fn wildcard_certificate_matches_one_label() {
     let o = run(&wild, &spec(ClientTlsMode::Verify));
     assert!(o.result.is_ok());
     is(&o, PeerTrust::Verified, None);
-    let o = run(&wild, &ClientTlsSpec::new(ClientTlsMode::Verify, "a.mx.example.org"));
+    let o = run(
+        &wild,
+        &ClientTlsSpec::new(ClientTlsMode::Verify, "a.mx.example.org"),
+    );
     assert!(o.result.is_err());
 }
 
@@ -169,23 +216,33 @@ fn fingerprint_pins_the_leaf() {
     let mut s = spec(ClientTlsMode::Fingerprint);
     s.pins = vec![pin];
     let o = run(&f.self_signed, &s);
-    assert!(o.result.is_ok(), "a pinned self-signed certificate is accepted");
+    assert!(
+        o.result.is_ok(),
+        "a pinned self-signed certificate is accepted"
+    );
     is(&o, PeerTrust::Verified, None);
 
     // A trusted, name-matching certificate that is not pinned is refused.
     let o = run(&f.leaf, &s);
     assert!(o.result.is_err());
-    is(&o, PeerTrust::Trusted, Some(CertificateFailure::PinMismatch));
+    is(
+        &o,
+        PeerTrust::Trusted,
+        Some(CertificateFailure::PinMismatch),
+    );
 
     // Pinning the intermediate does not pin the leaf.
     use rustls::pki_types::pem::PemObject;
-    let inter = rustls::pki_types::CertificateDer::from_pem_slice(f.inter.cert_pem.as_bytes()).unwrap();
+    let inter =
+        rustls::pki_types::CertificateDer::from_pem_slice(f.inter.cert_pem.as_bytes()).unwrap();
     s.pins = vec![Fingerprint::of(&inter)];
     let o = run(&f.leaf, &s);
     assert!(o.result.is_err());
 
     s.pins.clear();
-    let err = ClientTlsContext::new(f.ca.roots()).connection(&s).unwrap_err();
+    let err = ClientTlsContext::new(f.ca.roots())
+        .connection(&s)
+        .unwrap_err();
     assert!(matches!(err, ConfigError::MissingPins));
 }
 
@@ -195,7 +252,10 @@ struct PinningHook(Fingerprint);
 impl CertificateHook for PinningHook {
     fn check(&self, input: &HookInput<'_>) -> CertificateCheck {
         if Fingerprint::of(input.end_entity) == self.0 {
-            CertificateCheck { trust: PeerTrust::Verified, failure: None }
+            CertificateCheck {
+                trust: PeerTrust::Verified,
+                failure: None,
+            }
         } else {
             CertificateCheck {
                 trust: input.pkix.trust,
@@ -220,8 +280,15 @@ fn dane_hook_decides() {
         assert!(o.result.is_ok());
         is(&o, PeerTrust::Verified, None);
         let o = run(&f.leaf, &s);
-        assert!(o.result.is_err(), "a WebPKI-valid certificate not matching TLSA is refused");
-        is(&o, PeerTrust::Verified, Some(CertificateFailure::DaneMismatch));
+        assert!(
+            o.result.is_err(),
+            "a WebPKI-valid certificate not matching TLSA is refused"
+        );
+        is(
+            &o,
+            PeerTrust::Verified,
+            Some(CertificateFailure::DaneMismatch),
+        );
     }
 }
 
@@ -232,7 +299,11 @@ fn report_only_records_without_refusing() {
     s.dangerous_report_only = true;
     let o = run(&f.self_signed, &s);
     assert!(o.result.is_ok());
-    is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted));
+    is(
+        &o,
+        PeerTrust::Untrusted,
+        Some(CertificateFailure::NotTrusted),
+    );
 }
 
 #[test]
@@ -241,7 +312,11 @@ fn system_or_bundled_roots_do_not_trust_test_certificates() {
     let client = ClientTlsContext::new(TrustRoots::webpki().into_store());
     let o = run_with(&client, &server_for(&f.leaf), &spec(ClientTlsMode::Encrypt));
     assert!(o.result.is_ok());
-    is(&o, PeerTrust::Untrusted, Some(CertificateFailure::NotTrusted));
+    is(
+        &o,
+        PeerTrust::Untrusted,
+        Some(CertificateFailure::NotTrusted),
+    );
     // The per-spec roots override the context's.
     let mut s = spec(ClientTlsMode::Verify);
     s.roots = Some(f.ca.roots());
@@ -275,7 +350,10 @@ fn handshake_signature_is_checked_even_in_encrypt_mode() {
     let mut s = ServerConnection::new(Arc::new(config)).unwrap();
     let err = handshake(&mut c, &mut s).unwrap_err();
     assert!(
-        matches!(err, rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)),
+        matches!(
+            err,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature)
+        ),
         "{err:?}"
     );
 }
@@ -293,7 +371,8 @@ fn resumed_session_reports_the_same_check_and_is_not_shared_across_policies() {
         let check = conn.certificate_check(c.peer_certificates(), now());
         assert_eq!(check.trust, PeerTrust::Untrusted);
     }
-    // The second encrypt connection resumed (verifier not called, slot empty).
+    // A third encrypt connection resumes: the verifier does not run, the check
+    // is recomputed from the certificates the session carries.
     let conn = client.connection(&spec(ClientTlsMode::Encrypt)).unwrap();
     let mut c = ClientConnection::new(conn.config.clone(), conn.server_name.clone()).unwrap();
     let mut s = ServerConnection::new(server.config()).unwrap();
@@ -307,11 +386,17 @@ fn resumed_session_reports_the_same_check_and_is_not_shared_across_policies() {
     let mut c = ClientConnection::new(conn.config.clone(), conn.server_name.clone()).unwrap();
     let mut s = ServerConnection::new(server.config()).unwrap();
     let err = handshake(&mut c, &mut s).unwrap_err();
-    assert_eq!(refused_check(&err).map(|c| c.trust), Some(PeerTrust::Untrusted));
+    assert_eq!(
+        refused_check(&err).map(|c| c.trust),
+        Some(PeerTrust::Untrusted)
+    );
 
     // The refusal survives the io::Error wrapping of async adapters.
     let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
-    assert_eq!(refused_check(&io).map(|c| c.failure), Some(Some(CertificateFailure::NotTrusted)));
+    assert_eq!(
+        refused_check(&io).map(|c| c.failure),
+        Some(Some(CertificateFailure::NotTrusted))
+    );
 }
 
 #[test]

@@ -4,8 +4,9 @@
 use std::fs;
 
 use postern_certs::{
-    CertStatus, DefaultCertError, DefaultCertOptions, ECDSA_CERT_FILE, ECDSA_KEY_FILE, KeyType,
-    RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, inspect, load_or_create,
+    CertStatus, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
+    ECDSA_CERT_FILE, ECDSA_KEY_FILE, KeyType, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, inspect,
+    load_or_create,
 };
 use rustls::pki_types::UnixTime;
 
@@ -32,8 +33,15 @@ fn generates_rsa4096_sha256_default_cert_and_reuses_it() {
     let secs = now.as_secs() as i64;
     assert_eq!(row.not_before.unix_timestamp(), secs - 3600);
     assert_eq!(row.not_after.unix_timestamp(), secs + 825 * 86_400);
+    let mut store = CertificateStore::new();
+    store.add_default(&first).unwrap();
+    assert_eq!(store.get(DEFAULT_CERT_NAME).count(), 2);
+    assert!(store.add_default(&first).is_err(), "added twice");
     let ecdsa = first.ecdsa.as_ref().unwrap();
-    assert_eq!((ecdsa.key_type(), ecdsa.names()), (KeyType::Ecdsa, &["mx.example.org".to_string()][..]));
+    assert_eq!(
+        (ecdsa.key_type(), ecdsa.names()),
+        (KeyType::Ecdsa, &["mx.example.org".to_string()][..])
+    );
 
     // Restart: same certificates, nothing generated.
     let second = load_or_create(dir.path(), &opts(RsaBits::B4096), now).unwrap();
@@ -54,7 +62,10 @@ fn key_files_are_private_and_no_temp_files_remain() {
     let dir = tempfile::tempdir().unwrap();
     load_or_create(dir.path(), &opts(RsaBits::B2048), UnixTime::now()).unwrap();
     for key in [RSA_KEY_FILE, ECDSA_KEY_FILE] {
-        let mode = fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join(key))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     let mut names: Vec<String> = fs::read_dir(dir.path())
@@ -62,7 +73,10 @@ fn key_files_are_private_and_no_temp_files_remain() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, [ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE]);
+    assert_eq!(
+        names,
+        [ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE]
+    );
 }
 
 #[test]
@@ -76,7 +90,11 @@ fn half_present_or_mismatched_pairs_are_errors() {
     // Mismatched: the key of another pair.
     let other = tempfile::tempdir().unwrap();
     load_or_create(other.path(), &o, now).unwrap();
-    fs::copy(other.path().join(RSA_KEY_FILE), dir.path().join(RSA_KEY_FILE)).unwrap();
+    fs::copy(
+        other.path().join(RSA_KEY_FILE),
+        dir.path().join(RSA_KEY_FILE),
+    )
+    .unwrap();
     let err = load_or_create(dir.path(), &o, now).unwrap_err();
     assert!(matches!(err, DefaultCertError::Unusable { .. }), "{err}");
     assert!(err.to_string().contains("does not match"), "{err}");
@@ -86,11 +104,19 @@ fn half_present_or_mismatched_pairs_are_errors() {
     let cert_before = fs::read(dir.path().join(RSA_CERT_FILE)).unwrap();
     let err = load_or_create(dir.path(), &o, now).unwrap_err();
     assert!(matches!(err, DefaultCertError::Incomplete { .. }), "{err}");
-    assert_eq!(fs::read(dir.path().join(RSA_CERT_FILE)).unwrap(), cert_before, "untouched");
+    assert_eq!(
+        fs::read(dir.path().join(RSA_CERT_FILE)).unwrap(),
+        cert_before,
+        "untouched"
+    );
     assert!(!dir.path().join(RSA_KEY_FILE).exists());
 
     // Certificate missing.
-    fs::copy(other.path().join(RSA_KEY_FILE), dir.path().join(RSA_KEY_FILE)).unwrap();
+    fs::copy(
+        other.path().join(RSA_KEY_FILE),
+        dir.path().join(RSA_KEY_FILE),
+    )
+    .unwrap();
     fs::remove_file(dir.path().join(RSA_CERT_FILE)).unwrap();
     let err = load_or_create(dir.path(), &o, now).unwrap_err();
     assert!(matches!(err, DefaultCertError::Incomplete { .. }), "{err}");
@@ -113,14 +139,19 @@ fn companion_can_be_switched_off_and_added_later() {
     o.ecdsa_companion = true;
     let second = load_or_create(dir.path(), &o, now).unwrap();
     assert!(second.created, "the companion was created");
-    assert_eq!(second.rsa.fingerprint(), first.rsa.fingerprint(), "RSA kept");
+    assert_eq!(
+        second.rsa.fingerprint(),
+        first.rsa.fingerprint(),
+        "RSA kept"
+    );
     assert!(second.ecdsa.is_some());
 }
 
 #[test]
 fn no_host_name_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = load_or_create(dir.path(), &DefaultCertOptions::default(), UnixTime::now()).unwrap_err();
+    let err =
+        load_or_create(dir.path(), &DefaultCertOptions::default(), UnixTime::now()).unwrap_err();
     assert!(matches!(err, DefaultCertError::NoHostName));
     assert!(!dir.path().join(RSA_KEY_FILE).exists());
 }

@@ -5,17 +5,21 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MX, Pem, fixtures, handshake, exchange, now};
+use common::{MX, Pem, exchange, fixtures, handshake, now};
 use postern_certs::{
-    CertResolver, ClientTlsContext, ClientTlsSpec, ConfigError, ServedCertificates, ServerTlsContext,
-    ServerTlsSpec, TrustRoots,
+    CertResolver, ClientTlsContext, ClientTlsSpec, ConfigError, ServedCertificates,
+    ServerTlsContext, ServerTlsSpec, TrustRoots,
 };
 use postern_policy::{
     CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust, ServerTlsMode, TlsVersion,
 };
 use rustls::{ClientConnection, ProtocolVersion, ServerConnection};
 
-fn server(mode: ServerTlsMode, client_cert: ClientCertMode, roots: bool) -> Result<ServerTlsContext, ConfigError> {
+fn server(
+    mode: ServerTlsMode,
+    client_cert: ClientCertMode,
+    roots: bool,
+) -> Result<ServerTlsContext, ConfigError> {
     let f = fixtures();
     let mut spec = ServerTlsSpec::default();
     spec.mode = mode;
@@ -39,7 +43,11 @@ fn connect(
     client: &ClientTlsContext,
     spec: &ClientTlsSpec,
     server: &ServerTlsContext,
-) -> (Result<(), rustls::Error>, ClientConnection, ServerConnection) {
+) -> (
+    Result<(), rustls::Error>,
+    ClientConnection,
+    ServerConnection,
+) {
     let conn = client.connection(spec).unwrap();
     let mut c = ClientConnection::new(conn.config.clone(), conn.server_name.clone()).unwrap();
     let mut s = ServerConnection::new(server.config()).unwrap();
@@ -74,7 +82,10 @@ fn every_server_mode_with_every_client_mode() {
                 let (r, mut c, mut s) = connect(&cl, &spec, &srv);
                 r.unwrap_or_else(|e| panic!("{server_mode:?}/{cc:?}/{mode:?}: {e}"));
                 exchange(&mut c, &mut s);
-                let check = cl.connection(&spec).unwrap().certificate_check(c.peer_certificates(), now());
+                let check = cl
+                    .connection(&spec)
+                    .unwrap()
+                    .certificate_check(c.peer_certificates(), now());
                 assert_eq!(check.trust, PeerTrust::Verified, "{mode:?}");
                 // The client presented no certificate: encryption without one
                 // (the seed's "anonymous ciphers") works in offer/require + none/ask.
@@ -100,24 +111,40 @@ fn client_cert_ask_never_rejects_and_records() {
     r.unwrap();
     let seen = srv.client_certificate(s.peer_certificates(), now());
     assert_eq!(seen.check.trust, PeerTrust::Verified);
-    assert_eq!(seen.fingerprint, Some(postern_certs::Fingerprint::of(&f.client_trusted.der())));
+    assert_eq!(
+        seen.fingerprint,
+        Some(postern_certs::Fingerprint::of(&f.client_trusted.der()))
+    );
 
     let (r, _, s) = connect(&client(Some(&f.client_untrusted)), &spec, &srv);
     r.expect("ask must accept an untrusted client certificate");
     let seen = srv.client_certificate(s.peer_certificates(), now());
     assert_eq!(seen.check.trust, PeerTrust::Untrusted);
     assert_eq!(seen.check.failure, Some(CertificateFailure::NotTrusted));
-    assert_eq!(seen.fingerprint, Some(postern_certs::Fingerprint::of(&f.client_untrusted.der())));
+    assert_eq!(
+        seen.fingerprint,
+        Some(postern_certs::Fingerprint::of(&f.client_untrusted.der()))
+    );
 
     let (r, _, s) = connect(&client(None), &spec, &srv);
     r.unwrap();
-    assert_eq!(srv.client_certificate(s.peer_certificates(), now()).check.trust, PeerTrust::Anonymous);
+    assert_eq!(
+        srv.client_certificate(s.peer_certificates(), now())
+            .check
+            .trust,
+        PeerTrust::Anonymous
+    );
 
     // Ask without roots: certificates are accepted and recorded as untrusted.
     let srv = server(ServerTlsMode::Offer, ClientCertMode::Ask, false).unwrap();
     let (r, _, s) = connect(&client(Some(&f.client_trusted)), &spec, &srv);
     r.unwrap();
-    assert_eq!(srv.client_certificate(s.peer_certificates(), now()).check.trust, PeerTrust::Untrusted);
+    assert_eq!(
+        srv.client_certificate(s.peer_certificates(), now())
+            .check
+            .trust,
+        PeerTrust::Untrusted
+    );
 }
 
 #[test]
@@ -128,7 +155,12 @@ fn client_cert_require_accepts_only_trusted() {
 
     let (r, _, s) = connect(&client(Some(&f.client_trusted)), &spec, &srv);
     r.unwrap();
-    assert_eq!(srv.client_certificate(s.peer_certificates(), now()).check.trust, PeerTrust::Verified);
+    assert_eq!(
+        srv.client_certificate(s.peer_certificates(), now())
+            .check
+            .trust,
+        PeerTrust::Verified
+    );
 
     let (r, _, _) = connect(&client(Some(&f.client_untrusted)), &spec, &srv);
     assert!(r.is_err(), "untrusted client certificate must be refused");
@@ -181,7 +213,10 @@ fn minimum_version_is_honoured() {
 
     let mut c = ClientConnection::new(tls12_only, name).unwrap();
     let mut s = ServerConnection::new(srv13.config()).unwrap();
-    assert!(handshake(&mut c, &mut s).is_err(), "TLS 1.2 refused with minimum 1.3");
+    assert!(
+        handshake(&mut c, &mut s).is_err(),
+        "TLS 1.2 refused with minimum 1.3"
+    );
 
     // Our client with minimum TLS 1.3 negotiates 1.3 against the default server.
     let mut spec = ClientTlsSpec::new(ClientTlsMode::Verify, MX);
@@ -204,7 +239,11 @@ fn server_resumption_with_tickets_tls13_and_tls12() {
         assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Full));
         let (r, c, _) = connect(&cl, &spec, &srv);
         r.unwrap();
-        assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed), "{min:?}");
+        assert_eq!(
+            c.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed),
+            "{min:?}"
+        );
         let _ = f;
     }
     // TLS 1.2 resumption through tickets: a TLS 1.2-only client.

@@ -30,9 +30,18 @@ fn imports_pkcs8_pkcs1_and_sec1_keys() {
     assert_eq!(k.key_bits(), 256);
     assert_eq!(k.fingerprint(), Fingerprint::of(&f.leaf.der()));
 
-    let k = CertKey::from_pem(&data("rsa2048-pkcs1.crt.pem"), &data("rsa2048-pkcs1.key.pem")).unwrap();
+    let k = CertKey::from_pem(
+        &data("rsa2048-pkcs1.crt.pem"),
+        &data("rsa2048-pkcs1.key.pem"),
+    )
+    .unwrap();
     assert_eq!((k.key_type(), k.key_bits()), (KeyType::Rsa, 2048));
-    let k = CertKey::from_pem(&data("ec-sec1.crt.pem"), &data("ec-sec1.key.pem")).unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let k = CertKey::from_pem_files(
+        format!("{dir}ec-sec1.crt.pem"),
+        format!("{dir}ec-sec1.key.pem"),
+    )
+    .unwrap();
     assert_eq!((k.key_type(), k.key_bits()), (KeyType::Ecdsa, 256));
 }
 
@@ -40,20 +49,38 @@ fn imports_pkcs8_pkcs1_and_sec1_keys() {
 fn refuses_with_clear_errors() {
     let f = fixtures();
     // Key of another certificate.
-    let err = CertKey::from_pem(f.leaf.chain_pem().as_bytes(), f.self_signed.key.as_bytes()).unwrap_err();
+    let err =
+        CertKey::from_pem(f.leaf.chain_pem().as_bytes(), f.self_signed.key.as_bytes()).unwrap_err();
     assert!(matches!(err, ImportError::KeyMismatch), "{err}");
-    assert_eq!(err.to_string(), "private key does not match the certificate");
+    assert_eq!(
+        err.to_string(),
+        "private key does not match the certificate"
+    );
     // RSA key of another certificate.
-    let err = CertKey::from_pem(&data("rsa2048-pkcs1.crt.pem"), rsa4096_leaf().key.as_bytes()).unwrap_err();
+    let err = CertKey::from_pem(
+        &data("rsa2048-pkcs1.crt.pem"),
+        rsa4096_leaf().key.as_bytes(),
+    )
+    .unwrap_err();
     assert!(matches!(err, ImportError::KeyMismatch), "{err}");
     // RSA under 2048 bits.
     let err = CertKey::from_pem(&data("rsa1024.crt.pem"), &data("rsa1024.key.pem")).unwrap_err();
-    assert!(matches!(err, ImportError::WeakRsaKey { bits: 1024 }), "{err}");
+    assert!(
+        matches!(err, ImportError::WeakRsaKey { bits: 1024 }),
+        "{err}"
+    );
+    // Missing file.
+    let err =
+        CertKey::from_pem_files("/nonexistent/chain.pem", "/nonexistent/key.pem").unwrap_err();
+    assert!(matches!(err, ImportError::Io { .. }), "{err}");
     // Empty chain.
     let err = CertKey::from_pem(b"", f.leaf.key.as_bytes()).unwrap_err();
     assert!(matches!(err, ImportError::EmptyChain), "{err}");
     let err = CertKey::from_pem(f.leaf.key.as_bytes(), f.leaf.key.as_bytes()).unwrap_err();
-    assert!(matches!(err, ImportError::EmptyChain), "a key is not a chain: {err}");
+    assert!(
+        matches!(err, ImportError::EmptyChain),
+        "a key is not a chain: {err}"
+    );
     // No key.
     let err = CertKey::from_pem(f.leaf.cert.as_bytes(), f.leaf.cert.as_bytes()).unwrap_err();
     assert!(matches!(err, ImportError::NoPrivateKey), "{err}");
@@ -89,7 +116,10 @@ fn inspects_a_row() {
     let rsa = rsa4096_leaf();
     let row = inspect("rsa", &rsa.der(), now).unwrap();
     assert_eq!((row.key_type, row.key_bits), (KeyType::Rsa, 4096));
-    assert_eq!(row.signature_algorithm, "ecdsa-with-SHA256", "signed by the ECDSA intermediate");
+    assert_eq!(
+        row.signature_algorithm, "ecdsa-with-SHA256",
+        "signed by the ECDSA intermediate"
+    );
 
     let row = inspect("self", &f.self_signed.der(), now).unwrap();
     assert!(row.self_signed);
@@ -101,11 +131,26 @@ fn status_follows_the_time_passed_in() {
     // The leaf is valid from now−1 day to now+90 days.
     let der = f.leaf.der();
     assert_eq!(inspect("x", &der, at(0)).unwrap().status, CertStatus::Valid);
-    assert_eq!(inspect("x", &der, at(61)).unwrap().status, CertStatus::ExpiresSoon);
-    assert_eq!(inspect("x", &der, at(91)).unwrap().status, CertStatus::Expired);
-    assert_eq!(inspect("x", &der, at(-2)).unwrap().status, CertStatus::NotYetValid);
-    assert_eq!(inspect("x", &f.expired.der(), at(0)).unwrap().status, CertStatus::Expired);
-    assert_eq!(inspect("x", &f.not_yet_valid.der(), at(0)).unwrap().status, CertStatus::NotYetValid);
+    assert_eq!(
+        inspect("x", &der, at(61)).unwrap().status,
+        CertStatus::ExpiresSoon
+    );
+    assert_eq!(
+        inspect("x", &der, at(91)).unwrap().status,
+        CertStatus::Expired
+    );
+    assert_eq!(
+        inspect("x", &der, at(-2)).unwrap().status,
+        CertStatus::NotYetValid
+    );
+    assert_eq!(
+        inspect("x", &f.expired.der(), at(0)).unwrap().status,
+        CertStatus::Expired
+    );
+    assert_eq!(
+        inspect("x", &f.not_yet_valid.der(), at(0)).unwrap().status,
+        CertStatus::NotYetValid
+    );
     // RSA-1024 is weak (inspection accepts what import refuses).
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
@@ -114,5 +159,8 @@ fn status_follows_the_time_passed_in() {
     assert_eq!((row.key_type, row.key_bits), (KeyType::Rsa, 1024));
     assert_eq!(row.status, CertStatus::Weak);
     assert_eq!(row.signature_algorithm, "sha256WithRSAEncryption");
-    assert!(matches!(inspect("bad", b"\x30\x03\x02\x01\x00", at(0)), Err(InspectError::Parse(_))));
+    assert!(matches!(
+        inspect("bad", b"\x30\x03\x02\x01\x00", at(0)),
+        Err(InspectError::Parse(_))
+    ));
 }

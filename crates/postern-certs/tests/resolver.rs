@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use common::{LeafSpec, MX, Pem, fixtures, handshake, rsa4096_leaf};
 use postern_certs::{
-    CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec, KeyType,
-    ServedCertificates, ServerTlsContext, ServerTlsSpec,
+    CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec, KeyType, ServedCertificates,
+    ServerTlsContext, ServerTlsSpec,
 };
 use postern_policy::ClientTlsMode;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -21,7 +21,11 @@ fn leaf(names: &[&str]) -> Pem {
 }
 
 /// Handshake with SNI `sni` (None: no SNI) and return the served leaf.
-fn served_leaf(server: &ServerTlsContext, sni: Option<&str>, schemes: Option<&[SignatureScheme]>) -> CertificateDer<'static> {
+fn served_leaf(
+    server: &ServerTlsContext,
+    sni: Option<&str>,
+    schemes: Option<&[SignatureScheme]>,
+) -> CertificateDer<'static> {
     let f = fixtures();
     let ctx = ClientTlsContext::new(f.ca.roots());
     let mut spec = ClientTlsSpec::new(ClientTlsMode::Encrypt, sni.unwrap_or("unused.invalid"));
@@ -121,7 +125,9 @@ fn ecdsa_to_ecdsa_clients_rsa_to_the_others() {
     // Direct selection: no scheme usable → no certificate.
     let set = store.served();
     assert!(set.select(Some(MX), &[SignatureScheme::ED448]).is_none());
-    let chosen = set.select(Some(MX), &[SignatureScheme::ECDSA_NISTP256_SHA256]).unwrap();
+    let chosen = set
+        .select(Some(MX), &[SignatureScheme::ECDSA_NISTP256_SHA256])
+        .unwrap();
     assert_eq!(chosen.cert[0], ecdsa.der());
 }
 
@@ -129,11 +135,15 @@ fn ecdsa_to_ecdsa_clients_rsa_to_the_others() {
 fn hot_swap_affects_only_new_handshakes() {
     let old = leaf(&[MX]);
     let new = leaf(&[MX]);
-    let resolver = Arc::new(CertResolver::new(ServedCertificates::from_certs([&old.cert_key()])));
+    let resolver = Arc::new(CertResolver::new(ServedCertificates::from_certs([
+        &old.cert_key()
+    ])));
     let srv = ServerTlsContext::new(&ServerTlsSpec::default(), Arc::clone(&resolver)).unwrap();
     let f = fixtures();
     let ctx = ClientTlsContext::new(f.ca.roots()).with_session_cache_size(0);
-    let conn = ctx.connection(&ClientTlsSpec::new(ClientTlsMode::Verify, MX)).unwrap();
+    let conn = ctx
+        .connection(&ClientTlsSpec::new(ClientTlsMode::Verify, MX))
+        .unwrap();
 
     // Start a handshake: ClientHello processed, certificate chosen.
     let mut c = ClientConnection::new(conn.config.clone(), conn.server_name.clone()).unwrap();
@@ -169,16 +179,24 @@ fn store_add_remove_list() {
     let f = fixtures();
     let mut store = CertificateStore::new();
     store.add("mx", f.leaf.cert_key()).unwrap();
-    assert!(store.add("mx", f.leaf.cert_key()).is_err(), "same name and key type");
+    assert!(
+        store.add("mx", f.leaf.cert_key()).is_err(),
+        "same name and key type"
+    );
     store.add("other", f.wrong_name.cert_key()).unwrap();
     let rows = store.list(common::now());
-    assert_eq!(rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["mx", "other"]);
+    assert_eq!(
+        rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["mx", "other"]
+    );
     assert_eq!(store.remove("mx").len(), 1);
     assert_eq!(store.remove("mx").len(), 0);
     assert_eq!(store.len(), 1);
     let set = store.served();
     assert_eq!(set.len(), 1);
     // The remaining one is now the fallback.
-    let any = set.select(None, &[SignatureScheme::ECDSA_NISTP256_SHA256]).unwrap();
+    let any = set
+        .select(None, &[SignatureScheme::ECDSA_NISTP256_SHA256])
+        .unwrap();
     assert_eq!(any.cert[0], f.wrong_name.der());
 }

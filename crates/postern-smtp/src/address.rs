@@ -66,11 +66,15 @@ impl Domain {
                 return Err(AddressError::DomainTooLong);
             }
             // sub-domain = Let-dig [Ldh-str]; Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig
-            let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii();
+            let ok_char =
+                |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii();
             if !label.chars().all(ok_char) || label.starts_with('-') || label.ends_with('-') {
                 return Err(AddressError::InvalidDomain);
             }
-            if label.chars().any(|c| !c.is_ascii() && (c.is_control() || c.is_whitespace())) {
+            if label
+                .chars()
+                .any(|c| !c.is_ascii() && (c.is_control() || c.is_whitespace()))
+            {
                 return Err(AddressError::InvalidDomain);
             }
         }
@@ -133,20 +137,35 @@ impl AddressLiteral {
             .strip_prefix('[')
             .and_then(|r| r.strip_suffix(']'))
             .ok_or(AddressError::InvalidAddressLiteral)?;
-        if let Some(v6) = inner.get(..5).filter(|p| p.eq_ignore_ascii_case("IPv6:")).map(|_| &inner[5..]) {
-            return v6.parse().map(Self::Ipv6).map_err(|_| AddressError::InvalidAddressLiteral);
+        if let Some(v6) = inner
+            .get(..5)
+            .filter(|p| p.eq_ignore_ascii_case("IPv6:"))
+            .map(|_| &inner[5..])
+        {
+            return v6
+                .parse()
+                .map(Self::Ipv6)
+                .map_err(|_| AddressError::InvalidAddressLiteral);
         }
         if let Ok(v4) = inner.parse::<Ipv4Addr>() {
             return Ok(Self::Ipv4(v4));
         }
         // Standardized-tag = Ldh-str; dcontent = %d33-90 / %d94-126
-        let (tag, content) = inner.split_once(':').ok_or(AddressError::InvalidAddressLiteral)?;
+        let (tag, content) = inner
+            .split_once(':')
+            .ok_or(AddressError::InvalidAddressLiteral)?;
         let tag_ok = !tag.is_empty()
             && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !tag.ends_with('-');
-        let content_ok = !content.is_empty() && content.bytes().all(|b| (33..=90).contains(&b) || (94..=126).contains(&b));
+        let content_ok = !content.is_empty()
+            && content
+                .bytes()
+                .all(|b| (33..=90).contains(&b) || (94..=126).contains(&b));
         if tag_ok && content_ok {
-            Ok(Self::General { tag: tag.to_owned(), content: content.to_owned() })
+            Ok(Self::General {
+                tag: tag.to_owned(),
+                content: content.to_owned(),
+            })
         } else {
             Err(AddressError::InvalidAddressLiteral)
         }
@@ -209,7 +228,9 @@ impl FromStr for Host {
 
 /// RFC 5321 4.1.2 `atext` (RFC 5322 3.2.3), extended to UTF-8 by RFC 6531 3.3.
 fn is_atext(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
+    c.is_ascii_alphanumeric()
+        || "!#$%&'*+-/=?^_`{|}~".contains(c)
+        || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
 }
 
 /// A mailbox `Local-part "@" ( Domain / address-literal )` (RFC 5321 4.1.2).
@@ -238,7 +259,12 @@ impl Mailbox {
                 } else if c == '"' {
                     end = Some(i + 1);
                     break;
-                } else if c.is_ascii() && !(c == ' ' || c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c)) {
+                } else if c.is_ascii()
+                    && !(c == ' '
+                        || c == '!'
+                        || ('#'..='[').contains(&c)
+                        || (']'..='~').contains(&c))
+                {
                     // qtextSMTP = %d32-33 / %d35-91 / %d93-126
                     return Err(AddressError::InvalidLocalPart);
                 } else if !c.is_ascii() && c.is_control() {
@@ -250,7 +276,11 @@ impl Mailbox {
             // Dot-string = Atom *("." Atom)
             let end = s.find('@').ok_or(AddressError::PathSyntax)?;
             let local = &s[..end];
-            if local.is_empty() || local.split('.').any(|atom| atom.is_empty() || !atom.chars().all(is_atext)) {
+            if local.is_empty()
+                || local
+                    .split('.')
+                    .any(|atom| atom.is_empty() || !atom.chars().all(is_atext))
+            {
                 return Err(AddressError::InvalidLocalPart);
             }
             end
@@ -259,9 +289,14 @@ impl Mailbox {
         if local_part.len() > MAX_LOCAL_PART_LEN {
             return Err(AddressError::LocalPartTooLong);
         }
-        let rest = s[local_end..].strip_prefix('@').ok_or(AddressError::PathSyntax)?;
+        let rest = s[local_end..]
+            .strip_prefix('@')
+            .ok_or(AddressError::PathSyntax)?;
         let host = Host::parse(rest)?;
-        Ok(Self { local_part: local_part.to_owned(), host })
+        Ok(Self {
+            local_part: local_part.to_owned(),
+            host,
+        })
     }
 
     /// The local part as written (a quoted string keeps its quotes).
@@ -299,12 +334,19 @@ fn unwrap_path(s: &str) -> Result<&str, AddressError> {
     if s.len() > MAX_PATH_LEN {
         return Err(AddressError::PathTooLong);
     }
-    let inner = s.strip_prefix('<').and_then(|r| r.strip_suffix('>')).ok_or(AddressError::PathSyntax)?;
+    let inner = s
+        .strip_prefix('<')
+        .and_then(|r| r.strip_suffix('>'))
+        .ok_or(AddressError::PathSyntax)?;
     if inner.starts_with('@') {
         // A-d-l = At-domain *( "," At-domain ) ":"
         let (adl, mailbox) = inner.split_once(':').ok_or(AddressError::PathSyntax)?;
         for at_domain in adl.split(',') {
-            Domain::parse(at_domain.strip_prefix('@').ok_or(AddressError::PathSyntax)?)?;
+            Domain::parse(
+                at_domain
+                    .strip_prefix('@')
+                    .ok_or(AddressError::PathSyntax)?,
+            )?;
         }
         return Ok(mailbox);
     }
@@ -412,15 +454,24 @@ mod tests {
         assert_eq!(Domain::parse("a..b"), Err(AddressError::InvalidDomain));
         assert_eq!(Domain::parse("-a.b"), Err(AddressError::InvalidDomain));
         assert_eq!(Domain::parse("a b"), Err(AddressError::InvalidDomain));
-        assert_eq!(Domain::parse(&"a".repeat(64)), Err(AddressError::DomainTooLong));
+        assert_eq!(
+            Domain::parse(&"a".repeat(64)),
+            Err(AddressError::DomainTooLong)
+        );
         let long = vec!["abcdefgh"; 30].join(".");
         assert_eq!(Domain::parse(&long), Err(AddressError::DomainTooLong));
     }
 
     #[test]
     fn literals() {
-        assert_eq!(Host::parse("[192.0.2.1]").unwrap().to_string(), "[192.0.2.1]");
-        assert_eq!(Host::parse("[IPv6:2001:db8::1]").unwrap().to_string(), "[IPv6:2001:db8::1]");
+        assert_eq!(
+            Host::parse("[192.0.2.1]").unwrap().to_string(),
+            "[192.0.2.1]"
+        );
+        assert_eq!(
+            Host::parse("[IPv6:2001:db8::1]").unwrap().to_string(),
+            "[IPv6:2001:db8::1]"
+        );
         assert!(Host::parse("[x-tag:abc]").is_ok());
         assert!(Host::parse("[300.1.1.1]").is_err());
         assert!(Host::parse("[IPv6:zz]").is_err());
@@ -438,7 +489,10 @@ mod tests {
         assert!(Mailbox::parse("a@").is_err());
         assert!(Mailbox::parse("noat").is_err());
         assert!(Mailbox::parse("a(b)@x").is_err());
-        assert_eq!(Mailbox::parse(&format!("{}@x", "a".repeat(65))), Err(AddressError::LocalPartTooLong));
+        assert_eq!(
+            Mailbox::parse(&format!("{}@x", "a".repeat(65))),
+            Err(AddressError::LocalPartTooLong)
+        );
         let u = Mailbox::parse("用户@例子.广告").unwrap();
         assert!(!u.is_ascii());
     }
@@ -446,7 +500,10 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(ReversePath::parse("<>").unwrap(), ReversePath::Null);
-        assert_eq!(ForwardPath::parse("<postMaster>").unwrap(), ForwardPath::Postmaster);
+        assert_eq!(
+            ForwardPath::parse("<postMaster>").unwrap(),
+            ForwardPath::Postmaster
+        );
         // RFC 5321 4.1.1.3 source routes are accepted and ignored.
         let p = ForwardPath::parse("<@hosta.int,@jkl.org:userc@d.bar.org>").unwrap();
         assert_eq!(p.to_string(), "<userc@d.bar.org>");

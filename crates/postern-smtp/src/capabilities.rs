@@ -51,11 +51,16 @@ impl Capabilities {
             return None;
         }
         let mut lines = reply.lines().iter();
-        let domain = lines.next().map(|l| l.split(' ').next().unwrap_or_default().to_owned()).unwrap_or_default();
+        let domain = lines
+            .next()
+            .map(|l| l.split(' ').next().unwrap_or_default().to_owned())
+            .unwrap_or_default();
         let mut caps = Self::default();
         for line in lines {
             let mut words = line.split(' ').filter(|w| !w.is_empty());
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 // RFC 1870 4: "SIZE" [SP number]; a malformed number is treated as no fixed limit.
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
@@ -72,17 +77,28 @@ impl Capabilities {
                 _ => caps.other.push(line.clone()),
             }
         }
-        Some(EhloReply { domain, capabilities: caps })
+        Some(EhloReply {
+            domain,
+            capabilities: caps,
+        })
     }
 
     /// Build the EHLO reply `250-domain greeting` followed by one line per extension.
     pub fn ehlo_reply(&self, domain: &str, greeting: &str) -> Reply {
-        let mut lines = vec![if greeting.is_empty() { domain.to_owned() } else { format!("{domain} {greeting}") }];
+        let mut lines = vec![if greeting.is_empty() {
+            domain.to_owned()
+        } else {
+            format!("{domain} {greeting}")
+        }];
         if self.pipelining {
             lines.push("PIPELINING".into());
         }
         if let Some(size) = self.size {
-            lines.push(if size == 0 { "SIZE".into() } else { format!("SIZE {size}") });
+            lines.push(if size == 0 {
+                "SIZE".into()
+            } else {
+                format!("SIZE {size}")
+            });
         }
         if let Some(auth) = &self.auth {
             lines.push(format!("AUTH {}", auth.join(" ")));
@@ -101,7 +117,11 @@ impl Capabilities {
                 lines.push(kw.into());
             }
         }
-        lines.extend(self.other.iter().map(|l| l.chars().filter(|c| !c.is_control()).collect()));
+        lines.extend(
+            self.other
+                .iter()
+                .map(|l| l.chars().filter(|c| !c.is_control()).collect()),
+        );
         Reply::plain(250, lines)
     }
 }
@@ -119,9 +139,20 @@ mod tests {
         assert_eq!(ehlo.domain, "mx.example.org");
         let c = &ehlo.capabilities;
         assert_eq!(c.size, Some(10_240_000));
-        assert!(c.pipelining && c.starttls && c.enhanced_status_codes && c.eight_bit_mime && c.dsn && c.smtputf8 && c.chunking);
+        assert!(
+            c.pipelining
+                && c.starttls
+                && c.enhanced_status_codes
+                && c.eight_bit_mime
+                && c.dsn
+                && c.smtputf8
+                && c.chunking
+        );
         assert!(!c.requiretls && !c.binary_mime);
-        assert_eq!(c.auth.as_deref(), Some(&["PLAIN".to_owned(), "LOGIN".to_owned()][..]));
+        assert_eq!(
+            c.auth.as_deref(),
+            Some(&["PLAIN".to_owned(), "LOGIN".to_owned()][..])
+        );
         assert_eq!(c.other, vec!["X-FOO bar".to_owned()]);
         let again = Capabilities::parse_ehlo(&c.ehlo_reply("mx.example.org", "")).unwrap();
         assert_eq!(&again.capabilities, c);

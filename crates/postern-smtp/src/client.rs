@@ -24,7 +24,7 @@ pub struct Envelope {
     /// MAIL FROM path.
     pub from: ReversePath,
     /// MAIL FROM parameters. SIZE is added when the server advertises SIZE and it is unset; SMTPUTF8 is added
-    /// when an address needs it.
+    /// when an address needs it; `BODY=8BITMIME` when the content has 8-bit octets and the server offers it.
     pub mail_params: MailParams,
     /// Recipients with their RCPT parameters, in order.
     pub recipients: Vec<(ForwardPath, RcptParams)>,
@@ -36,7 +36,10 @@ impl Envelope {
         Self {
             from,
             mail_params: MailParams::default(),
-            recipients: recipients.into_iter().map(|r| (r, RcptParams::default())).collect(),
+            recipients: recipients
+                .into_iter()
+                .map(|r| (r, RcptParams::default()))
+                .collect(),
         }
     }
 }
@@ -152,6 +155,9 @@ pub enum SendError {
     /// The message exceeds the server's advertised SIZE.
     #[error("message larger than the server accepts")]
     MessageTooLarge,
+    /// `ClientConfig::require_tls` is set and TLS is not active: nothing is sent in plaintext.
+    #[error("tls required")]
+    TlsRequired,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +206,6 @@ struct Txn {
     mail_reply: Option<Reply>,
     rcpt_replies: Vec<Option<Reply>>,
     data_reply: Option<Reply>,
-    chunked: bool,
 }
 
 #[derive(Debug)]
@@ -285,7 +290,9 @@ impl ClientSession {
             State::Handshake => {
                 self.discarded += data.len() as u64;
                 if !data.is_empty() && self.config.after_starttls == AfterStartTls::Close {
-                    self.close(ClientCloseReason::StartTlsInjection { discarded: data.len() });
+                    self.close(ClientCloseReason::StartTlsInjection {
+                        discarded: data.len(),
+                    });
                 }
                 return data.len();
             }
@@ -357,13 +364,17 @@ impl ClientSession {
         if self.state != State::Ready {
             return Err(SendError::NotReady);
         }
+        if self.config.require_tls && !self.tls_active {
+            return Err(SendError::TlsRequired);
+        }
         if envelope.recipients.is_empty() {
             return Err(SendError::NoRecipients);
         }
         let mut envelope = envelope;
         let caps = &self.capabilities;
         let p = &mut envelope.mail_params;
-        let needs_utf8 = !envelope.from.is_ascii() || envelope.recipients.iter().any(|(r, _)| !r.is_ascii());
+        let needs_utf8 =
+            !envelope.from.is_ascii() || envelope.recipients.iter().any(|(r, _)| !r.is_ascii());
         if needs_utf8 || p.smtputf8 {
             if !caps.smtputf8 {
                 return Err(SendError::ExtensionNotOffered("SMTPUTF8"));
@@ -374,16 +385,34 @@ impl ClientSession {
         if p.requiretls && !(caps.requiretls && self.tls_active) {
             return Err(SendError::ExtensionNotOffered("REQUIRETLS"));
         }
-        let dsn_used = p.ret.is_some() || p.envid.is_some() || envelope.recipients.iter().any(|(_, r)| r.notify.is_some() || r.orcpt.is_some());
+        let dsn_used = p.ret.is_some()
+            || p.envid.is_some()
+            || envelope
+                .recipients
+                .iter()
+                .any(|(_, r)| r.notify.is_some() || r.orcpt.is_some());
         if dsn_used && !caps.dsn {
             return Err(SendError::ExtensionNotOffered("DSN"));
         }
+        // RFC 6152 3: declare 8-bit content when the server offers 8BITMIME.
+        if p.body.is_none() && caps.eight_bit_mime && !message.is_ascii() {
+            p.body = Some(Body::EightBitMime);
+        }
+        // BODY= itself belongs to 8BITMIME: without the extension, 7BIT is the default and is not declared.
+        if p.body == Some(Body::SevenBit) && !caps.eight_bit_mime {
+            p.body = None;
+        }
         match p.body {
-            Some(Body::EightBitMime) if !caps.eight_bit_mime => return Err(SendError::ExtensionNotOffered("8BITMIME")),
-            Some(Body::BinaryMime) if !(caps.binary_mime && caps.chunking) => return Err(SendError::ExtensionNotOffered("BINARYMIME")),
+            Some(Body::EightBitMime) if !caps.eight_bit_mime => {
+                return Err(SendError::ExtensionNotOffered("8BITMIME"));
+            }
+            Some(Body::BinaryMime) if !(caps.binary_mime && caps.chunking) => {
+                return Err(SendError::ExtensionNotOffered("BINARYMIME"));
+            }
             _ => {}
         }
-        let chunked = caps.chunking && (self.config.prefer_chunking || p.body == Some(Body::BinaryMime));
+        let chunked =
+            caps.chunking && (self.config.prefer_chunking || p.body == Some(Body::BinaryMime));
         // BDAT carries the exact octets: normalise bare CR / LF so the client never emits them, and end the
         // content with CRLF as DATA does (RFC 5321 4.1.1.4).
         let message = if chunked {
@@ -411,8 +440,15 @@ impl ClientSession {
         }
         self.to_send.push_back(Step::Mail);
         self.to_send.extend((0..n).map(Step::Rcpt));
-        self.to_send.push_back(if chunked { Step::BdatLast } else { Step::Data });
-        self.txn = Some(Txn { envelope, message, mail_reply: None, rcpt_replies: vec![None; n], data_reply: None, chunked });
+        self.to_send
+            .push_back(if chunked { Step::BdatLast } else { Step::Data });
+        self.txn = Some(Txn {
+            envelope,
+            message,
+            mail_reply: None,
+            rcpt_replies: vec![None; n],
+            data_reply: None,
+        });
         self.flush();
         Ok(())
     }
@@ -457,19 +493,19 @@ impl ClientSession {
         if self.output.len() < CONTENT_PIECE
             && let Some(c) = &mut self.content
         {
-                let end = (c.offset + CONTENT_PIECE).min(c.bytes.len());
-                match &mut c.stuffer {
-                    Some(s) => s.feed(&c.bytes[c.offset..end], &mut self.output),
-                    None => self.output.extend_from_slice(&c.bytes[c.offset..end]),
+            let end = (c.offset + CONTENT_PIECE).min(c.bytes.len());
+            match &mut c.stuffer {
+                Some(s) => s.feed(&c.bytes[c.offset..end], &mut self.output),
+                None => self.output.extend_from_slice(&c.bytes[c.offset..end]),
+            }
+            c.offset = end;
+            if c.offset == c.bytes.len() {
+                if let Some(s) = c.stuffer.take() {
+                    s.finish(&mut self.output);
                 }
-                c.offset = end;
-                if c.offset == c.bytes.len() {
-                    if let Some(s) = c.stuffer.take() {
-                        s.finish(&mut self.output);
-                    }
-                    self.content = None;
-                    self.flush();
-                }
+                self.content = None;
+                self.flush();
+            }
         }
         if self.output.is_empty() {
             return None;
@@ -487,7 +523,11 @@ impl ClientSession {
                 return None;
             }
             let avail = &self.input[self.pos..];
-            let fed = if avail.is_empty() { Ok((0, None)) } else { self.parser.feed(avail) };
+            let fed = if avail.is_empty() {
+                Ok((0, None))
+            } else {
+                self.parser.feed(avail)
+            };
             match fed {
                 Err(e) => self.close(ClientCloseReason::ProtocolError(e)),
                 Ok((n, reply)) => {
@@ -500,8 +540,12 @@ impl ClientSession {
                         None => {
                             if !self.expected.is_empty() && self.deadline.is_none() {
                                 let t = &self.config.timeouts;
-                                let data_phase = matches!(self.expected.front(), Some(Expect::DataEnd | Expect::BdatLast));
-                                self.deadline = Some(now + if data_phase { t.data } else { t.command });
+                                let data_phase = matches!(
+                                    self.expected.front(),
+                                    Some(Expect::DataEnd | Expect::BdatLast)
+                                );
+                                self.deadline =
+                                    Some(now + if data_phase { t.data } else { t.command });
                             }
                             if self.expected.is_empty() && self.parser.is_mid_reply() {
                                 // A reply nobody asked for is arriving; judged once complete.
@@ -517,8 +561,9 @@ impl ClientSession {
     // ---- internals ----
 
     fn hello_host(&self) -> crate::address::Host {
-        crate::address::Host::parse(&self.config.hostname)
-            .unwrap_or(crate::address::Host::Literal(crate::address::AddressLiteral::Ipv4(std::net::Ipv4Addr::LOCALHOST)))
+        crate::address::Host::parse(&self.config.hostname).unwrap_or(crate::address::Host::Literal(
+            crate::address::AddressLiteral::Ipv4(std::net::Ipv4Addr::LOCALHOST),
+        ))
     }
 
     fn send_command(&mut self, cmd: &Command, expect: Expect) {
@@ -538,11 +583,14 @@ impl ClientSession {
                 return;
             }
             self.to_send.pop_front();
-            let Some(txn) = &self.txn else { return };
+            let Some(txn) = &mut self.txn else { return };
             match step {
                 Step::Rset => self.send_command(&Command::Rset, Expect::Rset),
                 Step::Mail => {
-                    let cmd = Command::Mail { from: txn.envelope.from.clone(), params: txn.envelope.mail_params.clone() };
+                    let cmd = Command::Mail {
+                        from: txn.envelope.from.clone(),
+                        params: txn.envelope.mail_params.clone(),
+                    };
                     self.send_command(&cmd, Expect::Mail);
                 }
                 Step::Rcpt(i) => {
@@ -551,10 +599,14 @@ impl ClientSession {
                 }
                 Step::Data => self.send_command(&Command::Data, Expect::Data),
                 Step::BdatLast => {
-                    let size = txn.message.len() as u64;
-                    let bytes = txn.message.clone();
+                    let bytes = std::mem::take(&mut txn.message);
+                    let size = bytes.len() as u64;
                     self.send_command(&Command::Bdat { size, last: true }, Expect::BdatLast);
-                    self.content = Some(Content { bytes, offset: 0, stuffer: None });
+                    self.content = Some(Content {
+                        bytes,
+                        offset: 0,
+                        stuffer: None,
+                    });
                 }
             }
         }
@@ -602,15 +654,29 @@ impl ClientSession {
                 _ => None,
             };
             let status = decided.as_ref().map_or(DeliveryStatus::Deferred, status_of);
-            recipients.push(RecipientResult { recipient: rcpt, status, reply: decided });
+            recipients.push(RecipientResult {
+                recipient: rcpt,
+                status,
+                reply: decided,
+            });
         }
-        let completed = txn.data_reply.as_ref().is_some_and(|d| d.code().is_positive());
-        let mail_ok = txn.mail_reply.as_ref().is_some_and(|m| m.code().is_positive());
+        let completed = txn
+            .data_reply
+            .as_ref()
+            .is_some_and(|d| d.code().is_positive());
+        let mail_ok = txn
+            .mail_reply
+            .as_ref()
+            .is_some_and(|m| m.code().is_positive());
         // A transaction opened by MAIL and not ended by a final 250 is reset before the next one.
         self.needs_rset = mail_ok && !completed;
         let data_reply = txn.data_reply;
-        let _ = txn.chunked;
-        self.events.push_back(ClientEvent::TransactionDone(TransactionReport { mail_reply: txn.mail_reply, data_reply, recipients }));
+        self.events
+            .push_back(ClientEvent::TransactionDone(TransactionReport {
+                mail_reply: txn.mail_reply,
+                data_reply,
+                recipients,
+            }));
         if !aborted {
             self.state = State::Ready;
         }
@@ -642,7 +708,9 @@ impl ClientSession {
             Expect::Ehlo => match Capabilities::parse_ehlo(&reply) {
                 Some(ehlo) => self.ready(ehlo.capabilities, true),
                 // RFC 5321 3.2: a server that does not support EHLO answers 5yz; fall back to HELO.
-                None if reply.code().is_permanent() => self.send_command(&Command::Helo(self.hello_host()), Expect::Helo),
+                None if reply.code().is_permanent() => {
+                    self.send_command(&Command::Helo(self.hello_host()), Expect::Helo)
+                }
                 None => self.quit_and_close(ClientCloseReason::HelloRefused(reply)),
             },
             Expect::Helo => {
@@ -660,17 +728,21 @@ impl ClientSession {
                     self.input.clear();
                     self.pos = 0;
                     if leftover > 0 && self.config.after_starttls == AfterStartTls::Close {
-                        self.close(ClientCloseReason::StartTlsInjection { discarded: leftover });
+                        self.close(ClientCloseReason::StartTlsInjection {
+                            discarded: leftover,
+                        });
                         return;
                     }
                     self.state = State::Handshake;
                     self.deadline = None;
-                    self.events.push_back(ClientEvent::StartTls { discarded: leftover });
+                    self.events.push_back(ClientEvent::StartTls {
+                        discarded: leftover,
+                    });
                 } else {
                     self.events.push_back(ClientEvent::StartTlsRefused(reply));
                 }
             }
-            Expect::Rset => {}
+            Expect::Rset => self.flush(),
             Expect::Mail => {
                 if let Some(t) = &mut self.txn {
                     t.mail_reply = Some(reply);
@@ -686,7 +758,11 @@ impl ClientSession {
                 let Some(t) = &mut self.txn else { return };
                 t.rcpt_replies[i] = Some(reply);
                 let last = i + 1 == t.rcpt_replies.len();
-                let any_ok = t.rcpt_replies.iter().flatten().any(|r| r.code().is_positive());
+                let any_ok = t
+                    .rcpt_replies
+                    .iter()
+                    .flatten()
+                    .any(|r| r.code().is_positive());
                 if last && !any_ok && !self.pipelining() {
                     // No recipient: do not send DATA; reset the open transaction.
                     self.to_send.clear();
@@ -697,11 +773,19 @@ impl ClientSession {
             }
             Expect::Data => {
                 let Some(t) = &mut self.txn else { return };
-                let any_ok = t.rcpt_replies.iter().flatten().any(|r| r.code().is_positive());
+                let any_ok = t
+                    .rcpt_replies
+                    .iter()
+                    .flatten()
+                    .any(|r| r.code().is_positive());
                 if reply.code().value() == 354 {
                     let message = std::mem::take(&mut t.message);
                     if any_ok {
-                        self.content = Some(Content { bytes: message, offset: 0, stuffer: Some(DotStuffer::new()) });
+                        self.content = Some(Content {
+                            bytes: message,
+                            offset: 0,
+                            stuffer: Some(DotStuffer::new()),
+                        });
                     } else {
                         // RFC 2920 3.1: 354 with no accepted recipient: send an empty message and ignore its reply.
                         self.output.extend_from_slice(b".\r\n");
@@ -731,6 +815,228 @@ impl ClientSession {
         self.capabilities = capabilities.clone();
         self.extended = extended;
         self.state = State::Ready;
-        self.events.push_back(ClientEvent::Ready { capabilities, extended, tls_active: self.tls_active });
+        self.events.push_back(ClientEvent::Ready {
+            capabilities,
+            extended,
+            tls_active: self.tls_active,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> (ClientSession, Instant) {
+        let now = Instant::now();
+        (
+            ClientSession::new(ClientConfig::new("client.example"), now),
+            now,
+        )
+    }
+
+    fn reply(c: &mut ClientSession, now: Instant, wire: &[u8]) -> Vec<ClientEvent> {
+        assert_eq!(c.handle_input(wire), wire.len());
+        let mut ev = Vec::new();
+        while let Some(e) = c.poll_event(now) {
+            ev.push(e);
+        }
+        ev
+    }
+
+    fn sent(c: &mut ClientSession) -> String {
+        let mut out = Vec::new();
+        while let Some(o) = c.poll_transmit() {
+            out.extend(o);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn env(rcpts: &[&str]) -> Envelope {
+        Envelope::new(
+            ReversePath::parse("<a@example.net>").unwrap(),
+            rcpts.iter().map(|r| ForwardPath::parse(r).unwrap()),
+        )
+    }
+
+    #[test]
+    fn helo_fallback() {
+        let (mut c, now) = client();
+        assert!(reply(&mut c, now, b"220 old.example\r\n").is_empty());
+        assert_eq!(sent(&mut c), "EHLO client.example\r\n");
+        assert!(reply(&mut c, now, b"502 5.5.2 Error: command not recognized\r\n").is_empty());
+        assert_eq!(sent(&mut c), "HELO client.example\r\n");
+        let ev = reply(&mut c, now, b"250 old.example\r\n");
+        assert_eq!(
+            ev,
+            vec![ClientEvent::Ready {
+                capabilities: Capabilities::default(),
+                extended: false,
+                tls_active: false
+            }]
+        );
+        assert_eq!(c.start_tls(), Err(SendError::StartTlsUnavailable));
+    }
+
+    #[test]
+    fn greeting_refused() {
+        let (mut c, now) = client();
+        let ev = reply(&mut c, now, b"554 5.7.1 go away\r\n");
+        assert!(matches!(
+            ev.as_slice(),
+            [ClientEvent::Closed(ClientCloseReason::GreetingRefused(_))]
+        ));
+        assert_eq!(sent(&mut c), "QUIT\r\n");
+    }
+
+    #[test]
+    fn send_mail_checks() {
+        let (mut c, now) = client();
+        assert_eq!(
+            c.send_mail(env(&["<b@example.org>"]), b"x".to_vec()),
+            Err(SendError::NotReady)
+        );
+        reply(&mut c, now, b"220 mx\r\n");
+        reply(&mut c, now, b"250-mx\r\n250 SIZE 10\r\n");
+        let _ = sent(&mut c);
+        assert_eq!(
+            c.send_mail(env(&[]), b"x".to_vec()),
+            Err(SendError::NoRecipients)
+        );
+        assert_eq!(
+            c.send_mail(env(&["<ü@example.org>"]), b"x".to_vec()),
+            Err(SendError::ExtensionNotOffered("SMTPUTF8"))
+        );
+        assert_eq!(
+            c.send_mail(env(&["<b@example.org>"]), vec![b'x'; 11]),
+            Err(SendError::MessageTooLarge)
+        );
+        let mut e = env(&["<b@example.org>"]);
+        e.mail_params.requiretls = true;
+        assert_eq!(
+            c.send_mail(e.clone(), b"x".to_vec()),
+            Err(SendError::ExtensionNotOffered("REQUIRETLS"))
+        );
+        c.config.require_tls = true;
+        assert_eq!(
+            c.send_mail(env(&["<b@example.org>"]), b"x".to_vec()),
+            Err(SendError::TlsRequired)
+        );
+        c.config.require_tls = false;
+        assert_eq!(
+            c.send_mail(e, b"x".to_vec()),
+            Err(SendError::ExtensionNotOffered("REQUIRETLS"))
+        );
+    }
+
+    #[test]
+    fn lockstep_without_pipelining_and_rset_before_next() {
+        let (mut c, now) = client();
+        reply(&mut c, now, b"220 mx\r\n");
+        reply(&mut c, now, b"250-mx\r\n250 8BITMIME\r\n");
+        let _ = sent(&mut c);
+        c.send_mail(env(&["<b@example.org>", "<c@example.org>"]), b"hi".to_vec())
+            .unwrap();
+        assert_eq!(sent(&mut c), "MAIL FROM:<a@example.net>\r\n");
+        reply(&mut c, now, b"250 2.1.0 Ok\r\n");
+        assert_eq!(sent(&mut c), "RCPT TO:<b@example.org>\r\n");
+        reply(&mut c, now, b"550 5.1.1 no\r\n");
+        assert_eq!(sent(&mut c), "RCPT TO:<c@example.org>\r\n");
+        let ev = reply(&mut c, now, b"450 4.2.0 busy\r\n");
+        assert_eq!(sent(&mut c), "", "no DATA without an accepted recipient");
+        let [ClientEvent::TransactionDone(report)] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        let st: Vec<_> = report.recipients.iter().map(|r| r.status).collect();
+        assert_eq!(st, [DeliveryStatus::Failed, DeliveryStatus::Deferred]);
+        c.send_mail(env(&["<b@example.org>"]), b"hi".to_vec())
+            .unwrap();
+        assert_eq!(
+            sent(&mut c),
+            "RSET\r\n",
+            "the open transaction is reset first"
+        );
+        reply(&mut c, now, b"250 2.0.0 Ok\r\n");
+        assert_eq!(sent(&mut c), "MAIL FROM:<a@example.net>\r\n");
+        reply(&mut c, now, b"250 2.1.0 Ok\r\n");
+        assert_eq!(sent(&mut c), "RCPT TO:<b@example.org>\r\n");
+        reply(&mut c, now, b"250 2.1.5 Ok\r\n");
+        assert_eq!(sent(&mut c), "DATA\r\n");
+        reply(&mut c, now, b"354 go\r\n");
+        assert_eq!(sent(&mut c), "hi\r\n.\r\n");
+        let ev = reply(&mut c, now, b"250 2.0.0 Ok: queued\r\n");
+        let [ClientEvent::TransactionDone(report)] = ev.as_slice() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(report.recipients[0].status, DeliveryStatus::Delivered);
+        c.quit().unwrap();
+        assert_eq!(sent(&mut c), "QUIT\r\n");
+        let ev = reply(&mut c, now, b"221 2.0.0 Bye\r\n");
+        assert_eq!(ev, vec![ClientEvent::Closed(ClientCloseReason::Quit)]);
+    }
+
+    #[test]
+    fn pipelined_and_service_closing() {
+        let (mut c, now) = client();
+        reply(&mut c, now, b"220 mx\r\n");
+        reply(
+            &mut c,
+            now,
+            b"250-mx\r\n250-PIPELINING\r\n250 SIZE 1000\r\n",
+        );
+        let _ = sent(&mut c);
+        c.send_mail(
+            env(&["<b@example.org>", "<c@example.org>"]),
+            b"hi\r\n".to_vec(),
+        )
+        .unwrap();
+        assert_eq!(
+            sent(&mut c),
+            "MAIL FROM:<a@example.net> SIZE=4\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n"
+        );
+        let ev = reply(
+            &mut c,
+            now,
+            b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n421 4.3.2 shutting down\r\n",
+        );
+        let [
+            ClientEvent::TransactionDone(report),
+            ClientEvent::Closed(ClientCloseReason::ServiceClosing(_)),
+        ] = ev.as_slice()
+        else {
+            panic!("{ev:?}")
+        };
+        assert!(
+            report
+                .recipients
+                .iter()
+                .all(|r| r.status == DeliveryStatus::Deferred)
+        );
+    }
+
+    #[test]
+    fn eight_bit_content_is_declared() {
+        let (mut c, now) = client();
+        reply(&mut c, now, b"220 mx\r\n");
+        reply(&mut c, now, b"250-mx\r\n250 8BITMIME\r\n");
+        let _ = sent(&mut c);
+        c.send_mail(
+            env(&["<b@example.org>"]),
+            "caf\u{e9}\r\n".as_bytes().to_vec(),
+        )
+        .unwrap();
+        assert_eq!(sent(&mut c), "MAIL FROM:<a@example.net> BODY=8BITMIME\r\n");
+    }
+
+    #[test]
+    fn unexpected_reply_closes() {
+        let (mut c, now) = client();
+        reply(&mut c, now, b"220 mx\r\n");
+        reply(&mut c, now, b"250 mx\r\n");
+        let ev = reply(&mut c, now, b"250 surprise\r\n");
+        assert!(matches!(
+            ev.as_slice(),
+            [ClientEvent::Closed(ClientCloseReason::UnexpectedReply(_))]
+        ));
     }
 }

@@ -156,14 +156,22 @@ impl CommandError {
     pub fn reply(&self) -> Reply {
         match self {
             Self::LineTooLong => Reply::fixed(500, (5, 5, 0), "Error: line too long"),
-            Self::BareLineEnding => Reply::fixed(500, (5, 5, 2), "Error: bare <CR> or <LF> in command"),
+            Self::BareLineEnding => {
+                Reply::fixed(500, (5, 5, 2), "Error: bare <CR> or <LF> in command")
+            }
             Self::InvalidCharacters => Reply::fixed(500, (5, 5, 2), "Error: bad syntax"),
             Self::Unrecognized => Reply::fixed(502, (5, 5, 2), "Error: command not recognized"),
             Self::Syntax(usage) => Reply::fixed(501, (5, 5, 4), format!("Syntax: {usage}")),
             Self::BadSender(_) => Reply::fixed(501, (5, 1, 7), "Bad sender address syntax"),
             Self::BadRecipient(_) => Reply::fixed(501, (5, 1, 3), "Bad recipient address syntax"),
-            Self::UnknownParameter(p) => Reply::fixed(555, (5, 5, 4), format!("Unsupported option: {}", printable(p))),
-            Self::InvalidParameter(p) => Reply::fixed(501, (5, 5, 4), format!("Bad {} syntax", printable(p))),
+            Self::UnknownParameter(p) => Reply::fixed(
+                555,
+                (5, 5, 4),
+                format!("Unsupported option: {}", printable(p)),
+            ),
+            Self::InvalidParameter(p) => {
+                Reply::fixed(501, (5, 5, 4), format!("Bad {} syntax", printable(p)))
+            }
         }
     }
 }
@@ -175,7 +183,8 @@ fn printable(s: &str) -> String {
 
 /// RFC 5321 4.1.2 `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`.
 fn is_keyword(k: &str) -> bool {
-    k.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric()) && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    k.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// RFC 3461 4 `xtext = *( xchar / hexchar )`, xchar = `!`..`~` except `+` and `=`, hexchar = `+` 2 uppercase hex.
@@ -185,7 +194,9 @@ fn is_xtext(s: &str) -> bool {
     while i < b.len() {
         match b[i] {
             b'+' => {
-                let hex = |x: Option<&u8>| x.is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c));
+                let hex = |x: Option<&u8>| {
+                    x.is_some_and(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+                };
                 if !hex(b.get(i + 1)) || !hex(b.get(i + 2)) {
                     return false;
                 }
@@ -199,7 +210,9 @@ fn is_xtext(s: &str) -> bool {
 }
 
 fn parse_decimal(v: &str) -> Option<u64> {
-    (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten()
+    (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse().ok())
+        .flatten()
 }
 
 /// Split `FROM:<path> params` into the path and the parameter list, tolerating spaces after the colon (many
@@ -235,10 +248,12 @@ fn split_path<'a>(arg: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
 }
 
 fn params(list: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    list.split(' ').filter(|p| !p.is_empty()).map(|p| match p.split_once('=') {
-        Some((k, v)) => (k, Some(v)),
-        None => (p, None),
-    })
+    list.split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (p, None),
+        })
 }
 
 fn mail_params(list: &str) -> Result<MailParams, CommandError> {
@@ -249,7 +264,9 @@ fn mail_params(list: &str) -> Result<MailParams, CommandError> {
             return Err(CommandError::Syntax("MAIL FROM:<address> [parameters]"));
         }
         match (key.to_ascii_uppercase().as_str(), value) {
-            ("SIZE", Some(v)) if m.size.is_none() => m.size = Some(parse_decimal(v).ok_or_else(bad)?),
+            ("SIZE", Some(v)) if m.size.is_none() => {
+                m.size = Some(parse_decimal(v).ok_or_else(bad)?)
+            }
             ("BODY", Some(v)) if m.body.is_none() => {
                 m.body = Some(match v.to_ascii_uppercase().as_str() {
                     "7BIT" => Body::SevenBit,
@@ -306,7 +323,11 @@ fn rcpt_params(list: &str) -> Result<RcptParams, CommandError> {
                         }
                         *flag = true;
                     }
-                    r.notify = Some(Notify::On { success, failure, delay });
+                    r.notify = Some(Notify::On {
+                        success,
+                        failure,
+                        delay,
+                    });
                 }
             }
             // RFC 3461 4.2: ORCPT=addr-type ";" xtext, at most 500 characters.
@@ -328,7 +349,9 @@ impl Command {
     /// Parse one command line. `line` must end with CRLF and hold no other CR or LF: a bare CR or LF is an
     /// error for the whole line, never a separator (RFC 5321 2.3.8, 4.1.1).
     pub fn parse(line: &[u8]) -> Result<Self, CommandError> {
-        let body = line.strip_suffix(b"\r\n").ok_or(CommandError::BareLineEnding)?;
+        let body = line
+            .strip_suffix(b"\r\n")
+            .ok_or(CommandError::BareLineEnding)?;
         if memchr::memchr2(b'\r', b'\n', body).is_some() {
             return Err(CommandError::BareLineEnding);
         }
@@ -340,25 +363,52 @@ impl Command {
             Some((v, a)) => (v, Some(a)),
             None => (text, None),
         };
-        let no_arg = |cmd: Self, usage| if arg.is_some() { Err(CommandError::Syntax(usage)) } else { Ok(cmd) };
+        let no_arg = |cmd: Self, usage| {
+            if arg.is_some() {
+                Err(CommandError::Syntax(usage))
+            } else {
+                Ok(cmd)
+            }
+        };
         match verb.to_ascii_uppercase().as_str() {
             "EHLO" | "HELO" => {
-                let usage = if verb.eq_ignore_ascii_case("EHLO") { "EHLO hostname" } else { "HELO hostname" };
-                let name = arg.map(|a| a.trim_matches(' ')).filter(|a| !a.is_empty()).ok_or(CommandError::Syntax(usage))?;
+                let usage = if verb.eq_ignore_ascii_case("EHLO") {
+                    "EHLO hostname"
+                } else {
+                    "HELO hostname"
+                };
+                let name = arg
+                    .map(|a| a.trim_matches(' '))
+                    .filter(|a| !a.is_empty())
+                    .ok_or(CommandError::Syntax(usage))?;
                 let host = Host::parse(name).map_err(|_| CommandError::Syntax(usage))?;
-                Ok(if usage.starts_with('E') { Self::Ehlo(host) } else { Self::Helo(host) })
+                Ok(if usage.starts_with('E') {
+                    Self::Ehlo(host)
+                } else {
+                    Self::Helo(host)
+                })
             }
             "MAIL" => {
                 const USAGE: &str = "MAIL FROM:<address>";
-                let (path, list) = arg.and_then(|a| split_path(a, "FROM:")).ok_or(CommandError::Syntax(USAGE))?;
+                let (path, list) = arg
+                    .and_then(|a| split_path(a, "FROM:"))
+                    .ok_or(CommandError::Syntax(USAGE))?;
                 let from = ReversePath::parse(path).map_err(CommandError::BadSender)?;
-                Ok(Self::Mail { from, params: mail_params(list)? })
+                Ok(Self::Mail {
+                    from,
+                    params: mail_params(list)?,
+                })
             }
             "RCPT" => {
                 const USAGE: &str = "RCPT TO:<address>";
-                let (path, list) = arg.and_then(|a| split_path(a, "TO:")).ok_or(CommandError::Syntax(USAGE))?;
+                let (path, list) = arg
+                    .and_then(|a| split_path(a, "TO:"))
+                    .ok_or(CommandError::Syntax(USAGE))?;
                 let to = ForwardPath::parse(path).map_err(CommandError::BadRecipient)?;
-                Ok(Self::Rcpt { to, params: rcpt_params(list)? })
+                Ok(Self::Rcpt {
+                    to,
+                    params: rcpt_params(list)?,
+                })
             }
             "DATA" => no_arg(Self::Data, "DATA"),
             "RSET" => no_arg(Self::Rset, "RSET"),
@@ -367,15 +417,29 @@ impl Command {
             "NOOP" => Ok(Self::Noop),
             "HELP" => Ok(Self::Help(arg.map(str::to_owned))),
             "VRFY" | "EXPN" => {
-                let usage = if verb.eq_ignore_ascii_case("VRFY") { "VRFY address" } else { "EXPN mailing-list" };
-                let a = arg.filter(|a| !a.trim().is_empty()).ok_or(CommandError::Syntax(usage))?.to_owned();
-                Ok(if usage.starts_with('V') { Self::Vrfy(a) } else { Self::Expn(a) })
+                let usage = if verb.eq_ignore_ascii_case("VRFY") {
+                    "VRFY address"
+                } else {
+                    "EXPN mailing-list"
+                };
+                let a = arg
+                    .filter(|a| !a.trim().is_empty())
+                    .ok_or(CommandError::Syntax(usage))?
+                    .to_owned();
+                Ok(if usage.starts_with('V') {
+                    Self::Vrfy(a)
+                } else {
+                    Self::Expn(a)
+                })
             }
             "BDAT" => {
                 // RFC 3030 2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ] CR LF
                 const USAGE: &str = "BDAT count [LAST]";
                 let mut parts = arg.ok_or(CommandError::Syntax(USAGE))?.split(' ');
-                let size = parts.next().and_then(parse_decimal).ok_or(CommandError::Syntax(USAGE))?;
+                let size = parts
+                    .next()
+                    .and_then(parse_decimal)
+                    .ok_or(CommandError::Syntax(USAGE))?;
                 let last = match parts.next() {
                     None => false,
                     Some(m) if m.eq_ignore_ascii_case("LAST") => true,
@@ -392,9 +456,21 @@ impl Command {
 
     /// Whether this command ends a pipelined group (RFC 2920 3.1: EHLO, DATA, VRFY, EXPN, TURN, QUIT, NOOP;
     /// RFC 3207 4: STARTTLS; HELO by the same logic as EHLO). The client must wait for its reply before sending
-    /// more; the server treats anything received before that reply as a synchronization error.
+    /// more; the server treats anything received before that reply as a synchronization error. BDAT, LAST or
+    /// not, does not end a group: RFC 3030 4.2 lets BDAT commands and their chunks be pipelined, and the
+    /// chunk octets follow the command line without waiting for any reply.
     pub fn ends_group(&self) -> bool {
-        matches!(self, Self::Ehlo(_) | Self::Helo(_) | Self::Data | Self::Vrfy(_) | Self::Expn(_) | Self::Quit | Self::Noop | Self::StartTls)
+        matches!(
+            self,
+            Self::Ehlo(_)
+                | Self::Helo(_)
+                | Self::Data
+                | Self::Vrfy(_)
+                | Self::Expn(_)
+                | Self::Quit
+                | Self::Noop
+                | Self::StartTls
+        )
     }
 
     /// Append the wire form, CRLF included.
@@ -435,11 +511,16 @@ impl Command {
                 let _ = write!(s, "RCPT TO:{to}");
                 match params.notify {
                     Some(Notify::Never) => s.push_str(" NOTIFY=NEVER"),
-                    Some(Notify::On { success, failure, delay }) => {
-                        let items: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                            .into_iter()
-                            .filter_map(|(on, n)| on.then_some(n))
-                            .collect();
+                    Some(Notify::On {
+                        success,
+                        failure,
+                        delay,
+                    }) => {
+                        let items: Vec<&str> =
+                            [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                                .into_iter()
+                                .filter_map(|(on, n)| on.then_some(n))
+                                .collect();
                         let _ = write!(s, " NOTIFY={}", items.join(","));
                     }
                     None => {}
@@ -450,7 +531,9 @@ impl Command {
                 Ok(())
             }
             Self::Data => write!(s, "DATA"),
-            Self::Bdat { size, last } => write!(s, "BDAT {size}{}", if *last { " LAST" } else { "" }),
+            Self::Bdat { size, last } => {
+                write!(s, "BDAT {size}{}", if *last { " LAST" } else { "" })
+            }
             Self::Rset => write!(s, "RSET"),
             Self::Noop => write!(s, "NOOP"),
             Self::Quit => write!(s, "QUIT"),
@@ -490,16 +573,31 @@ mod tests {
         assert_eq!(p("NOOP anything\r\n"), Ok(Command::Noop));
         assert_eq!(p("STARTTLS\r\n"), Ok(Command::StartTls));
         assert_eq!(p("STARTTLS foo\r\n"), Err(CommandError::Syntax("STARTTLS")));
-        assert_eq!(p("BDAT 1000 LAST\r\n"), Ok(Command::Bdat { size: 1000, last: true }));
-        assert_eq!(p("BDAT x\r\n"), Err(CommandError::Syntax("BDAT count [LAST]")));
+        assert_eq!(
+            p("BDAT 1000 LAST\r\n"),
+            Ok(Command::Bdat {
+                size: 1000,
+                last: true
+            })
+        );
+        assert_eq!(
+            p("BDAT x\r\n"),
+            Err(CommandError::Syntax("BDAT count [LAST]"))
+        );
         assert_eq!(p("FOO\r\n"), Err(CommandError::Unrecognized));
         assert_eq!(p("EHLO\r\n"), Err(CommandError::Syntax("EHLO hostname")));
     }
 
     #[test]
     fn bare_line_endings_are_errors() {
-        assert_eq!(p("MAIL FROM:<a@b>\rRCPT TO:<c@d>\r\n"), Err(CommandError::BareLineEnding));
-        assert_eq!(p("MAIL FROM:<a@b>\nRCPT TO:<c@d>\r\n"), Err(CommandError::BareLineEnding));
+        assert_eq!(
+            p("MAIL FROM:<a@b>\rRCPT TO:<c@d>\r\n"),
+            Err(CommandError::BareLineEnding)
+        );
+        assert_eq!(
+            p("MAIL FROM:<a@b>\nRCPT TO:<c@d>\r\n"),
+            Err(CommandError::BareLineEnding)
+        );
         assert_eq!(p("NOOP\n"), Err(CommandError::BareLineEnding));
         assert_eq!(p("NOOP\0\r\n"), Err(CommandError::InvalidCharacters));
     }
@@ -507,33 +605,132 @@ mod tests {
     #[test]
     fn mail_params() {
         let c = p("MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME SMTPUTF8 REQUIRETLS RET=HDRS ENVID=QQ314159\r\n").unwrap();
-        let Command::Mail { from, params } = c else { panic!("not MAIL") };
+        let Command::Mail { from, params } = c else {
+            panic!("not MAIL")
+        };
         assert_eq!(from.to_string(), "<a@b.c>");
         assert_eq!(params.size, Some(1000));
         assert_eq!(params.body, Some(Body::EightBitMime));
         assert!(params.smtputf8 && params.requiretls);
         assert_eq!(params.ret, Some(Ret::Headers));
         assert_eq!(params.envid.as_deref(), Some("QQ314159"));
-        assert!(matches!(p("MAIL FROM: <>\r\n"), Ok(Command::Mail { from: ReversePath::Null, .. })));
-        assert_eq!(p("MAIL FROM:<a@b> XFOO=1\r\n"), Err(CommandError::UnknownParameter("XFOO".into())));
-        assert_eq!(p("MAIL FROM:<a@b> SIZE=x\r\n"), Err(CommandError::InvalidParameter("SIZE".into())));
-        assert_eq!(p("MAIL FROM:<a@b> SIZE=1 SIZE=2\r\n"), Err(CommandError::InvalidParameter("SIZE".into())));
-        assert_eq!(p("MAIL FROM:<a@b> BODY=9BIT\r\n"), Err(CommandError::InvalidParameter("BODY".into())));
-        assert!(matches!(p("MAIL FROM:a@b\r\n"), Err(CommandError::Syntax(_))));
-        assert!(matches!(p("MAIL FROM:<a@>\r\n"), Err(CommandError::BadSender(_))));
-        assert_eq!(CommandError::UnknownParameter("X".into()).reply().to_bytes(), b"555 5.5.4 Unsupported option: X\r\n");
+        assert!(matches!(
+            p("MAIL FROM: <>\r\n"),
+            Ok(Command::Mail {
+                from: ReversePath::Null,
+                ..
+            })
+        ));
+        assert_eq!(
+            p("MAIL FROM:<a@b> XFOO=1\r\n"),
+            Err(CommandError::UnknownParameter("XFOO".into()))
+        );
+        assert_eq!(
+            p("MAIL FROM:<a@b> SIZE=x\r\n"),
+            Err(CommandError::InvalidParameter("SIZE".into()))
+        );
+        assert_eq!(
+            p("MAIL FROM:<a@b> SIZE=1 SIZE=2\r\n"),
+            Err(CommandError::InvalidParameter("SIZE".into()))
+        );
+        assert_eq!(
+            p("MAIL FROM:<a@b> BODY=9BIT\r\n"),
+            Err(CommandError::InvalidParameter("BODY".into()))
+        );
+        assert!(matches!(
+            p("MAIL FROM:a@b\r\n"),
+            Err(CommandError::Syntax(_))
+        ));
+        assert!(matches!(
+            p("MAIL FROM:<a@>\r\n"),
+            Err(CommandError::BadSender(_))
+        ));
+        assert_eq!(
+            CommandError::UnknownParameter("X".into())
+                .reply()
+                .to_bytes(),
+            b"555 5.5.4 Unsupported option: X\r\n"
+        );
     }
 
     #[test]
     fn rcpt_params() {
-        let c = p("RCPT TO:<Jones@XYZ.COM> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Jones+40XYZ.COM\r\n").unwrap();
-        let Command::Rcpt { params, .. } = &c else { panic!("not RCPT") };
-        assert_eq!(params.notify, Some(Notify::On { success: true, failure: true, delay: false }));
-        assert_eq!(params.orcpt, Some(("rfc822".into(), "Jones+40XYZ.COM".into())));
+        let c =
+            p("RCPT TO:<Jones@XYZ.COM> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Jones+40XYZ.COM\r\n")
+                .unwrap();
+        let Command::Rcpt { params, .. } = &c else {
+            panic!("not RCPT")
+        };
+        assert_eq!(
+            params.notify,
+            Some(Notify::On {
+                success: true,
+                failure: true,
+                delay: false
+            })
+        );
+        assert_eq!(
+            params.orcpt,
+            Some(("rfc822".into(), "Jones+40XYZ.COM".into()))
+        );
         assert_eq!(Command::parse(&c.to_bytes()), Ok(c.clone()));
-        assert_eq!(p("RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS\r\n"), Err(CommandError::InvalidParameter("NOTIFY".into())));
-        assert_eq!(p("RCPT TO:<a@b> ORCPT=rfc822;a=b\r\n"), Err(CommandError::InvalidParameter("ORCPT".into())));
-        assert!(matches!(p("RCPT TO:<Postmaster>\r\n"), Ok(Command::Rcpt { to: ForwardPath::Postmaster, .. })));
+        assert_eq!(
+            p("RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS\r\n"),
+            Err(CommandError::InvalidParameter("NOTIFY".into()))
+        );
+        assert_eq!(
+            p("RCPT TO:<a@b> ORCPT=rfc822;a=b\r\n"),
+            Err(CommandError::InvalidParameter("ORCPT".into()))
+        );
+        assert!(matches!(
+            p("RCPT TO:<Postmaster>\r\n"),
+            Ok(Command::Rcpt {
+                to: ForwardPath::Postmaster,
+                ..
+            })
+        ));
+    }
+
+    /// RFC 3461 4: xtext encoding.
+    fn xtext(s: &str) -> String {
+        s.bytes()
+            .map(|b| {
+                if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
+                    (b as char).to_string()
+                } else {
+                    format!("+{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// parse(encode(c)) == c for generated MAIL and RCPT commands.
+        #[test]
+        fn mail_rcpt_round_trip(
+            local in "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,20}(\\.[a-zA-Z0-9_-]{1,10}){0,2}",
+            domain in "[a-z0-9]{1,10}(\\.[a-z0-9]([a-z0-9-]{0,8}[a-z0-9])?){1,3}",
+            size in proptest::option::of(0u64..u64::MAX),
+            smtputf8: bool,
+            requiretls: bool,
+            envid in proptest::option::of("[A-Za-z0-9]{1,20}"),
+            notify in 0u8..9,
+        ) {
+            let from = ReversePath::parse(&format!("<{local}@{domain}>")).unwrap();
+            let params = MailParams { size, body: Some(Body::EightBitMime), smtputf8, requiretls, ret: Some(Ret::Full), envid };
+            let mail = Command::Mail { from, params };
+            proptest::prop_assert_eq!(Command::parse(&mail.to_bytes()), Ok(mail));
+            let to = ForwardPath::parse(&format!("<{local}@{domain}>")).unwrap();
+            let notify = match notify {
+                0 => None,
+                8 => Some(Notify::Never),
+                n => Some(Notify::On { success: n & 1 != 0, failure: n & 2 != 0, delay: n & 4 != 0 }),
+            };
+            let notify = notify.filter(|n| *n != Notify::On { success: false, failure: false, delay: false });
+            let orcpt = Some(("rfc822".to_owned(), xtext(&format!("{local}@{domain}"))));
+            let rcpt = Command::Rcpt { to, params: RcptParams { notify, orcpt } };
+            proptest::prop_assert_eq!(Command::parse(&rcpt.to_bytes()), Ok(rcpt));
+        }
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self { command: Duration::from_secs(300), data: Duration::from_secs(600) }
+        Self {
+            command: Duration::from_secs(300),
+            data: Duration::from_secs(600),
+        }
     }
 }
 
@@ -134,7 +137,10 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// A default configuration with this host name.
     pub fn new(hostname: impl Into<String>) -> Self {
-        Self { hostname: hostname.into(), ..Self::default() }
+        Self {
+            hostname: hostname.into(),
+            ..Self::default()
+        }
     }
 
     /// The configuration with every limit raised to its RFC 5321 minimum where set lower, and the host name
@@ -164,6 +170,10 @@ pub struct ClientConfig {
     pub after_starttls: AfterStartTls,
     /// Use BDAT when the server offers CHUNKING (RFC 3030) instead of DATA. Default false.
     pub prefer_chunking: bool,
+    /// Refuse [`send_mail`](crate::ClientSession::send_mail) unless TLS is active
+    /// ([`SendError::TlsRequired`](crate::SendError::TlsRequired)): a last line of defence under a policy that
+    /// requires TLS, whatever the caller does at the decision point. Default false.
+    pub require_tls: bool,
     /// Pipeline MAIL, RCPT and DATA when the server offers PIPELINING (RFC 2920). Default true.
     pub pipelining: bool,
     /// Longest reply line accepted (at least 512). Default 2048.
@@ -181,6 +191,7 @@ impl Default for ClientConfig {
             hostname: "localhost".into(),
             after_starttls: AfterStartTls::Discard,
             prefer_chunking: false,
+            require_tls: false,
             pipelining: true,
             max_reply_line: 2048,
             max_reply_lines: 256,
@@ -192,7 +203,10 @@ impl Default for ClientConfig {
 impl ClientConfig {
     /// A default configuration with this host name.
     pub fn new(hostname: impl Into<String>) -> Self {
-        Self { hostname: hostname.into(), ..Self::default() }
+        Self {
+            hostname: hostname.into(),
+            ..Self::default()
+        }
     }
 
     /// The configuration with limits raised to their minimums.

@@ -91,11 +91,14 @@ pub mod server;
 pub use address::{AddressError, AddressLiteral, Domain, ForwardPath, Host, Mailbox, ReversePath};
 pub use capabilities::{Capabilities, EhloReply};
 pub use client::{
-    ClientCloseReason, ClientEvent, ClientSession, DeliveryStatus, Envelope, RecipientResult, SendError,
-    TransactionReport,
+    ClientCloseReason, ClientEvent, ClientSession, DeliveryStatus, Envelope, RecipientResult,
+    SendError, TransactionReport,
 };
 pub use command::{Body, Command, CommandError, MailParams, Notify, RcptParams, Ret};
 pub use config::{AfterStartTls, ClientConfig, ServerConfig, StartTlsPolicy, Timeouts};
-pub use data::{BareLineEndings, DataLimits, DataReceiver, DataStep, DataSummary, DotStuffer, dot_stuff, normalize_line_endings};
+pub use data::{
+    BareLineEndings, DataLimits, DataReceiver, DataStep, DataSummary, DotStuffer, dot_stuff,
+    normalize_line_endings,
+};
 pub use reply::{EnhancedStatus, Reply, ReplyCode, ReplyError, ReplyParser};
 pub use server::{AnswerError, CloseReason, ServerEvent, ServerSession, UnexpectedTls};

@@ -62,14 +62,22 @@ impl EnhancedStatus {
     /// Build a status; `class` must be 2, 4 or 5 and subject and detail at most 999 (RFC 3463 section 2).
     pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, ReplyError> {
         if matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999 {
-            Ok(Self { class, subject, detail })
+            Ok(Self {
+                class,
+                subject,
+                detail,
+            })
         } else {
             Err(ReplyError::InvalidEnhancedStatus)
         }
     }
 
     const fn fixed(class: u8, subject: u16, detail: u16) -> Self {
-        Self { class, subject, detail }
+        Self {
+            class,
+            subject,
+            detail,
+        }
     }
 
     /// Parse `d.d{1,3}.d{1,3}`.
@@ -78,7 +86,11 @@ impl EnhancedStatus {
         let class = it.next()?;
         let subject = it.next()?;
         let detail = it.next()?;
-        let num = |p: &str, max: usize| (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse::<u16>().ok()).flatten();
+        let num = |p: &str, max: usize| {
+            (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse::<u16>().ok())
+                .flatten()
+        };
         if it.next().is_some() {
             return None;
         }
@@ -153,7 +165,11 @@ pub const MAX_REPLY_TEXT: usize = 512 - 4 - 10 - 2;
 impl Reply {
     /// Build a reply. Each line must be free of control characters (no CR or LF: nothing can be injected) and at
     /// most [`MAX_REPLY_TEXT`] octets; the enhanced code's class must match the reply code's first digit.
-    pub fn new<I, S>(code: u16, enhanced: Option<EnhancedStatus>, lines: I) -> Result<Self, ReplyError>
+    pub fn new<I, S>(
+        code: u16,
+        enhanced: Option<EnhancedStatus>,
+        lines: I,
+    ) -> Result<Self, ReplyError>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -165,11 +181,22 @@ impl Reply {
             return Err(ReplyError::InvalidEnhancedStatus);
         }
         let lines: Vec<String> = lines.into_iter().map(Into::into).collect();
-        if lines.iter().any(|l| l.len() > MAX_REPLY_TEXT || l.chars().any(char::is_control)) {
+        if lines
+            .iter()
+            .any(|l| l.len() > MAX_REPLY_TEXT || l.chars().any(char::is_control))
+        {
             return Err(ReplyError::InvalidText);
         }
-        let lines = if lines.is_empty() { vec![String::new()] } else { lines };
-        Ok(Self { code, enhanced, lines })
+        let lines = if lines.is_empty() {
+            vec![String::new()]
+        } else {
+            lines
+        };
+        Ok(Self {
+            code,
+            enhanced,
+            lines,
+        })
     }
 
     /// Internal constructor for replies whose parts are known valid (constant codes and texts).
@@ -183,7 +210,11 @@ impl Reply {
 
     /// Internal constructor without an enhanced status (greeting, EHLO).
     pub(crate) fn plain(code: u16, lines: Vec<String>) -> Self {
-        Self { code: ReplyCode(code), enhanced: None, lines }
+        Self {
+            code: ReplyCode(code),
+            enhanced: None,
+            lines,
+        }
     }
 
     /// The reply code.
@@ -264,7 +295,13 @@ impl ReplyParser {
     /// A parser accepting lines of at most `max_line` octets (CRLF included, at least 512) and replies of at
     /// most `max_lines` lines.
     pub fn new(max_line: usize, max_lines: usize) -> Self {
-        Self { max_line: max_line.max(512), max_lines: max_lines.max(1), partial: Vec::new(), code: None, lines: Vec::new() }
+        Self {
+            max_line: max_line.max(512),
+            max_lines: max_lines.max(1),
+            partial: Vec::new(),
+            code: None,
+            lines: Vec::new(),
+        }
     }
 
     /// Whether a reply has been started but not finished.
@@ -301,15 +338,21 @@ impl ReplyParser {
 
     fn line(&mut self, line: &[u8]) -> Result<Option<Reply>, ReplyError> {
         // The line ends with LF (caller guarantees); it must be CRLF with no other CR or LF.
-        let body = line.strip_suffix(b"\r\n").ok_or(ReplyError::BareLineEnding)?;
+        let body = line
+            .strip_suffix(b"\r\n")
+            .ok_or(ReplyError::BareLineEnding)?;
         if body.contains(&b'\r') || body.contains(&b'\n') {
             return Err(ReplyError::BareLineEnding);
         }
         if body.len() < 3 || !body[..3].iter().all(u8::is_ascii_digit) {
             return Err(ReplyError::Malformed);
         }
-        let code = ReplyCode::new(u16::from(body[0] - b'0') * 100 + u16::from(body[1] - b'0') * 10 + u16::from(body[2] - b'0'))
-            .map_err(|_| ReplyError::Malformed)?;
+        let code = ReplyCode::new(
+            u16::from(body[0] - b'0') * 100
+                + u16::from(body[1] - b'0') * 10
+                + u16::from(body[2] - b'0'),
+        )
+        .map_err(|_| ReplyError::Malformed)?;
         if self.code.is_some_and(|c| c != code) {
             return Err(ReplyError::InconsistentCode);
         }
@@ -350,7 +393,11 @@ fn split_enhanced(code: ReplyCode, mut lines: Vec<String>) -> Reply {
             }
         }
     }
-    Reply { code, enhanced: first, lines }
+    Reply {
+        code,
+        enhanced: first,
+        lines,
+    }
 }
 
 #[cfg(test)]
@@ -388,15 +435,22 @@ mod tests {
 
     #[test]
     fn new_refuses_injection_and_mismatch() {
-        assert_eq!(Reply::new(250, None, ["a\r\n250 b"]), Err(ReplyError::InvalidText));
-        assert_eq!(Reply::new(250, EnhancedStatus::new(5, 1, 1).ok(), ["x"]), Err(ReplyError::InvalidEnhancedStatus));
+        assert_eq!(
+            Reply::new(250, None, ["a\r\n250 b"]),
+            Err(ReplyError::InvalidText)
+        );
+        assert_eq!(
+            Reply::new(250, EnhancedStatus::new(5, 1, 1).ok(), ["x"]),
+            Err(ReplyError::InvalidEnhancedStatus)
+        );
         assert_eq!(Reply::new(199, None, ["x"]), Err(ReplyError::InvalidCode));
         assert_eq!(Reply::new(260, None, ["x"]), Err(ReplyError::InvalidCode));
     }
 
     #[test]
     fn parse_split_and_enhanced() {
-        let wire = b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 100\r\n550 5.1.1 No such user\r\n";
+        let wire =
+            b"250-mx.example.org\r\n250-PIPELINING\r\n250 SIZE 100\r\n550 5.1.1 No such user\r\n";
         for split in 0..wire.len() {
             let mut p = ReplyParser::default();
             let (n1, r1) = p.feed(&wire[..split]).unwrap();
@@ -409,7 +463,10 @@ mod tests {
                 replies.extend(r);
             }
             assert_eq!(replies.len(), 2, "split {split}");
-            assert_eq!(replies[0].lines(), ["mx.example.org", "PIPELINING", "SIZE 100"]);
+            assert_eq!(
+                replies[0].lines(),
+                ["mx.example.org", "PIPELINING", "SIZE 100"]
+            );
             assert_eq!(replies[1].code().value(), 550);
             assert_eq!(replies[1].enhanced().unwrap().to_string(), "5.1.1");
             assert_eq!(replies[1].lines(), ["No such user"]);
@@ -418,9 +475,15 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert_eq!(parse_all(b"250-a\r\n251 b\r\n"), vec![Err(ReplyError::InconsistentCode)]);
+        assert_eq!(
+            parse_all(b"250-a\r\n251 b\r\n"),
+            vec![Err(ReplyError::InconsistentCode)]
+        );
         assert_eq!(parse_all(b"250 a\n"), vec![Err(ReplyError::BareLineEnding)]);
-        assert_eq!(parse_all(b"250 a\r250 b\r\n"), vec![Err(ReplyError::BareLineEnding)]);
+        assert_eq!(
+            parse_all(b"250 a\r250 b\r\n"),
+            vec![Err(ReplyError::BareLineEnding)]
+        );
         assert_eq!(parse_all(b"25x ok\r\n"), vec![Err(ReplyError::Malformed)]);
         assert_eq!(parse_all(b"250+ok\r\n"), vec![Err(ReplyError::Malformed)]);
         let long = [b"250 ".as_slice(), &[b'a'; 3000], b"\r\n"].concat();

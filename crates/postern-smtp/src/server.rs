@@ -59,7 +59,8 @@ pub enum ServerEvent {
     /// *Decision.* The whole message has been received (DATA's end line or BDAT LAST). Accept only once the
     /// message is safely stored: the `250` is the promise of delivery (RFC 5321 4.1.1.4, 6.1).
     MessageEnd {
-        /// What the receiver saw: size, long lines, bare CR / LF (already normalised), NUL.
+        /// What the receiver saw: size, long lines, bare CR / LF (already normalised), NUL. For BDAT only the
+        /// size is filled in (its content is binary-transparent, RFC 3030 3).
         summary: DataSummary,
     },
     /// The engine refused the message after its content (too large: `552 5.3.4`; bare CR / LF in `Reject`
@@ -131,8 +132,13 @@ pub struct UnexpectedTls;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
-    Hello { extended: bool },
-    Mail { from: ReversePath, params: MailParams },
+    Hello {
+        extended: bool,
+    },
+    Mail {
+        from: ReversePath,
+        params: MailParams,
+    },
     Rcpt,
     MessageEnd,
     Vrfy(String),
@@ -150,7 +156,11 @@ enum Bdat {
 enum Phase {
     Command,
     Data(Box<DataReceiver>),
-    Bdat { remaining: u64, last: bool, mode: Bdat },
+    Bdat {
+        remaining: u64,
+        last: bool,
+        mode: Bdat,
+    },
     Decision(Pending),
     Handshake,
     Closed,
@@ -234,7 +244,14 @@ impl ServerSession {
             config,
         };
         // RFC 5321 4.2: the greeting is a 220 reply naming the host.
-        let greeting = Reply::plain(220, vec![format!("{} {}", s.config.hostname, s.config.banner).trim_end().to_owned()]);
+        let greeting = Reply::plain(
+            220,
+            vec![
+                format!("{} {}", s.config.hostname, s.config.banner)
+                    .trim_end()
+                    .to_owned(),
+            ],
+        );
         greeting.encode(&mut s.output);
         s
     }
@@ -261,7 +278,10 @@ impl ServerSession {
         }
         if self.config.forbid_unauth_pipelining {
             // Talking before the greeting was sent, or while a group-ending command awaits its reply.
-            let barrier = matches!(self.phase, Phase::Decision(Pending::Hello { .. } | Pending::Vrfy(_)));
+            let barrier = matches!(
+                self.phase,
+                Phase::Decision(Pending::Hello { .. } | Pending::Vrfy(_))
+            );
             if !self.greeting_sent || barrier {
                 self.sync_violation();
                 return data.len();
@@ -294,7 +314,11 @@ impl ServerSession {
     /// (RFC 5321 4.5.3.2; the deadline covers the whole command or data phase).
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Closed) {
-            let r = Reply::fixed(421, (4, 4, 2), format!("{} Error: timeout exceeded", self.config.hostname));
+            let r = Reply::fixed(
+                421,
+                (4, 4, 2),
+                format!("{} Error: timeout exceeded", self.config.hostname),
+            );
             self.send(&r);
             self.close(CloseReason::Timeout);
         }
@@ -381,7 +405,13 @@ impl ServerSession {
             }
             Pending::Mail { from, params } => {
                 let _ = from;
-                self.txn = Some(Transaction { params, recipients: 0, chunked: false, bdat_size: 0, bdat_failed: None });
+                self.txn = Some(Transaction {
+                    params,
+                    recipients: 0,
+                    chunked: false,
+                    bdat_size: 0,
+                    bdat_failed: None,
+                });
                 self.send(&Reply::fixed(250, (2, 1, 0), "Ok"));
             }
             Pending::Rcpt => {
@@ -467,7 +497,11 @@ impl ServerSession {
             if !progressed && self.events.is_empty() {
                 if self.deadline.is_none() {
                     let t = &self.config.timeouts;
-                    let span = if matches!(self.phase, Phase::Command) { t.command } else { t.data };
+                    let span = if matches!(self.phase, Phase::Command) {
+                        t.command
+                    } else {
+                        t.data
+                    };
                     self.deadline = Some(now + span);
                 }
                 return None;
@@ -502,7 +536,11 @@ impl ServerSession {
         if (code.is_transient() || code.is_permanent()) && !self.is_closed() {
             self.errors += 1;
             if self.errors >= self.config.max_errors && code.value() != 421 {
-                let r = Reply::fixed(421, (4, 7, 0), format!("{} Error: too many errors", self.config.hostname));
+                let r = Reply::fixed(
+                    421,
+                    (4, 7, 0),
+                    format!("{} Error: too many errors", self.config.hostname),
+                );
                 r.encode(&mut self.output);
                 self.close(CloseReason::TooManyErrors);
             }
@@ -581,19 +619,43 @@ impl ServerSession {
 
     fn command(&mut self, cmd: Command) {
         // RFC 3207 4: with TLS required, only these commands are allowed before STARTTLS.
-        let allowed_plain = matches!(cmd, Command::Ehlo(_) | Command::Helo(_) | Command::StartTls | Command::Noop | Command::Quit | Command::Help(_));
+        let allowed_plain = matches!(
+            cmd,
+            Command::Ehlo(_)
+                | Command::Helo(_)
+                | Command::StartTls
+                | Command::Noop
+                | Command::Quit
+                | Command::Help(_)
+        );
         if self.tls_required() && !allowed_plain {
             let r = Reply::fixed(530, (5, 7, 0), "Must issue a STARTTLS command first");
             if let Command::Bdat { size, last } = cmd {
-                self.phase = Phase::Bdat { remaining: size, last, mode: Bdat::Discard(r) };
+                self.phase = Phase::Bdat {
+                    remaining: size,
+                    last,
+                    mode: Bdat::Discard(r),
+                };
             } else {
                 self.send(&r);
             }
             return;
         }
         match cmd {
-            Command::Ehlo(name) => self.decide(Pending::Hello { extended: true }, ServerEvent::Hello { name, extended: true }),
-            Command::Helo(name) => self.decide(Pending::Hello { extended: false }, ServerEvent::Hello { name, extended: false }),
+            Command::Ehlo(name) => self.decide(
+                Pending::Hello { extended: true },
+                ServerEvent::Hello {
+                    name,
+                    extended: true,
+                },
+            ),
+            Command::Helo(name) => self.decide(
+                Pending::Hello { extended: false },
+                ServerEvent::Hello {
+                    name,
+                    extended: false,
+                },
+            ),
             Command::Mail { from, params } => self.mail(from, params),
             Command::Rcpt { to, params } => self.rcpt(to, params),
             Command::Data => self.data(),
@@ -612,9 +674,17 @@ impl ServerSession {
                 self.close(CloseReason::Quit);
             }
             Command::Vrfy(arg) => self.decide(Pending::Vrfy(arg.clone()), ServerEvent::Vrfy(arg)),
-            Command::Expn(_) => self.send(&Reply::fixed(502, (5, 5, 1), "Error: command not implemented")),
+            Command::Expn(_) => self.send(&Reply::fixed(
+                502,
+                (5, 5, 1),
+                "Error: command not implemented",
+            )),
             Command::Help(_) => {
-                self.send(&Reply::fixed(214, (2, 0, 0), "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS"));
+                self.send(&Reply::fixed(
+                    214,
+                    (2, 0, 0),
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS",
+                ));
                 self.events.push_back(ServerEvent::Help);
             }
             Command::StartTls => self.starttls(),
@@ -624,14 +694,19 @@ impl ServerSession {
 
     fn mail(&mut self, from: ReversePath, params: MailParams) {
         let c = &self.config;
-        let unsupported = |p: &str| Reply::fixed(555, (5, 5, 4), format!("Unsupported option: {p}"));
+        let unsupported =
+            |p: &str| Reply::fixed(555, (5, 5, 4), format!("Unsupported option: {p}"));
         let refusal = if self.hello.is_none() {
             Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first"))
         } else if self.txn.is_some() {
             Some(Reply::fixed(503, (5, 5, 1), "Error: nested MAIL command"))
         } else if params.size.is_some_and(|s| s > c.data.max_message_size) {
             // RFC 1870 6.1
-            Some(Reply::fixed(552, (5, 3, 4), "Message size exceeds fixed limit"))
+            Some(Reply::fixed(
+                552,
+                (5, 3, 4),
+                "Message size exceeds fixed limit",
+            ))
         } else if params.body == Some(Body::BinaryMime) && !(c.chunking && c.binary_mime) {
             Some(unsupported("BODY=BINARYMIME"))
         } else if params.smtputf8 && !c.smtputf8 {
@@ -639,16 +714,30 @@ impl ServerSession {
         } else if params.requiretls && !(c.requiretls && self.tls_active) {
             Some(unsupported("REQUIRETLS"))
         } else if (params.ret.is_some() || params.envid.is_some()) && !c.dsn {
-            Some(unsupported(if params.ret.is_some() { "RET" } else { "ENVID" }))
+            Some(unsupported(if params.ret.is_some() {
+                "RET"
+            } else {
+                "ENVID"
+            }))
         } else if !(from.is_ascii() || params.smtputf8 && c.smtputf8) {
             // RFC 6531 3.5
-            Some(Reply::fixed(553, (5, 6, 7), "Must declare SMTPUTF8 to send unicode address"))
+            Some(Reply::fixed(
+                553,
+                (5, 6, 7),
+                "Must declare SMTPUTF8 to send unicode address",
+            ))
         } else {
             None
         };
         match refusal {
             Some(r) => self.send(&r),
-            None => self.decide(Pending::Mail { from: from.clone(), params: params.clone() }, ServerEvent::Mail { from, params }),
+            None => self.decide(
+                Pending::Mail {
+                    from: from.clone(),
+                    params: params.clone(),
+                },
+                ServerEvent::Mail { from, params },
+            ),
         }
     }
 
@@ -656,11 +745,17 @@ impl ServerSession {
         let refusal = match &self.txn {
             None => Some(Reply::fixed(503, (5, 5, 1), "Error: need MAIL command")),
             // RFC 5321 4.5.3.1.10: 452 for too many recipients.
-            Some(t) if t.recipients >= self.config.max_recipients => Some(Reply::fixed(452, (4, 5, 3), "Error: too many recipients")),
+            Some(t) if t.recipients >= self.config.max_recipients => {
+                Some(Reply::fixed(452, (4, 5, 3), "Error: too many recipients"))
+            }
             Some(_) if (params.notify.is_some() || params.orcpt.is_some()) && !self.config.dsn => {
                 Some(Reply::fixed(555, (5, 5, 4), "Unsupported option: NOTIFY"))
             }
-            Some(t) if !to.is_ascii() && !t.params.smtputf8 => Some(Reply::fixed(553, (5, 6, 7), "Must declare SMTPUTF8 to send unicode address")),
+            Some(t) if !to.is_ascii() && !t.params.smtputf8 => Some(Reply::fixed(
+                553,
+                (5, 6, 7),
+                "Must declare SMTPUTF8 to send unicode address",
+            )),
             Some(_) => None,
         };
         match refusal {
@@ -670,36 +765,53 @@ impl ServerSession {
     }
 
     fn data(&mut self) {
-        let refusal = match &self.txn {
-            None if self.hello.is_none() => Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first")),
-            None => Some(Reply::fixed(503, (5, 5, 1), "Error: need RCPT command")),
-            Some(t) if t.recipients == 0 => Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients")),
-            // RFC 3030 3: BINARYMIME content needs BDAT; DATA and BDAT do not mix in one transaction.
-            Some(t) if t.params.body == Some(Body::BinaryMime) || t.chunked => {
-                Some(Reply::fixed(503, (5, 5, 1), "Error: BDAT required for this transaction"))
-            }
-            Some(_) => None,
-        };
+        let refusal =
+            match &self.txn {
+                None if self.hello.is_none() => {
+                    Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first"))
+                }
+                None => Some(Reply::fixed(503, (5, 5, 1), "Error: need RCPT command")),
+                Some(t) if t.recipients == 0 => {
+                    Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients"))
+                }
+                // RFC 3030 3: BINARYMIME content needs BDAT; DATA and BDAT do not mix in one transaction.
+                Some(t) if t.params.body == Some(Body::BinaryMime) || t.chunked => Some(
+                    Reply::fixed(503, (5, 5, 1), "Error: BDAT required for this transaction"),
+                ),
+                Some(_) => None,
+            };
         if let Some(r) = refusal {
             self.send(&r);
             return;
         }
-        self.send(&Reply::plain(354, vec!["End data with <CR><LF>.<CR><LF>".into()]));
+        self.send(&Reply::plain(
+            354,
+            vec!["End data with <CR><LF>.<CR><LF>".into()],
+        ));
         self.phase = Phase::Data(Box::new(DataReceiver::new(self.config.data.clone())));
         self.deadline = None;
-        self.events.push_back(ServerEvent::MessageStart { chunked: false });
+        self.events
+            .push_back(ServerEvent::MessageStart { chunked: false });
     }
 
     fn bdat(&mut self, size: u64, last: bool) {
         // RFC 3030 2: the chunk's octets follow the command line whatever the reply; they are always consumed
         // so the session stays in sync, and skipped when the command is refused.
         let refusal = if !self.config.chunking {
-            Some(Reply::fixed(502, (5, 5, 1), "Error: command not implemented"))
+            Some(Reply::fixed(
+                502,
+                (5, 5, 1),
+                "Error: command not implemented",
+            ))
         } else {
             match &self.txn {
-                None if self.hello.is_none() => Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first")),
+                None if self.hello.is_none() => {
+                    Some(Reply::fixed(503, (5, 5, 1), "Error: send HELO/EHLO first"))
+                }
                 None => Some(Reply::fixed(503, (5, 5, 1), "Error: need RCPT command")),
-                Some(t) if t.recipients == 0 => Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients")),
+                Some(t) if t.recipients == 0 => {
+                    Some(Reply::fixed(554, (5, 5, 1), "Error: no valid recipients"))
+                }
                 Some(t) => t.bdat_failed.clone(),
             }
         };
@@ -711,23 +823,40 @@ impl ServerSession {
                     && !t.chunked
                 {
                     t.chunked = true;
-                    self.events.push_back(ServerEvent::MessageStart { chunked: true });
+                    self.events
+                        .push_back(ServerEvent::MessageStart { chunked: true });
                 }
                 Bdat::Accept
             }
         };
-        self.phase = Phase::Bdat { remaining: size, last, mode };
+        self.phase = Phase::Bdat {
+            remaining: size,
+            last,
+            mode,
+        };
     }
 
     fn starttls(&mut self) {
         let r = if self.tls_active {
             Some(Reply::fixed(554, (5, 5, 1), "Error: TLS already active"))
         } else if self.config.starttls == StartTlsPolicy::Disabled {
-            Some(Reply::fixed(502, (5, 5, 1), "Error: command not implemented"))
+            Some(Reply::fixed(
+                502,
+                (5, 5, 1),
+                "Error: command not implemented",
+            ))
         } else if !self.config.tls_available {
-            Some(Reply::fixed(454, (4, 7, 0), "TLS not available due to temporary reason"))
+            Some(Reply::fixed(
+                454,
+                (4, 7, 0),
+                "TLS not available due to temporary reason",
+            ))
         } else if self.txn.is_some() {
-            Some(Reply::fixed(503, (5, 5, 1), "Error: MAIL transaction in progress"))
+            Some(Reply::fixed(
+                503,
+                (5, 5, 1),
+                "Error: MAIL transaction in progress",
+            ))
         } else {
             None
         };
@@ -749,11 +878,15 @@ impl ServerSession {
         self.txn = None;
         self.deadline = None;
         self.phase = Phase::Handshake;
-        self.events.push_back(ServerEvent::StartTls { discarded: leftover });
+        self.events.push_back(ServerEvent::StartTls {
+            discarded: leftover,
+        });
     }
 
     fn step_data(&mut self) -> bool {
-        let Phase::Data(rx) = &mut self.phase else { return false };
+        let Phase::Data(rx) = &mut self.phase else {
+            return false;
+        };
         let avail = &self.input[self.pos..];
         if avail.is_empty() {
             return false;
@@ -780,7 +913,11 @@ impl ServerSession {
             Some(Reply::fixed(552, (5, 3, 4), "Error: message file too big"))
         } else if summary.rejected_by_policy(self.config.data.bare_line_endings) {
             // Postfix 3.9 smtpd_forbid_bare_newline = reject
-            Some(Reply::fixed(550, (5, 5, 2), "Error: bare <CR> or <LF> received"))
+            Some(Reply::fixed(
+                550,
+                (5, 5, 2),
+                "Error: bare <CR> or <LF> received",
+            ))
         } else {
             None
         };
@@ -788,14 +925,22 @@ impl ServerSession {
             Some(r) => {
                 self.txn = None;
                 self.send(&r);
-                self.events.push_back(ServerEvent::MessageRejected { reply: r });
+                self.events
+                    .push_back(ServerEvent::MessageRejected { reply: r });
             }
             None => self.decide(Pending::MessageEnd, ServerEvent::MessageEnd { summary }),
         }
     }
 
     fn step_bdat(&mut self) -> bool {
-        let Phase::Bdat { remaining, last, mode } = &mut self.phase else { return false };
+        let Phase::Bdat {
+            remaining,
+            last,
+            mode,
+        } = &mut self.phase
+        else {
+            return false;
+        };
         let avail = self.input.len() - self.pos;
         // Bounded by the buffer, so the cast cannot truncate.
         let n = usize::try_from((*remaining).min(avail as u64)).unwrap_or(avail);
@@ -813,12 +958,14 @@ impl ServerSession {
             if t.bdat_size > max {
                 let r = Reply::fixed(552, (5, 3, 4), "Error: message file too big");
                 if t.bdat_failed.is_none() {
-                    self.events.push_back(ServerEvent::MessageRejected { reply: r.clone() });
+                    self.events
+                        .push_back(ServerEvent::MessageRejected { reply: r.clone() });
                 }
                 t.bdat_failed = Some(r.clone());
                 mode = Bdat::Discard(r);
             } else if n > 0 {
-                self.events.push_back(ServerEvent::MessageChunk(chunk.to_vec()));
+                self.events
+                    .push_back(ServerEvent::MessageChunk(chunk.to_vec()));
             }
         }
         if let Phase::Bdat { mode: m, .. } = &mut self.phase {
@@ -838,7 +985,10 @@ impl ServerSession {
             }
             Bdat::Accept if last => {
                 let size = self.txn.as_ref().map_or(0, |t| t.bdat_size);
-                let summary = DataSummary { size, ..DataSummary::default() };
+                let summary = DataSummary {
+                    size,
+                    ..DataSummary::default()
+                };
                 self.decide(Pending::MessageEnd, ServerEvent::MessageEnd { summary });
             }
             Bdat::Accept => {
@@ -848,4 +998,142 @@ impl ServerSession {
         }
         true
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(config: ServerConfig) -> (ServerSession, Instant) {
+        let now = Instant::now();
+        let mut s = ServerSession::new(config, now);
+        assert!(s.poll_transmit().unwrap().starts_with(b"220 "));
+        (s, now)
+    }
+
+    /// Feed `input`, answer nothing, return (events, output).
+    fn exchange(s: &mut ServerSession, now: Instant, input: &[u8]) -> (Vec<ServerEvent>, String) {
+        assert_eq!(s.handle_input(input), input.len());
+        let mut events = Vec::new();
+        while let Some(e) = s.poll_event(now) {
+            events.push(e);
+        }
+        let out = s
+            .poll_transmit()
+            .map(|o| String::from_utf8(o).unwrap())
+            .unwrap_or_default();
+        (events, out)
+    }
+
+    fn ehlo_reply(s: &mut ServerSession, now: Instant) -> String {
+        let (ev, _) = exchange(s, now, b"EHLO c.example\r\n");
+        assert!(matches!(
+            ev.as_slice(),
+            [ServerEvent::Hello { extended: true, .. }]
+        ));
+        s.accept().unwrap();
+        String::from_utf8(s.poll_transmit().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn capabilities_follow_tls_state() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        let r = ehlo_reply(&mut s, now);
+        assert!(r.contains("STARTTLS") && !r.contains("REQUIRETLS"), "{r}");
+        let mut unavailable = ServerConfig::new("mx.example.org");
+        unavailable.tls_available = false;
+        let (mut s, now) = session(unavailable);
+        assert!(!ehlo_reply(&mut s, now).contains("STARTTLS"));
+        s.set_tls_available(true);
+        assert!(ehlo_reply(&mut s, now).contains("STARTTLS"));
+        let now2 = Instant::now();
+        let mut s = ServerSession::new_tls(ServerConfig::new("mx.example.org"), now2);
+        let _ = s.poll_transmit();
+        let r = ehlo_reply(&mut s, now2);
+        assert!(!r.contains("STARTTLS") && r.contains("REQUIRETLS"), "{r}");
+        assert!(s.is_tls_active());
+    }
+
+    #[test]
+    fn answer_misuse() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        assert_eq!(s.accept(), Err(AnswerError::NoDecisionPending));
+        let _ = exchange(&mut s, now, b"EHLO c.example\r\n");
+        assert_eq!(
+            s.accept_with(Reply::fixed(250, (2, 0, 0), "x")),
+            Err(AnswerError::Unsupported)
+        );
+        assert_eq!(
+            s.reject(Reply::fixed(250, (2, 0, 0), "x")),
+            Err(AnswerError::WrongReplyClass)
+        );
+        assert!(
+            s.is_awaiting_decision(),
+            "a refused answer leaves the decision pending"
+        );
+        s.reject(Reply::fixed(421, (4, 3, 2), "shutting down"))
+            .unwrap();
+        assert!(s.is_closed());
+        assert_eq!(
+            s.poll_event(now),
+            Some(ServerEvent::Closing(CloseReason::Application))
+        );
+        assert_eq!(s.poll_transmit().unwrap(), b"421 4.3.2 shutting down\r\n");
+    }
+
+    #[test]
+    fn ehlo_resets_transaction_and_eof_closes() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        ehlo_reply(&mut s, now);
+        let _ = exchange(&mut s, now, b"MAIL FROM:<a@b.example>\r\n");
+        s.accept().unwrap();
+        let _ = s.poll_transmit();
+        ehlo_reply(&mut s, now);
+        let (ev, _) = exchange(&mut s, now, b"MAIL FROM:<a@b.example>\r\n");
+        assert!(
+            matches!(ev.as_slice(), [ServerEvent::Mail { .. }]),
+            "no nested MAIL after EHLO: {ev:?}"
+        );
+        assert_eq!(s.handle_tls_established(), Err(UnexpectedTls));
+        s.handle_eof();
+        assert_eq!(
+            s.poll_event(now),
+            Some(ServerEvent::Closing(CloseReason::PeerClosed))
+        );
+        assert_eq!(s.handle_input(b"more"), 4, "input after close is swallowed");
+    }
+
+    #[test]
+    fn message_end_custom_reply_and_summary() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        ehlo_reply(&mut s, now);
+        let _ = exchange(&mut s, now, b"MAIL FROM:<>\r\n");
+        s.accept().unwrap();
+        let _ = exchange(&mut s, now, b"RCPT TO:<Postmaster>\r\n");
+        s.accept().unwrap();
+        let (ev, out) = exchange(&mut s, now, b"DATA\r\n");
+        assert!(out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"));
+        assert_eq!(ev, vec![ServerEvent::MessageStart { chunked: false }]);
+        let (ev, _) = exchange(&mut s, now, b"a\nb\r\n.\r\n");
+        assert_eq!(ev[0], ServerEvent::MessageChunk(b"a\r\nb\r\n".to_vec()));
+        let ServerEvent::MessageEnd { summary } = &ev[1] else {
+            panic!("{ev:?}")
+        };
+        assert!(summary.bare_lf);
+        s.accept_with(
+            Reply::new(
+                250,
+                EnhancedStatus::new(2, 0, 0).ok(),
+                ["Ok: queued as 4F2A"],
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.poll_transmit().unwrap(),
+            b"250 2.0.0 Ok: queued as 4F2A\r\n"
+        );
+    }
+
+    use crate::reply::EnhancedStatus;
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Harness;
-use postern_smtp::{ClientConfig, ClientEvent, ClientSession, CloseReason, ServerConfig, ServerEvent, ServerSession};
+use postern_smtp::{
+    ClientConfig, ClientEvent, ClientSession, CloseReason, ServerConfig, ServerEvent, ServerSession,
+};
 use proptest::prelude::*;
 
 fn ready(config: ServerConfig) -> Harness {
@@ -46,9 +48,15 @@ fn recipient_limit() {
     let mut h = ready(config);
     h.feed_str("MAIL FROM:<a@example.net>\r\n");
     for i in 0..100 {
-        assert_eq!(h.feed_str(&format!("RCPT TO:<r{i}@example.org>\r\n")), "250 2.1.5 Ok\r\n");
+        assert_eq!(
+            h.feed_str(&format!("RCPT TO:<r{i}@example.org>\r\n")),
+            "250 2.1.5 Ok\r\n"
+        );
     }
-    assert_eq!(h.feed_str("RCPT TO:<r100@example.org>\r\n"), "452 4.5.3 Error: too many recipients\r\n");
+    assert_eq!(
+        h.feed_str("RCPT TO:<r100@example.org>\r\n"),
+        "452 4.5.3 Error: too many recipients\r\n"
+    );
 }
 
 #[test]
@@ -56,14 +64,23 @@ fn message_size_limits() {
     let mut config = ServerConfig::new("mx.example.org");
     config.data.max_message_size = 100;
     let mut h = ready(config.clone());
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net> SIZE=101\r\n"), "552 5.3.4 Message size exceeds fixed limit\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net> SIZE=100\r\n"), "250 2.1.0 Ok\r\n");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net> SIZE=101\r\n"),
+        "552 5.3.4 Message size exceeds fixed limit\r\n"
+    );
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net> SIZE=100\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
     h.feed_str("RCPT TO:<b@example.org>\r\n");
     h.feed_str("DATA\r\n");
     let out = h.feed_str(&format!("{}\r\n.\r\n", "z".repeat(300)));
     assert_eq!(out, "552 5.3.4 Error: message file too big\r\n");
     assert!(h.messages.is_empty());
-    assert_eq!(h.count(|e| matches!(e, ServerEvent::MessageRejected { .. })), 1);
+    assert_eq!(
+        h.count(|e| matches!(e, ServerEvent::MessageRejected { .. })),
+        1
+    );
     // BDAT past the limit.
     let mut h = ready(config);
     h.feed_str("MAIL FROM:<a@example.net>\r\n");
@@ -73,7 +90,11 @@ fn message_size_limits() {
     let out = h.feed_str(&format!("BDAT 80 LAST\r\n{}", "a".repeat(80)));
     assert_eq!(out, "552 5.3.4 Error: message file too big\r\n");
     assert!(h.messages.is_empty());
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net>\r\n"), "250 2.1.0 Ok\r\n", "the transaction ended");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\n"),
+        "250 2.1.0 Ok\r\n",
+        "the transaction ended"
+    );
 }
 
 #[test]
@@ -89,25 +110,58 @@ fn address_length_limits() {
 #[test]
 fn smtputf8_required_for_unicode_addresses() {
     let mut h = ready(ServerConfig::new("mx.example.org"));
-    assert_eq!(h.feed_str("MAIL FROM:<用户@例子.广告>\r\n"), "553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<用户@例子.广告> SMTPUTF8\r\n"), "250 2.1.0 Ok\r\n");
-    assert_eq!(h.feed_str("RCPT TO:<ü@example.org>\r\n"), "250 2.1.5 Ok\r\n");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<用户@例子.广告>\r\n"),
+        "553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"
+    );
+    assert_eq!(
+        h.feed_str("MAIL FROM:<用户@例子.广告> SMTPUTF8\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        h.feed_str("RCPT TO:<ü@example.org>\r\n"),
+        "250 2.1.5 Ok\r\n"
+    );
     assert_eq!(h.feed_str("RSET\r\n"), "250 2.0.0 Ok\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net> XTEST=1\r\n"), "555 5.5.4 Unsupported option: XTEST\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net> REQUIRETLS\r\n"), "555 5.5.4 Unsupported option: REQUIRETLS\r\n");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net> XTEST=1\r\n"),
+        "555 5.5.4 Unsupported option: XTEST\r\n"
+    );
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net> REQUIRETLS\r\n"),
+        "555 5.5.4 Unsupported option: REQUIRETLS\r\n"
+    );
 }
 
 #[test]
 fn sequence_errors() {
     let mut h = Harness::default_named("mx.example.org");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net>\r\n"), "503 5.5.1 Error: send HELO/EHLO first\r\n");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\n"),
+        "503 5.5.1 Error: send HELO/EHLO first\r\n"
+    );
     h.feed_str("EHLO client.example\r\n");
-    assert_eq!(h.feed_str("RCPT TO:<b@example.org>\r\n"), "503 5.5.1 Error: need MAIL command\r\n");
-    assert_eq!(h.feed_str("DATA\r\n"), "503 5.5.1 Error: need RCPT command\r\n");
+    assert_eq!(
+        h.feed_str("RCPT TO:<b@example.org>\r\n"),
+        "503 5.5.1 Error: need MAIL command\r\n"
+    );
+    assert_eq!(
+        h.feed_str("DATA\r\n"),
+        "503 5.5.1 Error: need RCPT command\r\n"
+    );
     h.feed_str("MAIL FROM:<a@example.net>\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net>\r\n"), "503 5.5.1 Error: nested MAIL command\r\n");
-    assert_eq!(h.feed_str("DATA\r\n"), "554 5.5.1 Error: no valid recipients\r\n");
-    assert_eq!(h.feed_str("STARTTLS\r\n"), "503 5.5.1 Error: MAIL transaction in progress\r\n");
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\n"),
+        "503 5.5.1 Error: nested MAIL command\r\n"
+    );
+    assert_eq!(
+        h.feed_str("DATA\r\n"),
+        "554 5.5.1 Error: no valid recipients\r\n"
+    );
+    assert_eq!(
+        h.feed_str("STARTTLS\r\n"),
+        "503 5.5.1 Error: MAIL transaction in progress\r\n"
+    );
 }
 
 #[test]
@@ -115,14 +169,23 @@ fn error_budget() {
     let mut config = ServerConfig::new("mx.example.org");
     config.max_errors = 3;
     let mut h = ready(config);
-    assert_eq!(h.feed_str("BOGUS\r\n"), "502 5.5.2 Error: command not recognized\r\n");
-    assert_eq!(h.feed_str("BOGUS\r\n"), "502 5.5.2 Error: command not recognized\r\n");
+    assert_eq!(
+        h.feed_str("BOGUS\r\n"),
+        "502 5.5.2 Error: command not recognized\r\n"
+    );
+    assert_eq!(
+        h.feed_str("BOGUS\r\n"),
+        "502 5.5.2 Error: command not recognized\r\n"
+    );
     assert_eq!(
         h.feed_str("BOGUS\r\n"),
         "502 5.5.2 Error: command not recognized\r\n421 4.7.0 mx.example.org Error: too many errors\r\n"
     );
     assert!(h.server.is_closed());
-    assert!(h.events.contains(&ServerEvent::Closing(CloseReason::TooManyErrors)));
+    assert!(
+        h.events
+            .contains(&ServerEvent::Closing(CloseReason::TooManyErrors))
+    );
     assert_eq!(h.feed_str("NOOP\r\n"), "");
 }
 
@@ -132,7 +195,9 @@ fn trickling_client_is_cut_off() {
     let mut s = ServerSession::new(ServerConfig::new("mx.example.org"), t0);
     let _ = s.poll_transmit();
     assert_eq!(s.poll_event(t0), None);
-    let deadline = s.poll_timeout().expect("waiting for a command arms the deadline");
+    let deadline = s
+        .poll_timeout()
+        .expect("waiting for a command arms the deadline");
     assert_eq!(deadline, t0 + Duration::from_secs(300));
     // One byte per second: the deadline never moves.
     let line = b"NOOP and a very long trickled line ";
@@ -145,12 +210,22 @@ fn trickling_client_is_cut_off() {
         }
         let _ = s.handle_input(&line[i as usize % line.len()..][..1]);
         assert_eq!(s.poll_event(now), None);
-        assert_eq!(s.poll_timeout(), Some(deadline), "a partial read must not extend the deadline");
+        assert_eq!(
+            s.poll_timeout(),
+            Some(deadline),
+            "a partial read must not extend the deadline"
+        );
     }
     assert!(s.is_closed());
     assert_eq!(now, t0 + Duration::from_secs(300));
-    assert_eq!(s.poll_event(now), Some(ServerEvent::Closing(CloseReason::Timeout)));
-    assert_eq!(s.poll_transmit().unwrap(), b"421 4.4.2 mx.example.org Error: timeout exceeded\r\n");
+    assert_eq!(
+        s.poll_event(now),
+        Some(ServerEvent::Closing(CloseReason::Timeout))
+    );
+    assert_eq!(
+        s.poll_transmit().unwrap(),
+        b"421 4.4.2 mx.example.org Error: timeout exceeded\r\n"
+    );
 }
 
 #[test]
@@ -161,7 +236,11 @@ fn trickling_data_phase_is_cut_off() {
     let t0 = h.now;
     h.feed_str("DATA\r\n");
     let deadline = h.server.poll_timeout().unwrap();
-    assert_eq!(deadline, t0 + Duration::from_secs(600), "the data phase has its own deadline");
+    assert_eq!(
+        deadline,
+        t0 + Duration::from_secs(600),
+        "the data phase has its own deadline"
+    );
     for i in 0..599u64 {
         h.now = t0 + Duration::from_secs(i);
         h.server.handle_timeout(h.now);
@@ -171,7 +250,10 @@ fn trickling_data_phase_is_cut_off() {
     h.server.handle_timeout(t0 + Duration::from_secs(600));
     h.pump();
     assert!(h.server.is_closed());
-    assert!(h.wire_str().ends_with("421 4.4.2 mx.example.org Error: timeout exceeded\r\n"));
+    assert!(
+        h.wire_str()
+            .ends_with("421 4.4.2 mx.example.org Error: timeout exceeded\r\n")
+    );
 }
 
 #[test]

@@ -25,7 +25,10 @@ fn pipelined_transaction_replies_in_order() {
     );
     // After the end of data the client may pipeline the next transaction or QUIT (RFC 2920 3.1).
     let out = h.feed_str("hello\r\n.\r\nRSET\r\nMAIL FROM:<a@example.net>\r\nQUIT\r\n");
-    assert_eq!(out, "250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n221 2.0.0 Bye\r\n");
+    assert_eq!(
+        out,
+        "250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n250 2.1.0 Ok\r\n221 2.0.0 Bye\r\n"
+    );
 }
 
 #[test]
@@ -34,19 +37,35 @@ fn asynchronous_decisions_keep_order() {
     ehlo(&mut h);
     h.manual = true;
     let out = h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nNOOP\r\n");
-    assert_eq!(out, "", "nothing is sent before the application answers MAIL");
+    assert_eq!(
+        out, "",
+        "nothing is sent before the application answers MAIL"
+    );
     assert!(matches!(h.events.last(), Some(ServerEvent::Mail { .. })));
     assert!(h.server.is_awaiting_decision());
-    assert_eq!(h.server.poll_timeout(), None, "no deadline while the application decides");
+    assert_eq!(
+        h.server.poll_timeout(),
+        None,
+        "no deadline while the application decides"
+    );
     h.server.accept().unwrap();
     h.pump();
     assert!(matches!(h.events.last(), Some(ServerEvent::Rcpt { .. })));
     let r = Reply::new(450, EnhancedStatus::new(4, 2, 0).ok(), ["Mailbox busy"]).unwrap();
-    assert_eq!(h.server.accept_with(r.clone()), Err(postern_smtp::AnswerError::WrongReplyClass));
+    assert_eq!(
+        h.server.accept_with(r.clone()),
+        Err(postern_smtp::AnswerError::WrongReplyClass)
+    );
     h.server.reject(r).unwrap();
     h.pump();
-    assert_eq!(h.wire_str().split_once("250 CHUNKING\r\n").unwrap().1, "250 2.1.0 Ok\r\n450 4.2.0 Mailbox busy\r\n250 2.0.0 Ok\r\n");
-    assert_eq!(h.server.accept(), Err(postern_smtp::AnswerError::NoDecisionPending));
+    assert_eq!(
+        h.wire_str().split_once("250 CHUNKING\r\n").unwrap().1,
+        "250 2.1.0 Ok\r\n450 4.2.0 Mailbox busy\r\n250 2.0.0 Ok\r\n"
+    );
+    assert_eq!(
+        h.server.accept(),
+        Err(postern_smtp::AnswerError::NoDecisionPending)
+    );
 }
 
 #[test]
@@ -54,7 +73,10 @@ fn talking_before_greeting() {
     let now = std::time::Instant::now();
     let mut s = ServerSession::new(ServerConfig::new("mx.example.org"), now);
     let _ = s.handle_input(b"EHLO early\r\n");
-    assert_eq!(s.poll_event(now), Some(ServerEvent::Closing(CloseReason::Synchronization)));
+    assert_eq!(
+        s.poll_event(now),
+        Some(ServerEvent::Closing(CloseReason::Synchronization))
+    );
     let out = String::from_utf8(s.poll_transmit().unwrap()).unwrap();
     assert!(out.ends_with(SYNC), "{out}");
     assert!(s.is_closed());
@@ -68,7 +90,10 @@ fn group_enders_followed_by_more() {
         ("EHLO c.example\r\n", "NOOP\r\nRSET\r\n"),
         ("EHLO c.example\r\n", "VRFY bob\r\nRSET\r\n"),
         ("EHLO c.example\r\n", "QUIT\r\nRSET\r\n"),
-        ("EHLO c.example\r\n|MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n", "DATA\r\nSubject: early\r\n"),
+        (
+            "EHLO c.example\r\n|MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n",
+            "DATA\r\nSubject: early\r\n",
+        ),
     ] {
         let mut h = Harness::default_named("mx.example.org");
         for read in prefix.split('|').filter(|r| !r.is_empty()) {
@@ -77,7 +102,10 @@ fn group_enders_followed_by_more() {
         let out = h.feed_str(input);
         assert_eq!(out, SYNC, "{input:?}");
         assert!(h.server.is_closed());
-        assert!(h.events.contains(&ServerEvent::Closing(CloseReason::Synchronization)));
+        assert!(
+            h.events
+                .contains(&ServerEvent::Closing(CloseReason::Synchronization))
+        );
     }
 }
 
@@ -86,13 +114,19 @@ fn pipelining_without_ehlo_or_without_offer() {
     // HELO: no PIPELINING was offered.
     let mut h = Harness::default_named("mx.example.org");
     h.feed_str("HELO client.example\r\n");
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n"), SYNC);
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n"),
+        SYNC
+    );
     // EHLO, PIPELINING not advertised.
     let mut config = ServerConfig::new("mx.example.org");
     config.pipelining = false;
     let mut h = Harness::new(config);
     assert!(!h.feed_str("EHLO client.example\r\n").contains("PIPELINING"));
-    assert_eq!(h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n"), SYNC);
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n"),
+        SYNC
+    );
 }
 
 #[test]
@@ -112,7 +146,10 @@ fn setting_off_processes_everything() {
     config.forbid_unauth_pipelining = false;
     let mut h = Harness::new(config);
     let out = h.feed_str("HELO client.example\r\nMAIL FROM:<a@example.net>\r\nNOOP\r\nQUIT\r\n");
-    assert_eq!(out, "250 mx.example.org\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+    assert_eq!(
+        out,
+        "250 mx.example.org\r\n250 2.1.0 Ok\r\n250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n"
+    );
 }
 
 #[test]
@@ -120,7 +157,10 @@ fn bdat_pipelined_with_envelope() {
     let mut h = Harness::default_named("mx.example.org");
     ehlo(&mut h);
     let out = h.feed_str("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 5\r\nhelloBDAT 8 LAST\r\n world\r\nQUIT\r\n");
-    assert_eq!(out, "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: 5 bytes\r\n250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n");
+    assert_eq!(
+        out,
+        "250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n250 2.0.0 Ok: 5 bytes\r\n250 2.0.0 Ok: queued\r\n221 2.0.0 Bye\r\n"
+    );
     assert_eq!(h.messages, vec![b"hello world\r\n".to_vec()]);
 }
 
@@ -130,7 +170,10 @@ fn refused_bdat_chunk_is_skipped_in_sync() {
     ehlo(&mut h);
     // No MAIL: the chunk is consumed and refused, then the next command is read normally.
     let out = h.feed_str("BDAT 9 LAST\r\nRSET\r\nxyzRSET\r\n");
-    assert_eq!(out, "503 5.5.1 Error: need RCPT command\r\n250 2.0.0 Ok\r\n");
+    assert_eq!(
+        out,
+        "503 5.5.1 Error: need RCPT command\r\n250 2.0.0 Ok\r\n"
+    );
     assert!(h.messages.is_empty());
     assert_eq!(h.count(|e| matches!(e, ServerEvent::Reset)), 1);
 }

@@ -26,7 +26,13 @@ const LOOKALIKES: &[&[u8]] = &[
 const SMUGGLED: &[u8] = b"MAIL FROM:<admin@bank.example>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nFrom: admin@bank.example\r\n\r\nsmuggled\r\n.\r\n";
 
 fn attack(fake_end: &[u8]) -> Vec<u8> {
-    [b"Subject: real\r\n\r\nbody".as_slice(), fake_end, SMUGGLED, b"\r\n.\r\nQUIT\r\n"].concat()
+    [
+        b"Subject: real\r\n\r\nbody".as_slice(),
+        fake_end,
+        SMUGGLED,
+        b"\r\n.\r\nQUIT\r\n",
+    ]
+    .concat()
 }
 
 fn run(mode: BareLineEndings, fake_end: &[u8], bytewise: bool) -> Harness {
@@ -35,7 +41,10 @@ fn run(mode: BareLineEndings, fake_end: &[u8], bytewise: bool) -> Harness {
     let mut h = Harness::new(config);
     h.feed_str("EHLO client.example\r\n");
     let r = h.feed_str("MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n");
-    assert!(r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"), "{r}");
+    assert!(
+        r.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{r}"
+    );
     let payload = attack(fake_end);
     if bytewise {
         for b in &payload {
@@ -54,7 +63,11 @@ fn check(h: &Harness, mode: BareLineEndings, fake_end: &[u8]) {
     // The smuggled transaction never produces a message: no stored message starts with its headers, and no
     // message was accepted for its recipient.
     for m in &h.messages {
-        assert!(m.starts_with(b"Subject: real\r\n"), "{label}: stored {:?}", String::from_utf8_lossy(m));
+        assert!(
+            m.starts_with(b"Subject: real\r\n"),
+            "{label}: stored {:?}",
+            String::from_utf8_lossy(m)
+        );
     }
     let mut smuggled_rcpt = false;
     for e in &h.events {
@@ -66,7 +79,11 @@ fn check(h: &Harness, mode: BareLineEndings, fake_end: &[u8]) {
         }
     }
     // Stronger: the lookalike never ended the data, so the smuggled MAIL was never even parsed as a command.
-    assert_eq!(h.count(|e| matches!(e, ServerEvent::Mail { .. })), 1, "{label}: smuggled MAIL parsed");
+    assert_eq!(
+        h.count(|e| matches!(e, ServerEvent::Mail { .. })),
+        1,
+        "{label}: smuggled MAIL parsed"
+    );
     if mode == BareLineEndings::Reject && fake_end != b"\r\n\0.\r\n" && fake_end != b"\r\n.\0\r\n" {
         // Every lookalike but the NUL ones holds a bare CR or LF: the message is refused after its real end.
         assert!(h.messages.is_empty(), "{label}: accepted in reject mode");
@@ -111,8 +128,16 @@ fn normalize_keeps_lookalike_inside_message() {
 fn reject_mode_refuses_bare_lf() {
     let h = run(BareLineEndings::Reject, b"\n.\n", false);
     assert!(h.messages.is_empty());
-    assert!(h.wire_str().contains("550 5.5.2 Error: bare <CR> or <LF> received\r\n"), "{}", h.wire_str());
-    assert_eq!(h.count(|e| matches!(e, ServerEvent::MessageRejected { .. })), 1);
+    assert!(
+        h.wire_str()
+            .contains("550 5.5.2 Error: bare <CR> or <LF> received\r\n"),
+        "{}",
+        h.wire_str()
+    );
+    assert_eq!(
+        h.count(|e| matches!(e, ServerEvent::MessageRejected { .. })),
+        1
+    );
 }
 
 /// The classic smuggling bytes also cannot split a command line: `\r` or `\n` inside a command is not a
@@ -123,7 +148,10 @@ fn bare_cr_in_command_is_one_bad_line() {
     h.feed_str("EHLO client.example\r\n");
     let out = h.feed_str("MAIL FROM:<a@b.example>\rRCPT TO:<c@d.example>\r\n");
     assert_eq!(out, "500 5.5.2 Error: bare <CR> or <LF> in command\r\n");
-    assert_eq!(h.count(|e| matches!(e, ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. })), 0);
+    assert_eq!(
+        h.count(|e| matches!(e, ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. })),
+        0
+    );
     let out = h.feed_str("MAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\r\n");
     assert_eq!(out, "500 5.5.2 Error: bare <CR> or <LF> in command\r\n");
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use common::Harness;
 use postern_smtp::{
-    AfterStartTls, ClientCloseReason, ClientConfig, ClientEvent, ClientSession, CloseReason, SendError, ServerConfig,
-    ServerEvent,
+    AfterStartTls, ClientCloseReason, ClientConfig, ClientEvent, ClientSession, CloseReason,
+    SendError, ServerConfig, ServerEvent,
 };
 
 fn server_after_ehlo(config: ServerConfig) -> Harness {
@@ -19,14 +19,26 @@ fn server_after_ehlo(config: ServerConfig) -> Harness {
 }
 
 fn starttls_events(h: &Harness) -> Vec<usize> {
-    h.events.iter().filter_map(|e| if let ServerEvent::StartTls { discarded } = e { Some(*discarded) } else { None }).collect()
+    h.events
+        .iter()
+        .filter_map(|e| {
+            if let ServerEvent::StartTls { discarded } = e {
+                Some(*discarded)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 #[test]
 fn server_injection_in_one_read_is_discarded() {
     let mut h = server_after_ehlo(ServerConfig::new("mx.example.org"));
     let out = h.feed_str("STARTTLS\r\nRSET\r\n");
-    assert_eq!(out, "220 2.0.0 Ready to start TLS\r\n", "RSET must not be answered");
+    assert_eq!(
+        out, "220 2.0.0 Ready to start TLS\r\n",
+        "RSET must not be answered"
+    );
     assert_eq!(starttls_events(&h), vec![6]);
     assert_eq!(h.server.discarded_bytes(), 6);
     assert!(!h.events.iter().any(|e| matches!(e, ServerEvent::Reset)));
@@ -49,7 +61,10 @@ fn server_injection_split_across_reads() {
         assert_eq!(h.server.discarded_bytes(), 6, "split at {split}");
         h.server.handle_tls_established().unwrap();
         let out = h.feed_str("MAIL FROM:<a@example.net>\r\n");
-        assert_eq!(out, "503 5.5.1 Error: send HELO/EHLO first\r\n", "EHLO state forgotten (RFC 3207 4.2)");
+        assert_eq!(
+            out, "503 5.5.1 Error: send HELO/EHLO first\r\n",
+            "EHLO state forgotten (RFC 3207 4.2)"
+        );
     }
 }
 
@@ -58,7 +73,11 @@ fn server_injection_of_a_whole_transaction() {
     let mut h = server_after_ehlo(ServerConfig::new("mx.example.org"));
     let out = h.feed_str("STARTTLS\r\nMAIL FROM:<evil@example.net>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nx\r\n.\r\n");
     assert_eq!(out, "220 2.0.0 Ready to start TLS\r\n");
-    assert!(!h.events.iter().any(|e| matches!(e, ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. })));
+    assert!(
+        !h.events
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. }))
+    );
     h.server.handle_tls_established().unwrap();
     assert!(h.messages.is_empty());
 }
@@ -71,10 +90,16 @@ fn server_close_mode() {
     let out = h.feed_str("STARTTLS\r\nRSET\r\n");
     assert_eq!(out, "554 5.5.0 Error: SMTP protocol synchronization\r\n");
     assert!(h.server.is_closed());
-    assert!(h.events.contains(&ServerEvent::Closing(CloseReason::Synchronization)));
+    assert!(
+        h.events
+            .contains(&ServerEvent::Closing(CloseReason::Synchronization))
+    );
     // Bytes arriving in a later read, before the handshake, close the session too.
     let mut h = server_after_ehlo(config);
-    assert_eq!(h.feed_str("STARTTLS\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(
+        h.feed_str("STARTTLS\r\n"),
+        "220 2.0.0 Ready to start TLS\r\n"
+    );
     h.feed_str("RSET\r\n");
     assert!(h.server.is_closed());
     assert!(h.server.handle_tls_established().is_err());
@@ -86,7 +111,10 @@ fn server_second_starttls_refused() {
     h.feed_str("STARTTLS\r\n");
     h.server.handle_tls_established().unwrap();
     h.feed_str("EHLO client.example\r\n");
-    assert_eq!(h.feed_str("STARTTLS\r\n"), "554 5.5.1 Error: TLS already active\r\n");
+    assert_eq!(
+        h.feed_str("STARTTLS\r\n"),
+        "554 5.5.1 Error: TLS already active\r\n"
+    );
 }
 
 /// A client at its decision point after EHLO with STARTTLS advertised.
@@ -99,7 +127,11 @@ fn client_ready(config: ClientConfig) -> (ClientSession, Instant) {
     let ehlo = b"250-mx.example.org\r\n250-SIZE 1000\r\n250-AUTH PLAIN\r\n250 STARTTLS\r\n";
     assert_eq!(c.handle_input(ehlo), ehlo.len());
     match c.poll_event(now) {
-        Some(ClientEvent::Ready { capabilities, tls_active: false, extended: true }) => {
+        Some(ClientEvent::Ready {
+            capabilities,
+            tls_active: false,
+            extended: true,
+        }) => {
             assert!(capabilities.starttls);
             assert_eq!(capabilities.size, Some(1000));
         }
@@ -114,7 +146,10 @@ fn client_response_injection_in_one_read_is_discarded() {
     c.start_tls().unwrap();
     assert_eq!(c.poll_transmit().unwrap(), b"STARTTLS\r\n");
     let _ = c.handle_input(b"220 go\r\n250 injected\r\n");
-    assert_eq!(c.poll_event(now), Some(ClientEvent::StartTls { discarded: 14 }));
+    assert_eq!(
+        c.poll_event(now),
+        Some(ClientEvent::StartTls { discarded: 14 })
+    );
     assert_eq!(c.poll_event(now), None);
     c.handle_tls_established().unwrap();
     // EHLO is sent first inside TLS; the injected 250 was not taken as its reply.
@@ -124,13 +159,21 @@ fn client_response_injection_in_one_read_is_discarded() {
     // The TLS EHLO reply advertises STARTTLS again and no SIZE/AUTH: nothing from before is remembered.
     let _ = c.handle_input(b"250-mx.example.org\r\n250 STARTTLS\r\n");
     match c.poll_event(now) {
-        Some(ClientEvent::Ready { capabilities, tls_active: true, .. }) => {
+        Some(ClientEvent::Ready {
+            capabilities,
+            tls_active: true,
+            ..
+        }) => {
             assert_eq!(capabilities.size, None);
             assert_eq!(capabilities.auth, None);
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(c.start_tls(), Err(SendError::StartTlsUnavailable), "never STARTTLS twice");
+    assert_eq!(
+        c.start_tls(),
+        Err(SendError::StartTlsUnavailable),
+        "never STARTTLS twice"
+    );
 }
 
 #[test]
@@ -139,7 +182,10 @@ fn client_response_injection_split_across_reads() {
     c.start_tls().unwrap();
     let _ = c.poll_transmit();
     let _ = c.handle_input(b"220 go\r\n");
-    assert_eq!(c.poll_event(now), Some(ClientEvent::StartTls { discarded: 0 }));
+    assert_eq!(
+        c.poll_event(now),
+        Some(ClientEvent::StartTls { discarded: 0 })
+    );
     assert_eq!(c.handle_input(b"250 injected\r\n"), 14);
     assert_eq!(c.discarded_bytes(), 14);
     c.handle_tls_established().unwrap();
@@ -154,9 +200,17 @@ fn client_close_mode_aborts() {
     c.start_tls().unwrap();
     let _ = c.poll_transmit();
     let _ = c.handle_input(b"220 go\r\n250 injected\r\n");
-    assert_eq!(c.poll_event(now), Some(ClientEvent::Closed(ClientCloseReason::StartTlsInjection { discarded: 14 })));
+    assert_eq!(
+        c.poll_event(now),
+        Some(ClientEvent::Closed(ClientCloseReason::StartTlsInjection {
+            discarded: 14
+        }))
+    );
     assert!(c.is_closed());
-    assert!(c.poll_transmit().is_none(), "nothing more is sent on a compromised channel");
+    assert!(
+        c.poll_transmit().is_none(),
+        "nothing more is sent on a compromised channel"
+    );
 }
 
 #[test]

@@ -52,7 +52,10 @@ S: 221 2.0.0 Bye"
     replay(&mut h, &script);
     assert!(h.server.is_closed());
     // "...etc." was dot-stuffed on the wire: one leading dot is removed (RFC 5321 4.5.2).
-    assert_eq!(h.messages, vec![b"Blah blah blah...\r\n..etc. etc. etc.\r\n".to_vec()]);
+    assert_eq!(
+        h.messages,
+        vec![b"Blah blah blah...\r\n..etc. etc. etc.\r\n".to_vec()]
+    );
 }
 
 /// RFC 5321 D.2: aborted SMTP transaction scenario.
@@ -111,7 +114,11 @@ S: 221 2.0.0 Bye"
         postern_smtp::ServerEvent::Rcpt { to, .. } => Some(to.to_string()),
         _ => None,
     });
-    assert_eq!(rcpt.as_deref(), Some("<Jones@XYZ.COM>"), "source route ignored (RFC 5321 4.1.1.3)");
+    assert_eq!(
+        rcpt.as_deref(),
+        Some("<Jones@XYZ.COM>"),
+        "source route ignored (RFC 5321 4.1.1.3)"
+    );
     let msg = String::from_utf8(h.messages[0].clone()).unwrap();
     assert!(msg.starts_with("Date: Thu, 21 May 1998 05:33:29 -0700\r\n"));
     assert!(msg.ends_with("\r\n\r\nBill:\r\nThe next meeting of the board of directors will be\r\non Tuesday.\r\nJohn.\r\n"));
@@ -121,7 +128,14 @@ S: 221 2.0.0 Bye"
 #[test]
 fn rfc5321_d4_verifying_and_sending() {
     let mut h = foo();
-    h.vrfy_reply = Some(Reply::new(250, EnhancedStatus::new(2, 1, 5).ok(), ["Mark Crispin <Admin.MRC@foo.com>"]).unwrap());
+    h.vrfy_reply = Some(
+        Reply::new(
+            250,
+            EnhancedStatus::new(2, 1, 5).ok(),
+            ["Mark Crispin <Admin.MRC@foo.com>"],
+        )
+        .unwrap(),
+    );
     let script = format!(
         "S: 220 foo.com Simple Mail Transfer Service Ready
 C: EHLO bar.com

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
 use postern_policy::{
-    Action, Authentication, CertificateCheck, ClientTlsMode, Close, ConnectionPolicy, Decision, DomainName,
-    EnhancedStatus, Failure, HandshakeOutcome, NamePattern, NextHop, OutboundPolicy, ResultType, TlsRequirement,
-    TlsVersion,
+    Action, Authentication, CertificateCheck, ClientTlsMode, Close, ConnectionPolicy, Decision,
+    DomainName, EnhancedStatus, Failure, HandshakeOutcome, NamePattern, NextHop, OutboundPolicy,
+    ResultType, TlsRequirement, TlsVersion,
 };
 use postern_smtp::{
-    ClientCloseReason, ClientConfig, ClientEvent, ClientSession, Command, DeliveryStatus, Envelope, RecipientResult,
-    Reply, SendError, TransactionReport,
+    ClientCloseReason, ClientConfig, ClientEvent, ClientSession, Command, DeliveryStatus, Envelope,
+    RecipientResult, Reply, SendError, TransactionReport,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::UnixTime;
@@ -49,14 +49,21 @@ pub struct ClientSettings {
 
 impl Default for ClientSettings {
     fn default() -> Self {
-        Self { smtp: ClientConfig::default(), connect_timeout: Duration::from_secs(30), handshake_timeout: Duration::from_secs(60) }
+        Self {
+            smtp: ClientConfig::default(),
+            connect_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(60),
+        }
     }
 }
 
 impl ClientSettings {
     /// Settings with this EHLO name, defaults otherwise.
     pub fn new(hostname: impl Into<String>) -> Self {
-        Self { smtp: ClientConfig::new(hostname), ..Self::default() }
+        Self {
+            smtp: ClientConfig::new(hostname),
+            ..Self::default()
+        }
     }
 }
 
@@ -76,7 +83,11 @@ pub struct Destination {
 impl Destination {
     /// A destination.
     pub fn new(addresses: Vec<SocketAddr>, next_hop: NextHop, mx_host: Option<DomainName>) -> Self {
-        Self { addresses, next_hop, mx_host }
+        Self {
+            addresses,
+            next_hop,
+            mx_host,
+        }
     }
 
     /// The TLS server name: the MX host, else the next hop's host or domain.
@@ -88,9 +99,10 @@ impl Destination {
             NextHop::HostPort { host, .. } => match host {
                 postern_policy::Host::Name(name) => name.to_string(),
                 postern_policy::Host::Address(ip) => ip.to_string(),
-                _ => "localhost".to_owned(),
             },
-            other => other.domain().map_or_else(|| "localhost".to_owned(), ToString::to_string),
+            other => other
+                .domain()
+                .map_or_else(|| "localhost".to_owned(), ToString::to_string),
         }
     }
 }
@@ -109,6 +121,9 @@ pub struct TlsSummary {
     pub certificate: CertificateCheck,
     /// The policy's explanation of the decision after the handshake (rule, mode, action).
     pub explanation: String,
+    /// Octets received after the `220` to STARTTLS and discarded before the handshake (never read as a
+    /// reply; anything but 0 means a broken or malicious server or path).
+    pub discarded_before_handshake: u64,
 }
 
 /// Why delivery to a next hop did not happen.
@@ -163,22 +178,47 @@ pub struct DeliveryResult {
 impl DeliveryResult {
     /// Whether every recipient was delivered.
     pub fn all_delivered(&self) -> bool {
-        !self.recipients.is_empty() && self.recipients.iter().all(|r| r.status == DeliveryStatus::Delivered)
+        !self.recipients.is_empty()
+            && self
+                .recipients
+                .iter()
+                .all(|r| r.status == DeliveryStatus::Delivered)
     }
 
     /// Whether no recipient was delivered and at least one is to be retried.
     pub fn is_deferred(&self) -> bool {
-        self.recipients.iter().all(|r| r.status != DeliveryStatus::Delivered)
-            && self.recipients.iter().any(|r| r.status == DeliveryStatus::Deferred)
+        self.recipients
+            .iter()
+            .all(|r| r.status != DeliveryStatus::Delivered)
+            && self
+                .recipients
+                .iter()
+                .any(|r| r.status == DeliveryStatus::Deferred)
     }
 
-    fn undelivered(envelope: &Envelope, status: DeliveryStatus, failure: DeliveryFailure, server: Option<SocketAddr>) -> Self {
+    fn undelivered(
+        envelope: &Envelope,
+        status: DeliveryStatus,
+        failure: DeliveryFailure,
+        server: Option<SocketAddr>,
+    ) -> Self {
         let recipients = envelope
             .recipients
             .iter()
-            .map(|(r, _)| RecipientResult { recipient: r.clone(), status, reply: failure.reply.clone() })
+            .map(|(r, _)| RecipientResult {
+                recipient: r.clone(),
+                status,
+                reply: failure.reply.clone(),
+            })
             .collect();
-        Self { recipients, server, tls: None, decision: None, failure: Some(failure), plaintext_retry: false }
+        Self {
+            recipients,
+            server,
+            tls: None,
+            decision: None,
+            failure: Some(failure),
+            plaintext_retry: false,
+        }
     }
 }
 
@@ -191,7 +231,10 @@ pub struct Client {
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Client").field("settings", &self.settings).field("tls", &self.tls).finish_non_exhaustive()
+        f.debug_struct("Client")
+            .field("settings", &self.settings)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,7 +258,11 @@ struct Attempt {
 impl Client {
     /// A client with these settings, using `tls` (trust anchors, client certificate, session caches).
     pub fn new(settings: ClientSettings, tls: Arc<ClientTlsContext>) -> Self {
-        Self { settings, tls, anchors: Mutex::new(HashMap::new()) }
+        Self {
+            settings,
+            tls,
+            anchors: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The settings in use.
@@ -225,39 +272,81 @@ impl Client {
 
     /// Deliver `message` for `envelope` to `destination` under `policy` (its per-domain override or default
     /// applies).
-    pub async fn deliver(&self, destination: &Destination, envelope: &Envelope, message: &[u8], policy: &OutboundPolicy) -> DeliveryResult {
+    pub async fn deliver(
+        &self,
+        destination: &Destination,
+        envelope: &Envelope,
+        message: &[u8],
+        policy: &OutboundPolicy,
+    ) -> DeliveryResult {
         let conn_policy = policy.connection(&destination.next_hop, destination.mx_host.as_ref());
-        self.deliver_with(destination, &conn_policy, envelope, message).await
+        self.deliver_with(destination, &conn_policy, envelope, message)
+            .await
     }
 
     /// As [`deliver`](Self::deliver), with a connection policy already built (for callers adding DANE, MTA-STS
     /// or the message's REQUIRETLS to it).
-    pub async fn deliver_with(&self, destination: &Destination, policy: &ConnectionPolicy, envelope: &Envelope, message: &[u8]) -> DeliveryResult {
+    pub async fn deliver_with(
+        &self,
+        destination: &Destination,
+        policy: &ConnectionPolicy,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> DeliveryResult {
         let before = policy.before_connect();
         if let Some(f) = before.action.failure() {
-            let status = if matches!(before.action, Action::Bounce(_)) { DeliveryStatus::Failed } else { DeliveryStatus::Deferred };
-            let mut r = DeliveryResult::undelivered(envelope, status, policy_failure(f, &before), None);
+            let status = if matches!(before.action, Action::Bounce(_)) {
+                DeliveryStatus::Failed
+            } else {
+                DeliveryStatus::Deferred
+            };
+            let mut r =
+                DeliveryResult::undelivered(envelope, status, policy_failure(f, &before), None);
             r.decision = Some(before);
             return r;
         }
         let mut last: Option<DeliveryResult> = None;
         for &addr in &destination.addresses {
-            let mut attempt = self.attempt(addr, destination, policy, envelope, message, false).await;
+            let mut attempt = self
+                .attempt(addr, destination, policy, envelope, message, false)
+                .await;
             let mut retried = false;
             if matches!(attempt.outcome, Outcome::Retry) {
                 tracing::info!(server = %addr, "retrying on a new plaintext connection");
-                attempt = self.attempt(addr, destination, policy, envelope, message, true).await;
+                attempt = self
+                    .attempt(addr, destination, policy, envelope, message, true)
+                    .await;
                 retried = true;
             }
-            let Attempt { outcome, tls, decision } = attempt;
+            let Attempt {
+                outcome,
+                tls,
+                decision,
+            } = attempt;
             match outcome {
                 Outcome::Done(report) => {
-                    let failure = report.data_reply.as_ref().or(report.mail_reply.as_ref()).filter(|r| !r.code().is_positive()).map(|r| reply_failure(r, "message refused"));
-                    return DeliveryResult { recipients: report.recipients, server: Some(addr), tls, decision, failure, plaintext_retry: retried };
+                    let failure = report
+                        .data_reply
+                        .as_ref()
+                        .or(report.mail_reply.as_ref())
+                        .filter(|r| !r.code().is_positive())
+                        .map(|r| reply_failure(r, "message refused"));
+                    return DeliveryResult {
+                        recipients: report.recipients,
+                        server: Some(addr),
+                        tls,
+                        decision,
+                        failure,
+                        plaintext_retry: retried,
+                    };
                 }
                 Outcome::Failed(f) => {
                     tracing::info!(server = %addr, failure = %f, "delivery attempt failed");
-                    let status = if f.permanent { DeliveryStatus::Failed } else { DeliveryStatus::Deferred };
+                    let status = if f.permanent {
+                        DeliveryStatus::Failed
+                    } else {
+                        DeliveryStatus::Deferred
+                    };
                     let permanent = f.permanent;
                     let mut r = DeliveryResult::undelivered(envelope, status, f, Some(addr));
                     r.tls = tls;
@@ -271,11 +360,23 @@ impl Client {
                 // Only a plaintext-only attempt follows a retry, and it never asks for another.
                 Outcome::Retry => {
                     let f = local_failure((4, 4, 2), "plaintext retry asked twice");
-                    last = Some(DeliveryResult::undelivered(envelope, DeliveryStatus::Deferred, f, Some(addr)));
+                    last = Some(DeliveryResult::undelivered(
+                        envelope,
+                        DeliveryStatus::Deferred,
+                        f,
+                        Some(addr),
+                    ));
                 }
             }
         }
-        last.unwrap_or_else(|| DeliveryResult::undelivered(envelope, DeliveryStatus::Deferred, local_failure((4, 4, 1), "no address to connect to"), None))
+        last.unwrap_or_else(|| {
+            DeliveryResult::undelivered(
+                envelope,
+                DeliveryStatus::Deferred,
+                local_failure((4, 4, 1), "no address to connect to"),
+                None,
+            )
+        })
     }
 
     /// One connection to `addr`. `plaintext_only`: the retry after a failed handshake, where STARTTLS is not
@@ -289,26 +390,48 @@ impl Client {
         message: &[u8],
         plaintext_only: bool,
     ) -> Attempt {
-        let mut att = Attempt { outcome: Outcome::Retry, tls: None, decision: None };
-        let tcp = match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                att.outcome = Outcome::Failed(local_failure((4, 4, 1), &format!("connect to {addr}: {e}")));
-                return att;
-            }
-            Err(_) => {
-                att.outcome = Outcome::Failed(local_failure((4, 4, 1), &format!("connect to {addr}: timed out")));
-                return att;
-            }
+        let mut att = Attempt {
+            outcome: Outcome::Retry,
+            tls: None,
+            decision: None,
         };
+        let tcp =
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    att.outcome = Outcome::Failed(local_failure(
+                        (4, 4, 1),
+                        &format!("connect to {addr}: {e}"),
+                    ));
+                    return att;
+                }
+                Err(_) => {
+                    att.outcome = Outcome::Failed(local_failure(
+                        (4, 4, 1),
+                        &format!("connect to {addr}: timed out"),
+                    ));
+                    return att;
+                }
+            };
         let _ = tcp.set_nodelay(true);
         let server_name = destination.server_name(policy);
-        let mut conn = Conn { session: ClientSession::new(self.settings.smtp.clone(), Instant::now()), stream: Stream::Plain(tcp), pending: Vec::new(), write_limit: self.settings.smtp.timeouts.data };
+        let mut conn = Conn {
+            session: ClientSession::new(self.settings.smtp.clone(), Instant::now()),
+            stream: Stream::Plain(tcp),
+            pending: Vec::new(),
+            write_limit: self.settings.smtp.timeouts.data,
+        };
         let mut report: Option<TransactionReport> = None;
         let mut failure: Option<DeliveryFailure> = None;
         loop {
             match conn.next_event().await {
-                ClientEvent::Ready { capabilities, tls_active, .. } => {
+                ClientEvent::Ready {
+                    capabilities,
+                    tls_active,
+                    ..
+                } => {
                     let decision = if tls_active {
                         policy.on_tls_ehlo(capabilities.requiretls)
                     } else if plaintext_only {
@@ -336,7 +459,9 @@ impl Client {
                                 let _ = conn.session.quit();
                             }
                         }
-                        other => failure = Some(self.stop(&mut conn, &other, att.decision.as_ref())),
+                        other => {
+                            failure = Some(self.stop(&mut conn, &other, att.decision.as_ref()))
+                        }
                     }
                 }
                 ClientEvent::StartTlsRefused(reply) => {
@@ -378,29 +503,59 @@ impl Client {
                             att.decision = Some(decision);
                             return att;
                         }
-                        Handshake::Up { version, cipher, certificate } => {
-                            let decision = policy.on_handshake(HandshakeOutcome::Established { version, certificate });
+                        Handshake::Up {
+                            version,
+                            cipher,
+                            certificate,
+                        } => {
+                            let decision = policy.on_handshake(HandshakeOutcome::Established {
+                                version,
+                                certificate,
+                            });
                             // Postfix's summary line (smtp_tls_loglevel = 1).
-                            tracing::info!("{} TLS connection established to {server_name}[{}]:{}: {version} with cipher {cipher}", certificate.trust, addr.ip(), addr.port());
-                            att.tls = Some(TlsSummary { server_name: server_name.clone(), version, cipher, certificate, explanation: decision.to_string() });
+                            tracing::info!(
+                                "{} TLS connection established to {server_name}[{}]:{}: {version} with cipher {cipher}",
+                                certificate.trust,
+                                addr.ip(),
+                                addr.port()
+                            );
+                            att.tls = Some(TlsSummary {
+                                server_name: server_name.clone(),
+                                version,
+                                cipher,
+                                certificate,
+                                explanation: decision.to_string(),
+                                discarded_before_handshake: conn.session.discarded_bytes(),
+                            });
                             match decision.action.failure() {
                                 None => {
                                     // RFC 3207 4.2: the session forgets everything and sends EHLO again.
                                     if conn.session.handle_tls_established().is_err() {
-                                        failure = Some(local_failure((4, 4, 2), "session not waiting for TLS"));
+                                        failure = Some(local_failure(
+                                            (4, 4, 2),
+                                            "session not waiting for TLS",
+                                        ));
                                     }
                                 }
                                 Some(f) => {
                                     failure = Some(policy_failure(f, &decision));
                                     if f.close == Close::Quit {
                                         // Inside TLS, outside the session (which waits for the handshake): QUIT.
-                                        let _ = tokio::time::timeout(Duration::from_secs(5), conn.stream.write_all(&Command::Quit.to_bytes())).await;
+                                        let _ = tokio::time::timeout(
+                                            Duration::from_secs(5),
+                                            conn.stream.write_all(&Command::Quit.to_bytes()),
+                                        )
+                                        .await;
                                     }
                                 }
                             }
                             att.decision = Some(decision);
                             if let Some(f) = failure {
-                                let _ = tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown()).await;
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(1),
+                                    conn.stream.shutdown(),
+                                )
+                                .await;
                                 att.outcome = Outcome::Failed(f);
                                 return att;
                             }
@@ -436,7 +591,12 @@ impl Client {
     }
 
     /// A policy `Defer` / `Bounce` before the transaction: end the session as the failure says.
-    fn stop(&self, conn: &mut Conn, action: &Action, decision: Option<&Decision>) -> DeliveryFailure {
+    fn stop(
+        &self,
+        conn: &mut Conn,
+        action: &Action,
+        decision: Option<&Decision>,
+    ) -> DeliveryFailure {
         let Some(f) = action.failure() else {
             let _ = conn.session.quit();
             return local_failure((4, 3, 0), &format!("unexpected policy action: {action}"));
@@ -450,12 +610,22 @@ impl Client {
         }
         match decision {
             Some(d) => policy_failure(f, d),
-            None => DeliveryFailure { status: f.status, result_type: Some(f.result_type), explanation: f.reason.clone(), permanent: f.status.is_permanent(), reply: None },
+            None => DeliveryFailure {
+                status: f.status,
+                result_type: Some(f.result_type),
+                explanation: f.reason.clone(),
+                permanent: f.status.is_permanent(),
+                reply: None,
+            },
         }
     }
 
     /// The TLS settings for this connection, from the policy's requirement.
-    async fn tls_spec(&self, policy: &ConnectionPolicy, server_name: &str) -> Result<ClientTlsSpec, DeliveryFailure> {
+    async fn tls_spec(
+        &self,
+        policy: &ConnectionPolicy,
+        server_name: &str,
+    ) -> Result<ClientTlsSpec, DeliveryFailure> {
         let mut spec = ClientTlsSpec::new(ClientTlsMode::Opportunistic, server_name);
         spec.min_version = policy.min_tls_version();
         spec.dangerous_report_only = !policy.enforced();
@@ -476,7 +646,10 @@ impl Client {
             }
             TlsRequirement::Authenticated(Authentication::Pins(pins)) => {
                 spec.mode = ClientTlsMode::Fingerprint;
-                spec.pins = pins.iter().map(|p| postern_certs::Fingerprint(p.0)).collect();
+                spec.pins = pins
+                    .iter()
+                    .map(|p| postern_certs::Fingerprint(p.0))
+                    .collect();
             }
             TlsRequirement::Authenticated(_) => {
                 return Err(DeliveryFailure {
@@ -497,20 +670,35 @@ impl Client {
 
     /// The trust anchors of a PEM file, loaded once.
     async fn anchors(&self, path: &str) -> Result<Arc<RootCertStore>, DeliveryFailure> {
-        if let Some(r) = self.anchors.lock().unwrap_or_else(PoisonError::into_inner).get(path) {
+        if let Some(r) = self
+            .anchors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+        {
             return Ok(Arc::clone(r));
         }
         let fail = |e: String| local_failure((4, 7, 5), &format!("trust anchors {path}: {e}"));
-        let pem = tokio::fs::read(path).await.map_err(|e| fail(e.to_string()))?;
+        let pem = tokio::fs::read(path)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
         let mut roots = TrustRoots::empty();
         roots.add_pem(&pem).map_err(|e| fail(e.to_string()))?;
         let store = roots.into_store();
-        self.anchors.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), Arc::clone(&store));
+        self.anchors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(path.to_owned(), Arc::clone(&store));
         Ok(store)
     }
 
     /// After the `220` to STARTTLS: drop held plaintext, handshake, judge the certificate.
-    async fn handshake(&self, conn: &mut Conn, policy: &ConnectionPolicy, server_name: &str) -> Handshake {
+    async fn handshake(
+        &self,
+        conn: &mut Conn,
+        policy: &ConnectionPolicy,
+        server_name: &str,
+    ) -> Handshake {
         // RFC 3207 section 4: nothing received before the handshake is read as a reply; the session discards
         // (or, with `AfterStartTls::Close`, aborts on) what the adapter still holds.
         let held = std::mem::take(&mut conn.pending);
@@ -524,32 +712,50 @@ impl Client {
         };
         let tls_conn = match self.tls.connection(&spec) {
             Ok(c) => c,
-            Err(e) => return Handshake::Local(local_failure((4, 7, 5), &format!("TLS configuration: {e}"))),
+            Err(e) => {
+                return Handshake::Local(local_failure(
+                    (4, 7, 5),
+                    &format!("TLS configuration: {e}"),
+                ));
+            }
         };
         let Some(tcp) = conn.stream.take_plain() else {
             return Handshake::Local(local_failure((4, 4, 2), "connection not in plaintext"));
         };
-        let connect = TlsConnector::from(Arc::clone(&tls_conn.config)).connect(tls_conn.server_name.clone(), tcp);
+        let connect = TlsConnector::from(Arc::clone(&tls_conn.config))
+            .connect(tls_conn.server_name.clone(), tcp);
         match tokio::time::timeout(self.settings.handshake_timeout, connect).await {
             Ok(Ok(tls)) => {
                 let (_, c) = tls.get_ref();
                 let (version, cipher) = negotiated(c);
-                let certificate = tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
+                let certificate =
+                    tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
                 conn.stream = Stream::Tls(Box::new(tls));
-                Handshake::Up { version, cipher, certificate }
+                Handshake::Up {
+                    version,
+                    cipher,
+                    certificate,
+                }
             }
             Ok(Err(e)) => {
                 let certificate = postern_certs::refused_check(&e).and_then(|c| c.failure);
                 Handshake::Failed(HandshakeOutcome::Failed { certificate }, e.to_string())
             }
-            Err(_) => Handshake::Failed(HandshakeOutcome::Failed { certificate: None }, "timed out".into()),
+            Err(_) => Handshake::Failed(
+                HandshakeOutcome::Failed { certificate: None },
+                "timed out".into(),
+            ),
         }
     }
 }
 
 /// How a handshake ended.
 enum Handshake {
-    Up { version: TlsVersion, cipher: String, certificate: CertificateCheck },
+    Up {
+        version: TlsVersion,
+        cipher: String,
+        certificate: CertificateCheck,
+    },
     Failed(HandshakeOutcome, String),
     /// The session closed instead (bytes after the `220` with `AfterStartTls::Close`).
     Aborted,
@@ -558,8 +764,17 @@ enum Handshake {
 }
 
 /// Hand the message to the session, unless TLS is required and not active (never a plaintext MAIL then).
-fn send(conn: &mut Conn, policy: &ConnectionPolicy, envelope: &Envelope, message: &[u8]) -> Result<(), DeliveryFailure> {
-    let requires_tls = policy.enforced() && !matches!(policy.requirement(), TlsRequirement::Plaintext | TlsRequirement::Opportunistic);
+fn send(
+    conn: &mut Conn,
+    policy: &ConnectionPolicy,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<(), DeliveryFailure> {
+    let requires_tls = policy.enforced()
+        && !matches!(
+            policy.requirement(),
+            TlsRequirement::Plaintext | TlsRequirement::Opportunistic
+        );
     if requires_tls && !conn.session.is_tls_active() {
         return Err(DeliveryFailure {
             status: EnhancedStatus::TLS_NOT_AVAILABLE,
@@ -569,16 +784,26 @@ fn send(conn: &mut Conn, policy: &ConnectionPolicy, envelope: &Envelope, message
             reply: None,
         });
     }
-    conn.session.send_mail(envelope.clone(), message.to_vec()).map_err(|e| {
-        let (status, permanent) = match &e {
-            SendError::MessageTooLarge => (EnhancedStatus::new(5, 3, 4), true),
-            SendError::ExtensionNotOffered("SMTPUTF8") => (EnhancedStatus::new(5, 6, 7), true),
-            SendError::ExtensionNotOffered("REQUIRETLS") => (EnhancedStatus::REQUIRETLS_REQUIRED, true),
-            SendError::ExtensionNotOffered(_) => (EnhancedStatus::new(5, 5, 4), true),
-            _ => (EnhancedStatus::new(4, 3, 0), false),
-        };
-        DeliveryFailure { status, result_type: None, explanation: format!("message not sent: {e}"), permanent, reply: None }
-    })
+    conn.session
+        .send_mail(envelope.clone(), message.to_vec())
+        .map_err(|e| {
+            let (status, permanent) = match &e {
+                SendError::MessageTooLarge => (EnhancedStatus::new(5, 3, 4), true),
+                SendError::ExtensionNotOffered("SMTPUTF8") => (EnhancedStatus::new(5, 6, 7), true),
+                SendError::ExtensionNotOffered("REQUIRETLS") => {
+                    (EnhancedStatus::REQUIRETLS_REQUIRED, true)
+                }
+                SendError::ExtensionNotOffered(_) => (EnhancedStatus::new(5, 5, 4), true),
+                _ => (EnhancedStatus::new(4, 3, 0), false),
+            };
+            DeliveryFailure {
+                status,
+                result_type: None,
+                explanation: format!("message not sent: {e}"),
+                permanent,
+                reply: None,
+            }
+        })
 }
 
 fn policy_failure(f: &Failure, decision: &Decision) -> DeliveryFailure {
@@ -592,13 +817,29 @@ fn policy_failure(f: &Failure, decision: &Decision) -> DeliveryFailure {
 }
 
 fn local_failure(status: (u8, u16, u16), explanation: &str) -> DeliveryFailure {
-    DeliveryFailure { status: EnhancedStatus::new(status.0, status.1, status.2), result_type: None, explanation: explanation.to_owned(), permanent: false, reply: None }
+    DeliveryFailure {
+        status: EnhancedStatus::new(status.0, status.1, status.2),
+        result_type: None,
+        explanation: explanation.to_owned(),
+        permanent: false,
+        reply: None,
+    }
 }
 
 fn reply_failure(reply: &Reply, what: &str) -> DeliveryFailure {
     let class = u8::try_from(reply.code().value() / 100).unwrap_or(4);
-    let status = reply.enhanced().map_or(EnhancedStatus::new(class, 0, 0), |e| EnhancedStatus::new(e.class(), e.subject(), e.detail()));
-    DeliveryFailure { status, result_type: None, explanation: what.to_owned(), permanent: false, reply: Some(reply.clone()) }
+    let status = reply
+        .enhanced()
+        .map_or(EnhancedStatus::new(class, 0, 0), |e| {
+            EnhancedStatus::new(e.class(), e.subject(), e.detail())
+        });
+    DeliveryFailure {
+        status,
+        result_type: None,
+        explanation: what.to_owned(),
+        permanent: false,
+        reply: Some(reply.clone()),
+    }
 }
 
 /// A session that ended before any transaction: this host failed for now (RFC 5321 section 4.5.4.1: try the
@@ -609,7 +850,9 @@ fn close_failure(reason: &ClientCloseReason) -> DeliveryFailure {
         ClientCloseReason::HelloRefused(r) => reply_failure(r, "EHLO and HELO refused"),
         ClientCloseReason::ServiceClosing(r) => reply_failure(r, "service closing"),
         ClientCloseReason::Timeout => local_failure((4, 4, 2), "timeout waiting for a reply"),
-        ClientCloseReason::ProtocolError(e) => local_failure((4, 4, 2), &format!("protocol error: {e}")),
+        ClientCloseReason::ProtocolError(e) => {
+            local_failure((4, 4, 2), &format!("protocol error: {e}"))
+        }
         ClientCloseReason::UnexpectedReply(r) => reply_failure(r, "unexpected reply"),
         _ => local_failure((4, 4, 2), "connection lost"),
     }
@@ -633,7 +876,8 @@ impl Conn {
                 if matches!(event, ClientEvent::Closed(_)) {
                     // Send the QUIT the session may have queued, then close.
                     let _ = tokio::time::timeout(Duration::from_secs(5), self.transmit()).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
                 }
                 return event;
             }

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use postern_certs::ServerTlsContext;
 use postern_policy::{
-    CertificateCheck, ClientCertMode, ClientCertificate, CommandVerdict, ServerPolicy, ServerPolicyError,
-    ServerTlsMode, TlsVersion,
+    CertificateCheck, ClientCertMode, ClientCertificate, CommandVerdict, ServerPolicy,
+    ServerPolicyError, ServerTlsMode, TlsVersion,
 };
 use postern_smtp::{
-    CloseReason, DataSummary, EnhancedStatus, ForwardPath, Host, MailParams, RcptParams, Reply, ReversePath,
-    ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
+    CloseReason, DataSummary, EnhancedStatus, ForwardPath, Host, MailParams, RcptParams, Reply,
+    ReversePath, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
 };
 use rustls::pki_types::UnixTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -67,7 +67,9 @@ fn fixed(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
     // Callers pass constant, valid parts (class matching the code, printable text); the fallback replies are
     // themselves constant and valid, so neither `expect` below can fire.
     let reply = status.and_then(|e| Reply::new(code, Some(e), [text]));
-    reply.unwrap_or_else(|_| Reply::new(451, None, ["Error: internal error"]).expect("constant reply is valid"))
+    reply.unwrap_or_else(|_| {
+        Reply::new(451, None, ["Error: internal error"]).expect("constant reply is valid")
+    })
 }
 
 /// TLS facts of an inbound connection, known once the STARTTLS handshake completed.
@@ -86,7 +88,9 @@ pub struct TlsInfo {
 impl TlsInfo {
     /// The client certificate check: `Anonymous` when none was presented.
     pub fn client_check(&self) -> CertificateCheck {
-        self.client_certificate.as_ref().map_or_else(CertificateCheck::anonymous, |c| c.check)
+        self.client_certificate
+            .as_ref()
+            .map_or_else(CertificateCheck::anonymous, |c| c.check)
     }
 }
 
@@ -113,7 +117,9 @@ impl ConnectionInfo {
     /// The client certificate, if TLS is active and one was presented. Feed it to
     /// [`ServerPolicy::may_relay`] to authorise relaying by verified certificate (trusted agents).
     pub fn client_certificate(&self) -> Option<&ClientCertificate> {
-        self.tls.as_ref().and_then(|t| t.client_certificate.as_ref())
+        self.tls
+            .as_ref()
+            .and_then(|t| t.client_certificate.as_ref())
     }
 }
 
@@ -133,27 +139,46 @@ pub trait ServerHandler: Send + Sync + 'static {
 /// or [`reset`](Self::reset); on `reset`, drop any content stored for it.
 pub trait SessionHandler: Send + 'static {
     /// EHLO (`extended`) or HELO. Default: accept.
-    fn hello(&mut self, info: &ConnectionInfo, name: &Host, extended: bool) -> impl Future<Output = Verdict> + Send {
+    fn hello(
+        &mut self,
+        info: &ConnectionInfo,
+        name: &Host,
+        extended: bool,
+    ) -> impl Future<Output = Verdict> + Send {
         let _ = (info, name, extended);
         async { Verdict::Accept }
     }
 
     /// MAIL FROM, after the engine's syntax, sequence and size checks. Default: accept.
-    fn mail(&mut self, info: &ConnectionInfo, from: &ReversePath, params: &MailParams) -> impl Future<Output = Verdict> + Send {
+    fn mail(
+        &mut self,
+        info: &ConnectionInfo,
+        from: &ReversePath,
+        params: &MailParams,
+    ) -> impl Future<Output = Verdict> + Send {
         let _ = (info, from, params);
         async { Verdict::Accept }
     }
 
     /// RCPT TO: the place for relay rules (accept local domains; relay only for authorised networks or a
     /// verified client certificate, [`ConnectionInfo::client_certificate`]).
-    fn rcpt(&mut self, info: &ConnectionInfo, to: &ForwardPath, params: &RcptParams) -> impl Future<Output = Verdict> + Send;
+    fn rcpt(
+        &mut self,
+        info: &ConnectionInfo,
+        to: &ForwardPath,
+        params: &RcptParams,
+    ) -> impl Future<Output = Verdict> + Send;
 
     /// A piece of message content, in order (dot-unstuffed, CRLF line endings for DATA; verbatim for BDAT).
     fn message_chunk(&mut self, chunk: Vec<u8>) -> impl Future<Output = ()> + Send;
 
     /// The whole message was received. Accept only once it is durably stored (file and directory fsynced): the
     /// `250` is the promise of delivery (RFC 5321 section 6.1). If storing failed, reject with a 4xx.
-    fn message_end(&mut self, info: &ConnectionInfo, summary: &DataSummary) -> impl Future<Output = Verdict> + Send;
+    fn message_end(
+        &mut self,
+        info: &ConnectionInfo,
+        summary: &DataSummary,
+    ) -> impl Future<Output = Verdict> + Send;
 
     /// The current transaction, if any, is gone (RSET, EHLO, STARTTLS, a refused message, the end of the
     /// connection). May be called when no transaction is open.
@@ -216,8 +241,17 @@ impl Default for ServerSettings {
 
 impl ServerSettings {
     /// Settings for this host name, TLS policy and TLS context, defaults otherwise.
-    pub fn new(hostname: impl Into<String>, policy: ServerPolicy, tls: Option<ServerTlsContext>) -> Self {
-        Self { smtp: ServerConfig::new(hostname), policy, tls, ..Self::default() }
+    pub fn new(
+        hostname: impl Into<String>,
+        policy: ServerPolicy,
+        tls: Option<ServerTlsContext>,
+    ) -> Self {
+        Self {
+            smtp: ServerConfig::new(hostname),
+            policy,
+            tls,
+            ..Self::default()
+        }
     }
 }
 
@@ -266,7 +300,12 @@ impl<H: ServerHandler> Server<H> {
         }
         settings.smtp.tls_available = settings.tls.is_some();
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
-        Ok(Self { settings: Arc::new(settings), handler: Arc::new(handler), slots, next_id: Arc::new(AtomicU64::new(1)) })
+        Ok(Self {
+            settings: Arc::new(settings),
+            handler: Arc::new(handler),
+            slots,
+            next_id: Arc::new(AtomicU64::new(1)),
+        })
     }
 
     /// The settings in use.
@@ -295,21 +334,39 @@ impl<H: ServerHandler> Server<H> {
             }
         }
         drop(listener);
-        tracing::info!(sessions = tasks.len(), "shutting down: no longer accepting connections");
+        tracing::info!(
+            sessions = tasks.len(),
+            "shutting down: no longer accepting connections"
+        );
         let all_done = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.shutdown_grace, all_done).await.is_err() {
-            tracing::info!(sessions = tasks.len(), "grace period over: closing remaining sessions");
+        if tokio::time::timeout(self.settings.shutdown_grace, all_done)
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                sessions = tasks.len(),
+                "grace period over: closing remaining sessions"
+            );
             // Receivers are in the tasks; a send error only means they are all gone already.
             let _ = force_tx.send(true);
             let closing = async { while tasks.join_next().await.is_some() {} };
-            if tokio::time::timeout(Duration::from_secs(1), closing).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(1), closing)
+                .await
+                .is_err()
+            {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
             }
         }
     }
 
-    fn spawn_connection(&self, tasks: &mut JoinSet<()>, tcp: TcpStream, peer: SocketAddr, force: watch::Receiver<bool>) {
+    fn spawn_connection(
+        &self,
+        tasks: &mut JoinSet<()>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        force: watch::Receiver<bool>,
+    ) {
         match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => {
                 let server = self.clone();
@@ -320,7 +377,14 @@ impl<H: ServerHandler> Server<H> {
             }
             Err(_) => {
                 tracing::warn!(%peer, limit = self.settings.max_connections, "too many connections");
-                let reply = fixed(421, (4, 3, 2), &format!("{} Too many connections, try again later", self.settings.smtp.hostname));
+                let reply = fixed(
+                    421,
+                    (4, 3, 2),
+                    &format!(
+                        "{} Too many connections, try again later",
+                        self.settings.smtp.hostname
+                    ),
+                );
                 tasks.spawn(async move {
                     let mut tcp = tcp;
                     let refuse = async {
@@ -336,10 +400,20 @@ impl<H: ServerHandler> Server<H> {
 
     /// Drive one connection to its end (for callers with their own accept loop; the connection limit is not
     /// applied here). `force` turning `true` closes the session with `421 4.3.2` when it next waits for input.
-    pub async fn serve_connection(&self, tcp: TcpStream, peer: SocketAddr, force: watch::Receiver<bool>) {
+    pub async fn serve_connection(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        force: watch::Receiver<bool>,
+    ) {
         let local = tcp.local_addr().unwrap_or(peer);
         let _ = tcp.set_nodelay(true);
-        let info = ConnectionInfo { id: self.next_id.fetch_add(1, Ordering::Relaxed), peer, local, tls: None };
+        let info = ConnectionInfo {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            local,
+            tls: None,
+        };
         tracing::debug!(id = info.id, %peer, "connect");
         let session = self.handler.open(&info);
         let mut conn = Connection {
@@ -436,7 +510,9 @@ impl<S: SessionHandler> Connection<'_, S> {
                 self.handler.message_chunk(chunk).await;
                 return;
             }
-            ServerEvent::MessageEnd { summary } => self.handler.message_end(&self.info, &summary).await,
+            ServerEvent::MessageEnd { summary } => {
+                self.handler.message_end(&self.info, &summary).await
+            }
             ServerEvent::Vrfy(_) => match self.certificate_gate() {
                 Some(v) => v,
                 None => Verdict::Accept,
@@ -455,7 +531,9 @@ impl<S: SessionHandler> Connection<'_, S> {
             },
             Verdict::Reject(reply) => match self.session.reject(reply) {
                 // A reply of the wrong class is a handler bug: refuse rather than accept.
-                Err(postern_smtp::AnswerError::WrongReplyClass) => self.session.reject(internal_error()),
+                Err(postern_smtp::AnswerError::WrongReplyClass) => {
+                    self.session.reject(internal_error())
+                }
                 other => other,
             },
         };
@@ -469,7 +547,11 @@ impl<S: SessionHandler> Connection<'_, S> {
     /// are refused with `554 5.7.1` (the handshake already refuses such clients; this is the second lock).
     fn certificate_gate(&self) -> Option<Verdict> {
         let tls = self.info.tls.as_ref()?;
-        match self.settings.policy.client_certificate_verdict(&tls.client_check()) {
+        match self
+            .settings
+            .policy
+            .client_certificate_verdict(&tls.client_check())
+        {
             CommandVerdict::Allow => None,
             CommandVerdict::Reject { code, status, text } => {
                 let mut parts = status.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
@@ -478,7 +560,11 @@ impl<S: SessionHandler> Connection<'_, S> {
                 let detail = parts.next().unwrap_or(1);
                 Some(Verdict::reject(code, (class, subject, detail), text))
             }
-            _ => Some(Verdict::Reject(fixed(554, (5, 7, 1), "Client certificate required"))),
+            _ => Some(Verdict::Reject(fixed(
+                554,
+                (5, 7, 1),
+                "Client certificate required",
+            ))),
         }
     }
 
@@ -487,7 +573,12 @@ impl<S: SessionHandler> Connection<'_, S> {
         while let Some(bytes) = self.session.poll_transmit() {
             match tokio::time::timeout(limit, self.stream.write_all(&bytes)).await {
                 Ok(r) => r?,
-                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "client does not read",
+                    ));
+                }
             }
         }
         self.stream.flush().await
@@ -551,29 +642,51 @@ impl<S: SessionHandler> Connection<'_, S> {
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
-                tracing::info!(id = self.info.id, "TLS handshake failed from unknown[{}]: {e}", self.info.peer.ip());
+                tracing::info!(
+                    id = self.info.id,
+                    "TLS handshake failed from unknown[{}]: {e}",
+                    self.info.peer.ip()
+                );
                 return Err(CloseReason::PeerClosed);
             }
             Err(_) => {
-                tracing::info!(id = self.info.id, "TLS handshake timed out from unknown[{}]", self.info.peer.ip());
+                tracing::info!(
+                    id = self.info.id,
+                    "TLS handshake timed out from unknown[{}]",
+                    self.info.peer.ip()
+                );
                 return Err(CloseReason::Timeout);
             }
         };
         let (_, conn) = tls.get_ref();
         let (version, cipher) = negotiated(conn);
         let client_certificate = client_certificate(ctx, conn.peer_certificates());
-        let trust = client_certificate.as_ref().map_or(postern_policy::PeerTrust::Anonymous, |c| c.check.trust);
+        let trust = client_certificate
+            .as_ref()
+            .map_or(postern_policy::PeerTrust::Anonymous, |c| c.check.trust);
         // Postfix's summary line (smtpd_tls_loglevel = 1).
-        tracing::info!(id = self.info.id,
-            "{trust} TLS connection established from unknown[{}]: {version} with cipher {cipher}", self.info.peer.ip());
+        tracing::info!(
+            id = self.info.id,
+            "{trust} TLS connection established from unknown[{}]: {version} with cipher {cipher}",
+            self.info.peer.ip()
+        );
         if let Some(c) = &client_certificate {
             tracing::info!(id = self.info.id, subject = %c.subject, issuer = %c.issuer, fingerprint = %c.fingerprint,
                 trust = %c.check.trust, "client certificate");
         }
-        self.info.tls = Some(TlsInfo { version, cipher, client_certificate });
+        self.info.tls = Some(TlsInfo {
+            version,
+            cipher,
+            client_certificate,
+        });
         self.stream = Stream::Tls(Box::new(tls));
-        if self.settings.policy.client_certificates == ClientCertMode::Require && self.certificate_gate().is_some() {
-            tracing::warn!(id = self.info.id, "client certificate required and not verified");
+        if self.settings.policy.client_certificates == ClientCertMode::Require
+            && self.certificate_gate().is_some()
+        {
+            tracing::warn!(
+                id = self.info.id,
+                "client certificate required and not verified"
+            );
         }
         // The session was waiting for exactly this (StartTls event); RFC 3207 4.2: it forgets all state.
         if self.session.handle_tls_established().is_err() {
@@ -584,7 +697,10 @@ impl<S: SessionHandler> Connection<'_, S> {
 }
 
 /// The client certificate of a finished handshake, with subject and issuer for relay rules.
-fn client_certificate(ctx: &ServerTlsContext, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Option<ClientCertificate> {
+fn client_certificate(
+    ctx: &ServerTlsContext,
+    chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Option<ClientCertificate> {
     let leaf = chain.and_then(<[_]>::first)?;
     let now = UnixTime::now();
     let seen = ctx.client_certificate(chain, now);
@@ -592,6 +708,14 @@ fn client_certificate(ctx: &ServerTlsContext, chain: Option<&[rustls::pki_types:
         Ok(row) => (row.subject, row.issuer),
         Err(_) => (String::new(), String::new()),
     };
-    let fingerprint = postern_policy::Fingerprint(seen.fingerprint.map_or_else(|| postern_certs::Fingerprint::of(leaf).0, |f| f.0));
-    Some(ClientCertificate::new(fingerprint, subject, issuer, seen.check))
+    let fingerprint = postern_policy::Fingerprint(
+        seen.fingerprint
+            .map_or_else(|| postern_certs::Fingerprint::of(leaf).0, |f| f.0),
+    );
+    Some(ClientCertificate::new(
+        fingerprint,
+        subject,
+        issuer,
+        seen.check,
+    ))
 }

@@ -34,11 +34,18 @@ impl<T> Stream<T> {
 }
 
 fn upgrading() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection lent to the tls handshake")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lent to the tls handshake",
+    )
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -48,7 +55,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Stream<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -80,8 +91,13 @@ pub(crate) fn negotiated(conn: &rustls::CommonState) -> (postern_policy::TlsVers
         // rustls speaks only TLS 1.2 and 1.3 (protocol_versions in postern-certs).
         _ => postern_policy::TlsVersion::Tls12,
     };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map_or_else(|| "unknown".to_owned(), |s| s.suite().as_str().map_or_else(|| format!("{:?}", s.suite()), str::to_owned));
+    let cipher = conn.negotiated_cipher_suite().map_or_else(
+        || "unknown".to_owned(),
+        |s| {
+            s.suite()
+                .as_str()
+                .map_or_else(|| format!("{:?}", s.suite()), str::to_owned)
+        },
+    );
     (version, cipher)
 }

@@ -80,8 +80,8 @@ enum Stream {
 /// TLS settings of a connection.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsSetup {
-    /// Connector holding the (possibly shared) client configuration.
-    pub(crate) connector: TlsConnector,
+    /// The client configuration (shared by all connections, and so is its session cache).
+    pub(crate) config: Arc<rustls::ClientConfig>,
     /// SNI name.
     pub(crate) server_name: ServerName<'static>,
 }
@@ -176,7 +176,7 @@ impl Conn {
         let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Upgrading) else {
             return Err(ConnError::Unexpected("starttls on a tls stream".into()));
         };
-        let tls_stream = tokio::time::timeout_at(deadline, tls.connector.connect(tls.server_name.clone(), tcp))
+        let tls_stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp))
             .await
             .map_err(|_| ConnError::Deadline)?
             .map_err(ConnError::Tls)?;
@@ -248,14 +248,6 @@ impl Conn {
     /// the run's. A `Closed` event other than after QUIT is an error.
     async fn next_event(&mut self) -> Result<ClientEvent, ConnError> {
         loop {
-            let wrote = tokio::time::timeout_at(self.deadline, async {
-                match &mut self.stream {
-                    Stream::Plain(s) => write_all(s, &mut self.session).await,
-                    Stream::Tls(s) => write_all(s, &mut self.session).await,
-                    Stream::Upgrading => Ok(false),
-                }
-            });
-            wrote.await.map_err(|_| ConnError::Deadline)??;
             if let Some(event) = self.session.poll_event(Instant::now()) {
                 return match event {
                     ClientEvent::Closed(ClientCloseReason::Quit) => Ok(ClientEvent::Closed(ClientCloseReason::Quit)),
@@ -267,6 +259,15 @@ impl Conn {
                     other => Ok(other),
                 };
             }
+            // Events drained: now send what they queued, before waiting for input.
+            let wrote = tokio::time::timeout_at(self.deadline, async {
+                match &mut self.stream {
+                    Stream::Plain(s) => write_all(s, &mut self.session).await,
+                    Stream::Tls(s) => write_all(s, &mut self.session).await,
+                    Stream::Upgrading => Ok(false),
+                }
+            });
+            wrote.await.map_err(|_| ConnError::Deadline)??;
             if self.session.is_closed() {
                 return Err(ConnError::Closed(ClientCloseReason::ConnectionLost));
             }

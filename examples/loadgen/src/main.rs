@@ -65,7 +65,7 @@ fn target(args: &ClientArgs, addr: std::net::SocketAddr) -> Result<Target, Strin
     let tls = if args.starttls {
         let config = tls::client_config(args).map_err(|e| e.to_string())?;
         let server_name = tls::server_name(&args.server_name).map_err(|e| e.to_string())?;
-        Some(TlsSetup { connector: tokio_rustls::TlsConnector::from(config), server_name })
+        Some(TlsSetup { config, server_name })
     } else {
         None
     };

@@ -72,11 +72,11 @@ fn dispatch(session: &mut ServerSession, counters: &SinkCounters) -> bool {
                 let _ = session.accept();
             }
             ServerEvent::StartTls { .. } => return true,
-            // Hello, Mail, Rcpt, Vrfy wait for a decision; the other events need none (accept then fails
-            // harmlessly with NoDecisionPending).
-            _ => {
+            // Only decisions are answered: the other events need none.
+            ServerEvent::Hello { .. } | ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. } | ServerEvent::Vrfy(_) => {
                 let _ = session.accept();
             }
+            _ => {}
         }
     }
     false

@@ -59,10 +59,13 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(aws_lc_rs::default_provider())
 }
 
+static ONLY_TLS12: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
+static ONLY_TLS13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+
 fn versions(v: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     match v {
-        TlsVersion::Tls12 => &[&rustls::version::TLS12],
-        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        TlsVersion::Tls12 => &ONLY_TLS12,
+        TlsVersion::Tls13 => &ONLY_TLS13,
         TlsVersion::Any => rustls::ALL_VERSIONS,
     }
 }

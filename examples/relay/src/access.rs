@@ -7,10 +7,9 @@
 //! - a recipient in an accepted domain (Postfix `mydestination` /
 //!   `relay_domains`) is accepted from anyone;
 //! - any other recipient only from an authorised client: a client address in
-//!   an authorised network (Postfix `mynetworks`), or a client that presented
-//!   a TLS certificate the policy trusts for relaying (Postfix
-//!   `permit_tls_all_clientcerts` / `permit_tls_clientcerts` with
-//!   `relay_clientcerts`);
+//!   an authorised network (Postfix `mynetworks`), or a client whose verified
+//!   TLS certificate matches a trusted agent (Postfix `permit_tls_clientcerts`
+//!   with `relay_clientcerts`);
 //! - anyone else gets `554 5.7.1 <rcpt>: Relay access denied`, Postfix's
 //!   reply.
 //!
@@ -19,8 +18,11 @@
 //! clients even for accepted domains (Postfix `allow_untrusted_routing = no`):
 //! a next hop that honours it would turn the relay into an open one.
 //!
-//! Whether a client certificate "verified" is the TLS layer's finding (the
-//! policy's client-certificate roots); this module only takes the result.
+//! Whether a client certificate authorises relaying is decided in one place,
+//! the TLS policy: [`ServerPolicy::may_relay`](postern_policy::ServerPolicy::may_relay)
+//! checks that the certificate verified against the client-certificate roots
+//! and matches one of `[[tls.inbound.trusted_agents]]`. This module only
+//! takes its answer ([`Client::trusted_agent`]).
 
 use std::net::IpAddr;
 
@@ -29,24 +31,14 @@ use ipnet::IpNet;
 use crate::envelope::EnhancedCode;
 use crate::routing::normalize_domain;
 
-/// The client certificate a session presented, as the TLS layer judged it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientCertificate {
-    /// SHA-256 fingerprint of the certificate (DER), hex; any case and
-    /// colons are accepted.
-    pub sha256: String,
-    /// Whether its chain verified against the configured client-certificate
-    /// roots.
-    pub verified: bool,
-}
-
 /// What the server knows about the client when a recipient is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     /// The client's IP address.
     pub ip: IpAddr,
-    /// The certificate presented in the TLS handshake, if any.
-    pub certificate: Option<ClientCertificate>,
+    /// Set when the TLS policy authorised relaying by the client's verified
+    /// certificate (a trusted agent): the policy's reason, for the logs.
+    pub trusted_agent: Option<String>,
 }
 
 /// Why a client may relay.
@@ -56,11 +48,9 @@ pub enum Grant {
     AcceptedDomain,
     /// The client address is in this authorised network.
     Network(IpNet),
-    /// The client presented a verified certificate, and
-    /// [`AccessPolicy::relay_verified_client_certs`] is on.
-    VerifiedCertificate,
-    /// The client presented a certificate with a listed fingerprint.
-    CertificateFingerprint,
+    /// The client presented a verified certificate of a trusted agent; the
+    /// policy's reason.
+    TrustedAgent(String),
 }
 
 /// A refused recipient. Its `Display` is the reply line the server sends,
@@ -85,21 +75,14 @@ pub struct AccessPolicy {
     pub accepted_domains: Vec<String>,
     /// Client networks that may relay anywhere.
     pub authorised_networks: Vec<IpNet>,
-    /// Whether any verified client certificate allows relaying.
-    pub relay_verified_client_certs: bool,
-    /// SHA-256 fingerprints of client certificates that allow relaying,
-    /// verified or not (the handshake proved the client holds the key).
-    pub relay_client_cert_fingerprints: Vec<String>,
 }
 
 impl AccessPolicy {
-    /// A policy with these accepted domains and networks, and no
-    /// certificate-based relaying.
+    /// A policy with these accepted domains and networks.
     pub fn new(accepted_domains: Vec<String>, authorised_networks: Vec<IpNet>) -> Self {
         Self {
             accepted_domains,
             authorised_networks,
-            ..Self::default()
         }
     }
 
@@ -127,20 +110,7 @@ impl AccessPolicy {
         if let Some(net) = self.authorised_networks.iter().find(|n| n.contains(&ip)) {
             return Some(Grant::Network(*net));
         }
-        let cert = client.certificate.as_ref()?;
-        if cert.verified && self.relay_verified_client_certs {
-            return Some(Grant::VerifiedCertificate);
-        }
-        let fp = normalize_fingerprint(&cert.sha256);
-        if !fp.is_empty()
-            && self
-                .relay_client_cert_fingerprints
-                .iter()
-                .any(|f| normalize_fingerprint(f) == fp)
-        {
-            return Some(Grant::CertificateFingerprint);
-        }
-        None
+        client.trusted_agent.clone().map(Grant::TrustedAgent)
     }
 
     /// Decides a RCPT TO. `recipient` is the mailbox without angle brackets
@@ -168,14 +138,6 @@ impl AccessPolicy {
     }
 }
 
-/// Hex digits only, lowercase (`AB:cd:..` → `abcd..`).
-fn normalize_fingerprint(fp: &str) -> String {
-    fp.chars()
-        .filter(char::is_ascii_hexdigit)
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
-
 /// The recipient as echoed in a reply: no control characters (it came from
 /// the client) and bounded length.
 fn printable(s: &str) -> String {
@@ -200,17 +162,14 @@ mod tests {
     fn client(ip: &str) -> Client {
         Client {
             ip: ip.parse().unwrap(),
-            certificate: None,
+            trusted_agent: None,
         }
     }
 
-    fn with_cert(ip: &str, sha256: &str, verified: bool) -> Client {
+    fn agent(ip: &str) -> Client {
         Client {
             ip: ip.parse().unwrap(),
-            certificate: Some(ClientCertificate {
-                sha256: sha256.into(),
-                verified,
-            }),
+            trusted_agent: Some("trusted agent fingerprint sha256:ab".into()),
         }
     }
 
@@ -258,11 +217,6 @@ mod tests {
             p.check_recipient(&client("203.0.113.9"), "u@[192.0.2.1]")
                 .is_err()
         );
-        // An unverified certificate grants nothing by itself.
-        assert!(
-            p.check_recipient(&with_cert("203.0.113.9", "ab", false), "v@elsewhere.org")
-                .is_err()
-        );
     }
 
     #[test]
@@ -292,32 +246,55 @@ mod tests {
     }
 
     #[test]
-    fn certificates_relay_only_when_configured() {
-        let mut p = policy();
-        let verified = with_cert("203.0.113.9", "AB:CD:EF", true);
-        assert!(
-            p.check_recipient(&verified, "x@elsewhere.org").is_err(),
-            "off by default"
-        );
-        p.relay_verified_client_certs = true;
+    fn trusted_agents_relay() {
+        let p = policy();
         assert_eq!(
-            p.check_recipient(&verified, "x@elsewhere.org"),
-            Ok(Grant::VerifiedCertificate)
+            p.check_recipient(&agent("203.0.113.9"), "x@elsewhere.org"),
+            Ok(Grant::TrustedAgent(
+                "trusted agent fingerprint sha256:ab".into()
+            ))
         );
+        // Routing in the local part is allowed for authorised clients.
+        assert!(
+            p.check_recipient(&agent("203.0.113.9"), "a%b@example.com")
+                .is_ok()
+        );
+    }
 
-        let mut p = policy();
-        p.relay_client_cert_fingerprints = vec!["abcdef".into()];
-        let pinned = with_cert("203.0.113.9", "AB:CD:EF", false);
-        assert_eq!(
-            p.check_recipient(&pinned, "x@elsewhere.org"),
-            Ok(Grant::CertificateFingerprint)
+    #[test]
+    fn trusted_agent_decision_comes_from_the_tls_policy() {
+        use postern_policy::{
+            CertificateCheck, CertificateFailure, ClientCertificate, Fingerprint, PeerTrust,
+            PolicyConfig,
+        };
+        let fp = "sha256:".to_owned() + &"ab".repeat(32);
+        let policy = PolicyConfig::from_toml_str(&format!(
+            "[inbound]\ntls = \"require\"\nclient_certificates = \"ask\"\n\
+             [[inbound.trusted_agents]]\nfingerprint = \"{fp}\"\n"
+        ))
+        .unwrap();
+        let print = Fingerprint::parse(&fp).unwrap();
+        let verified = ClientCertificate::new(print, "CN=a", "CN=ca", CertificateCheck::verified());
+        let unverified = ClientCertificate::new(
+            print,
+            "CN=a",
+            "CN=ca",
+            CertificateCheck::failed(PeerTrust::Untrusted, CertificateFailure::NotTrusted),
         );
+        let client = |c: &ClientCertificate| {
+            let d = policy.inbound.may_relay(Some(c));
+            Client {
+                ip: "203.0.113.9".parse().unwrap(),
+                trusted_agent: d.allowed.then_some(d.reason),
+            }
+        };
+        let p = super::tests::policy();
+        assert!(matches!(
+            p.check_recipient(&client(&verified), "x@elsewhere.org"),
+            Ok(Grant::TrustedAgent(_))
+        ));
         assert!(
-            p.check_recipient(&with_cert("203.0.113.9", "abcdee", true), "x@elsewhere.org")
-                .is_err()
-        );
-        assert!(
-            p.check_recipient(&with_cert("203.0.113.9", "", true), "x@elsewhere.org")
+            p.check_recipient(&client(&unverified), "x@elsewhere.org")
                 .is_err()
         );
     }

@@ -6,8 +6,10 @@
 //! errors (`deny_unknown_fields`), and every error names the key.
 //! docs/configuration.md documents each key with its Postfix equivalent.
 //!
-//! The `[tls]` table holds the TLS policy settings; it is kept as raw TOML
-//! here and handed to the policy layer, which validates it.
+//! The `[tls]` table holds the TLS policy settings (`[tls.inbound]`,
+//! `[tls.outbound]`, `[tls.outbound.domains."…"]`: postern-policy's format,
+//! docs/policy.md); [`Config::validate`] checks it through the policy crate
+//! and reports its errors with the `tls.` prefix.
 //!
 //! ```
 //! use postern_relay::config::Config;
@@ -33,6 +35,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use postern_policy::config::ConfigError as PolicyError;
+use postern_policy::{ClientCertMode, Policy, PolicyConfig};
 
 use crate::access::AccessPolicy;
 use crate::dsn::BounceSettings;
@@ -190,16 +195,21 @@ pub struct Config {
     /// Client networks allowed to relay anywhere.
     /// Default `["127.0.0.0/8", "::1/128"]`.
     pub authorised_networks: Vec<IpNet>,
-    /// Whether a client certificate that verified against the client
-    /// certificate roots allows relaying. Default `false`.
-    pub relay_verified_client_certs: bool,
-    /// SHA-256 fingerprints of client certificates allowed to relay.
-    /// Default `[]`.
-    pub relay_client_cert_fingerprints: Vec<String>,
     /// Largest message accepted, in bytes (RFC 1870 SIZE). Default 10240000.
     pub message_size_limit: u64,
     /// Largest original returned whole in a bounce, in bytes. Default 50000.
     pub bounce_size_limit: u64,
+    /// Recipients accepted per message (at least 100). Default 1000.
+    pub max_recipients: usize,
+    /// Simultaneous inbound connections; past it `421 4.3.2`. Default 100.
+    pub max_connections: usize,
+    /// Bare CR / LF in message content: `normalize` (re-emitted as CRLF) or
+    /// `reject` (`550 5.5.2`). Default `normalize`.
+    pub bare_newlines: BareNewlines,
+    /// Messages delivered at the same time. Default 10.
+    pub delivery_workers: usize,
+    /// Certificate files and trust anchors.
+    pub certificates: CertificatesConfig,
     /// Static routes: destination (`example.com`, `.example.com`, `*`) →
     /// next hop (`host`, `host:port`, `[ip]:port`). Default none (MX lookup).
     pub routes: BTreeMap<String, NextHop>,
@@ -217,6 +227,60 @@ pub struct Config {
     pub tls: Option<toml::Table>,
 }
 
+/// What to do with a bare CR or LF in message content (SMTP smuggling,
+/// CVE-2023-51764; Postfix `smtpd_forbid_bare_newline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareNewlines {
+    /// A bare LF ends a line and is re-emitted as CRLF. The default.
+    #[default]
+    Normalize,
+    /// The message is refused with `550 5.5.2`.
+    Reject,
+}
+
+/// Certificates and trust anchors (`[certificates]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct CertificatesConfig {
+    /// Trust the system's root certificates for outbound `verify` / `secure`.
+    /// Default `true`.
+    pub system_roots: bool,
+    /// A PEM file of CA certificates trusted for outbound `verify` /
+    /// `secure`, in addition to the system roots. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<PathBuf>,
+    /// A PEM file of the CAs that issue client certificates (needed for
+    /// `tls.inbound.client_certificates = "require"`, and for `ask` to record
+    /// a certificate as verified). Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert_roots: Option<PathBuf>,
+    /// Name of a certificate in the table (`cert import --name`) presented
+    /// to next hops that ask for a client certificate. Default none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_certificate: Option<String>,
+    /// RSA key size of a generated Default Cert: 2048, 3072 or 4096.
+    /// Default 4096.
+    pub default_rsa_bits: u32,
+    /// How often the certificate directory is checked for imported
+    /// certificates (also reloaded on SIGHUP). Default `10s`.
+    pub reload_interval: Interval,
+}
+
+impl Default for CertificatesConfig {
+    fn default() -> Self {
+        Self {
+            system_roots: true,
+            ca_bundle: None,
+            client_cert_roots: None,
+            outbound_certificate: None,
+            default_rsa_bits: 4096,
+            reload_interval: Interval(Duration::from_secs(10)),
+        }
+    }
+}
+
 /// Queue settings (`[queue]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -230,6 +294,9 @@ pub struct QueueConfig {
     pub max_lifetime: Interval,
     /// The same for bounces (null sender), which are dropped. Default `5d`.
     pub bounce_lifetime: Interval,
+    /// Longest wait between two looks at the queue (new messages and the
+    /// `queue flush` flag wake it earlier). Default `1s`.
+    pub scan_interval: Interval,
 }
 
 impl Default for QueueConfig {
@@ -240,6 +307,7 @@ impl Default for QueueConfig {
             max_backoff: Interval(p.max_backoff),
             max_lifetime: Interval(p.max_lifetime),
             bounce_lifetime: Interval(p.bounce_lifetime),
+            scan_interval: Interval(Duration::from_secs(1)),
         }
     }
 }
@@ -258,18 +326,14 @@ pub struct Timeouts {
     pub tls_handshake: Interval,
     /// Client: establishing the TCP connection. Default `30s`.
     pub connect: Interval,
-    /// Client: the 220 greeting (§4.5.3.2.1). Default `5m`.
-    pub greeting: Interval,
-    /// Client: replies to EHLO, STARTTLS, MAIL (§4.5.3.2.2). Default `5m`.
-    pub mail: Interval,
-    /// Client: replies to RCPT (§4.5.3.2.3). Default `5m`.
-    pub rcpt: Interval,
-    /// Client: the 354 reply to DATA (§4.5.3.2.4). Default `2m`.
-    pub data_init: Interval,
-    /// Client: sending each block of content (§4.5.3.2.5). Default `3m`.
-    pub data_block: Interval,
-    /// Client: the reply to the final dot (§4.5.3.2.6). Default `10m`.
-    pub data_done: Interval,
+    /// Client: each reply (greeting, EHLO, STARTTLS, MAIL, RCPT, DATA;
+    /// §4.5.3.2.1–4). Default `5m`.
+    pub client_reply: Interval,
+    /// Client: sending the content and the reply to the final dot
+    /// (§4.5.3.2.5–6). Default `10m`.
+    pub client_data: Interval,
+    /// Time open sessions get to finish at shutdown. Default `30s`.
+    pub shutdown_grace: Interval,
 }
 
 impl Default for Timeouts {
@@ -279,12 +343,9 @@ impl Default for Timeouts {
             server_data: mins(10),
             tls_handshake: mins(1),
             connect: Interval(Duration::from_secs(30)),
-            greeting: mins(5),
-            mail: mins(5),
-            rcpt: mins(5),
-            data_init: mins(2),
-            data_block: mins(3),
-            data_done: mins(10),
+            client_reply: mins(5),
+            client_data: mins(10),
+            shutdown_grace: Interval(Duration::from_secs(30)),
         }
     }
 }
@@ -302,10 +363,13 @@ impl Default for Config {
                 IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
                 IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
             ],
-            relay_verified_client_certs: false,
-            relay_client_cert_fingerprints: Vec::new(),
             message_size_limit: 10_240_000,
             bounce_size_limit: 50_000,
+            max_recipients: 1000,
+            max_connections: 100,
+            bare_newlines: BareNewlines::Normalize,
+            delivery_workers: 10,
+            certificates: CertificatesConfig::default(),
             routes: BTreeMap::new(),
             queue: QueueConfig::default(),
             timeouts: Timeouts::default(),
@@ -402,15 +466,6 @@ impl Config {
                 ));
             }
         }
-        for fp in &self.relay_client_cert_fingerprints {
-            let hex: Vec<char> = fp.chars().filter(|&c| c != ':').collect();
-            if hex.len() != 64 || !hex.iter().all(char::is_ascii_hexdigit) {
-                return Err(invalid(
-                    "relay_client_cert_fingerprints",
-                    format!("{fp:?} is not a SHA-256 fingerprint (64 hex digits)"),
-                ));
-            }
-        }
         // RFC 5321 §4.5.3.1.7: the maximum message size is at least 64K octets.
         if self.message_size_limit < 65_536 {
             return Err(invalid(
@@ -442,12 +497,10 @@ impl Config {
             ("timeouts.server_data", t.server_data),
             ("timeouts.tls_handshake", t.tls_handshake),
             ("timeouts.connect", t.connect),
-            ("timeouts.greeting", t.greeting),
-            ("timeouts.mail", t.mail),
-            ("timeouts.rcpt", t.rcpt),
-            ("timeouts.data_init", t.data_init),
-            ("timeouts.data_block", t.data_block),
-            ("timeouts.data_done", t.data_done),
+            ("timeouts.client_reply", t.client_reply),
+            ("timeouts.client_data", t.client_data),
+            ("queue.scan_interval", q.scan_interval),
+            ("certificates.reload_interval", self.certificates.reload_interval),
         ] {
             if v.0.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
@@ -456,7 +509,67 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", e.to_string()));
         }
+        // RFC 5321 §4.5.3.1.8: at least 100 recipients.
+        if self.max_recipients < 100 {
+            return Err(invalid(
+                "max_recipients",
+                "must be at least 100 (RFC 5321 §4.5.3.1.8)",
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be more than 0"));
+        }
+        if self.delivery_workers == 0 {
+            return Err(invalid("delivery_workers", "must be more than 0"));
+        }
+        if ![2048, 3072, 4096].contains(&self.certificates.default_rsa_bits) {
+            return Err(invalid(
+                "certificates.default_rsa_bits",
+                "must be 2048, 3072 or 4096",
+            ));
+        }
+        if let Some(name) = &self.certificates.outbound_certificate
+            && crate::certs::check_name(name).is_err()
+        {
+            return Err(invalid(
+                "certificates.outbound_certificate",
+                format!("{name:?} is not a certificate name"),
+            ));
+        }
+        let policy = self.policy()?;
+        if policy.inbound.client_certificates == ClientCertMode::Require
+            && self.certificates.client_cert_roots.is_none()
+        {
+            return Err(invalid(
+                "certificates.client_cert_roots",
+                "needed when tls.inbound.client_certificates = \"require\"",
+            ));
+        }
         Ok(())
+    }
+
+    /// The TLS policy of the `[tls]` table (postern-policy's `[inbound]` and
+    /// `[outbound]`, here `[tls.inbound]` and `[tls.outbound]`); the
+    /// defaults (offer TLS, opportunistic outbound) without one.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        let Some(table) = &self.tls else {
+            return Ok(Policy::default());
+        };
+        let text = toml::to_string(table).map_err(|e| invalid("tls", e.to_string()))?;
+        PolicyConfig::from_toml_str(&text).map_err(|e| match e {
+            PolicyError::Invalid { key, problem } | PolicyError::Contradiction { key, problem } => {
+                invalid(format!("tls.{key}"), problem)
+            }
+            PolicyError::Duplicate { key, other } => {
+                invalid(format!("tls.{key}"), format!("duplicate of {other}"))
+            }
+            other => invalid("tls", other.to_string()),
+        })
+    }
+
+    /// The certificate directory inside the state directory.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.state_dir.join("certs")
     }
 
     /// The spool directory inside the state directory.
@@ -477,14 +590,10 @@ impl Config {
 
     /// The relay access rules.
     pub fn access_policy(&self) -> AccessPolicy {
-        let mut p = AccessPolicy::new(
+        AccessPolicy::new(
             self.accepted_domains.clone(),
             self.authorised_networks.clone(),
-        );
-        p.relay_verified_client_certs = self.relay_verified_client_certs;
-        p.relay_client_cert_fingerprints
-            .clone_from(&self.relay_client_cert_fingerprints);
-        p
+        )
     }
 
     /// The retry policy.
@@ -573,9 +682,16 @@ mod tests {
         assert_eq!(c.queue.min_backoff.as_secs(), 300);
         assert_eq!(c.queue.max_backoff.as_secs(), 3600);
         assert_eq!(c.queue.max_lifetime.as_secs(), 5 * 86_400);
-        assert_eq!(c.timeouts.data_init.as_secs(), 120);
-        assert_eq!(c.timeouts.data_block.as_secs(), 180);
-        assert_eq!(c.timeouts.data_done.as_secs(), 600);
+        assert_eq!(c.timeouts.client_reply.as_secs(), 300);
+        assert_eq!(c.timeouts.client_data.as_secs(), 600);
+        assert_eq!(c.certificates.default_rsa_bits, 4096);
+        assert_eq!(c.bare_newlines, BareNewlines::Normalize);
+        let policy = c.policy().unwrap();
+        assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Offer);
+        assert_eq!(
+            policy.outbound.default.tls,
+            postern_policy::ClientTlsMode::Opportunistic
+        );
         assert!(!c.hostname.is_empty());
         assert!(c.tls.is_none());
         // An empty file is the same as no file.
@@ -591,8 +707,7 @@ mod tests {
             state_dir = "/var/lib/postern"
             accepted_domains = ["example.org", ".example.org"]
             authorised_networks = ["10.0.0.0/8"]
-            relay_verified_client_certs = true
-            relay_client_cert_fingerprints = ["AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:AB:CD:EF:01:23:45:67:89"]
+            bare_newlines = "reject"
             message_size_limit = 52428800
             log = "postern=debug,info"
 
@@ -609,10 +724,10 @@ mod tests {
             [timeouts]
             connect = "10s"
 
-            [tls]
-            server_mode = "require"
-            [tls.domains."example.net"]
-            mode = "verify"
+            [tls.inbound]
+            tls = "require"
+            [tls.outbound.domains."example.net"]
+            tls = "verify"
         "#,
         )
         .unwrap();
@@ -620,7 +735,8 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.queue.max_backoff.as_secs(), 7200);
         assert_eq!(c.timeouts.connect.as_secs(), 10);
-        assert_eq!(c.timeouts.greeting.as_secs(), 300, "others keep defaults");
+        assert_eq!(c.timeouts.client_reply.as_secs(), 300, "others keep defaults");
+        assert_eq!(c.bare_newlines, BareNewlines::Reject);
         let routes = c.static_routes().unwrap();
         assert_eq!(
             routes.lookup("a.example.net").unwrap().1.to_string(),
@@ -631,8 +747,15 @@ mod tests {
             "smarthost.example.org:25"
         );
         let tls = c.tls.as_ref().unwrap();
-        assert_eq!(tls["server_mode"].as_str(), Some("require"));
-        assert!(c.access_policy().relay_verified_client_certs);
+        assert!(tls.contains_key("inbound"));
+        let policy = c.policy().unwrap();
+        assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Require);
+        assert_eq!(
+            policy
+                .outbound
+                .explain(&"example.net".parse().unwrap()),
+            "domain example.net (override): verify"
+        );
         assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
     }
 
@@ -678,8 +801,23 @@ mod tests {
         );
         assert_eq!(error_key("[timeouts]\nrcpt = 0"), "timeouts.rcpt");
         assert_eq!(
-            error_key("relay_client_cert_fingerprints = [\"abc\"]"),
-            "relay_client_cert_fingerprints"
+            error_key("[tls.outbound]\ntls = \"fingerprint\""),
+            "tls.outbound.pins"
+        );
+        assert_eq!(
+            error_key("[tls.inbound]\nclient_certificates = \"require\""),
+            "tls.inbound.client_certificates"
+        );
+        assert_eq!(
+            error_key(
+                "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\""
+            ),
+            "certificates.client_cert_roots"
+        );
+        assert_eq!(error_key("max_recipients = 5"), "max_recipients");
+        assert_eq!(
+            error_key("[certificates]\ndefault_rsa_bits = 1024"),
+            "certificates.default_rsa_bits"
         );
         assert_eq!(
             error_key("accepted_domains = [\"a..b\"]"),

@@ -59,9 +59,16 @@
 #![deny(missing_debug_implementations)]
 
 pub mod access;
+pub mod certs;
+pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod dsn;
 pub mod envelope;
+pub mod probe;
 pub mod queue;
+pub mod relay;
 pub mod routing;
+pub mod server;
 pub mod spool;
+pub mod tls;

@@ -1,8 +1,12 @@
 //! `postern-relay`: the command line of the Postern relay.
 //!
 //! ```text
-//! postern-relay [--config FILE]                 run the relay
-//! postern-relay [--config FILE] check-config    validate, print the effective settings
+//! postern-relay [--config FILE]                              run the relay
+//! postern-relay [--config FILE] check-config                 validate, print the effective settings
+//! postern-relay [--config FILE] cert list [--json]           the certificate table
+//! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem
+//! postern-relay [--config FILE] policy explain DOMAIN        outbound decision and the rule that matched
+//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide
 //! postern-relay [--config FILE] queue list [--json]
 //! postern-relay [--config FILE] queue flush
 //! ```
@@ -11,17 +15,13 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing_subscriber::EnvFilter;
 
+use postern_relay::cli::{self, CliResult};
 use postern_relay::config::Config;
-use postern_relay::envelope::{Envelope, Failure};
-use postern_relay::queue::Queue;
-use postern_relay::spool::{Scan, Spool};
+use postern_relay::relay::Relay;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,11 +39,57 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the configuration and print the effective settings as TOML.
+    /// Validate the configuration (the [tls] policy and the certificate
+    /// files included) and print the effective settings as TOML.
     CheckConfig,
+    /// The TLS certificate table.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// The TLS policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Connect to a next hop, try STARTTLS and show what each client TLS
+    /// mode would decide (like posttls-finger).
+    Probe {
+        /// HOST or HOST:PORT (port 25 by default).
+        target: String,
+    },
     /// Show or act on the mail queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// List the certificates: name, subject, names, key, signature,
+    /// validity, SHA-256 fingerprint, self-signed, status.
+    List {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a certificate chain and its key (PEM). A running relay serves
+    /// it without restart.
+    Import {
+        /// Name in the certificate table.
+        #[arg(long)]
+        name: String,
+        /// The certificate chain, leaf first (PEM).
+        #[arg(long, value_name = "FILE")]
+        cert: PathBuf,
+        /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// The outbound TLS decision for a destination and the rule that matched.
+    Explain {
+        /// A domain, or [host]:port.
+        destination: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,17 +108,25 @@ enum QueueCommand {
     Flush,
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = Config::load(cli.config.as_deref())
         .map_err(Into::into)
         .and_then(|config| match cli.command {
-            None => run(&config),
-            Some(Command::CheckConfig) => check_config(&config, cli.config.is_some()),
-            Some(Command::Queue(QueueCommand::List { json })) => queue_list(&config, json),
-            Some(Command::Queue(QueueCommand::Flush)) => queue_flush(&config),
+            None => run(config),
+            Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
+            Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
+            Some(Command::Cert(CertCommand::Import { name, cert, key })) => {
+                cli::cert_import(&config, &name, &cert, &key)
+            }
+            Some(Command::Policy(PolicyCommand::Explain { destination })) => {
+                cli::policy_explain(&config, &destination)
+            }
+            Some(Command::Probe { target }) => {
+                runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
+            }
+            Some(Command::Queue(QueueCommand::List { json })) => cli::queue_list(&config, json),
+            Some(Command::Queue(QueueCommand::Flush)) => cli::queue_flush(&config),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,247 +141,52 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts the relay: logging, the spool (with recovery), the queue.
-fn run(config: &Config) -> CliResult {
+fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the certificates.
+fn run(config: Config) -> CliResult {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-
-    std::fs::create_dir_all(&config.state_dir)?;
-    let (spool, recovery) = Spool::open(config.spool_dir())?;
-    if recovery.cleaned_temp > 0 {
-        tracing::info!(
-            count = recovery.cleaned_temp,
-            "removed incomplete messages (never acknowledged)"
-        );
-    }
-    for bad in &recovery.corrupt {
-        tracing::warn!(entry = %bad.name, reason = %bad.reason, moved_to = ?bad.moved_to, "unreadable queue entry moved aside");
-    }
-    let mut queue = Queue::new(config.retry_policy());
-    for envelope in recovery.messages {
-        queue.insert(envelope);
-    }
-    if spool.take_flush_request()? {
-        queue.flush(SystemTime::now());
-    }
-    tracing::info!(
-        hostname = %config.hostname,
-        spool = %spool.root().display(),
-        queued = queue.len(),
-        "spool recovered"
-    );
-    Err(
-        "the SMTP listener and delivery are not available in this build; \
-         the configuration and the spool were checked"
-            .into(),
-    )
+    runtime()?.block_on(async move {
+        let relay = Relay::start(config).await?;
+        wait_for_signals(&relay).await?;
+        relay.shutdown().await;
+        Ok(())
+    })
 }
 
-fn check_config(config: &Config, from_file: bool) -> CliResult {
-    print!("{}", toml::to_string(config)?);
-    if config.tls.is_some() {
-        eprintln!(
-            "note: the [tls] table is passed to the TLS policy, which checks it when the relay starts"
-        );
-    }
-    eprintln!(
-        "configuration OK{}",
-        if from_file {
-            ""
-        } else {
-            " (embedded defaults)"
+#[cfg(unix)]
+async fn wait_for_signals(relay: &Relay) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => relay.reload_certificates(),
         }
-    );
+    }
+    tracing::info!("shutdown requested");
     Ok(())
 }
 
-fn queue_list(config: &Config, json: bool) -> CliResult {
-    let scan = Spool::scan(&config.spool_dir())?;
-    for bad in &scan.corrupt {
-        eprintln!(
-            "warning: unreadable queue entry {}: {}",
-            bad.name, bad.reason
-        );
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
-    } else {
-        print!("{}", queue_text(&scan));
-    }
-    Ok(())
-}
-
-fn queue_json(scan: &Scan) -> Result<serde_json::Value, serde_json::Error> {
-    let mut messages = Vec::with_capacity(scan.messages.len());
-    for m in &scan.messages {
-        let mut v = serde_json::to_value(&m.envelope)?;
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("size".into(), m.size.into());
-        }
-        messages.push(v);
-    }
-    let corrupt: Vec<_> = scan
-        .corrupt
-        .iter()
-        .map(|c| serde_json::json!({ "entry": c.name, "reason": c.reason }))
-        .collect();
-    Ok(serde_json::json!({ "messages": messages, "corrupt": corrupt }))
-}
-
-fn queue_text(scan: &Scan) -> String {
-    use std::fmt::Write as _;
-    if scan.messages.is_empty() {
-        return "Mail queue is empty\n".into();
-    }
-    let mut out = String::new();
-    let mut total = 0u64;
-    for m in &scan.messages {
-        let e: &Envelope = &m.envelope;
-        total += m.size;
-        let sender = if e.is_null_sender() {
-            "<>"
-        } else {
-            e.reverse_path.as_str()
-        };
-        let _ = writeln!(
-            out,
-            "{}  {} bytes  {}  from {sender}",
-            e.id,
-            m.size,
-            when(e.received_at)
-        );
-        let _ = write!(
-            out,
-            "    attempts: {}, next attempt: {}",
-            e.attempts,
-            when(e.next_attempt)
-        );
-        if e.params.requiretls {
-            out.push_str(", REQUIRETLS");
-        }
-        out.push('\n');
-        if let Some(f) = &e.last_failure {
-            let _ = writeln!(out, "    last failure: {}", failure_text(f));
-        }
-        for r in &e.recipients {
-            let state = serde_json::to_value(r.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
-            let _ = write!(out, "      {:<10} {}", state.unwrap_or_default(), r.address);
-            if let Some(f) = r.last_failure.as_ref().filter(|_| r.state.is_open()) {
-                let _ = write!(out, "  ({})", f.code);
-            }
-            out.push('\n');
-        }
-        out.push('\n');
-    }
-    let _ = writeln!(
-        out,
-        "-- {} bytes in {} messages",
-        total,
-        scan.messages.len()
-    );
-    out
-}
-
-fn failure_text(f: &Failure) -> String {
-    let mut s = format!("{} {}", f.code, f.reply);
-    if let Some(remote) = &f.remote_mta {
-        s.push_str(&format!(" (from {remote})"));
-    }
-    if let Some(rt) = &f.result_type {
-        s.push_str(&format!(" [result-type: {rt}]"));
-    }
-    if let Some(rule) = &f.policy_rule {
-        s.push_str(&format!(" [policy: {rule}]"));
-    }
-    s
-}
-
-fn when(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&Rfc3339)
-        .unwrap_or_else(|_| "?".into())
-}
-
-fn queue_flush(config: &Config) -> CliResult {
-    Spool::request_flush(&config.spool_dir())?;
-    println!("flush requested: the relay retries every queued message at its next queue scan");
-    Ok(())
+#[cfg(not(unix))]
+async fn wait_for_signals(_relay: &Relay) -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_relay::envelope::{MailParams, Recipient, RecipientState};
-    use std::time::{Duration, UNIX_EPOCH};
-
-    fn scan_with_failure() -> Scan {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, _) = Spool::open(dir.path()).unwrap();
-        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let env = Envelope::new(
-            "alice@example.org",
-            [
-                Recipient::new("bob@example.net"),
-                Recipient::new("carol@example.net"),
-            ],
-            MailParams::default(),
-            at,
-        );
-        let mut incoming = spool.begin(env, None).unwrap();
-        incoming
-            .write_chunk(b"Subject: x\r\n\r\nhello\r\n")
-            .unwrap();
-        let mut env = incoming.commit().unwrap();
-        let mut f = Failure::new("4.7.5".parse().unwrap(), "certificate not trusted", at);
-        f.result_type = Some("certificate-not-trusted".into());
-        f.policy_rule = Some("domain example.net: verify".into());
-        env.attempts = 2;
-        env.recipients[0].state = RecipientState::Deferred;
-        env.recipients[0].last_failure = Some(f.clone());
-        env.recipients[1].state = RecipientState::Delivered;
-        env.last_failure = Some(f);
-        spool.update(&env).unwrap();
-        Spool::scan(dir.path()).unwrap()
-    }
-
-    #[test]
-    fn queue_list_text_shows_state_and_last_failure() {
-        let text = queue_text(&scan_with_failure());
-        assert!(text.contains("from alice@example.org"), "{text}");
-        assert!(text.contains("attempts: 2"), "{text}");
-        assert!(text.contains(
-            "last failure: 4.7.5 certificate not trusted [result-type: certificate-not-trusted] \
-             [policy: domain example.net: verify]"
-        ));
-        assert!(
-            text.contains("deferred   bob@example.net  (4.7.5)"),
-            "{text}"
-        );
-        assert!(text.contains("delivered  carol@example.net\n"), "{text}");
-        assert!(text.contains("-- 21 bytes in 1 messages"), "{text}");
-        assert_eq!(queue_text(&Scan::default()), "Mail queue is empty\n");
-    }
-
-    #[test]
-    fn queue_list_json_is_machine_readable() {
-        let v = queue_json(&scan_with_failure()).unwrap();
-        let m = &v["messages"][0];
-        assert_eq!(m["reverse_path"], "alice@example.org");
-        assert_eq!(m["size"], 21);
-        assert_eq!(m["recipients"][0]["state"], "deferred");
-        assert_eq!(m["last_failure"]["code"], "4.7.5");
-        assert_eq!(m["last_failure"]["result_type"], "certificate-not-trusted");
-        assert_eq!(
-            m["last_failure"]["policy_rule"],
-            "domain example.net: verify"
-        );
-        assert_eq!(v["corrupt"].as_array().map(Vec::len), Some(0));
-    }
 
     #[test]
     fn cli_parses_the_documented_commands() {

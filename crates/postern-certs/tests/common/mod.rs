@@ -35,7 +35,8 @@ impl Pem {
         s
     }
     pub fn cert_key(&self) -> CertKey {
-        CertKey::from_pem(self.chain_pem().as_bytes(), self.key.as_bytes()).expect("fixture imports")
+        CertKey::from_pem(self.chain_pem().as_bytes(), self.key.as_bytes())
+            .expect("fixture imports")
     }
     pub fn der(&self) -> CertificateDer<'static> {
         use rustls::pki_types::pem::PemObject;

@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use postern_smtp::{
-    ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, Reply, ServerConfig, ServerEvent, ServerSession,
-    TransactionReport,
+    ClientConfig, ClientEvent, ClientSession, Envelope, ForwardPath, Reply, ServerConfig,
+    ServerEvent, ServerSession, TransactionReport,
 };
 
 /// A server session driven by a simple application: it accepts everything except recipients listed in
@@ -102,7 +102,12 @@ impl Harness {
             ServerEvent::Rcpt { to, .. } => {
                 let name = to.to_string();
                 if self.reject_rcpts.iter().any(|r| name.contains(r.as_str())) {
-                    let r = Reply::new(550, postern_smtp::EnhancedStatus::new(5, 1, 1).ok(), ["No such user here"]).unwrap();
+                    let r = Reply::new(
+                        550,
+                        postern_smtp::EnhancedStatus::new(5, 1, 1).ok(),
+                        ["No such user here"],
+                    )
+                    .unwrap();
                     self.server.reject(r).unwrap();
                 } else {
                     self.server.accept().unwrap();
@@ -140,14 +145,29 @@ pub fn replay(h: &mut Harness, script: &str) {
         tls_after: bool,
     }
     let mut groups: Vec<Group> = Vec::new();
-    let mut cur = Group { client: String::new(), expected: String::new(), bytewise: false, tls_after: false };
+    let mut cur = Group {
+        client: String::new(),
+        expected: String::new(),
+        bytewise: false,
+        tls_after: false,
+    };
     let mut bytewise_next = false;
     for line in script.lines() {
         let line = line.trim_start();
-        let c = line.strip_prefix("C: ").or_else(|| (line == "C:").then_some(""));
+        let c = line
+            .strip_prefix("C: ")
+            .or_else(|| (line == "C:").then_some(""));
         if let Some(c) = c {
             if !cur.expected.is_empty() || cur.tls_after {
-                groups.push(std::mem::replace(&mut cur, Group { client: String::new(), expected: String::new(), bytewise: false, tls_after: false }));
+                groups.push(std::mem::replace(
+                    &mut cur,
+                    Group {
+                        client: String::new(),
+                        expected: String::new(),
+                        bytewise: false,
+                        tls_after: false,
+                    },
+                ));
             }
             if cur.client.is_empty() {
                 cur.bytewise = std::mem::take(&mut bytewise_next);
@@ -179,7 +199,9 @@ pub fn replay(h: &mut Harness, script: &str) {
         };
         assert_eq!(got, g.expected, "after the client sent {:?}", g.client);
         if g.tls_after {
-            h.server.handle_tls_established().expect("a handshake was due");
+            h.server
+                .handle_tls_established()
+                .expect("a handshake was due");
         }
     }
 }
@@ -204,7 +226,11 @@ pub struct Pair {
 }
 
 impl Pair {
-    pub fn new(server: ServerConfig, client: ClientConfig, outbox: Vec<(Envelope, Vec<u8>)>) -> Self {
+    pub fn new(
+        server: ServerConfig,
+        client: ClientConfig,
+        outbox: Vec<(Envelope, Vec<u8>)>,
+    ) -> Self {
         let now = Instant::now();
         let mut server = Harness::new(server);
         // The harness drained the greeting into its wire log; move it to the pipe.
@@ -247,7 +273,11 @@ impl Pair {
                 moved = true;
                 self.client_events.push(ev.clone());
                 match ev {
-                    ClientEvent::Ready { capabilities, tls_active, .. } => {
+                    ClientEvent::Ready {
+                        capabilities,
+                        tls_active,
+                        ..
+                    } => {
                         if self.use_starttls && capabilities.starttls && !tls_active {
                             self.client.start_tls().unwrap();
                         } else {
@@ -272,15 +302,27 @@ impl Pair {
                 moved = true;
             }
             self.to_client.extend(std::mem::take(&mut self.server.wire));
-            if self.server.events.iter().any(|e| matches!(e, ServerEvent::StartTls { .. })) && !self.tls_pending.1 {
+            if self
+                .server
+                .events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::StartTls { .. }))
+                && !self.tls_pending.1
+            {
                 self.tls_pending.1 = true;
             }
             // Simulated handshake once both sides asked for it and all plaintext has been delivered.
-            if self.tls_pending.0 && self.tls_pending.1 && self.to_client_pos == self.to_client.len() && self.to_server_pos == self.to_server.len() {
+            if self.tls_pending.0
+                && self.tls_pending.1
+                && self.to_client_pos == self.to_client.len()
+                && self.to_server_pos == self.to_server.len()
+            {
                 self.client.handle_tls_established().unwrap();
                 self.server.server.handle_tls_established().unwrap();
                 self.tls_pending = (false, false);
-                self.server.events.retain(|e| !matches!(e, ServerEvent::StartTls { .. }));
+                self.server
+                    .events
+                    .retain(|e| !matches!(e, ServerEvent::StartTls { .. }));
                 continue;
             }
             // Deliver one piece each way.

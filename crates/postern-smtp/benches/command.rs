@@ -1,0 +1,59 @@
+//! Command parsing over a realistic transaction mix, side by side with smtp-proto's request parser on the same
+//! bytes. Both include finding the end of each line; throughput is reported in commands per second.
+
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use postern_smtp::Command;
+
+/// One transaction as a pipelining client sends it, plus the session commands around it.
+const MIX: &[&[u8]] = &[
+    b"EHLO client.example.org\r\n",
+    b"MAIL FROM:<alice.sender@example.org> SIZE=48213 BODY=8BITMIME\r\n",
+    b"RCPT TO:<bob@example.net>\r\n",
+    b"RCPT TO:<carol.recipient@mail.example.net>\r\n",
+    b"RCPT TO:<dave+tag@example.com>\r\n",
+    b"DATA\r\n",
+    b"RSET\r\n",
+    b"MAIL FROM:<> SIZE=1024\r\n",
+    b"RCPT TO:<postmaster@example.net>\r\n",
+    b"NOOP\r\n",
+    b"QUIT\r\n",
+];
+
+fn command_parse(c: &mut Criterion) {
+    let wire: Vec<u8> = MIX.concat();
+    let mut group = c.benchmark_group("command_parse/transaction_mix");
+    group.throughput(Throughput::Elements(MIX.len() as u64));
+    group.bench_function("postern", |b| {
+        b.iter(|| {
+            let mut rest = black_box(wire.as_slice());
+            let mut n = 0;
+            while let Some(lf) = memchr::memchr(b'\n', rest) {
+                let (line, tail) = rest.split_at(lf + 1);
+                black_box(Command::parse(line).expect("valid command"));
+                rest = tail;
+                n += 1;
+            }
+            assert_eq!(n, MIX.len());
+        })
+    });
+    group.bench_function("smtp-proto", |b| {
+        b.iter(|| {
+            let mut bytes = black_box(wire.as_slice()).iter();
+            let mut n = 0;
+            while !bytes.as_slice().is_empty() {
+                black_box(smtp_proto::Request::parse(&mut bytes).expect("valid command"));
+                n += 1;
+            }
+            assert_eq!(n, MIX.len());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, command_parse);
+criterion_main!(benches);

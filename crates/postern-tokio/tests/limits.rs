@@ -1,0 +1,143 @@
+//! Deadlines, the connection limit and graceful shutdown of our server, over real loopback sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{MX, settings, start_server};
+use postern_policy::{ClientCertMode, ServerTlsMode};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+async fn line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> String {
+    let mut s = String::new();
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut s))
+        .await
+        .expect("line in time")
+        .unwrap();
+    s
+}
+
+#[tokio::test]
+async fn trickling_client_is_cut_off_with_421() {
+    let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);
+    s.smtp.timeouts.command = Duration::from_secs(1);
+    let server = start_server(s).await;
+    let (rd, mut wr) = TcpStream::connect(server.addr).await.unwrap().into_split();
+    let mut rd = BufReader::new(rd);
+    assert!(line(&mut rd).await.starts_with("220 "));
+    let started = Instant::now();
+    // One byte every 150 ms: each read is "progress", but the command as a whole is late.
+    let trickle = tokio::spawn(async move {
+        for b in b"EHLO trickle.example.net\r\n" {
+            if wr.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    });
+    let reply = line(&mut rd).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply, format!("421 4.4.2 {MX} Error: timeout exceeded\r\n"));
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    assert_eq!(line(&mut rd).await, "", "connection closed after the 421");
+    trickle.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_421() {
+    let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);
+    s.max_connections = 1;
+    let server = start_server(s).await;
+    let first = TcpStream::connect(server.addr).await.unwrap();
+    let mut first = BufReader::new(first);
+    assert!(line(&mut first).await.starts_with("220 "));
+
+    let mut second = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+    assert_eq!(
+        line(&mut second).await,
+        format!("421 4.3.2 {MX} Too many connections, try again later\r\n")
+    );
+    assert_eq!(line(&mut second).await, "");
+
+    // The slot comes back when the first session ends.
+    first.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+    assert!(line(&mut first).await.starts_with("221 "));
+    assert_eq!(line(&mut first).await, "");
+    let mut greeted = false;
+    for _ in 0..50 {
+        let mut third = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+        if line(&mut third).await.starts_with("220 ") {
+            greeted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(greeted, "slot not released");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_sessions_finish_then_closes_idle_ones() {
+    let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);
+    s.shutdown_grace = Duration::from_millis(500);
+    let mut server = start_server(s).await;
+    let addr = server.addr;
+    let mut idle = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert!(line(&mut idle).await.starts_with("220 "));
+    let mut busy = BufReader::new(TcpStream::connect(addr).await.unwrap());
+    assert!(line(&mut busy).await.starts_with("220 "));
+
+    drop(server.stop.take());
+    // No new connections once shutdown began.
+    let mut refused = false;
+    for _ in 0..50 {
+        match TcpStream::connect(addr).await {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert!(refused, "still accepting after shutdown");
+
+    // A session in progress finishes its transaction within the grace period.
+    let w = busy.get_mut();
+    w.write_all(b"HELO busy.example.net\r\n").await.unwrap();
+    assert!(line(&mut busy).await.starts_with("250 "));
+    busy.get_mut()
+        .write_all(b"MAIL FROM:<a@example.net>\r\n")
+        .await
+        .unwrap();
+    assert!(line(&mut busy).await.starts_with("250 "));
+    busy.get_mut()
+        .write_all(b"RCPT TO:<b@example.org>\r\n")
+        .await
+        .unwrap();
+    assert!(line(&mut busy).await.starts_with("250 "));
+    busy.get_mut().write_all(b"DATA\r\n").await.unwrap();
+    assert!(line(&mut busy).await.starts_with("354 "));
+    busy.get_mut()
+        .write_all(b"Subject: late\r\n\r\nx\r\n.\r\n")
+        .await
+        .unwrap();
+    assert!(line(&mut busy).await.starts_with("250 "));
+    assert_eq!(server.inbox.messages().len(), 1);
+
+    // After the grace period, waiting sessions are told 421 and closed; the server returns.
+    assert_eq!(
+        line(&mut idle).await,
+        format!("421 4.3.2 {MX} Service shutting down\r\n")
+    );
+    assert_eq!(line(&mut idle).await, "");
+    assert!(line(&mut busy).await.starts_with("421 4.3.2"));
+    tokio::time::timeout(Duration::from_secs(5), &mut server.task)
+        .await
+        .expect("server returned")
+        .unwrap();
+}

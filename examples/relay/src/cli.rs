@@ -1,0 +1,364 @@
+//! The subcommands of `postern-relay` other than running: configuration
+//! check, certificate table and import, policy explanation, probe, queue
+//! listing and flush. Each prints its result to stdout and returns an error
+//! for stderr.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use postern_certs::{CertKey, CertificateRow, RSA_CERT_FILE, RSA_KEY_FILE, ECDSA_CERT_FILE, ECDSA_KEY_FILE};
+use postern_policy::NextHop;
+use rustls::pki_types::UnixTime;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::certs::CertDir;
+use crate::config::Config;
+use crate::envelope::{Envelope, Failure};
+use crate::spool::{Scan, Spool};
+use crate::tls::{client_cert_roots, outbound_roots};
+
+/// The result of a command.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// `check-config`: the configuration (already parsed and validated,
+/// `[tls]` included) printed as TOML; the trust anchor files, the imported
+/// certificates and the Default Cert (when present) are loaded to check them.
+pub fn check_config(config: &Config, from_file: bool) -> CliResult {
+    print!("{}", toml::to_string(config)?);
+    let policy = config.policy()?;
+    client_cert_roots(config)?;
+    outbound_roots(config)?;
+    let certs = CertDir::new(config.cert_dir());
+    let imported = certs.imported()?;
+    if let Some(name) = &config.certificates.outbound_certificate {
+        certs.get(name)?;
+    }
+    for (cert, key) in [(RSA_CERT_FILE, RSA_KEY_FILE), (ECDSA_CERT_FILE, ECDSA_KEY_FILE)] {
+        let (c, k) = (certs.root().join(cert), certs.root().join(key));
+        if c.exists() || k.exists() {
+            let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            CertKey::from_pem(&read(&c)?, &read(&k)?).map_err(|e| format!("{}: {e}", c.display()))?;
+        }
+    }
+    eprintln!(
+        "inbound TLS: {}, client certificates: {}, trusted agents: {}; outbound default: {}, {} per-domain rule(s); {} imported certificate(s)",
+        policy.inbound.tls.as_str(),
+        policy.inbound.client_certificates.as_str(),
+        policy.inbound.trusted_agents.len(),
+        policy.outbound.default.tls.as_str(),
+        config.tls.as_ref().and_then(|t| t.get("outbound")).and_then(|o| o.get("domains")).and_then(|d| d.as_table()).map_or(0, toml::Table::len),
+        imported.len(),
+    );
+    eprintln!(
+        "configuration OK{}",
+        if from_file { "" } else { " (embedded defaults)" }
+    );
+    Ok(())
+}
+
+fn date(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| "?".into())
+}
+
+/// The certificate table as text.
+pub fn cert_table(rows: &[CertificateRow]) -> String {
+    let mut out = String::new();
+    for row in rows {
+        let _ = writeln!(out, "{}", row.name);
+        let _ = writeln!(out, "  subject:      {}", row.subject);
+        let _ = writeln!(out, "  issuer:       {}", row.issuer);
+        let _ = writeln!(out, "  names (SAN):  {}", row.sans.join(", "));
+        let _ = writeln!(out, "  key:          {} {} bits", row.key_type, row.key_bits);
+        let _ = writeln!(out, "  signature:    {}", row.signature_algorithm);
+        let _ = writeln!(out, "  not before:   {}", date(row.not_before));
+        let _ = writeln!(out, "  not after:    {}", date(row.not_after));
+        let _ = writeln!(out, "  sha256:       {}", row.fingerprint);
+        let _ = writeln!(out, "  self-signed:  {}", if row.self_signed { "yes" } else { "no" });
+        let _ = writeln!(out, "  status:       {}", row.status);
+    }
+    out
+}
+
+fn cert_json(rows: &[CertificateRow]) -> serde_json::Value {
+    rows.iter()
+        .map(|row| {
+            serde_json::json!({
+                "name": row.name,
+                "subject": row.subject,
+                "issuer": row.issuer,
+                "sans": row.sans,
+                "key_type": row.key_type.to_string(),
+                "key_bits": row.key_bits,
+                "signature_algorithm": row.signature_algorithm,
+                "not_before": date(row.not_before),
+                "not_after": date(row.not_after),
+                "sha256": row.fingerprint.to_string(),
+                "self_signed": row.self_signed,
+                "status": row.status.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `cert list`: the certificate table (the Default Cert is generated first
+/// if the state directory has none, as at the relay's first start).
+pub fn cert_list(config: &Config, json: bool) -> CliResult {
+    let store = CertDir::new(config.cert_dir()).store(
+        &config.hostname,
+        crate::certs::rsa_bits(config.certificates.default_rsa_bits),
+        UnixTime::now(),
+    )?;
+    let rows = store.list(UnixTime::now());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
+    } else {
+        print!("{}", cert_table(&rows));
+    }
+    Ok(())
+}
+
+/// `cert import`: validates and persists a chain and key under `name`; a
+/// running relay picks it up at its next certificate check (or on SIGHUP).
+pub fn cert_import(config: &Config, name: &str, chain: &Path, key: &Path) -> CliResult {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let cert = CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?)?;
+    let row = postern_certs::inspect(name, cert.leaf(), UnixTime::now())?;
+    print!("{}", cert_table(&[row]));
+    println!("imported: a running relay serves it within {}", config.certificates.reload_interval);
+    Ok(())
+}
+
+/// `policy explain DOMAIN`: the outbound settings for a destination and the
+/// rule that gave them.
+pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
+    let policy = config.policy()?;
+    let hop = NextHop::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?;
+    let (settings, source) = policy.outbound.lookup(&hop);
+    println!("{}", policy.outbound.explain(&hop));
+    println!("  destination:        {hop}");
+    println!("  rule:               {source}");
+    println!("  mode:               {} (Postfix smtp_tls_security_level = {})", settings.tls.as_str(), settings.tls.postfix_level());
+    println!("  minimum version:    {}", settings.min_tls_version.as_str());
+    if matches!(settings.tls, postern_policy::ClientTlsMode::Verify | postern_policy::ClientTlsMode::Secure) {
+        let names: Vec<String> = settings.effective_match().iter().map(ToString::to_string).collect();
+        println!("  certificate match:  {}", names.join(", "));
+        println!(
+            "  trust anchors:      {}",
+            settings.trust_anchors.clone().unwrap_or_else(|| match &config.certificates.ca_bundle {
+                Some(b) if config.certificates.system_roots => format!("system roots + {}", b.display()),
+                Some(b) => b.display().to_string(),
+                None => "system roots".into(),
+            })
+        );
+    }
+    if !settings.pins.is_empty() {
+        let pins: Vec<String> = settings.pins.iter().map(ToString::to_string).collect();
+        println!("  pins:               {}", pins.join(", "));
+    }
+    let requires = settings.tls.always_requires_tls();
+    println!(
+        "  without TLS:        {}",
+        if requires { "the message stays queued (deferred 4.7.x), never sent in plaintext" } else { "delivered in plaintext" }
+    );
+    Ok(())
+}
+
+/// `probe HOST[:PORT]`.
+pub async fn probe(config: &Config, target: &str) -> CliResult {
+    let roots = outbound_roots(config)?;
+    let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
+    let report = crate::probe::probe(target, &config.hostname, roots, timeout).await?;
+    print!("{}", report.to_text());
+    Ok(())
+}
+
+/// `queue list [--json]`.
+pub fn queue_list(config: &Config, json: bool) -> CliResult {
+    let scan = Spool::scan(&config.spool_dir())?;
+    for bad in &scan.corrupt {
+        eprintln!(
+            "warning: unreadable queue entry {}: {}",
+            bad.name, bad.reason
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
+    } else {
+        print!("{}", queue_text(&scan));
+    }
+    Ok(())
+}
+
+/// The queue as JSON.
+pub fn queue_json(scan: &Scan) -> Result<serde_json::Value, serde_json::Error> {
+    let mut messages = Vec::with_capacity(scan.messages.len());
+    for m in &scan.messages {
+        let mut v = serde_json::to_value(&m.envelope)?;
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("size".into(), m.size.into());
+        }
+        messages.push(v);
+    }
+    let corrupt: Vec<_> = scan
+        .corrupt
+        .iter()
+        .map(|c| serde_json::json!({ "entry": c.name, "reason": c.reason }))
+        .collect();
+    Ok(serde_json::json!({ "messages": messages, "corrupt": corrupt }))
+}
+
+/// The queue as text (like `postqueue -p`).
+pub fn queue_text(scan: &Scan) -> String {
+    if scan.messages.is_empty() {
+        return "Mail queue is empty\n".into();
+    }
+    let mut out = String::new();
+    let mut total = 0u64;
+    for m in &scan.messages {
+        let e: &Envelope = &m.envelope;
+        total += m.size;
+        let sender = if e.is_null_sender() {
+            "<>"
+        } else {
+            e.reverse_path.as_str()
+        };
+        let _ = writeln!(
+            out,
+            "{}  {} bytes  {}  from {sender}",
+            e.id,
+            m.size,
+            when(e.received_at)
+        );
+        let _ = write!(
+            out,
+            "    attempts: {}, next attempt: {}",
+            e.attempts,
+            when(e.next_attempt)
+        );
+        if e.params.requiretls {
+            out.push_str(", REQUIRETLS");
+        }
+        out.push('\n');
+        if let Some(f) = &e.last_failure {
+            let _ = writeln!(out, "    last failure: {}", failure_text(f));
+        }
+        for r in &e.recipients {
+            let state = serde_json::to_value(r.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let _ = write!(out, "      {:<10} {}", state.unwrap_or_default(), r.address);
+            if let Some(f) = r.last_failure.as_ref().filter(|_| r.state.is_open()) {
+                let _ = write!(out, "  ({})", f.code);
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "-- {} bytes in {} messages",
+        total,
+        scan.messages.len()
+    );
+    out
+}
+
+fn failure_text(f: &Failure) -> String {
+    let mut s = format!("{} {}", f.code, f.reply);
+    if let Some(remote) = &f.remote_mta {
+        s.push_str(&format!(" (from {remote})"));
+    }
+    if let Some(rt) = &f.result_type {
+        s.push_str(&format!(" [result-type: {rt}]"));
+    }
+    if let Some(rule) = &f.policy_rule {
+        s.push_str(&format!(" [policy: {rule}]"));
+    }
+    s
+}
+
+fn when(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `queue flush`.
+pub fn queue_flush(config: &Config) -> CliResult {
+    Spool::request_flush(&config.spool_dir())?;
+    println!("flush requested: the relay retries every queued message at its next queue scan");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{MailParams, Recipient, RecipientState};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn scan_with_failure() -> Scan {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let env = Envelope::new(
+            "alice@example.org",
+            [
+                Recipient::new("bob@example.net"),
+                Recipient::new("carol@example.net"),
+            ],
+            MailParams::default(),
+            at,
+        );
+        let mut incoming = spool.begin(env, None).unwrap();
+        incoming
+            .write_chunk(b"Subject: x\r\n\r\nhello\r\n")
+            .unwrap();
+        let mut env = incoming.commit().unwrap();
+        let mut f = Failure::new("4.7.5".parse().unwrap(), "certificate not trusted", at);
+        f.result_type = Some("certificate-not-trusted".into());
+        f.policy_rule = Some("domain example.net: verify".into());
+        env.attempts = 2;
+        env.recipients[0].state = RecipientState::Deferred;
+        env.recipients[0].last_failure = Some(f.clone());
+        env.recipients[1].state = RecipientState::Delivered;
+        env.last_failure = Some(f);
+        spool.update(&env).unwrap();
+        Spool::scan(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn queue_list_text_shows_state_and_last_failure() {
+        let text = queue_text(&scan_with_failure());
+        assert!(text.contains("from alice@example.org"), "{text}");
+        assert!(text.contains("attempts: 2"), "{text}");
+        assert!(text.contains(
+            "last failure: 4.7.5 certificate not trusted [result-type: certificate-not-trusted] \
+             [policy: domain example.net: verify]"
+        ));
+        assert!(
+            text.contains("deferred   bob@example.net  (4.7.5)"),
+            "{text}"
+        );
+        assert!(text.contains("delivered  carol@example.net\n"), "{text}");
+        assert!(text.contains("-- 21 bytes in 1 messages"), "{text}");
+        assert_eq!(queue_text(&Scan::default()), "Mail queue is empty\n");
+    }
+
+    #[test]
+    fn queue_list_json_is_machine_readable() {
+        let v = queue_json(&scan_with_failure()).unwrap();
+        let m = &v["messages"][0];
+        assert_eq!(m["reverse_path"], "alice@example.org");
+        assert_eq!(m["size"], 21);
+        assert_eq!(m["recipients"][0]["state"], "deferred");
+        assert_eq!(m["last_failure"]["code"], "4.7.5");
+        assert_eq!(m["last_failure"]["result_type"], "certificate-not-trusted");
+        assert_eq!(
+            m["last_failure"]["policy_rule"],
+            "domain example.net: verify"
+        );
+        assert_eq!(v["corrupt"].as_array().map(Vec::len), Some(0));
+    }
+}

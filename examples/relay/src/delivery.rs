@@ -1,0 +1,489 @@
+//! Delivery: the scheduler and its workers.
+//!
+//! The scheduler takes due messages from the [`Queue`](crate::queue::Queue)
+//! (at most `delivery_workers` at a time), consumes the `queue flush` flag,
+//! and sleeps until the next due time, a new message or `queue.scan_interval`.
+//! A worker groups the open recipients by domain, routes each domain (static
+//! route or MX), and hands the message to postern-tokio's
+//! [`Client`](postern_tokio::client::Client) under the per-domain outbound
+//! policy. The client never sends MAIL in plaintext when the policy requires
+//! TLS, and logs one TLS line per connection. Outcomes are recorded per
+//! recipient with the last failure (enhanced code, RFC 8460 result type,
+//! the policy decision that applied); failed recipients get a bounce (queued
+//! before it is recorded, so a crash duplicates rather than loses it); a
+//! finished message is removed from the spool.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use postern_policy::{DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy};
+use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, ReversePath};
+use postern_tokio::client::{Client, ClientSettings, DeliveryResult, Destination};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::dsn::build_bounce;
+use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId};
+use crate::queue::{Disposition, Outcome};
+use crate::routing::{HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, Router};
+use crate::server::Shared;
+use crate::spool::SpoolError;
+
+/// The system resolver, or the reason there is none (then every MX lookup
+/// fails temporarily and only static routes deliver).
+#[derive(Debug)]
+pub enum SystemResolver {
+    /// hickory-resolver with `/etc/resolv.conf`.
+    Hickory(HickoryResolver),
+    /// No resolver could be built.
+    Unavailable(String),
+}
+
+impl SystemResolver {
+    /// The system resolver. Call within a tokio runtime.
+    pub fn new() -> Self {
+        match HickoryResolver::from_system() {
+            Ok(r) => Self::Hickory(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: only static routes can deliver");
+                Self::Unavailable(e.to_string())
+            }
+        }
+    }
+}
+
+impl Resolver for SystemResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        match self {
+            Self::Hickory(r) => r.mx(domain).await,
+            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        match self {
+            Self::Hickory(r) => r.addresses(host).await,
+            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+}
+
+/// The delivery side of a running relay.
+#[derive(Debug)]
+pub struct Delivery {
+    shared: Arc<Shared>,
+    router: Router<SystemResolver>,
+    client: Client,
+    outbound: OutboundPolicy,
+}
+
+fn status_code(s: &impl ToString, fallback: EnhancedCode) -> EnhancedCode {
+    s.to_string().parse().unwrap_or(fallback)
+}
+
+impl Delivery {
+    /// Delivery over the shared state, with this outbound policy and client.
+    pub fn new(
+        shared: Arc<Shared>,
+        router: Router<SystemResolver>,
+        outbound: OutboundPolicy,
+        tls: Arc<postern_certs::ClientTlsContext>,
+    ) -> Self {
+        let config = &shared.config;
+        let mut settings = ClientSettings::new(config.hostname.clone());
+        settings.connect_timeout = config.timeouts.connect.0;
+        settings.handshake_timeout = config.timeouts.tls_handshake.0;
+        settings.smtp.timeouts.command = config.timeouts.client_reply.0;
+        settings.smtp.timeouts.data = config.timeouts.client_data.0;
+        let client = Client::new(settings, tls);
+        Self {
+            shared,
+            router,
+            client,
+            outbound,
+        }
+    }
+
+    /// Runs the scheduler until `shutdown` turns true; then lets running
+    /// attempts finish for up to `timeouts.shutdown_grace` and aborts the
+    /// rest (their messages stay queued and are retried at the next start).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        self.finish_leftovers().await;
+        let workers = Arc::new(Semaphore::new(self.shared.config.delivery_workers));
+        let mut tasks = JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = SystemTime::now();
+            match self.shared.spool.take_flush_request() {
+                Ok(true) => {
+                    let n = self.queue().flush(now);
+                    tracing::info!(messages = n, "queue flush requested");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the flush flag"),
+            }
+            let free = workers.available_permits();
+            let due = if free > 0 { self.queue().take_due(now, free) } else { Vec::new() };
+            for envelope in due {
+                // The count was read above and only this loop takes permits.
+                let Ok(permit) = Arc::clone(&workers).try_acquire_owned() else {
+                    self.queue().flush(now);
+                    break;
+                };
+                let this = Arc::clone(&self);
+                tasks.spawn(async move {
+                    this.attempt(envelope).await;
+                    drop(permit);
+                });
+            }
+            let next = self.queue().next_wakeup();
+            let scan = self.shared.config.queue.scan_interval.0;
+            let sleep = next
+                .map_or(scan, |t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+                .min(scan);
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.shared.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        let grace = self.shared.config.timeouts.shutdown_grace.0;
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        tracing::info!("delivery stopped");
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, crate::queue::Queue> {
+        self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// After a crash: queue the bounces not yet queued, remove finished
+    /// messages.
+    async fn finish_leftovers(&self) {
+        let left = self.queue().leftovers();
+        let now = SystemTime::now();
+        for (id, failed) in left.bounce {
+            let envelope = self.queue().get(&id).cloned();
+            if let Some(envelope) = envelope {
+                self.bounce(&envelope, &failed, now).await;
+            }
+        }
+        for id in left.remove {
+            self.remove(&id).await;
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::spool::Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, String> {
+        let spool = Arc::clone(&self.shared.spool);
+        match tokio::task::spawn_blocking(move || f(&spool)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn remove(&self, id: &MessageId) {
+        let owned = id.clone();
+        match self.blocking(move |s| s.remove(&owned)).await {
+            Ok(()) => {
+                self.queue().remove(id);
+                tracing::info!(queue_id = %id, "removed");
+            }
+            Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot remove from the spool"),
+        }
+    }
+
+    /// Builds and queues the bounce for `failed`, then records it returned.
+    async fn bounce(&self, envelope: &Envelope, failed: &[usize], now: SystemTime) {
+        let settings = self.shared.config.bounce_settings();
+        let env = envelope.clone();
+        let list = failed.to_vec();
+        let queued = self
+            .blocking(move |spool| {
+                let original = spool.open_content(&env.id)?;
+                let Some(bounce) = build_bounce(&env, &list, original, &settings, now)
+                    .map_err(|e| SpoolError::Io {
+                        path: spool.root().to_owned(),
+                        source: e,
+                    })?
+                else {
+                    return Ok(None);
+                };
+                let mut incoming = spool.begin(bounce.envelope(now), None)?;
+                incoming.write_chunk(&bounce.content)?;
+                incoming.commit().map(Some)
+            })
+            .await;
+        match queued {
+            Ok(Some(b)) => {
+                tracing::info!(queue_id = %envelope.id, bounce_id = %b.id, "sender non-delivery notification queued");
+                self.shared.enqueue(b);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue the bounce; retried at next start");
+                return;
+            }
+        }
+        let updated = self.queue().mark_returned(&envelope.id, failed);
+        if let Ok(updated) = updated
+            && let Err(e) = self.blocking(move |s| s.update(&updated)).await
+        {
+            tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the bounce");
+        }
+    }
+
+    /// One delivery attempt of one message.
+    async fn attempt(&self, envelope: Envelope) {
+        let id = envelope.id.clone();
+        let read_id = id.clone();
+        let content = self
+            .blocking(move |spool| {
+                use std::io::Read as _;
+                let mut buf = Vec::new();
+                spool.open_content(&read_id)?.read_to_end(&mut buf).map_err(|e| SpoolError::Io {
+                    path: spool.root().to_owned(),
+                    source: e,
+                })?;
+                Ok(buf)
+            })
+            .await;
+        let now = SystemTime::now();
+        let outcomes = match content {
+            Err(e) => {
+                let f = Failure::new(status_code(&"4.3.0", EnhancedCode::EXPIRED), format!("451 4.3.0 queue file read error: {e}"), now);
+                envelope.open_recipients().into_iter().map(|i| (i, Outcome::Deferred(f.clone()))).collect()
+            }
+            Ok(content) => self.deliver_all(&envelope, &content).await,
+        };
+        let now = SystemTime::now();
+        let done = self.queue().complete_attempt(&id, &outcomes, now);
+        let (updated, report) = match done {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "attempt not recorded");
+                return;
+            }
+        };
+        let persisted = updated.clone();
+        if let Err(e) = self.blocking(move |s| s.update(&persisted)).await {
+            tracing::error!(queue_id = %id, error = %e, "cannot persist the delivery state");
+        }
+        if !report.bounce.is_empty() {
+            self.bounce(&updated, &report.bounce, now).await;
+        }
+        match report.disposition {
+            Disposition::Complete => self.remove(&id).await,
+            Disposition::Retry { at } => {
+                let wait = at.duration_since(now).unwrap_or_default();
+                tracing::info!(queue_id = %id, retry_in = ?wait, "deferred");
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// Delivers to every domain of the open recipients.
+    async fn deliver_all(&self, envelope: &Envelope, content: &[u8]) -> Vec<(usize, Outcome)> {
+        let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for i in envelope.open_recipients() {
+            let address = &envelope.recipients[i].address;
+            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+            by_domain.entry(crate::routing::normalize_domain(domain)).or_default().push(i);
+        }
+        let mut outcomes = Vec::new();
+        for (domain, indices) in by_domain {
+            let now = SystemTime::now();
+            match self.router.route(&domain, now).await {
+                Err(f) => {
+                    let outcome = if f.code.is_permanent() { Outcome::Failed(f) } else { Outcome::Deferred(f) };
+                    outcomes.extend(indices.into_iter().map(|i| (i, outcome.clone())));
+                }
+                Ok(route) => outcomes.extend(self.deliver_route(envelope, &indices, &route, content).await),
+            }
+        }
+        outcomes
+    }
+
+    /// Delivers the recipients `indices` of one domain along `route`, trying
+    /// its hosts in order while they fail temporarily as a whole.
+    async fn deliver_route(
+        &self,
+        envelope: &Envelope,
+        indices: &[usize],
+        route: &Route,
+        content: &[u8],
+    ) -> Vec<(usize, Outcome)> {
+        let now = SystemTime::now();
+        let defer_all = |f: Failure| indices.iter().map(|&i| (i, Outcome::Deferred(f.clone()))).collect::<Vec<_>>();
+        let fail_all = |f: Failure| indices.iter().map(|&i| (i, Outcome::Failed(f.clone()))).collect::<Vec<_>>();
+        let Ok(next_hop) = PolicyHop::parse(&route.domain) else {
+            return fail_all(Failure::new(EnhancedCode::BAD_DESTINATION, format!("550 5.1.2 bad destination {}", route.domain), now));
+        };
+        let smtp_envelope = match smtp_envelope(envelope, indices) {
+            Ok(e) => e,
+            Err(e) => return fail_all(Failure::new(EnhancedCode::BAD_DESTINATION, format!("550 5.1.3 {e}"), now)),
+        };
+        let message = if envelope.params.requiretls { MessageTls::RequireTls } else { MessageTls::Default };
+        let mut last: Option<Vec<(usize, Outcome)>> = None;
+        for host in &route.hosts {
+            let (addresses, mx_host) = match self.addresses(host).await {
+                Ok(v) => v,
+                Err(f) => {
+                    last = Some(defer_all(f));
+                    continue;
+                }
+            };
+            let destination = Destination::new(addresses, next_hop.clone(), mx_host.clone());
+            let policy = self.outbound.connection(&next_hop, mx_host.as_ref()).with_message(message);
+            let result = self.client.deliver_with(&destination, &policy, &smtp_envelope, content).await;
+            let outcomes = outcomes(&result, indices, host);
+            for (i, o) in &outcomes {
+                log_outcome(envelope, *i, o, host, &result);
+            }
+            let retry_next = outcomes.iter().all(|(_, o)| matches!(o, Outcome::Deferred(_)))
+                && result.failure.is_some();
+            last = Some(outcomes);
+            if !retry_next {
+                break;
+            }
+        }
+        last.unwrap_or_else(|| defer_all(Failure::new(EnhancedCode::UNROUTABLE, "451 4.4.4 no host to deliver to", now)))
+    }
+
+    /// The addresses of a route host, and its name for `verify` (none for
+    /// an IP address: the destination domain is matched then).
+    async fn addresses(&self, host: &NextHop) -> Result<(Vec<SocketAddr>, Option<DomainName>), Failure> {
+        let bare = host.host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok((vec![SocketAddr::new(ip, host.port)], None));
+        }
+        let now = SystemTime::now();
+        let ips = if bare.eq_ignore_ascii_case("localhost") {
+            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
+        } else {
+            self.router.resolver().addresses(bare).await.map_err(|e| {
+                Failure::new(EnhancedCode::DNS_FAILURE, format!("451 4.4.3 address lookup for {bare} failed: {e}"), now)
+            })?
+        };
+        if ips.is_empty() {
+            return Err(Failure::new(EnhancedCode::DNS_FAILURE, format!("451 4.4.3 no address for {bare}"), now));
+        }
+        Ok((ips.into_iter().map(|ip| SocketAddr::new(ip, host.port)).collect(), DomainName::parse(bare).ok()))
+    }
+}
+
+/// The postern-smtp envelope for the recipients `indices`.
+fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp::Envelope, String> {
+    let from = ReversePath::parse(&format!("<{}>", envelope.reverse_path)).map_err(|e| format!("bad sender: {e}"))?;
+    let mut recipients = Vec::with_capacity(indices.len());
+    for &i in indices {
+        let r = &envelope.recipients[i];
+        let path = ForwardPath::parse(&format!("<{}>", r.address)).map_err(|e| format!("bad recipient {}: {e}", r.address))?;
+        recipients.push(path);
+    }
+    let mut out = postern_smtp::Envelope::new(from, recipients);
+    for (k, &i) in indices.iter().enumerate() {
+        if let (Some(orcpt), Some(slot)) = (&envelope.recipients[i].orcpt, out.recipients.get_mut(k))
+            && let Some((kind, addr)) = orcpt.split_once(';')
+        {
+            let mut params = RcptParams::default();
+            params.orcpt = Some((kind.to_owned(), addr.to_owned()));
+            slot.1 = params;
+        }
+    }
+    let p = &envelope.params;
+    out.mail_params.requiretls = p.requiretls;
+    out.mail_params.smtputf8 = p.smtputf8;
+    out.mail_params.envid.clone_from(&p.envid);
+    out.mail_params.body = p.body.map(|b| match b {
+        crate::envelope::Body::SevenBit => postern_smtp::Body::SevenBit,
+        crate::envelope::Body::EightBitMime => postern_smtp::Body::EightBitMime,
+        crate::envelope::Body::BinaryMime => postern_smtp::Body::BinaryMime,
+    });
+    out.mail_params.ret = p.ret.map(|r| match r {
+        crate::envelope::Ret::Full => postern_smtp::Ret::Full,
+        crate::envelope::Ret::Hdrs => postern_smtp::Ret::Headers,
+    });
+    Ok(out)
+}
+
+/// Per-recipient outcomes of a delivery result.
+fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(usize, Outcome)> {
+    let now = SystemTime::now();
+    let remote = match result.server {
+        Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
+        None => host.to_string(),
+    };
+    let policy_rule = result
+        .failure
+        .as_ref()
+        .filter(|f| f.result_type.is_some())
+        .map(|f| f.explanation.clone())
+        .or_else(|| result.decision.as_ref().map(ToString::to_string));
+    indices
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let r = result.recipients.get(k);
+            let status = r.map_or(DeliveryStatus::Deferred, |r| r.status);
+            if status == DeliveryStatus::Delivered {
+                return (i, Outcome::Delivered);
+            }
+            let reply = r.and_then(|r| r.reply.as_ref());
+            let (code, text) = match (reply, &result.failure) {
+                (Some(reply), _) => {
+                    let fallback = if reply.code().value() >= 500 { "5.0.0" } else { "4.0.0" };
+                    let code = reply.enhanced().map_or_else(|| fallback.to_owned(), |e| e.to_string());
+                    (status_code(&code, EnhancedCode::EXPIRED), reply.to_string())
+                }
+                (None, Some(f)) => (status_code(&f.status, EnhancedCode::EXPIRED), f.to_string()),
+                (None, None) => (status_code(&"4.4.2", EnhancedCode::EXPIRED), "connection lost".to_owned()),
+            };
+            let mut failure = Failure::new(code, text, now);
+            failure.remote_mta = Some(remote.clone());
+            failure.result_type = result.failure.as_ref().and_then(|f| f.result_type).map(|t| t.to_string());
+            failure.policy_rule.clone_from(&policy_rule);
+            // A permanent reply fails the recipient; everything else, TLS
+            // policy failures included (our own 4.7.x), is retried.
+            let outcome = if status == DeliveryStatus::Failed && code.is_permanent() {
+                Outcome::Failed(failure)
+            } else {
+                Outcome::Deferred(failure)
+            };
+            (i, outcome)
+        })
+        .collect()
+}
+
+/// Postfix-style delivery log line.
+fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, host: &NextHop, result: &DeliveryResult) {
+    let to = &envelope.recipients[index].address;
+    let relay = match result.server {
+        Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
+        None => host.to_string(),
+    };
+    let delay = SystemTime::now().duration_since(envelope.received_at).unwrap_or_default();
+    let tls = result
+        .tls
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust));
+    match outcome {
+        Outcome::Delivered => tracing::info!(queue_id = %envelope.id,
+            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=sent", delay.as_secs_f64()),
+        Outcome::Deferred(f) => tracing::info!(queue_id = %envelope.id,
+            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=deferred ({})", delay.as_secs_f64(), f.reply),
+        Outcome::Failed(f) => tracing::info!(queue_id = %envelope.id,
+            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=bounced ({})", delay.as_secs_f64(), f.reply),
+    }
+}

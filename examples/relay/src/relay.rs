@@ -1,0 +1,214 @@
+//! A running relay: the spool recovered, the certificates loaded (the
+//! Default Cert generated on first start), the SMTP listeners, the delivery
+//! scheduler, certificate hot reload; stopped gracefully.
+//!
+//! [`Relay::start`] returns once every listener is bound; the binary then
+//! waits for SIGINT / SIGTERM (SIGHUP reloads the certificates) and calls
+//! [`Relay::shutdown`]. Tests run it in process the same way.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use postern_smtp::BareLineEndings;
+use postern_tokio::server::{Server, ServerSettings};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{BareNewlines, Config};
+use crate::delivery::{Delivery, SystemResolver};
+use crate::queue::Queue;
+use crate::routing::Router;
+use crate::server::{RelayHandler, Shared};
+use crate::spool::{Spool, SpoolError};
+use crate::tls::{TlsSetup, TlsSetupError};
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration, the certificates or the trust anchors.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The state directory could not be created.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The server settings were refused.
+    #[error(transparent)]
+    Server(#[from] postern_tokio::server::ServerError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// A started relay.
+#[derive(Debug)]
+pub struct Relay {
+    addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    reload: Arc<Notify>,
+    tasks: JoinSet<()>,
+}
+
+impl Relay {
+    /// Starts the relay; returns once it listens.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+        let spool_dir = config.spool_dir();
+        let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(spool_dir))
+            .await
+            .map_err(|e| StartError::StateDir {
+                path: config.state_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        if recovery.cleaned_temp > 0 {
+            tracing::info!(count = recovery.cleaned_temp, "removed incomplete messages (never acknowledged)");
+        }
+        for bad in &recovery.corrupt {
+            tracing::warn!(entry = %bad.name, reason = %bad.reason, moved_to = ?bad.moved_to, "unreadable queue entry moved aside");
+        }
+        let mut queue = Queue::new(config.retry_policy());
+        for envelope in recovery.messages {
+            queue.insert(envelope);
+        }
+        // Generating the RSA-4096 Default Cert takes a moment: off the runtime.
+        let cfg = config.clone();
+        let tls = tokio::task::spawn_blocking(move || TlsSetup::new(&cfg))
+            .await
+            .map_err(|e| StartError::StateDir {
+                path: config.state_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        for row in tls.store.list(rustls::pki_types::UnixTime::now()) {
+            tracing::info!(name = %row.name, subject = %row.subject, key = %format!("{} {}", row.key_type, row.key_bits),
+                fingerprint = %row.fingerprint, status = %row.status, "certificate");
+        }
+        let routes = config.static_routes().map_err(TlsSetupError::from)?;
+        let shared = Arc::new(Shared {
+            inbound: tls.policy.inbound.clone(),
+            access: config.access_policy(),
+            spool: Arc::new(spool),
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            config: config.clone(),
+        });
+
+        let mut settings = ServerSettings::new(config.hostname.clone(), tls.policy.inbound.clone(), tls.server.clone());
+        settings.max_connections = config.max_connections;
+        settings.handshake_timeout = config.timeouts.tls_handshake.0;
+        settings.shutdown_grace = config.timeouts.shutdown_grace.0;
+        settings.smtp.max_recipients = config.max_recipients;
+        settings.smtp.data.max_message_size = config.message_size_limit;
+        settings.smtp.data.bare_line_endings = match config.bare_newlines {
+            BareNewlines::Normalize => BareLineEndings::Normalize,
+            BareNewlines::Reject => BareLineEndings::Reject,
+        };
+        settings.smtp.timeouts.command = config.timeouts.server_command.0;
+        settings.smtp.timeouts.data = config.timeouts.server_data.0;
+        let server = Server::new(settings, RelayHandler::new(Arc::clone(&shared)))?;
+
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for &addr in &config.listen {
+            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+            let local = l.local_addr().unwrap_or(addr);
+            tracing::info!(%local, "listening");
+            addrs.push(local);
+            listeners.push(l);
+        }
+
+        let (shutdown, rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for listener in listeners {
+            let server = server.clone();
+            let mut rx = rx.clone();
+            tasks.spawn(async move {
+                server
+                    .serve(listener, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            });
+        }
+        let router = Router::new(routes, SystemResolver::new());
+        let delivery = Arc::new(Delivery::new(Arc::clone(&shared), router, tls.policy.outbound.clone(), Arc::clone(&tls.client)));
+        tasks.spawn(delivery.run(rx.clone()));
+        let reload = Arc::new(Notify::new());
+        tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
+        tracing::info!(queued = shared.queue.lock().map_or(0, |q| q.len()), "relay started");
+        Ok(Self { addrs, shutdown, reload, tasks })
+    }
+
+    /// The bound listen addresses (a configured port 0 shows the real one).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Reloads the certificates now (SIGHUP).
+    pub fn reload_certificates(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Stops accepting, lets sessions and deliveries finish within the
+    /// grace period, and returns when everything stopped.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("relay stopped");
+    }
+}
+
+/// Polls the certificate directory (and answers reload requests); swaps the
+/// served certificates when it changed.
+async fn reload_certificates(config: Config, mut tls: TlsSetup, now: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    let mut seen = tls.cert_dir.stamp();
+    loop {
+        let forced = tokio::select! {
+            () = tokio::time::sleep(config.certificates.reload_interval.0) => false,
+            () = now.notified() => true,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let stamp = tls.cert_dir.stamp();
+        if !forced && stamp == seen {
+            continue;
+        }
+        seen = stamp;
+        let cfg = config.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let r = tls.reload(&cfg);
+            (tls, r)
+        })
+        .await;
+        match result {
+            Ok((back, Ok(n))) => {
+                tls = back;
+                tracing::info!(certificates = n, at = ?SystemTime::now(), "certificates reloaded");
+            }
+            Ok((back, Err(e))) => {
+                tls = back;
+                tracing::warn!(error = %e, "certificate reload failed; the previous certificates stay in use");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "certificate reload task failed");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! The SMTP server side of the relay: a [`ServerHandler`] for postern-tokio's
+//! [`Server`](postern_tokio::server::Server).
+//!
+//! - RCPT TO: [`AccessPolicy`] decides; relaying by certificate is the TLS
+//!   policy's [`may_relay`](postern_policy::ServerPolicy::may_relay) (trusted
+//!   agents), passed to the access rules as [`Client::trusted_agent`].
+//! - Content streams into the [`Spool`] as it arrives, behind a `Received`
+//!   header that records the TLS version, cipher and client certificate
+//!   status (Postfix style). File writes and the commit's fsyncs run on
+//!   tokio's blocking pool.
+//! - `250` only after [`Incoming::commit`](crate::spool::Incoming::commit)
+//!   returned: the message file and directory are fsynced (RFC 5321 §6.1,
+//!   "the receiver-SMTP MUST NOT lose the message").
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
+use postern_smtp::{DataSummary, EnhancedStatus, ForwardPath, Host, RcptParams, Reply, ReversePath};
+use postern_tokio::server::{ConnectionInfo, ServerHandler, SessionHandler, Verdict};
+use tokio::sync::Notify;
+
+use crate::access::{AccessPolicy, Client};
+use crate::config::Config;
+use crate::dsn::rfc5322_date;
+use crate::envelope::{Body, Envelope, MailParams, Recipient, Ret};
+use crate::queue::Queue;
+use crate::spool::{Incoming, Spool, SpoolError};
+
+/// State shared by the listener and the delivery workers.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration.
+    pub config: Config,
+    /// The inbound TLS policy (for trusted agents).
+    pub inbound: ServerPolicy,
+    /// The relay access rules.
+    pub access: AccessPolicy,
+    /// The spool.
+    pub spool: Arc<Spool>,
+    /// The in-memory queue index.
+    pub queue: Mutex<Queue>,
+    /// Wakes the delivery scheduler (a new message, a finished attempt).
+    pub wake: Notify,
+}
+
+impl Shared {
+    /// Adds a committed message to the queue and wakes delivery.
+    pub fn enqueue(&self, envelope: Envelope) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(envelope);
+        self.wake.notify_one();
+    }
+}
+
+/// The relay's [`ServerHandler`].
+#[derive(Debug, Clone)]
+pub struct RelayHandler {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandler {
+    /// A handler over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl ServerHandler for RelayHandler {
+    type Session = RelaySession;
+
+    fn open(&self, _info: &ConnectionInfo) -> RelaySession {
+        RelaySession {
+            shared: Arc::clone(&self.shared),
+            helo: None,
+            extended: true,
+            from: None,
+            recipients: Vec::new(),
+            incoming: None,
+            error: None,
+            info: None,
+        }
+    }
+}
+
+/// One inbound connection.
+#[derive(Debug)]
+pub struct RelaySession {
+    shared: Arc<Shared>,
+    helo: Option<String>,
+    extended: bool,
+    from: Option<(String, MailParams)>,
+    recipients: Vec<Recipient>,
+    /// The message being received (from its first content chunk).
+    incoming: Option<Incoming>,
+    /// A spool error during this message: it is refused with 451 at its end.
+    error: Option<String>,
+    /// The connection as of the last RCPT (TLS state for the Received header;
+    /// STARTTLS ends any transaction, so it cannot change before DATA).
+    info: Option<ConnectionInfo>,
+}
+
+/// `451 4.3.0` with a text, for local trouble (the client retries).
+fn local_error(text: &str) -> Verdict {
+    Verdict::reject(451, (4, 3, 0), text)
+}
+
+impl SessionHandler for RelaySession {
+    async fn hello(&mut self, _info: &ConnectionInfo, name: &Host, extended: bool) -> Verdict {
+        self.helo = Some(name.to_string());
+        self.extended = extended;
+        Verdict::Accept
+    }
+
+    async fn mail(
+        &mut self,
+        _info: &ConnectionInfo,
+        from: &ReversePath,
+        params: &postern_smtp::MailParams,
+    ) -> Verdict {
+        let path = match from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        self.from = Some((path, mail_params(params)));
+        self.recipients.clear();
+        Verdict::Accept
+    }
+
+    async fn rcpt(&mut self, info: &ConnectionInfo, to: &ForwardPath, params: &RcptParams) -> Verdict {
+        let address = match to {
+            // RFC 5321 §4.5.1: <Postmaster> without a domain is ours.
+            ForwardPath::Postmaster => format!(
+                "postmaster@{}",
+                self.shared
+                    .config
+                    .accepted_domains
+                    .first()
+                    .map_or(self.shared.config.hostname.as_str(), |d| d.trim_start_matches('.'))
+            ),
+            ForwardPath::Mailbox(m) => m.to_string(),
+        };
+        self.info = Some(info.clone());
+        let relay = self.shared.inbound.may_relay(info.client_certificate());
+        let client = Client {
+            ip: info.peer.ip(),
+            trusted_agent: relay.allowed.then_some(relay.reason),
+        };
+        match self.shared.access.check_recipient(&client, &address) {
+            Ok(grant) => {
+                tracing::debug!(id = info.id, rcpt = %address, ?grant, "recipient accepted");
+                let mut r = Recipient::new(address);
+                r.orcpt = params.orcpt.as_ref().map(|(kind, addr)| format!("{kind};{addr}"));
+                self.recipients.push(r);
+                Verdict::Accept
+            }
+            Err(denied) => {
+                tracing::info!(id = info.id, client = %info.peer.ip(), rcpt = %address,
+                    "NOQUEUE: reject: RCPT: {denied}");
+                let e = denied.enhanced.to_string();
+                let mut parts = e.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
+                let class = u8::try_from(parts.next().unwrap_or(5)).unwrap_or(5);
+                Verdict::reject(
+                    denied.code,
+                    (class, parts.next().unwrap_or(7), parts.next().unwrap_or(1)),
+                    &denied.text,
+                )
+            }
+        }
+    }
+
+    async fn message_chunk(&mut self, chunk: Vec<u8>) {
+        if self.error.is_some() {
+            return;
+        }
+        let spool = Arc::clone(&self.shared.spool);
+        let step = match self.incoming.take() {
+            Some(mut incoming) => {
+                tokio::task::spawn_blocking(move || incoming.write_chunk(&chunk).map(|()| incoming)).await
+            }
+            None => {
+                let (Some(envelope), Some(info)) = (self.envelope(), self.info.as_ref()) else {
+                    self.error = Some("no transaction".into());
+                    return;
+                };
+                // The trace header goes before the content (RFC 5321 §4.4).
+                let header = received_header(
+                    info,
+                    self.helo.as_deref(),
+                    self.extended,
+                    self.shared.inbound.client_certificates,
+                    &self.shared.config.hostname,
+                    envelope.id.as_str(),
+                    &self.recipients,
+                    SystemTime::now(),
+                );
+                let limit = self.shared.config.message_size_limit + header.len() as u64;
+                tokio::task::spawn_blocking(move || {
+                    let mut incoming = spool.begin(envelope, Some(limit))?;
+                    incoming.write_chunk(header.as_bytes())?;
+                    incoming.write_chunk(&chunk)?;
+                    Ok::<_, SpoolError>(incoming)
+                })
+                .await
+            }
+        };
+        match step {
+            Ok(Ok(incoming)) => self.incoming = Some(incoming),
+            Ok(Err(e)) => self.error = Some(e.to_string()),
+            Err(e) => self.error = Some(e.to_string()),
+        }
+    }
+
+    async fn message_end(&mut self, info: &ConnectionInfo, _summary: &DataSummary) -> Verdict {
+        if self.incoming.is_none() && self.error.is_none() {
+            // An empty message: only the Received header.
+            self.info = Some(info.clone());
+            self.message_chunk(Vec::new()).await;
+        }
+        if let Some(e) = self.error.take() {
+            tracing::error!(id = info.id, error = %e, "message not stored");
+            self.incoming = None;
+            return local_error("Error: queue file write error");
+        }
+        let Some(incoming) = self.incoming.take() else {
+            return local_error("Error: internal error");
+        };
+        match tokio::task::spawn_blocking(move || incoming.commit()).await {
+            Ok(Ok(envelope)) => {
+                let id = envelope.id.clone();
+                tracing::info!(id = info.id, queue_id = %id, from = %format!("<{}>", envelope.reverse_path),
+                    nrcpt = envelope.recipients.len(), client = %info.peer.ip(), "message queued");
+                self.shared.enqueue(envelope);
+                self.from = None;
+                self.recipients.clear();
+                EnhancedStatus::new(2, 0, 0)
+                    .and_then(|e| Reply::new(250, Some(e), [format!("Ok: queued as {id}")]))
+                    .map_or(Verdict::Accept, Verdict::AcceptWith)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(id = info.id, error = %e, "message not stored");
+                local_error("Error: queue file write error")
+            }
+            Err(e) => {
+                tracing::error!(id = info.id, error = %e, "message not stored");
+                local_error("Error: queue file write error")
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        // Dropping an uncommitted Incoming removes its temporary file.
+        self.incoming = None;
+        self.error = None;
+        self.from = None;
+        self.recipients.clear();
+    }
+}
+
+
+impl RelaySession {
+    fn envelope(&self) -> Option<Envelope> {
+        let (from, params) = self.from.clone()?;
+        Some(Envelope::new(from, self.recipients.clone(), params, SystemTime::now()))
+    }
+}
+
+fn mail_params(p: &postern_smtp::MailParams) -> MailParams {
+    MailParams {
+        requiretls: p.requiretls,
+        smtputf8: p.smtputf8,
+        body: p.body.map(|b| match b {
+            postern_smtp::Body::SevenBit => Body::SevenBit,
+            postern_smtp::Body::EightBitMime => Body::EightBitMime,
+            _ => Body::BinaryMime,
+        }),
+        size: p.size,
+        envid: p.envid.clone(),
+        ret: p.ret.map(|r| match r {
+            postern_smtp::Ret::Full => Ret::Full,
+            _ => Ret::Hdrs,
+        }),
+    }
+}
+
+/// Postfix's `(N/M bits)` for a cipher suite name.
+fn cipher_bits(cipher: &str) -> Option<&'static str> {
+    if cipher.contains("AES_256") || cipher.contains("CHACHA20") {
+        Some("256/256")
+    } else if cipher.contains("AES_128") {
+        Some("128/128")
+    } else {
+        None
+    }
+}
+
+/// Keeps a client-supplied name printable and bounded in a header.
+fn header_safe(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(max)
+        .collect()
+}
+
+/// The `Received:` header (RFC 5321 §4.4, RFC 5322 §3.6.7), Postfix style,
+/// folded, ending in CRLF.
+pub fn received_header(
+    info: &ConnectionInfo,
+    helo: Option<&str>,
+    extended: bool,
+    client_cert_mode: ClientCertMode,
+    hostname: &str,
+    id: &str,
+    recipients: &[Recipient],
+    now: SystemTime,
+) -> String {
+    let mut h = String::new();
+    let helo = helo.map_or_else(|| "unknown".to_owned(), |h| header_safe(h, 255));
+    let _ = write!(h, "Received: from {helo} (unknown [{}])", info.peer.ip());
+    if let Some(tls) = &info.tls {
+        let _ = write!(h, "\r\n\t(using {} with cipher {}", tls.version, tls.cipher);
+        if let Some(bits) = cipher_bits(&tls.cipher) {
+            let _ = write!(h, " ({bits} bits)");
+        }
+        h.push(')');
+        let cert = match (&tls.client_certificate, client_cert_mode) {
+            (_, ClientCertMode::None) => "(No client certificate requested)".to_owned(),
+            (None, _) => "(Client did not present a certificate)".to_owned(),
+            (Some(c), _) => format!(
+                "(Client certificate {}, issuer {} ({}))",
+                quoted(&c.subject),
+                quoted(&c.issuer),
+                cert_status(&c.check)
+            ),
+        };
+        let _ = write!(h, "\r\n\t{cert}");
+    }
+    // RFC 3848: ESMTPS when TLS is used, SMTP after HELO.
+    let with = match (extended, info.tls.is_some()) {
+        (false, _) => "SMTP",
+        (true, false) => "ESMTP",
+        (true, true) => "ESMTPS",
+    };
+    let _ = write!(h, "\r\n\tby {hostname} (Postern) with {with} id {id}");
+    // The recipient only when there is one (Postfix does the same: a list
+    // would disclose the other recipients).
+    if let [one] = recipients {
+        let _ = write!(h, "\r\n\tfor <{}>", header_safe(&one.address, 512));
+    }
+    let _ = write!(h, "; {}\r\n", rfc5322_date(now));
+    h
+}
+
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", header_safe(&s.replace('"', "'"), 256).replace('\u{0}', ""))
+}
+
+fn cert_status(check: &CertificateCheck) -> &'static str {
+    match check.trust {
+        PeerTrust::Verified | PeerTrust::Trusted => "verified OK",
+        _ => "not verified",
+    }
+}

@@ -1,0 +1,382 @@
+//! Test fixtures: certificates (rcgen, P-256), a relay started in process,
+//! a scripted next hop that misbehaves on demand, lettre transports, and a
+//! helper that waits for the spool to reach a state.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Identity, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
+use postern_relay::config::Config;
+use postern_relay::relay::Relay;
+use postern_relay::spool::{Scan, Spool};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The relay's host name in tests.
+pub const RELAY: &str = "relay.test";
+
+/// A certificate and key, PEM.
+#[derive(Clone, Debug)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Pem {
+    /// SHA-256 fingerprint, `sha256:` hex form as the policy parses it.
+    pub fn fingerprint(&self) -> String {
+        let key = postern_certs::CertKey::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap();
+        format!("{}", key.fingerprint())
+    }
+
+    /// Writes `name.crt` and `name.key` into `dir`; returns their paths.
+    pub fn write(&self, dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let c = dir.join(format!("{name}.crt"));
+        let k = dir.join(format!("{name}.key"));
+        std::fs::write(&c, &self.cert).unwrap();
+        std::fs::write(&k, &self.key).unwrap();
+        (c, k)
+    }
+}
+
+fn days(n: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc() + time::Duration::days(n)
+}
+
+/// A test certificate authority.
+pub struct Ca {
+    pub cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(cn: &str) -> Self {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.not_before = days(-10);
+        p.not_after = days(3650);
+        let cert = p.self_signed(&key).unwrap();
+        Self { cert_pem: cert.pem(), issuer: Issuer::new(p, key) }
+    }
+
+    /// A leaf for `names`, valid from `from` to `to` days from now.
+    pub fn leaf(&self, names: &[&str], client: bool, from: i64, to: i64) -> Pem {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = leaf_params(names, client, from, to).signed_by(&key, &self.issuer).unwrap();
+        Pem { cert: cert.pem(), key: key.serialize_pem() }
+    }
+}
+
+fn leaf_params(names: &[&str], client: bool, from: i64, to: i64) -> CertificateParams {
+    let mut p = CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, names[0]);
+    p.not_before = days(from);
+    p.not_after = days(to);
+    p.extended_key_usages = vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+    p
+}
+
+/// A self-signed certificate for `names`.
+pub fn self_signed(names: &[&str], client: bool) -> Pem {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = leaf_params(names, client, -1, 90).self_signed(&key).unwrap();
+    Pem { cert: cert.pem(), key: key.serialize_pem() }
+}
+
+/// The shared test CA.
+pub fn ca() -> &'static Ca {
+    static CA: OnceLock<Ca> = OnceLock::new();
+    CA.get_or_init(|| Ca::new("Postern Test CA"))
+}
+
+/// A rustls server configuration serving `pem`.
+pub fn rustls_server(pem: &Pem) -> Arc<rustls::ServerConfig> {
+    let chain = vec![CertificateDer::from_pem_slice(pem.cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(postern_certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+// ---- the relay in process ----
+
+/// Starts a relay on a free loopback port with `toml` (state dir inside
+/// `dir`; the Default Cert is RSA 2048 unless the text sets it).
+pub async fn start_relay(dir: &Path, toml: &str) -> Relay {
+    let mut text = format!(
+        "hostname = \"{RELAY}\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n",
+        dir.join("state").display()
+    );
+    text.push_str(toml);
+    if !toml.contains("[certificates]") {
+        text.push_str("\n[certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n");
+    }
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Relay::start(config).await.unwrap()
+}
+
+/// The spool of a relay started with [`start_relay`] in `dir`.
+pub fn scan(dir: &Path) -> Scan {
+    Spool::scan(&dir.join("state/spool")).unwrap()
+}
+
+/// Waits until `done(scan)` holds, or panics after `limit`.
+pub async fn wait_for(dir: &Path, limit: Duration, what: &str, mut done: impl FnMut(&Scan) -> bool) -> Scan {
+    let start = Instant::now();
+    loop {
+        let s = scan(dir);
+        if done(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}; queue: {:#?}", s.messages.iter().map(|m| &m.envelope).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---- lettre ----
+
+/// How lettre connects.
+#[derive(Clone, Copy, Debug)]
+pub enum Submit<'a> {
+    /// No TLS.
+    Plain,
+    /// STARTTLS required (server certificate checked against the test CA for `relay.test`), with this client
+    /// certificate if any.
+    StartTls(Option<&'a Pem>),
+}
+
+pub fn transport(addr: SocketAddr, mode: Submit<'_>) -> AsyncSmtpTransport<Tokio1Executor> {
+    let tls = match mode {
+        Submit::Plain => Tls::None,
+        Submit::StartTls(identity) => {
+            let mut b = TlsParameters::builder(RELAY.into())
+                .certificate_store(CertificateStore::None)
+                .add_root_certificate(Certificate::from_pem(ca().cert_pem.as_bytes()).unwrap());
+            if let Some(p) = identity {
+                // lettre 0.11 with rustls takes the certificate of `Identity::from_pem` as DER.
+                let der = CertificateDer::from_pem_slice(p.cert.as_bytes()).unwrap();
+                b = b.identify_with(Identity::from_pem(&der, p.key.as_bytes()).unwrap());
+            }
+            Tls::Required(b.build_rustls().unwrap())
+        }
+    };
+    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
+        .port(addr.port())
+        .hello_name(ClientId::Domain("client.test".into()))
+        .timeout(Some(Duration::from_secs(10)))
+        .tls(tls)
+        .build()
+}
+
+/// A message from alice@client.test to `to`, with `subject`.
+pub fn message(to: &str, subject: &str) -> Message {
+    Message::builder()
+        .from("alice@client.test".parse().unwrap())
+        .to(to.parse().unwrap())
+        .subject(subject)
+        .body(format!("Body of {subject}\r\n"))
+        .unwrap()
+}
+
+/// Imports a CA-signed certificate for `relay.test` into the relay's state
+/// dir before it starts, so lettre can verify it.
+pub fn give_relay_ca_cert(dir: &Path) {
+    let pem = ca().leaf(&[RELAY], false, -1, 90);
+    postern_relay::certs::CertDir::new(dir.join("state/certs"))
+        .import("relay", pem.cert.as_bytes(), pem.key.as_bytes())
+        .unwrap();
+}
+
+// ---- a scripted next hop ----
+
+/// What the next hop does about STARTTLS.
+#[derive(Clone)]
+pub enum Hop {
+    /// Does not offer STARTTLS.
+    NoStartTls,
+    /// Offers it and answers STARTTLS with this reply line.
+    Refuse(&'static str),
+    /// Answers 220, then sends garbage instead of a handshake.
+    BreakHandshake,
+    /// Offers STARTTLS with this certificate.
+    Tls(Arc<rustls::ServerConfig>),
+    /// Offers STARTTLS, sends a forged reply right after its `220` (in the same segment), then handshakes.
+    Inject(Arc<rustls::ServerConfig>),
+}
+
+/// One message a next hop accepted.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub recipients: Vec<String>,
+    pub tls: bool,
+    pub content: Vec<u8>,
+}
+
+/// What a next hop saw.
+#[derive(Debug, Default)]
+pub struct HopLog {
+    pub connections: usize,
+    /// MAIL commands received before TLS.
+    pub plaintext_mail: usize,
+    /// STARTTLS commands received.
+    pub starttls: usize,
+    pub delivered: Vec<Delivered>,
+}
+
+/// A running next hop.
+#[derive(Clone)]
+pub struct NextHop {
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<HopLog>>,
+}
+
+impl NextHop {
+    pub fn delivered_to(&self, rcpt: &str) -> Vec<Delivered> {
+        self.log.lock().unwrap().delivered.iter().filter(|d| d.recipients.iter().any(|r| r == rcpt)).cloned().collect()
+    }
+}
+
+/// Starts a next hop behaving as `hop`; `delay` is waited before the reply to the final dot.
+pub async fn start_hop(hop: Hop, delay: Duration) -> NextHop {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = Arc::new(Mutex::new(HopLog::default()));
+    let l = Arc::clone(&log);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let hop = hop.clone();
+            let log = Arc::clone(&l);
+            tokio::spawn(async move {
+                let _ = serve_hop(tcp, hop, log, delay).await;
+            });
+        }
+    });
+    NextHop { addr, log }
+}
+
+enum After<S> {
+    Closed,
+    StartTls(BufReader<S>),
+}
+
+async fn serve_hop(tcp: tokio::net::TcpStream, hop: Hop, log: Arc<Mutex<HopLog>>, delay: Duration) -> std::io::Result<()> {
+    log.lock().unwrap().connections += 1;
+    let mut io = BufReader::new(tcp);
+    io.get_mut().write_all(b"220 hop.test ESMTP\r\n").await?;
+    let After::StartTls(io) = session(io, false, &hop, &log, delay).await? else {
+        return Ok(());
+    };
+    let mut tcp = io.into_inner();
+    let config = match &hop {
+        Hop::Tls(c) => Arc::clone(c),
+        Hop::Inject(c) => {
+            tcp.write_all(b"220 2.0.0 Ready to start TLS\r\n250-hop.test\r\n250 PIPELINING\r\n").await?;
+            Arc::clone(c)
+        }
+        Hop::BreakHandshake => {
+            tcp.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+            tcp.write_all(b"this is not a TLS server hello\r\n").await?;
+            tcp.shutdown().await?;
+            return Ok(());
+        }
+        _ => return Ok(()),
+    };
+    if let Hop::Tls(_) = &hop {
+        tcp.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+    }
+    let tls = TlsAcceptor::from(config).accept(tcp).await?;
+    let _ = session(BufReader::new(tls), true, &hop, &log, delay).await?;
+    Ok(())
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: BufReader<S>,
+    tls: bool,
+    hop: &Hop,
+    log: &Mutex<HopLog>,
+    delay: Duration,
+) -> std::io::Result<After<S>> {
+    let mut rcpts = Vec::new();
+    loop {
+        let mut line = String::new();
+        if io.read_line(&mut line).await? == 0 {
+            return Ok(After::Closed);
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let starttls = !tls && !matches!(hop, Hop::NoStartTls);
+            format!("250-hop.test\r\n250-PIPELINING\r\n{}250 8BITMIME\r\n", if starttls { "250-STARTTLS\r\n" } else { "" })
+        } else if upper.starts_with("HELO") {
+            "250 hop.test\r\n".into()
+        } else if upper.starts_with("STARTTLS") {
+            log.lock().unwrap().starttls += 1;
+            match hop {
+                Hop::Refuse(r) => format!("{r}\r\n"),
+                Hop::NoStartTls => "502 5.5.1 Error: command not implemented\r\n".into(),
+                // The reply and the handshake are the caller's.
+                _ => return Ok(After::StartTls(io)),
+            }
+        } else if upper.starts_with("MAIL") {
+            if !tls {
+                log.lock().unwrap().plaintext_mail += 1;
+            }
+            rcpts.clear();
+            "250 2.1.0 Ok\r\n".into()
+        } else if upper.starts_with("RCPT") {
+            let addr = line.split('<').nth(1).and_then(|r| r.split('>').next()).unwrap_or("").to_owned();
+            rcpts.push(addr);
+            "250 2.1.5 Ok\r\n".into()
+        } else if upper.starts_with("DATA") {
+            io.get_mut().write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            let mut content = Vec::new();
+            loop {
+                let mut l = Vec::new();
+                if io.read_until(b'\n', &mut l).await? == 0 {
+                    return Ok(After::Closed);
+                }
+                if l == b".\r\n" {
+                    break;
+                }
+                content.extend_from_slice(&l);
+            }
+            tokio::time::sleep(delay).await;
+            log.lock().unwrap().delivered.push(Delivered { recipients: std::mem::take(&mut rcpts), tls, content });
+            "250 2.0.0 Ok: queued\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            io.get_mut().write_all(b"221 2.0.0 Bye\r\n").await?;
+            return Ok(After::Closed);
+        } else if upper.starts_with("RSET") || upper.starts_with("NOOP") {
+            "250 2.0.0 Ok\r\n".into()
+        } else {
+            "500 5.5.2 Error: command not recognized\r\n".into()
+        };
+        io.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// Reads everything a stream sends until EOF (for raw protocol checks).
+pub async fn read_all<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    out
+}
