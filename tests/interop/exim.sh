@@ -49,10 +49,16 @@ exim_ns() {
         cp /etc/group "$ns/group"
         echo "Debian-exim:x:$EXIM_UID:$EXIM_UID::/nonexistent:/usr/sbin/nologin" >>"$ns/passwd"
         echo "Debian-exim:x:$EXIM_UID:" >>"$ns/group"
+        # Exim cleans its environment when it re-executes itself, so
+        # LD_LIBRARY_PATH cannot carry the private libidn: a loader cache that
+        # also lists the private library directory does.
+        { echo "$EXIM_CACHE/root/usr/lib/x86_64-linux-gnu"; cat /etc/ld.so.conf; } >"$ns/ld.so.conf"
+        (cd /etc && ldconfig -X -C "$ns/ld.so.cache" -f "$ns/ld.so.conf") ||
+            fail "cannot build a loader cache for Exim"
     fi
     # shellcheck disable=SC2016
-    exec unshare -m sh -c 'mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/group" /etc/group && exec "$@"' \
-        "$ns" env LD_LIBRARY_PATH="$EXIM_CACHE/root/usr/lib/x86_64-linux-gnu" "$@"
+    exec unshare -m sh -c 'mount --bind "$0/passwd" /etc/passwd && mount --bind "$0/group" /etc/group &&
+        mount --bind "$0/ld.so.cache" /etc/ld.so.cache && exec "$@"' "$ns" "$@"
 }
 
 exim_version() { (exim_ns "$(exim_bin)" -C /dev/null -bV) 2>/dev/null | sed -n 's/^Exim version \([^ ]*\).*/\1/p'; }
@@ -73,10 +79,9 @@ log_file_path = $d/log/%slog
 pid_file_path = $d/exim.pid
 daemon_smtp_ports = $port
 local_interfaces = 127.0.0.1
-# Exim re-executes itself for deliveries and queue runs: from the private copy,
-# with the private libidn.
+# Exim re-executes itself for deliveries and queue runs: from the private copy.
 exim_path = $(exim_bin)
-keep_environment = LD_LIBRARY_PATH
+keep_environment =
 domainlist local_domains = $domains
 acl_smtp_rcpt = acl_check_rcpt
 tls_advertise_hosts = *

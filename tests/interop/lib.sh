@@ -162,7 +162,7 @@ make_pki() {
         cd "$d"
         exec 2>pki.log
         ca() { # name subject
-            openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 30 \
+            openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 365 \
                 -subj "/CN=$2" -addext basicConstraints=critical,CA:TRUE \
                 -addext keyUsage=critical,keyCertSign,cRLSign
         }
@@ -179,7 +179,7 @@ make_pki() {
                 "$(echo "$san" | sed -E 's/(^|,)([0-9.]+)(,|$)/\1IP:\2\3/g; s/(^|,)([a-z][^,]*)/\1DNS:\2/g')" \
                 "$eku" >"$name.ext"
             openssl x509 -req -in "$name.csr" -CA "$caname.pem" -CAkey "$caname.key" -CAcreateserial \
-                -days 30 -sha256 -extfile "$name.ext" -out "$name.pem"
+                -days 365 -sha256 -extfile "$name.ext" -out "$name.pem"
             cat "$name.pem" "$caname.pem" >"$name-chain.pem"
             cat "$name.key" "$name-chain.pem" >"$name-both.pem"
         }
@@ -191,7 +191,7 @@ make_pki() {
         leaf relay-ec ca ec "relay.test,localhost,127.0.0.1" serverAuth
         leaf client ca rsa "client.test" clientAuth
         leaf client-other other-ca rsa "client.test" clientAuth
-        openssl req -x509 -newkey rsa:2048 -nodes -keyout selfsigned.key -out selfsigned.pem -days 30 \
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout selfsigned.key -out selfsigned.pem -days 365 \
             -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1"
         cp selfsigned.pem selfsigned-chain.pem
         chmod 644 ./*.pem ./*.key

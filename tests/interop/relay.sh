@@ -7,21 +7,31 @@
 #   R_SERVER_TLS      inbound TLS mode: none | offer | require             (offer)
 #   R_CLIENT_CERTS    client-certificate request: none | ask | require     (none)
 #   R_CLIENT_CA       PEM file of client-certificate roots                 (none)
+#   R_AGENTS          SHA-256 fingerprints of trusted agents (may relay)   (none)
+#   R_NETWORKS        authorised networks, space separated                 (127.0.0.0/8)
 #   R_OUTBOUND        default outbound mode                                (opportunistic)
-#   R_TRUST           PEM file of trust anchors for verify                 (none: system roots)
-#   R_CERTS           "default" (the generated Default Cert) or "ca" (RSA + ECDSA from the test CA)
+#   R_TRUST           PEM file of CAs trusted for verify (ca_bundle)       (none: system roots)
+#   R_CERTS           "default" (the generated Default Cert only) or "ca" (RSA + ECDSA
+#                     certificates from the test CA imported with `cert import`)
+#   R_RSA_BITS        RSA size of the generated Default Cert               (2048; the product
+#                     default 4096 is kept where the certificate itself is under test)
 #   R_ACCEPTED        accepted domains, space separated                    (dest.test)
 #   R_ROUTES          "domain=host:port" words, space separated
 #   R_DOMAIN_MODES    "domain=mode" words: per-domain outbound overrides
+#   R_EXTRA           extra top-level TOML lines
 R_SERVER_TLS=offer
 R_CLIENT_CERTS=none
 R_CLIENT_CA=
+R_AGENTS=
+R_NETWORKS="127.0.0.0/8"
 R_OUTBOUND=opportunistic
 R_TRUST=
 R_CERTS=default
+R_RSA_BITS=2048
 R_ACCEPTED="dest.test"
 R_ROUTES=""
 R_DOMAIN_MODES=""
+R_EXTRA=""
 
 toml_list() {
     local first=1 w
@@ -34,24 +44,21 @@ toml_list() {
     printf ']'
 }
 
-# relay_tls_toml: the [tls] table for the current R_* settings.
+# relay_tls_toml: the [tls] table (postern-policy's format) for the current R_* settings.
 relay_tls_toml() {
     local w
     printf '\n[tls.inbound]\ntls = "%s"\nclient_certificates = "%s"\n' "$R_SERVER_TLS" "$R_CLIENT_CERTS"
-    if [ -n "$R_CLIENT_CA" ]; then printf 'client_ca = "%s"\n' "$R_CLIENT_CA"; fi
-    if [ "$R_CERTS" = ca ]; then
-        printf '\n[[tls.certificates]]\ncertificate = "%s"\nkey = "%s"\n' "$PKI/relay-chain.pem" "$PKI/relay.key"
-        printf '\n[[tls.certificates]]\ncertificate = "%s"\nkey = "%s"\n' "$PKI/relay-ec-chain.pem" "$PKI/relay-ec.key"
-    fi
+    for w in $R_AGENTS; do
+        printf '\n[[tls.inbound.trusted_agents]]\nfingerprint = "sha256:%s"\n' "$w"
+    done
     printf '\n[tls.outbound]\ntls = "%s"\n' "$R_OUTBOUND"
-    if [ -n "$R_TRUST" ]; then printf 'trust_anchors = "%s"\n' "$R_TRUST"; fi
     for w in $R_DOMAIN_MODES; do
         printf '\n[tls.outbound.domains."%s"]\ntls = "%s"\n' "${w%%=*}" "${w#*=}"
     done
 }
 
-# relay_new NAME PORT: write $WORK/NAME/relay.toml for the current R_* settings
-# and validate it with `check-config`.
+# relay_new NAME PORT: write $WORK/NAME/relay.toml for the current R_* settings,
+# validate it with `check-config`, and import the test CA's certificates if asked.
 relay_new() {
     local name=$1 port=$2 d="$WORK/$1" w
     mkdir -p "$d/state"
@@ -59,11 +66,17 @@ relay_new() {
         printf 'hostname = "relay.test"\n'
         printf 'listen = ["127.0.0.1:%s"]\n' "$port"
         printf 'state_dir = "%s"\n' "$d/state"
+        # shellcheck disable=SC2086
         printf 'accepted_domains = %s\n' "$(toml_list $R_ACCEPTED)"
-        printf 'authorised_networks = ["127.0.0.0/8"]\n'
+        # shellcheck disable=SC2086
+        printf 'authorised_networks = %s\n' "$(toml_list $R_NETWORKS)"
         printf 'log = "info"\n'
-        printf '\n[queue]\nmin_backoff = "2s"\nmax_backoff = "4s"\n'
-        printf '\n[timeouts]\nconnect = "5s"\ngreeting = "10s"\nmail = "10s"\ntls_handshake = "10s"\n'
+        if [ -n "$R_EXTRA" ]; then printf '%s\n' "$R_EXTRA"; fi
+        printf '\n[certificates]\ndefault_rsa_bits = %s\nreload_interval = "1s"\n' "$R_RSA_BITS"
+        if [ -n "$R_TRUST" ]; then printf 'ca_bundle = "%s"\n' "$R_TRUST"; fi
+        if [ -n "$R_CLIENT_CA" ]; then printf 'client_cert_roots = "%s"\n' "$R_CLIENT_CA"; fi
+        printf '\n[queue]\nmin_backoff = "2s"\nmax_backoff = "4s"\nscan_interval = "1s"\n'
+        printf '\n[timeouts]\nconnect = "5s"\ntls_handshake = "10s"\nclient_reply = "10s"\n'
         printf '\n[routes]\n'
         for w in $R_ROUTES; do printf '"%s" = "%s"\n' "${w%%=*}" "${w#*=}"; done
         relay_tls_toml
@@ -72,12 +85,21 @@ relay_new() {
         cat "$d/relay.toml" "$d/check-config.out" >&2
         fail "postern-relay rejected the generated configuration for $name"
     }
+    if [ "$R_CERTS" = ca ]; then
+        "$RELAY_BIN" --config "$d/relay.toml" cert import --name test-ca-rsa \
+            --cert "$PKI/relay-chain.pem" --key "$PKI/relay.key" >>"$d/cert-import.out" 2>&1 &&
+            "$RELAY_BIN" --config "$d/relay.toml" cert import --name test-ca-ecdsa \
+                --cert "$PKI/relay-ec-chain.pem" --key "$PKI/relay-ec.key" >>"$d/cert-import.out" 2>&1 || {
+            cat "$d/cert-import.out" >&2
+            fail "postern-relay cert import failed"
+        }
+    fi
 }
 
 # relay_start NAME PORT: run the relay configured by relay_new; stopped on exit.
 relay_start() {
     local name=$1 port=$2 d="$WORK/$1" pid
-    "$RELAY_BIN" --config "$d/relay.toml" >"$d/relay.log" 2>&1 &
+    NO_COLOR=1 "$RELAY_BIN" --config "$d/relay.toml" >"$d/relay.log" 2>&1 &
     pid=$!
     echo "$pid" >"$d/relay.pid"
     on_exit "kill $pid; sleep 0.2; kill -9 $pid"

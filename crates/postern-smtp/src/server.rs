@@ -209,6 +209,8 @@ pub struct ServerSession {
     greeting_sent: bool,
     skipping_long_line: bool,
     discarded: u64,
+    /// Service refused at connection time (RFC 5321 3.1): only QUIT is honoured.
+    refused: bool,
 }
 
 impl ServerSession {
@@ -222,6 +224,28 @@ impl ServerSession {
     /// REQUIRETLS is.
     pub fn new_tls(config: ServerConfig, now: Instant) -> Self {
         Self::with_tls(config, true, now)
+    }
+
+    /// A session that refuses service (RFC 5321 3.1): it greets with `greeting` (typically `554 5.7.1 ...`),
+    /// then answers every command but QUIT with `503 5.5.1 Error: service refused` until QUIT or the error
+    /// budget closes it. A `421` greeting closes the session right away. The greeting must be 4xx or 5xx.
+    pub fn new_refusing(
+        config: ServerConfig,
+        now: Instant,
+        greeting: Reply,
+    ) -> Result<Self, AnswerError> {
+        let code = greeting.code();
+        if !(code.is_transient() || code.is_permanent()) {
+            return Err(AnswerError::WrongReplyClass);
+        }
+        let mut s = Self::with_tls(config, false, now);
+        s.output.clear();
+        greeting.encode(&mut s.output);
+        s.refused = true;
+        if code.value() == 421 {
+            s.close(CloseReason::Application);
+        }
+        Ok(s)
     }
 
     fn with_tls(config: ServerConfig, tls_active: bool, now: Instant) -> Self {
@@ -241,6 +265,7 @@ impl ServerSession {
             greeting_sent: false,
             skipping_long_line: false,
             discarded: 0,
+            refused: false,
             config,
         };
         // RFC 5321 4.2: the greeting is a 220 reply naming the host.
@@ -618,6 +643,25 @@ impl ServerSession {
     }
 
     fn command(&mut self, cmd: Command) {
+        // RFC 5321 3.1: after a 554 greeting the server waits for QUIT and answers 503 to everything else.
+        if self.refused {
+            match cmd {
+                Command::Quit => {
+                    self.send(&Reply::fixed(221, (2, 0, 0), "Bye"));
+                    self.close(CloseReason::Quit);
+                }
+                Command::Bdat { size, last } => {
+                    let r = Reply::fixed(503, (5, 5, 1), "Error: service refused");
+                    self.phase = Phase::Bdat {
+                        remaining: size,
+                        last,
+                        mode: Bdat::Discard(r),
+                    };
+                }
+                _ => self.send(&Reply::fixed(503, (5, 5, 1), "Error: service refused")),
+            }
+            return;
+        }
         // RFC 3207 4: with TLS required, only these commands are allowed before STARTTLS.
         let allowed_plain = matches!(
             cmd,
@@ -1052,6 +1096,33 @@ mod tests {
         let r = ehlo_reply(&mut s, now2);
         assert!(!r.contains("STARTTLS") && r.contains("REQUIRETLS"), "{r}");
         assert!(s.is_tls_active());
+    }
+
+    #[test]
+    fn refusing_session() {
+        let now = Instant::now();
+        let greeting = Reply::fixed(554, (5, 7, 1), "Service unavailable; client blocked");
+        let mut s = ServerSession::new_refusing(ServerConfig::new("mx.example.org"), now, greeting)
+            .unwrap();
+        assert_eq!(
+            s.poll_transmit().unwrap(),
+            b"554 5.7.1 Service unavailable; client blocked\r\n"
+        );
+        let (ev, out) = exchange(&mut s, now, b"EHLO c.example\r\n");
+        assert!(ev.is_empty(), "no Hello event: {ev:?}");
+        assert_eq!(out, "503 5.5.1 Error: service refused\r\n");
+        let (ev, out) = exchange(&mut s, now, b"QUIT\r\n");
+        assert_eq!(out, "221 2.0.0 Bye\r\n");
+        assert_eq!(ev, vec![ServerEvent::Closing(CloseReason::Quit)]);
+        let ok = Reply::fixed(250, (2, 0, 0), "x");
+        assert_eq!(
+            ServerSession::new_refusing(ServerConfig::default(), now, ok).err(),
+            Some(AnswerError::WrongReplyClass)
+        );
+        let busy = Reply::fixed(421, (4, 3, 2), "busy");
+        let mut s = ServerSession::new_refusing(ServerConfig::default(), now, busy).unwrap();
+        assert!(s.is_closed());
+        assert_eq!(s.poll_transmit().unwrap(), b"421 4.3.2 busy\r\n");
     }
 
     #[test]

@@ -295,3 +295,132 @@ C: STARTTLS
 S: 502 5.5.1 Error: command not implemented",
     );
 }
+
+/// Replay a transcript against the client engine: each `S:` group is fed to the client, and what the client
+/// then sends must equal the following `C:` group byte for byte. At each decision point the client sends the
+/// next envelope of `outbox`, or quits.
+fn replay_client(
+    script: &str,
+    mut outbox: Vec<(postern_smtp::Envelope, Vec<u8>)>,
+) -> Vec<postern_smtp::ClientEvent> {
+    use postern_smtp::{ClientConfig, ClientEvent, ClientSession};
+    let now = std::time::Instant::now();
+    let mut c = ClientSession::new(ClientConfig::new("bar.com"), now);
+    let mut events = Vec::new();
+    let mut groups: Vec<(String, String)> = Vec::new(); // (server, client)
+    for line in script.lines().map(str::trim_start) {
+        let (is_server, text) = if let Some(s) = line.strip_prefix("S: ") {
+            (true, s)
+        } else if let Some(c) = line
+            .strip_prefix("C: ")
+            .or_else(|| (line == "C:").then_some(""))
+        {
+            (false, c)
+        } else {
+            continue;
+        };
+        if is_server && groups.last().is_none_or(|g| !g.1.is_empty()) {
+            groups.push((String::new(), String::new()));
+        }
+        let g = groups.last_mut().expect("a group exists");
+        let target = if is_server { &mut g.0 } else { &mut g.1 };
+        target.push_str(text);
+        target.push_str("\r\n");
+    }
+    for (server, expected) in groups {
+        assert_eq!(c.handle_input(server.as_bytes()), server.len());
+        let mut sent = Vec::new();
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = c.poll_event(now) {
+                progressed = true;
+                if matches!(
+                    ev,
+                    ClientEvent::Ready { .. } | ClientEvent::TransactionDone(_)
+                ) {
+                    if outbox.is_empty() {
+                        c.quit().unwrap();
+                    } else {
+                        let (env, msg) = outbox.remove(0);
+                        c.send_mail(env, msg).unwrap();
+                    }
+                }
+                events.push(ev);
+            }
+            while let Some(out) = c.poll_transmit() {
+                progressed = true;
+                sent.extend(out);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&sent),
+            expected,
+            "after the server sent {server:?}"
+        );
+    }
+    events
+}
+
+/// RFC 5321 D.1 from the client's side (server lines verbatim from the RFC). The server advertises SIZE, so
+/// the client declares the size (RFC 1870); no PIPELINING, so one command per reply.
+#[test]
+fn rfc5321_d1_client_side() {
+    use postern_smtp::{ClientEvent, DeliveryStatus, Envelope, ForwardPath, ReversePath};
+    let env = Envelope::new(
+        ReversePath::parse("<Smith@bar.com>").unwrap(),
+        ["<Jones@foo.com>", "<Green@foo.com>", "<Brown@foo.com>"]
+            .map(|r| ForwardPath::parse(r).unwrap()),
+    );
+    let events = replay_client(
+        "S: 220 foo.com Simple Mail Transfer Service Ready
+C: EHLO bar.com
+S: 250-foo.com greets bar.com
+S: 250-8BITMIME
+S: 250-SIZE
+S: 250-DSN
+S: 250 HELP
+C: MAIL FROM:<Smith@bar.com> SIZE=37
+S: 250 OK
+C: RCPT TO:<Jones@foo.com>
+S: 250 OK
+C: RCPT TO:<Green@foo.com>
+S: 550 No such user here
+C: RCPT TO:<Brown@foo.com>
+S: 250 OK
+C: DATA
+S: 354 Start mail input; end with <CRLF>.<CRLF>
+C: Blah blah blah...
+C: ...etc. etc. etc.
+C: .
+S: 250 OK
+C: QUIT
+S: 221 foo.com Service closing transmission channel",
+        vec![(env, b"Blah blah blah...\r\n..etc. etc. etc.\r\n".to_vec())],
+    );
+    let report = events
+        .iter()
+        .find_map(|e| {
+            if let ClientEvent::TransactionDone(r) = e {
+                Some(r)
+            } else {
+                None
+            }
+        })
+        .unwrap();
+    let statuses: Vec<_> = report.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            DeliveryStatus::Delivered,
+            DeliveryStatus::Failed,
+            DeliveryStatus::Delivered
+        ]
+    );
+    assert!(matches!(
+        events.last(),
+        Some(ClientEvent::Closed(postern_smtp::ClientCloseReason::Quit))
+    ));
+}

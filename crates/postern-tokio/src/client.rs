@@ -894,9 +894,13 @@ impl Conn {
             if !self.pending.is_empty() {
                 let taken = self.session.handle_input(&self.pending);
                 self.pending.drain(..taken);
-                if taken > 0 {
-                    continue;
+                if taken == 0 {
+                    // After its events are drained the session has room for at least a reply line; should it
+                    // not, give up rather than buffer without bound.
+                    tracing::error!(held = self.pending.len(), "session takes no input");
+                    self.session.handle_eof();
                 }
+                continue;
             }
             let deadline = self.session.poll_timeout();
             let sleep = async {
@@ -923,5 +927,58 @@ impl Conn {
             self.stream.write_all(&bytes).await?;
         }
         self.stream.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_smtp::{ForwardPath, ReversePath};
+
+    fn envelope(n: usize) -> Envelope {
+        let rcpts = (0..n).map(|i| ForwardPath::parse(&format!("<r{i}@example.org>")).unwrap());
+        Envelope::new(ReversePath::parse("<a@example.net>").unwrap(), rcpts)
+    }
+
+    #[test]
+    fn failures_from_replies_and_closes() {
+        let r = Reply::new(
+            554,
+            Some(postern_smtp::EnhancedStatus::new(5, 7, 1).unwrap()),
+            ["go away"],
+        )
+        .unwrap();
+        let f = close_failure(&ClientCloseReason::GreetingRefused(r.clone()));
+        assert_eq!(f.status, EnhancedStatus::new(5, 7, 1));
+        assert_eq!(f.reply, Some(r));
+        // A host that refuses to talk is retried later (next address, next attempt), never bounced.
+        assert!(!f.permanent);
+        let t = close_failure(&ClientCloseReason::Timeout);
+        assert_eq!(
+            (t.status, t.result_type),
+            (EnhancedStatus::new(4, 4, 2), None)
+        );
+        let plain = Reply::new(421, None, ["bye"]).unwrap();
+        assert_eq!(
+            close_failure(&ClientCloseReason::ServiceClosing(plain)).status,
+            EnhancedStatus::new(4, 0, 0)
+        );
+    }
+
+    #[test]
+    fn result_summaries() {
+        let f = local_failure((4, 4, 1), "no route");
+        let deferred =
+            DeliveryResult::undelivered(&envelope(2), DeliveryStatus::Deferred, f.clone(), None);
+        assert!(deferred.is_deferred() && !deferred.all_delivered());
+        assert_eq!(deferred.recipients.len(), 2);
+        assert_eq!(f.to_string(), "4.4.1: no route");
+        let mut mixed = deferred.clone();
+        mixed.recipients[0].status = DeliveryStatus::Delivered;
+        assert!(!mixed.is_deferred() && !mixed.all_delivered());
+        mixed.recipients[1].status = DeliveryStatus::Delivered;
+        assert!(mixed.all_delivered());
+        let failed = DeliveryResult::undelivered(&envelope(1), DeliveryStatus::Failed, f, None);
+        assert!(!failed.is_deferred() && !failed.all_delivered());
     }
 }

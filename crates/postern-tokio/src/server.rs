@@ -421,6 +421,7 @@ impl<H: ServerHandler> Server<H> {
             session: ServerSession::new(self.settings.smtp.clone(), Instant::now()),
             stream: Stream::Plain(tcp),
             pending: Vec::new(),
+            buf: vec![0; READ_CHUNK],
             info,
             handler: session,
             force,
@@ -439,6 +440,8 @@ struct Connection<'a, S> {
     stream: Stream<TlsStream<TcpStream>>,
     /// Bytes read but not yet taken by the session.
     pending: Vec<u8>,
+    /// The read buffer.
+    buf: Vec<u8>,
     info: ConnectionInfo,
     handler: S,
     force: watch::Receiver<bool>,
@@ -455,6 +458,7 @@ impl<S: SessionHandler> Connection<'_, S> {
                 match event {
                     ServerEvent::StartTls { discarded } => {
                         starttls = true;
+                        self.handler.reset();
                         if discarded > 0 {
                             tracing::warn!(id = self.info.id, peer = %self.info.peer, discarded,
                                 "plaintext after STARTTLS discarded (RFC 3207 section 4)");
@@ -484,9 +488,17 @@ impl<S: SessionHandler> Connection<'_, S> {
             if !self.pending.is_empty() {
                 let taken = self.session.handle_input(&self.pending);
                 self.pending.drain(..taken);
-                if taken > 0 {
-                    continue;
+                if taken == 0 {
+                    // After its events are drained the session always has room (its buffer is at least twice a
+                    // command line); should it not, close rather than buffer without bound.
+                    tracing::error!(
+                        id = self.info.id,
+                        held = self.pending.len(),
+                        "session takes no input"
+                    );
+                    self.session.handle_eof();
                 }
+                continue;
             }
             self.read().await;
         }
@@ -586,7 +598,6 @@ impl<S: SessionHandler> Connection<'_, S> {
 
     async fn read(&mut self) {
         let deadline = self.session.poll_timeout();
-        let mut buf = vec![0u8; READ_CHUNK];
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -601,11 +612,11 @@ impl<S: SessionHandler> Connection<'_, S> {
             }
         };
         tokio::select! {
-            r = self.stream.read(&mut buf) => match r {
+            r = self.stream.read(&mut self.buf) => match r {
                 Ok(0) | Err(_) => self.session.handle_eof(),
                 Ok(n) => {
-                    let taken = self.session.handle_input(&buf[..n]);
-                    self.pending.extend_from_slice(&buf[taken..n]);
+                    let taken = self.session.handle_input(&self.buf[..n]);
+                    self.pending.extend_from_slice(&self.buf[taken..n]);
                 }
             },
             () = sleep => self.session.handle_timeout(Instant::now()),
@@ -718,4 +729,79 @@ fn client_certificate(
         issuer,
         seen.check,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reject_builds_the_reply_or_refuses_safely() {
+        let Verdict::Reject(r) = Verdict::reject(554, (5, 7, 1), "Relay access denied") else {
+            panic!("not a refusal")
+        };
+        assert_eq!(r.to_bytes(), b"554 5.7.1 Relay access denied\r\n");
+        // A 2xx code, a class mismatch or a CR in the text never turn into an acceptance.
+        for (code, enhanced, text) in [
+            (250, (2, 0, 0), "ok"),
+            (554, (4, 7, 1), "mismatch"),
+            (550, (5, 1, 1), "a\r\nb"),
+        ] {
+            assert_eq!(
+                Verdict::reject(code, enhanced, text),
+                Verdict::Reject(internal_error()),
+                "{code} {text:?}"
+            );
+        }
+        assert_eq!(
+            internal_error().to_bytes(),
+            b"451 4.3.0 Error: internal error\r\n"
+        );
+    }
+
+    #[test]
+    fn settings_follow_the_policy() {
+        #[derive(Debug)]
+        struct Nobody;
+        #[derive(Debug)]
+        struct NoSession;
+        impl ServerHandler for Nobody {
+            type Session = NoSession;
+            fn open(&self, _: &ConnectionInfo) -> NoSession {
+                NoSession
+            }
+        }
+        impl SessionHandler for NoSession {
+            async fn rcpt(
+                &mut self,
+                _: &ConnectionInfo,
+                _: &ForwardPath,
+                _: &RcptParams,
+            ) -> Verdict {
+                Verdict::reject(550, (5, 1, 1), "no")
+            }
+            async fn message_chunk(&mut self, _: Vec<u8>) {}
+            async fn message_end(&mut self, _: &ConnectionInfo, _: &DataSummary) -> Verdict {
+                Verdict::reject(451, (4, 3, 0), "no")
+            }
+        }
+        // Offer and require need certificates; none does not.
+        let offer = ServerSettings::new("mx.example.org", ServerPolicy::default(), None);
+        assert!(matches!(
+            Server::new(offer, Nobody),
+            Err(ServerError::MissingTlsContext(ServerTlsMode::Offer))
+        ));
+        let mut none = ServerSettings::default();
+        none.policy.tls = ServerTlsMode::None;
+        let server = Server::new(none, Nobody).expect("valid");
+        assert_eq!(server.settings().smtp.starttls, StartTlsPolicy::Disabled);
+        assert!(!server.settings().smtp.tls_available);
+        // Client certificates required without TLS required is refused (postern-policy's rule).
+        let mut bad = ServerSettings::default();
+        bad.policy.client_certificates = ClientCertMode::Require;
+        assert!(matches!(
+            Server::new(bad, Nobody),
+            Err(ServerError::Policy(_))
+        ));
+    }
 }

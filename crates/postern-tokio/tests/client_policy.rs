@@ -316,3 +316,115 @@ async fn bytes_after_ready_abort() {
     )
     .await;
 }
+
+fn envelope() -> Envelope {
+    Envelope::new(
+        ReversePath::parse("<alice@example.net>").unwrap(),
+        [ForwardPath::parse("<bob@example.org>").unwrap()],
+    )
+}
+
+#[tokio::test]
+async fn secure_matches_the_next_hop_not_the_mx_name() {
+    // The MX certificate is valid for mx.example.org, but the destination is example.com: `verify` trusts the
+    // MX name (as a spoofed MX answer would have it), `secure` wants example.com and defers.
+    let hop = start_hop(cert_hop(&fixtures().good)).await;
+    let destination = Destination::new(
+        vec![hop.addr],
+        NextHop::parse("example.com").unwrap(),
+        Some(common::MX.parse().unwrap()),
+    );
+    let c = client(AfterStartTls::Discard);
+    let verify = c
+        .deliver(
+            &destination,
+            &envelope(),
+            MESSAGE,
+            &policy(ClientTlsMode::Verify),
+        )
+        .await;
+    assert!(verify.all_delivered(), "{verify:#?}");
+    let secure = c
+        .deliver(
+            &destination,
+            &envelope(),
+            MESSAGE,
+            &policy(ClientTlsMode::Secure),
+        )
+        .await;
+    assert!(secure.is_deferred(), "{secure:#?}");
+    let failure = secure.failure.expect("failure");
+    assert_eq!(failure.status.to_string(), "4.7.5");
+    assert_eq!(
+        failure.result_type,
+        Some(ResultType::CertificateHostMismatch)
+    );
+    assert_eq!(hop.messages().len(), 1);
+    assert!(!hop.plaintext().contains("MAIL FROM"));
+}
+
+#[tokio::test]
+async fn next_address_after_a_refused_connection() {
+    // A port with nothing listening, then a working next hop.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let hop = start_hop(cert_hop(&fixtures().good)).await;
+    let destination = Destination::new(
+        vec![closed, hop.addr],
+        NextHop::parse("example.org").unwrap(),
+        Some(common::MX.parse().unwrap()),
+    );
+    let result = client(AfterStartTls::Discard)
+        .deliver(
+            &destination,
+            &envelope(),
+            MESSAGE,
+            &policy(ClientTlsMode::Verify),
+        )
+        .await;
+    assert!(result.all_delivered(), "{result:#?}");
+    assert_eq!(result.server, Some(hop.addr));
+    assert_eq!(
+        result.tls.as_ref().map(|t| t.certificate.trust),
+        Some(PeerTrust::Verified)
+    );
+    let explanation = &result.tls.unwrap().explanation;
+    assert!(explanation.contains("default: verify"), "{explanation}");
+}
+
+#[tokio::test]
+async fn silent_server_times_out() {
+    // Accepts and never greets: the reply deadline defers the message with 4.4.2.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let mut c = client(AfterStartTls::Discard);
+    let mut settings = c.settings().clone();
+    settings.smtp.timeouts.command = Duration::from_millis(300);
+    c = Client::new(
+        settings,
+        Arc::new(ClientTlsContext::new(fixtures().ca.roots())),
+    );
+    let destination = Destination::new(vec![addr], NextHop::parse("example.org").unwrap(), None);
+    let started = std::time::Instant::now();
+    let result = c
+        .deliver(
+            &destination,
+            &envelope(),
+            MESSAGE,
+            &policy(ClientTlsMode::Opportunistic),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(result.is_deferred(), "{result:#?}");
+    assert_eq!(result.failure.expect("failure").status.to_string(), "4.4.2");
+    holder.abort();
+}

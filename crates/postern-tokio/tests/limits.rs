@@ -141,3 +141,28 @@ async fn graceful_shutdown_lets_sessions_finish_then_closes_idle_ones() {
         .expect("server returned")
         .unwrap();
 }
+
+#[tokio::test]
+async fn stalled_tls_handshake_is_closed() {
+    let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);
+    s.handshake_timeout = Duration::from_millis(300);
+    let server = start_server(s).await;
+    let mut c = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+    assert!(line(&mut c).await.starts_with("220 "));
+    c.get_mut()
+        .write_all(b"HELO stall.example.net\r\n")
+        .await
+        .unwrap();
+    assert!(line(&mut c).await.starts_with("250 "));
+    c.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    assert_eq!(line(&mut c).await, "220 2.0.0 Ready to start TLS\r\n");
+    // No ClientHello: the server gives up after the handshake timeout and closes.
+    let started = Instant::now();
+    assert_eq!(line(&mut c).await, "");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+    server.shutdown().await;
+}

@@ -11,9 +11,11 @@
 //!   upgraded with tokio-rustls on STARTTLS (`conn`). The engine pipelines MAIL, RCPT and DATA when the server
 //!   offers PIPELINING, as real MTAs do.
 //! - TLS uses rustls with the aws-lc-rs provider. By default any server certificate is accepted, but the
-//!   handshake signatures are verified (`tls::AcceptAnyCertificate`), so the server performs every
-//!   cryptographic step of a real handshake. `--ca` verifies the chain and name instead. `--resume` shares one
-//!   client session cache among all connections; without it resumption is disabled.
+//!   handshake signatures are verified (`tls::BenchVerifier`), so the server performs every
+//!   cryptographic step of a real handshake; `--ca` verifies the chain and name too. `--server-key rsa|ecdsa`
+//!   offers only that key type's signature schemes, so a server holding both certificates presents the one
+//!   asked for. `--resume` shares one client session cache among all connections; without it resumption is
+//!   disabled.
 //! - `send`: `--connections` workers claim batches of `--per-connection` messages from a shared counter, so
 //!   exactly `--messages` are attempted unless `--duration` ends the run first. Both are hard caps: every
 //!   network wait is bounded by the run's deadline.

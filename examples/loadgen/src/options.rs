@@ -80,6 +80,18 @@ pub(crate) enum TlsVersion {
     Any,
 }
 
+/// Which server key type the client asks for, through the signature schemes it offers (a server with an RSA
+/// and an ECDSA certificate picks the certificate the client can verify).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum KeyType {
+    /// Offer only RSA signature schemes (PSS and PKCS#1).
+    Rsa,
+    /// Offer only ECDSA signature schemes.
+    Ecdsa,
+    /// Offer every scheme the provider supports; the server chooses.
+    Any,
+}
+
 /// Connection options shared by `send` and `idle`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClientArgs {
@@ -95,6 +107,9 @@ pub(crate) struct ClientArgs {
     /// TLS versions offered.
     #[arg(long, value_enum, default_value = "any")]
     pub(crate) tls_version: TlsVersion,
+    /// Server certificate type to ask for (via the signature schemes offered).
+    #[arg(long, value_enum, default_value = "any")]
+    pub(crate) server_key: KeyType,
     /// Resume TLS sessions: one client session cache shared by all connections (off: every handshake is full).
     #[arg(long)]
     pub(crate) resume: bool,

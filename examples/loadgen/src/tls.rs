@@ -10,7 +10,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
 
-use crate::options::{ClientArgs, TlsVersion};
+use crate::options::{ClientArgs, KeyType, TlsVersion};
 
 /// A TLS setup error.
 #[derive(Debug, thiserror::Error)]
@@ -70,32 +70,51 @@ fn versions(v: TlsVersion) -> &'static [&'static SupportedProtocolVersion] {
     }
 }
 
-/// A server certificate verifier that accepts any certificate chain and name, yet verifies the handshake
-/// signatures (TLS 1.2 `ServerKeyExchange`, TLS 1.3 `CertificateVerify`) with the certificate's key, so the
-/// server does all the cryptographic work of a real handshake. Benchmark use only: it gives no
-/// authentication.
-#[derive(Debug)]
-pub(crate) struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl AcceptAnyCertificate {
-    /// A verifier using the provider's signature algorithms.
-    pub(crate) fn new(provider: &CryptoProvider) -> Self {
-        Self { algorithms: provider.signature_verification_algorithms }
+fn scheme_allowed(key: KeyType, scheme: SignatureScheme) -> bool {
+    use SignatureScheme as S;
+    match key {
+        KeyType::Any => true,
+        KeyType::Rsa => matches!(
+            scheme,
+            S::RSA_PSS_SHA256 | S::RSA_PSS_SHA384 | S::RSA_PSS_SHA512 | S::RSA_PKCS1_SHA256 | S::RSA_PKCS1_SHA384 | S::RSA_PKCS1_SHA512
+        ),
+        KeyType::Ecdsa => matches!(scheme, S::ECDSA_NISTP256_SHA256 | S::ECDSA_NISTP384_SHA384 | S::ECDSA_NISTP521_SHA512),
     }
 }
 
-impl ServerCertVerifier for AcceptAnyCertificate {
+/// The generator's server certificate verifier.
+///
+/// Without roots it accepts any certificate chain and name, yet verifies the handshake signatures (TLS 1.2
+/// `ServerKeyExchange`, TLS 1.3 `CertificateVerify`) with the certificate's key, so the server does all the
+/// cryptographic work of a real handshake. Benchmark use only: that gives no authentication. With roots it
+/// delegates to webpki. Either way it offers only the signature schemes of the key type asked for.
+#[derive(Debug)]
+pub(crate) struct BenchVerifier {
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+    key: KeyType,
+}
+
+impl BenchVerifier {
+    /// A verifier using the provider's signature algorithms; `webpki` verifies chains and names when set.
+    pub(crate) fn new(provider: &CryptoProvider, webpki: Option<Arc<WebPkiServerVerifier>>, key: KeyType) -> Self {
+        Self { webpki, algorithms: provider.signature_verification_algorithms, key }
+    }
+}
+
+impl ServerCertVerifier for BenchVerifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
+        match &self.webpki {
+            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            None => Ok(ServerCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -117,7 +136,8 @@ impl ServerCertVerifier for AcceptAnyCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        let key = self.key;
+        self.algorithms.supported_schemes().into_iter().filter(|&s| scheme_allowed(key, s)).collect()
     }
 }
 
@@ -127,19 +147,21 @@ pub(crate) fn client_config(args: &ClientArgs) -> Result<Arc<rustls::ClientConfi
     let provider = provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions(args.tls_version))?;
-    let builder = match &args.ca {
+    let webpki = match &args.ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for cert in load_certs(ca)? {
                 roots.add(cert).map_err(|e| pem_error(ca, e))?;
             }
-            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
-            builder.with_webpki_verifier(verifier)
+            Some(verifier)
         }
-        None => builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new(&provider))),
+        None => None,
     };
+    let verifier = BenchVerifier::new(&provider, webpki, args.server_key);
+    let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match (&args.client_cert, &args.client_key) {
         (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
         _ => builder.with_no_client_auth(),
@@ -167,4 +189,21 @@ pub(crate) fn sink_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerC
     config.ticketer = aws_lc_rs::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_type_filters_schemes() {
+        let provider = aws_lc_rs::default_provider();
+        let schemes = |key| BenchVerifier::new(&provider, None, key).supported_verify_schemes();
+        let all = schemes(KeyType::Any);
+        let rsa = schemes(KeyType::Rsa);
+        let ecdsa = schemes(KeyType::Ecdsa);
+        assert!(rsa.contains(&SignatureScheme::RSA_PSS_SHA256) && !rsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
+        assert!(ecdsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) && !ecdsa.contains(&SignatureScheme::RSA_PSS_SHA256));
+        assert!(all.len() > rsa.len() + ecdsa.len(), "ed25519 is in neither subset");
+    }
 }

@@ -42,7 +42,7 @@ use std::time::SystemTime;
 
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
-    DefaultCertificate, ImportError, RsaBits, StoreError,
+    DefaultCertificate, ImportError, RsaBits, ServedCertificates, StoreError,
 };
 use rustls::pki_types::UnixTime;
 
@@ -244,6 +244,43 @@ impl CertDir {
         }
         self.load_imported(name)
     }
+}
+
+/// The certificates to serve from a store built by [`CertDir::store`].
+///
+/// The Default Cert answers clients without SNI or with an unknown name. An
+/// imported certificate for one of the Default Cert's names (the host name)
+/// takes its place entirely, fallback included: an operator who imports a
+/// CA-issued certificate for the host name wants it served, not the
+/// self-signed one. The Default Cert stays in the table either way.
+pub fn served(store: &CertificateStore) -> ServedCertificates {
+    let (defaults, imported): (Vec<_>, Vec<_>) = store
+        .iter()
+        .partition(|(name, _)| *name == DEFAULT_CERT_NAME);
+    let covers = |c: &CertKey, names: &[String]| c.names().iter().any(|n| names.contains(n));
+    let default_names: Vec<String> = defaults
+        .iter()
+        .flat_map(|(_, c)| c.names().iter().cloned())
+        .collect();
+    let mut set = ServedCertificates::new();
+    let replacing: Vec<&CertKey> = imported
+        .iter()
+        .map(|(_, c)| *c)
+        .filter(|c| covers(c, &default_names))
+        .collect();
+    if replacing.is_empty() {
+        for (_, c) in &defaults {
+            set.add_fallback(c);
+        }
+    } else {
+        for c in &replacing {
+            set.add_fallback(c);
+        }
+    }
+    for (_, c) in imported.iter().filter(|(_, c)| !covers(c, &default_names)) {
+        set.add(c);
+    }
+    set
 }
 
 fn write_synced(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertDirError> {

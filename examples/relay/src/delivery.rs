@@ -441,13 +441,16 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
                 return (i, Outcome::Delivered);
             }
             let reply = r.and_then(|r| r.reply.as_ref());
-            let (code, text) = match (reply, &result.failure) {
-                (Some(reply), _) => {
+            // A failure of the connection (TLS policy included) speaks for
+            // every recipient with our own code: a refused STARTTLS is
+            // recorded as 4.7.x, never as the server's 5xx (DESIGN.md §3).
+            let (code, text) = match (&result.failure, reply) {
+                (Some(f), _) => (status_code(&f.status, EnhancedCode::EXPIRED), f.to_string()),
+                (None, Some(reply)) => {
                     let fallback = if reply.code().value() >= 500 { "5.0.0" } else { "4.0.0" };
                     let code = reply.enhanced().map_or_else(|| fallback.to_owned(), |e| e.to_string());
                     (status_code(&code, EnhancedCode::EXPIRED), reply.to_string())
                 }
-                (None, Some(f)) => (status_code(&f.status, EnhancedCode::EXPIRED), f.to_string()),
                 (None, None) => (status_code(&"4.4.2", EnhancedCode::EXPIRED), "connection lost".to_owned()),
             };
             let mut failure = Failure::new(code, text, now);

@@ -354,8 +354,16 @@ pub fn received_header(
     h
 }
 
+/// A distinguished name in double quotes: printable ASCII and spaces, no
+/// inner quote, bounded.
 fn quoted(s: &str) -> String {
-    format!("\"{}\"", header_safe(&s.replace('"', "'"), 256).replace('\u{0}', ""))
+    let inner: String = s
+        .chars()
+        .map(|c| if c == '"' { '\'' } else { c })
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(256)
+        .collect();
+    format!("\"{inner}\"")
 }
 
 fn cert_status(check: &CertificateCheck) -> &'static str {

@@ -1,8 +1,14 @@
-//! The `postern-relay` binary: configuration checks, queue listing and flush,
-//! start-up recovery, exit statuses.
+//! The `postern-relay` binary: configuration checks (the example "trusted agents" configuration included), the
+//! certificate table and import, policy explanation, probe, queue listing and flush, exit statuses.
 
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{Hop, ca, rustls_server, self_signed, start_hop};
 
 fn relay(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_postern-relay"))
@@ -17,63 +23,228 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A configuration with a quick (2048-bit) Default Cert and the state in `state`.
+fn write_config(dir: &Path, extra: &str) {
+    std::fs::write(
+        dir.join("relay.toml"),
+        format!("state_dir = \"state\"\nhostname = \"relay.test\"\n{extra}\n[certificates]\ndefault_rsa_bits = 2048\n"),
+    )
+    .unwrap();
+}
+
+const CFG: [&str; 2] = ["--config", "relay.toml"];
+
+fn with_cfg<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&CFG[..], args].concat()
+}
+
 #[test]
 fn check_config_accepts_defaults_and_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = relay(dir.path(), &["check-config"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).contains("listen = [\"127.0.0.1:2525\"]"),
-        "{}",
-        text(&out.stdout)
-    );
+    assert!(text(&out.stdout).contains("listen = [\"127.0.0.1:2525\"]"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("inbound TLS: offer"), "{}", text(&out.stderr));
 
-    std::fs::write(
-        dir.path().join("bad.toml"),
-        "[queue]\nmax_lifetime = \"forever\"\n",
-    )
-    .unwrap();
-    let out = relay(dir.path(), &["--config", "bad.toml", "check-config"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("bad.toml") && err.contains("queue.max_lifetime"),
-        "{err}"
-    );
-
+    for (toml, key) in [
+        ("[queue]\nmax_lifetime = \"forever\"\n", "queue.max_lifetime"),
+        ("[tls.inbound]\nclient_certificates = \"require\"\n", "tls.inbound.client_certificates"),
+        ("[tls.outbound.domains.\"example.com\"]\ntls = \"verify\"\npins = [\"sha256:00\"]\n", "tls.outbound.domains"),
+        ("[certificates]\nca_bundle = \"missing.pem\"\n", "certificates.ca_bundle"),
+    ] {
+        std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
+        let out = relay(dir.path(), &["--config", "bad.toml", "check-config"]);
+        assert_eq!(out.status.code(), Some(1), "{toml}");
+        let err = text(&out.stderr);
+        assert!(err.contains("bad.toml") && err.contains(key), "{toml}: {err}");
+    }
     let out = relay(dir.path(), &["--config", "missing.toml", "check-config"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read"));
 }
 
 #[test]
+fn trusted_agents_example_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("trusted-agents.toml");
+    std::fs::copy(&example, dir.path().join("trusted-agents.toml")).unwrap();
+    std::fs::create_dir(dir.path().join("trust")).unwrap();
+    std::fs::write(dir.path().join("trust/agents-ca.pem"), &ca().cert_pem).unwrap();
+    std::fs::write(dir.path().join("trust/partners-ca.pem"), &ca().cert_pem).unwrap();
+    let cfg = ["--config", "trusted-agents.toml"];
+    // The outbound certificate must exist: import it as the comment says.
+    let gw1 = ca().leaf(&["gw1.corp.example"], false, -1, 90);
+    let (c, k) = gw1.write(dir.path(), "gw1");
+    let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
+    assert_eq!(out.status.code(), Some(1), "not imported yet");
+    assert!(text(&out.stderr).contains("gw1"), "{}", text(&out.stderr));
+    let out = relay(dir.path(), &[&cfg[..], &["cert", "import", "--name", "gw1", "--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("inbound TLS: require, client certificates: require, trusted agents: 2; outbound default: verify, 1 per-domain rule(s)"),
+        "{err}"
+    );
+    let out = relay(dir.path(), &[&cfg[..], &["policy", "explain", "gw2.corp.example"]].concat());
+    assert!(out.status.success());
+    assert!(text(&out.stdout).starts_with("domain .corp.example (override): secure\n"), "{}", text(&out.stdout));
+    // Without the CA files, the configuration is refused.
+    std::fs::remove_file(dir.path().join("trust/agents-ca.pem")).unwrap();
+    let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("certificates.client_cert_roots"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cert_list_shows_the_default_cert_and_imports() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let out = relay(dir.path(), &with_cfg(&["cert", "list"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    for want in [
+        "Default Cert\n",
+        "subject:      CN=Default Cert",
+        "names (SAN):  relay.test",
+        "key:          RSA 2048 bits",
+        "signature:    sha256WithRSAEncryption",
+        "self-signed:  yes",
+        "status:       valid",
+        "key:          ECDSA 256 bits",
+    ] {
+        assert!(table.contains(want), "{want:?} in\n{table}");
+    }
+    // Generated once, then reused.
+    let again = relay(dir.path(), &with_cfg(&["cert", "list"]));
+    assert_eq!(text(&again.stdout), table);
+
+    let pem = ca().leaf(&["mx.relay.test"], false, -1, 90);
+    let (c, k) = pem.write(dir.path(), "mx");
+    let other = self_signed(&["x.test"], false);
+    let (_, wrong_key) = other.write(dir.path(), "other");
+    let out = relay(dir.path(), &with_cfg(&["cert", "import", "--name", "mx", "--cert", c.to_str().unwrap(), "--key", wrong_key.to_str().unwrap()]));
+    assert_eq!(out.status.code(), Some(1), "mismatched key refused");
+    assert!(text(&out.stderr).contains("postern-relay: error:"));
+    let out = relay(dir.path(), &with_cfg(&["cert", "import", "--name", "mx", "--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = relay(dir.path(), &with_cfg(&["cert", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mx = v.as_array().unwrap().iter().find(|r| r["name"] == "mx").expect("imported row");
+    assert_eq!(mx["sans"][0], "mx.relay.test");
+    assert_eq!(mx["self_signed"], false);
+    assert_eq!(mx["issuer"], "CN=Postern Test CA");
+    assert_eq!(mx["sha256"], pem.fingerprint());
+}
+
+#[test]
+fn policy_explain_names_the_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(
+        dir.path(),
+        "[tls.outbound]\ntls = \"encrypt\"\n[tls.outbound.domains.\"example.com\"]\ntls = \"verify\"\n\
+         [tls.outbound.domains.\".example.org\"]\ntls = \"secure\"\n",
+    );
+    let explain = |d: &str| {
+        let out = relay(dir.path(), &with_cfg(&["policy", "explain", d]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let exact = explain("EXAMPLE.com.");
+    assert!(exact.starts_with("domain example.com (override): verify\n"), "{exact}");
+    assert!(exact.contains("smtp_tls_security_level = verify"), "{exact}");
+    assert!(exact.contains("never sent in plaintext"), "{exact}");
+    assert!(explain("mail.example.org").starts_with("domain .example.org (override): secure\n"));
+    let default = explain("elsewhere.net");
+    assert!(default.starts_with("default: encrypt\n"), "{default}");
+    let out = relay(dir.path(), &with_cfg(&["policy", "explain", "not a domain"]));
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_what_each_mode_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+    write_config(dir.path(), "");
+    let mut cfg = std::fs::read_to_string(dir.path().join("relay.toml")).unwrap();
+    cfg.push_str("system_roots = false\nca_bundle = \"ca.pem\"\n");
+    std::fs::write(dir.path().join("relay.toml"), cfg).unwrap();
+
+    let good = start_hop(Hop::Tls(rustls_server(&ca().leaf(&["localhost"], false, -1, 90))), Duration::ZERO).await;
+    let selfsigned = start_hop(Hop::Tls(rustls_server(&self_signed(&["localhost"], false))), Duration::ZERO).await;
+    let plain = start_hop(Hop::NoStartTls, Duration::ZERO).await;
+    let run = |port: u16| {
+        let dir = dir.path().to_owned();
+        tokio::task::spawn_blocking(move || relay(&dir, &with_cfg(&["probe", &format!("localhost:{port}")])))
+    };
+    let out = run(good.addr.port()).await.unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(report.contains("STARTTLS: offered, reply 220"), "{report}");
+    assert!(report.contains("Verified TLS connection established: TLSv1.3"), "{report}");
+    for mode in ["opportunistic", "encrypt", "verify", "secure"] {
+        assert!(report.lines().any(|l| l.trim_start().starts_with(mode) && l.contains(" deliver ")), "{mode}: {report}");
+    }
+
+    let report = text(&run(selfsigned.addr.port()).await.unwrap().stdout);
+    assert!(report.contains("Untrusted TLS connection established"), "{report}");
+    assert!(report.lines().any(|l| l.trim_start().starts_with("encrypt") && l.contains(" deliver ")), "{report}");
+    assert!(report.lines().any(|l| l.trim_start().starts_with("verify") && l.contains("no delivery") && l.contains("4.7.5")), "{report}");
+
+    let report = text(&run(plain.addr.port()).await.unwrap().stdout);
+    assert!(report.contains("STARTTLS: not offered"), "{report}");
+    assert!(report.lines().any(|l| l.trim_start().starts_with("opportunistic") && l.contains(" deliver ")), "{report}");
+    assert!(report.lines().any(|l| l.trim_start().starts_with("encrypt") && l.contains("no delivery") && l.contains("4.7.4")), "{report}");
+    // No MAIL was ever sent by the probe.
+    for hop in [&good, &selfsigned, &plain] {
+        assert_eq!(hop.log.lock().unwrap().plaintext_mail, 0);
+        assert!(hop.log.lock().unwrap().delivered.is_empty());
+    }
+
+    let out = relay(dir.path(), &with_cfg(&["probe", "127.0.0.1:1"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("connect to 127.0.0.1:1"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn run_recovers_the_spool_and_queue_commands_read_it() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("relay.toml"), "state_dir = \"state\"\n").unwrap();
-    let cfg = ["--config", "relay.toml"];
-
-    let out = relay(dir.path(), &[&cfg[..], &["queue", "list"]].concat());
+    write_config(dir.path(), "listen = [\"127.0.0.1:0\"]");
+    let out = relay(dir.path(), &with_cfg(&["queue", "list"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Mail queue is empty\n");
 
     // Running creates and recovers the spool; a leftover partial message is removed.
     std::fs::create_dir_all(dir.path().join("state/spool/tmp/PARTIAL")).unwrap();
-    let out = relay(dir.path(), &cfg);
-    let err = text(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("removed incomplete messages"), "{err}");
-    assert!(err.contains("spool recovered"), "{err}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+        .args(CFG)
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("relay started") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.contains("removed incomplete messages"), "{seen}");
+    assert!(seen.contains("listening"), "{seen}");
     assert!(!dir.path().join("state/spool/tmp/PARTIAL").exists());
 
-    let out = relay(
-        dir.path(),
-        &[&cfg[..], &["queue", "list", "--json"]].concat(),
-    );
+    let out = relay(dir.path(), &with_cfg(&["queue", "list", "--json"]));
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["messages"].as_array().map(Vec::len), Some(0));
 
-    let out = relay(dir.path(), &[&cfg[..], &["queue", "flush"]].concat());
+    let out = relay(dir.path(), &with_cfg(&["queue", "flush"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(dir.path().join("state/spool/flush").exists());
 }

@@ -380,3 +380,35 @@ pub async fn read_all<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     out
 }
+
+/// Connects to an SMTP server, does STARTTLS with SNI `sni` (no certificate check) and returns the SHA-256
+/// fingerprint of the certificate it served.
+pub async fn served_fingerprint(addr: SocketAddr, sni: &str) -> String {
+    use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut io = BufReader::new(tcp);
+    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(io.read_line(&mut line).await.unwrap() > 0, "closed after {all:?}");
+            all.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return all;
+            }
+        }
+    }
+    assert!(reply(&mut io).await.starts_with("220 "));
+    io.get_mut().write_all(b"EHLO probe.test\r\n").await.unwrap();
+    assert!(reply(&mut io).await.contains("STARTTLS"));
+    io.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    assert!(reply(&mut io).await.starts_with("220 "));
+    let ctx = ClientTlsContext::new(TrustRoots::empty().into_store());
+    let conn = ctx.connection(&ClientTlsSpec::new(postern_policy::ClientTlsMode::Encrypt, sni)).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&conn.config))
+        .connect(conn.server_name.clone(), io.into_inner())
+        .await
+        .unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    postern_certs::Fingerprint::of(&leaf).to_string()
+}
