@@ -274,6 +274,7 @@ class Relay:
             'accepted_domains = []',
             'authorised_networks = ["127.0.0.0/8"]',
             'log = "warn"',
+            "max_connections = %d" % (max(self.a.idle, self.a.connections) + 200),
             "",
             "[certificates]",
             'ca_bundle = "%s/ca.crt"' % c,
@@ -302,7 +303,7 @@ class Relay:
             )
 
     def start(self):
-        cmd = self.meter.enter_cmd(taskset(self.a.server_cpus) + [self.a.relay, "--config", self.config, "run"])
+        cmd = self.meter.enter_cmd(taskset(self.a.server_cpus) + [self.a.relay, "--config", self.config])
         self.log = open(os.path.join(self.dir, "relay.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=self.dir)
         self.meter.root_pid = self.proc.pid

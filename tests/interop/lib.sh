@@ -103,17 +103,18 @@ except OSError:
 EOF
 }
 
-# Print a free port in 20000-20999 not handed out before in this case.
-USED_PORTS=" "
+# Print a free port in 20000-20999 not handed out before in this case. (Called
+# as $(free_port), a subshell: the ports handed out are kept in a file.)
 free_port() {
-    local p tries=0
+    local p tries=0 used="$WORK/.ports"
+    touch "$used"
     while :; do
         p=$((20000 + RANDOM % 1000))
         tries=$((tries + 1))
         [ "$tries" -lt 500 ] || fail "no free port in 20000-20999"
-        case "$USED_PORTS" in *" $p "*) continue ;; esac
+        grep -qx "$p" "$used" && continue
         if port_is_free "$p"; then
-            USED_PORTS="$USED_PORTS$p "
+            echo "$p" >>"$used"
             echo "$p"
             return 0
         fi
@@ -147,7 +148,8 @@ wait_for() {
 # make_pki DIR: a test CA and the certificates every case may use.
 #   ca.pem/ca.key            the test CA (RSA 2048)
 #   other-ca.pem             an unrelated CA (for refused client certificates)
-#   nexthop.{pem,key}        CA-signed, SAN localhost, 127.0.0.1, nexthop.test
+#   nexthop.{pem,key}        CA-signed, SAN localhost, 127.0.0.1, nexthop.test and the
+#                            destination domains of the verify cases that must succeed
 #   wrongname.{pem,key}      CA-signed, SAN wrong.test only
 #   selfsigned.{pem,key}     self-signed, SAN localhost, 127.0.0.1
 #   relay.{pem,key}          CA-signed RSA, SAN relay.test, localhost, 127.0.0.1
@@ -185,7 +187,10 @@ make_pki() {
         }
         ca ca "Postern Interop Test CA"
         ca other-ca "Unrelated Test CA"
-        leaf nexthop ca rsa "localhost,127.0.0.1,nexthop.test" serverAuth
+        # With a static route to an IP address the relay's verify mode matches the
+        # destination domain, so the next hop's certificate names the domains of the
+        # cases that expect verify to succeed.
+        leaf nexthop ca rsa "localhost,127.0.0.1,nexthop.test,may-ca-verify.test,encrypt-verify.test,exim-ca-verify.test" serverAuth
         leaf wrongname ca rsa "wrong.test" serverAuth
         leaf relay ca rsa "relay.test,localhost,127.0.0.1" serverAuth
         leaf relay-ec ca ec "relay.test,localhost,127.0.0.1" serverAuth

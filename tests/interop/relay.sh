@@ -111,24 +111,41 @@ relay_start() {
 
 relay_log() { echo "$WORK/$1/relay.log"; }
 
+# relay_status NAME RCPT: the last delivery status the relay logged for RCPT
+# ("sent ...", "deferred (...)", "bounced (...)"); empty when none yet.
+relay_status() {
+    grep -F "to=<$2>," "$(relay_log "$1")" 2>/dev/null | grep -F "status=" | tail -n 1 |
+        sed -E 's/.* status=//' || true
+}
+
 # relay_queue NAME RCPT: the JSON of every queued message that has RCPT, one
-# per line (empty when none is queued for RCPT).
+# per line (empty when none is queued for RCPT). With RELAY_QUEUE_CACHE set to
+# a file, reads the queue from that file (see relay_queue_snapshot).
 relay_queue() {
-    "$RELAY_BIN" --config "$WORK/$1/relay.toml" queue list --json 2>/dev/null | python3 -c '
+    {
+        if [ -n "${RELAY_QUEUE_CACHE:-}" ]; then
+            cat "$RELAY_QUEUE_CACHE"
+        else
+            "$RELAY_BIN" --config "$WORK/$1/relay.toml" queue list --json 2>/dev/null
+        fi
+    } | python3 -c '
 import json, sys
 rcpt = sys.argv[1].lower()
 text = sys.stdin.read().strip()
 if not text:
     sys.exit(0)
-try:
-    data = json.loads(text)
-except ValueError:
-    data = [json.loads(l) for l in text.splitlines() if l.strip()]
+data = json.loads(text)
 if isinstance(data, dict):
-    data = data.get("messages", [data])
+    data = data.get("messages", [])
 for m in data:
-    s = json.dumps(m)
-    if rcpt in s.lower():
-        print(s)
+    for r in m.get("recipients", []):
+        if r.get("address", "").lower().endswith(rcpt):
+            print(json.dumps({"address": r["address"], "state": r.get("state"),
+                              "last_failure": r.get("last_failure") or m.get("last_failure")}))
 ' "$2"
+}
+
+# relay_queue_snapshot NAME FILE: save the queue listing once for many relay_queue calls.
+relay_queue_snapshot() {
+    "$RELAY_BIN" --config "$WORK/$1/relay.toml" queue list --json >"$2" 2>/dev/null || : >"$2"
 }

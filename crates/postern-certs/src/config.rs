@@ -423,7 +423,9 @@ impl ClientTlsContext {
             spec.match_names,
             spec.pins,
             Arc::as_ptr(&roots),
-            spec.hook.as_ref().map(|h| Arc::as_ptr(h).cast::<()>()),
+            spec.hook.as_ref().map(|h| h
+                .cache_key()
+                .unwrap_or_else(|| format!("{:p}", Arc::as_ptr(h).cast::<()>()))),
             spec.dangerous_report_only,
             spec.min_version,
             spec.no_sni,

@@ -28,6 +28,13 @@
 //!   [`refused_check`]. Handshake signatures are always verified, in every
 //!   mode: no verifier here accepts everything. DANE and custom MTA-STS
 //!   checks plug in through [`CertificateHook`].
+//! - **DANE** ([`DaneHook`]): the [`CertificateHook`] for TLSA records
+//!   (RFC 7672, RFC 7671): DANE-EE(3) matches the server's certificate or key
+//!   with no name or date check; DANE-TA(2) makes the matched certificate of
+//!   the chain the only trust anchor of a full path validation, then checks
+//!   the names (TLSA base domain, next-hop domain); PKIX usages never match;
+//!   only the strongest digest per usage and selector is used.
+//!   [`tlsa_record`] computes the record to publish for a certificate.
 //! - **Configuration** ([`ServerTlsContext`], [`ClientTlsContext`]): TLS 1.2 and
 //!   1.3 only, minimum version honoured, the aws-lc-rs provider passed
 //!   explicitly, server session tickets and cache, client session caches shared
@@ -96,6 +103,7 @@
 
 mod certkey;
 mod config;
+mod dane;
 mod default_cert;
 mod error;
 mod inspect;
@@ -108,6 +116,7 @@ pub use config::{
     ClientTlsConnection, ClientTlsContext, ClientTlsSpec, ServerTlsContext, ServerTlsSpec,
     TrustRoots, protocol_versions, provider,
 };
+pub use dane::{DaneError, DaneHook, DaneMatch, tlsa_record, usable_records};
 pub use default_cert::{
     DefaultCertOptions, DefaultCertificate, ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind,
     GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_or_create,

@@ -91,10 +91,19 @@ pub struct HookInput<'a> {
 pub trait CertificateHook: Send + Sync + fmt::Debug {
     /// Decides the check for this chain.
     fn check(&self, input: &HookInput<'_>) -> CertificateCheck;
+
+    /// A key under which hooks that decide alike share one rustls
+    /// configuration (and its resumable sessions) in a
+    /// [`ClientTlsContext`](crate::ClientTlsContext). `None`, the default,
+    /// shares only with the same hook instance. Keys must be unique to the
+    /// hook type and everything its decision depends on.
+    fn cache_key(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Maps a rustls chain error to a failure reason.
-fn failure_of(e: &Error) -> CertificateFailure {
+pub(crate) fn failure_of(e: &Error) -> CertificateFailure {
     match e {
         Error::InvalidCertificate(CertificateError::Expired)
         | Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
@@ -118,7 +127,7 @@ fn error_of(check: CertificateCheck) -> Error {
 
 /// Whether the leaf matches one of `names`. A name starting with a dot
 /// (`.example.com`) matches any subdomain, as Postfix's `dot-nexthop`.
-fn name_matches(
+pub(crate) fn name_matches(
     parsed: &ParsedCertificate<'_>,
     leaf: &CertificateDer<'_>,
     names: &[String],

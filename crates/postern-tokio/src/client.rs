@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
+use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
     Action, Authentication, CertificateCheck, ClientTlsMode, Close, ConnectionPolicy, Decision,
     DomainName, EnhancedStatus, Failure, HandshakeOutcome, NamePattern, NextHop, OutboundPolicy,
@@ -487,7 +487,10 @@ impl Client {
                     if discarded > 0 {
                         tracing::warn!(server = %addr, discarded, "bytes after the 220 to STARTTLS discarded, never read as a reply");
                     }
-                    match self.handshake(&mut conn, policy, &server_name).await {
+                    match self
+                        .handshake(&mut conn, policy, &destination.next_hop, &server_name)
+                        .await
+                    {
                         Handshake::Aborted => {}
                         Handshake::Local(f) => {
                             att.outcome = Outcome::Failed(f);
@@ -624,6 +627,7 @@ impl Client {
     async fn tls_spec(
         &self,
         policy: &ConnectionPolicy,
+        next_hop: &NextHop,
         server_name: &str,
     ) -> Result<ClientTlsSpec, DeliveryFailure> {
         let mut spec = ClientTlsSpec::new(ClientTlsMode::Opportunistic, server_name);
@@ -651,11 +655,27 @@ impl Client {
                     .map(|p| postern_certs::Fingerprint(p.0))
                     .collect();
             }
+            TlsRequirement::Authenticated(Authentication::Dane(records)) => {
+                spec.mode = match policy.settings().tls {
+                    ClientTlsMode::DaneOnly => ClientTlsMode::DaneOnly,
+                    _ => ClientTlsMode::Dane,
+                };
+                // RFC 7672 section 8.1: the SNI (`server_name`) is the TLSA base domain, the MX host. RFC 7671
+                // section 10.2: it is the primary reference identifier of DANE-TA(2) name checks, and with SMTP
+                // the destination domain is acceptable too (Postfix's "nexthop, hostname").
+                let mut names = vec![server_name.to_owned()];
+                if let Some(domain) = next_hop.domain().map(ToString::to_string)
+                    && !names.contains(&domain)
+                {
+                    names.push(domain);
+                }
+                spec.hook = Some(Arc::new(DaneHook::new(records, names)));
+            }
             TlsRequirement::Authenticated(_) => {
                 return Err(DeliveryFailure {
                     status: EnhancedStatus::CRYPTO_FAILURE,
                     result_type: Some(ResultType::ValidationFailure),
-                    explanation: "DANE certificate matching is not available in this client".into(),
+                    explanation: "authentication method not available in this client".into(),
                     permanent: false,
                     reply: None,
                 });
@@ -697,6 +717,7 @@ impl Client {
         &self,
         conn: &mut Conn,
         policy: &ConnectionPolicy,
+        next_hop: &NextHop,
         server_name: &str,
     ) -> Handshake {
         // RFC 3207 section 4: nothing received before the handshake is read as a reply; the session discards
@@ -706,7 +727,7 @@ impl Client {
         if conn.session.is_closed() {
             return Handshake::Aborted;
         }
-        let spec = match self.tls_spec(policy, server_name).await {
+        let spec = match self.tls_spec(policy, next_hop, server_name).await {
             Ok(s) => s,
             Err(f) => return Handshake::Local(f),
         };

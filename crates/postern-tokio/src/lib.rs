@@ -24,7 +24,10 @@
 //!   policy, which continues, defers with its 4.7.x code and RFC 8460 result type, or — opportunistic TLS after
 //!   a failed handshake — asks for a new plaintext connection, which the client opens. The result has
 //!   per-recipient outcomes, a TLS summary and, on failure, the enhanced code, result type and the policy's
-//!   explanation.
+//!   explanation. When usable TLSA records require DANE ([`client::Client::deliver_with`] with a
+//!   [`postern_policy::ConnectionPolicy`] carrying the DANE outcome), the handshake sends the MX host as SNI
+//!   (the TLSA base domain, RFC 7672 section 8.1) and is judged by [`postern_certs::DaneHook`]; a chain no
+//!   record authenticates aborts the handshake and defers with 4.7.5.
 //!
 //! ## STARTTLS and buffered plaintext (RFC 3207 section 4, CVE-2011-0411)
 //!

@@ -268,7 +268,7 @@ mod tests {
             PolicyConfig,
         };
         let fp = "sha256:".to_owned() + &"ab".repeat(32);
-        let policy = PolicyConfig::from_toml_str(&format!(
+        let tls = PolicyConfig::from_toml_str(&format!(
             "[inbound]\ntls = \"require\"\nclient_certificates = \"ask\"\n\
              [[inbound.trusted_agents]]\nfingerprint = \"{fp}\"\n"
         ))
@@ -282,13 +282,13 @@ mod tests {
             CertificateCheck::failed(PeerTrust::Untrusted, CertificateFailure::NotTrusted),
         );
         let client = |c: &ClientCertificate| {
-            let d = policy.inbound.may_relay(Some(c));
+            let d = tls.inbound.may_relay(Some(c));
             Client {
                 ip: "203.0.113.9".parse().unwrap(),
                 trusted_agent: d.allowed.then_some(d.reason),
             }
         };
-        let p = super::tests::policy();
+        let p = policy();
         assert!(matches!(
             p.check_recipient(&client(&verified), "x@elsewhere.org"),
             Ok(Grant::TrustedAgent(_))

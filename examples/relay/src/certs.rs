@@ -51,7 +51,9 @@ use rustls::pki_types::UnixTime;
 #[non_exhaustive]
 pub enum CertDirError {
     /// The certificate name is not usable.
-    #[error("invalid certificate name {0:?} (letters, digits, '.', '_', '-' and spaces; not \"Default Cert\")")]
+    #[error(
+        "invalid certificate name {0:?} (letters, digits, '.', '_', '-' and spaces; not \"Default Cert\")"
+    )]
     Name(String),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
@@ -176,7 +178,12 @@ impl CertDir {
 
     /// Validates a certificate chain and key and persists them under `name`
     /// (replacing a certificate of that name). Returns the parsed pair.
-    pub fn import(&self, name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<CertKey, CertDirError> {
+    pub fn import(
+        &self,
+        name: &str,
+        chain_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<CertKey, CertDirError> {
         check_name(name)?;
         let cert = CertKey::from_pem(chain_pem, key_pem)?;
         let imported = self.imported_dir();
@@ -307,7 +314,7 @@ fn sync_dir(dir: &Path) -> Result<(), CertDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_certs::{GeneratedKind, generate_self_signed};
+    use postern_certs::{Fingerprint, GeneratedKind, generate_self_signed};
 
     fn pem(host: &str) -> postern_certs::GeneratedPem {
         generate_self_signed(
@@ -355,8 +362,65 @@ mod tests {
     }
 
     #[test]
+    fn an_import_for_the_host_name_replaces_the_default_cert_in_service() {
+        use rustls::SignatureScheme;
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        let now = UnixTime::now();
+        let schemes = [
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            SignatureScheme::RSA_PSS_SHA256,
+        ];
+        let served_leaf = |store: &CertificateStore, sni: Option<&str>| {
+            let key = served(store).select(sni, &schemes).unwrap();
+            Fingerprint::of(&key.cert[0])
+        };
+        let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
+        let default_ecdsa = store
+            .get(DEFAULT_CERT_NAME)
+            .find(|c| c.key_type() == postern_certs::KeyType::Ecdsa)
+            .unwrap()
+            .fingerprint();
+        assert_eq!(served_leaf(&store, Some("relay.test")), default_ecdsa);
+        assert_eq!(served_leaf(&store, None), default_ecdsa);
+
+        // Another name: served by SNI, the Default Cert stays the fallback.
+        let other = pem("other.test");
+        certs
+            .import("other", other.cert_pem.as_bytes(), other.key_pem.as_bytes())
+            .unwrap();
+        let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
+        assert_ne!(served_leaf(&store, Some("other.test")), default_ecdsa);
+        assert_eq!(served_leaf(&store, Some("relay.test")), default_ecdsa);
+
+        // The host name: it takes the Default Cert's place, fallback included.
+        let own = pem("relay.test");
+        let own_fp = CertKey::from_pem(own.cert_pem.as_bytes(), own.key_pem.as_bytes())
+            .unwrap()
+            .fingerprint();
+        certs
+            .import("own", own.cert_pem.as_bytes(), own.key_pem.as_bytes())
+            .unwrap();
+        let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
+        assert_eq!(served_leaf(&store, Some("relay.test")), own_fp);
+        assert_eq!(served_leaf(&store, None), own_fp);
+        assert_eq!(
+            store.list(now).len(),
+            4,
+            "the Default Cert stays in the table"
+        );
+    }
+
+    #[test]
     fn names_are_checked() {
-        for bad in ["", "../x", "a/b", ".hidden", "Default Cert", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            ".hidden",
+            "Default Cert",
+            &"x".repeat(65),
+        ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         for good in ["mx", "mx.example.org 2026", "corp_ca-1"] {

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use postern_certs::{CertKey, CertificateRow, RSA_CERT_FILE, RSA_KEY_FILE, ECDSA_CERT_FILE, ECDSA_KEY_FILE};
+use postern_certs::{
+    CertKey, CertificateRow, ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE,
+};
 use postern_policy::NextHop;
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
@@ -35,11 +37,15 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
     if let Some(name) = &config.certificates.outbound_certificate {
         certs.get(name)?;
     }
-    for (cert, key) in [(RSA_CERT_FILE, RSA_KEY_FILE), (ECDSA_CERT_FILE, ECDSA_KEY_FILE)] {
+    for (cert, key) in [
+        (RSA_CERT_FILE, RSA_KEY_FILE),
+        (ECDSA_CERT_FILE, ECDSA_KEY_FILE),
+    ] {
         let (c, k) = (certs.root().join(cert), certs.root().join(key));
         if c.exists() || k.exists() {
             let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-            CertKey::from_pem(&read(&c)?, &read(&k)?).map_err(|e| format!("{}: {e}", c.display()))?;
+            CertKey::from_pem(&read(&c)?, &read(&k)?)
+                .map_err(|e| format!("{}: {e}", c.display()))?;
         }
     }
     eprintln!(
@@ -48,12 +54,22 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         policy.inbound.client_certificates.as_str(),
         policy.inbound.trusted_agents.len(),
         policy.outbound.default.tls.as_str(),
-        config.tls.as_ref().and_then(|t| t.get("outbound")).and_then(|o| o.get("domains")).and_then(|d| d.as_table()).map_or(0, toml::Table::len),
+        config
+            .tls
+            .as_ref()
+            .and_then(|t| t.get("outbound"))
+            .and_then(|o| o.get("domains"))
+            .and_then(|d| d.as_table())
+            .map_or(0, toml::Table::len),
         imported.len(),
     );
     eprintln!(
         "configuration OK{}",
-        if from_file { "" } else { " (embedded defaults)" }
+        if from_file {
+            ""
+        } else {
+            " (embedded defaults)"
+        }
     );
     Ok(())
 }
@@ -70,12 +86,20 @@ pub fn cert_table(rows: &[CertificateRow]) -> String {
         let _ = writeln!(out, "  subject:      {}", row.subject);
         let _ = writeln!(out, "  issuer:       {}", row.issuer);
         let _ = writeln!(out, "  names (SAN):  {}", row.sans.join(", "));
-        let _ = writeln!(out, "  key:          {} {} bits", row.key_type, row.key_bits);
+        let _ = writeln!(
+            out,
+            "  key:          {} {} bits",
+            row.key_type, row.key_bits
+        );
         let _ = writeln!(out, "  signature:    {}", row.signature_algorithm);
         let _ = writeln!(out, "  not before:   {}", date(row.not_before));
         let _ = writeln!(out, "  not after:    {}", date(row.not_after));
         let _ = writeln!(out, "  sha256:       {}", row.fingerprint);
-        let _ = writeln!(out, "  self-signed:  {}", if row.self_signed { "yes" } else { "no" });
+        let _ = writeln!(
+            out,
+            "  self-signed:  {}",
+            if row.self_signed { "yes" } else { "no" }
+        );
         let _ = writeln!(out, "  status:       {}", row.status);
     }
     out
@@ -126,7 +150,10 @@ pub fn cert_import(config: &Config, name: &str, chain: &Path, key: &Path) -> Cli
     let cert = CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?)?;
     let row = postern_certs::inspect(name, cert.leaf(), UnixTime::now())?;
     print!("{}", cert_table(&[row]));
-    println!("imported: a running relay serves it within {}", config.certificates.reload_interval);
+    println!(
+        "imported: a running relay serves it within {}",
+        config.certificates.reload_interval
+    );
     Ok(())
 }
 
@@ -139,17 +166,35 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     println!("{}", policy.outbound.explain(&hop));
     println!("  destination:        {hop}");
     println!("  rule:               {source}");
-    println!("  mode:               {} (Postfix smtp_tls_security_level = {})", settings.tls.as_str(), settings.tls.postfix_level());
-    println!("  minimum version:    {}", settings.min_tls_version.as_str());
-    if matches!(settings.tls, postern_policy::ClientTlsMode::Verify | postern_policy::ClientTlsMode::Secure) {
-        let names: Vec<String> = settings.effective_match().iter().map(ToString::to_string).collect();
+    println!(
+        "  mode:               {} (Postfix smtp_tls_security_level = {})",
+        settings.tls.as_str(),
+        settings.tls.postfix_level()
+    );
+    println!(
+        "  minimum version:    {}",
+        settings.min_tls_version.as_str()
+    );
+    if matches!(
+        settings.tls,
+        postern_policy::ClientTlsMode::Verify | postern_policy::ClientTlsMode::Secure
+    ) {
+        let names: Vec<String> = settings
+            .effective_match()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         println!("  certificate match:  {}", names.join(", "));
         println!(
             "  trust anchors:      {}",
-            settings.trust_anchors.clone().unwrap_or_else(|| match &config.certificates.ca_bundle {
-                Some(b) if config.certificates.system_roots => format!("system roots + {}", b.display()),
-                Some(b) => b.display().to_string(),
-                None => "system roots".into(),
+            settings.trust_anchors.clone().unwrap_or_else(|| {
+                match &config.certificates.ca_bundle {
+                    Some(b) if config.certificates.system_roots => {
+                        format!("system roots + {}", b.display())
+                    }
+                    Some(b) => b.display().to_string(),
+                    None => "system roots".into(),
+                }
             })
         );
     }
@@ -160,7 +205,11 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     let requires = settings.tls.always_requires_tls();
     println!(
         "  without TLS:        {}",
-        if requires { "the message stays queued (deferred 4.7.x), never sent in plaintext" } else { "delivered in plaintext" }
+        if requires {
+            "the message stays queued (deferred 4.7.x), never sent in plaintext"
+        } else {
+            "delivered in plaintext"
+        }
     );
     Ok(())
 }

@@ -500,7 +500,10 @@ impl Config {
             ("timeouts.client_reply", t.client_reply),
             ("timeouts.client_data", t.client_data),
             ("queue.scan_interval", q.scan_interval),
-            ("certificates.reload_interval", self.certificates.reload_interval),
+            (
+                "certificates.reload_interval",
+                self.certificates.reload_interval,
+            ),
         ] {
             if v.0.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
@@ -735,7 +738,11 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.queue.max_backoff.as_secs(), 7200);
         assert_eq!(c.timeouts.connect.as_secs(), 10);
-        assert_eq!(c.timeouts.client_reply.as_secs(), 300, "others keep defaults");
+        assert_eq!(
+            c.timeouts.client_reply.as_secs(),
+            300,
+            "others keep defaults"
+        );
         assert_eq!(c.bare_newlines, BareNewlines::Reject);
         let routes = c.static_routes().unwrap();
         assert_eq!(
@@ -751,9 +758,7 @@ mod tests {
         let policy = c.policy().unwrap();
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Require);
         assert_eq!(
-            policy
-                .outbound
-                .explain(&"example.net".parse().unwrap()),
+            policy.outbound.explain(&"example.net".parse().unwrap()),
             "domain example.net (override): verify"
         );
         assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
@@ -809,9 +814,7 @@ mod tests {
             "tls.inbound.client_certificates"
         );
         assert_eq!(
-            error_key(
-                "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\""
-            ),
+            error_key("[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\""),
             "certificates.client_cert_roots"
         );
         assert_eq!(error_key("max_recipients = 5"), "max_recipients");

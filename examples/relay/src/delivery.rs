@@ -5,7 +5,7 @@
 //! and sleeps until the next due time, a new message or `queue.scan_interval`.
 //! A worker groups the open recipients by domain, routes each domain (static
 //! route or MX), and hands the message to postern-tokio's
-//! [`Client`](postern_tokio::client::Client) under the per-domain outbound
+//! [`postern_tokio::client::Client`] under the per-domain outbound
 //! policy. The client never sends MAIL in plaintext when the policy requires
 //! TLS, and logs one TLS line per connection. Outcomes are recorded per
 //! recipient with the last failure (enhanced code, RFC 8460 result type,
@@ -27,7 +27,9 @@ use tokio::task::JoinSet;
 use crate::dsn::build_bounce;
 use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId};
 use crate::queue::{Disposition, Outcome};
-use crate::routing::{HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, Router};
+use crate::routing::{
+    HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, RouteSource, Router,
+};
 use crate::server::Shared;
 use crate::spool::SpoolError;
 
@@ -36,16 +38,16 @@ use crate::spool::SpoolError;
 #[derive(Debug)]
 pub enum SystemResolver {
     /// hickory-resolver with `/etc/resolv.conf`.
-    Hickory(HickoryResolver),
+    Hickory(Box<HickoryResolver>),
     /// No resolver could be built.
     Unavailable(String),
 }
 
 impl SystemResolver {
     /// The system resolver. Call within a tokio runtime.
-    pub fn new() -> Self {
+    pub fn from_system() -> Self {
         match HickoryResolver::from_system() {
-            Ok(r) => Self::Hickory(r),
+            Ok(r) => Self::Hickory(Box::new(r)),
             Err(e) => {
                 tracing::warn!(error = %e, "no DNS resolver: only static routes can deliver");
                 Self::Unavailable(e.to_string())
@@ -79,8 +81,15 @@ pub struct Delivery {
     outbound: OutboundPolicy,
 }
 
+/// Our enhanced code for another crate's status (same text form), or
+/// `fallback` if it does not convert.
 fn status_code(s: &impl ToString, fallback: EnhancedCode) -> EnhancedCode {
     s.to_string().parse().unwrap_or(fallback)
+}
+
+/// `4.x.y`, which is always valid (class 4, small numbers).
+fn transient(subject: u16, detail: u16) -> EnhancedCode {
+    EnhancedCode::new(4, subject, detail).unwrap_or(EnhancedCode::EXPIRED)
 }
 
 impl Delivery {
@@ -127,23 +136,28 @@ impl Delivery {
                 Err(e) => tracing::warn!(error = %e, "cannot read the flush flag"),
             }
             let free = workers.available_permits();
-            let due = if free > 0 { self.queue().take_due(now, free) } else { Vec::new() };
+            let due = if free > 0 {
+                self.queue().take_due(now, free)
+            } else {
+                Vec::new()
+            };
             for envelope in due {
-                // The count was read above and only this loop takes permits.
-                let Ok(permit) = Arc::clone(&workers).try_acquire_owned() else {
-                    self.queue().flush(now);
-                    break;
-                };
+                // `take_due` took no more than the free permits, so the wait
+                // is immediate; the semaphore is never closed.
+                let permit = Arc::clone(&workers).acquire_owned();
                 let this = Arc::clone(&self);
                 tasks.spawn(async move {
+                    let _permit = permit.await;
                     this.attempt(envelope).await;
-                    drop(permit);
                 });
             }
             let next = self.queue().next_wakeup();
             let scan = self.shared.config.queue.scan_interval.0;
             let sleep = next
-                .map_or(scan, |t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+                .map_or(scan, |t| {
+                    t.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                })
                 .min(scan);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
@@ -162,7 +176,10 @@ impl Delivery {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, crate::queue::Queue> {
-        self.shared.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// After a crash: queue the bounces not yet queued, remove finished
@@ -212,10 +229,12 @@ impl Delivery {
         let queued = self
             .blocking(move |spool| {
                 let original = spool.open_content(&env.id)?;
-                let Some(bounce) = build_bounce(&env, &list, original, &settings, now)
-                    .map_err(|e| SpoolError::Io {
-                        path: spool.root().to_owned(),
-                        source: e,
+                let Some(bounce) =
+                    build_bounce(&env, &list, original, &settings, now).map_err(|e| {
+                        SpoolError::Io {
+                            path: spool.root().to_owned(),
+                            source: e,
+                        }
                     })?
                 else {
                     return Ok(None);
@@ -252,18 +271,29 @@ impl Delivery {
             .blocking(move |spool| {
                 use std::io::Read as _;
                 let mut buf = Vec::new();
-                spool.open_content(&read_id)?.read_to_end(&mut buf).map_err(|e| SpoolError::Io {
-                    path: spool.root().to_owned(),
-                    source: e,
-                })?;
+                spool
+                    .open_content(&read_id)?
+                    .read_to_end(&mut buf)
+                    .map_err(|e| SpoolError::Io {
+                        path: spool.root().to_owned(),
+                        source: e,
+                    })?;
                 Ok(buf)
             })
             .await;
         let now = SystemTime::now();
         let outcomes = match content {
             Err(e) => {
-                let f = Failure::new(status_code(&"4.3.0", EnhancedCode::EXPIRED), format!("451 4.3.0 queue file read error: {e}"), now);
-                envelope.open_recipients().into_iter().map(|i| (i, Outcome::Deferred(f.clone()))).collect()
+                let f = Failure::new(
+                    transient(3, 0),
+                    format!("451 4.3.0 queue file read error: {e}"),
+                    now,
+                );
+                envelope
+                    .open_recipients()
+                    .into_iter()
+                    .map(|i| (i, Outcome::Deferred(f.clone())))
+                    .collect()
             }
             Ok(content) => self.deliver_all(&envelope, &content).await,
         };
@@ -297,19 +327,31 @@ impl Delivery {
     async fn deliver_all(&self, envelope: &Envelope, content: &[u8]) -> Vec<(usize, Outcome)> {
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in envelope.open_recipients() {
-            let address = &envelope.recipients[i].address;
+            let Some(address) = envelope.recipients.get(i).map(|r| &r.address) else {
+                continue;
+            };
             let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
-            by_domain.entry(crate::routing::normalize_domain(domain)).or_default().push(i);
+            by_domain
+                .entry(crate::routing::normalize_domain(domain))
+                .or_default()
+                .push(i);
         }
         let mut outcomes = Vec::new();
         for (domain, indices) in by_domain {
             let now = SystemTime::now();
             match self.router.route(&domain, now).await {
                 Err(f) => {
-                    let outcome = if f.code.is_permanent() { Outcome::Failed(f) } else { Outcome::Deferred(f) };
+                    let outcome = if f.code.is_permanent() {
+                        Outcome::Failed(f)
+                    } else {
+                        Outcome::Deferred(f)
+                    };
                     outcomes.extend(indices.into_iter().map(|i| (i, outcome.clone())));
                 }
-                Ok(route) => outcomes.extend(self.deliver_route(envelope, &indices, &route, content).await),
+                Ok(route) => outcomes.extend(
+                    self.deliver_route(envelope, &indices, &route, content)
+                        .await,
+                ),
             }
         }
         outcomes
@@ -325,16 +367,41 @@ impl Delivery {
         content: &[u8],
     ) -> Vec<(usize, Outcome)> {
         let now = SystemTime::now();
-        let defer_all = |f: Failure| indices.iter().map(|&i| (i, Outcome::Deferred(f.clone()))).collect::<Vec<_>>();
-        let fail_all = |f: Failure| indices.iter().map(|&i| (i, Outcome::Failed(f.clone()))).collect::<Vec<_>>();
+        let defer_all = |f: Failure| {
+            indices
+                .iter()
+                .map(|&i| (i, Outcome::Deferred(f.clone())))
+                .collect::<Vec<_>>()
+        };
+        let fail_all = |f: Failure| {
+            indices
+                .iter()
+                .map(|&i| (i, Outcome::Failed(f.clone())))
+                .collect::<Vec<_>>()
+        };
         let Ok(next_hop) = PolicyHop::parse(&route.domain) else {
-            return fail_all(Failure::new(EnhancedCode::BAD_DESTINATION, format!("550 5.1.2 bad destination {}", route.domain), now));
+            return fail_all(Failure::new(
+                EnhancedCode::BAD_DESTINATION,
+                format!("550 5.1.2 bad destination {}", route.domain),
+                now,
+            ));
         };
         let smtp_envelope = match smtp_envelope(envelope, indices) {
             Ok(e) => e,
-            Err(e) => return fail_all(Failure::new(EnhancedCode::BAD_DESTINATION, format!("550 5.1.3 {e}"), now)),
+            Err(e) => {
+                return fail_all(Failure::new(
+                    EnhancedCode::BAD_DESTINATION,
+                    format!("550 5.1.3 {e}"),
+                    now,
+                ));
+            }
         };
-        let message = if envelope.params.requiretls { MessageTls::RequireTls } else { MessageTls::Default };
+        let message = if envelope.params.requiretls {
+            MessageTls::RequireTls
+        } else {
+            MessageTls::Default
+        };
+        let secure_mx = matches!(route.source, RouteSource::Static(_));
         let mut last: Option<Vec<(usize, Outcome)>> = None;
         for host in &route.hosts {
             let (addresses, mx_host) = match self.addresses(host).await {
@@ -345,57 +412,97 @@ impl Delivery {
                 }
             };
             let destination = Destination::new(addresses, next_hop.clone(), mx_host.clone());
-            let policy = self.outbound.connection(&next_hop, mx_host.as_ref()).with_message(message);
-            let result = self.client.deliver_with(&destination, &policy, &smtp_envelope, content).await;
+            // RFC 8689 §4.2.1: REQUIRETLS needs the MX found securely; a
+            // static route is the operator's own choice, not a DNS answer.
+            let policy = self
+                .outbound
+                .connection(&next_hop, mx_host.as_ref())
+                .with_message(message)
+                .with_secure_mx(secure_mx);
+            let result = self
+                .client
+                .deliver_with(&destination, &policy, &smtp_envelope, content)
+                .await;
             let outcomes = outcomes(&result, indices, host);
             for (i, o) in &outcomes {
                 log_outcome(envelope, *i, o, host, &result);
             }
-            let retry_next = outcomes.iter().all(|(_, o)| matches!(o, Outcome::Deferred(_)))
+            let retry_next = outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, Outcome::Deferred(_)))
                 && result.failure.is_some();
             last = Some(outcomes);
             if !retry_next {
                 break;
             }
         }
-        last.unwrap_or_else(|| defer_all(Failure::new(EnhancedCode::UNROUTABLE, "451 4.4.4 no host to deliver to", now)))
+        last.unwrap_or_else(|| {
+            defer_all(Failure::new(
+                EnhancedCode::UNROUTABLE,
+                "451 4.4.4 no host to deliver to",
+                now,
+            ))
+        })
     }
 
     /// The addresses of a route host, and its name for `verify` (none for
     /// an IP address: the destination domain is matched then).
-    async fn addresses(&self, host: &NextHop) -> Result<(Vec<SocketAddr>, Option<DomainName>), Failure> {
+    async fn addresses(
+        &self,
+        host: &NextHop,
+    ) -> Result<(Vec<SocketAddr>, Option<DomainName>), Failure> {
         let bare = host.host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok((vec![SocketAddr::new(ip, host.port)], None));
         }
         let now = SystemTime::now();
         let ips = if bare.eq_ignore_ascii_case("localhost") {
-            vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)]
+            vec![
+                IpAddr::from([127, 0, 0, 1]),
+                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+            ]
         } else {
             self.router.resolver().addresses(bare).await.map_err(|e| {
-                Failure::new(EnhancedCode::DNS_FAILURE, format!("451 4.4.3 address lookup for {bare} failed: {e}"), now)
+                Failure::new(
+                    EnhancedCode::DNS_FAILURE,
+                    format!("451 4.4.3 address lookup for {bare} failed: {e}"),
+                    now,
+                )
             })?
         };
         if ips.is_empty() {
-            return Err(Failure::new(EnhancedCode::DNS_FAILURE, format!("451 4.4.3 no address for {bare}"), now));
+            return Err(Failure::new(
+                EnhancedCode::DNS_FAILURE,
+                format!("451 4.4.3 no address for {bare}"),
+                now,
+            ));
         }
-        Ok((ips.into_iter().map(|ip| SocketAddr::new(ip, host.port)).collect(), DomainName::parse(bare).ok()))
+        Ok((
+            ips.into_iter()
+                .map(|ip| SocketAddr::new(ip, host.port))
+                .collect(),
+            DomainName::parse(bare).ok(),
+        ))
     }
 }
 
 /// The postern-smtp envelope for the recipients `indices`.
 fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp::Envelope, String> {
-    let from = ReversePath::parse(&format!("<{}>", envelope.reverse_path)).map_err(|e| format!("bad sender: {e}"))?;
+    let from = ReversePath::parse(&format!("<{}>", envelope.reverse_path))
+        .map_err(|e| format!("bad sender: {e}"))?;
     let mut recipients = Vec::with_capacity(indices.len());
     for &i in indices {
-        let r = &envelope.recipients[i];
-        let path = ForwardPath::parse(&format!("<{}>", r.address)).map_err(|e| format!("bad recipient {}: {e}", r.address))?;
+        let r = envelope.recipients.get(i).ok_or("no such recipient")?;
+        let path = ForwardPath::parse(&format!("<{}>", r.address))
+            .map_err(|e| format!("bad recipient {}: {e}", r.address))?;
         recipients.push(path);
     }
     let mut out = postern_smtp::Envelope::new(from, recipients);
     for (k, &i) in indices.iter().enumerate() {
-        if let (Some(orcpt), Some(slot)) = (&envelope.recipients[i].orcpt, out.recipients.get_mut(k))
-            && let Some((kind, addr)) = orcpt.split_once(';')
+        if let (Some(orcpt), Some(slot)) = (
+            envelope.recipients.get(i).and_then(|r| r.orcpt.as_ref()),
+            out.recipients.get_mut(k),
+        ) && let Some((kind, addr)) = orcpt.split_once(';')
         {
             let mut params = RcptParams::default();
             params.orcpt = Some((kind.to_owned(), addr.to_owned()));
@@ -447,15 +554,25 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
             let (code, text) = match (&result.failure, reply) {
                 (Some(f), _) => (status_code(&f.status, EnhancedCode::EXPIRED), f.to_string()),
                 (None, Some(reply)) => {
-                    let fallback = if reply.code().value() >= 500 { "5.0.0" } else { "4.0.0" };
-                    let code = reply.enhanced().map_or_else(|| fallback.to_owned(), |e| e.to_string());
+                    let fallback = if reply.code().value() >= 500 {
+                        "5.0.0"
+                    } else {
+                        "4.0.0"
+                    };
+                    let code = reply
+                        .enhanced()
+                        .map_or_else(|| fallback.to_owned(), |e| e.to_string());
                     (status_code(&code, EnhancedCode::EXPIRED), reply.to_string())
                 }
-                (None, None) => (status_code(&"4.4.2", EnhancedCode::EXPIRED), "connection lost".to_owned()),
+                (None, None) => (transient(4, 2), "connection lost".to_owned()),
             };
             let mut failure = Failure::new(code, text, now);
             failure.remote_mta = Some(remote.clone());
-            failure.result_type = result.failure.as_ref().and_then(|f| f.result_type).map(|t| t.to_string());
+            failure.result_type = result
+                .failure
+                .as_ref()
+                .and_then(|f| f.result_type)
+                .map(|t| t.to_string());
             failure.policy_rule.clone_from(&policy_rule);
             // A permanent reply fails the recipient; everything else, TLS
             // policy failures included (our own 4.7.x), is retried.
@@ -470,17 +587,28 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
 }
 
 /// Postfix-style delivery log line.
-fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, host: &NextHop, result: &DeliveryResult) {
-    let to = &envelope.recipients[index].address;
+fn log_outcome(
+    envelope: &Envelope,
+    index: usize,
+    outcome: &Outcome,
+    host: &NextHop,
+    result: &DeliveryResult,
+) {
+    let to = envelope
+        .recipients
+        .get(index)
+        .map_or("?", |r| r.address.as_str());
     let relay = match result.server {
         Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
         None => host.to_string(),
     };
-    let delay = SystemTime::now().duration_since(envelope.received_at).unwrap_or_default();
-    let tls = result
-        .tls
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust));
+    let delay = SystemTime::now()
+        .duration_since(envelope.received_at)
+        .unwrap_or_default();
+    let tls = result.tls.as_ref().map_or_else(
+        || "none".to_owned(),
+        |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust),
+    );
     match outcome {
         Outcome::Delivered => tracing::info!(queue_id = %envelope.id,
             "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=sent", delay.as_secs_f64()),

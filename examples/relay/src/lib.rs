@@ -1,12 +1,26 @@
 //! The Postern relay: a TLS-policy-enforcing SMTP relay (mail gateway) built
 //! on the Postern crates.
 //!
-//! This library holds the parts of the `postern-relay` binary that do not
-//! speak SMTP themselves; the network layer (listener and delivery) calls
-//! them:
+//! The binary is a thin command line over this library:
 //!
+//! - [`relay`]: a running relay ([`Relay::start`](relay::Relay::start)):
+//!   spool recovery, certificates, listeners, delivery, hot reload, graceful
+//!   shutdown.
+//! - [`server`]: the SMTP server side, a postern-tokio `ServerHandler`:
+//!   access rules at RCPT, content streamed into the spool behind a
+//!   `Received` header recording TLS version, cipher and client certificate,
+//!   `250` only after the commit's fsyncs.
+//! - [`delivery`]: the scheduler and workers: routing, postern-tokio's client
+//!   under the per-domain outbound policy, per-recipient outcomes, retries,
+//!   bounces.
+//! - [`tls`] and [`certs`]: the TLS policy from `[tls]`, the inbound and
+//!   outbound TLS contexts, the certificate directory (the Default Cert
+//!   generated on first start, imports, the certificate table).
+//! - [`cli`] and [`probe`]: the subcommands (`check-config`, `cert list`,
+//!   `cert import`, `policy explain`, `probe`, `queue list`, `queue flush`).
 //! - [`config`]: the TOML configuration, every key optional, embedded defaults.
-//! - [`access`]: relay authorisation, the answer to each RCPT TO.
+//! - [`access`]: relay authorisation, the answer to each RCPT TO (relaying
+//!   by certificate is decided by the TLS policy's trusted agents).
 //! - [`spool`]: the durable queue; a message is acknowledged only after
 //!   [`Incoming::commit`](spool::Incoming::commit) returned.
 //! - [`queue`]: retry scheduling, per-recipient outcomes, expiry.
@@ -33,8 +47,9 @@
 //!     queue.insert(envelope);
 //! }
 //!
-//! // RCPT TO: the access policy decides (a local client may relay).
-//! let client = Client { ip: "127.0.0.1".parse()?, certificate: None };
+//! // RCPT TO: the access policy decides (a local client may relay; a client
+//! // elsewhere only as a trusted agent, which the TLS policy decides).
+//! let client = Client { ip: "127.0.0.1".parse()?, trusted_agent: None };
 //! config.access_policy().check_recipient(&client, "bob@example.net")?;
 //!
 //! // DATA: stream the content into the spool; answer 250 only after commit.

@@ -270,12 +270,15 @@ pub async fn probe(
     let greeting = talk.reply().await?;
     report.transcript.push(greeting.to_string());
     if greeting.code().value() != 220 {
-        return Err(ProbeError::Protocol(format!("greeting refused: {greeting}")));
+        return Err(ProbeError::Protocol(format!(
+            "greeting refused: {greeting}"
+        )));
     }
     talk.send(&format!("EHLO {ehlo_name}")).await?;
     let ehlo = talk.reply().await?;
     report.transcript.push(ehlo.to_string());
-    report.starttls_offered = Capabilities::parse_ehlo(&ehlo).is_some_and(|e| e.capabilities.starttls);
+    report.starttls_offered =
+        Capabilities::parse_ehlo(&ehlo).is_some_and(|e| e.capabilities.starttls);
     if report.starttls_offered {
         talk.send("STARTTLS").await?;
         let reply = talk.reply().await?;
@@ -302,7 +305,12 @@ pub async fn probe(
     Ok(report)
 }
 
-async fn handshake(tcp: TcpStream, host: &str, roots: Arc<RootCertStore>, timeout: Duration) -> Handshake {
+async fn handshake(
+    tcp: TcpStream,
+    host: &str,
+    roots: Arc<RootCertStore>,
+    timeout: Duration,
+) -> Handshake {
     let ctx = ClientTlsContext::new(roots);
     let mut spec = ClientTlsSpec::new(ClientTlsMode::Verify, host);
     // Record the check, never refuse over it: the probe reports it.
@@ -311,7 +319,8 @@ async fn handshake(tcp: TcpStream, host: &str, roots: Arc<RootCertStore>, timeou
         Ok(c) => c,
         Err(e) => return Handshake::Failed(e.to_string()),
     };
-    let connect = TlsConnector::from(Arc::clone(&conn.config)).connect(conn.server_name.clone(), tcp);
+    let connect =
+        TlsConnector::from(Arc::clone(&conn.config)).connect(conn.server_name.clone(), tcp);
     match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(mut tls)) => {
             let (_, c) = tls.get_ref();
@@ -361,7 +370,9 @@ fn decide(mode: ClientTlsMode, host: &str, port: u16, report: &ProbeReport) -> (
     if d.action == Action::Handshake {
         let outcome = match &report.handshake {
             Some(Handshake::Established {
-                version, certificate, ..
+                version,
+                certificate,
+                ..
             }) => HandshakeOutcome::Established {
                 version: *version,
                 certificate: *certificate,
@@ -383,9 +394,18 @@ mod tests {
 
     #[test]
     fn targets() {
-        assert_eq!(parse_target("mx.example.org").unwrap(), ("mx.example.org".into(), 25));
-        assert_eq!(parse_target("mx.example.org:587").unwrap(), ("mx.example.org".into(), 587));
-        assert_eq!(parse_target("127.0.0.1:2526").unwrap(), ("127.0.0.1".into(), 2526));
+        assert_eq!(
+            parse_target("mx.example.org").unwrap(),
+            ("mx.example.org".into(), 25)
+        );
+        assert_eq!(
+            parse_target("mx.example.org:587").unwrap(),
+            ("mx.example.org".into(), 587)
+        );
+        assert_eq!(
+            parse_target("127.0.0.1:2526").unwrap(),
+            ("127.0.0.1".into(), 2526)
+        );
         assert_eq!(parse_target("[::1]:2526").unwrap(), ("::1".into(), 2526));
         assert!(parse_target("").is_err());
         assert!(parse_target("mx:port").is_err());

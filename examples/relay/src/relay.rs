@@ -4,7 +4,28 @@
 //!
 //! [`Relay::start`] returns once every listener is bound; the binary then
 //! waits for SIGINT / SIGTERM (SIGHUP reloads the certificates) and calls
-//! [`Relay::shutdown`]. Tests run it in process the same way.
+//! [`Relay::shutdown`]. Tests run it in process the same way:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use postern_relay::config::Config;
+//! use postern_relay::relay::Relay;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let config = Config::from_toml_str(&format!(
+//!     "listen = [\"127.0.0.1:0\"]\nstate_dir = {:?}\n\
+//!      [certificates]\ndefault_rsa_bits = 2048\n",
+//!     dir.path().join("state"),
+//! ))?;
+//! let relay = Relay::start(config).await?;
+//! let addr = relay.local_addrs()[0]; // the port the system chose
+//! assert!(addr.ip().is_loopback() && addr.port() != 0);
+//! // The Default Cert was generated into the state directory.
+//! assert!(dir.path().join("state/certs/default-rsa.crt.pem").exists());
+//! relay.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -79,7 +100,10 @@ impl Relay {
                 source: std::io::Error::other(e.to_string()),
             })??;
         if recovery.cleaned_temp > 0 {
-            tracing::info!(count = recovery.cleaned_temp, "removed incomplete messages (never acknowledged)");
+            tracing::info!(
+                count = recovery.cleaned_temp,
+                "removed incomplete messages (never acknowledged)"
+            );
         }
         for bad in &recovery.corrupt {
             tracing::warn!(entry = %bad.name, reason = %bad.reason, moved_to = ?bad.moved_to, "unreadable queue entry moved aside");
@@ -110,7 +134,11 @@ impl Relay {
             config: config.clone(),
         });
 
-        let mut settings = ServerSettings::new(config.hostname.clone(), tls.policy.inbound.clone(), tls.server.clone());
+        let mut settings = ServerSettings::new(
+            config.hostname.clone(),
+            tls.policy.inbound.clone(),
+            tls.server.clone(),
+        );
         settings.max_connections = config.max_connections;
         settings.handshake_timeout = config.timeouts.tls_handshake.0;
         settings.shutdown_grace = config.timeouts.shutdown_grace.0;
@@ -127,7 +155,9 @@ impl Relay {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
         for &addr in &config.listen {
-            let l = TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
             let local = l.local_addr().unwrap_or(addr);
             tracing::info!(%local, "listening");
             addrs.push(local);
@@ -147,13 +177,26 @@ impl Relay {
                     .await;
             });
         }
-        let router = Router::new(routes, SystemResolver::new());
-        let delivery = Arc::new(Delivery::new(Arc::clone(&shared), router, tls.policy.outbound.clone(), Arc::clone(&tls.client)));
+        let router = Router::new(routes, SystemResolver::from_system());
+        let delivery = Arc::new(Delivery::new(
+            Arc::clone(&shared),
+            router,
+            tls.policy.outbound.clone(),
+            Arc::clone(&tls.client),
+        ));
         tasks.spawn(delivery.run(rx.clone()));
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
-        tracing::info!(queued = shared.queue.lock().map_or(0, |q| q.len()), "relay started");
-        Ok(Self { addrs, shutdown, reload, tasks })
+        tracing::info!(
+            queued = shared.queue.lock().map_or(0, |q| q.len()),
+            "relay started"
+        );
+        Ok(Self {
+            addrs,
+            shutdown,
+            reload,
+            tasks,
+        })
     }
 
     /// The bound listen addresses (a configured port 0 shows the real one).
@@ -177,7 +220,12 @@ impl Relay {
 
 /// Polls the certificate directory (and answers reload requests); swaps the
 /// served certificates when it changed.
-async fn reload_certificates(config: Config, mut tls: TlsSetup, now: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+async fn reload_certificates(
+    config: Config,
+    mut tls: TlsSetup,
+    now: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut seen = tls.cert_dir.stamp();
     loop {
         let forced = tokio::select! {

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
-use postern_smtp::{DataSummary, EnhancedStatus, ForwardPath, Host, RcptParams, Reply, ReversePath};
+use postern_smtp::{
+    DataSummary, EnhancedStatus, ForwardPath, Host, RcptParams, Reply, ReversePath,
+};
 use postern_tokio::server::{ConnectionInfo, ServerHandler, SessionHandler, Verdict};
 use tokio::sync::Notify;
 
@@ -130,7 +132,12 @@ impl SessionHandler for RelaySession {
         Verdict::Accept
     }
 
-    async fn rcpt(&mut self, info: &ConnectionInfo, to: &ForwardPath, params: &RcptParams) -> Verdict {
+    async fn rcpt(
+        &mut self,
+        info: &ConnectionInfo,
+        to: &ForwardPath,
+        params: &RcptParams,
+    ) -> Verdict {
         let address = match to {
             // RFC 5321 §4.5.1: <Postmaster> without a domain is ours.
             ForwardPath::Postmaster => format!(
@@ -139,7 +146,8 @@ impl SessionHandler for RelaySession {
                     .config
                     .accepted_domains
                     .first()
-                    .map_or(self.shared.config.hostname.as_str(), |d| d.trim_start_matches('.'))
+                    .map_or(self.shared.config.hostname.as_str(), |d| d
+                        .trim_start_matches('.'))
             ),
             ForwardPath::Mailbox(m) => m.to_string(),
         };
@@ -153,7 +161,10 @@ impl SessionHandler for RelaySession {
             Ok(grant) => {
                 tracing::debug!(id = info.id, rcpt = %address, ?grant, "recipient accepted");
                 let mut r = Recipient::new(address);
-                r.orcpt = params.orcpt.as_ref().map(|(kind, addr)| format!("{kind};{addr}"));
+                r.orcpt = params
+                    .orcpt
+                    .as_ref()
+                    .map(|(kind, addr)| format!("{kind};{addr}"));
                 self.recipients.push(r);
                 Verdict::Accept
             }
@@ -179,7 +190,8 @@ impl SessionHandler for RelaySession {
         let spool = Arc::clone(&self.shared.spool);
         let step = match self.incoming.take() {
             Some(mut incoming) => {
-                tokio::task::spawn_blocking(move || incoming.write_chunk(&chunk).map(|()| incoming)).await
+                tokio::task::spawn_blocking(move || incoming.write_chunk(&chunk).map(|()| incoming))
+                    .await
             }
             None => {
                 let (Some(envelope), Some(info)) = (self.envelope(), self.info.as_ref()) else {
@@ -189,13 +201,15 @@ impl SessionHandler for RelaySession {
                 // The trace header goes before the content (RFC 5321 §4.4).
                 let header = received_header(
                     info,
-                    self.helo.as_deref(),
-                    self.extended,
-                    self.shared.inbound.client_certificates,
-                    &self.shared.config.hostname,
-                    envelope.id.as_str(),
-                    &self.recipients,
-                    SystemTime::now(),
+                    &Trace {
+                        helo: self.helo.as_deref(),
+                        extended: self.extended,
+                        client_cert_mode: self.shared.inbound.client_certificates,
+                        hostname: &self.shared.config.hostname,
+                        id: envelope.id.as_str(),
+                        recipients: &self.recipients,
+                        now: SystemTime::now(),
+                    },
                 );
                 let limit = self.shared.config.message_size_limit + header.len() as u64;
                 tokio::task::spawn_blocking(move || {
@@ -260,11 +274,15 @@ impl SessionHandler for RelaySession {
     }
 }
 
-
 impl RelaySession {
     fn envelope(&self) -> Option<Envelope> {
         let (from, params) = self.from.clone()?;
-        Some(Envelope::new(from, self.recipients.clone(), params, SystemTime::now()))
+        Some(Envelope::new(
+            from,
+            self.recipients.clone(),
+            params,
+            SystemTime::now(),
+        ))
     }
 }
 
@@ -305,20 +323,33 @@ fn header_safe(s: &str, max: usize) -> String {
         .collect()
 }
 
+/// What the `Received:` header records besides the connection.
+#[derive(Debug, Clone)]
+pub struct Trace<'a> {
+    /// The EHLO / HELO name.
+    pub helo: Option<&'a str>,
+    /// EHLO rather than HELO.
+    pub extended: bool,
+    /// Whether client certificates were requested.
+    pub client_cert_mode: ClientCertMode,
+    /// Our host name.
+    pub hostname: &'a str,
+    /// The queue id.
+    pub id: &'a str,
+    /// The recipients (named when there is one).
+    pub recipients: &'a [Recipient],
+    /// The time stamp.
+    pub now: SystemTime,
+}
+
 /// The `Received:` header (RFC 5321 §4.4, RFC 5322 §3.6.7), Postfix style,
-/// folded, ending in CRLF.
-pub fn received_header(
-    info: &ConnectionInfo,
-    helo: Option<&str>,
-    extended: bool,
-    client_cert_mode: ClientCertMode,
-    hostname: &str,
-    id: &str,
-    recipients: &[Recipient],
-    now: SystemTime,
-) -> String {
+/// folded, ending in CRLF: TLS version, cipher and bits, client certificate
+/// status, and `with` ESMTPS / ESMTP / SMTP (RFC 3848).
+pub fn received_header(info: &ConnectionInfo, t: &Trace<'_>) -> String {
     let mut h = String::new();
-    let helo = helo.map_or_else(|| "unknown".to_owned(), |h| header_safe(h, 255));
+    let helo = t
+        .helo
+        .map_or_else(|| "unknown".to_owned(), |h| header_safe(h, 255));
     let _ = write!(h, "Received: from {helo} (unknown [{}])", info.peer.ip());
     if let Some(tls) = &info.tls {
         let _ = write!(h, "\r\n\t(using {} with cipher {}", tls.version, tls.cipher);
@@ -326,7 +357,7 @@ pub fn received_header(
             let _ = write!(h, " ({bits} bits)");
         }
         h.push(')');
-        let cert = match (&tls.client_certificate, client_cert_mode) {
+        let cert = match (&tls.client_certificate, t.client_cert_mode) {
             (_, ClientCertMode::None) => "(No client certificate requested)".to_owned(),
             (None, _) => "(Client did not present a certificate)".to_owned(),
             (Some(c), _) => format!(
@@ -338,19 +369,22 @@ pub fn received_header(
         };
         let _ = write!(h, "\r\n\t{cert}");
     }
-    // RFC 3848: ESMTPS when TLS is used, SMTP after HELO.
-    let with = match (extended, info.tls.is_some()) {
+    let with = match (t.extended, info.tls.is_some()) {
         (false, _) => "SMTP",
         (true, false) => "ESMTP",
         (true, true) => "ESMTPS",
     };
-    let _ = write!(h, "\r\n\tby {hostname} (Postern) with {with} id {id}");
-    // The recipient only when there is one (Postfix does the same: a list
-    // would disclose the other recipients).
-    if let [one] = recipients {
+    let _ = write!(
+        h,
+        "\r\n\tby {} (Postern) with {with} id {}",
+        t.hostname, t.id
+    );
+    // The recipient only when there is one (as Postfix: a list would
+    // disclose the other recipients).
+    if let [one] = t.recipients {
         let _ = write!(h, "\r\n\tfor <{}>", header_safe(&one.address, 512));
     }
-    let _ = write!(h, "; {}\r\n", rfc5322_date(now));
+    let _ = write!(h, "; {}\r\n", rfc5322_date(t.now));
     h
 }
 
@@ -370,5 +404,34 @@ fn cert_status(check: &CertificateCheck) -> &'static str {
     match check.trust {
         PeerTrust::Verified | PeerTrust::Trusted => "verified OK",
         _ => "not verified",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_bits_follow_the_suite() {
+        assert_eq!(cipher_bits("TLS13_AES_256_GCM_SHA384"), Some("256/256"));
+        assert_eq!(
+            cipher_bits("TLS13_CHACHA20_POLY1305_SHA256"),
+            Some("256/256")
+        );
+        assert_eq!(
+            cipher_bits("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            Some("128/128")
+        );
+        assert_eq!(cipher_bits("SOMETHING_ELSE"), None);
+    }
+
+    #[test]
+    fn client_names_cannot_break_the_header() {
+        assert_eq!(
+            header_safe("evil\r\nX-Injected: 1", 255),
+            "evilX-Injected:1"
+        );
+        assert_eq!(header_safe(&"a".repeat(300), 255).len(), 255);
+        assert_eq!(quoted("CN=\"x\"\r\n, O=Corp"), "\"CN='x', O=Corp\"");
     }
 }

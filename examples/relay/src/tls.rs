@@ -1,5 +1,5 @@
 //! TLS set-up from the configuration: the validated policy, the inbound TLS
-//! context (certificates from the [`CertDir`](crate::certs::CertDir), client
+//! context (certificates from the [`crate::certs::CertDir`], client
 //! certificate roots) and the outbound TLS context (system roots plus the
 //! configured CA bundle, optional client certificate).
 

@@ -43,20 +43,43 @@ fn check_config_accepts_defaults_and_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = relay(dir.path(), &["check-config"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("listen = [\"127.0.0.1:2525\"]"), "{}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("inbound TLS: offer"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("listen = [\"127.0.0.1:2525\"]"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("inbound TLS: offer"),
+        "{}",
+        text(&out.stderr)
+    );
 
     for (toml, key) in [
-        ("[queue]\nmax_lifetime = \"forever\"\n", "queue.max_lifetime"),
-        ("[tls.inbound]\nclient_certificates = \"require\"\n", "tls.inbound.client_certificates"),
-        ("[tls.outbound.domains.\"example.com\"]\ntls = \"verify\"\npins = [\"sha256:00\"]\n", "tls.outbound.domains"),
-        ("[certificates]\nca_bundle = \"missing.pem\"\n", "certificates.ca_bundle"),
+        (
+            "[queue]\nmax_lifetime = \"forever\"\n",
+            "queue.max_lifetime",
+        ),
+        (
+            "[tls.inbound]\nclient_certificates = \"require\"\n",
+            "tls.inbound.client_certificates",
+        ),
+        (
+            "[tls.outbound.domains.\"example.com\"]\ntls = \"verify\"\npins = [\"sha256:00\"]\n",
+            "tls.outbound.domains",
+        ),
+        (
+            "[certificates]\nca_bundle = \"missing.pem\"\n",
+            "certificates.ca_bundle",
+        ),
     ] {
         std::fs::write(dir.path().join("bad.toml"), toml).unwrap();
         let out = relay(dir.path(), &["--config", "bad.toml", "check-config"]);
         assert_eq!(out.status.code(), Some(1), "{toml}");
         let err = text(&out.stderr);
-        assert!(err.contains("bad.toml") && err.contains(key), "{toml}: {err}");
+        assert!(
+            err.contains("bad.toml") && err.contains(key),
+            "{toml}: {err}"
+        );
     }
     let out = relay(dir.path(), &["--config", "missing.toml", "check-config"]);
     assert_eq!(out.status.code(), Some(1));
@@ -78,7 +101,23 @@ fn trusted_agents_example_passes_check_config() {
     let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
     assert_eq!(out.status.code(), Some(1), "not imported yet");
     assert!(text(&out.stderr).contains("gw1"), "{}", text(&out.stderr));
-    let out = relay(dir.path(), &[&cfg[..], &["cert", "import", "--name", "gw1", "--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]].concat());
+    let out = relay(
+        dir.path(),
+        &[
+            &cfg[..],
+            &[
+                "cert",
+                "import",
+                "--name",
+                "gw1",
+                "--cert",
+                c.to_str().unwrap(),
+                "--key",
+                k.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -87,14 +126,25 @@ fn trusted_agents_example_passes_check_config() {
         err.contains("inbound TLS: require, client certificates: require, trusted agents: 2; outbound default: verify, 1 per-domain rule(s)"),
         "{err}"
     );
-    let out = relay(dir.path(), &[&cfg[..], &["policy", "explain", "gw2.corp.example"]].concat());
+    let out = relay(
+        dir.path(),
+        &[&cfg[..], &["policy", "explain", "gw2.corp.example"]].concat(),
+    );
     assert!(out.status.success());
-    assert!(text(&out.stdout).starts_with("domain .corp.example (override): secure\n"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("domain .corp.example (override): secure\n"),
+        "{}",
+        text(&out.stdout)
+    );
     // Without the CA files, the configuration is refused.
     std::fs::remove_file(dir.path().join("trust/agents-ca.pem")).unwrap();
     let out = relay(dir.path(), &[&cfg[..], &["check-config"]].concat());
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("certificates.client_cert_roots"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificates.client_cert_roots"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -124,14 +174,43 @@ fn cert_list_shows_the_default_cert_and_imports() {
     let (c, k) = pem.write(dir.path(), "mx");
     let other = self_signed(&["x.test"], false);
     let (_, wrong_key) = other.write(dir.path(), "other");
-    let out = relay(dir.path(), &with_cfg(&["cert", "import", "--name", "mx", "--cert", c.to_str().unwrap(), "--key", wrong_key.to_str().unwrap()]));
+    let out = relay(
+        dir.path(),
+        &with_cfg(&[
+            "cert",
+            "import",
+            "--name",
+            "mx",
+            "--cert",
+            c.to_str().unwrap(),
+            "--key",
+            wrong_key.to_str().unwrap(),
+        ]),
+    );
     assert_eq!(out.status.code(), Some(1), "mismatched key refused");
     assert!(text(&out.stderr).contains("postern-relay: error:"));
-    let out = relay(dir.path(), &with_cfg(&["cert", "import", "--name", "mx", "--cert", c.to_str().unwrap(), "--key", k.to_str().unwrap()]));
+    let out = relay(
+        dir.path(),
+        &with_cfg(&[
+            "cert",
+            "import",
+            "--name",
+            "mx",
+            "--cert",
+            c.to_str().unwrap(),
+            "--key",
+            k.to_str().unwrap(),
+        ]),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = relay(dir.path(), &with_cfg(&["cert", "list", "--json"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mx = v.as_array().unwrap().iter().find(|r| r["name"] == "mx").expect("imported row");
+    let mx = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "mx")
+        .expect("imported row");
     assert_eq!(mx["sans"][0], "mx.relay.test");
     assert_eq!(mx["self_signed"], false);
     assert_eq!(mx["issuer"], "CN=Postern Test CA");
@@ -152,13 +231,22 @@ fn policy_explain_names_the_rule() {
         text(&out.stdout)
     };
     let exact = explain("EXAMPLE.com.");
-    assert!(exact.starts_with("domain example.com (override): verify\n"), "{exact}");
-    assert!(exact.contains("smtp_tls_security_level = verify"), "{exact}");
+    assert!(
+        exact.starts_with("domain example.com (override): verify\n"),
+        "{exact}"
+    );
+    assert!(
+        exact.contains("smtp_tls_security_level = verify"),
+        "{exact}"
+    );
     assert!(exact.contains("never sent in plaintext"), "{exact}");
     assert!(explain("mail.example.org").starts_with("domain .example.org (override): secure\n"));
     let default = explain("elsewhere.net");
     assert!(default.starts_with("default: encrypt\n"), "{default}");
-    let out = relay(dir.path(), &with_cfg(&["policy", "explain", "not a domain"]));
+    let out = relay(
+        dir.path(),
+        &with_cfg(&["policy", "explain", "not a domain"]),
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -171,31 +259,72 @@ async fn probe_reports_what_each_mode_would_do() {
     cfg.push_str("system_roots = false\nca_bundle = \"ca.pem\"\n");
     std::fs::write(dir.path().join("relay.toml"), cfg).unwrap();
 
-    let good = start_hop(Hop::Tls(rustls_server(&ca().leaf(&["localhost"], false, -1, 90))), Duration::ZERO).await;
-    let selfsigned = start_hop(Hop::Tls(rustls_server(&self_signed(&["localhost"], false))), Duration::ZERO).await;
+    let good = start_hop(
+        Hop::Tls(rustls_server(&ca().leaf(&["localhost"], false, -1, 90))),
+        Duration::ZERO,
+    )
+    .await;
+    let selfsigned = start_hop(
+        Hop::Tls(rustls_server(&self_signed(&["localhost"], false))),
+        Duration::ZERO,
+    )
+    .await;
     let plain = start_hop(Hop::NoStartTls, Duration::ZERO).await;
     let run = |port: u16| {
         let dir = dir.path().to_owned();
-        tokio::task::spawn_blocking(move || relay(&dir, &with_cfg(&["probe", &format!("localhost:{port}")])))
+        tokio::task::spawn_blocking(move || {
+            relay(&dir, &with_cfg(&["probe", &format!("localhost:{port}")]))
+        })
     };
     let out = run(good.addr.port()).await.unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = text(&out.stdout);
     assert!(report.contains("STARTTLS: offered, reply 220"), "{report}");
-    assert!(report.contains("Verified TLS connection established: TLSv1.3"), "{report}");
+    assert!(
+        report.contains("Verified TLS connection established: TLSv1.3"),
+        "{report}"
+    );
     for mode in ["opportunistic", "encrypt", "verify", "secure"] {
-        assert!(report.lines().any(|l| l.trim_start().starts_with(mode) && l.contains(" deliver ")), "{mode}: {report}");
+        assert!(
+            report
+                .lines()
+                .any(|l| l.trim_start().starts_with(mode) && l.contains(" deliver ")),
+            "{mode}: {report}"
+        );
     }
 
     let report = text(&run(selfsigned.addr.port()).await.unwrap().stdout);
-    assert!(report.contains("Untrusted TLS connection established"), "{report}");
-    assert!(report.lines().any(|l| l.trim_start().starts_with("encrypt") && l.contains(" deliver ")), "{report}");
-    assert!(report.lines().any(|l| l.trim_start().starts_with("verify") && l.contains("no delivery") && l.contains("4.7.5")), "{report}");
+    assert!(
+        report.contains("Untrusted TLS connection established"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("encrypt") && l.contains(" deliver ")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.trim_start().starts_with("verify")
+            && l.contains("no delivery")
+            && l.contains("4.7.5")),
+        "{report}"
+    );
 
     let report = text(&run(plain.addr.port()).await.unwrap().stdout);
     assert!(report.contains("STARTTLS: not offered"), "{report}");
-    assert!(report.lines().any(|l| l.trim_start().starts_with("opportunistic") && l.contains(" deliver ")), "{report}");
-    assert!(report.lines().any(|l| l.trim_start().starts_with("encrypt") && l.contains("no delivery") && l.contains("4.7.4")), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("opportunistic") && l.contains(" deliver ")),
+        "{report}"
+    );
+    assert!(
+        report.lines().any(|l| l.trim_start().starts_with("encrypt")
+            && l.contains("no delivery")
+            && l.contains("4.7.4")),
+        "{report}"
+    );
     // No MAIL was ever sent by the probe.
     for hop in [&good, &selfsigned, &plain] {
         assert_eq!(hop.log.lock().unwrap().plaintext_mail, 0);
@@ -204,7 +333,11 @@ async fn probe_reports_what_each_mode_would_do() {
 
     let out = relay(dir.path(), &with_cfg(&["probe", "127.0.0.1:1"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("connect to 127.0.0.1:1"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("connect to 127.0.0.1:1"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

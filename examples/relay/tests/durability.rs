@@ -12,11 +12,19 @@ use common::{Hop, Submit, message, start_hop, transport};
 use lettre::AsyncTransport;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_postern-relay"))
         .args(["--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -29,7 +37,10 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
 async fn wait_listening(addr: SocketAddr) {
     let start = Instant::now();
     while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(start.elapsed() < Duration::from_secs(30), "relay did not start");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "relay did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -68,7 +79,11 @@ async fn kill_9_while_receiving_and_delivering_loses_no_acknowledged_message() {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let subject = format!("msg-{n}");
-                if transport(addr, Submit::Plain).send(message(&format!("user{n}@dest.test"), &subject)).await.is_ok() {
+                if transport(addr, Submit::Plain)
+                    .send(message(&format!("user{n}@dest.test"), &subject))
+                    .await
+                    .is_ok()
+                {
                     acked.lock().unwrap().push(n);
                 } else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -92,7 +107,10 @@ async fn kill_9_while_receiving_and_delivering_loses_no_acknowledged_message() {
     }
     let start = Instant::now();
     while acked.lock().unwrap().len() < 40 {
-        assert!(start.elapsed() < Duration::from_secs(60), "sending stalled after restart");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "sending stalled after restart"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -101,8 +119,23 @@ async fn kill_9_while_receiving_and_delivering_loses_no_acknowledged_message() {
     let acked = acked.lock().unwrap().clone();
     let start = Instant::now();
     loop {
-        let delivered: Vec<String> = sink.log.lock().unwrap().delivered.iter().map(|d| String::from_utf8_lossy(&d.content).into_owned()).collect();
-        let missing: Vec<u32> = acked.iter().copied().filter(|n| !delivered.iter().any(|c| c.contains(&format!("Subject: msg-{n}\r\n")))).collect();
+        let delivered: Vec<String> = sink
+            .log
+            .lock()
+            .unwrap()
+            .delivered
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.content).into_owned())
+            .collect();
+        let missing: Vec<u32> = acked
+            .iter()
+            .copied()
+            .filter(|n| {
+                !delivered
+                    .iter()
+                    .any(|c| c.contains(&format!("Subject: msg-{n}\r\n")))
+            })
+            .collect();
         if missing.is_empty() {
             break;
         }
@@ -114,20 +147,32 @@ async fn kill_9_while_receiving_and_delivering_loses_no_acknowledged_message() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Everything delivered: the queue empties.
-    common::wait_for(dir.path(), Duration::from_secs(30), "an empty queue", |s| s.messages.is_empty()).await;
+    common::wait_for(dir.path(), Duration::from_secs(30), "an empty queue", |s| {
+        s.messages.is_empty()
+    })
+    .await;
 
     // Graceful stop on SIGTERM: exit status 0.
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let start = Instant::now();
     let exit = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no exit after SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit:?}");
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("shutdown requested") && text.contains("relay stopped"), "{text}");
+    assert!(
+        text.contains("shutdown requested") && text.contains("relay stopped"),
+        "{text}"
+    );
 }

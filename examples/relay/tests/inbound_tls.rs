@@ -6,7 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Hop, NextHop, Pem, Submit, ca, give_relay_ca_cert, message, self_signed, start_hop, start_relay, transport};
+use common::{
+    Hop, NextHop, Pem, Submit, ca, give_relay_ca_cert, message, self_signed, start_hop,
+    start_relay, transport,
+};
 use lettre::AsyncTransport;
 use postern_relay::relay::Relay;
 
@@ -43,13 +46,22 @@ async fn offer_accepts_plaintext_and_records_tls_in_received() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, sink) = relay(dir.path(), "").await;
     let addr = relay.local_addrs()[0];
-    transport(addr, Submit::Plain).send(message("plain@dest.test", "plain")).await.unwrap();
-    transport(addr, Submit::StartTls(None)).send(message("tls@dest.test", "tls")).await.unwrap();
+    transport(addr, Submit::Plain)
+        .send(message("plain@dest.test", "plain"))
+        .await
+        .unwrap();
+    transport(addr, Submit::StartTls(None))
+        .send(message("tls@dest.test", "tls"))
+        .await
+        .unwrap();
     let plain = delivered(&sink, "plain@dest.test").await;
     assert!(plain.starts_with("Received: from client.test (unknown [127.0.0.1])\r\n\tby relay.test (Postern) with ESMTP id "), "{plain}");
     assert!(!plain.contains("using TLS"), "{plain}");
     let tls = delivered(&sink, "tls@dest.test").await;
-    assert!(tls.contains("\r\n\t(using TLSv1.3 with cipher TLS13_"), "{tls}");
+    assert!(
+        tls.contains("\r\n\t(using TLSv1.3 with cipher TLS13_"),
+        "{tls}"
+    );
     assert!(tls.contains(" bits))\r\n\t(No client certificate requested)\r\n\tby relay.test (Postern) with ESMTPS id "), "{tls}");
     assert!(tls.contains("\tfor <tls@dest.test>; "), "{tls}");
     relay.shutdown().await;
@@ -60,10 +72,24 @@ async fn require_refuses_plaintext_with_530() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, sink) = relay(dir.path(), "[tls.inbound]\ntls = \"require\"").await;
     let addr = relay.local_addrs()[0];
-    let err = transport(addr, Submit::Plain).send(message("plain@dest.test", "plain")).await.unwrap_err();
-    assert!(err.to_string().contains("Must issue a STARTTLS command first"), "{err}");
-    assert_eq!(err.status().map(|c| c.to_string()), Some("530".to_owned()), "{err}");
-    transport(addr, Submit::StartTls(None)).send(message("tls@dest.test", "tls")).await.unwrap();
+    let err = transport(addr, Submit::Plain)
+        .send(message("plain@dest.test", "plain"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Must issue a STARTTLS command first"),
+        "{err}"
+    );
+    assert_eq!(
+        err.status().map(|c| c.to_string()),
+        Some("530".to_owned()),
+        "{err}"
+    );
+    transport(addr, Submit::StartTls(None))
+        .send(message("tls@dest.test", "tls"))
+        .await
+        .unwrap();
     delivered(&sink, "tls@dest.test").await;
     assert!(sink.delivered_to("plain@dest.test").is_empty());
     relay.shutdown().await;
@@ -74,8 +100,16 @@ async fn none_does_not_offer_starttls() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, sink) = relay(dir.path(), "[tls.inbound]\ntls = \"none\"").await;
     let addr = relay.local_addrs()[0];
-    assert!(transport(addr, Submit::StartTls(None)).send(message("tls@dest.test", "tls")).await.is_err());
-    transport(addr, Submit::Plain).send(message("plain@dest.test", "plain")).await.unwrap();
+    assert!(
+        transport(addr, Submit::StartTls(None))
+            .send(message("tls@dest.test", "tls"))
+            .await
+            .is_err()
+    );
+    transport(addr, Submit::Plain)
+        .send(message("plain@dest.test", "plain"))
+        .await
+        .unwrap();
     delivered(&sink, "plain@dest.test").await;
     relay.shutdown().await;
 }
@@ -83,16 +117,38 @@ async fn none_does_not_offer_starttls() {
 #[tokio::test]
 async fn ask_records_the_certificate_and_never_refuses() {
     let dir = tempfile::tempdir().unwrap();
-    let (relay, sink) = relay(dir.path(), "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"ask\"").await;
+    let (relay, sink) = relay(
+        dir.path(),
+        "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"ask\"",
+    )
+    .await;
     let addr = relay.local_addrs()[0];
     let trusted = client_ca();
     let stranger = self_signed(&["stranger.test"], true);
-    transport(addr, Submit::StartTls(None)).send(message("none@dest.test", "none")).await.unwrap();
-    transport(addr, Submit::StartTls(Some(&trusted))).send(message("ca@dest.test", "ca")).await.unwrap();
-    transport(addr, Submit::StartTls(Some(&stranger))).send(message("self@dest.test", "self")).await.unwrap();
-    assert!(delivered(&sink, "none@dest.test").await.contains("(Client did not present a certificate)"));
+    transport(addr, Submit::StartTls(None))
+        .send(message("none@dest.test", "none"))
+        .await
+        .unwrap();
+    transport(addr, Submit::StartTls(Some(&trusted)))
+        .send(message("ca@dest.test", "ca"))
+        .await
+        .unwrap();
+    transport(addr, Submit::StartTls(Some(&stranger)))
+        .send(message("self@dest.test", "self"))
+        .await
+        .unwrap();
+    assert!(
+        delivered(&sink, "none@dest.test")
+            .await
+            .contains("(Client did not present a certificate)")
+    );
     let ca_text = delivered(&sink, "ca@dest.test").await;
-    assert!(ca_text.contains("(Client certificate \"CN=agent.test\", issuer \"CN=Postern Test CA\" (verified OK))"), "{ca_text}");
+    assert!(
+        ca_text.contains(
+            "(Client certificate \"CN=agent.test\", issuer \"CN=Postern Test CA\" (verified OK))"
+        ),
+        "{ca_text}"
+    );
     let self_text = delivered(&sink, "self@dest.test").await;
     assert!(self_text.contains("(not verified))"), "{self_text}");
     relay.shutdown().await;
@@ -101,18 +157,43 @@ async fn ask_records_the_certificate_and_never_refuses() {
 #[tokio::test]
 async fn require_client_certificates_refuses_without_a_verified_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (relay, sink) = relay(dir.path(), "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\"").await;
+    let (relay, sink) = relay(
+        dir.path(),
+        "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\"",
+    )
+    .await;
     let addr = relay.local_addrs()[0];
-    assert!(transport(addr, Submit::StartTls(None)).send(message("none@dest.test", "none")).await.is_err());
+    assert!(
+        transport(addr, Submit::StartTls(None))
+            .send(message("none@dest.test", "none"))
+            .await
+            .is_err()
+    );
     let stranger = self_signed(&["stranger.test"], true);
-    assert!(transport(addr, Submit::StartTls(Some(&stranger))).send(message("self@dest.test", "self")).await.is_err());
-    assert!(transport(addr, Submit::Plain).send(message("plain@dest.test", "plain")).await.is_err());
-    transport(addr, Submit::StartTls(Some(&client_ca()))).send(message("ca@dest.test", "ca")).await.unwrap();
-    assert!(delivered(&sink, "ca@dest.test").await.contains("(verified OK)"));
+    assert!(
+        transport(addr, Submit::StartTls(Some(&stranger)))
+            .send(message("self@dest.test", "self"))
+            .await
+            .is_err()
+    );
+    assert!(
+        transport(addr, Submit::Plain)
+            .send(message("plain@dest.test", "plain"))
+            .await
+            .is_err()
+    );
+    transport(addr, Submit::StartTls(Some(&client_ca())))
+        .send(message("ca@dest.test", "ca"))
+        .await
+        .unwrap();
+    assert!(
+        delivered(&sink, "ca@dest.test")
+            .await
+            .contains("(verified OK)")
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let log = sink.log.lock().unwrap();
-    assert_eq!(log.delivered.len(), 1, "only the verified client's message: {log:?}");
-    drop(log);
+    let delivered = sink.log.lock().unwrap().delivered.len();
+    assert_eq!(delivered, 1, "only the verified client's message");
     relay.shutdown().await;
 }
 
@@ -121,12 +202,24 @@ async fn open_relay_attempt_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, sink) = relay(dir.path(), "authorised_networks = []").await;
     let addr = relay.local_addrs()[0];
-    let err = transport(addr, Submit::Plain).send(message("victim@dest.test", "spam")).await.unwrap_err();
+    let err = transport(addr, Submit::Plain)
+        .send(message("victim@dest.test", "spam"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("Relay access denied"), "{err}");
     assert_eq!(err.status().map(|c| c.to_string()), Some("554".to_owned()));
     // Our own domain is accepted from anyone (it then routes like any other: here to the sink by a route).
-    transport(addr, Submit::Plain).send(message("postmaster@relay.test", "local")).await.unwrap();
-    assert!(postern_relay::spool::Spool::scan(&dir.path().join("state/spool")).unwrap().messages.len() <= 1);
+    transport(addr, Submit::Plain)
+        .send(message("postmaster@relay.test", "local"))
+        .await
+        .unwrap();
+    assert!(
+        postern_relay::spool::Spool::scan(&dir.path().join("state/spool"))
+            .unwrap()
+            .messages
+            .len()
+            <= 1
+    );
     assert!(sink.delivered_to("victim@dest.test").is_empty());
     relay.shutdown().await;
 }
@@ -143,12 +236,23 @@ async fn trusted_agent_relays_by_verified_certificate() {
     );
     let (relay, sink) = relay(dir.path(), &extra).await;
     let addr = relay.local_addrs()[0];
-    transport(addr, Submit::StartTls(Some(&agent))).send(message("far@dest.test", "relayed")).await.unwrap();
+    transport(addr, Submit::StartTls(Some(&agent)))
+        .send(message("far@dest.test", "relayed"))
+        .await
+        .unwrap();
     delivered(&sink, "far@dest.test").await;
     // Verified by the CA but not a trusted agent: no relaying.
-    let err = transport(addr, Submit::StartTls(Some(&other))).send(message("far2@dest.test", "x")).await.unwrap_err();
+    let err = transport(addr, Submit::StartTls(Some(&other)))
+        .send(message("far2@dest.test", "x"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("Relay access denied"), "{err}");
     // No certificate: no relaying either.
-    assert!(transport(addr, Submit::StartTls(None)).send(message("far3@dest.test", "x")).await.is_err());
+    assert!(
+        transport(addr, Submit::StartTls(None))
+            .send(message("far3@dest.test", "x"))
+            .await
+            .is_err()
+    );
     relay.shutdown().await;
 }

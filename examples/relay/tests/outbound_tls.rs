@@ -10,12 +10,25 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use common::{Hop, NextHop, Submit, ca, message, rustls_server, self_signed, start_hop, start_relay, transport, wait_for};
+use common::{
+    Hop, NextHop, Submit, ca, message, rustls_server, self_signed, start_hop, start_postern_hop,
+    start_relay, transport, wait_for,
+};
 use lettre::AsyncTransport;
 use postern_relay::envelope::RecipientState;
 
 const MODES: [&str; 4] = ["none", "opportunistic", "encrypt", "verify"];
-const CASES: [&str; 9] = ["nostarttls", "refuse454", "refuse502", "broken", "selfsigned", "expired", "wrongname", "casigned", "inject"];
+const CASES: [&str; 9] = [
+    "nostarttls",
+    "refuse454",
+    "refuse502",
+    "broken",
+    "selfsigned",
+    "expired",
+    "wrongname",
+    "casigned",
+    "inject",
+];
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Expect {
@@ -55,29 +68,56 @@ async fn every_client_mode_against_every_next_hop() {
         "delivery_workers = 8\n[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\nscan_interval = \"1s\"\n\
          [timeouts]\nconnect = \"5s\"\nclient_reply = \"10s\"\ntls_handshake = \"5s\"\n",
     );
-    let _ = write!(toml, "[certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n", dir.path().join("ca.pem").display());
+    let _ = write!(
+        toml,
+        "[certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n",
+        dir.path().join("ca.pem").display()
+    );
     let mut routes = String::from("[routes]\n");
     let mut overrides = String::from("[tls.outbound]\ntls = \"opportunistic\"\n");
     for case in CASES {
         let names: Vec<String> = MODES.iter().map(|m| domain(case, m)).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         for mode in MODES {
+            // Well-behaved next hops are postern-tokio servers; the misbehaving ones are scripted.
             let hop = match case {
-                "nostarttls" => Hop::NoStartTls,
-                "refuse454" => Hop::Refuse("454 4.7.0 TLS not available due to local problem"),
-                "refuse502" => Hop::Refuse("502 5.5.1 Error: command not implemented"),
-                "broken" => Hop::BreakHandshake,
-                "selfsigned" => Hop::Tls(rustls_server(&self_signed(&names, false))),
-                "expired" => Hop::Tls(rustls_server(&ca().leaf(&names, false, -30, -1))),
-                "wrongname" => Hop::Tls(rustls_server(&ca().leaf(&["elsewhere.test"], false, -1, 90))),
-                "casigned" => Hop::Tls(rustls_server(&ca().leaf(&names, false, -1, 90))),
-                "inject" => Hop::Inject(rustls_server(&ca().leaf(&names, false, -1, 90))),
+                "nostarttls" => start_postern_hop(None).await,
+                "refuse454" => {
+                    start_hop(
+                        Hop::Refuse("454 4.7.0 TLS not available due to local problem"),
+                        Duration::ZERO,
+                    )
+                    .await
+                }
+                "refuse502" => {
+                    start_hop(
+                        Hop::Refuse("502 5.5.1 Error: command not implemented"),
+                        Duration::ZERO,
+                    )
+                    .await
+                }
+                "broken" => start_hop(Hop::BreakHandshake, Duration::ZERO).await,
+                "selfsigned" => start_postern_hop(Some(&self_signed(&names, false))).await,
+                "expired" => start_postern_hop(Some(&ca().leaf(&names, false, -30, -1))).await,
+                "wrongname" => {
+                    start_postern_hop(Some(&ca().leaf(&["elsewhere.test"], false, -1, 90))).await
+                }
+                "casigned" => start_postern_hop(Some(&ca().leaf(&names, false, -1, 90))).await,
+                "inject" => {
+                    start_hop(
+                        Hop::Inject(rustls_server(&ca().leaf(&names, false, -1, 90))),
+                        Duration::ZERO,
+                    )
+                    .await
+                }
                 _ => unreachable!(),
             };
-            let hop = start_hop(hop, Duration::ZERO).await;
             let d = domain(case, mode);
             let _ = writeln!(routes, "\"{d}\" = \"127.0.0.1:{}\"", hop.addr.port());
-            let _ = writeln!(overrides, "[tls.outbound.domains.\"{d}\"]\ntls = \"{mode}\"");
+            let _ = writeln!(
+                overrides,
+                "[tls.outbound.domains.\"{d}\"]\ntls = \"{mode}\""
+            );
             hops.insert(d, (case.to_owned(), mode.to_owned(), hop));
         }
     }
@@ -87,17 +127,39 @@ async fn every_client_mode_against_every_next_hop() {
     let addr = relay.local_addrs()[0];
 
     for d in hops.keys() {
-        transport(addr, Submit::Plain).send(message(&format!("user@{d}"), d)).await.unwrap();
+        transport(addr, Submit::Plain)
+            .send(message(&format!("user@{d}"), d))
+            .await
+            .unwrap();
     }
-    let deferred_count = hops.values().filter(|(c, m, _)| matches!(expected(c, m), Expect::Defer(_))).count();
-    let scan = wait_for(dir.path(), Duration::from_secs(60), "every destination delivered or deferred", |s| {
-        s.messages.len() == deferred_count && s.messages.iter().all(|m| m.envelope.attempts >= 1)
-    })
+    let deferred_count = hops
+        .values()
+        .filter(|(c, m, _)| matches!(expected(c, m), Expect::Defer(_)))
+        .count();
+    let scan = wait_for(
+        dir.path(),
+        Duration::from_secs(60),
+        "every destination delivered or deferred",
+        |s| {
+            s.messages.len() == deferred_count
+                && s.messages.iter().all(|m| m.envelope.attempts >= 1)
+        },
+    )
     .await;
     let queued: BTreeMap<String, _> = scan
         .messages
         .iter()
-        .map(|m| (m.envelope.recipients[0].address.rsplit_once('@').unwrap().1.to_owned(), m.envelope.clone()))
+        .map(|m| {
+            (
+                m.envelope.recipients[0]
+                    .address
+                    .rsplit_once('@')
+                    .unwrap()
+                    .1
+                    .to_owned(),
+                m.envelope.clone(),
+            )
+        })
         .collect();
 
     let mut report = Vec::new();
@@ -109,19 +171,41 @@ async fn every_client_mode_against_every_next_hop() {
             Some(env) => {
                 let r = &env.recipients[0];
                 assert_eq!(r.state, RecipientState::Deferred, "{d}");
-                let f = r.last_failure.as_ref().unwrap_or_else(|| panic!("{d}: no failure recorded"));
-                assert!(f.result_type.is_some(), "{d}: no RFC 8460 result type in {f:?}");
+                let f = r
+                    .last_failure
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{d}: no failure recorded"));
+                assert!(
+                    f.result_type.is_some(),
+                    "{d}: no RFC 8460 result type in {f:?}"
+                );
                 let rule = f.policy_rule.as_deref().unwrap_or_default();
-                assert!(rule.contains(&format!("domain {d} (override): {mode}")), "{d}: policy rule {rule:?}");
+                assert!(
+                    rule.contains(&format!("domain {d} (override): {mode}")),
+                    "{d}: policy rule {rule:?}"
+                );
                 match want {
                     Expect::Defer(prefix) if f.code.to_string().starts_with(prefix) => want,
                     _ => Expect::Defer("other"),
                 }
             }
             None => {
-                let delivered: Vec<_> = log.delivered.iter().filter(|m| m.recipients.contains(&rcpt)).collect();
-                assert_eq!(delivered.len(), 1, "{d}: delivered {} times", delivered.len());
-                if delivered[0].tls { Expect::Tls } else { Expect::Plain }
+                let delivered: Vec<_> = log
+                    .delivered
+                    .iter()
+                    .filter(|m| m.recipients.contains(&rcpt))
+                    .collect();
+                assert_eq!(
+                    delivered.len(),
+                    1,
+                    "{d}: delivered {} times",
+                    delivered.len()
+                );
+                if delivered[0].tls {
+                    Expect::Tls
+                } else {
+                    Expect::Plain
+                }
             }
         };
         if got != want {
@@ -129,7 +213,10 @@ async fn every_client_mode_against_every_next_hop() {
         }
         // Never a plaintext MAIL when the mode requires TLS.
         if matches!(mode.as_str(), "encrypt" | "verify") {
-            assert_eq!(log.plaintext_mail, 0, "{d}: MAIL sent in plaintext under {mode}");
+            assert_eq!(
+                log.plaintext_mail, 0,
+                "{d}: MAIL sent in plaintext under {mode}"
+            );
         }
         if mode == "none" {
             assert_eq!(log.starttls, 0, "{d}: STARTTLS sent under none");
@@ -138,7 +225,10 @@ async fn every_client_mode_against_every_next_hop() {
             assert!(log.delivered.is_empty(), "{d}: delivered although deferred");
         }
         if case == "broken" && mode == "opportunistic" {
-            assert_eq!(log.connections, 2, "{d}: the retry is a new plaintext connection");
+            assert_eq!(
+                log.connections, 2,
+                "{d}: the retry is a new plaintext connection"
+            );
         }
     }
     assert!(report.is_empty(), "mismatches:\n{}", report.join("\n"));
@@ -149,7 +239,14 @@ async fn every_client_mode_against_every_next_hop() {
 async fn two_destinations_two_modes_one_message() {
     let dir = tempfile::tempdir().unwrap();
     // One next hop with a self-signed certificate serves both domains.
-    let hop = start_hop(Hop::Tls(rustls_server(&self_signed(&["strict.test", "loose.test"], false))), Duration::ZERO).await;
+    let hop = start_hop(
+        Hop::Tls(rustls_server(&self_signed(
+            &["strict.test", "loose.test"],
+            false,
+        ))),
+        Duration::ZERO,
+    )
+    .await;
     let port = hop.addr.port();
     let toml = format!(
         "[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\n\
@@ -164,11 +261,25 @@ async fn two_destinations_two_modes_one_message() {
         .subject("two modes")
         .body(String::from("x"))
         .unwrap();
-    transport(relay.local_addrs()[0], Submit::Plain).send(msg).await.unwrap();
-    let scan = wait_for(dir.path(), Duration::from_secs(30), "one attempt", |s| s.messages.first().is_some_and(|m| m.envelope.attempts >= 1)).await;
+    transport(relay.local_addrs()[0], Submit::Plain)
+        .send(msg)
+        .await
+        .unwrap();
+    let scan = wait_for(dir.path(), Duration::from_secs(30), "one attempt", |s| {
+        s.messages.first().is_some_and(|m| m.envelope.attempts >= 1)
+    })
+    .await;
     let env = &scan.messages[0].envelope;
-    let strict = env.recipients.iter().find(|r| r.address == "a@strict.test").unwrap();
-    let loose = env.recipients.iter().find(|r| r.address == "b@loose.test").unwrap();
+    let strict = env
+        .recipients
+        .iter()
+        .find(|r| r.address == "a@strict.test")
+        .unwrap();
+    let loose = env
+        .recipients
+        .iter()
+        .find(|r| r.address == "b@loose.test")
+        .unwrap();
     assert_eq!(loose.state, RecipientState::Delivered);
     assert_eq!(strict.state, RecipientState::Deferred);
     let f = strict.last_failure.as_ref().unwrap();
@@ -179,7 +290,13 @@ async fn two_destinations_two_modes_one_message() {
 
     // `queue flush` makes the deferred recipient due again despite the 1h backoff.
     postern_relay::spool::Spool::request_flush(&dir.path().join("state/spool")).unwrap();
-    wait_for(dir.path(), Duration::from_secs(10), "a second attempt after flush", |s| s.messages.first().is_some_and(|m| m.envelope.attempts >= 2)).await;
+    wait_for(
+        dir.path(),
+        Duration::from_secs(10),
+        "a second attempt after flush",
+        |s| s.messages.first().is_some_and(|m| m.envelope.attempts >= 2),
+    )
+    .await;
     relay.shutdown().await;
 }
 
@@ -196,17 +313,83 @@ async fn tls_deferral_retries_then_bounces_after_the_lifetime() {
         sink.addr.port()
     );
     let relay = start_relay(dir.path(), &toml).await;
-    transport(relay.local_addrs()[0], Submit::Plain).send(message("bob@strict.test", "doomed")).await.unwrap();
+    transport(relay.local_addrs()[0], Submit::Plain)
+        .send(message("bob@strict.test", "doomed"))
+        .await
+        .unwrap();
     // Retried several times, then the message expires, the bounce is delivered and both leave the queue.
-    wait_for(dir.path(), Duration::from_secs(30), "the queue to empty", |s| s.messages.is_empty()).await;
-    let log = hop.log.lock().unwrap();
-    assert!(log.connections >= 2, "retried: {} connections", log.connections);
-    assert_eq!(log.plaintext_mail, 0);
-    assert!(log.delivered.is_empty());
+    wait_for(
+        dir.path(),
+        Duration::from_secs(30),
+        "the queue to empty",
+        |s| s.messages.is_empty(),
+    )
+    .await;
+    {
+        let log = hop.log.lock().unwrap();
+        assert!(
+            log.connections >= 2,
+            "retried: {} connections",
+            log.connections
+        );
+        assert_eq!(log.plaintext_mail, 0);
+        assert!(log.delivered.is_empty());
+    }
     let bounces = sink.delivered_to("alice@client.test");
     assert_eq!(bounces.len(), 1);
     let text = String::from_utf8_lossy(&bounces[0].content);
-    assert!(text.contains("Status: 4.7.4") || text.contains("Status: 5."), "{text}");
+    assert!(
+        text.contains("Status: 4.7.4") || text.contains("Status: 5."),
+        "{text}"
+    );
     assert!(text.contains("bob@strict.test"), "{text}");
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn requiretls_messages_need_verified_tls_or_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+    let good = start_postern_hop(Some(&ca().leaf(&["good.test"], false, -1, 90))).await;
+    let weak = start_postern_hop(Some(&self_signed(&["weak.test"], false))).await;
+    let sink = start_hop(Hop::NoStartTls, Duration::ZERO).await;
+    let toml = format!(
+        "[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\n\
+         [routes]\n\"good.test\" = \"127.0.0.1:{}\"\n\"weak.test\" = \"127.0.0.1:{}\"\n\"client.test\" = \"127.0.0.1:{}\"\n\
+         [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n",
+        good.addr.port(),
+        weak.addr.port(),
+        sink.addr.port(),
+        dir.path().join("ca.pem").display()
+    );
+    let relay = start_relay(dir.path(), &toml).await;
+    let addr = relay.local_addrs()[0];
+    // Opportunistic by default, but the message asks for verified TLS at every hop (RFC 8689).
+    let r = common::submit_requiretls(addr, "alice@client.test", "bob@good.test", "secret").await;
+    assert!(r.starts_with("250 "), "{r}");
+    let r = common::submit_requiretls(addr, "alice@client.test", "eve@weak.test", "secret").await;
+    assert!(r.starts_with("250 "), "{r}");
+    wait_for(
+        dir.path(),
+        Duration::from_secs(30),
+        "both handled and the bounce delivered",
+        |s| s.messages.is_empty(),
+    )
+    .await;
+    let delivered = good.delivered_to("bob@good.test");
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].tls);
+    assert!(
+        weak.delivered_to("eve@weak.test").is_empty(),
+        "never to an unverified server"
+    );
+    assert_eq!(weak.log.lock().unwrap().plaintext_mail, 0);
+    // The sender gets a bounce with 5.7.30 and, for a REQUIRETLS message, headers only (RFC 8689 §5).
+    let bounces = sink.delivered_to("alice@client.test");
+    assert_eq!(bounces.len(), 1);
+    let text = String::from_utf8_lossy(&bounces[0].content);
+    assert!(text.contains("5.7.30"), "{text}");
+    assert!(text.contains("eve@weak.test"), "{text}");
+    assert!(!text.contains("secret"), "the body is not returned: {text}");
     relay.shutdown().await;
 }

@@ -53,7 +53,7 @@ if [ "$CLIENT" = postfix ]; then
 else
     R_ROUTES="" R_DOMAIN_MODES=""
     for k in $KINDS; do for m in $MODES; do
-        R_ROUTES+=" $k-$m.test=localhost:${PORT[$k]}"
+        R_ROUTES+=" $k-$m.test=127.0.0.1:${PORT[$k]}"
         R_DOMAIN_MODES+=" $k-$m.test=$m"
     done; done
     R_TRUST="$PKI/ca.pem"
@@ -73,7 +73,9 @@ client_deferred() {
         st=$(pf_status client "$1")
         case "$st" in deferred*) echo "$st" ;; esac
     else
-        relay_queue relay "$1"
+        local st
+        st=$(relay_status relay "$1")
+        case "$st" in deferred* | bounced*) echo "$st" ;; esac
     fi
 }
 settled() {

@@ -66,7 +66,7 @@ else
     pf_start_all "${starts[@]}"
     R_ROUTES="" R_DOMAIN_MODES=""
     for k in $KINDS; do for m in $MODES; do
-        R_ROUTES+=" $k-$m.test=localhost:${NH_PORT[$k]}"
+        R_ROUTES+=" $k-$m.test=127.0.0.1:${NH_PORT[$k]}"
         R_DOMAIN_MODES+=" $k-$m.test=$m"
     done; done
     R_TRUST="$PKI/ca.pem" R_ACCEPTED="dest.test"
@@ -89,7 +89,9 @@ client_deferred() {
         st=$(pf_status client "$1")
         case "$st" in deferred* | bounced*) echo "$st" ;; esac
     else
-        relay_queue relay "$1"
+        local st
+        st=$(relay_status relay "$1")
+        case "$st" in deferred* | bounced*) echo "$st" ;; esac
     fi
 }
 
@@ -150,8 +152,18 @@ ok "every (next hop, mode) outcome matches DESIGN.md section 3"
 grep -Eq "disconnect from .* mail=0/1 " "$(pf_log nh-encrypt)" ||
     fail "nh-encrypt never refused a plaintext MAIL"
 if [ "$CLIENT" = relay ]; then
-    grep -q "530 5.7.0" <<<"$(relay_queue relay u@encrypt-none.test)" ||
+    grep -q "530 5.7.0" <<<"$(relay_status relay u@encrypt-none.test)" ||
         fail "the relay did not record the 530 5.7.0 of nh-encrypt for u@encrypt-none.test"
+    # Deferred messages are still queued, with the policy failure recorded.
+    relay_queue_snapshot relay "$WORK/queue.json"
+    for k in $KINDS; do for m in $MODES; do
+        case "$(expected "$k" "$m")" in defer:*)
+            q=$(RELAY_QUEUE_CACHE="$WORK/queue.json" relay_queue relay "u@$k-$m.test")
+            grep -q '"state": "deferred"' <<<"$q" || fail "u@$k-$m.test is not queued as deferred: $q"
+            ;;
+        esac
+    done; done
+    ok "relay queue list --json: every deferred message still queued, state deferred"
 fi
 ok "nh-encrypt refused the plaintext MAIL of mode none (530 5.7.0)"
 # No next hop that requires TLS of the client ever saw MAIL in plaintext from it.

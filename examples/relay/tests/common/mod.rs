@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use lettre::transport::smtp::client::{Certificate, CertificateStore, Identity, Tls, TlsParameters};
+use lettre::transport::smtp::client::{
+    Certificate, CertificateStore, Identity, Tls, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
 use postern_relay::config::Config;
@@ -37,7 +39,8 @@ pub struct Pem {
 impl Pem {
     /// SHA-256 fingerprint, `sha256:` hex form as the policy parses it.
     pub fn fingerprint(&self) -> String {
-        let key = postern_certs::CertKey::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap();
+        let key =
+            postern_certs::CertKey::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap();
         format!("{}", key.fingerprint())
     }
 
@@ -67,35 +70,57 @@ impl Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         p.not_before = days(-10);
         p.not_after = days(3650);
         let cert = p.self_signed(&key).unwrap();
-        Self { cert_pem: cert.pem(), issuer: Issuer::new(p, key) }
+        Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        }
     }
 
     /// A leaf for `names`, valid from `from` to `to` days from now.
     pub fn leaf(&self, names: &[&str], client: bool, from: i64, to: i64) -> Pem {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = leaf_params(names, client, from, to).signed_by(&key, &self.issuer).unwrap();
-        Pem { cert: cert.pem(), key: key.serialize_pem() }
+        let cert = leaf_params(names, client, from, to)
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
     }
 }
 
 fn leaf_params(names: &[&str], client: bool, from: i64, to: i64) -> CertificateParams {
-    let mut p = CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
+    let mut p =
+        CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, names[0]);
     p.not_before = days(from);
     p.not_after = days(to);
-    p.extended_key_usages = vec![if client { ExtendedKeyUsagePurpose::ClientAuth } else { ExtendedKeyUsagePurpose::ServerAuth }];
+    p.extended_key_usages = vec![if client {
+        ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        ExtendedKeyUsagePurpose::ServerAuth
+    }];
     p
 }
 
 /// A self-signed certificate for `names`.
 pub fn self_signed(names: &[&str], client: bool) -> Pem {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = leaf_params(names, client, -1, 90).self_signed(&key).unwrap();
-    Pem { cert: cert.pem(), key: key.serialize_pem() }
+    let cert = leaf_params(names, client, -1, 90)
+        .self_signed(&key)
+        .unwrap();
+    Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
 }
 
 /// The shared test CA.
@@ -140,14 +165,23 @@ pub fn scan(dir: &Path) -> Scan {
 }
 
 /// Waits until `done(scan)` holds, or panics after `limit`.
-pub async fn wait_for(dir: &Path, limit: Duration, what: &str, mut done: impl FnMut(&Scan) -> bool) -> Scan {
+pub async fn wait_for(
+    dir: &Path,
+    limit: Duration,
+    what: &str,
+    mut done: impl FnMut(&Scan) -> bool,
+) -> Scan {
     let start = Instant::now();
     loop {
         let s = scan(dir);
         if done(&s) {
             return s;
         }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}; queue: {:#?}", s.messages.iter().map(|m| &m.envelope).collect::<Vec<_>>());
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting for {what}; queue: {:#?}",
+            s.messages.iter().map(|m| &m.envelope).collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -251,7 +285,14 @@ pub struct NextHop {
 
 impl NextHop {
     pub fn delivered_to(&self, rcpt: &str) -> Vec<Delivered> {
-        self.log.lock().unwrap().delivered.iter().filter(|d| d.recipients.iter().any(|r| r == rcpt)).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .delivered
+            .iter()
+            .filter(|d| d.recipients.iter().any(|r| r == rcpt))
+            .cloned()
+            .collect()
     }
 }
 
@@ -263,7 +304,9 @@ pub async fn start_hop(hop: Hop, delay: Duration) -> NextHop {
     let l = Arc::clone(&log);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
             let hop = hop.clone();
             let log = Arc::clone(&l);
             tokio::spawn(async move {
@@ -279,7 +322,12 @@ enum After<S> {
     StartTls(BufReader<S>),
 }
 
-async fn serve_hop(tcp: tokio::net::TcpStream, hop: Hop, log: Arc<Mutex<HopLog>>, delay: Duration) -> std::io::Result<()> {
+async fn serve_hop(
+    tcp: tokio::net::TcpStream,
+    hop: Hop,
+    log: Arc<Mutex<HopLog>>,
+    delay: Duration,
+) -> std::io::Result<()> {
     log.lock().unwrap().connections += 1;
     let mut io = BufReader::new(tcp);
     io.get_mut().write_all(b"220 hop.test ESMTP\r\n").await?;
@@ -290,7 +338,8 @@ async fn serve_hop(tcp: tokio::net::TcpStream, hop: Hop, log: Arc<Mutex<HopLog>>
     let config = match &hop {
         Hop::Tls(c) => Arc::clone(c),
         Hop::Inject(c) => {
-            tcp.write_all(b"220 2.0.0 Ready to start TLS\r\n250-hop.test\r\n250 PIPELINING\r\n").await?;
+            tcp.write_all(b"220 2.0.0 Ready to start TLS\r\n250-hop.test\r\n250 PIPELINING\r\n")
+                .await?;
             Arc::clone(c)
         }
         Hop::BreakHandshake => {
@@ -325,7 +374,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
             let starttls = !tls && !matches!(hop, Hop::NoStartTls);
-            format!("250-hop.test\r\n250-PIPELINING\r\n{}250 8BITMIME\r\n", if starttls { "250-STARTTLS\r\n" } else { "" })
+            format!(
+                "250-hop.test\r\n250-PIPELINING\r\n{}250 8BITMIME\r\n",
+                if starttls { "250-STARTTLS\r\n" } else { "" }
+            )
         } else if upper.starts_with("HELO") {
             "250 hop.test\r\n".into()
         } else if upper.starts_with("STARTTLS") {
@@ -343,11 +395,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             rcpts.clear();
             "250 2.1.0 Ok\r\n".into()
         } else if upper.starts_with("RCPT") {
-            let addr = line.split('<').nth(1).and_then(|r| r.split('>').next()).unwrap_or("").to_owned();
+            let addr = line
+                .split('<')
+                .nth(1)
+                .and_then(|r| r.split('>').next())
+                .unwrap_or("")
+                .to_owned();
             rcpts.push(addr);
             "250 2.1.5 Ok\r\n".into()
         } else if upper.starts_with("DATA") {
-            io.get_mut().write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await?;
+            io.get_mut()
+                .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                .await?;
             let mut content = Vec::new();
             loop {
                 let mut l = Vec::new();
@@ -360,7 +419,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 content.extend_from_slice(&l);
             }
             tokio::time::sleep(delay).await;
-            log.lock().unwrap().delivered.push(Delivered { recipients: std::mem::take(&mut rcpts), tls, content });
+            log.lock().unwrap().delivered.push(Delivered {
+                recipients: std::mem::take(&mut rcpts),
+                tls,
+                content,
+            });
             "250 2.0.0 Ok: queued\r\n".into()
         } else if upper.starts_with("QUIT") {
             io.get_mut().write_all(b"221 2.0.0 Bye\r\n").await?;
@@ -391,7 +454,10 @@ pub async fn served_fingerprint(addr: SocketAddr, sni: &str) -> String {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            assert!(io.read_line(&mut line).await.unwrap() > 0, "closed after {all:?}");
+            assert!(
+                io.read_line(&mut line).await.unwrap() > 0,
+                "closed after {all:?}"
+            );
             all.push_str(&line);
             if line.as_bytes().get(3) == Some(&b' ') {
                 return all;
@@ -399,16 +465,183 @@ pub async fn served_fingerprint(addr: SocketAddr, sni: &str) -> String {
         }
     }
     assert!(reply(&mut io).await.starts_with("220 "));
-    io.get_mut().write_all(b"EHLO probe.test\r\n").await.unwrap();
+    io.get_mut()
+        .write_all(b"EHLO probe.test\r\n")
+        .await
+        .unwrap();
     assert!(reply(&mut io).await.contains("STARTTLS"));
     io.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
     assert!(reply(&mut io).await.starts_with("220 "));
     let ctx = ClientTlsContext::new(TrustRoots::empty().into_store());
-    let conn = ctx.connection(&ClientTlsSpec::new(postern_policy::ClientTlsMode::Encrypt, sni)).unwrap();
+    let conn = ctx
+        .connection(&ClientTlsSpec::new(
+            postern_policy::ClientTlsMode::Encrypt,
+            sni,
+        ))
+        .unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::clone(&conn.config))
         .connect(conn.server_name.clone(), io.into_inner())
         .await
         .unwrap();
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     postern_certs::Fingerprint::of(&leaf).to_string()
+}
+
+// ---- a well-behaved next hop: postern-tokio's server ----
+
+/// Records into a [`HopLog`].
+#[derive(Clone)]
+struct Recorder(Arc<Mutex<HopLog>>);
+
+struct RecorderSession {
+    log: Arc<Mutex<HopLog>>,
+    rcpts: Vec<String>,
+    content: Vec<u8>,
+}
+
+impl postern_tokio::server::ServerHandler for Recorder {
+    type Session = RecorderSession;
+    fn open(&self, _: &postern_tokio::server::ConnectionInfo) -> RecorderSession {
+        self.0.lock().unwrap().connections += 1;
+        RecorderSession {
+            log: Arc::clone(&self.0),
+            rcpts: Vec::new(),
+            content: Vec::new(),
+        }
+    }
+}
+
+impl postern_tokio::server::SessionHandler for RecorderSession {
+    async fn mail(
+        &mut self,
+        info: &postern_tokio::server::ConnectionInfo,
+        _: &postern_smtp::ReversePath,
+        _: &postern_smtp::MailParams,
+    ) -> postern_tokio::server::Verdict {
+        if !info.tls_active() {
+            self.log.lock().unwrap().plaintext_mail += 1;
+        }
+        postern_tokio::server::Verdict::Accept
+    }
+    async fn rcpt(
+        &mut self,
+        _: &postern_tokio::server::ConnectionInfo,
+        to: &postern_smtp::ForwardPath,
+        _: &postern_smtp::RcptParams,
+    ) -> postern_tokio::server::Verdict {
+        self.rcpts
+            .push(to.to_string().trim_matches(['<', '>']).to_owned());
+        postern_tokio::server::Verdict::Accept
+    }
+    async fn message_chunk(&mut self, chunk: Vec<u8>) {
+        self.content.extend(chunk);
+    }
+    async fn message_end(
+        &mut self,
+        info: &postern_tokio::server::ConnectionInfo,
+        _: &postern_smtp::DataSummary,
+    ) -> postern_tokio::server::Verdict {
+        self.log.lock().unwrap().delivered.push(Delivered {
+            recipients: std::mem::take(&mut self.rcpts),
+            tls: info.tls_active(),
+            content: std::mem::take(&mut self.content),
+        });
+        postern_tokio::server::Verdict::Accept
+    }
+    fn reset(&mut self) {
+        self.rcpts.clear();
+        self.content.clear();
+    }
+}
+
+/// Starts a next hop on postern-tokio's server: STARTTLS offered with `cert`, or not offered at all (`None`).
+pub async fn start_postern_hop(cert: Option<&Pem>) -> NextHop {
+    use postern_certs::{
+        CertKey, CertResolver, ServedCertificates, ServerTlsContext, ServerTlsSpec,
+    };
+    use postern_policy::{ClientCertMode, ServerPolicy, ServerTlsMode, TlsVersion};
+    let (policy, tls) = match cert {
+        Some(pem) => {
+            let key = CertKey::from_pem(pem.cert.as_bytes(), pem.key.as_bytes()).unwrap();
+            let resolver = Arc::new(CertResolver::new(ServedCertificates::from_certs([&key])));
+            (
+                ServerPolicy::default(),
+                Some(ServerTlsContext::new(&ServerTlsSpec::default(), resolver).unwrap()),
+            )
+        }
+        None => (
+            ServerPolicy::new(
+                ServerTlsMode::None,
+                ClientCertMode::None,
+                TlsVersion::Tls12,
+                Vec::new(),
+            )
+            .unwrap(),
+            None,
+        ),
+    };
+    let settings = postern_tokio::server::ServerSettings::new("hop.test", policy, tls);
+    let log = Arc::new(Mutex::new(HopLog::default()));
+    let server = postern_tokio::server::Server::new(settings, Recorder(Arc::clone(&log))).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
+    NextHop { addr, log }
+}
+
+/// Submits one message over STARTTLS with `MAIL FROM:<from> REQUIRETLS` (RFC 8689; lettre cannot send the
+/// parameter). Returns the reply to the final dot.
+pub async fn submit_requiretls(addr: SocketAddr, from: &str, to: &str, body: &str) -> String {
+    use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
+    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                io.read_line(&mut line).await.unwrap() > 0,
+                "closed after {all:?}"
+            );
+            all.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return all;
+            }
+        }
+    }
+    let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    reply(&mut io).await;
+    io.get_mut()
+        .write_all(b"EHLO client.test\r\nSTARTTLS\r\n")
+        .await
+        .ok();
+    reply(&mut io).await;
+    assert!(reply(&mut io).await.starts_with("220 "));
+    let ctx = ClientTlsContext::new(TrustRoots::empty().into_store());
+    let conn = ctx
+        .connection(&ClientTlsSpec::new(
+            postern_policy::ClientTlsMode::Encrypt,
+            RELAY,
+        ))
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(&conn.config))
+        .connect(conn.server_name.clone(), io.into_inner())
+        .await
+        .unwrap();
+    let mut io = BufReader::new(tls);
+    for cmd in [
+        "EHLO client.test\r\n".to_owned(),
+        format!("MAIL FROM:<{from}> REQUIRETLS\r\n"),
+        format!("RCPT TO:<{to}>\r\n"),
+        "DATA\r\n".to_owned(),
+    ] {
+        io.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+        let r = reply(&mut io).await;
+        assert!(r.starts_with('2') || r.starts_with("354"), "{r}");
+    }
+    io.get_mut()
+        .write_all(format!("Subject: requiretls\r\n\r\n{body}\r\n.\r\n").as_bytes())
+        .await
+        .unwrap();
+    let done = reply(&mut io).await;
+    let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+    done
 }
