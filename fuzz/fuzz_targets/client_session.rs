@@ -13,7 +13,8 @@ use postern_smtp::{
 
 /// A message with everything a client must repair: bare LF, bare CR, lines starting with ".", an end-marker
 /// lookalike, no final CRLF.
-const MESSAGE: &[u8] = b"Subject: test\r\n\r\n.leading dot\nbare LF\rbare CR\r\n.\r\nafter a fake end\n.\n.";
+const MESSAGE: &[u8] =
+    b"Subject: test\r\n\r\n.leading dot\nbare LF\rbare CR\r\n.\r\nafter a fake end\n.\n.";
 
 fn check_wire(bytes: &[u8]) {
     for (j, &b) in bytes.iter().enumerate() {
@@ -26,16 +27,25 @@ fn check_wire(bytes: &[u8]) {
     }
 }
 
-fn drive(client: &mut ClientSession, now: Instant, decisions: &mut u32, sent: &mut Vec<u8>) -> bool {
+fn drive(
+    client: &mut ClientSession,
+    now: Instant,
+    decisions: &mut u32,
+    sent: &mut Vec<u8>,
+) -> bool {
     let mut any = false;
     while let Some(event) = client.poll_event(now) {
         any = true;
         match event {
-            ClientEvent::Ready { capabilities, tls_active, .. } => {
+            ClientEvent::Ready {
+                capabilities,
+                tls_active,
+                ..
+            } => {
                 *decisions = decisions.rotate_left(2);
                 let result = match *decisions & 3 {
                     0 if capabilities.starttls && !tls_active => client.start_tls(),
-                    0 | 1 | 2 => {
+                    0..=2 => {
                         let from = ReversePath::parse("<alice@example.org>").expect("valid path");
                         let to = [
                             ForwardPath::parse("<bob@example.net>").expect("valid path"),
@@ -47,14 +57,18 @@ fn drive(client: &mut ClientSession, now: Instant, decisions: &mut u32, sent: &m
                 };
                 // Refusals (extension not offered, message too large) leave the session at the decision point.
                 if result.is_err() {
-                    client.quit().expect("quit is possible at the decision point");
+                    client
+                        .quit()
+                        .expect("quit is possible at the decision point");
                 }
             }
             ClientEvent::StartTls { .. } => {
                 while let Some(bytes) = client.poll_transmit() {
                     sent.extend_from_slice(&bytes);
                 }
-                client.handle_tls_established().expect("handshake was expected");
+                client
+                    .handle_tls_established()
+                    .expect("handshake was expected");
             }
             _ => {}
         }
@@ -73,7 +87,11 @@ fuzz_target!(|data: &[u8]| {
     let mut config = ClientConfig::new("client.example.org");
     config.prefer_chunking = ctl[0] & 1 != 0;
     config.pipelining = ctl[0] & 2 == 0;
-    config.after_starttls = if ctl[0] & 4 == 0 { AfterStartTls::Discard } else { AfterStartTls::Close };
+    config.after_starttls = if ctl[0] & 4 == 0 {
+        AfterStartTls::Discard
+    } else {
+        AfterStartTls::Close
+    };
     let now = Instant::now();
     let mut client = ClientSession::new(config, now);
     let mut decisions = u32::from(ctl[2]) | 0xa500;
@@ -94,7 +112,11 @@ fuzz_target!(|data: &[u8]| {
         let moved = drive(&mut client, now, &mut decisions, &mut sent);
         if taken == 0 && !moved {
             stalls += 1;
-            assert!(stalls < 3, "session takes no input and has nothing to say (at {pos} of {})", input.len());
+            assert!(
+                stalls < 3,
+                "session takes no input and has nothing to say (at {pos} of {})",
+                input.len()
+            );
         } else {
             stalls = 0;
         }

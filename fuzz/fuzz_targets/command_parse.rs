@@ -18,10 +18,15 @@ fuzz_target!(|data: &[u8]| {
     let encoded = command.to_bytes();
     assert!(encoded.ends_with(b"\r\n"));
     assert!(
-        !encoded[..encoded.len() - 2].iter().any(|b| *b == b'\r' || *b == b'\n'),
+        !encoded[..encoded.len() - 2]
+            .iter()
+            .any(|b| *b == b'\r' || *b == b'\n'),
         "encoded command holds a CR or LF: {encoded:?}"
     );
     let again = Command::parse(&encoded)
         .unwrap_or_else(|e| panic!("{command:?} encoded as {encoded:?} does not parse: {e}"));
-    assert_eq!(again, command, "round trip changed the command (wire {encoded:?})");
+    assert_eq!(
+        again, command,
+        "round trip changed the command (wire {encoded:?})"
+    );
 });

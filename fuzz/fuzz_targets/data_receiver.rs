@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut limits = DataLimits::default();
-    limits.max_message_size = if ctl[0] == 255 { u64::MAX } else { u64::from(ctl[0]) * 8 };
+    limits.max_message_size = if ctl[0] == 255 {
+        u64::MAX
+    } else {
+        u64::from(ctl[0]) * 8
+    };
     limits.max_line_length = 2 + usize::from(ctl[1]) * 4;
     limits.bare_line_endings = if ctl[2] & 1 == 0 {
         BareLineEndings::Normalize
@@ -30,8 +34,14 @@ fuzz_target!(|data: &[u8]| {
     match step.end {
         Some(summary) => {
             let used = &input[..step.consumed];
-            assert!(used == b".\r\n" || used.ends_with(b"\r\n.\r\n"), "ended without CRLF.CRLF");
-            assert_eq!(whole.len() as u64, summary.size.min(limits.max_message_size));
+            assert!(
+                used == b".\r\n" || used.ends_with(b"\r\n.\r\n"),
+                "ended without CRLF.CRLF"
+            );
+            assert_eq!(
+                whole.len() as u64,
+                summary.size.min(limits.max_message_size)
+            );
             assert_eq!(summary.too_large, summary.size > limits.max_message_size);
             // Nothing more is taken once the end is found.
             assert_eq!(rx.feed(b"NOOP\r\n", &mut whole).consumed, 0);
@@ -40,7 +50,11 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(whole.len() as u64 <= limits.max_message_size);
     // The limit may cut a CRLF in two.
-    let complete = if rx.summary().too_large { whole.len().saturating_sub(1) } else { whole.len() };
+    let complete = if rx.summary().too_large {
+        whole.len().saturating_sub(1)
+    } else {
+        whole.len()
+    };
     for (j, &b) in whole[..complete].iter().enumerate() {
         if b == b'\r' {
             assert_eq!(whole.get(j + 1), Some(&b'\n'), "bare CR in output");
@@ -69,7 +83,11 @@ fuzz_target!(|data: &[u8]| {
             end = s.end;
             break;
         }
-        assert_eq!(s.consumed, chunk.len(), "consumed less than given before the end");
+        assert_eq!(
+            s.consumed,
+            chunk.len(),
+            "consumed less than given before the end"
+        );
     }
     if input.is_empty() {
         end = rx.feed(&[], &mut pieces).end;

@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let end = wire.windows(5).position(|w| w == b"\r\n.\r\n");
-    assert!(end.is_none_or(|p| p + 5 == wire.len()), "end marker inside the content");
+    assert!(
+        end.is_none_or(|p| p + 5 == wire.len()),
+        "end marker inside the content"
+    );
     assert!(wire.ends_with(b".\r\n"));
 
     // Streaming in pieces gives the same bytes.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use postern_smtp::data::BareLineEndings;
-use postern_smtp::{AfterStartTls, Reply, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy};
+use postern_smtp::{
+    AfterStartTls, Reply, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
+};
 
 /// Checks a chunk of output: replies end only with CRLF.
 fn check_wire(bytes: &[u8]) {
@@ -20,7 +22,10 @@ fn check_wire(bytes: &[u8]) {
             assert!(j > 0 && bytes[j - 1] == b'\r', "bare LF sent: {bytes:?}");
         }
     }
-    assert!(bytes.ends_with(b"\r\n"), "partial reply line sent: {bytes:?}");
+    assert!(
+        bytes.ends_with(b"\r\n"),
+        "partial reply line sent: {bytes:?}"
+    );
 }
 
 /// Answers events and sends output; returns whether anything happened.
@@ -48,7 +53,9 @@ fn drive(server: &mut ServerSession, now: Instant, answers: &mut u32) -> bool {
                 while let Some(bytes) = server.poll_transmit() {
                     check_wire(&bytes);
                 }
-                server.handle_tls_established().expect("handshake was expected");
+                server
+                    .handle_tls_established()
+                    .expect("handshake was expected");
             }
             _ => {}
         }
@@ -71,11 +78,18 @@ fuzz_target!(|data: &[u8]| {
         _ => StartTlsPolicy::Offer,
     };
     config.tls_available = ctl[0] & 4 == 0;
-    config.after_starttls = if ctl[0] & 8 == 0 { AfterStartTls::Discard } else { AfterStartTls::Close };
+    config.after_starttls = if ctl[0] & 8 == 0 {
+        AfterStartTls::Discard
+    } else {
+        AfterStartTls::Close
+    };
     config.pipelining = ctl[0] & 16 == 0;
     config.forbid_unauth_pipelining = ctl[0] & 32 == 0;
-    config.data.bare_line_endings =
-        if ctl[0] & 64 == 0 { BareLineEndings::Normalize } else { BareLineEndings::Reject };
+    config.data.bare_line_endings = if ctl[0] & 64 == 0 {
+        BareLineEndings::Normalize
+    } else {
+        BareLineEndings::Reject
+    };
     if ctl[0] & 128 != 0 {
         config.data.max_message_size = 64;
         config.max_errors = 3;
@@ -100,7 +114,11 @@ fuzz_target!(|data: &[u8]| {
         let moved = drive(&mut server, now, &mut answers);
         if taken == 0 && !moved {
             stalls += 1;
-            assert!(stalls < 3, "session takes no input and has nothing to say (at {pos} of {})", input.len());
+            assert!(
+                stalls < 3,
+                "session takes no input and has nothing to say (at {pos} of {})",
+                input.len()
+            );
         } else {
             stalls = 0;
         }

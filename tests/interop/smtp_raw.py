@@ -12,6 +12,10 @@ Python standard library only. Every subcommand exits 0 when its check holds,
       Send "STARTTLS\\r\\nRSET\\r\\n" in one write, handshake, and check that
       the RSET is never answered inside TLS (the server either closes or
       answers only what is sent over TLS).
+  fake-server PORT CERT KEY vulnerable|fixed
+      A minimal SMTP server with STARTTLS, for the control of the injection
+      probe: "vulnerable" keeps the plaintext bytes that followed STARTTLS and
+      answers them inside TLS (the CVE-2011-0411 bug); "fixed" discards them.
   tls-of MAILLOG RCPT
       Read a Postfix maillog and print "tls" or "plain" for the smtpd session
       that received the message for RCPT, or "absent" if none did.
@@ -185,6 +189,49 @@ def starttls_pipelined(host, port):
     return 0
 
 
+def fake_server(port, cert, key, variant):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", int(port)))
+    ls.listen(5)
+    while True:
+        s, _ = ls.accept()
+        s.settimeout(10)
+        try:
+            fake_session(s, ctx, variant == "vulnerable")
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            s.close()
+
+
+def fake_session(s, ctx, vulnerable):
+    s.sendall(b"220 fake.test ESMTP\r\n")
+    buf, conn, tls = b"", s, False
+    while True:
+        while b"\r\n" not in buf:
+            d = conn.recv(4096)
+            if not d:
+                return
+            buf += d
+        line, buf = buf.split(b"\r\n", 1)
+        cmd = line.upper()
+        if cmd.startswith(b"EHLO"):
+            conn.sendall(b"250-fake.test\r\n" + (b"" if tls else b"250-STARTTLS\r\n") + b"250 PIPELINING\r\n")
+        elif cmd == b"STARTTLS" and not tls:
+            conn.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+            conn, tls = ctx.wrap_socket(s, server_side=True), True
+            if not vulnerable:
+                buf = b""  # RFC 3207 section 4.2 / CVE-2011-0411: forget plaintext input
+        elif cmd == b"QUIT":
+            conn.sendall(b"221 2.0.0 Bye\r\n")
+            return
+        else:
+            conn.sendall(b"250 2.0.0 Ok\r\n")
+
+
 def tls_of(maillog, rcpt):
     """Find the smtpd session that received RCPT and say whether it used TLS."""
     lines = open(maillog, encoding="latin-1").read().splitlines()
@@ -229,6 +276,8 @@ def main(argv):
             return smuggle(*args)
         if cmd == "starttls-pipelined" and len(args) == 2:
             return starttls_pipelined(*args)
+        if cmd == "fake-server" and len(args) == 4:
+            return fake_server(*args)
         if cmd == "tls-of" and len(args) == 2:
             return tls_of(*args)
         if cmd == "count-lookalikes":

@@ -9,20 +9,8 @@ use std::hint::black_box;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use postern_smtp::Command;
 
-/// One transaction as a pipelining client sends it, plus the session commands around it.
-const MIX: &[&[u8]] = &[
-    b"EHLO client.example.org\r\n",
-    b"MAIL FROM:<alice.sender@example.org> SIZE=48213 BODY=8BITMIME\r\n",
-    b"RCPT TO:<bob@example.net>\r\n",
-    b"RCPT TO:<carol.recipient@mail.example.net>\r\n",
-    b"RCPT TO:<dave+tag@example.com>\r\n",
-    b"DATA\r\n",
-    b"RSET\r\n",
-    b"MAIL FROM:<> SIZE=1024\r\n",
-    b"RCPT TO:<postmaster@example.net>\r\n",
-    b"NOOP\r\n",
-    b"QUIT\r\n",
-];
+mod common;
+use common::MIX;
 
 fn command_parse(c: &mut Criterion) {
     let wire: Vec<u8> = MIX.concat();

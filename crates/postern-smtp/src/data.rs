@@ -4,7 +4,7 @@
 //! # End of data (RFC 5321 section 4.1.1.4)
 //!
 //! > The mail data are terminated by a line containing only a period, that is, the character sequence
-//! > "<CRLF>.<CRLF>", where the first <CRLF> is actually the terminator of the previous line.
+//! > "\<CRLF>.\<CRLF>", where the first \<CRLF> is actually the terminator of the previous line.
 //!
 //! [`DataReceiver`] recognises exactly that: a line holding only "." and ended by CRLF, that follows a line ended
 //! by CRLF (or that is the first line of the content, the DATA command's own CRLF being the previous one). A bare

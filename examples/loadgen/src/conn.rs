@@ -109,11 +109,16 @@ pub(crate) struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("session", &self.session).finish_non_exhaustive()
+        f.debug_struct("Conn")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
     }
 }
 
-async fn write_all<S: AsyncWrite + Unpin>(s: &mut S, chunks: &mut ClientSession) -> std::io::Result<bool> {
+async fn write_all<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    chunks: &mut ClientSession,
+) -> std::io::Result<bool> {
     let mut wrote = false;
     while let Some(bytes) = chunks.poll_transmit() {
         s.write_all(&bytes).await?;
@@ -157,14 +162,20 @@ impl Conn {
         let ClientEvent::Ready { capabilities, .. } = conn.next_event().await? else {
             return Err(ConnError::Unexpected("no ready after ehlo".into()));
         };
-        let Some(tls) = tls else { return Ok((conn, Handshake::None)) };
+        let Some(tls) = tls else {
+            return Ok((conn, Handshake::None));
+        };
         if !capabilities.starttls {
             return Err(ConnError::NoStartTls);
         }
-        conn.session.start_tls().map_err(|e| ConnError::Unexpected(e.to_string()))?;
+        conn.session
+            .start_tls()
+            .map_err(|e| ConnError::Unexpected(e.to_string()))?;
         match conn.next_event().await? {
             ClientEvent::StartTls { .. } => {}
-            ClientEvent::StartTlsRefused(r) => return Err(ConnError::StartTlsRefused(r.code().value())),
+            ClientEvent::StartTlsRefused(r) => {
+                return Err(ConnError::StartTlsRefused(r.code().value()));
+            }
             other => return Err(ConnError::Unexpected(format!("{other:?}"))),
         }
         // RFC 3207 4: bytes that followed the 220 are never replies; hand any we hold to the engine, which
@@ -176,29 +187,46 @@ impl Conn {
         let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Upgrading) else {
             return Err(ConnError::Unexpected("starttls on a tls stream".into()));
         };
-        let tls_stream = tokio::time::timeout_at(deadline, TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp))
-            .await
-            .map_err(|_| ConnError::Deadline)?
-            .map_err(ConnError::Tls)?;
+        let tls_stream = tokio::time::timeout_at(
+            deadline,
+            TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp),
+        )
+        .await
+        .map_err(|_| ConnError::Deadline)?
+        .map_err(ConnError::Tls)?;
         let kind = match tls_stream.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
             _ => Handshake::Full,
         };
         conn.stream = Stream::Tls(Box::new(tls_stream));
-        conn.session.handle_tls_established().map_err(|_| ConnError::Unexpected("tls established".into()))?;
+        conn.session
+            .handle_tls_established()
+            .map_err(|_| ConnError::Unexpected("tls established".into()))?;
         match conn.next_event().await? {
-            ClientEvent::Ready { tls_active: true, .. } => Ok((conn, kind)),
+            ClientEvent::Ready {
+                tls_active: true, ..
+            } => Ok((conn, kind)),
             other => Err(ConnError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Send one message; `Ok(None)` when the final reply is positive, `Ok(Some(code))` when the server
     /// refused it (the code of the refusing reply).
-    pub(crate) async fn send(&mut self, envelope: Envelope, message: Vec<u8>) -> Result<Option<u16>, ConnError> {
-        self.session.send_mail(envelope, message).map_err(|e| ConnError::Unexpected(e.to_string()))?;
+    pub(crate) async fn send(
+        &mut self,
+        envelope: Envelope,
+        message: Vec<u8>,
+    ) -> Result<Option<u16>, ConnError> {
+        self.session
+            .send_mail(envelope, message)
+            .map_err(|e| ConnError::Unexpected(e.to_string()))?;
         match self.next_event().await? {
             ClientEvent::TransactionDone(report) => {
-                if report.data_reply.as_ref().is_some_and(|r| r.code().is_positive()) {
+                if report
+                    .data_reply
+                    .as_ref()
+                    .is_some_and(|r| r.code().is_positive())
+                {
                     return Ok(None);
                 }
                 // The first negative reply decided: MAIL, then RCPT, then DATA / the final reply.
@@ -250,7 +278,9 @@ impl Conn {
         loop {
             if let Some(event) = self.session.poll_event(Instant::now()) {
                 return match event {
-                    ClientEvent::Closed(ClientCloseReason::Quit) => Ok(ClientEvent::Closed(ClientCloseReason::Quit)),
+                    ClientEvent::Closed(ClientCloseReason::Quit) => {
+                        Ok(ClientEvent::Closed(ClientCloseReason::Quit))
+                    }
                     ClientEvent::Closed(reason) => {
                         // Send the QUIT the engine may have queued, then give up.
                         let _ = self.flush_best_effort().await;
@@ -280,7 +310,10 @@ impl Conn {
                 }
                 continue;
             }
-            let engine_deadline = self.session.poll_timeout().map(tokio::time::Instant::from_std);
+            let engine_deadline = self
+                .session
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
             let wait_until = engine_deadline.map_or(self.deadline, |d| d.min(self.deadline));
             let read = tokio::time::timeout_at(wait_until, async {
                 match &mut self.stream {
@@ -291,7 +324,10 @@ impl Conn {
             })
             .await;
             match read {
-                Err(_) if wait_until == self.deadline && engine_deadline.is_none_or(|d| d > self.deadline) => {
+                Err(_)
+                    if wait_until == self.deadline
+                        && engine_deadline.is_none_or(|d| d > self.deadline) =>
+                {
                     return Err(ConnError::Deadline);
                 }
                 Err(_) => self.session.handle_timeout(Instant::now()),
@@ -314,7 +350,9 @@ impl Conn {
                 Stream::Upgrading => Ok(false),
             }
         };
-        tokio::time::timeout_at(deadline, fut).await.unwrap_or(Ok(false))
+        tokio::time::timeout_at(deadline, fut)
+            .await
+            .unwrap_or(Ok(false))
     }
 }
 

@@ -20,12 +20,19 @@ pub(crate) async fn run(target: Target, n: usize, ramp: usize, hold: std::time::
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..n {
-        let (target, ramp, barrier, open) = (target.clone(), ramp.clone(), barrier.clone(), open.clone());
+        let (target, ramp, barrier, open) =
+            (target.clone(), ramp.clone(), barrier.clone(), open.clone());
         tasks.spawn(async move {
             let mut tally = Tally::default();
             let permit = ramp.acquire_owned().await;
             let started = Instant::now();
-            let conn = Conn::open(target.addr, &target.ehlo, target.tls.as_ref(), target.deadline).await;
+            let conn = Conn::open(
+                target.addr,
+                &target.ehlo,
+                target.tls.as_ref(),
+                target.deadline,
+            )
+            .await;
             drop(permit);
             let mut conn = match conn {
                 Ok((c, handshake)) => {
@@ -60,7 +67,11 @@ pub(crate) async fn run(target: Target, n: usize, ramp: usize, hold: std::time::
     }
     barrier.wait().await;
     // Readiness is signalled on stderr so that --json output on stdout stays one document.
-    let _ = writeln!(std::io::stderr(), "idle-ready {}", open.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = writeln!(
+        std::io::stderr(),
+        "idle-ready {}",
+        open.load(std::sync::atomic::Ordering::Relaxed)
+    );
     let mut tally = Tally::default();
     while let Some(t) = tasks.join_next().await {
         match t {

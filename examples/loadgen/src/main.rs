@@ -67,7 +67,10 @@ fn target(args: &ClientArgs, addr: std::net::SocketAddr) -> Result<Target, Strin
     let tls = if args.starttls {
         let config = tls::client_config(args).map_err(|e| e.to_string())?;
         let server_name = tls::server_name(&args.server_name).map_err(|e| e.to_string())?;
-        Some(TlsSetup { config, server_name })
+        Some(TlsSetup {
+            config,
+            server_name,
+        })
     } else {
         None
     };
@@ -105,7 +108,11 @@ fn report(
         tls_full: tally.full,
         elapsed_s: secs,
         hit_duration_cap: hit_cap,
-        messages_per_s: if secs > 0.0 { tally.delivered as f64 / secs } else { 0.0 },
+        messages_per_s: if secs > 0.0 {
+            tally.delivered as f64 / secs
+        } else {
+            0.0
+        },
         message_latency_us: Summary::of(&mut tally.message_us),
         setup_latency_us: Summary::of(&mut tally.setup_us),
         errors: std::mem::take(&mut tally.errors),
@@ -152,7 +159,15 @@ fn run_send(args: options::SendArgs) -> Result<Report, String> {
         let elapsed = start.elapsed();
         let not_sent = job.remaining.load(Ordering::Relaxed);
         let hit_cap = tokio::time::Instant::now() >= target.deadline;
-        Ok(report("send", &args.client, args.messages, not_sent, tally, elapsed, hit_cap))
+        Ok(report(
+            "send",
+            &args.client,
+            args.messages,
+            not_sent,
+            tally,
+            elapsed,
+            hit_cap,
+        ))
     })
 }
 
@@ -162,21 +177,39 @@ fn run_idle(args: options::IdleArgs) -> Result<Report, String> {
     rt.block_on(async {
         let target = target(&args.client, addr)?;
         let start = Instant::now();
-        let tally = idle::run(target.clone(), args.client.connections, args.ramp, args.hold).await;
+        let tally = idle::run(
+            target.clone(),
+            args.client.connections,
+            args.ramp,
+            args.hold,
+        )
+        .await;
         let hit_cap = tokio::time::Instant::now() >= target.deadline;
-        Ok(report("idle", &args.client, 0, 0, tally, start.elapsed(), hit_cap))
+        Ok(report(
+            "idle",
+            &args.client,
+            0,
+            0,
+            tally,
+            start.elapsed(),
+            hit_cap,
+        ))
     })
 }
 
 fn run_sink(args: SinkArgs) -> Result<(), String> {
     let addr = options::loopback_addr(&args.listen).map_err(|e| e.to_string())?;
     let acceptor = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(tls::sink_config(c, k).map_err(|e| e.to_string())?)),
+        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
+            tls::sink_config(c, k).map_err(|e| e.to_string())?,
+        )),
         _ => None,
     };
     let rt = runtime(args.threads).map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("{addr}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
         eprintln!("sink-ready {addr}");
         let counters = Arc::new(sink::SinkCounters::default());
         let serve = sink::serve(listener, args.hostname.clone(), acceptor, counters.clone());
@@ -215,8 +248,27 @@ fn run_sink(args: SinkArgs) -> Result<(), String> {
     })
 }
 
+/// Exit code when the watchdog ends a run that outlived its duration cap.
+const EXIT_WATCHDOG: i32 = 3;
+
+/// Enforce the duration cap even if the runtime were starved: a plain thread ends the process a little after
+/// the cap (the runtime's own deadline normally ends the run first, with a report).
+fn watchdog(cap: std::time::Duration) {
+    let grace = std::time::Duration::from_secs(15);
+    std::thread::spawn(move || {
+        std::thread::sleep(cap + grace);
+        eprintln!("postern-loadgen: duration cap exceeded by {grace:?}: exiting");
+        std::process::exit(EXIT_WATCHDOG);
+    });
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Mode::Send(a) => watchdog(a.client.duration),
+        Mode::Idle(a) => watchdog(a.client.duration),
+        Mode::Sink(a) => watchdog(a.duration),
+    }
     let result = match cli.command {
         Mode::Send(args) => {
             let json = args.client.json;

@@ -208,8 +208,12 @@ pub(crate) fn loopback_addr(s: &str) -> Result<SocketAddr, OptionError> {
     let addr = match s.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {
-            let (host, port) = s.rsplit_once(':').ok_or_else(|| OptionError::BadAddress(s.into()))?;
-            let port: u16 = port.parse().map_err(|_| OptionError::BadAddress(s.into()))?;
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| OptionError::BadAddress(s.into()))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| OptionError::BadAddress(s.into()))?;
             if !host.eq_ignore_ascii_case("localhost") {
                 return Err(OptionError::NotLoopback(s.into()));
             }
@@ -226,7 +230,9 @@ pub(crate) fn loopback_addr(s: &str) -> Result<SocketAddr, OptionError> {
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, OptionError> {
     let bad = || OptionError::BadDuration(s.into());
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit {
@@ -243,15 +249,29 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, OptionError> {
 }
 
 fn in_range(name: &'static str, value: u64, min: u64, max: u64) -> Result<(), OptionError> {
-    if (min..=max).contains(&value) { Ok(()) } else { Err(OptionError::OutOfRange { name, min, max }) }
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(OptionError::OutOfRange { name, min, max })
+    }
 }
 
 impl ClientArgs {
     /// Check the values clap cannot check; returns the target address.
     pub(crate) fn validate(&self) -> Result<SocketAddr, OptionError> {
         let addr = loopback_addr(&self.target)?;
-        in_range("--connections", self.connections as u64, 1, MAX_CONNECTIONS as u64)?;
-        in_range("--duration (ms)", self.duration.as_millis() as u64, 1, MAX_DURATION.as_millis() as u64)?;
+        in_range(
+            "--connections",
+            self.connections as u64,
+            1,
+            MAX_CONNECTIONS as u64,
+        )?;
+        in_range(
+            "--duration (ms)",
+            self.duration.as_millis() as u64,
+            1,
+            MAX_DURATION.as_millis() as u64,
+        )?;
         if let Some(t) = self.threads {
             in_range("--threads", t as u64, 1, 256)?;
         }
@@ -288,7 +308,10 @@ mod tests {
     fn send(args: &[&str]) -> Result<SendArgs, String> {
         let mut argv = vec!["postern-loadgen", "send"];
         argv.extend_from_slice(args);
-        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
             Mode::Send(s) => Ok(s),
             _ => Err("not send".into()),
         }
@@ -297,18 +320,40 @@ mod tests {
     #[test]
     fn loopback_addresses_accepted() {
         assert_eq!(loopback_addr("127.0.0.1:25").unwrap().port(), 25);
-        assert_eq!(loopback_addr("127.1.2.3:2525").unwrap().ip(), "127.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            loopback_addr("127.1.2.3:2525").unwrap().ip(),
+            "127.1.2.3".parse::<IpAddr>().unwrap()
+        );
         assert!(loopback_addr("[::1]:2525").unwrap().ip().is_loopback());
-        assert_eq!(loopback_addr("LocalHost:2525").unwrap(), "127.0.0.1:2525".parse().unwrap());
+        assert_eq!(
+            loopback_addr("LocalHost:2525").unwrap(),
+            "127.0.0.1:2525".parse().unwrap()
+        );
     }
 
     #[test]
     fn other_addresses_refused() {
-        for a in ["192.0.2.1:25", "[2001:db8::1]:25", "0.0.0.0:25", "example.com:25", "localhost.example.com:25"] {
-            assert_eq!(loopback_addr(a), Err(OptionError::NotLoopback(a.into())), "{a}");
+        for a in [
+            "192.0.2.1:25",
+            "[2001:db8::1]:25",
+            "0.0.0.0:25",
+            "example.com:25",
+            "localhost.example.com:25",
+        ] {
+            assert_eq!(
+                loopback_addr(a),
+                Err(OptionError::NotLoopback(a.into())),
+                "{a}"
+            );
         }
-        assert!(matches!(loopback_addr("127.0.0.1"), Err(OptionError::BadAddress(_))));
-        assert!(matches!(loopback_addr("localhost:99999"), Err(OptionError::BadAddress(_))));
+        assert!(matches!(
+            loopback_addr("127.0.0.1"),
+            Err(OptionError::BadAddress(_))
+        ));
+        assert!(matches!(
+            loopback_addr("localhost:99999"),
+            Err(OptionError::BadAddress(_))
+        ));
     }
 
     #[test]
@@ -325,13 +370,39 @@ mod tests {
 
     #[test]
     fn send_validation() {
-        assert!(send(&["--target", "127.0.0.1:2525"]).unwrap().validate().is_ok());
-        let e = send(&["--target", "10.0.0.1:25"]).unwrap().validate().unwrap_err();
+        assert!(
+            send(&["--target", "127.0.0.1:2525"])
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+        let e = send(&["--target", "10.0.0.1:25"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert_eq!(e, OptionError::NotLoopback("10.0.0.1:25".into()));
-        let e = send(&["--connections", "0"]).unwrap().validate().unwrap_err();
-        assert!(matches!(e, OptionError::OutOfRange { name: "--connections", .. }));
-        let e = send(&["--per-connection", "0"]).unwrap().validate().unwrap_err();
-        assert!(matches!(e, OptionError::OutOfRange { name: "--per-connection", .. }));
+        let e = send(&["--connections", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            OptionError::OutOfRange {
+                name: "--connections",
+                ..
+            }
+        ));
+        let e = send(&["--per-connection", "0"])
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(matches!(
+            e,
+            OptionError::OutOfRange {
+                name: "--per-connection",
+                ..
+            }
+        ));
         let e = send(&["--size", "10"]).unwrap().validate().unwrap_err();
         assert!(matches!(e, OptionError::OutOfRange { name: "--size", .. }));
         let e = send(&["--resume"]).unwrap().validate().unwrap_err();
@@ -339,7 +410,17 @@ mod tests {
         // clap itself refuses half a client certificate.
         assert!(send(&["--starttls", "--client-cert", "c.pem"]).is_err());
         assert!(send(&["--starttls", "--tls-version", "1.4"]).is_err());
-        let ok = send(&["--starttls", "--tls-version", "1.2", "--resume", "-n", "5", "-p", "10"]).unwrap();
+        let ok = send(&[
+            "--starttls",
+            "--tls-version",
+            "1.2",
+            "--resume",
+            "-n",
+            "5",
+            "-p",
+            "10",
+        ])
+        .unwrap();
         assert_eq!(ok.client.tls_version, TlsVersion::Tls12);
         assert!(ok.validate().is_ok());
     }

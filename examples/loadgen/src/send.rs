@@ -17,7 +17,8 @@ pub(crate) fn make_message(size: usize, from: &str, to: &str) -> Vec<u8> {
         "From: <{from}>\r\nTo: <{to}>\r\nSubject: postern-loadgen\r\nMessage-ID: <loadgen@localhost>\r\n\r\n"
     )
     .into_bytes();
-    const LINE: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
+    const LINE: &[u8] =
+        b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
     // Invariant: `room` is never 1 (a line needs at least its CRLF), so every line ends with CRLF.
     let mut room = size.saturating_sub(m.len());
     if room < 2 {
@@ -72,7 +73,12 @@ impl Job {
             if take == 0 {
                 return 0;
             }
-            match self.remaining.compare_exchange_weak(cur, cur - take, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.remaining.compare_exchange_weak(
+                cur,
+                cur - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return take,
                 Err(now) => cur = now,
             }
@@ -99,20 +105,21 @@ pub(crate) async fn worker(job: Arc<Job>) -> Tally {
             break;
         }
         let started = Instant::now();
-        let (mut conn, handshake) = match Conn::open(t.addr, &t.ehlo, t.tls.as_ref(), t.deadline).await {
-            Ok(c) => c,
-            Err(e) => {
-                job.unclaim(batch);
-                if matches!(e, crate::conn::ConnError::Deadline) {
-                    break;
+        let (mut conn, handshake) =
+            match Conn::open(t.addr, &t.ehlo, t.tls.as_ref(), t.deadline).await {
+                Ok(c) => c,
+                Err(e) => {
+                    job.unclaim(batch);
+                    if matches!(e, crate::conn::ConnError::Deadline) {
+                        break;
+                    }
+                    tally.connection_failures += 1;
+                    tally.error(e.key());
+                    // Do not spin on a dead server: the failures are counted, the deadline still applies.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
                 }
-                tally.connection_failures += 1;
-                tally.error(e.key());
-                // Do not spin on a dead server: the failures are counted, the deadline still applies.
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+            };
         let ready = Instant::now();
         tally.connections += 1;
         match handshake {
@@ -169,7 +176,9 @@ mod tests {
 
     #[test]
     fn message_has_exact_size_and_crlf_lines() {
-        for size in [128, 129, 130, 131, 180, 181, 182, 183, 184, 185, 1000, 4096, 10_000] {
+        for size in [
+            128, 129, 130, 131, 180, 181, 182, 183, 184, 185, 1000, 4096, 10_000,
+        ] {
             let m = make_message(size, "a@b.example", "c@d.example");
             assert_eq!(m.len(), size, "size {size}");
             assert!(m.ends_with(b"\r\n"), "size {size}");

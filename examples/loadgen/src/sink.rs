@@ -42,7 +42,10 @@ pub(crate) async fn serve(
     }
 }
 
-async fn flush<S: AsyncWrite + Unpin>(s: &mut S, session: &mut ServerSession) -> std::io::Result<()> {
+async fn flush<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    session: &mut ServerSession,
+) -> std::io::Result<()> {
     let mut wrote = false;
     while let Some(bytes) = session.poll_transmit() {
         s.write_all(&bytes).await?;
@@ -65,7 +68,9 @@ fn dispatch(session: &mut ServerSession, counters: &SinkCounters) -> bool {
     while let Some(event) = session.poll_event(Instant::now()) {
         match event {
             ServerEvent::MessageChunk(chunk) => {
-                counters.octets.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                counters
+                    .octets
+                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             }
             ServerEvent::MessageEnd { .. } => {
                 counters.messages.fetch_add(1, Ordering::Relaxed);
@@ -73,7 +78,10 @@ fn dispatch(session: &mut ServerSession, counters: &SinkCounters) -> bool {
             }
             ServerEvent::StartTls { .. } => return true,
             // Only decisions are answered: the other events need none.
-            ServerEvent::Hello { .. } | ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. } | ServerEvent::Vrfy(_) => {
+            ServerEvent::Hello { .. }
+            | ServerEvent::Mail { .. }
+            | ServerEvent::Rcpt { .. }
+            | ServerEvent::Vrfy(_) => {
                 let _ = session.accept();
             }
             _ => {}
@@ -111,13 +119,17 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             continue;
         }
         let read = match session.poll_timeout() {
-            Some(d) => match tokio::time::timeout_at(tokio::time::Instant::from_std(d), s.read(&mut buf)).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    session.handle_timeout(Instant::now());
-                    continue;
+            Some(d) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(d), s.read(&mut buf))
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        session.handle_timeout(Instant::now());
+                        continue;
+                    }
                 }
-            },
+            }
             None => s.read(&mut buf).await?,
         };
         if read == 0 {
@@ -137,14 +149,20 @@ async fn session(
 ) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let mut config = ServerConfig::new(hostname);
-    config.starttls = if acceptor.is_some() { StartTlsPolicy::Offer } else { StartTlsPolicy::Disabled };
+    config.starttls = if acceptor.is_some() {
+        StartTlsPolicy::Offer
+    } else {
+        StartTlsPolicy::Disabled
+    };
     config.tls_available = acceptor.is_some();
     let mut session = ServerSession::new(config, Instant::now());
     match drive(&mut tcp, &mut session, counters).await? {
         Next::Closed => return tcp.shutdown().await,
         Next::StartTls => {}
     }
-    let Some(acceptor) = acceptor else { return Ok(()) };
+    let Some(acceptor) = acceptor else {
+        return Ok(());
+    };
     let mut tls = tokio::time::timeout(std::time::Duration::from_secs(60), acceptor.accept(tcp))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;

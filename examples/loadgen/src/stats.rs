@@ -50,7 +50,11 @@ impl Summary {
             p90: pick(90.0),
             p99: pick(99.0),
             max: samples.last().copied().unwrap_or(0),
-            mean: if count == 0 { 0.0 } else { sum as f64 / count as f64 },
+            mean: if count == 0 {
+                0.0
+            } else {
+                sum as f64 / count as f64
+            },
         }
     }
 }
@@ -153,13 +157,20 @@ impl fmt::Display for Report {
             "{} {} ({}), {} connections",
             self.mode,
             self.target,
-            if self.starttls { "STARTTLS" } else { "plaintext" },
+            if self.starttls {
+                "STARTTLS"
+            } else {
+                "plaintext"
+            },
             self.connections
         )?;
         writeln!(
             f,
             "messages: {} delivered, {} failed, {} not sent (of {})",
-            self.messages_delivered, self.messages_failed, self.messages_not_sent, self.messages_requested
+            self.messages_delivered,
+            self.messages_failed,
+            self.messages_not_sent,
+            self.messages_requested
         )?;
         writeln!(
             f,
@@ -170,10 +181,17 @@ impl fmt::Display for Report {
             f,
             "elapsed: {:.3} s{}; throughput: {:.1} messages/s",
             self.elapsed_s,
-            if self.hit_duration_cap { " (duration cap reached)" } else { "" },
+            if self.hit_duration_cap {
+                " (duration cap reached)"
+            } else {
+                ""
+            },
             self.messages_per_s
         )?;
-        for (name, s) in [("message", &self.message_latency_us), ("setup", &self.setup_latency_us)] {
+        for (name, s) in [
+            ("message", &self.message_latency_us),
+            ("setup", &self.setup_latency_us),
+        ] {
             writeln!(
                 f,
                 "{name:>7} latency (us): p50 {} p90 {} p99 {} max {} mean {:.0} (n={})",
@@ -225,9 +243,18 @@ mod tests {
 
     #[test]
     fn merge_adds_up() {
-        let mut a = Tally { delivered: 2, message_us: vec![1, 2], ..Tally::default() };
+        let mut a = Tally {
+            delivered: 2,
+            message_us: vec![1, 2],
+            ..Tally::default()
+        };
         a.error("550");
-        let mut b = Tally { delivered: 3, failed: 1, message_us: vec![3], ..Tally::default() };
+        let mut b = Tally {
+            delivered: 3,
+            failed: 1,
+            message_us: vec![3],
+            ..Tally::default()
+        };
         b.error("550");
         b.error("421");
         a.merge(b);

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, WebPkiServerVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs, verify_tls12_signature, verify_tls13_signature};
+use rustls::crypto::{
+    CryptoProvider, WebPkiSupportedAlgorithms, aws_lc_rs, verify_tls12_signature,
+    verify_tls13_signature,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion};
@@ -35,7 +38,10 @@ pub(crate) enum TlsSetupError {
 }
 
 fn pem_error(path: &Path, reason: impl ToString) -> TlsSetupError {
-    TlsSetupError::Pem { path: path.display().to_string(), reason: reason.to_string() }
+    TlsSetupError::Pem {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Read every certificate of a PEM file (at least one).
@@ -76,9 +82,17 @@ fn scheme_allowed(key: KeyType, scheme: SignatureScheme) -> bool {
         KeyType::Any => true,
         KeyType::Rsa => matches!(
             scheme,
-            S::RSA_PSS_SHA256 | S::RSA_PSS_SHA384 | S::RSA_PSS_SHA512 | S::RSA_PKCS1_SHA256 | S::RSA_PKCS1_SHA384 | S::RSA_PKCS1_SHA512
+            S::RSA_PSS_SHA256
+                | S::RSA_PSS_SHA384
+                | S::RSA_PSS_SHA512
+                | S::RSA_PKCS1_SHA256
+                | S::RSA_PKCS1_SHA384
+                | S::RSA_PKCS1_SHA512
         ),
-        KeyType::Ecdsa => matches!(scheme, S::ECDSA_NISTP256_SHA256 | S::ECDSA_NISTP384_SHA384 | S::ECDSA_NISTP521_SHA512),
+        KeyType::Ecdsa => matches!(
+            scheme,
+            S::ECDSA_NISTP256_SHA256 | S::ECDSA_NISTP384_SHA384 | S::ECDSA_NISTP521_SHA512
+        ),
     }
 }
 
@@ -97,8 +111,16 @@ pub(crate) struct BenchVerifier {
 
 impl BenchVerifier {
     /// A verifier using the provider's signature algorithms; `webpki` verifies chains and names when set.
-    pub(crate) fn new(provider: &CryptoProvider, webpki: Option<Arc<WebPkiServerVerifier>>, key: KeyType) -> Self {
-        Self { webpki, algorithms: provider.signature_verification_algorithms, key }
+    pub(crate) fn new(
+        provider: &CryptoProvider,
+        webpki: Option<Arc<WebPkiServerVerifier>>,
+        key: KeyType,
+    ) -> Self {
+        Self {
+            webpki,
+            algorithms: provider.signature_verification_algorithms,
+            key,
+        }
     }
 }
 
@@ -112,7 +134,9 @@ impl ServerCertVerifier for BenchVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         match &self.webpki {
-            Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now),
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
             None => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -137,7 +161,11 @@ impl ServerCertVerifier for BenchVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         let key = self.key;
-        self.algorithms.supported_schemes().into_iter().filter(|&s| scheme_allowed(key, s)).collect()
+        self.algorithms
+            .supported_schemes()
+            .into_iter()
+            .filter(|&s| scheme_allowed(key, s))
+            .collect()
     }
 }
 
@@ -153,17 +181,22 @@ pub(crate) fn client_config(args: &ClientArgs) -> Result<Arc<rustls::ClientConfi
             for cert in load_certs(ca)? {
                 roots.add(cert).map_err(|e| pem_error(ca, e))?;
             }
-            let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError::Verifier(e.to_string()))?;
             Some(verifier)
         }
         None => None,
     };
     let verifier = BenchVerifier::new(&provider, webpki, args.server_key);
-    let builder = builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier));
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut config = match (&args.client_cert, &args.client_key) {
-        (Some(cert), Some(key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+        (Some(cert), Some(key)) => {
+            builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?
+        }
         _ => builder.with_no_client_auth(),
     };
     config.resumption = if args.resume {
@@ -181,7 +214,10 @@ pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, TlsSetupErr
 }
 
 /// The sink's server configuration: one certificate, TLS 1.2 and 1.3, session tickets and an ID cache.
-pub(crate) fn sink_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
+pub(crate) fn sink_config(
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(rustls::ALL_VERSIONS)?
         .with_no_client_auth()
@@ -202,8 +238,17 @@ mod tests {
         let all = schemes(KeyType::Any);
         let rsa = schemes(KeyType::Rsa);
         let ecdsa = schemes(KeyType::Ecdsa);
-        assert!(rsa.contains(&SignatureScheme::RSA_PSS_SHA256) && !rsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
-        assert!(ecdsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) && !ecdsa.contains(&SignatureScheme::RSA_PSS_SHA256));
-        assert!(all.len() > rsa.len() + ecdsa.len(), "ed25519 is in neither subset");
+        assert!(
+            rsa.contains(&SignatureScheme::RSA_PSS_SHA256)
+                && !rsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
+        );
+        assert!(
+            ecdsa.contains(&SignatureScheme::ECDSA_NISTP256_SHA256)
+                && !ecdsa.contains(&SignatureScheme::RSA_PSS_SHA256)
+        );
+        assert!(
+            all.len() > rsa.len() + ecdsa.len(),
+            "ed25519 is in neither subset"
+        );
     }
 }

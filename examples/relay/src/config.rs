@@ -220,9 +220,9 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     /// Default `info`.
     pub log: String,
-    /// TLS policy settings (server and client modes, per-domain overrides,
-    /// certificates). Kept as raw TOML here; the TLS policy layer reads and
-    /// validates it. See docs/policy.md.
+    /// TLS policy settings: `[tls.inbound]` and `[tls.outbound]` in
+    /// postern-policy's format (docs/policy.md). Kept as raw TOML;
+    /// [`Config::policy`] validates it (and [`Config::validate`] calls it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<toml::Table>,
 }

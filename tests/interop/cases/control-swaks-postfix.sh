@@ -2,6 +2,7 @@
 # Control: swaks against Postfix smtpd in the server modes the relay cases use
 # (offer, require, client certificate ask / require). Proves that the swaks
 # invocations and the assertions on their transcripts tell the outcomes apart.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 case_begin control-swaks-postfix
 need postfix swaks openssl

@@ -9,6 +9,7 @@
 # section 3): opportunistic delivers over TLS to both; verify delivers to the
 # CA one and defers (4.7.5) at the self-signed one. Exim's reception log line
 # (X=<cipher>) confirms TLS.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 CLIENT=${1:?usage: exim.sh relay|postfix}
 case_begin "exim-$CLIENT"
@@ -113,5 +114,16 @@ for k in $KINDS; do for m in $MODES; do
     printf '  %-16s %-14s %-12s %-12s %s\n' "$k" "$m" "$e" "$observed" "$row" >&2
 done; done
 [ "$failures" -eq 0 ] || fail "$failures outcome(s) differ from DESIGN.md section 3"
+# Exim delivered what it received into its Maildir.
+for k in $KINDS; do for m in $MODES; do
+    [ "$(expected "$k" "$m")" = tls ] || continue
+    for ((i = 0; i < 100; i++)); do
+        grep -lq "^Envelope-to: u@$k-$m.test" "$WORK/$k/mail/new"/* 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -lq "^Envelope-to: u@$k-$m.test" "$WORK/$k/mail/new"/* 2>/dev/null ||
+        fail "Exim $k received but did not deliver u@$k-$m.test into its Maildir"
+done; done
+ok "Exim delivered every received message into its Maildir"
 ok "Exim next hops: every outcome matches DESIGN.md section 3 (TLS confirmed by Exim's X= field)"
 case_end

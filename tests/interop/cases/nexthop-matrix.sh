@@ -10,6 +10,7 @@
 # routed to that next hop with that mode. The outcome of each message is
 # read from the next hop's own log (received over TLS or in plaintext) and,
 # for deferrals, from the client's queue.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 CLIENT=${1:?usage: nexthop-matrix.sh relay|postfix}
 case_begin "nexthop-matrix-$CLIENT"

@@ -11,6 +11,7 @@
 #     algorithms, RSA otherwise;
 #   - session resumption (-sess_out / -sess_in) for TLS 1.2 and TLS 1.3;
 #   - "STARTTLS\r\nRSET\r\n" in one write: the RSET is never answered inside TLS.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 TARGET=${1:-relay}
 case_begin "openssl-$TARGET"

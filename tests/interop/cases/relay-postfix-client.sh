@@ -4,6 +4,7 @@
 # that CA as smtp_tls_CAfile). The relay delivers on to a Postfix sink.
 # A second relay serving only its self-signed Default Cert must be refused
 # by the verify client (and accepted by encrypt).
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 case_begin relay-postfix-client
 need postfix swaks

@@ -9,6 +9,7 @@
 #                     trusted agent may relay (no authorised networks here)
 #   require + require: the test CA's client certificate accepted; a certificate
 #                     from another CA, or none, refused
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 case_begin relay-swaks
 need postfix swaks openssl

@@ -12,6 +12,7 @@
 #   relay-testssl.sh [relay|postfix]   postfix: control run against Postfix
 #   (may level, test CA certificate); reports its findings, asserts nothing
 #   about them, and proves the JSON reading works.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 TARGET=${1:-relay}
 case_begin "testssl-$TARGET"

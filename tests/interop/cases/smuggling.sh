@@ -13,6 +13,7 @@
 # The receiving Postfix is deliberately the lenient kind (bare newlines
 # allowed, unauthenticated pipelining allowed): the relay is what must not
 # let a lookalike through.
+# shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 TARGET=${1:?usage: smuggling.sh relay|postfix}
 case_begin "smuggling-$TARGET"

@@ -610,10 +610,11 @@ pub async fn submit_requiretls(addr: SocketAddr, from: &str, to: &str, body: &st
     let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     reply(&mut io).await;
     io.get_mut()
-        .write_all(b"EHLO client.test\r\nSTARTTLS\r\n")
+        .write_all(b"EHLO client.test\r\n")
         .await
-        .ok();
+        .unwrap();
     reply(&mut io).await;
+    io.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
     assert!(reply(&mut io).await.starts_with("220 "));
     let ctx = ClientTlsContext::new(TrustRoots::empty().into_store());
     let conn = ctx
