@@ -111,6 +111,19 @@ class Meter:
                 pass
         return total * 1_000_000_000 // hz
 
+    def cpu_split_ns(self):
+        """(user, system) CPU time in ns, or None where only the total is known."""
+        if not self.cgroup:
+            return None
+        out = []
+        for f in ("cpuacct.usage_user", "cpuacct.usage_sys"):
+            try:
+                with open(os.path.join(self.cgroup, f)) as fh:
+                    out.append(int(fh.read()))
+            except (OSError, ValueError):
+                return None
+        return tuple(out)
+
     def memory_kib(self):
         """(PSS, RSS) summed over the tree, KiB."""
         pss = rss = 0
@@ -367,12 +380,16 @@ def drain(server, timeout):
 
 
 def one_run(a, server, extra, messages):
-    cpu0 = server.meter.cpu_ns()
+    cpu0, split0 = server.meter.cpu_ns(), server.meter.cpu_split_ns()
     rep = loadgen_send(a, server, extra, messages)
     waited = drain(server, a.drain_timeout)
-    cpu1 = server.meter.cpu_ns()
+    cpu1, split1 = server.meter.cpu_ns(), server.meter.cpu_split_ns()
     ok = rep["messages_delivered"]
+    user_sys = None
+    if ok and split0 and split1:
+        user_sys = [(split1[i] - split0[i]) / 1000 / ok for i in (0, 1)]
     return {
+        "cpu_user_sys_us_per_msg": user_sys,
         "messages_per_s": rep["messages_per_s"],
         "cpu_us_per_msg": (cpu1 - cpu0) / 1000 / ok if ok else None,
         "delivered": ok,

@@ -302,17 +302,6 @@ EOF
     if [ -n "${PF_MASTER_EXTRA:-}" ]; then printf '%s\n' "$PF_MASTER_EXTRA" >>"$d/etc/master.cf"; fi
 }
 
-pf_start() {
-    local name=$1 port=$2 d="$WORK/$1"
-    postfix -c "$d/etc" start >"$d/start.out" 2>&1 || {
-        cat "$d/start.out" >&2
-        tail -n 5 "$d/maillog" >&2 2>/dev/null || true
-        fail "postfix $name did not start"
-    }
-    on_exit "postfix -c '$d/etc' stop"
-    wait_port "$port" 20 || fail "postfix $name is not listening on 127.0.0.1:$port"
-}
-
 # nexthop_new KIND NAME PORT: a Postfix next hop configured per case:
 #   notls           no STARTTLS (smtpd_tls_security_level = none)
 #   may-selfsigned  STARTTLS offered, self-signed certificate

@@ -38,6 +38,7 @@ CASES=(
     "relay-postfix-matrix        150  cases/nexthop-matrix.sh relay"
     "relay-postfix-client        120  cases/relay-postfix-client.sh"
     "relay-smuggling              90  cases/smuggling.sh relay"
+    "relay-smuggling-reject       90  cases/smuggling.sh relay-reject"
     "relay-exim                  120  cases/exim.sh relay"
     "relay-testssl               420  cases/relay-testssl.sh relay"
 )
@@ -185,9 +186,11 @@ done
 
 printf '\n%-28s %-5s %6s  %s\n' CASE RESULT TIME DETAIL
 printf '%s\n' "${ROWS[@]}"
-printf '\ntotal %ss; logs in %s\n' "$(($(date +%s) - START))" "$RUN_DIR/logs"
+printf '\ntotal %ss; logs in %s (removed when every case passed, unless INTEROP_KEEP is set)\n' \
+    "$(($(date +%s) - START))" "$RUN_DIR/logs"
 if [ "$failed" -gt 0 ]; then
     say "$failed failure(s)"
     exit 1
 fi
+[ -n "${INTEROP_KEEP:-}" ] || rm -rf "$RUN_DIR"
 say "ok"

@@ -366,7 +366,7 @@ impl ReplyParser {
         if self.lines.len() >= self.max_lines {
             return Err(ReplyError::TooManyLines);
         }
-        self.lines.push(String::from_utf8_lossy(text).into_owned());
+        self.lines.push(sanitize_text(text));
         if !last {
             return Ok(None);
         }
@@ -376,20 +376,56 @@ impl ReplyParser {
     }
 }
 
+/// The text of a received reply line as a `String` that [`Reply::new`] would accept and that encodes to at most
+/// as many octets as were received: valid UTF-8 characters are kept, except control characters (NUL, TAB, DEL,
+/// C1 controls); each of those and each octet of an invalid UTF-8 sequence becomes one `?`. (The Unicode
+/// replacement character of `String::from_utf8_lossy` takes three octets, so a line of invalid octets would
+/// grow past the line limit when encoded again.) RFC 5321 4.2 only allows printable US-ASCII and SP in reply
+/// text, so nothing a conforming server sends is changed beyond UTF-8 text (RFC 6531 3.7.4).
+fn sanitize_text(text: &[u8]) -> String {
+    let mut s = String::with_capacity(text.len());
+    for chunk in text.utf8_chunks() {
+        s.extend(
+            chunk
+                .valid()
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c }),
+        );
+        s.extend(std::iter::repeat_n('?', chunk.invalid().len()));
+    }
+    s
+}
+
 /// RFC 2034 section 4: when the server uses enhanced codes, every line's text starts with one whose class
-/// matches the reply code. Take it from the first line and strip it from every line that carries it.
+/// matches the reply code. The code is taken from the first line and stripped from every line only when every
+/// line carries it: a reply where some line lacks it keeps its lines as received and has no enhanced code, so
+/// that encoding it again (which puts the code on every line) never adds octets to a line.
 fn split_enhanced(code: ReplyCode, mut lines: Vec<String>) -> Reply {
-    let first = lines.first().and_then(|l| {
-        let word = l.split(' ').next().unwrap_or_default();
-        EnhancedStatus::parse(word).filter(|e| u16::from(e.class) == code.0 / 100)
-    });
+    let strip = |l: &str, prefix: &str| -> Option<usize> {
+        let rest = l.strip_prefix(prefix)?;
+        if rest.is_empty() {
+            Some(prefix.len())
+        } else if rest.starts_with(' ') {
+            Some(prefix.len() + 1)
+        } else {
+            None
+        }
+    };
+    let first = lines
+        .first()
+        .and_then(|l| {
+            let word = l.split(' ').next().unwrap_or_default();
+            EnhancedStatus::parse(word).filter(|e| u16::from(e.class) == code.0 / 100)
+        })
+        .filter(|e| {
+            let prefix = e.to_string();
+            lines.iter().all(|l| strip(l, &prefix).is_some())
+        });
     if let Some(e) = first {
         let prefix = e.to_string();
         for l in &mut lines {
-            if let Some(rest) = l.strip_prefix(prefix.as_str())
-                && (rest.is_empty() || rest.starts_with(' '))
-            {
-                *l = rest.strip_prefix(' ').unwrap_or(rest).to_owned();
+            if let Some(n) = strip(l, &prefix) {
+                l.drain(..n);
             }
         }
     }
@@ -489,6 +525,39 @@ mod tests {
         let long = [b"250 ".as_slice(), &[b'a'; 3000], b"\r\n"].concat();
         assert_eq!(parse_all(&long), vec![Err(ReplyError::LineTooLong)]);
         assert_eq!(parse_all(b"220\r\n").len(), 1);
+    }
+
+    /// Fuzz finding: invalid UTF-8 and control characters in a received text must not make the encoded reply
+    /// longer than the received one, nor refused by `Reply::new`.
+    #[test]
+    fn hostile_text_round_trips() {
+        let mut cases = vec![[b"250 ".as_slice(), &[0xFF; 700], b"\r\n"].concat()];
+        cases.push(b"250 a\0b\tc\x7f\xc2\x85d \xc3\xa9\r\n".to_vec());
+        cases.push([b"250 ".as_slice(), &[0xFF; 2042], b"\r\n"].concat());
+        // Some lines without the enhanced code, one of them at the line limit.
+        cases.push([b"250-2.0.0 ok\r\n250 ".as_slice(), &[b'x'; 2042], b"\r\n"].concat());
+        for wire in cases {
+            let parsed = parse_all(&wire);
+            let [Ok(reply)] = parsed.as_slice() else {
+                panic!("{wire:?} parses as {parsed:?}");
+            };
+            let again = reply.to_bytes();
+            assert!(again.len() <= wire.len(), "{again:?}");
+            assert_eq!(parse_all(&again), vec![Ok(reply.clone())]);
+            let rebuilt = Reply::new(reply.code().value(), reply.enhanced(), reply.lines().to_vec());
+            assert!(rebuilt.is_ok() || reply.lines().iter().any(|l| l.len() > MAX_REPLY_TEXT));
+        }
+        let parsed = parse_all(b"250 a\0b\xff\xfe\tc\xc3\xa9\r\n");
+        let [Ok(reply)] = parsed.as_slice() else {
+            panic!("not parsed: {parsed:?}");
+        };
+        assert_eq!(reply.lines(), ["a?b???c\u{e9}"]);
+        let parsed = parse_all(b"250-2.0.0 a\r\n250 b\r\n");
+        let [Ok(reply)] = parsed.as_slice() else {
+            panic!("not parsed: {parsed:?}");
+        };
+        assert_eq!(reply.enhanced(), None);
+        assert_eq!(reply.lines(), ["2.0.0 a", "b"]);
     }
 
     #[test]

@@ -115,6 +115,7 @@ async fn send_bare_lf(toml: &str) -> String {
             std::fs::read(path).unwrap()
         })
         .unwrap_or_default();
+    drop(c);
     relay.shutdown().await;
     format!("{r}--\n{}", String::from_utf8_lossy(&content))
 }

@@ -107,5 +107,10 @@ fi
 delivered rc-good@other.test || fail "require cert: accepted message not delivered"
 sleep 1
 grep -Eq "to=<rc-(bad|none)@dest.test>" "$(pf_log sink)" && fail "require cert: a refused session's mail was delivered"
+# The relay says why: the other CA's certificate did not verify; no certificate was sent.
+wait_for "$(relay_log reqcert)" "TLS handshake failed .*(UnknownIssuer|unknown issuer|not trusted)" 5 ||
+    fail "require cert: the relay did not log the untrusted client certificate"
+wait_for "$(relay_log reqcert)" "TLS handshake failed .*no certificate" 5 ||
+    fail "require cert: the relay did not log the missing client certificate"
 ok "require cert: test-CA certificate accepted; other CA refused ($(transcript_errors "$WORK/rc-bad.out")); none refused ($(transcript_errors "$WORK/rc-none.out"))"
 case_end

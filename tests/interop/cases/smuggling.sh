@@ -5,6 +5,7 @@
 #   smuggling.sh relay     client -> postern-relay -> Postfix: Postfix must
 #                          receive at most the intended message, never the
 #                          smuggled one
+#   smuggling.sh relay-reject   the same with the relay's bare_newlines = "reject"
 #   smuggling.sh postfix   control: client -> Postfix directly. Postfix 3.7
 #                          with smtpd_forbid_bare_newline = no takes some
 #                          lookalikes as the end of data, so the smuggled
@@ -15,8 +16,9 @@
 # let a lookalike through.
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
-TARGET=${1:?usage: smuggling.sh relay|postfix}
-case_begin "smuggling-$TARGET"
+MODE=${1:?usage: smuggling.sh relay|relay-reject|postfix}
+TARGET=${MODE%-reject}
+case_begin "smuggling-$MODE"
 need postfix python3
 [ "$TARGET" = relay ] && need_relay
 ensure_pki
@@ -32,6 +34,7 @@ pf_start_all sink "$SINK"
 if [ "$TARGET" = relay ]; then
     PORT=$(free_port)
     R_ACCEPTED="dest.test" R_ROUTES="dest.test=127.0.0.1:$SINK"
+    [ "$MODE" = relay-reject ] && R_EXTRA='bare_newlines = "reject"'
     relay_new relay "$PORT"
     relay_start relay "$PORT"
 else
@@ -77,6 +80,11 @@ if [ "$TARGET" = relay ]; then
     [ ${#smuggled[@]} -eq 0 ] ||
         fail "smuggled message(s) reached Postfix through the relay for lookalike(s): ${smuggled[*]}"
     ok "no smuggled message reached Postfix; intended messages delivered per lookalike: $intended_counts"
+    if [ "$MODE" = relay-reject ]; then
+        refused=$(sed -n 's/^\([0-9]*\) .* final=5[0-9][0-9] .*/\1/p' "$WORK/client.out" | tr '\n' ' ')
+        [ -n "$refused" ] || fail "bare_newlines = reject refused none of the lookalikes"
+        ok "bare_newlines = reject: refused (5xx at the end of data) lookalike(s) $refused"
+    fi
 else
     [ ${#smuggled[@]} -gt 0 ] ||
         fail "control: Postfix 3.7 with bare newlines allowed let nothing through; the detector cannot be trusted"
