@@ -17,6 +17,11 @@ EXIM_PKGS="exim4-daemon-light exim4-base exim4-config libidn12"
 # exim_fetch: make $EXIM_CACHE/root hold an unpacked Exim.
 exim_fetch() {
     need dpkg unshare apt-get
+    if ! unshare -m true 2>/dev/null; then
+        local why="Exim needs a private mount namespace (unshare -m): run as root with CAP_SYS_ADMIN"
+        if [ "${CI:-}" = true ]; then fail "$why"; fi
+        skip "$why"
+    fi
     local bin="$EXIM_CACHE/root/usr/sbin/exim4" f
     if [ ! -x "$bin" ]; then
         mkdir -p "$EXIM_CACHE/debs"
@@ -52,7 +57,7 @@ exim_ns() {
         # Exim cleans its environment when it re-executes itself, so
         # LD_LIBRARY_PATH cannot carry the private libidn: a loader cache that
         # also lists the private library directory does.
-        { echo "$EXIM_CACHE/root/usr/lib/x86_64-linux-gnu"; cat /etc/ld.so.conf; } >"$ns/ld.so.conf"
+        { echo "$EXIM_CACHE/root/usr/lib/$(uname -m)-linux-gnu"; cat /etc/ld.so.conf; } >"$ns/ld.so.conf"
         (cd /etc && ldconfig -X -C "$ns/ld.so.cache" -f "$ns/ld.so.conf") ||
             fail "cannot build a loader cache for Exim"
     fi

@@ -46,7 +46,7 @@ run_cleanups() {
     if [ "$status" -ne 0 ] && [ "$status" -ne "$SKIP" ] && [ -n "${WORK:-}" ]; then
         dump_logs_on_failure || true
     fi
-    if [ "$status" -eq 0 ] && [ -n "${WORK:-}" ] && [ -z "${INTEROP_KEEP:-}" ]; then
+    if { [ "$status" -eq 0 ] || [ "$status" -eq "$SKIP" ]; } && [ -n "${WORK:-}" ] && [ -z "${INTEROP_KEEP:-}" ]; then
         rm -rf "$WORK"
     fi
     exit "$status"
@@ -55,7 +55,7 @@ run_cleanups() {
 # Print the tail of every log of the case, to diagnose a failure from CI output.
 dump_logs_on_failure() {
     local f
-    for f in "$WORK"/*/maillog "$WORK"/*/relay.log "$WORK"/*/exim/log/mainlog; do
+    for f in "$WORK"/*/maillog "$WORK"/*/relay.log "$WORK"/*/log/mainlog; do
         [ -f "$f" ] || continue
         printf -- '--- %s (last 40 lines)\n' "${f#"$WORK"/}" >&2
         tail -n 40 "$f" >&2

@@ -1,75 +1,21 @@
-//! Importing a certificate chain with its private key, and SHA-256 fingerprints.
+//! Importing a certificate chain with its private key.
 
 use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
+
+use postern_policy::Fingerprint;
 
 use crate::error::ImportError;
 
 /// The smallest RSA modulus accepted on import, in bits.
 pub const MIN_RSA_BITS: usize = 2048;
-
-/// A SHA-256 fingerprint of a DER certificate (Postfix `fingerprint` pins).
-///
-/// Displays as colon-separated upper-case hex (`AB:CD:…`); parses with or
-/// without colons, in either case.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Fingerprint(pub [u8; 32]);
-
-impl Fingerprint {
-    /// The SHA-256 digest of `der`.
-    pub fn of(der: &[u8]) -> Self {
-        Self(Sha256::digest(der).into())
-    }
-}
-
-impl fmt::Display for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(":")?;
-            }
-            write!(f, "{b:02X}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Fingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Fingerprint({self})")
-    }
-}
-
-/// A string that is not a SHA-256 fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("not a sha-256 fingerprint (64 hex digits, colons allowed)")]
-pub struct FingerprintParseError;
-
-impl FromStr for Fingerprint {
-    type Err = FingerprintParseError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let digits: Vec<u8> = s.bytes().filter(|b| *b != b':').collect();
-        if digits.len() != 64 {
-            return Err(FingerprintParseError);
-        }
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-            let hex = std::str::from_utf8(pair).map_err(|_| FingerprintParseError)?;
-            *slot = u8::from_str_radix(hex, 16).map_err(|_| FingerprintParseError)?;
-        }
-        Ok(Self(out))
-    }
-}
 
 /// The public-key algorithm of a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -298,21 +244,6 @@ impl CertKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_round_trip() {
-        let f = Fingerprint::of(b"abc");
-        let s = f.to_string();
-        assert_eq!(s.len(), 95);
-        assert!(s.starts_with("BA:78:16:BF"));
-        assert_eq!(s.parse::<Fingerprint>(), Ok(f));
-        assert_eq!(
-            s.replace(':', "").to_lowercase().parse::<Fingerprint>(),
-            Ok(f)
-        );
-        assert!("zz".parse::<Fingerprint>().is_err());
-        assert!("G".repeat(64).parse::<Fingerprint>().is_err());
-    }
 
     #[test]
     fn bits_counting() {

@@ -10,7 +10,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use postern_policy::{CertificateCheck, ClientCertMode, ClientTlsMode, ServerTlsMode, TlsVersion};
+use postern_policy::{
+    CertificateCheck, ClientCertMode, ClientCertificate, ClientTlsMode, Fingerprint, ServerTlsMode,
+    TlsVersion,
+};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -18,12 +21,10 @@ use rustls::server::ServerSessionMemoryCache;
 use rustls::version::{TLS12, TLS13};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 
-use crate::certkey::{CertKey, Fingerprint};
+use crate::certkey::CertKey;
 use crate::error::{ConfigError, ImportError};
 use crate::resolver::CertResolver;
-use crate::verify::{
-    CertificateHook, ClientCertPolicy, ClientCertificate, PeerCertVerifier, ServerCheckConfig,
-};
+use crate::verify::{CertificateHook, ClientCertPolicy, PeerCertVerifier, ServerCheckConfig};
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&TLS13];
 static TLS12_AND_13: &[&SupportedProtocolVersion] = &[&TLS13, &TLS12];
@@ -169,6 +170,8 @@ pub struct ServerTlsContext {
     config: Arc<ServerConfig>,
     resolver: Arc<CertResolver>,
     client_policy: Option<Arc<ClientCertPolicy>>,
+    client_cert_mode: ClientCertMode,
+    min_version: TlsVersion,
 }
 
 impl ServerTlsContext {
@@ -223,7 +226,23 @@ impl ServerTlsContext {
             config: Arc::new(config),
             resolver,
             client_policy,
+            client_cert_mode: spec.client_cert,
+            min_version: spec.min_version,
         })
+    }
+
+    /// Whether the handshake requests a client certificate (`ask`), demands
+    /// one (`require`) or neither (`none`): [`ServerTlsSpec::client_cert`] as
+    /// built. A server should check that it agrees with its policy's
+    /// [`ClientCertMode`] (a policy that requires certificates over a context
+    /// that never requests one would refuse every client after the handshake).
+    pub fn client_cert_mode(&self) -> ClientCertMode {
+        self.client_cert_mode
+    }
+
+    /// The lowest protocol version accepted: [`ServerTlsSpec::min_version`] as built.
+    pub fn min_version(&self) -> TlsVersion {
+        self.min_version
     }
 
     /// The rustls configuration, shared by all connections.
@@ -236,17 +255,19 @@ impl ServerTlsContext {
         &self.resolver
     }
 
-    /// The client certificate's check, from `ServerConnection::peer_certificates()`
-    /// after the handshake. `Anonymous` when none was sent or none was requested.
+    /// The client certificate, from `ServerConnection::peer_certificates()`
+    /// after the handshake: its fingerprint, subject, issuer and check against
+    /// the client CA roots, ready for [`postern_policy::ServerPolicy::may_relay`].
+    /// `None` when none was sent or none was requested (the check is then
+    /// [`CertificateCheck::anonymous`]).
     pub fn client_certificate(
         &self,
         peer_certificates: Option<&[CertificateDer<'_>]>,
         now: UnixTime,
-    ) -> ClientCertificate {
-        match &self.client_policy {
-            Some(p) => p.client_certificate(peer_certificates, now),
-            None => ClientCertPolicy::anonymous(),
-        }
+    ) -> Option<ClientCertificate> {
+        self.client_policy
+            .as_ref()
+            .and_then(|p| p.client_certificate(peer_certificates, now))
     }
 }
 

@@ -6,7 +6,9 @@ use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::certkey::{Fingerprint, KeyType, MIN_RSA_BITS, dns_names, key_type_and_bits};
+use postern_policy::Fingerprint;
+
+use crate::certkey::{KeyType, MIN_RSA_BITS, dns_names, key_type_and_bits};
 use crate::error::InspectError;
 
 /// How close to expiry a certificate is reported as [`CertStatus::ExpiresSoon`].

@@ -16,9 +16,10 @@
 //!   row (subject, SANs, key size, fingerprint, status at a given time).
 //! - **Serving** ([`CertificateStore`], [`ServedCertificates`], [`CertResolver`]):
 //!   selection by SNI (exact, then wildcard), a fallback for clients without SNI
-//!   (RFC 8461 §7.1: servers must not require it), ECDSA to clients offering
-//!   ECDSA schemes and RSA to the others; the served set is swapped atomically
-//!   for hot reload.
+//!   (RFC 8461 §7.1: servers must not require it), an operator-imported
+//!   certificate before the generated Default Cert for the same name
+//!   ([`CertOrigin`]), then ECDSA to clients offering ECDSA schemes and RSA to
+//!   the others; the served set is swapped atomically for hot reload.
 //! - **Verifiers** ([`PeerCertVerifier`], [`ClientCertPolicy`]): one per side,
 //!   for every mode, each deciding a [`CertificateCheck`] (Anonymous /
 //!   Untrusted / Trusted / Verified and the reason) for logs and TLS-RPT. Read
@@ -111,7 +112,7 @@ mod resolver;
 mod store;
 mod verify;
 
-pub use certkey::{CertKey, Fingerprint, FingerprintParseError, KeyType, MIN_RSA_BITS};
+pub use certkey::{CertKey, KeyType, MIN_RSA_BITS};
 pub use config::{
     ClientTlsConnection, ClientTlsContext, ClientTlsSpec, ServerTlsContext, ServerTlsSpec,
     TrustRoots, protocol_versions, provider,
@@ -123,11 +124,17 @@ pub use default_cert::{
 };
 pub use error::{ConfigError, DefaultCertError, ImportError, InspectError, StoreError};
 pub use inspect::{CertStatus, CertificateRow, EXPIRY_WARNING_DAYS, inspect};
-pub use resolver::{CertResolver, ServedCertificates};
+pub use resolver::{CertOrigin, CertResolver, ServedCertificates};
 pub use store::{CertificateStore, DEFAULT_CERT_NAME};
 pub use verify::{
-    CertificateHook, ClientCertPolicy, ClientCertificate, HookInput, PeerCertVerifier,
-    RefusedCertificate, refused_check,
+    CertificateHook, ClientCertPolicy, HookInput, PeerCertVerifier, RefusedCertificate,
+    refused_check,
 };
 
-pub use postern_policy::{CertificateCheck, CertificateFailure, PeerTrust};
+pub use postern_policy::{
+    CertificateCheck, CertificateFailure, ClientCertificate, Fingerprint, FingerprintError,
+    PeerTrust,
+};
+
+/// Another name for [`FingerprintError`], the error of parsing a [`Fingerprint`].
+pub type FingerprintParseError = FingerprintError;

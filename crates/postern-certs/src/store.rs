@@ -6,7 +6,7 @@ use crate::certkey::CertKey;
 use crate::default_cert::DefaultCertificate;
 use crate::error::StoreError;
 use crate::inspect::{CertificateRow, inspect};
-use crate::resolver::{CertResolver, ServedCertificates};
+use crate::resolver::{CertOrigin, CertResolver, ServedCertificates};
 
 /// The default certificate's table name (the seed's "Default Cert").
 pub const DEFAULT_CERT_NAME: &str = "Default Cert";
@@ -17,6 +17,20 @@ pub const DEFAULT_CERT_NAME: &str = "Default Cert";
 /// ECDSA companion): [`CertificateStore::add`] refuses only the same name *and*
 /// the same key type. The entry set as fallback (by default the first added)
 /// is served to clients whose SNI matches nothing.
+///
+/// # Precedence
+///
+/// Certificates under [`DEFAULT_CERT_NAME`] are the generated Default Cert
+/// ([`CertOrigin::Generated`]); every other entry is operator-imported
+/// ([`CertOrigin::Imported`]). When several certificates carry the name a
+/// client asks for, [`CertificateStore::served`] picks:
+/// 1. an imported certificate before the Default Cert (and its ECDSA
+///    companion), whatever the key types, in the fallback group too;
+/// 2. within the same origin, ECDSA for a client that offers an ECDSA
+///    signature scheme, RSA otherwise.
+///
+/// The Default Cert stays in the table, and still answers a client that can
+/// use none of the imported certificates (rather than failing its handshake).
 #[derive(Debug, Clone, Default)]
 pub struct CertificateStore {
     entries: Vec<(String, CertKey)>,
@@ -116,19 +130,44 @@ impl CertificateStore {
             .collect()
     }
 
-    /// The served set for these certificates.
+    /// The served set for these certificates, with the precedence described
+    /// on [`CertificateStore`].
+    ///
+    /// The fallback group is the entries under the fallback name; when that is
+    /// the Default Cert, the imported certificates carrying one of its names
+    /// (the host name) join the group, and outrank it there as everywhere.
     pub fn served(&self) -> ServedCertificates {
-        let mut set = ServedCertificates::new();
+        let origin = |name: &str| {
+            if name == DEFAULT_CERT_NAME {
+                CertOrigin::Generated
+            } else {
+                CertOrigin::Imported
+            }
+        };
         let fallback = self
             .fallback
             .as_deref()
             .filter(|f| self.entries.iter().any(|(n, _)| n == f))
             .or_else(|| self.entries.first().map(|(n, _)| n.as_str()));
+        let generated_fallback_names: Vec<&String> = self
+            .entries
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) == fallback && origin(n) == CertOrigin::Generated)
+            .flat_map(|(_, c)| c.names())
+            .collect();
+        let mut set = ServedCertificates::new();
         for (name, cert) in &self.entries {
-            if Some(name.as_str()) == fallback {
-                set.add_fallback(cert);
+            let origin = origin(name);
+            let joins_fallback = Some(name.as_str()) == fallback
+                || (origin == CertOrigin::Imported
+                    && cert
+                        .names()
+                        .iter()
+                        .any(|n| generated_fallback_names.contains(&n)));
+            if joins_fallback {
+                set.add_fallback_from(cert, origin);
             } else {
-                set.add(cert);
+                set.add_from(cert, origin);
             }
         }
         set

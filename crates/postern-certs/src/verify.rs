@@ -9,7 +9,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use postern_policy::{
-    CertificateCheck, CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust,
+    CertificateCheck, CertificateFailure, ClientCertMode, ClientCertificate, ClientTlsMode,
+    Fingerprint, PeerTrust,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
@@ -23,7 +24,42 @@ use rustls::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::certkey::{Fingerprint, dns_names};
+use crate::certkey::dns_names;
+
+/// The handshake-signature methods shared by [`ServerCertVerifier`] and
+/// [`ClientCertVerifier`] implementations of this module: `CertificateVerify`
+/// is always checked with the provider's algorithms, in every mode. The type
+/// must have a `provider: Arc<CryptoProvider>` field.
+macro_rules! handshake_signatures {
+    () => {
+        handshake_signatures!(verify_tls12_signature, verify_tls13_signature);
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+    // Each trait method calls the rustls function of the same name (a bare
+    // name in a method body resolves to the imported function, not the method).
+    ($($method:ident),+) => {
+        $(
+            fn $method(
+                &self,
+                message: &[u8],
+                cert: &CertificateDer<'_>,
+                dss: &DigitallySignedStruct,
+            ) -> Result<HandshakeSignatureValid, Error> {
+                $method(
+                    message,
+                    cert,
+                    dss,
+                    &self.provider.signature_verification_algorithms,
+                )
+            }
+        )+
+    };
+}
 
 /// Builds a check value.
 pub(crate) const fn check(
@@ -303,49 +339,19 @@ impl ServerCertVerifier for PeerCertVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures!();
 }
 
-/// A client certificate as seen by the server: the check and the leaf's fingerprint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub struct ClientCertificate {
-    /// Anonymous (none sent), Untrusted, or Verified against the configured roots.
-    pub check: CertificateCheck,
-    /// SHA-256 of the leaf, when one was sent.
-    pub fingerprint: Option<Fingerprint>,
+/// Describes a client's leaf certificate for the server policy: SHA-256
+/// fingerprint, subject and issuer DNs (RFC 4514 form, as [`inspect`](crate::inspect)
+/// shows them, which is what [`postern_policy::TrustedAgent::Subject`] compares),
+/// and `check`. A leaf that does not parse as X.509 gets empty names (it
+/// cannot match a subject rule) and keeps its fingerprint.
+fn describe(leaf: &CertificateDer<'_>, check: CertificateCheck) -> ClientCertificate {
+    let (subject, issuer) = X509Certificate::from_der(leaf)
+        .map(|(_, c)| (c.subject().to_string(), c.issuer().to_string()))
+        .unwrap_or_default();
+    ClientCertificate::new(Fingerprint::of(leaf), subject, issuer, check)
 }
 
 /// The inbound verifier for client certificates (`ask` and `require`).
@@ -359,7 +365,8 @@ pub struct ClientCertificate {
 ///
 /// The check is a pure function of the client's chain, so the server reads it
 /// after the handshake with [`ClientCertPolicy::client_certificate`] on
-/// `peer_certificates()`; it holds for resumed sessions too.
+/// `peer_certificates()`; it holds for resumed sessions too. The result is the
+/// [`ClientCertificate`] that [`postern_policy::ServerPolicy::may_relay`] takes.
 pub struct ClientCertPolicy {
     mode: ClientCertMode,
     webpki: Option<Arc<dyn ClientCertVerifier>>,
@@ -398,32 +405,22 @@ impl ClientCertPolicy {
         })
     }
 
-    /// The value for a connection that sent no certificate.
-    pub fn anonymous() -> ClientCertificate {
-        ClientCertificate {
-            check: check(PeerTrust::Anonymous, None),
-            fingerprint: None,
-        }
-    }
-
     /// The mode.
     pub fn mode(&self) -> ClientCertMode {
         self.mode
     }
 
-    /// Checks a client chain (as `peer_certificates()` returns it) at time `now`.
+    /// Checks a client chain (as `peer_certificates()` returns it) at time `now`
+    /// and describes its leaf (fingerprint, subject, issuer, check). `None` when
+    /// the client sent no certificate (its check is
+    /// [`CertificateCheck::anonymous`]).
     pub fn client_certificate(
         &self,
         chain: Option<&[CertificateDer<'_>]>,
         now: UnixTime,
-    ) -> ClientCertificate {
-        let Some((leaf, rest)) = chain.and_then(<[_]>::split_first) else {
-            return Self::anonymous();
-        };
-        ClientCertificate {
-            check: self.check_chain(leaf, rest, now),
-            fingerprint: Some(Fingerprint::of(leaf)),
-        }
+    ) -> Option<ClientCertificate> {
+        let (leaf, rest) = chain.and_then(<[_]>::split_first)?;
+        Some(describe(leaf, self.check_chain(leaf, rest, now)))
     }
 
     fn check_chain(
@@ -483,39 +480,7 @@ impl ClientCertVerifier for ClientCertPolicy {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    handshake_signatures!();
 }
 
 #[cfg(test)]

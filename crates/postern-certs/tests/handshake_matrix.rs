@@ -89,9 +89,7 @@ fn every_server_mode_with_every_client_mode() {
                 assert_eq!(check.trust, PeerTrust::Verified, "{mode:?}");
                 // The client presented no certificate: encryption without one
                 // (the seed's "anonymous ciphers") works in offer/require + none/ask.
-                let seen = srv.client_certificate(s.peer_certificates(), now());
-                assert_eq!(seen.check.trust, PeerTrust::Anonymous);
-                assert_eq!(seen.fingerprint, None);
+                assert_eq!(srv.client_certificate(s.peer_certificates(), now()), None);
             }
         }
     }
@@ -106,34 +104,45 @@ fn client_cert_ask_never_rejects_and_records() {
     let f = fixtures();
     let spec = ClientTlsSpec::new(ClientTlsMode::Verify, MX);
     let srv = server(ServerTlsMode::Offer, ClientCertMode::Ask, true).unwrap();
+    assert_eq!(srv.client_cert_mode(), ClientCertMode::Ask);
 
     let (r, _, s) = connect(&client(Some(&f.client_trusted)), &spec, &srv);
     r.unwrap();
-    let seen = srv.client_certificate(s.peer_certificates(), now());
+    let seen = srv
+        .client_certificate(s.peer_certificates(), now())
+        .expect("a certificate was sent");
     assert_eq!(seen.check.trust, PeerTrust::Verified);
     assert_eq!(
         seen.fingerprint,
-        Some(postern_certs::Fingerprint::of(&f.client_trusted.der()))
+        postern_certs::Fingerprint::of(&f.client_trusted.der())
     );
+    // Subject and issuer as the certificate table shows them, for trusted-agent rules.
+    let row = postern_certs::inspect("client", &f.client_trusted.der(), now()).unwrap();
+    assert_eq!(seen.subject, row.subject);
+    assert_eq!(seen.issuer, row.issuer);
+    assert!(
+        seen.issuer.contains("CN=Postern Test Root"),
+        "{}",
+        seen.issuer
+    );
+    assert_ne!(seen.subject, seen.issuer);
 
     let (r, _, s) = connect(&client(Some(&f.client_untrusted)), &spec, &srv);
     r.expect("ask must accept an untrusted client certificate");
-    let seen = srv.client_certificate(s.peer_certificates(), now());
+    let seen = srv
+        .client_certificate(s.peer_certificates(), now())
+        .expect("a certificate was sent");
     assert_eq!(seen.check.trust, PeerTrust::Untrusted);
     assert_eq!(seen.check.failure, Some(CertificateFailure::NotTrusted));
     assert_eq!(
         seen.fingerprint,
-        Some(postern_certs::Fingerprint::of(&f.client_untrusted.der()))
+        postern_certs::Fingerprint::of(&f.client_untrusted.der())
     );
+    assert_eq!(seen.subject, seen.issuer, "self-signed");
 
     let (r, _, s) = connect(&client(None), &spec, &srv);
     r.unwrap();
-    assert_eq!(
-        srv.client_certificate(s.peer_certificates(), now())
-            .check
-            .trust,
-        PeerTrust::Anonymous
-    );
+    assert_eq!(srv.client_certificate(s.peer_certificates(), now()), None);
 
     // Ask without roots: certificates are accepted and recorded as untrusted.
     let srv = server(ServerTlsMode::Offer, ClientCertMode::Ask, false).unwrap();
@@ -141,9 +150,8 @@ fn client_cert_ask_never_rejects_and_records() {
     r.unwrap();
     assert_eq!(
         srv.client_certificate(s.peer_certificates(), now())
-            .check
-            .trust,
-        PeerTrust::Untrusted
+            .map(|c| c.check.trust),
+        Some(PeerTrust::Untrusted)
     );
 }
 
@@ -157,9 +165,8 @@ fn client_cert_require_accepts_only_trusted() {
     r.unwrap();
     assert_eq!(
         srv.client_certificate(s.peer_certificates(), now())
-            .check
-            .trust,
-        PeerTrust::Verified
+            .map(|c| c.check.trust),
+        Some(PeerTrust::Verified)
     );
 
     let (r, _, _) = connect(&client(Some(&f.client_untrusted)), &spec, &srv);

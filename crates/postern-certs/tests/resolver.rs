@@ -1,4 +1,5 @@
-//! Server certificate selection: SNI, wildcard, fallback, ECDSA vs RSA, hot swap.
+//! Server certificate selection: SNI, wildcard, fallback, imported vs generated,
+//! ECDSA vs RSA, hot swap.
 
 mod common;
 
@@ -6,8 +7,8 @@ use std::sync::Arc;
 
 use common::{LeafSpec, MX, Pem, fixtures, handshake, rsa4096_leaf};
 use postern_certs::{
-    CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec, KeyType, ServedCertificates,
-    ServerTlsContext, ServerTlsSpec,
+    CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec, DEFAULT_CERT_NAME, KeyType,
+    ServedCertificates, ServerTlsContext, ServerTlsSpec,
 };
 use postern_policy::ClientTlsMode;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -199,4 +200,87 @@ fn store_add_remove_list() {
         .select(None, &[SignatureScheme::ECDSA_NISTP256_SHA256])
         .unwrap();
     assert_eq!(any.cert[0], f.wrong_name.der());
+}
+
+#[test]
+fn imported_outranks_the_default_cert_then_ecdsa_before_rsa() {
+    let f = fixtures();
+    let ecdsa_and_rsa = [
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        SignatureScheme::RSA_PSS_SHA256,
+    ];
+    let ecdsa_only = [SignatureScheme::ECDSA_NISTP256_SHA256];
+    let rsa_only = [SignatureScheme::RSA_PSS_SHA256];
+    let pick = |store: &CertificateStore, sni: Option<&str>, schemes: &[SignatureScheme]| {
+        store.served().select(sni, schemes).unwrap().cert[0].clone()
+    };
+    // The generated Default Cert (RSA and its ECDSA companion) for the host name.
+    let default_rsa = rsa4096_leaf();
+    let default_ecdsa = &f.leaf;
+    let mut store = CertificateStore::new();
+    store
+        .add(DEFAULT_CERT_NAME, default_rsa.cert_key())
+        .unwrap();
+    store
+        .add(DEFAULT_CERT_NAME, default_ecdsa.cert_key())
+        .unwrap();
+    store.set_fallback(DEFAULT_CERT_NAME);
+    assert_eq!(pick(&store, Some(MX), &ecdsa_and_rsa), default_ecdsa.der());
+    assert_eq!(pick(&store, None, &rsa_only), default_rsa.der());
+
+    // An import for another name is served by SNI; the Default Cert stays the fallback.
+    let other = leaf(&["mx.other.example"]);
+    store.add("other", other.cert_key()).unwrap();
+    assert_eq!(
+        pick(&store, Some("mx.other.example"), &ecdsa_and_rsa),
+        other.der()
+    );
+    assert_eq!(pick(&store, None, &ecdsa_and_rsa), default_ecdsa.der());
+
+    // An imported RSA certificate for the host name, added after the Default
+    // Cert, outranks its ECDSA companion too, fallback included.
+    let mut own_rsa = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    own_rsa.chain.push(f.inter.cert_pem.clone());
+    store.add("own", own_rsa.cert_key()).unwrap();
+    for sni in [
+        Some(MX),
+        Some("MX.Example.ORG."),
+        None,
+        Some("unknown.example"),
+    ] {
+        assert_eq!(pick(&store, sni, &ecdsa_and_rsa), own_rsa.der(), "{sni:?}");
+        assert_eq!(pick(&store, sni, &rsa_only), own_rsa.der(), "{sni:?}");
+    }
+    // A client that can use no imported certificate still gets the Default Cert.
+    assert_eq!(pick(&store, Some(MX), &ecdsa_only), default_ecdsa.der());
+
+    // Within the same origin: ECDSA for ECDSA clients, RSA for the others.
+    let own_ecdsa = leaf(&[MX]);
+    store.add("own", own_ecdsa.cert_key()).unwrap();
+    for sni in [Some(MX), None] {
+        assert_eq!(
+            pick(&store, sni, &ecdsa_and_rsa),
+            own_ecdsa.der(),
+            "{sni:?}"
+        );
+        assert_eq!(pick(&store, sni, &rsa_only), own_rsa.der(), "{sni:?}");
+    }
+    // The Default Cert stays in the table.
+    assert_eq!(store.get(DEFAULT_CERT_NAME).count(), 2);
+
+    // The same through a real handshake (client offering both kinds).
+    let srv = server(store.served());
+    assert_eq!(served_leaf(&srv, Some(MX), None), own_ecdsa.der());
+    assert_eq!(served_leaf(&srv, None, None), own_ecdsa.der());
+    assert_eq!(served_leaf(&srv, Some(MX), Some(&rsa_only)), own_rsa.der());
+
+    // The order of addition does not matter: imported first, Default Cert later.
+    let mut store = CertificateStore::new();
+    store.add("own", own_rsa.cert_key()).unwrap();
+    store
+        .add(DEFAULT_CERT_NAME, default_ecdsa.cert_key())
+        .unwrap();
+    store.set_fallback(DEFAULT_CERT_NAME);
+    assert_eq!(pick(&store, Some(MX), &ecdsa_and_rsa), own_rsa.der());
+    assert_eq!(pick(&store, None, &ecdsa_and_rsa), own_rsa.der());
 }

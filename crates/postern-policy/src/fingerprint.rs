@@ -4,8 +4,12 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
 
 /// A SHA-256 digest of a DER certificate (or of its public key, as configured).
+///
+/// This is the one fingerprint type of Postern: certificate pins, trusted
+/// agents, certificate table rows and client certificates all use it.
 ///
 /// Accepted spellings: 64 hex digits, optionally separated by `:` and optionally
 /// prefixed with `sha256:`; case does not matter. Displayed as Postfix does:
@@ -15,6 +19,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// use postern_policy::Fingerprint;
 /// let fp: Fingerprint = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
 /// assert!(fp.to_string().starts_with("AB:AB:"));
+/// assert_eq!(Fingerprint::of(b"abc").to_string().len(), 95);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Fingerprint(pub [u8; 32]);
@@ -32,6 +37,11 @@ pub enum FingerprintError {
 }
 
 impl Fingerprint {
+    /// The SHA-256 digest of `der` (a DER certificate, or a DER public key).
+    pub fn of(der: &[u8]) -> Self {
+        Self(Sha256::digest(der).into())
+    }
+
     /// Parses a fingerprint.
     pub fn parse(input: &str) -> Result<Self, FingerprintError> {
         let text = input.trim();
@@ -128,5 +138,18 @@ mod tests {
             Err(FingerprintError::Character('g'))
         );
         assert!(Fingerprint::parse(&"a".repeat(66)).is_err());
+        assert!(Fingerprint::parse("zz").is_err());
+        assert!(Fingerprint::parse(&"é".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn digest_of_der() {
+        // FIPS 180-2 appendix B.1: SHA-256("abc").
+        let fp = Fingerprint::of(b"abc");
+        assert_eq!(
+            fp.to_string().replace(':', "").to_lowercase(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(fp.to_string().parse::<Fingerprint>(), Ok(fp));
     }
 }

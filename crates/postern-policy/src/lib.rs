@@ -84,7 +84,7 @@ pub mod tlsrpt;
 
 pub use config::{ConfigError, Policy, PolicyConfig};
 pub use dane::{DaneOutcome, TlsaLookup, TlsaRecord};
-pub use fingerprint::Fingerprint;
+pub use fingerprint::{Fingerprint, FingerprintError};
 pub use lookup::{OverrideTable, PolicySource};
 pub use modes::{
     CertificateCheck, CertificateFailure, ClientCertMode, ClientTlsMode, PeerTrust, ServerTlsMode,

@@ -216,6 +216,11 @@ impl EnhancedStatus {
     pub const TLS_NOT_AVAILABLE: Self = Self::new(4, 7, 4);
     /// 4.7.5: cryptographic failure (temporary): handshake or certificate failure.
     pub const CRYPTO_FAILURE: Self = Self::new(4, 7, 5);
+    /// 5.7.0: other or undefined security status (permanent), e.g. a command
+    /// refused before STARTTLS (RFC 3207 §4).
+    pub const SECURITY_PERMANENT: Self = Self::new(5, 7, 0);
+    /// 5.7.1: delivery not authorized, e.g. no verified client certificate.
+    pub const DELIVERY_NOT_AUTHORIZED: Self = Self::new(5, 7, 1);
     /// 5.7.30: REQUIRETLS support required (RFC 8689 §6).
     pub const REQUIRETLS_REQUIRED: Self = Self::new(5, 7, 30);
 

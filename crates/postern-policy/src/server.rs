@@ -5,6 +5,7 @@ use std::fmt;
 
 use crate::fingerprint::Fingerprint;
 use crate::modes::{CertificateCheck, ClientCertMode, ServerTlsMode, TlsVersion};
+use crate::outbound::EnhancedStatus;
 
 /// A rule that authorises relaying for a client presenting a verified certificate
 /// (the seed's "trusted agents"; Postfix `relay_clientcerts`,
@@ -105,8 +106,8 @@ pub enum CommandVerdict {
     Reject {
         /// The reply code.
         code: u16,
-        /// The enhanced status code (`5.7.0`).
-        status: &'static str,
+        /// The enhanced status code (RFC 3463, e.g. `5.7.0`).
+        status: EnhancedStatus,
         /// The reply text.
         text: &'static str,
     },
@@ -196,7 +197,7 @@ impl ServerPolicy {
         } else {
             CommandVerdict::Reject {
                 code: 530,
-                status: "5.7.0",
+                status: EnhancedStatus::SECURITY_PERMANENT,
                 text: "Must issue a STARTTLS command first",
             }
         }
@@ -209,7 +210,7 @@ impl ServerPolicy {
         if self.client_certificates == ClientCertMode::Require && !check.is_verified() {
             CommandVerdict::Reject {
                 code: 554,
-                status: "5.7.1",
+                status: EnhancedStatus::DELIVERY_NOT_AUTHORIZED,
                 text: "Client certificate required",
             }
         } else {
@@ -276,7 +277,7 @@ mod tests {
     fn commands_before_tls() {
         let reject = CommandVerdict::Reject {
             code: 530,
-            status: "5.7.0",
+            status: EnhancedStatus::new(5, 7, 0),
             text: "Must issue a STARTTLS command first",
         };
         let require = policy(ServerTlsMode::Require);
@@ -348,10 +349,14 @@ mod tests {
             CommandVerdict::Allow
         );
         p.client_certificates = ClientCertMode::Require;
-        assert!(matches!(
+        assert_eq!(
             p.client_certificate_verdict(&unverified),
-            CommandVerdict::Reject { code: 554, .. }
-        ));
+            CommandVerdict::Reject {
+                code: 554,
+                status: EnhancedStatus::new(5, 7, 1),
+                text: "Client certificate required",
+            }
+        );
         assert!(matches!(
             p.client_certificate_verdict(&CertificateCheck::anonymous()),
             CommandVerdict::Reject { code: 554, .. }

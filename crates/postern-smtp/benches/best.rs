@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use postern_smtp::Command;
 use postern_smtp::data::{DataLimits, DataReceiver, dot_stuff};
+use postern_smtp::{Command, CommandRef};
 
 mod common;
 use common::{MIX, message};
@@ -36,7 +36,17 @@ fn main() {
         let wire = dot_stuff(&message(size));
         let mut out = Vec::with_capacity(wire.len());
         let gbps = |d: Duration| wire.len() as f64 / d.as_secs_f64() / 1e9;
-        let postern = best(rounds, || {
+        let spans = best(rounds, || {
+            let mut rx = DataReceiver::new(DataLimits::default());
+            let mut len = 0;
+            assert!(
+                rx.feed_spans(black_box(&wire), |s| len += black_box(s).len())
+                    .end
+                    .is_some()
+            );
+            black_box(len);
+        });
+        let copy = best(rounds, || {
             out.clear();
             let mut rx = DataReceiver::new(DataLimits::default());
             assert!(rx.feed(black_box(&wire), &mut out).end.is_some());
@@ -52,24 +62,39 @@ fn main() {
             let pos = memchr::memmem::find(wire, b"\r\n.\r\n").expect("terminated");
             out.extend_from_slice(&wire[..pos + 2]);
         });
+        let r = |d: Duration, by: Duration| by.as_secs_f64() / d.as_secs_f64();
         println!(
-            "data_receive/{name}: postern {:.2} GB/s, smtp-proto {:.2} GB/s, memchr+memcpy baseline {:.2} GB/s; \
-             postern/smtp-proto {:.2}x, postern/baseline {:.2}x",
-            gbps(postern),
+            "data_receive/{name}: postern feed_spans {:.2} GB/s, postern feed {:.2} GB/s, smtp-proto {:.2} GB/s, \
+             memchr+memcpy baseline {:.2} GB/s; feed_spans/smtp-proto {:.2}x, feed/smtp-proto {:.2}x, \
+             feed_spans/baseline {:.2}x, feed/baseline {:.2}x",
+            gbps(spans),
+            gbps(copy),
             gbps(smtp_proto),
             gbps(baseline),
-            smtp_proto.as_secs_f64() / postern.as_secs_f64(),
-            baseline.as_secs_f64() / postern.as_secs_f64(),
+            r(spans, smtp_proto),
+            r(copy, smtp_proto),
+            r(spans, baseline),
+            r(copy, baseline),
         );
     }
     let wire: Vec<u8> = MIX.concat();
-    let postern = best(rounds, || {
+    let lines = |f: &mut dyn FnMut(&[u8])| {
         let mut rest = black_box(wire.as_slice());
         while let Some(lf) = memchr::memchr(b'\n', rest) {
             let (line, tail) = rest.split_at(lf + 1);
-            black_box(Command::parse(line).expect("valid command"));
+            f(line);
             rest = tail;
         }
+    };
+    let borrowed = best(rounds, || {
+        lines(&mut |l| {
+            black_box(CommandRef::parse(l).expect("valid command"));
+        })
+    });
+    let owned = best(rounds, || {
+        lines(&mut |l| {
+            black_box(Command::parse(l).expect("valid command"));
+        })
     });
     let smtp_proto = best(rounds, || {
         let mut bytes = black_box(wire.as_slice()).iter();
@@ -79,9 +104,12 @@ fn main() {
     });
     let mcmd = |d: Duration| MIX.len() as f64 / d.as_secs_f64() / 1e6;
     println!(
-        "command_parse/transaction_mix: postern {:.2} Mcmd/s, smtp-proto {:.2} Mcmd/s; postern/smtp-proto {:.2}x",
-        mcmd(postern),
+        "command_parse/transaction_mix: postern CommandRef {:.2} Mcmd/s, postern Command {:.2} Mcmd/s, \
+         smtp-proto {:.2} Mcmd/s; CommandRef/smtp-proto {:.2}x, Command/smtp-proto {:.2}x",
+        mcmd(borrowed),
+        mcmd(owned),
         mcmd(smtp_proto),
-        smtp_proto.as_secs_f64() / postern.as_secs_f64(),
+        smtp_proto.as_secs_f64() / borrowed.as_secs_f64(),
+        smtp_proto.as_secs_f64() / owned.as_secs_f64(),
     );
 }

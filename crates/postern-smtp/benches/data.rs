@@ -1,4 +1,5 @@
-//! DATA content throughput: postern's receiver (end detection + dot-unstuffing + bare line ending checks), side by
+//! DATA content throughput: postern's receiver (end detection + dot-unstuffing + bare line ending checks), both
+//! copying into a buffer (`feed`) and zero-copy (`feed_spans`, content handed over as borrowed spans), side by
 //! side with smtp-proto's `DataReceiver` and with the physical limit (one `memmem` search for CRLF "." CRLF and one
 //! copy) on the same wire bytes; and the client-side dot-stuffer.
 
@@ -19,13 +20,22 @@ fn data_receive(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("data_receive/{name}"));
         group.throughput(Throughput::Bytes(wire.len() as u64));
         let mut out = Vec::with_capacity(wire.len());
-        group.bench_function("postern", |b| {
+        group.bench_function("postern feed (copy)", |b| {
             b.iter(|| {
                 out.clear();
                 let mut rx = DataReceiver::new(DataLimits::default());
                 let step = rx.feed(black_box(&wire), &mut out);
                 assert!(step.end.is_some() && step.consumed == wire.len());
                 black_box(&out);
+            })
+        });
+        group.bench_function("postern feed_spans (zero-copy)", |b| {
+            b.iter(|| {
+                let mut rx = DataReceiver::new(DataLimits::default());
+                let mut len = 0;
+                let step = rx.feed_spans(black_box(&wire), |span| len += black_box(span).len());
+                assert!(step.end.is_some() && step.consumed == wire.len());
+                black_box(len);
             })
         });
         group.bench_function("smtp-proto", |b| {

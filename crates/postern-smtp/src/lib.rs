@@ -88,13 +88,19 @@ pub mod data;
 pub mod reply;
 pub mod server;
 
-pub use address::{AddressError, AddressLiteral, Domain, ForwardPath, Host, Mailbox, ReversePath};
+pub use address::{
+    AddressError, AddressLiteral, AddressLiteralRef, Domain, ForwardPath, ForwardPathRef, Host,
+    HostRef, Mailbox, MailboxRef, ReversePath, ReversePathRef,
+};
 pub use capabilities::{Capabilities, EhloReply};
 pub use client::{
     ClientCloseReason, ClientEvent, ClientSession, DeliveryStatus, Envelope, RecipientResult,
     SendError, TransactionReport,
 };
-pub use command::{Body, Command, CommandError, MailParams, Notify, RcptParams, Ret};
+pub use command::{
+    Body, Command, CommandError, CommandRef, MailParams, MailParamsRef, Notify, RcptParams,
+    RcptParamsRef, Ret,
+};
 pub use config::{AfterStartTls, ClientConfig, ServerConfig, StartTlsPolicy, Timeouts};
 pub use data::{
     BareLineEndings, DataLimits, DataReceiver, DataStep, DataSummary, DotStuffer, dot_stuff,

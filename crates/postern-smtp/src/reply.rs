@@ -544,7 +544,11 @@ mod tests {
             let again = reply.to_bytes();
             assert!(again.len() <= wire.len(), "{again:?}");
             assert_eq!(parse_all(&again), vec![Ok(reply.clone())]);
-            let rebuilt = Reply::new(reply.code().value(), reply.enhanced(), reply.lines().to_vec());
+            let rebuilt = Reply::new(
+                reply.code().value(),
+                reply.enhanced(),
+                reply.lines().to_vec(),
+            );
             assert!(rebuilt.is_ok() || reply.lines().iter().any(|l| l.len() > MAX_REPLY_TEXT));
         }
         let parsed = parse_all(b"250 a\0b\xff\xfe\tc\xc3\xa9\r\n");

@@ -650,10 +650,7 @@ impl Client {
             }
             TlsRequirement::Authenticated(Authentication::Pins(pins)) => {
                 spec.mode = ClientTlsMode::Fingerprint;
-                spec.pins = pins
-                    .iter()
-                    .map(|p| postern_certs::Fingerprint(p.0))
-                    .collect();
+                spec.pins = pins;
             }
             TlsRequirement::Authenticated(Authentication::Dane(records)) => {
                 spec.mode = match policy.settings().tls {

@@ -200,6 +200,23 @@ pub enum ServerError {
     /// TLS mode `offer` or `require` needs a TLS context (certificates).
     #[error("tls mode {0} needs a tls context")]
     MissingTlsContext(ServerTlsMode),
+    /// The TLS context handles client certificates otherwise than the policy says (e.g. the policy requires
+    /// them but the handshake never requests one).
+    #[error("policy client_certificates = {policy} but the tls context was built with {tls}")]
+    ClientCertMismatch {
+        /// The policy's mode.
+        policy: ClientCertMode,
+        /// The TLS context's mode.
+        tls: ClientCertMode,
+    },
+    /// The TLS context accepts other protocol versions than the policy's minimum.
+    #[error("policy min_tls_version = {policy} but the tls context was built with {tls}")]
+    MinVersionMismatch {
+        /// The policy's minimum.
+        policy: TlsVersion,
+        /// The TLS context's minimum.
+        tls: TlsVersion,
+    },
 }
 
 /// Server settings.
@@ -215,7 +232,8 @@ pub struct ServerSettings {
     pub smtp: ServerConfig,
     /// Inbound TLS policy: mode none / offer / require, client certificates none / ask / require.
     pub policy: ServerPolicy,
-    /// The TLS configuration from postern-certs; its client-certificate mode must match `policy`.
+    /// The TLS configuration from postern-certs; its client-certificate mode and minimum version must match
+    /// `policy` ([`ServerSettings::validate`]).
     pub tls: Option<ServerTlsContext>,
     /// Simultaneous connections; past it a client gets `421 4.3.2 Too many connections` and is closed.
     pub max_connections: usize,
@@ -240,6 +258,33 @@ impl Default for ServerSettings {
 }
 
 impl ServerSettings {
+    /// Checks the policy, and that the TLS context agrees with it: present for TLS modes `offer` and
+    /// `require`, built with the policy's client-certificate mode and minimum TLS version. A context that
+    /// never requests a client certificate under a policy that requires one would refuse every client after
+    /// its handshake; one that requests them under a policy of `none` would ask clients for nothing used.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        self.policy.validate()?;
+        let Some(tls) = &self.tls else {
+            return match self.policy.tls {
+                ServerTlsMode::None => Ok(()),
+                mode => Err(ServerError::MissingTlsContext(mode)),
+            };
+        };
+        if tls.client_cert_mode() != self.policy.client_certificates {
+            return Err(ServerError::ClientCertMismatch {
+                policy: self.policy.client_certificates,
+                tls: tls.client_cert_mode(),
+            });
+        }
+        if tls.min_version() != self.policy.min_tls_version {
+            return Err(ServerError::MinVersionMismatch {
+                policy: self.policy.min_tls_version,
+                tls: tls.min_version(),
+            });
+        }
+        Ok(())
+    }
+
     /// Settings for this host name, TLS policy and TLS context, defaults otherwise.
     pub fn new(
         hostname: impl Into<String>,
@@ -286,18 +331,16 @@ impl<H> fmt::Debug for Server<H> {
 }
 
 impl<H: ServerHandler> Server<H> {
-    /// A server with these settings and this application. The policy is validated; the engine's STARTTLS
-    /// setting follows the policy's mode.
+    /// A server with these settings and this application. The policy is validated, and so is its agreement
+    /// with the TLS context (client-certificate mode, minimum TLS version); the engine's STARTTLS setting
+    /// follows the policy's mode.
     pub fn new(mut settings: ServerSettings, handler: H) -> Result<Self, ServerError> {
-        settings.policy.validate()?;
+        settings.validate()?;
         settings.smtp.starttls = match settings.policy.tls {
             ServerTlsMode::None => StartTlsPolicy::Disabled,
             ServerTlsMode::Require => StartTlsPolicy::Require,
             _ => StartTlsPolicy::Offer,
         };
-        if settings.policy.tls != ServerTlsMode::None && settings.tls.is_none() {
-            return Err(ServerError::MissingTlsContext(settings.policy.tls));
-        }
         settings.smtp.tls_available = settings.tls.is_some();
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         Ok(Self {
@@ -565,13 +608,11 @@ impl<S: SessionHandler> Connection<'_, S> {
             .client_certificate_verdict(&tls.client_check())
         {
             CommandVerdict::Allow => None,
-            CommandVerdict::Reject { code, status, text } => {
-                let mut parts = status.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
-                let class = u8::try_from(parts.next().unwrap_or(5)).unwrap_or(5);
-                let subject = parts.next().unwrap_or(7);
-                let detail = parts.next().unwrap_or(1);
-                Some(Verdict::reject(code, (class, subject, detail), text))
-            }
+            CommandVerdict::Reject { code, status, text } => Some(Verdict::reject(
+                code,
+                (status.class, status.subject, status.detail),
+                text,
+            )),
             _ => Some(Verdict::Reject(fixed(
                 554,
                 (5, 7, 1),
@@ -671,7 +712,7 @@ impl<S: SessionHandler> Connection<'_, S> {
         };
         let (_, conn) = tls.get_ref();
         let (version, cipher) = negotiated(conn);
-        let client_certificate = client_certificate(ctx, conn.peer_certificates());
+        let client_certificate = ctx.client_certificate(conn.peer_certificates(), UnixTime::now());
         let trust = client_certificate
             .as_ref()
             .map_or(postern_policy::PeerTrust::Anonymous, |c| c.check.trust);
@@ -705,30 +746,6 @@ impl<S: SessionHandler> Connection<'_, S> {
         }
         Ok(())
     }
-}
-
-/// The client certificate of a finished handshake, with subject and issuer for relay rules.
-fn client_certificate(
-    ctx: &ServerTlsContext,
-    chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
-) -> Option<ClientCertificate> {
-    let leaf = chain.and_then(<[_]>::first)?;
-    let now = UnixTime::now();
-    let seen = ctx.client_certificate(chain, now);
-    let (subject, issuer) = match postern_certs::inspect("client", leaf, now) {
-        Ok(row) => (row.subject, row.issuer),
-        Err(_) => (String::new(), String::new()),
-    };
-    let fingerprint = postern_policy::Fingerprint(
-        seen.fingerprint
-            .map_or_else(|| postern_certs::Fingerprint::of(leaf).0, |f| f.0),
-    );
-    Some(ClientCertificate::new(
-        fingerprint,
-        subject,
-        issuer,
-        seen.check,
-    ))
 }
 
 #[cfg(test)]
@@ -803,5 +820,81 @@ mod tests {
             Server::new(bad, Nobody),
             Err(ServerError::Policy(_))
         ));
+
+        // The TLS context must handle client certificates and versions as the policy says.
+        let context = |client_cert, min_version| {
+            let mut spec = postern_certs::ServerTlsSpec::default();
+            spec.mode = ServerTlsMode::Require;
+            spec.client_cert = client_cert;
+            spec.min_version = min_version;
+            let resolver =
+                postern_certs::CertResolver::new(postern_certs::ServedCertificates::new());
+            ServerTlsContext::new(&spec, Arc::new(resolver)).expect("valid spec")
+        };
+        let settings = |policy_cc, policy_min, tls| {
+            let mut policy = ServerPolicy::default();
+            policy.tls = ServerTlsMode::Require;
+            policy.client_certificates = policy_cc;
+            policy.min_tls_version = policy_min;
+            ServerSettings::new("mx.example.org", policy, Some(tls))
+        };
+        let (tls12, tls13) = (TlsVersion::Tls12, TlsVersion::Tls13);
+        // Policy requires client certificates; the context never requests one.
+        let err = Server::new(
+            settings(
+                ClientCertMode::Require,
+                tls12,
+                context(ClientCertMode::None, tls12),
+            ),
+            Nobody,
+        )
+        .expect_err("mismatch");
+        assert!(matches!(
+            err,
+            ServerError::ClientCertMismatch {
+                policy: ClientCertMode::Require,
+                tls: ClientCertMode::None
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "policy client_certificates = require but the tls context was built with none"
+        );
+        // The context asks for certificates the policy does not want.
+        assert!(matches!(
+            Server::new(
+                settings(
+                    ClientCertMode::None,
+                    tls12,
+                    context(ClientCertMode::Ask, tls12)
+                ),
+                Nobody
+            ),
+            Err(ServerError::ClientCertMismatch { .. })
+        ));
+        // The policy's TLS 1.3 minimum, a context that accepts TLS 1.2.
+        assert!(matches!(
+            Server::new(
+                settings(
+                    ClientCertMode::Ask,
+                    tls13,
+                    context(ClientCertMode::Ask, tls12)
+                ),
+                Nobody
+            ),
+            Err(ServerError::MinVersionMismatch { .. })
+        ));
+        // In agreement: built.
+        let server = Server::new(
+            settings(
+                ClientCertMode::Ask,
+                tls13,
+                context(ClientCertMode::Ask, tls13),
+            ),
+            Nobody,
+        )
+        .expect("policy and context agree");
+        assert_eq!(server.settings().smtp.starttls, StartTlsPolicy::Require);
+        assert!(server.settings().smtp.tls_available);
     }
 }

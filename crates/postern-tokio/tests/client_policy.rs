@@ -42,7 +42,7 @@ use Expect::{Defer, Plain, Retry, Tls};
 fn policy(mode: ClientTlsMode) -> OutboundPolicy {
     let mut d = DestinationPolicy::new(mode);
     if mode == ClientTlsMode::Fingerprint {
-        d.pins = vec![postern_policy::Fingerprint(fixtures().good.fingerprint().0)];
+        d.pins = vec![fixtures().good.fingerprint()];
     }
     OutboundPolicy::new(d)
 }

@@ -150,7 +150,7 @@ async fn ask_records_client_certificates_and_never_refuses() {
         .expect("certificate recorded");
     assert_eq!(untrusted.check.trust, PeerTrust::Untrusted);
     assert!(!untrusted.check.is_verified());
-    assert_eq!(untrusted.fingerprint.0, f.client_untrusted.fingerprint().0);
+    assert_eq!(untrusted.fingerprint, f.client_untrusted.fingerprint());
     let trusted = tls[2]
         .client_certificate
         .as_ref()
@@ -200,6 +200,6 @@ async fn require_cert_refuses_clients_without_a_verified_certificate() {
         .and_then(|t| t.client_certificate.clone())
         .expect("client certificate");
     assert!(cert.check.is_verified());
-    assert_eq!(cert.fingerprint.0, f.client_trusted.fingerprint().0);
+    assert_eq!(cert.fingerprint, f.client_trusted.fingerprint());
     server.shutdown().await;
 }

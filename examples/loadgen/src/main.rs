@@ -38,6 +38,8 @@
 
 mod conn;
 mod idle;
+#[cfg(test)]
+mod loopback_tests;
 mod options;
 mod send;
 mod sink;

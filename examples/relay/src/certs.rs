@@ -42,7 +42,7 @@ use std::time::SystemTime;
 
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
-    DefaultCertificate, ImportError, RsaBits, ServedCertificates, StoreError,
+    DefaultCertificate, ImportError, RsaBits, StoreError,
 };
 use rustls::pki_types::UnixTime;
 
@@ -225,6 +225,10 @@ impl CertDir {
 
     /// The certificate store: the Default Cert (the fallback for clients
     /// without SNI or with an unknown name) and every imported certificate.
+    ///
+    /// Serve it with [`CertificateStore::served`]: an imported certificate
+    /// for one of the Default Cert's names (the host name) is served in its
+    /// place, fallback included; the Default Cert stays in the table.
     pub fn store(
         &self,
         hostname: &str,
@@ -233,9 +237,7 @@ impl CertDir {
     ) -> Result<CertificateStore, CertDirError> {
         let default = self.default_cert(hostname, bits, now)?;
         let mut store = CertificateStore::new();
-        for cert in default.certs() {
-            store.add(DEFAULT_CERT_NAME, cert.clone())?;
-        }
+        store.add_default(&default)?;
         store.set_fallback(DEFAULT_CERT_NAME);
         for (name, cert) in self.imported()? {
             store.add(name, cert)?;
@@ -251,43 +253,6 @@ impl CertDir {
         }
         self.load_imported(name)
     }
-}
-
-/// The certificates to serve from a store built by [`CertDir::store`].
-///
-/// The Default Cert answers clients without SNI or with an unknown name. An
-/// imported certificate for one of the Default Cert's names (the host name)
-/// takes its place entirely, fallback included: an operator who imports a
-/// CA-issued certificate for the host name wants it served, not the
-/// self-signed one. The Default Cert stays in the table either way.
-pub fn served(store: &CertificateStore) -> ServedCertificates {
-    let (defaults, imported): (Vec<_>, Vec<_>) = store
-        .iter()
-        .partition(|(name, _)| *name == DEFAULT_CERT_NAME);
-    let covers = |c: &CertKey, names: &[String]| c.names().iter().any(|n| names.contains(n));
-    let default_names: Vec<String> = defaults
-        .iter()
-        .flat_map(|(_, c)| c.names().iter().cloned())
-        .collect();
-    let mut set = ServedCertificates::new();
-    let replacing: Vec<&CertKey> = imported
-        .iter()
-        .map(|(_, c)| *c)
-        .filter(|c| covers(c, &default_names))
-        .collect();
-    if replacing.is_empty() {
-        for (_, c) in &defaults {
-            set.add_fallback(c);
-        }
-    } else {
-        for c in &replacing {
-            set.add_fallback(c);
-        }
-    }
-    for (_, c) in imported.iter().filter(|(_, c)| !covers(c, &default_names)) {
-        set.add(c);
-    }
-    set
 }
 
 fn write_synced(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertDirError> {
@@ -372,7 +337,7 @@ mod tests {
             SignatureScheme::RSA_PSS_SHA256,
         ];
         let served_leaf = |store: &CertificateStore, sni: Option<&str>| {
-            let key = served(store).select(sni, &schemes).unwrap();
+            let key = store.served().select(sni, &schemes).unwrap();
             Fingerprint::of(&key.cert[0])
         };
         let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();

@@ -13,7 +13,7 @@ use postern_policy::{ClientCertMode, Policy, ServerTlsMode};
 use rustls::RootCertStore;
 use rustls::pki_types::UnixTime;
 
-use crate::certs::{CertDir, CertDirError, rsa_bits, served};
+use crate::certs::{CertDir, CertDirError, rsa_bits};
 use crate::config::{Config, ConfigError};
 
 /// An error setting up TLS.
@@ -128,7 +128,7 @@ impl TlsSetup {
             } else {
                 client_cert_roots(config)?
             };
-            let resolver = Arc::new(CertResolver::new(served(&store)));
+            let resolver = Arc::new(CertResolver::new(store.served()));
             Some(ServerTlsContext::new(&spec, resolver)?)
         };
         let mut client = ClientTlsContext::new(outbound_roots(config)?);
@@ -153,7 +153,7 @@ impl TlsSetup {
             UnixTime::now(),
         )?;
         if let Some(server) = &self.server {
-            server.resolver().swap(served(&store));
+            server.resolver().swap(store.served());
         }
         let n = store.len();
         self.store = store;
