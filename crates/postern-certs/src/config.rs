@@ -214,6 +214,9 @@ impl ServerTlsContext {
             }
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&resolver) as _);
+        // The server's cipher-suite order (strongest first) decides, not the
+        // client's: a peer cannot steer the session to its weakest offer.
+        config.ignore_client_order = true;
         config.session_storage = if spec.session_cache_size == 0 {
             Arc::new(rustls::server::NoServerSessionStorage {})
         } else {

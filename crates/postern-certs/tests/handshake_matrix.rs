@@ -274,3 +274,44 @@ fn server_resumption_with_tickets_tls13_and_tls12() {
 fn webpki_roots_load() {
     assert!(TrustRoots::webpki().len() > 100);
 }
+
+#[test]
+fn server_cipher_order_wins_over_the_client_preference() {
+    let f = fixtures();
+    let srv = server(ServerTlsMode::Offer, ClientCertMode::None, false).unwrap();
+    let provider = postern_certs::provider();
+    let name = rustls::pki_types::ServerName::try_from(MX).unwrap();
+    let cases = [
+        (
+            &rustls::version::TLS13,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ];
+    for (version, weakest) in cases {
+        // A client that lists the weakest suite of its version first.
+        let mut client_provider = (*provider).clone();
+        client_provider
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != weakest);
+        let server_first = provider
+            .cipher_suites
+            .iter()
+            .find(|s| s.version() == version && s.suite() != weakest)
+            .map(|s| s.suite());
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(client_provider))
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(f.ca.roots())
+            .with_no_client_auth();
+        let mut c = ClientConnection::new(Arc::new(cfg), name.clone()).unwrap();
+        let mut s = ServerConnection::new(srv.config()).unwrap();
+        handshake(&mut c, &mut s).unwrap();
+        let chosen = s.negotiated_cipher_suite().map(|s| s.suite());
+        assert_ne!(chosen, Some(weakest), "{version:?}: client order won");
+        assert_eq!(chosen, server_first, "{version:?}: server's first suite");
+    }
+}
