@@ -259,13 +259,24 @@ fn split_path<'a>(arg: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     Some((path, params.trim_start_matches(' ')))
 }
 
+/// The `SP`-separated `keyword[=value]` items of a parameter list (empty items skipped). Octet searches: a
+/// plain loop is faster than a SIMD search on these few octets, and ' ' and '=' never occur inside a multi-octet
+/// UTF-8 character, so every cut is on a character boundary.
 fn params(list: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
-    list.split(' ')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (p, None),
+    let mut rest = list;
+    std::iter::from_fn(move || {
+        rest = rest.trim_start_matches(' ');
+        if rest.is_empty() {
+            return None;
+        }
+        let end = rest.bytes().position(|c| c == b' ').unwrap_or(rest.len());
+        let (item, tail) = rest.split_at(end);
+        rest = tail;
+        Some(match item.bytes().position(|c| c == b'=') {
+            Some(k) => (&item[..k], Some(&item[k + 1..])),
+            None => (item, None),
         })
+    })
 }
 
 /// Case-insensitive match of `s` against one of `names` (upper-case ASCII); returns its index.

@@ -335,30 +335,21 @@ impl DataReceiver {
         // arithmetic: the line may have started in an earlier call, "before" `input[0]`.
         let mut bound = start.wrapping_sub(self.line_len);
         let mut pos = start;
-        let mut nul = 0u64;
-        // Bit 0: the octet before the block is a CR (none before `start`: `Mid` never follows an undecided CR).
-        let mut carry = 0u64;
+        let mut nul = false;
         while pos + BLOCK < limit {
-            let m = masks(&input[pos..pos + BLOCK]);
-            // RFC 5321 2.3.8: every LF must follow a CR and every CR precede an LF. Shifting the CR mask by one
-            // lines each CR up with the octet after it: the two masks must be equal. The last CR of the block is
-            // checked against the next block (through `carry`), or left out of the run below.
-            let bad_pair = ((m.cr << 1) | carry) != m.lf;
-            let has_lf = m.lf != 0;
-            // An LF of this block is in `input[pos..pos + BLOCK]`: the line it ends is at most
+            let (bad_pair, has_lf, has_nul) = classify(&input[pos..=pos + BLOCK]);
+            // An LF of this block is in `input[pos + 1..=pos + BLOCK]`: the line it ends is at most
             // `pos + BLOCK + 1 - bound` octets long, CRLF included. Kept free of branches: whether a block holds an
             // LF is unpredictable.
             let may_be_long = has_lf & ((pos + BLOCK + 1).wrapping_sub(bound) > max_line);
             if bad_pair | may_be_long {
                 break;
             }
-            nul |= m.nul;
-            carry = m.cr >> (BLOCK - 1);
+            nul |= has_nul;
             // The next line starts after an LF of this block.
             bound = if has_lf { pos + 1 } else { bound };
             pos += BLOCK;
         }
-        let nul = nul != 0;
         if pos == start {
             return (start, false);
         }
@@ -437,28 +428,22 @@ impl<'a, F: FnMut(&'a [u8])> Sink<'a> for Spans<F> {
     }
 }
 
-/// Bit masks of the CR, LF and NUL octets of one block: bit `j` stands for `block[j]`.
-#[derive(Debug, Clone, Copy)]
-struct Masks {
-    cr: u64,
-    lf: u64,
-    nul: u64,
-}
-
-/// Classify a `BLOCK`-octet block into bit masks. Written as a plain loop of compares and shifts, which LLVM turns
-/// into SSE2 `pcmpeqb` + `pmovmskb` (16 octets per instruction pair) without any `unsafe` intrinsics.
+/// Look at the `BLOCK` octet pairs `(w[j], w[j + 1])` of a `BLOCK + 1`-octet window: the first result says
+/// whether one of them is a CR not followed by LF or an LF not preceded by CR, the second whether one of
+/// `w[1..]` is an LF, the third whether one of `w[..BLOCK]` is a NUL. Written without branches so that it vectorises.
 #[inline(always)]
-fn masks(block: &[u8]) -> Masks {
-    let block: &[u8; BLOCK] = block
-        .try_into()
-        .expect("callers pass exactly BLOCK octets");
-    let (mut cr, mut lf, mut nul) = (0u64, 0u64, 0u64);
-    for (j, &b) in block.iter().enumerate() {
-        cr |= u64::from(b == CR) << j;
-        lf |= u64::from(b == LF) << j;
-        nul |= u64::from(b == 0) << j;
+fn classify(w: &[u8]) -> (bool, bool, bool) {
+    let (a, b) = (&w[..BLOCK], &w[1..=BLOCK]);
+    let mut bad = 0u8;
+    let mut lf = 0u8;
+    let mut nul = 0u8;
+    for (&x, &y) in a.iter().zip(b) {
+        let y_lf = u8::from(y == LF);
+        bad |= u8::from(x == CR) ^ y_lf;
+        lf |= y_lf;
+        nul |= u8::from(x == 0);
     }
-    Masks { cr, lf, nul }
+    (bad != 0, lf != 0, nul != 0)
 }
 
 /// Where the next "\n." pair of one `feed` input is: a line that may need unstuffing or be the end marker.
@@ -1060,6 +1045,41 @@ mod tests {
             prop_assert_eq!(sum.too_large, m_out.len() as u64 > lim.max_message_size);
             prop_assert_eq!((sum.bare_cr, sum.bare_lf, sum.nul, sum.line_too_long),
                 (m_sum.bare_cr, m_sum.bare_lf, m_sum.nul, m_sum.line_too_long));
+        }
+
+        /// The zero-copy receiver hands over exactly what `feed` appends, for any split, with the same steps.
+        #[test]
+        fn spans_equal_feed(
+            input in any_input(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+            lim in any_limits(),
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+            cuts.push(input.len());
+            cuts.sort_unstable();
+            let mut copy = DataReceiver::new(lim.clone());
+            let mut zero = DataReceiver::new(lim);
+            let (mut out, mut joined) = (Vec::new(), Vec::new());
+            let mut pos = 0;
+            for cut in cuts {
+                while pos < cut {
+                    let a = copy.feed(&input[pos..cut], &mut out);
+                    let b = zero.feed_spans(&input[pos..cut], |span| {
+                        assert!(!span.is_empty());
+                        joined.extend_from_slice(span);
+                    });
+                    prop_assert_eq!(a, b);
+                    prop_assert_eq!(&out, &joined);
+                    pos += a.consumed;
+                    if a.consumed == 0 {
+                        break;
+                    }
+                }
+                if copy.is_done() {
+                    break;
+                }
+            }
+            prop_assert_eq!(copy.summary(), zero.summary());
         }
 
         #[test]

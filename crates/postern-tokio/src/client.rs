@@ -143,6 +143,23 @@ pub struct DeliveryFailure {
     pub reply: Option<Reply>,
 }
 
+/// Keeps, across the addresses of one destination, the failure that tells the
+/// operator most: a TLS policy failure (it has an RFC 8460 result type) over a
+/// server's refusal, and either over an address that could not be reached. A
+/// later failure of equal weight replaces an earlier one.
+fn keep_most_telling(last: &mut Option<DeliveryResult>, next: DeliveryResult) {
+    fn weight(r: &DeliveryResult) -> u8 {
+        match &r.failure {
+            Some(f) if f.result_type.is_some() => 2,
+            Some(f) if f.reply.is_some() => 1,
+            _ => 0,
+        }
+    }
+    if last.as_ref().is_none_or(|l| weight(&next) >= weight(l)) {
+        *last = Some(next);
+    }
+}
+
 impl fmt::Display for DeliveryFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.status)?;
@@ -355,17 +372,20 @@ impl Client {
                     if permanent {
                         return r;
                     }
-                    last = Some(r);
+                    keep_most_telling(&mut last, r);
                 }
                 // Only a plaintext-only attempt follows a retry, and it never asks for another.
                 Outcome::Retry => {
                     let f = local_failure((4, 4, 2), "plaintext retry asked twice");
-                    last = Some(DeliveryResult::undelivered(
-                        envelope,
-                        DeliveryStatus::Deferred,
-                        f,
-                        Some(addr),
-                    ));
+                    keep_most_telling(
+                        &mut last,
+                        DeliveryResult::undelivered(
+                            envelope,
+                            DeliveryStatus::Deferred,
+                            f,
+                            Some(addr),
+                        ),
+                    );
                 }
             }
         }

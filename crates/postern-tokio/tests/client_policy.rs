@@ -396,6 +396,44 @@ async fn next_address_after_a_refused_connection() {
 }
 
 #[tokio::test]
+async fn the_policy_failure_outranks_an_unreachable_address() {
+    // A next hop without STARTTLS under `encrypt`, then a port with nothing
+    // listening: the recorded failure is the TLS policy's 4.7.4, not the
+    // refused connection that came last.
+    let mut config = cert_hop(&fixtures().good);
+    config.advertise_starttls = false;
+    let hop = start_hop(config).await;
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let destination = Destination::new(
+        vec![hop.addr, closed],
+        NextHop::parse("example.org").unwrap(),
+        Some(common::MX.parse().unwrap()),
+    );
+    let result = client(AfterStartTls::Discard)
+        .deliver(
+            &destination,
+            &envelope(),
+            MESSAGE,
+            &policy(ClientTlsMode::Encrypt),
+        )
+        .await;
+    assert!(result.is_deferred(), "{result:#?}");
+    let failure = result.failure.as_ref().expect("a failure");
+    assert_eq!(failure.status.to_string(), "4.7.4", "{result:#?}");
+    assert_eq!(
+        failure.result_type,
+        Some(ResultType::StarttlsNotSupported),
+        "{result:#?}"
+    );
+    assert_eq!(result.server, Some(hop.addr));
+    assert!(!hop.plaintext().contains("MAIL FROM"));
+}
+
+#[tokio::test]
 async fn silent_server_times_out() {
     // Accepts and never greets: the reply deadline defers the message with 4.4.2.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

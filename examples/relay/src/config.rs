@@ -217,6 +217,9 @@ pub struct Config {
     pub queue: QueueConfig,
     /// SMTP timeouts.
     pub timeouts: Timeouts,
+    /// MTA-STS policy fetching (RFC 8461), for destinations whose outbound
+    /// mode is `mta-sts` (or `dane` without usable TLSA records).
+    pub mta_sts: MtaStsConfig,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     /// Default `info`.
     pub log: String,
@@ -350,6 +353,28 @@ impl Default for Timeouts {
     }
 }
 
+/// MTA-STS policy fetching (`[mta_sts]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct MtaStsConfig {
+    /// Deadline for one policy fetch (connect, TLS, request, body); RFC 8461
+    /// §3.3 suggests one minute. Default `1m`.
+    pub fetch_timeout: Interval,
+    /// TCP port of the policy host. Always 443 in production (RFC 8461
+    /// §3.3); only tests change it. Default 443.
+    pub https_port: u16,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        Self {
+            fetch_timeout: mins(1),
+            https_port: 443,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -373,6 +398,7 @@ impl Default for Config {
             routes: BTreeMap::new(),
             queue: QueueConfig::default(),
             timeouts: Timeouts::default(),
+            mta_sts: MtaStsConfig::default(),
             log: "info".into(),
             tls: None,
         }
@@ -504,10 +530,14 @@ impl Config {
                 "certificates.reload_interval",
                 self.certificates.reload_interval,
             ),
+            ("mta_sts.fetch_timeout", self.mta_sts.fetch_timeout),
         ] {
             if v.0.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
             }
+        }
+        if self.mta_sts.https_port == 0 {
+            return Err(invalid("mta_sts.https_port", "must be more than 0"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", e.to_string()));

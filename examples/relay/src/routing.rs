@@ -180,6 +180,9 @@ pub trait Resolver {
         &self,
         host: &str,
     ) -> impl Future<Output = Result<Vec<IpAddr>, LookupError>> + Send;
+    /// The TXT records of `name`, each record's strings joined without
+    /// separators (RFC 8461 §3.1 and RFC 7208 §3.3 read them so).
+    fn txt(&self, name: &str) -> impl Future<Output = Result<Vec<String>, LookupError>> + Send;
 }
 
 /// [`Resolver`] backed by hickory-resolver with the system configuration
@@ -245,6 +248,104 @@ impl Resolver for HickoryResolver {
             .await
             .map_err(|e| lookup_error(&e))?;
         Ok(lookup.iter().collect())
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let lookup = self
+            .inner
+            .txt_lookup(fqdn(name))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => {
+                    let bytes: Vec<u8> = txt.txt_data.iter().flatten().copied().collect();
+                    Some(String::from_utf8_lossy(&bytes).into_owned())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// A [`Resolver`] answering from fixed tables, for tests and for sites
+/// without DNS. A name without an entry does not exist (NXDOMAIN); names are
+/// matched case-insensitively, without a trailing dot.
+#[derive(Debug, Clone, Default)]
+pub struct FixedResolver {
+    mx: HashMap<String, Vec<MxRecord>>,
+    addresses: HashMap<String, Vec<IpAddr>>,
+    txt: HashMap<String, Result<Vec<String>, LookupError>>,
+}
+
+impl FixedResolver {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an MX record for `domain`.
+    #[must_use]
+    pub fn with_mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
+        self.mx
+            .entry(normalize_domain(domain))
+            .or_default()
+            .push(MxRecord {
+                preference,
+                exchange: exchange.to_owned(),
+            });
+        self
+    }
+
+    /// Adds an address for `host`.
+    #[must_use]
+    pub fn with_address(mut self, host: &str, ip: IpAddr) -> Self {
+        self.addresses
+            .entry(normalize_domain(host))
+            .or_default()
+            .push(ip);
+        self
+    }
+
+    /// Sets the TXT answer of `name` (a list of records, or a lookup error).
+    #[must_use]
+    pub fn with_txt(mut self, name: &str, answer: Result<Vec<String>, LookupError>) -> Self {
+        self.txt.insert(normalize_domain(name), answer);
+        self
+    }
+
+    fn known(&self, name: &str) -> bool {
+        self.mx.contains_key(name) || self.addresses.contains_key(name) || self.txt.contains_key(name)
+    }
+
+    fn answer<T: Clone>(&self, map: &HashMap<String, Vec<T>>, name: &str) -> Result<Vec<T>, LookupError> {
+        let name = normalize_domain(name);
+        match map.get(&name) {
+            Some(v) => Ok(v.clone()),
+            None if self.known(&name) => Err(LookupError::NoRecords),
+            None => Err(LookupError::NoSuchDomain),
+        }
+    }
+}
+
+impl Resolver for FixedResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        self.answer(&self.mx, domain)
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        self.answer(&self.addresses, host)
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let key = normalize_domain(name);
+        match self.txt.get(&key) {
+            Some(answer) => answer.clone(),
+            None if self.known(&key) => Err(LookupError::NoRecords),
+            None => Err(LookupError::NoSuchDomain),
+        }
     }
 }
 
@@ -320,12 +421,24 @@ pub fn normalize_domain(domain: &str) -> String {
 pub struct Router<R> {
     routes: StaticRoutes,
     resolver: R,
+    mx_port: u16,
 }
 
 impl<R: Resolver> Router<R> {
     /// A router with these static routes and this resolver.
     pub fn new(routes: StaticRoutes, resolver: R) -> Self {
-        Self { routes, resolver }
+        Self {
+            routes,
+            resolver,
+            mx_port: SMTP_PORT,
+        }
+    }
+
+    /// Connects to MX hosts on `port` instead of 25 (for tests on loopback).
+    #[must_use]
+    pub fn with_mx_port(mut self, port: u16) -> Self {
+        self.mx_port = port;
+        self
     }
 
     /// The resolver (the delivery layer also looks up host addresses with it).
@@ -355,7 +468,7 @@ impl<R: Resolver> Router<R> {
             ));
         }
         match self.resolver.mx(&domain).await {
-            Ok(records) if !records.is_empty() => mx_route(domain, records, now),
+            Ok(records) if !records.is_empty() => mx_route(domain, records, self.mx_port, now),
             Ok(_) | Err(LookupError::NoRecords) => self.implicit_mx(domain, now).await,
             Err(LookupError::NoSuchDomain) => Err(Failure::new(
                 EnhancedCode::BAD_DESTINATION,
@@ -378,7 +491,7 @@ impl<R: Resolver> Router<R> {
             Ok(addrs) if !addrs.is_empty() => Ok(Route {
                 hosts: vec![NextHop {
                     host: domain.clone(),
-                    port: SMTP_PORT,
+                    port: self.mx_port,
                 }],
                 domain,
                 source: RouteSource::ImplicitMx,
@@ -397,7 +510,12 @@ impl<R: Resolver> Router<R> {
     }
 }
 
-fn mx_route(domain: String, mut records: Vec<MxRecord>, now: SystemTime) -> Result<Route, Failure> {
+fn mx_route(
+    domain: String,
+    mut records: Vec<MxRecord>,
+    port: u16,
+    now: SystemTime,
+) -> Result<Route, Failure> {
     let is_null = |r: &MxRecord| r.exchange.is_empty() || r.exchange == ".";
     // RFC 7505 §3: a null MX is a single MX RR with preference 0 and the
     // zero-length exchange; the domain accepts no mail. §4: such
@@ -421,7 +539,7 @@ fn mx_route(domain: String, mut records: Vec<MxRecord>, now: SystemTime) -> Resu
     for r in records {
         let hop = NextHop {
             host: normalize_domain(&r.exchange),
-            port: SMTP_PORT,
+            port,
         };
         if !hosts.contains(&hop) {
             hosts.push(hop);
@@ -485,6 +603,35 @@ mod tests {
                 .cloned()
                 .unwrap_or(Err(LookupError::NoSuchDomain))
         }
+        async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+            self.asked.lock().unwrap().push(format!("TXT {name}"));
+            Err(LookupError::NoSuchDomain)
+        }
+    }
+
+    #[tokio::test]
+    async fn fixed_resolver_answers_and_distinguishes_nodata_from_nxdomain() {
+        let dns = FixedResolver::new()
+            .with_mx("Example.TEST.", 10, "mx1.example.test")
+            .with_address("mx1.example.test", IpAddr::from([127, 0, 0, 1]))
+            .with_txt(
+                "_mta-sts.example.test",
+                Ok(vec!["v=STSv1; id=1;".to_owned()]),
+            );
+        assert_eq!(dns.mx("example.test").await.unwrap()[0].exchange, "mx1.example.test");
+        assert_eq!(
+            dns.txt("_MTA-STS.example.test.").await,
+            Ok(vec!["v=STSv1; id=1;".to_owned()])
+        );
+        assert_eq!(dns.txt("example.test").await, Err(LookupError::NoRecords));
+        assert_eq!(dns.addresses("example.test").await, Err(LookupError::NoRecords));
+        assert_eq!(dns.txt("other.test").await, Err(LookupError::NoSuchDomain));
+        let route = Router::new(StaticRoutes::new(), dns)
+            .with_mx_port(2525)
+            .route("example.test", now())
+            .await
+            .unwrap();
+        assert_eq!(hosts(&route), ["mx1.example.test:2525"]);
     }
 
     fn now() -> SystemTime {
