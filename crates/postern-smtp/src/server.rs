@@ -414,8 +414,13 @@ impl ServerSession {
 
     /// Accept the pending decision with the standard reply.
     pub fn accept(&mut self) -> Result<(), AnswerError> {
-        let Phase::Decision(pending) = std::mem::replace(&mut self.phase, Phase::Command) else {
-            return Err(AnswerError::NoDecisionPending);
+        let pending = match std::mem::replace(&mut self.phase, Phase::Command) {
+            Phase::Decision(pending) => pending,
+            other => {
+                // A misplaced call (during DATA, say) leaves the session exactly as it was.
+                self.phase = other;
+                return Err(AnswerError::NoDecisionPending);
+            }
         };
         match pending {
             Pending::Hello { extended } => {
@@ -1150,6 +1155,33 @@ mod tests {
             Some(ServerEvent::Closing(CloseReason::Application))
         );
         assert_eq!(s.poll_transmit().unwrap(), b"421 4.3.2 shutting down\r\n");
+    }
+
+    #[test]
+    fn misplaced_accept_during_data_changes_nothing() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        ehlo_reply(&mut s, now);
+        let _ = exchange(&mut s, now, b"MAIL FROM:<a@b.example>\r\n");
+        s.accept().unwrap();
+        let _ = exchange(&mut s, now, b"RCPT TO:<c@d.example>\r\n");
+        s.accept().unwrap();
+        let (_, out) = exchange(&mut s, now, b"DATA\r\n");
+        assert!(
+            out.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+            "{out}"
+        );
+        // Wrong moment: nothing is pending while the body arrives.
+        assert_eq!(s.accept(), Err(AnswerError::NoDecisionPending));
+        let (ev, out) = exchange(&mut s, now, b"RSET\r\nNOOP\r\n.\r\n");
+        assert_eq!(out, "", "body lines were answered as commands");
+        assert!(
+            ev.contains(&ServerEvent::MessageChunk(b"RSET\r\nNOOP\r\n".to_vec())),
+            "{ev:?}"
+        );
+        assert!(
+            matches!(ev.last(), Some(ServerEvent::MessageEnd { .. })),
+            "{ev:?}"
+        );
     }
 
     #[test]
