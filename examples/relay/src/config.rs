@@ -718,6 +718,8 @@ mod tests {
         assert_eq!(c.timeouts.client_reply.as_secs(), 300);
         assert_eq!(c.timeouts.client_data.as_secs(), 600);
         assert_eq!(c.certificates.default_rsa_bits, 4096);
+        assert_eq!(c.mta_sts.https_port, 443);
+        assert_eq!(c.mta_sts.fetch_timeout.0, Duration::from_secs(60));
         assert_eq!(c.bare_newlines, BareNewlines::Normalize);
         let policy = c.policy().unwrap();
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Offer);
@@ -792,6 +794,19 @@ mod tests {
             "domain example.net (override): verify"
         );
         assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn mta_sts_settings_are_validated() {
+        assert_eq!(error_key("[mta_sts]\nhttps_port = 0"), "mta_sts.https_port");
+        assert_eq!(
+            error_key("[mta_sts]\nfetch_timeout = \"0s\""),
+            "mta_sts.fetch_timeout"
+        );
+        let c =
+            Config::from_toml_str("[mta_sts]\nhttps_port = 8443\nfetch_timeout = \"20s\"").unwrap();
+        assert_eq!(c.mta_sts.https_port, 8443);
+        assert_eq!(c.mta_sts.fetch_timeout.0, Duration::from_secs(20));
     }
 
     fn error_key(text: &str) -> String {

@@ -12,13 +12,24 @@
 //! the policy decision that applied); failed recipients get a bounce (queued
 //! before it is recorded, so a crash duplicates rather than loses it); a
 //! finished message is removed from the spool.
+//!
+//! MTA-STS (RFC 8461): when a destination routed by MX has the outbound
+//! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), the
+//! worker asks the [`StsResolver`] for the policy of the destination domain
+//! and hands it to the connection policy, which refuses, under `enforce`,
+//! MX hosts outside the policy (they are not contacted) and certificates
+//! not valid for the MX name (4.7.5 deferral), and reports only under
+//! `testing`. A statically routed domain is the operator's choice of next
+//! hop and is not checked against MTA-STS (RFC 8461 §3.4 would make the
+//! smart host's own domain the Policy Domain). A failed policy fetch is
+//! recorded with its RFC 8460 result type on deferred recipients.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use postern_policy::{DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy};
+use postern_policy::{ClientTlsMode, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy};
 use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, ReversePath};
 use postern_tokio::client::{Client, ClientSettings, DeliveryResult, Destination};
 use tokio::sync::{Semaphore, watch};
@@ -26,9 +37,11 @@ use tokio::task::JoinSet;
 
 use crate::dsn::build_bounce;
 use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId};
+use crate::mta_sts::{StsLookup, StsResolver};
 use crate::queue::{Disposition, Outcome};
 use crate::routing::{
-    HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, RouteSource, Router,
+    FixedResolver, HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, RouteSource,
+    Router,
 };
 use crate::server::Shared;
 use crate::spool::SpoolError;
@@ -39,6 +52,8 @@ use crate::spool::SpoolError;
 pub enum SystemResolver {
     /// hickory-resolver with `/etc/resolv.conf`.
     Hickory(Box<HickoryResolver>),
+    /// Fixed tables (tests, sites without DNS).
+    Fixed(Box<FixedResolver>),
     /// No resolver could be built.
     Unavailable(String),
 }
@@ -60,6 +75,7 @@ impl Resolver for SystemResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
         match self {
             Self::Hickory(r) => r.mx(domain).await,
+            Self::Fixed(r) => r.mx(domain).await,
             Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
         }
     }
@@ -67,6 +83,15 @@ impl Resolver for SystemResolver {
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
         match self {
             Self::Hickory(r) => r.addresses(host).await,
+            Self::Fixed(r) => r.addresses(host).await,
+            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        match self {
+            Self::Hickory(r) => r.txt(name).await,
+            Self::Fixed(r) => r.txt(name).await,
             Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
         }
     }
@@ -79,6 +104,7 @@ pub struct Delivery {
     router: Router<SystemResolver>,
     client: Client,
     outbound: OutboundPolicy,
+    mta_sts: StsResolver,
 }
 
 /// Our enhanced code for another crate's status (same text form), or
@@ -93,12 +119,14 @@ fn transient(subject: u16, detail: u16) -> EnhancedCode {
 }
 
 impl Delivery {
-    /// Delivery over the shared state, with this outbound policy and client.
+    /// Delivery over the shared state, with this outbound policy, client
+    /// TLS context and MTA-STS resolver.
     pub fn new(
         shared: Arc<Shared>,
         router: Router<SystemResolver>,
         outbound: OutboundPolicy,
         tls: Arc<postern_certs::ClientTlsContext>,
+        mta_sts: StsResolver,
     ) -> Self {
         let config = &shared.config;
         let mut settings = ClientSettings::new(config.hostname.clone());
@@ -112,7 +140,22 @@ impl Delivery {
             router,
             client,
             outbound,
+            mta_sts,
         }
+    }
+
+    /// The MTA-STS policy for `route`, when its outbound mode consults
+    /// MTA-STS and it was routed by MX (see the module documentation).
+    async fn sts_policy(&self, next_hop: &PolicyHop, route: &Route) -> Option<StsLookup> {
+        if matches!(route.source, RouteSource::Static(_)) {
+            return None;
+        }
+        let mode = self.outbound.connection(next_hop, None).settings().tls;
+        if !matches!(mode, ClientTlsMode::MtaSts | ClientTlsMode::Dane) {
+            return None;
+        }
+        let domain = next_hop.domain()?;
+        Some(self.mta_sts.lookup(self.router.resolver(), domain).await)
     }
 
     /// Runs the scheduler until `shutdown` turns true; then lets running
@@ -402,6 +445,7 @@ impl Delivery {
             MessageTls::Default
         };
         let secure_mx = matches!(route.source, RouteSource::Static(_));
+        let sts = self.sts_policy(&next_hop, route).await;
         let mut last: Option<Vec<(usize, Outcome)>> = None;
         for host in &route.hosts {
             let (addresses, mx_host) = match self.addresses(host).await {
@@ -418,12 +462,16 @@ impl Delivery {
                 .outbound
                 .connection(&next_hop, mx_host.as_ref())
                 .with_message(message)
-                .with_secure_mx(secure_mx);
+                .with_secure_mx(secure_mx)
+                .with_mta_sts(sts.as_ref().and_then(|s| s.policy.clone()));
             let result = self
                 .client
                 .deliver_with(&destination, &policy, &smtp_envelope, content)
                 .await;
-            let outcomes = outcomes(&result, indices, host);
+            let mut outcomes = outcomes(&result, indices, host);
+            if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {
+                note_sts_problem(&mut outcomes, *result_type, reason);
+            }
             for (i, o) in &outcomes {
                 log_outcome(envelope, *i, o, host, &result);
             }
@@ -586,6 +634,23 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
         .collect()
 }
 
+/// Records a failed MTA-STS policy fetch (RFC 8460 result type) on the
+/// recipients that were not delivered and carry no TLS result of their own.
+fn note_sts_problem(
+    outcomes: &mut [(usize, Outcome)],
+    result_type: postern_policy::ResultType,
+    reason: &str,
+) {
+    for (_, outcome) in outcomes {
+        if let Outcome::Deferred(f) | Outcome::Failed(f) = outcome
+            && f.result_type.is_none()
+        {
+            f.result_type = Some(result_type.to_string());
+            f.policy_rule = Some(format!("mta-sts: {reason}"));
+        }
+    }
+}
+
 /// Postfix-style delivery log line.
 fn log_outcome(
     envelope: &Envelope,
@@ -616,5 +681,45 @@ fn log_outcome(
             "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=deferred ({})", delay.as_secs_f64(), f.reply),
         Outcome::Failed(f) => tracing::info!(queue_id = %envelope.id,
             "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=bounced ({})", delay.as_secs_f64(), f.reply),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_policy::ResultType;
+
+    #[test]
+    fn sts_problem_is_recorded_only_where_no_tls_result_type_is() {
+        let now = SystemTime::now();
+        let plain = Failure::new(transient(4, 2), "451 4.4.2 connection lost", now);
+        let mut tls = Failure::new(transient(7, 5), "451 4.7.5 certificate", now);
+        tls.result_type = Some("certificate-not-trusted".to_owned());
+        let mut outcomes = vec![
+            (0, Outcome::Deferred(plain)),
+            (1, Outcome::Deferred(tls)),
+            (2, Outcome::Delivered),
+        ];
+        note_sts_problem(
+            &mut outcomes,
+            ResultType::StsPolicyFetchError,
+            "http status 500",
+        );
+        let Outcome::Deferred(first) = &outcomes[0].1 else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(first.result_type.as_deref(), Some("sts-policy-fetch-error"));
+        assert_eq!(
+            first.policy_rule.as_deref(),
+            Some("mta-sts: http status 500")
+        );
+        let Outcome::Deferred(second) = &outcomes[1].1 else {
+            panic!("{outcomes:?}")
+        };
+        assert_eq!(
+            second.result_type.as_deref(),
+            Some("certificate-not-trusted")
+        );
+        assert_eq!(outcomes[2].1, Outcome::Delivered);
     }
 }

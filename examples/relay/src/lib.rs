@@ -25,6 +25,7 @@
 //!   [`Incoming::commit`](spool::Incoming::commit) returned.
 //! - [`queue`]: retry scheduling, per-recipient outcomes, expiry.
 //! - [`routing`]: static routes and MX lookup.
+//! - [`mta_sts`]: MTA-STS policy discovery (TXT, HTTPS fetch, persisted cache).
 //! - [`dsn`]: bounces (RFC 3464 delivery status notifications).
 //! - [`envelope`]: the data model the others share.
 //!
@@ -80,6 +81,7 @@ pub mod config;
 pub mod delivery;
 pub mod dsn;
 pub mod envelope;
+pub mod mta_sts;
 pub mod probe;
 pub mod queue;
 pub mod relay;

@@ -39,8 +39,9 @@ use tokio::task::JoinSet;
 
 use crate::config::{BareNewlines, Config};
 use crate::delivery::{Delivery, SystemResolver};
+use crate::mta_sts::StsResolver;
 use crate::queue::Queue;
-use crate::routing::Router;
+use crate::routing::{Router, SMTP_PORT};
 use crate::server::{RelayHandler, Shared};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{TlsSetup, TlsSetupError};
@@ -52,6 +53,9 @@ pub enum StartError {
     /// The configuration, the certificates or the trust anchors.
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The MTA-STS HTTPS client could not be configured.
+    #[error("mta-sts client: {0}")]
+    MtaSts(#[from] rustls::Error),
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -88,6 +92,16 @@ pub struct Relay {
 impl Relay {
     /// Starts the relay; returns once it listens.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with_resolver(config, SystemResolver::from_system(), SMTP_PORT).await
+    }
+
+    /// Starts the relay with this DNS resolver, connecting to MX hosts on
+    /// `mx_port` (25 but in tests); returns once it listens.
+    pub async fn start_with_resolver(
+        config: Config,
+        resolver: SystemResolver,
+        mx_port: u16,
+    ) -> Result<Self, StartError> {
         std::fs::create_dir_all(&config.state_dir).map_err(|source| StartError::StateDir {
             path: config.state_dir.clone(),
             source,
@@ -177,12 +191,19 @@ impl Relay {
                     .await;
             });
         }
-        let router = Router::new(routes, SystemResolver::from_system());
+        let router = Router::new(routes, resolver).with_mx_port(mx_port);
+        let mta_sts = StsResolver::new(
+            crate::tls::outbound_roots(&config)?,
+            config.mta_sts.https_port,
+            config.mta_sts.fetch_timeout.0,
+            config.state_dir.join("mta-sts"),
+        )?;
         let delivery = Arc::new(Delivery::new(
             Arc::clone(&shared),
             router,
             tls.policy.outbound.clone(),
             Arc::clone(&tls.client),
+            mta_sts,
         ));
         tasks.spawn(delivery.run(rx.clone()));
         let reload = Arc::new(Notify::new());

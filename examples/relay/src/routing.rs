@@ -317,10 +317,16 @@ impl FixedResolver {
     }
 
     fn known(&self, name: &str) -> bool {
-        self.mx.contains_key(name) || self.addresses.contains_key(name) || self.txt.contains_key(name)
+        self.mx.contains_key(name)
+            || self.addresses.contains_key(name)
+            || self.txt.contains_key(name)
     }
 
-    fn answer<T: Clone>(&self, map: &HashMap<String, Vec<T>>, name: &str) -> Result<Vec<T>, LookupError> {
+    fn answer<T: Clone>(
+        &self,
+        map: &HashMap<String, Vec<T>>,
+        name: &str,
+    ) -> Result<Vec<T>, LookupError> {
         let name = normalize_domain(name);
         match map.get(&name) {
             Some(v) => Ok(v.clone()),
@@ -618,13 +624,19 @@ mod tests {
                 "_mta-sts.example.test",
                 Ok(vec!["v=STSv1; id=1;".to_owned()]),
             );
-        assert_eq!(dns.mx("example.test").await.unwrap()[0].exchange, "mx1.example.test");
+        assert_eq!(
+            dns.mx("example.test").await.unwrap()[0].exchange,
+            "mx1.example.test"
+        );
         assert_eq!(
             dns.txt("_MTA-STS.example.test.").await,
             Ok(vec!["v=STSv1; id=1;".to_owned()])
         );
         assert_eq!(dns.txt("example.test").await, Err(LookupError::NoRecords));
-        assert_eq!(dns.addresses("example.test").await, Err(LookupError::NoRecords));
+        assert_eq!(
+            dns.addresses("example.test").await,
+            Err(LookupError::NoRecords)
+        );
         assert_eq!(dns.txt("other.test").await, Err(LookupError::NoSuchDomain));
         let route = Router::new(StaticRoutes::new(), dns)
             .with_mx_port(2525)

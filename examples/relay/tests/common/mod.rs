@@ -556,6 +556,11 @@ impl postern_tokio::server::SessionHandler for RecorderSession {
 
 /// Starts a next hop on postern-tokio's server: STARTTLS offered with `cert`, or not offered at all (`None`).
 pub async fn start_postern_hop(cert: Option<&Pem>) -> NextHop {
+    start_postern_hop_at(cert, "127.0.0.1:0").await
+}
+
+/// [`start_postern_hop`] listening on `bind`.
+pub async fn start_postern_hop_at(cert: Option<&Pem>, bind: &str) -> NextHop {
     use postern_certs::{
         CertKey, CertResolver, ServedCertificates, ServerTlsContext, ServerTlsSpec,
     };
@@ -583,7 +588,7 @@ pub async fn start_postern_hop(cert: Option<&Pem>) -> NextHop {
     let settings = postern_tokio::server::ServerSettings::new("hop.test", policy, tls);
     let log = Arc::new(Mutex::new(HopLog::default()));
     let server = postern_tokio::server::Server::new(settings, Recorder(Arc::clone(&log))).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { server.serve(listener, std::future::pending()).await });
     NextHop { addr, log }

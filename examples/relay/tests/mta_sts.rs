@@ -1,0 +1,340 @@
+//! MTA-STS (RFC 8461) end to end, on loopback: a policy host over HTTPS
+//! (certificate from the test CA, which the relay trusts through
+//! `certificates.ca_bundle`), DNS from a fixed table (MX, TXT, addresses:
+//! every `mta-sts.<domain>` is 127.0.0.1, each MX host its own 127.0.0.x),
+//! and next hops on the MX port. Every destination is a per-domain
+//! `tls = "mta-sts"` override of one relay.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{
+    NextHop, Pem, Submit, ca, message, rustls_server, self_signed, start_postern_hop_at, transport,
+    wait_for,
+};
+use lettre::AsyncTransport;
+use postern_policy::mta_sts::CachedPolicy;
+use postern_policy::{StsCache, StsPolicy};
+use postern_relay::config::Config;
+use postern_relay::delivery::SystemResolver;
+use postern_relay::envelope::RecipientState;
+use postern_relay::relay::Relay;
+use postern_relay::routing::FixedResolver;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// What the policy host answers for one `mta-sts.<domain>`.
+#[derive(Clone)]
+enum Serve {
+    Policy(&'static str),
+    Status(&'static str),
+    Redirect(&'static str),
+}
+
+/// Requests seen by the policy host, per Host header.
+type Requests = Arc<Mutex<HashMap<String, usize>>>;
+
+/// An HTTPS policy host on 127.0.0.1 answering by Host header (each
+/// connection serves one request and closes).
+async fn start_policy_host(pem: &Pem, serve: HashMap<String, Serve>) -> (u16, Requests) {
+    let acceptor = TlsAcceptor::from(rustls_server(pem));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests: Requests = Arc::default();
+    let seen = Arc::clone(&requests);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let serve = serve.clone();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(
+                    head.starts_with("get /.well-known/mta-sts.txt http/1.1\r\n"),
+                    "{head}"
+                );
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                *seen.lock().unwrap().entry(host.clone()).or_default() += 1;
+                let response = match serve.get(&host) {
+                    Some(Serve::Policy(body)) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    Some(Serve::Status(status)) => {
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n")
+                    }
+                    Some(Serve::Redirect(to)) => format!(
+                        "HTTP/1.1 301 Moved Permanently\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+                    ),
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, requests)
+}
+
+fn enforce(mx: &str) -> String {
+    format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n")
+}
+
+const LEAKED_ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: nowhere.test\nmax_age: 86400\n";
+
+fn count(requests: &Requests, host: &str) -> usize {
+    requests.lock().unwrap().get(host).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mta_sts_policies_are_fetched_cached_and_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+
+    // (domain, policy host behaviour, MX certificate); the MX is mx.<domain>.
+    let good_policy: &'static str = Box::leak(enforce("mx.good.test").into_boxed_str());
+    let bad_policy: &'static str = Box::leak(enforce("*.badcert.test").into_boxed_str());
+    let testing_policy = "version: STSv1\nmode: testing\nmx: mx.testing.test\nmax_age: 86400\n";
+    let cases: Vec<(&str, Option<Serve>, bool)> = vec![
+        ("good.test", Some(Serve::Policy(good_policy)), true),
+        ("badcert.test", Some(Serve::Policy(bad_policy)), false),
+        ("notlisted.test", Some(Serve::Policy(LEAKED_ENFORCE)), true),
+        ("testing.test", Some(Serve::Policy(testing_policy)), false),
+        (
+            "fetchfail.test",
+            Some(Serve::Status("500 Internal Server Error")),
+            false,
+        ),
+        (
+            "cached.test",
+            Some(Serve::Status("503 Service Unavailable")),
+            true,
+        ),
+        (
+            "redirect.test",
+            Some(Serve::Redirect(
+                "https://mta-sts.target.test/.well-known/mta-sts.txt",
+            )),
+            false,
+        ),
+        ("notxt.test", None, false),
+    ];
+    let mut serve = HashMap::new();
+    serve.insert(
+        "mta-sts.target.test".to_owned(),
+        Serve::Policy(LEAKED_ENFORCE),
+    );
+    let mut names = vec!["mta-sts.target.test".to_owned()];
+    for (d, s, _) in &cases {
+        names.push(format!("mta-sts.{d}"));
+        if let Some(s) = s {
+            serve.insert(format!("mta-sts.{d}"), s.clone());
+        }
+    }
+    let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (https_port, requests) =
+        start_policy_host(&ca().leaf(&names_ref, false, -1, 90), serve).await;
+
+    // Next hops: mx.<domain> on 127.0.0.<n>, all on one port.
+    let probe = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let mx_port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut dns =
+        FixedResolver::new().with_address("mta-sts.target.test", IpAddr::from([127, 0, 0, 1]));
+    let mut hops: HashMap<&str, NextHop> = HashMap::new();
+    for (n, (d, s, ca_signed)) in cases.iter().enumerate() {
+        let mx = format!("mx.{d}");
+        let ip = IpAddr::from([127, 0, 0, u8::try_from(n + 2).unwrap()]);
+        let cert = if *ca_signed {
+            ca().leaf(&[&mx], false, -1, 90)
+        } else {
+            self_signed(&[&mx], false)
+        };
+        hops.insert(
+            d,
+            start_postern_hop_at(Some(&cert), &format!("{ip}:{mx_port}")).await,
+        );
+        dns = dns
+            .with_mx(d, 10, &mx)
+            .with_address(&mx, ip)
+            .with_address(&format!("mta-sts.{d}"), IpAddr::from([127, 0, 0, 1]));
+        if s.is_some() {
+            // An unrelated TXT record next to the STS one is ignored (§3.1).
+            let id = if *d == "cached.test" { "new2" } else { "id1" };
+            dns = dns.with_txt(
+                &format!("_mta-sts.{d}"),
+                Ok(vec![format!("v=STSv1; id={id};"), "v=spf1 -all".to_owned()]),
+            );
+        } else {
+            dns = dns.with_txt(
+                &format!("_mta-sts.{d}"),
+                Err(postern_relay::routing::LookupError::NoSuchDomain),
+            );
+        }
+    }
+
+    // cached.test: a policy fetched before a restart (id "old") whose MX list
+    // excludes the real MX; its refresh under the new id fails.
+    let now = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let mut cache = StsCache::new();
+    cache.cached = Some(CachedPolicy {
+        id: "old".into(),
+        policy: StsPolicy::parse(LEAKED_ENFORCE).unwrap(),
+        fetched_at: now - 60,
+    });
+    std::fs::create_dir_all(state.join("mta-sts")).unwrap();
+    std::fs::write(
+        state.join("mta-sts/cached.test.json"),
+        serde_json::to_vec(&cache).unwrap(),
+    )
+    .unwrap();
+
+    let mut toml = format!(
+        "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n\
+         delivery_workers = 4\n[queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\nscan_interval = \"1s\"\n\
+         [timeouts]\nconnect = \"5s\"\nclient_reply = \"10s\"\ntls_handshake = \"5s\"\n\
+         [mta_sts]\nfetch_timeout = \"10s\"\nhttps_port = {https_port}\n\
+         [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n\
+         [tls.outbound]\ntls = \"opportunistic\"\n",
+        state.display(),
+        dir.path().join("ca.pem").display()
+    );
+    for (d, _, _) in &cases {
+        toml.push_str(&format!(
+            "[tls.outbound.domains.\"{d}\"]\ntls = \"mta-sts\"\n"
+        ));
+    }
+    let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+        .await
+        .unwrap();
+    let addr = relay.local_addrs()[0];
+    for (d, _, _) in &cases {
+        transport(addr, Submit::Plain)
+            .send(message(&format!("user@{d}"), d))
+            .await
+            .unwrap();
+    }
+    let deferred = ["badcert.test", "notlisted.test", "cached.test"];
+    let scan = wait_for(dir.path(), Duration::from_secs(60), "first attempts", |s| {
+        s.messages.len() == deferred.len() && s.messages.iter().all(|m| m.envelope.attempts >= 1)
+    })
+    .await;
+
+    for m in &scan.messages {
+        let r = &m.envelope.recipients[0];
+        let d = r.address.rsplit_once('@').unwrap().1;
+        assert!(
+            deferred.contains(&d),
+            "{d} should have been delivered: {r:?}"
+        );
+        assert_eq!(r.state, RecipientState::Deferred, "{d}");
+        let f = r.last_failure.as_ref().unwrap();
+        let code = f.code.to_string();
+        let log = hops[d].log.lock().unwrap();
+        assert_eq!(log.plaintext_mail, 0, "{d}: MAIL in plaintext");
+        assert!(log.delivered.is_empty(), "{d}");
+        match d {
+            // §5 enforce: the certificate must be valid for the MX name.
+            "badcert.test" => {
+                assert_eq!(code, "4.7.5", "{d}: {f:?}");
+                assert!(f.result_type.is_some(), "{d}: {f:?}");
+                assert_eq!(log.connections, 1, "{d}");
+                assert!(f.reply.contains("4.7.5"), "{d}: {f:?}");
+            }
+            // §4.1 / §5: an MX outside the policy is not contacted; the
+            // cached policy (§3.3) applies while the refresh fails.
+            "notlisted.test" | "cached.test" => {
+                assert!(code.starts_with("4.7."), "{d}: {f:?}");
+                assert_eq!(f.result_type.as_deref(), Some("validation-failure"), "{d}");
+                assert_eq!(log.connections, 0, "{d}: MX outside the policy contacted");
+            }
+            _ => unreachable!(),
+        }
+    }
+    for d in [
+        "good.test",
+        "testing.test",
+        "fetchfail.test",
+        "redirect.test",
+        "notxt.test",
+    ] {
+        let delivered = hops[d].delivered_to(&format!("user@{d}"));
+        assert_eq!(delivered.len(), 1, "{d}");
+        assert!(delivered[0].tls, "{d}: delivered without TLS");
+    }
+    // The redirect was not followed; the failed refresh of cached.test was
+    // attempted once and persisted with its failure.
+    assert_eq!(count(&requests, "mta-sts.redirect.test"), 1);
+    assert_eq!(count(&requests, "mta-sts.target.test"), 0, "3xx followed");
+    assert_eq!(count(&requests, "mta-sts.cached.test"), 1);
+    assert_eq!(count(&requests, "mta-sts.notxt.test"), 0);
+    let persisted: StsCache =
+        serde_json::from_slice(&std::fs::read(state.join("mta-sts/cached.test.json")).unwrap())
+            .unwrap();
+    assert_eq!(persisted.cached.as_ref().unwrap().id, "old");
+    assert_eq!(persisted.failed_fetch.as_ref().unwrap().0, "new2");
+    let good: StsCache =
+        serde_json::from_slice(&std::fs::read(state.join("mta-sts/good.test.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        good.cached.unwrap().policy,
+        StsPolicy::parse(good_policy).unwrap()
+    );
+
+    // Same id: the cached policy is used, no second request. A failed id is
+    // not fetched again within five minutes.
+    for d in ["good.test", "fetchfail.test"] {
+        transport(addr, Submit::Plain)
+            .send(message(&format!("second@{d}"), d))
+            .await
+            .unwrap();
+    }
+    wait_for(
+        dir.path(),
+        Duration::from_secs(60),
+        "second messages",
+        |s| s.messages.len() == deferred.len(),
+    )
+    .await;
+    for d in ["good.test", "fetchfail.test"] {
+        assert_eq!(hops[d].delivered_to(&format!("second@{d}")).len(), 1, "{d}");
+        assert_eq!(
+            count(&requests, &format!("mta-sts.{d}")),
+            1,
+            "{d} refetched"
+        );
+    }
+    relay.shutdown().await;
+}
