@@ -37,7 +37,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use postern_policy::config::ConfigError as PolicyError;
-use postern_policy::{ClientCertMode, Policy, PolicyConfig};
+use postern_policy::{ClientCertMode, ClientTlsMode, Policy, PolicyConfig};
 
 use crate::access::AccessPolicy;
 use crate::dsn::BounceSettings;
@@ -84,6 +84,36 @@ impl ConfigError {
             Self::Parse { key, .. } | Self::Invalid { key, .. } => Some(key),
         }
     }
+}
+
+/// The relay performs no DNSSEC-validated TLSA lookups yet, so a `dane` or
+/// `dane-only` destination could only ever see "lookup failed" and would be
+/// deferred forever (RFC 7672: a failed lookup is never "no DANE"). Refuse such
+/// a configuration up front instead of queueing mail that cannot leave.
+fn refuse_dane(policy: &Policy) -> Result<(), ConfigError> {
+    let outbound = &policy.outbound;
+    let overrides = outbound
+        .overrides
+        .iter()
+        .map(|(key, p)| (format!("tls.outbound.domains.\"{key}\".tls"), p));
+    for (key, destination) in
+        std::iter::once(("tls.outbound.tls".to_owned(), &outbound.default)).chain(overrides)
+    {
+        if matches!(
+            destination.tls,
+            ClientTlsMode::Dane | ClientTlsMode::DaneOnly
+        ) {
+            return Err(invalid(
+                key,
+                format!(
+                    "\"{}\" needs DNSSEC-validated TLSA lookups, which this relay does not \
+                     perform yet; use \"verify\", \"secure\", \"fingerprint\" or \"mta-sts\"",
+                    destination.tls
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -589,7 +619,7 @@ impl Config {
             return Ok(Policy::default());
         };
         let text = toml::to_string(table).map_err(|e| invalid("tls", e.to_string()))?;
-        PolicyConfig::from_toml_str(&text).map_err(|e| match e {
+        let policy = PolicyConfig::from_toml_str(&text).map_err(|e| match e {
             PolicyError::Invalid { key, problem } | PolicyError::Contradiction { key, problem } => {
                 invalid(format!("tls.{key}"), problem)
             }
@@ -597,7 +627,9 @@ impl Config {
                 invalid(format!("tls.{key}"), format!("duplicate of {other}"))
             }
             other => invalid("tls", other.to_string()),
-        })
+        })?;
+        refuse_dane(&policy)?;
+        Ok(policy)
     }
 
     /// The certificate directory inside the state directory.
@@ -794,6 +826,25 @@ mod tests {
             "domain example.net (override): verify"
         );
         assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn dane_modes_are_refused_until_tlsa_lookups_exist() {
+        for (text, key) in [
+            ("[tls.outbound]\ntls = \"dane\"", "tls.outbound.tls"),
+            (
+                "[tls.outbound.domains.\"example.org\"]\ntls = \"dane-only\"",
+                "tls.outbound.domains.\"example.org\".tls",
+            ),
+        ] {
+            let e = Config::from_toml_str(text)
+                .and_then(|c| c.policy())
+                .unwrap_err();
+            assert_eq!(e.key(), Some(key), "{e}");
+            assert!(e.to_string().contains("TLSA"), "{e}");
+        }
+        let ok = Config::from_toml_str("[tls.outbound]\ntls = \"mta-sts\"").unwrap();
+        assert!(ok.policy().is_ok());
     }
 
     #[test]
