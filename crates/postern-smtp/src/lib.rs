@@ -25,6 +25,11 @@
 //! after TLS (RFC 3207 4.2); pipelining synchronization errors close the session; deadlines cover whole phases.
 //! See `docs/architecture.md` in the repository for the full picture.
 //!
+//! The codecs can also be used on their own, without allocating on the hot path: [`CommandRef::parse`] returns
+//! a validated command whose strings borrow from the line ([`Command::parse`] is the same parser plus one copy
+//! into owned types), and [`DataReceiver::feed_spans`] hands DATA content over as spans of the input instead of
+//! copying it ([`DataReceiver::feed`] appends the same octets to a buffer).
+//!
 //! # Example: a server session fed a scripted transaction
 //!
 //! ```
