@@ -757,7 +757,7 @@ mod tests {
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Offer);
         assert_eq!(
             policy.outbound.default.tls,
-            postern_policy::ClientTlsMode::Opportunistic
+            ClientTlsMode::Opportunistic
         );
         assert!(!c.hostname.is_empty());
         assert!(c.tls.is_none());
