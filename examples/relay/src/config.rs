@@ -755,10 +755,7 @@ mod tests {
         assert_eq!(c.bare_newlines, BareNewlines::Normalize);
         let policy = c.policy().unwrap();
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Offer);
-        assert_eq!(
-            policy.outbound.default.tls,
-            ClientTlsMode::Opportunistic
-        );
+        assert_eq!(policy.outbound.default.tls, ClientTlsMode::Opportunistic);
         assert!(!c.hostname.is_empty());
         assert!(c.tls.is_none());
         // An empty file is the same as no file.
