@@ -349,8 +349,16 @@ impl Delivery {
                 return;
             }
         };
+        // A message delivered to every recipient with nothing to bounce is
+        // removed at once: recording its final state first would cost a
+        // file, a rename and two fsyncs per message for nothing (a crash
+        // before the removal then delivers it again: a duplicate, never a
+        // loss, as with any crash between the next hop's `250` and the
+        // update). Anything that stays queued or must be bounced is
+        // persisted first.
+        let finished = report.bounce.is_empty() && report.disposition == Disposition::Complete;
         let persisted = updated.clone();
-        if let Err(e) = self.blocking(move |s| s.update(&persisted)).await {
+        if !finished && let Err(e) = self.blocking(move |s| s.update(&persisted)).await {
             tracing::error!(queue_id = %id, error = %e, "cannot persist the delivery state");
         }
         if !report.bounce.is_empty() {
