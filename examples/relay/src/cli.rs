@@ -315,7 +315,13 @@ pub fn queue_text(scan: &Scan) -> String {
 }
 
 fn failure_text(f: &Failure) -> String {
-    let mut s = format!("{} {}", f.code, f.reply);
+    let code = f.code.to_string();
+    // A locally composed reply may already open with the code ("4.4.1: connect to …").
+    let mut s = if f.reply.starts_with(&code) {
+        f.reply.clone()
+    } else {
+        format!("{code} {}", f.reply)
+    };
     if let Some(remote) = &f.remote_mta {
         s.push_str(&format!(" (from {remote})"));
     }
@@ -375,6 +381,15 @@ mod tests {
         env.last_failure = Some(f);
         spool.update(&env).unwrap();
         Spool::scan(dir.path()).unwrap()
+    }
+
+    #[test]
+    fn failure_text_does_not_repeat_the_code() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let local = Failure::new("4.4.1".parse().unwrap(), "4.4.1: connect refused", at);
+        assert_eq!(failure_text(&local), "4.4.1: connect refused");
+        let remote = Failure::new("5.1.1".parse().unwrap(), "550 5.1.1 no such user", at);
+        assert_eq!(failure_text(&remote), "5.1.1 550 5.1.1 no such user");
     }
 
     #[test]
