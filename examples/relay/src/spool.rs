@@ -3,30 +3,40 @@
 //! # Layout
 //!
 //! ```text
-//! <spool>/queue/<id>/content.eml     the message as received (CRLF lines)
-//! <spool>/queue/<id>/envelope.json   the [`Envelope`]: sender, recipients, state
-//! <spool>/tmp/                       messages being received, removals in progress
-//! <spool>/corrupt/                   entries recovery could not read, moved aside
-//! <spool>/flush                      present when `queue flush` asked for a retry
+//! <spool>/queue/<id>.msg   one queued message: a header line, its envelope as
+//!                          received (JSON), then the content (CRLF lines)
+//! <spool>/queue/<id>.env   the envelope as last updated (delivery state), once
+//!                          a delivery attempt left something to remember
+//! <spool>/tmp/             messages being received, updates being written
+//! <spool>/corrupt/         entries recovery could not read, moved aside
+//! <spool>/flush            present when `queue flush` asked for a retry
 //! ```
+//!
+//! One message is one file: receiving it creates one inode and costs two
+//! fsyncs, and a message delivered at the first attempt is never rewritten.
+//! The header line is `postern-queue 1 <n>`, where `n` is the length in bytes
+//! of the envelope JSON that follows it (itself followed by a line feed);
+//! the content starts right after.
 //!
 //! # Durability (a crash never loses an acknowledged message)
 //!
-//! A message is received into `tmp/<id>/` ([`Spool::begin`], then
-//! [`Incoming::write_chunk`] for each piece of content). [`Incoming::commit`]
-//! fsyncs the content and the envelope, fsyncs the message directory, renames
-//! it to `queue/<id>` in one atomic step and fsyncs `queue/`. Only when
+//! A message is received into `tmp/<id>.msg` ([`Spool::begin`], which writes
+//! the header and envelope, then [`Incoming::write_chunk`] for each piece of
+//! content). [`Incoming::commit`] fsyncs the file, renames it to
+//! `queue/<id>.msg` in one atomic step and fsyncs `queue/`. Only when
 //! `commit` returns `Ok` may the SMTP layer answer `250` (RFC 5321 §6.1: the
 //! server takes responsibility for the message when it acknowledges it).
 //! A crash before the rename leaves only a `tmp/` entry, which the next
 //! [`Spool::open`] deletes (that message was never acknowledged); a crash
 //! after it leaves a complete queue entry.
 //!
-//! Envelope updates ([`Spool::update`]) write `envelope.json.tmp`, fsync it,
-//! rename it over `envelope.json` and fsync the directory, so a reader sees
-//! either the old or the new envelope. Removal ([`Spool::remove`]) first
-//! renames the entry out of `queue/`, so a half-deleted entry is never taken
-//! for a message.
+//! Envelope updates ([`Spool::update`]) write `tmp/<id>.env`, fsync it,
+//! rename it over `queue/<id>.env` and fsync `queue/`, so a reader sees
+//! either the old or the new envelope. Removal ([`Spool::remove`]) unlinks
+//! the message file first, then its envelope file: a crash in between leaves
+//! an envelope file without a message, which the next [`Spool::open`]
+//! deletes. Removal is not fsynced: a crash right after it can bring the
+//! message back, and it is then delivered again (a duplicate, never a loss).
 //!
 //! All calls are blocking file I/O; an async caller runs them with
 //! `tokio::task::spawn_blocking` (commit and update fsync). Memory use is
@@ -34,9 +44,14 @@
 //!
 //! A spool is meant to be used by one relay process at a time;
 //! [`Spool::scan`] is the read-only view for other processes (`queue list`).
+//!
+//! Earlier versions kept each message in a directory
+//! (`queue/<id>/content.eml` and `queue/<id>/envelope.json`);
+//! [`Spool::open`] converts such entries to the one-file layout, and
+//! [`Spool::scan`] reads them as they are.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::envelope::{Envelope, MessageId};
@@ -45,9 +60,17 @@ const QUEUE_DIR: &str = "queue";
 const TMP_DIR: &str = "tmp";
 const CORRUPT_DIR: &str = "corrupt";
 const FLUSH_FLAG: &str = "flush";
-const CONTENT_FILE: &str = "content.eml";
-const ENVELOPE_FILE: &str = "envelope.json";
-const ENVELOPE_TMP_FILE: &str = "envelope.json.tmp";
+/// Extension of a message file.
+const MESSAGE_EXT: &str = "msg";
+/// Extension of an updated envelope.
+const ENVELOPE_EXT: &str = "env";
+/// The header line's prefix; the version follows the name.
+const HEADER_PREFIX: &str = "postern-queue 1 ";
+/// The header line is short: the prefix, at most 20 digits and a line feed.
+const MAX_HEADER_BYTES: usize = 64;
+/// Files of the directory layout of earlier versions.
+const LEGACY_CONTENT_FILE: &str = "content.eml";
+const LEGACY_ENVELOPE_FILE: &str = "envelope.json";
 /// Envelopes larger than this are treated as corrupt rather than read into
 /// memory (a million recipients fit comfortably).
 const MAX_ENVELOPE_BYTES: u64 = 256 * 1024 * 1024;
@@ -81,6 +104,14 @@ pub enum SpoolError {
     /// The envelope could not be encoded.
     #[error("cannot encode envelope: {0}")]
     Encode(#[from] serde_json::Error),
+    /// A queued message file does not have the expected form.
+    #[error("queue file {} is damaged: {reason}", path.display())]
+    Damaged {
+        /// The file concerned.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
@@ -108,8 +139,10 @@ pub struct Recovery {
     pub messages: Vec<Envelope>,
     /// Unreadable entries, moved to `corrupt/`.
     pub corrupt: Vec<CorruptEntry>,
-    /// Incomplete receptions or removals deleted from `tmp/`.
+    /// Incomplete receptions, updates or removals deleted.
     pub cleaned_temp: usize,
+    /// Messages converted from the directory layout of earlier versions.
+    pub converted: usize,
 }
 
 /// A queued message as [`Spool::scan`] sees it.
@@ -130,6 +163,29 @@ pub struct Scan {
     pub corrupt: Vec<CorruptEntry>,
 }
 
+/// What a name in `queue/` stands for.
+enum QueueName {
+    /// `<id>.msg`: a message file.
+    Message(MessageId),
+    /// `<id>.env`: the updated envelope of message `<id>`.
+    Envelope(MessageId),
+    /// `<id>`: a message directory of the earlier layout.
+    Legacy(MessageId),
+    /// Anything else.
+    Stray,
+}
+
+impl QueueName {
+    fn of(name: &str) -> Self {
+        let id = |s: &str| s.parse::<MessageId>().ok();
+        match name.rsplit_once('.') {
+            Some((stem, MESSAGE_EXT)) => id(stem).map_or(Self::Stray, Self::Message),
+            Some((stem, ENVELOPE_EXT)) => id(stem).map_or(Self::Stray, Self::Envelope),
+            _ => id(name).map_or(Self::Stray, Self::Legacy),
+        }
+    }
+}
+
 /// A durable message queue in a directory. See the [module docs](self).
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -141,8 +197,10 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (creating if needed) the spool in `root` and recovers it:
-    /// deletes incomplete entries in `tmp/`, moves unreadable queue entries to
-    /// `corrupt/` and returns every committed message.
+    /// deletes incomplete entries in `tmp/` and envelope files left by a
+    /// removal, converts message directories of earlier versions, moves
+    /// unreadable queue entries to `corrupt/` and returns every committed
+    /// message.
     ///
     /// Only the relay that will deliver from this spool calls `open`; other
     /// processes use [`Spool::scan`].
@@ -166,20 +224,55 @@ impl Spool {
             remove_any(&path)?;
             recovery.cleaned_temp += 1;
         }
-        for entry in read_queue_dir(&spool.queue)? {
-            let path = spool.queue.join(&entry);
-            // A crash during an envelope update leaves its temporary file; the
-            // envelope it was to replace is still complete.
-            let stale = path.join(ENVELOPE_TMP_FILE);
-            if stale.is_file() {
-                fs::remove_file(&stale).map_err(io_at(&stale))?;
+        let names = read_queue_dir(&spool.queue)?;
+        // Convert the directory layout first, so that the loop below sees
+        // each message once, as a file.
+        for name in &names {
+            if let QueueName::Legacy(id) = QueueName::of(name) {
+                let dir = spool.queue.join(name);
+                if spool.convert_legacy(&dir, &id).is_ok() {
+                    recovery.converted += 1;
+                }
+                // A directory that cannot be converted stays, and is moved
+                // aside below with the reason.
             }
-            match load_entry(&path, &entry) {
-                Ok((envelope, _)) => recovery.messages.push(envelope),
+        }
+        let names = if recovery.converted > 0 {
+            read_queue_dir(&spool.queue)?
+        } else {
+            names
+        };
+        for name in names {
+            let path = spool.queue.join(&name);
+            let kind = QueueName::of(&name);
+            let loaded = match &kind {
+                QueueName::Message(id) => spool.load(id).map(|(envelope, _)| envelope),
+                QueueName::Envelope(id) => {
+                    if spool.message_path(id).exists() || !path.exists() {
+                        // Its message's, or moved aside with it.
+                        continue;
+                    }
+                    // Left by a removal interrupted between its two unlinks.
+                    fs::remove_file(&path).map_err(io_at(&path))?;
+                    recovery.cleaned_temp += 1;
+                    continue;
+                }
+                QueueName::Legacy(id) => load_legacy(&path, id).map(|(envelope, _)| envelope),
+                QueueName::Stray => Err("name is not a message id".to_owned()),
+            };
+            match loaded {
+                Ok(envelope) => recovery.messages.push(envelope),
                 Err(reason) => {
-                    let moved_to = spool.move_aside(&path, &entry)?;
+                    let moved_to = spool.move_aside(&path, &name)?;
+                    if let QueueName::Message(id) = &kind {
+                        // The updated envelope goes with its message.
+                        let updated = spool.envelope_path(id);
+                        if updated.exists() {
+                            spool.move_aside(&updated, &format!("{id}.{ENVELOPE_EXT}"))?;
+                        }
+                    }
                     recovery.corrupt.push(CorruptEntry {
-                        name: entry,
+                        name,
                         reason,
                         moved_to: Some(moved_to),
                     });
@@ -189,7 +282,7 @@ impl Spool {
         if recovery.cleaned_temp > 0 {
             sync_dir(&spool.tmp)?;
         }
-        if !recovery.corrupt.is_empty() {
+        if recovery.cleaned_temp > 0 || recovery.converted > 0 || !recovery.corrupt.is_empty() {
             sync_dir(&spool.queue)?;
             sync_dir(&spool.corrupt)?;
         }
@@ -202,18 +295,32 @@ impl Spool {
     /// Reads the spool in `root` without changing anything, for `queue list`
     /// while a relay may be running. A missing spool is an empty one.
     pub fn scan(root: &Path) -> Result<Scan, SpoolError> {
-        let queue = root.join(QUEUE_DIR);
+        let spool = Self {
+            queue: root.join(QUEUE_DIR),
+            tmp: root.join(TMP_DIR),
+            corrupt: root.join(CORRUPT_DIR),
+            root: root.to_owned(),
+        };
         let mut scan = Scan::default();
-        if !queue.is_dir() {
+        if !spool.queue.is_dir() {
             return Ok(scan);
         }
-        for entry in read_queue_dir(&queue)? {
-            match load_entry(&queue.join(&entry), &entry) {
+        for name in read_queue_dir(&spool.queue)? {
+            let path = spool.queue.join(&name);
+            let loaded = match QueueName::of(&name) {
+                QueueName::Message(id) => spool.load(&id),
+                QueueName::Envelope(_) => continue,
+                // Converted, and the directory not yet deleted.
+                QueueName::Legacy(id) if spool.message_path(&id).is_file() => continue,
+                QueueName::Legacy(id) => load_legacy(&path, &id),
+                QueueName::Stray => Err("name is not a message id".to_owned()),
+            };
+            match loaded {
                 Ok((envelope, size)) => scan.messages.push(QueuedMessage { envelope, size }),
                 // The relay may have removed it since the listing: not corrupt.
-                Err(_) if !queue.join(&entry).exists() => {}
+                Err(_) if !path.exists() => {}
                 Err(reason) => scan.corrupt.push(CorruptEntry {
-                    name: entry,
+                    name,
                     reason,
                     moved_to: None,
                 }),
@@ -234,78 +341,90 @@ impl Spool {
     /// (Postfix `message_size_limit`). Nothing is queued until
     /// [`Incoming::commit`]; dropping the [`Incoming`] discards it.
     pub fn begin(&self, envelope: Envelope, limit: Option<u64>) -> Result<Incoming, SpoolError> {
-        if self.queue.join(envelope.id.as_str()).exists() {
+        let target = self.message_path(&envelope.id);
+        if target.exists() {
             return Err(SpoolError::Duplicate(envelope.id));
         }
-        let dir = self.tmp.join(envelope.id.as_str());
-        match private_dir_builder().create(&dir) {
-            Ok(()) => {}
+        let path = self.tmp.join(target.file_name().unwrap_or_default());
+        let file = match private_file_options().create_new(true).open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(SpoolError::Duplicate(envelope.id));
             }
-            Err(e) => return Err(io_at(&dir)(e)),
-        }
-        let path = dir.join(CONTENT_FILE);
-        let file = match private_file_options().create_new(true).open(&path) {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(io_at(&path)(e));
-            }
+            Err(e) => return Err(io_at(&path)(e)),
         };
-        Ok(Incoming {
+        let mut incoming = Incoming {
             envelope,
-            dir,
+            path,
+            target,
             queue: self.queue.clone(),
             writer: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             written: 0,
             limit,
             renamed: false,
-        })
+        };
+        // On error, dropping `incoming` deletes the file.
+        let json = serde_json::to_vec(&incoming.envelope)?;
+        let header = format!("{HEADER_PREFIX}{}\n", json.len());
+        incoming.write_raw(header.as_bytes())?;
+        incoming.write_raw(&json)?;
+        incoming.write_raw(b"\n")?;
+        Ok(incoming)
     }
 
     /// Replaces the stored envelope of a queued message atomically
-    /// (temporary file, fsync, rename, fsync of the directory).
+    /// (temporary file, fsync, rename, fsync of `queue/`).
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
-        let dir = self.queue.join(envelope.id.as_str());
-        if !dir.is_dir() {
+        if !self.message_path(&envelope.id).is_file() {
             return Err(SpoolError::NotQueued(envelope.id.clone()));
         }
-        let tmp = dir.join(ENVELOPE_TMP_FILE);
+        let target = self.envelope_path(&envelope.id);
+        let tmp = self.tmp.join(target.file_name().unwrap_or_default());
         write_synced(&tmp, &serde_json::to_vec_pretty(envelope)?)?;
-        let target = dir.join(ENVELOPE_FILE);
         fs::rename(&tmp, &target).map_err(io_at(&target))?;
-        sync_dir(&dir)
+        sync_dir(&self.queue)
     }
 
     /// Removes a message, after full delivery (and any bounce queued).
     pub fn remove(&self, id: &MessageId) -> Result<(), SpoolError> {
-        let dir = self.queue.join(id.as_str());
-        let doomed = self.tmp.join(format!("{id}.removed"));
-        match fs::rename(&dir, &doomed) {
+        let message = self.message_path(id);
+        match fs::remove_file(&message) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(SpoolError::NotQueued(id.clone()));
             }
-            Err(e) => return Err(io_at(&dir)(e)),
+            Err(e) => return Err(io_at(&message)(e)),
         }
-        sync_dir(&self.queue)?;
-        // Once out of `queue/` the message is gone; a crash from here on leaves
-        // a `tmp/` entry that the next `open` deletes.
-        fs::remove_dir_all(&doomed).map_err(io_at(&doomed))
+        // The message is gone; a crash from here on leaves its envelope file,
+        // which the next `open` deletes.
+        let envelope = self.envelope_path(id);
+        match fs::remove_file(&envelope) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&envelope)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Opens the content of a queued message for reading (to send it on, or
-    /// to quote it in a bounce).
+    /// to quote it in a bounce). The file is positioned at the start of the
+    /// content and reads to its end.
     pub fn open_content(&self, id: &MessageId) -> Result<File, SpoolError> {
-        let path = self.queue.join(id.as_str()).join(CONTENT_FILE);
-        File::open(&path).map_err(|e| {
+        let path = self.message_path(id);
+        let mut file = File::open(&path).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 SpoolError::NotQueued(id.clone())
             } else {
                 io_at(&path)(e)
             }
-        })
+        })?;
+        let (header_len, json_len) =
+            read_header(&mut file).map_err(|reason| SpoolError::Damaged {
+                path: path.clone(),
+                reason,
+            })?;
+        // The envelope and its line feed are skipped.
+        file.seek(SeekFrom::Start(header_len + json_len + 1))
+            .map_err(io_at(&path))?;
+        Ok(file)
     }
 
     /// Asks the relay using the spool in `root` to retry every message now
@@ -334,6 +453,65 @@ impl Spool {
         }
     }
 
+    fn message_path(&self, id: &MessageId) -> PathBuf {
+        self.queue.join(format!("{id}.{MESSAGE_EXT}"))
+    }
+
+    fn envelope_path(&self, id: &MessageId) -> PathBuf {
+        self.queue.join(format!("{id}.{ENVELOPE_EXT}"))
+    }
+
+    /// Reads a queued message's current envelope (the updated one if there
+    /// is one) and content size, or why it is unusable.
+    fn load(&self, id: &MessageId) -> Result<(Envelope, u64), String> {
+        let path = self.message_path(id);
+        let mut file = File::open(&path).map_err(|e| e.to_string())?;
+        let size = file.metadata().map_err(|e| e.to_string())?.len();
+        let (header_len, json_len) = read_header(&mut file)?;
+        let content_start = header_len + json_len + 1;
+        if size < content_start {
+            return Err("truncated before the content".into());
+        }
+        let updated = self.envelope_path(id);
+        let envelope = match File::open(&updated) {
+            Ok(file) => read_envelope(file, MAX_ENVELOPE_BYTES, id)
+                .map_err(|e| format!("{ENVELOPE_EXT} file: {e}"))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                read_envelope((&mut file).take(json_len), json_len, id)?
+            }
+            Err(e) => return Err(format!("{ENVELOPE_EXT} file: {e}")),
+        };
+        Ok((envelope, size - content_start))
+    }
+
+    /// Rewrites a message directory of the earlier layout as one message
+    /// file: written in `tmp/`, fsynced, renamed into `queue/`, `queue/`
+    /// fsynced, and only then the directory deleted. A crash at any point
+    /// leaves the directory or the file (or both: the next start converts
+    /// the directory again, keeping the file).
+    fn convert_legacy(&self, dir: &Path, id: &MessageId) -> Result<(), String> {
+        let (envelope, _) = load_legacy(dir, id)?;
+        // A file already in `queue/` was fsynced before its rename: only the
+        // deletion of the directory was interrupted.
+        if !self.message_path(id).is_file() {
+            let content = dir.join(LEGACY_CONTENT_FILE);
+            let mut source = File::open(&content).map_err(|e| e.to_string())?;
+            let mut incoming = self.begin(envelope, None).map_err(|e| e.to_string())?;
+            let mut buf = vec![0; WRITE_BUFFER];
+            loop {
+                let n = source.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                incoming
+                    .write_chunk(&buf[..n])
+                    .map_err(|e| e.to_string())?;
+            }
+            incoming.commit().map_err(|e| e.to_string())?;
+        }
+        fs::remove_dir_all(dir).map_err(|e| e.to_string())
+    }
+
     /// Moves an unreadable queue entry to `corrupt/`, under a name not yet taken.
     fn move_aside(&self, path: &Path, name: &str) -> Result<PathBuf, SpoolError> {
         let mut target = self.corrupt.join(name);
@@ -353,11 +531,14 @@ impl Spool {
 #[derive(Debug)]
 pub struct Incoming {
     envelope: Envelope,
-    dir: PathBuf,
+    /// The file being written, in `tmp/`.
+    path: PathBuf,
+    /// Where commit renames it, in `queue/`.
+    target: PathBuf,
     queue: PathBuf,
     /// `None` once commit has started.
     writer: Option<BufWriter<File>>,
-    /// Set once the entry was renamed into `queue/`.
+    /// Set once the file was renamed into `queue/`.
     renamed: bool,
     written: u64,
     limit: Option<u64>,
@@ -383,44 +564,42 @@ impl Incoming {
         {
             return Err(SpoolError::TooLarge { limit });
         }
-        let path = self.dir.join(CONTENT_FILE);
+        self.write_raw(chunk)?;
+        self.written = total;
+        Ok(())
+    }
+
+    /// Appends bytes to the file, outside the content count.
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         let writer = self
             .writer
             .as_mut()
-            .ok_or_else(|| io_at(&path)(io::Error::other("message already committed")))?;
-        writer.write_all(chunk).map_err(io_at(&path))?;
-        self.written = total;
-        Ok(())
+            .ok_or_else(|| io_at(&self.path)(io::Error::other("message already committed")))?;
+        writer.write_all(bytes).map_err(io_at(&self.path))
     }
 
     /// Makes the message durable and queues it; returns its envelope. Only
     /// after `Ok` may the server acknowledge the message with `250`.
     pub fn commit(mut self) -> Result<Envelope, SpoolError> {
-        // On error Drop deletes the entry if it is still in tmp/.
+        // On error Drop deletes the file if it is still in tmp/.
         self.persist()?;
         Ok(self.envelope.clone())
     }
 
     fn persist(&mut self) -> Result<(), SpoolError> {
-        let content = self.dir.join(CONTENT_FILE);
         let writer = self
             .writer
             .take()
-            .ok_or_else(|| io_at(&content)(io::Error::other("message already committed")))?;
+            .ok_or_else(|| io_at(&self.path)(io::Error::other("message already committed")))?;
         let file = writer
             .into_inner()
-            .map_err(|e| io_at(&content)(e.into_error()))?;
-        file.sync_all().map_err(io_at(&content))?;
+            .map_err(|e| io_at(&self.path)(e.into_error()))?;
+        file.sync_all().map_err(io_at(&self.path))?;
         drop(file);
-        write_synced(
-            &self.dir.join(ENVELOPE_FILE),
-            &serde_json::to_vec_pretty(&self.envelope)?,
-        )?;
-        sync_dir(&self.dir)?;
-        let target = self.queue.join(self.envelope.id.as_str());
-        // `rename` of a directory onto an existing non-empty one fails, so a
-        // queued message is never replaced.
-        fs::rename(&self.dir, &target).map_err(io_at(&target))?;
+        // `begin` made sure no message with this id is queued, and its
+        // `create_new` in `tmp/` that no other is being received: the rename
+        // replaces nothing.
+        fs::rename(&self.path, &self.target).map_err(io_at(&self.target))?;
         // The message is now queued. If the fsync below fails it stays queued
         // (commit reports the error, the client retries, and at worst the
         // message is delivered twice: never lost).
@@ -434,7 +613,7 @@ impl Drop for Incoming {
         // Discard a message that never reached queue/ (best effort: whatever
         // remains in tmp/ is deleted by the next `Spool::open`).
         if !self.renamed {
-            let _ = fs::remove_dir_all(&self.dir);
+            let _ = fs::remove_file(&self.path);
         }
     }
 }
@@ -449,33 +628,69 @@ fn read_queue_dir(queue: &Path) -> Result<Vec<String>, SpoolError> {
     Ok(names)
 }
 
-/// Reads one queue entry: its envelope and content size, or why it is unusable.
-fn load_entry(path: &Path, name: &str) -> Result<(Envelope, u64), String> {
-    let id: MessageId = name
-        .parse()
-        .map_err(|_| "name is not a message id".to_owned())?;
-    if !path.is_dir() {
-        return Err("not a directory".into());
+/// Reads a message file's header line; returns its length (line feed
+/// included) and the length of the envelope JSON that follows.
+fn read_header(file: &mut File) -> Result<(u64, u64), String> {
+    let mut head = [0u8; MAX_HEADER_BYTES];
+    let mut filled = 0;
+    // Read until the line feed (the header is short) or the buffer is full.
+    while filled < head.len() && !head[..filled].contains(&b'\n') {
+        match file.read(&mut head[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.to_string()),
+        }
     }
-    let content = fs::metadata(path.join(CONTENT_FILE)).map_err(|e| format!("content: {e}"))?;
-    if !content.is_file() {
-        return Err("content is not a file".into());
-    }
-    let env_path = path.join(ENVELOPE_FILE);
-    let file = File::open(&env_path).map_err(|e| format!("envelope: {e}"))?;
+    let line_end = head[..filled]
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| "no header line".to_owned())?;
+    let json_len = std::str::from_utf8(&head[..line_end])
+        .ok()
+        .and_then(|line| line.strip_prefix(HEADER_PREFIX))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n <= MAX_ENVELOPE_BYTES)
+        .ok_or_else(|| "bad header line".to_owned())?;
+    let header_len = line_end as u64 + 1;
+    // Back to the end of the header line.
+    file.seek(SeekFrom::Start(header_len))
+        .map_err(|e| e.to_string())?;
+    Ok((header_len, json_len))
+}
+
+/// Reads and checks an envelope of at most `limit` bytes.
+fn read_envelope(source: impl Read, limit: u64, id: &MessageId) -> Result<Envelope, String> {
     let mut bytes = Vec::new();
-    file.take(MAX_ENVELOPE_BYTES + 1)
+    source
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| format!("envelope: {e}"))?;
-    if bytes.len() as u64 > MAX_ENVELOPE_BYTES {
+    if bytes.len() as u64 > limit {
         return Err("envelope too large".into());
     }
     let envelope: Envelope =
         serde_json::from_slice(&bytes).map_err(|e| format!("envelope: {e}"))?;
-    if envelope.id != id {
+    if envelope.id != *id {
         return Err(format!("envelope is for message {}", envelope.id));
     }
-    Ok((envelope, content.len()))
+    Ok(envelope)
+}
+
+/// Reads a message directory of the earlier layout: its envelope and
+/// content size, or why it is unusable.
+fn load_legacy(path: &Path, id: &MessageId) -> Result<(Envelope, u64), String> {
+    if !path.is_dir() {
+        return Err("not a directory".into());
+    }
+    let content =
+        fs::metadata(path.join(LEGACY_CONTENT_FILE)).map_err(|e| format!("content: {e}"))?;
+    if !content.is_file() {
+        return Err("content is not a file".into());
+    }
+    let file =
+        File::open(path.join(LEGACY_ENVELOPE_FILE)).map_err(|e| format!("envelope: {e}"))?;
+    Ok((read_envelope(file, MAX_ENVELOPE_BYTES, id)?, content.len()))
 }
 
 /// Creates or truncates `path`, writes `bytes` and fsyncs the file.
@@ -529,7 +744,6 @@ fn remove_any(path: &Path) -> Result<(), SpoolError> {
     }
     .map_err(io_at(path))
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,14 +809,15 @@ mod tests {
         let partial_id = partial.id().clone();
         // Simulated crash: the process dies, no destructor runs.
         std::mem::forget(partial);
-        assert!(dir.path().join("tmp").join(partial_id.as_str()).exists());
+        let partial_file = dir.path().join("tmp").join(format!("{partial_id}.msg"));
+        assert!(partial_file.exists());
         // A message whose commit reached the rename but not beyond is whole.
         drop(spool);
 
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
         assert_eq!(recovery.cleaned_temp, 1);
         assert_eq!(recovery.messages, vec![kept.clone()]);
-        assert!(!dir.path().join("tmp").join(partial_id.as_str()).exists());
+        assert!(!partial_file.exists());
         assert!(matches!(
             spool.open_content(&partial_id),
             Err(SpoolError::NotQueued(_))
@@ -619,13 +834,12 @@ mod tests {
         let (spool, _) = Spool::open(&root).unwrap();
         let env = receive(&spool, envelope(0), &[b"secret"]);
         spool.update(&env).unwrap();
-        let entry = root.join("queue").join(env.id.as_str());
+        let queue = root.join("queue");
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&root), 0o700);
-        assert_eq!(mode(&root.join("queue")), 0o700);
-        assert_eq!(mode(&entry), 0o700);
-        assert_eq!(mode(&entry.join(CONTENT_FILE)), 0o600);
-        assert_eq!(mode(&entry.join(ENVELOPE_FILE)), 0o600);
+        assert_eq!(mode(&queue), 0o700);
+        assert_eq!(mode(&queue.join(format!("{}.msg", env.id))), 0o600);
+        assert_eq!(mode(&queue.join(format!("{}.env", env.id))), 0o600);
     }
 
     #[test]
@@ -667,14 +881,17 @@ mod tests {
         ));
         spool.update(&env).unwrap();
         // A crash in the middle of a later update leaves a partial temp file.
-        let entry = dir.path().join("queue").join(env.id.as_str());
-        fs::write(entry.join(ENVELOPE_TMP_FILE), b"{\"id\": \"trunc").unwrap();
+        let stale = dir.path().join("tmp").join(format!("{}.env", env.id));
+        fs::write(&stale, b"{\"id\": \"trunc").unwrap();
         drop(spool);
 
-        let (_, recovery) = Spool::open(dir.path()).unwrap();
-        assert_eq!(recovery.messages, vec![env]);
+        let (spool, recovery) = Spool::open(dir.path()).unwrap();
+        assert_eq!(recovery.messages, vec![env.clone()]);
         assert!(recovery.corrupt.is_empty());
-        assert!(!entry.join(ENVELOPE_TMP_FILE).exists());
+        assert_eq!(recovery.cleaned_temp, 1);
+        assert!(!stale.exists());
+        // The content is untouched by updates.
+        assert_eq!(content(&spool, &env.id), b"x\r\n");
     }
 
     #[test]
@@ -683,30 +900,34 @@ mod tests {
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let good = receive(&spool, envelope(0), &[b"good\r\n"]);
         let bad_json = receive(&spool, envelope(1), &[b"bad\r\n"]);
-        let no_content = receive(&spool, envelope(2), &[b"gone\r\n"]);
+        let truncated = receive(&spool, envelope(2), &[b"gone\r\n"]);
+        let bad_header = receive(&spool, envelope(3), &[b"x\r\n"]);
         let queue = dir.path().join("queue");
-        fs::write(
-            queue.join(bad_json.id.as_str()).join(ENVELOPE_FILE),
-            b"not json",
-        )
-        .unwrap();
-        fs::remove_file(queue.join(no_content.id.as_str()).join(CONTENT_FILE)).unwrap();
+        let file = |id: &MessageId, ext: &str| queue.join(format!("{id}.{ext}"));
+        fs::write(file(&bad_json.id, "env"), b"not json").unwrap();
+        // Cut inside the envelope.
+        let whole = fs::read(file(&truncated.id, "msg")).unwrap();
+        fs::write(file(&truncated.id, "msg"), &whole[..30]).unwrap();
+        let mut damaged = fs::read(file(&bad_header.id, "msg")).unwrap();
+        damaged[0] = b'X';
+        fs::write(file(&bad_header.id, "msg"), &damaged).unwrap();
         fs::write(queue.join("stray-file"), b"?").unwrap();
         drop(spool);
 
         // The read-only scan reports but moves nothing.
         let scan = Spool::scan(dir.path()).unwrap();
         assert_eq!(scan.messages.len(), 1);
-        assert_eq!(scan.corrupt.len(), 3);
-        assert!(queue.join(bad_json.id.as_str()).exists());
+        assert_eq!(scan.corrupt.len(), 4, "{:?}", scan.corrupt);
+        assert!(file(&bad_json.id, "msg").exists());
 
         let (_, recovery) = Spool::open(dir.path()).unwrap();
         assert_eq!(recovery.messages, vec![good]);
         let mut names: Vec<_> = recovery.corrupt.iter().map(|c| c.name.clone()).collect();
         names.sort();
         let mut expected = vec![
-            bad_json.id.to_string(),
-            no_content.id.to_string(),
+            format!("{}.msg", bad_json.id),
+            format!("{}.msg", truncated.id),
+            format!("{}.msg", bad_header.id),
             "stray-file".to_owned(),
         ];
         expected.sort();
@@ -714,7 +935,15 @@ mod tests {
         for c in &recovery.corrupt {
             assert!(c.moved_to.as_ref().unwrap().exists(), "{c:?}");
         }
-        assert!(!queue.join(bad_json.id.as_str()).exists());
+        assert!(!file(&bad_json.id, "msg").exists());
+        // Its envelope file went with it.
+        assert!(!file(&bad_json.id, "env").exists());
+        assert!(
+            dir.path()
+                .join("corrupt")
+                .join(format!("{}.env", bad_json.id))
+                .exists()
+        );
         // A second start finds a clean queue.
         let (_, again) = Spool::open(dir.path()).unwrap();
         assert!(again.corrupt.is_empty());
@@ -729,8 +958,8 @@ mod tests {
         let b = receive(&spool, envelope(1), &[b"b"]);
         let queue = dir.path().join("queue");
         fs::copy(
-            queue.join(a.id.as_str()).join(ENVELOPE_FILE),
-            queue.join(b.id.as_str()).join(ENVELOPE_FILE),
+            queue.join(format!("{}.msg", a.id)),
+            queue.join(format!("{}.msg", b.id)),
         )
         .unwrap();
         let (_, recovery) = Spool::open(dir.path()).unwrap();
@@ -757,7 +986,9 @@ mod tests {
             .collect();
         assert_eq!(listed, vec![(b.id.clone(), 3), (a.id.clone(), 5)]);
 
+        spool.update(&a).unwrap();
         spool.remove(&a.id).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 1);
         assert!(matches!(spool.remove(&a.id), Err(SpoolError::NotQueued(_))));
         assert!(matches!(spool.update(&a), Err(SpoolError::NotQueued(_))));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
@@ -804,6 +1035,69 @@ mod tests {
         let id = incoming.id().clone();
         std::mem::forget(incoming);
         Spool::scan(dir.path()).unwrap();
-        assert!(dir.path().join("tmp").join(id.as_str()).exists());
+        assert!(dir.path().join("tmp").join(format!("{id}.msg")).exists());
+    }
+
+    /// Writes a message directory as earlier versions did.
+    fn legacy_entry(root: &Path, env: &Envelope, content: &[u8]) -> PathBuf {
+        let dir = root.join("queue").join(env.id.as_str());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("content.eml"), content).unwrap();
+        fs::write(
+            dir.join("envelope.json"),
+            serde_json::to_vec_pretty(env).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn directory_layout_of_earlier_versions_is_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let current = receive(&spool, envelope(0), &[b"current\r\n"]);
+        drop(spool);
+        // A conversion interrupted after the rename of the new file into
+        // queue/, before the deletion of the directory.
+        let twice = envelope(2);
+        legacy_entry(dir.path(), &twice, b"twice\r\n");
+        let (_, first) = Spool::open(dir.path()).unwrap();
+        assert_eq!(first.converted, 1);
+        let twice_dir = legacy_entry(dir.path(), &twice, b"twice\r\n");
+        let mut old = envelope(1);
+        old.attempts = 2;
+        let body = b"Subject: old\r\n\r\nfrom before\r\n".repeat(5000);
+        let old_dir = legacy_entry(dir.path(), &old, &body);
+
+        // The read-only scan reads the directory as it is, each message once.
+        let scan = Spool::scan(dir.path()).unwrap();
+        assert!(scan.corrupt.is_empty(), "{:?}", scan.corrupt);
+        let sizes: Vec<_> = scan.messages.iter().map(|m| m.size).collect();
+        assert_eq!(sizes, vec![9, body.len() as u64, 7]);
+
+        let (spool, recovery) = Spool::open(dir.path()).unwrap();
+        assert!(recovery.corrupt.is_empty(), "{:?}", recovery.corrupt);
+        assert_eq!(recovery.converted, 2);
+        assert_eq!(
+            recovery.messages,
+            vec![current.clone(), old.clone(), twice.clone()]
+        );
+        assert!(!old_dir.exists() && !twice_dir.exists());
+        assert_eq!(content(&spool, &old.id), body);
+        assert_eq!(content(&spool, &twice.id), b"twice\r\n");
+        assert_eq!(content(&spool, &current.id), b"current\r\n");
+    }
+
+    #[test]
+    fn message_file_starts_with_its_header_and_envelope() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let env = receive(&spool, envelope(0), &[b"body\r\n"]);
+        let raw = fs::read(dir.path().join("queue").join(format!("{}.msg", env.id))).unwrap();
+        let json = serde_json::to_vec(&env).unwrap();
+        let mut expected = format!("postern-queue 1 {}\n", json.len()).into_bytes();
+        expected.extend_from_slice(&json);
+        expected.extend_from_slice(b"\nbody\r\n");
+        assert_eq!(raw, expected);
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use common::start_relay;
@@ -102,21 +103,23 @@ async fn send_bare_lf(toml: &str) -> String {
         .await
         .unwrap();
     let r = reply(&mut c).await;
-    let queued = postern_relay::spool::Spool::scan(&dir.path().join("state/spool")).unwrap();
-    let content = queued
+    drop(c);
+    relay.shutdown().await;
+    let (spool, recovery) =
+        postern_relay::spool::Spool::open(dir.path().join("state/spool")).unwrap();
+    let content = recovery
         .messages
         .first()
         .map(|m| {
-            let path = dir
-                .path()
-                .join("state/spool/queue")
-                .join(m.envelope.id.as_str())
-                .join("content.eml");
-            std::fs::read(path).unwrap()
+            let mut content = Vec::new();
+            spool
+                .open_content(&m.id)
+                .unwrap()
+                .read_to_end(&mut content)
+                .unwrap();
+            content
         })
         .unwrap_or_default();
-    drop(c);
-    relay.shutdown().await;
     format!("{r}--\n{}", String::from_utf8_lossy(&content))
 }
 
