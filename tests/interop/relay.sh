@@ -111,11 +111,12 @@ relay_start() {
 
 relay_log() { echo "$WORK/$1/relay.log"; }
 
-# relay_status NAME RCPT: the last delivery status the relay logged for RCPT
-# ("sent ...", "deferred (...)", "bounced (...)"); empty when none yet.
+# relay_status NAME RCPT: the last delivery status the relay logged for RCPT,
+# with its enhanced status code ("sent dsn=2.0.0", "deferred dsn=4.7.4 (STARTTLS
+# not offered)", "bounced dsn=5.1.1 (host X said: 550 ...)"); empty when none yet.
 relay_status() {
     grep -F "to=<$2>," "$(relay_log "$1")" 2>/dev/null | grep -F "status=" | tail -n 1 |
-        sed -E 's/.* status=//' || true
+        sed -E 's/.* dsn=([^,]*), status=([a-z]+)(.*)/\2 dsn=\1\3/' || true
 }
 
 # relay_queue NAME RCPT: the JSON of every queued message that has RCPT, one

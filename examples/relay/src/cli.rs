@@ -17,7 +17,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::certs::CertDir;
 use crate::config::Config;
-use crate::envelope::{Envelope, Failure};
+use crate::envelope::{Envelope, Failure, FailureSource};
 use crate::spool::{Scan, Spool};
 use crate::tls::{client_cert_roots, outbound_roots};
 
@@ -314,16 +314,16 @@ pub fn queue_text(scan: &Scan) -> String {
     out
 }
 
+/// `<code> <text> (reply from <host>)` for a server reply, `<code>
+/// <description> (at <host>)` for a failure of ours, then the TLS result
+/// type and the policy rule.
 fn failure_text(f: &Failure) -> String {
-    let code = f.code.to_string();
-    // A locally composed reply may already open with the code ("4.4.1: connect to …").
-    let mut s = if f.reply.starts_with(&code) {
-        f.reply.clone()
-    } else {
-        format!("{code} {}", f.reply)
-    };
-    if let Some(remote) = &f.remote_mta {
-        s.push_str(&format!(" (from {remote})"));
+    let mut s = format!("{} {}", f.code, f.text);
+    match (f.source, &f.remote_mta) {
+        (FailureSource::Remote, Some(remote)) => s.push_str(&format!(" (reply from {remote})")),
+        (FailureSource::Remote, None) => s.push_str(" (reply from the remote server)"),
+        (FailureSource::Local, Some(remote)) => s.push_str(&format!(" (at {remote})")),
+        (FailureSource::Local, None) => {}
     }
     if let Some(rt) = &f.result_type {
         s.push_str(&format!(" [result-type: {rt}]"));
@@ -371,7 +371,8 @@ mod tests {
             .write_chunk(b"Subject: x\r\n\r\nhello\r\n")
             .unwrap();
         let mut env = incoming.commit().unwrap();
-        let mut f = Failure::new("4.7.5".parse().unwrap(), "certificate not trusted", at);
+        let mut f = Failure::local("4.7.5".parse().unwrap(), "certificate not trusted", at);
+        f.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
         f.result_type = Some("certificate-not-trusted".into());
         f.policy_rule = Some("domain example.net: verify".into());
         env.attempts = 2;
@@ -384,12 +385,25 @@ mod tests {
     }
 
     #[test]
-    fn failure_text_does_not_repeat_the_code() {
+    fn failure_text_says_who_wrote_the_text() {
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let local = Failure::new("4.4.1".parse().unwrap(), "4.4.1: connect refused", at);
-        assert_eq!(failure_text(&local), "4.4.1: connect refused");
-        let remote = Failure::new("5.1.1".parse().unwrap(), "550 5.1.1 no such user", at);
-        assert_eq!(failure_text(&remote), "5.1.1 550 5.1.1 no such user");
+        let mut local = Failure::local("4.4.1".parse().unwrap(), "connection refused", at);
+        assert_eq!(failure_text(&local), "4.4.1 connection refused");
+        local.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
+        assert_eq!(
+            failure_text(&local),
+            "4.4.1 connection refused (at mx.example.net[192.0.2.7]:25)"
+        );
+        let mut remote = Failure::remote("5.1.1".parse().unwrap(), "550 5.1.1 no such user", at);
+        assert_eq!(
+            failure_text(&remote),
+            "5.1.1 550 5.1.1 no such user (reply from the remote server)"
+        );
+        remote.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
+        assert_eq!(
+            failure_text(&remote),
+            "5.1.1 550 5.1.1 no such user (reply from mx.example.net[192.0.2.7]:25)"
+        );
     }
 
     #[test]
@@ -397,10 +411,13 @@ mod tests {
         let text = queue_text(&scan_with_failure());
         assert!(text.contains("from alice@example.org"), "{text}");
         assert!(text.contains("attempts: 2"), "{text}");
-        assert!(text.contains(
-            "last failure: 4.7.5 certificate not trusted [result-type: certificate-not-trusted] \
-             [policy: domain example.net: verify]"
-        ));
+        assert!(
+            text.contains(
+                "    last failure: 4.7.5 certificate not trusted (at mx.example.net[192.0.2.7]:25) \
+             [result-type: certificate-not-trusted] [policy: domain example.net: verify]\n"
+            ),
+            "{text}"
+        );
         assert!(
             text.contains("deferred   bob@example.net  (4.7.5)"),
             "{text}"
@@ -418,6 +435,8 @@ mod tests {
         assert_eq!(m["size"], 21);
         assert_eq!(m["recipients"][0]["state"], "deferred");
         assert_eq!(m["last_failure"]["code"], "4.7.5");
+        assert_eq!(m["last_failure"]["source"], "local");
+        assert_eq!(m["last_failure"]["text"], "certificate not trusted");
         assert_eq!(m["last_failure"]["result_type"], "certificate-not-trusted");
         assert_eq!(
             m["last_failure"]["policy_rule"],

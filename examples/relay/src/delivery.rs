@@ -9,9 +9,13 @@
 //! policy. The client never sends MAIL in plaintext when the policy requires
 //! TLS, and logs one TLS line per connection. Outcomes are recorded per
 //! recipient with the last failure (enhanced code, RFC 8460 result type,
-//! the policy decision that applied); failed recipients get a bounce (queued
-//! before it is recorded, so a crash duplicates rather than loses it); a
-//! finished message is removed from the spool.
+//! the policy decision that applied, and either the server's reply verbatim
+//! when the server refused, or our description when our code decides: see
+//! [`FailureSource`](crate::envelope::FailureSource)), and logged Postfix
+//! style (`dsn=4.7.4, status=deferred (STARTTLS not offered)`, `dsn=5.1.1,
+//! status=bounced (host X said: 550 5.1.1 …)`); failed recipients get a
+//! bounce (queued before it is recorded, so a crash duplicates rather than
+//! loses it); a finished message is removed from the spool.
 //!
 //! MTA-STS (RFC 8461): when a destination routed by MX has the outbound
 //! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), the
@@ -29,9 +33,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use postern_policy::{ClientTlsMode, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy};
-use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, ReversePath};
-use postern_tokio::client::{Client, ClientSettings, DeliveryResult, Destination};
+use postern_policy::{
+    ClientTlsMode, Decision, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy,
+};
+use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, Reply, ReversePath};
+use postern_tokio::client::{Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -327,11 +333,7 @@ impl Delivery {
         let now = SystemTime::now();
         let outcomes = match content {
             Err(e) => {
-                let f = Failure::new(
-                    transient(3, 0),
-                    format!("451 4.3.0 queue file read error: {e}"),
-                    now,
-                );
+                let f = Failure::local(transient(3, 0), format!("queue file read error: {e}"), now);
                 envelope
                     .open_recipients()
                     .into_iter()
@@ -431,20 +433,16 @@ impl Delivery {
                 .collect::<Vec<_>>()
         };
         let Ok(next_hop) = PolicyHop::parse(&route.domain) else {
-            return fail_all(Failure::new(
+            return fail_all(Failure::local(
                 EnhancedCode::BAD_DESTINATION,
-                format!("550 5.1.2 bad destination {}", route.domain),
+                format!("bad destination {}", route.domain),
                 now,
             ));
         };
         let smtp_envelope = match smtp_envelope(envelope, indices) {
             Ok(e) => e,
             Err(e) => {
-                return fail_all(Failure::new(
-                    EnhancedCode::BAD_DESTINATION,
-                    format!("550 5.1.3 {e}"),
-                    now,
-                ));
+                return fail_all(Failure::local(EnhancedCode::BAD_ADDRESS_SYNTAX, e, now));
             }
         };
         let message = if envelope.params.requiretls {
@@ -493,9 +491,9 @@ impl Delivery {
             }
         }
         last.unwrap_or_else(|| {
-            defer_all(Failure::new(
-                EnhancedCode::UNROUTABLE,
-                "451 4.4.4 no host to deliver to",
+            defer_all(Failure::local(
+                transient(4, 4),
+                "no host to deliver to",
                 now,
             ))
         })
@@ -519,17 +517,17 @@ impl Delivery {
             ]
         } else {
             self.router.resolver().addresses(bare).await.map_err(|e| {
-                Failure::new(
+                Failure::local(
                     EnhancedCode::DNS_FAILURE,
-                    format!("451 4.4.3 address lookup for {bare} failed: {e}"),
+                    format!("address lookup for {bare} failed: {e}"),
                     now,
                 )
             })?
         };
         if ips.is_empty() {
-            return Err(Failure::new(
+            return Err(Failure::local(
                 EnhancedCode::DNS_FAILURE,
-                format!("451 4.4.3 no address for {bare}"),
+                format!("no address for {bare}"),
                 now,
             ));
         }
@@ -581,7 +579,59 @@ fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp:
     Ok(out)
 }
 
+/// The server reply that decided a connection-level failure, if one did:
+/// no TLS policy involved (no RFC 8460 result type) and the status recorded
+/// is the reply's own (its enhanced code, else `class.0.0`). A reply that
+/// the policy overrode (a 5xx to STARTTLS under a TLS-required mode,
+/// recorded as our own 4.7.x: DESIGN.md §3) did not decide.
+fn deciding_reply(f: &DeliveryFailure) -> Option<&Reply> {
+    let reply = f.reply.as_ref()?;
+    let value = reply.code().value();
+    let own_status = reply
+        .enhanced()
+        .map_or_else(|| format!("{}.0.0", value / 100), |e| e.to_string());
+    (f.result_type.is_none() && value >= 400 && own_status == f.status.to_string()).then_some(reply)
+}
+
+/// Our description of a connection-level failure that our code decides:
+/// the policy's reason when a policy decision failed the attempt (the rule
+/// itself goes to `policy_rule`, the status to `code`), else the client's
+/// explanation; and the server's words when it replied (`STARTTLS refused
+/// (554); server said: 554 5.7.0 no`).
+fn local_description(f: &DeliveryFailure, decision: Option<&Decision>) -> String {
+    let policy_reason = decision
+        .filter(|d| !d.reason.is_empty())
+        .filter(|d| d.action.failure().is_some_and(|pf| pf.status == f.status))
+        .map(|d| d.reason.as_str());
+    let mut text = policy_reason.unwrap_or(&f.explanation).to_owned();
+    if let Some(reply) = &f.reply {
+        text.push_str(&format!("; server said: {reply}"));
+    }
+    text
+}
+
+/// Our enhanced code for a server reply: its own, else `4.0.0` / `5.0.0`
+/// from its class (RFC 3463 §2: the class matches the reply's first digit).
+fn reply_code(reply: &Reply) -> EnhancedCode {
+    let fallback = if reply.code().value() >= 500 {
+        "5.0.0"
+    } else {
+        "4.0.0"
+    };
+    let code = reply
+        .enhanced()
+        .map_or_else(|| fallback.to_owned(), |e| e.to_string());
+    status_code(&code, EnhancedCode::EXPIRED)
+}
+
 /// Per-recipient outcomes of a delivery result.
+///
+/// A connection-level failure our code decides (TLS policy, lost
+/// connection, local problem) speaks for every recipient as a local failure
+/// with our status: a refused STARTTLS is recorded as 4.7.x, never as the
+/// server's 5xx (DESIGN.md §3). Otherwise each recipient's deciding reply
+/// (to RCPT, MAIL or DATA, or a refused greeting or EHLO) is recorded
+/// verbatim as the server's.
 fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(usize, Outcome)> {
     let now = SystemTime::now();
     let remote = match result.server {
@@ -594,6 +644,11 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
         .filter(|f| f.result_type.is_some())
         .map(|f| f.explanation.clone())
         .or_else(|| result.decision.as_ref().map(ToString::to_string));
+    let ours = result
+        .failure
+        .as_ref()
+        .filter(|f| deciding_reply(f).is_none());
+    let server_failure_reply = result.failure.as_ref().and_then(deciding_reply);
     indices
         .iter()
         .enumerate()
@@ -603,26 +658,16 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
             if status == DeliveryStatus::Delivered {
                 return (i, Outcome::Delivered);
             }
-            let reply = r.and_then(|r| r.reply.as_ref());
-            // A failure of the connection (TLS policy included) speaks for
-            // every recipient with our own code: a refused STARTTLS is
-            // recorded as 4.7.x, never as the server's 5xx (DESIGN.md §3).
-            let (code, text) = match (&result.failure, reply) {
-                (Some(f), _) => (status_code(&f.status, EnhancedCode::EXPIRED), f.to_string()),
-                (None, Some(reply)) => {
-                    let fallback = if reply.code().value() >= 500 {
-                        "5.0.0"
-                    } else {
-                        "4.0.0"
-                    };
-                    let code = reply
-                        .enhanced()
-                        .map_or_else(|| fallback.to_owned(), |e| e.to_string());
-                    (status_code(&code, EnhancedCode::EXPIRED), reply.to_string())
-                }
-                (None, None) => (transient(4, 2), "connection lost".to_owned()),
+            let reply = r.and_then(|r| r.reply.as_ref()).or(server_failure_reply);
+            let mut failure = match (ours, reply) {
+                (Some(f), _) => Failure::local(
+                    status_code(&f.status, EnhancedCode::EXPIRED),
+                    local_description(f, result.decision.as_ref()),
+                    now,
+                ),
+                (None, Some(reply)) => Failure::remote(reply_code(reply), reply.to_string(), now),
+                (None, None) => Failure::local(transient(4, 2), "connection lost", now),
             };
-            let mut failure = Failure::new(code, text, now);
             failure.remote_mta = Some(remote.clone());
             failure.result_type = result
                 .failure
@@ -632,7 +677,7 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
             failure.policy_rule.clone_from(&policy_rule);
             // A permanent reply fails the recipient; everything else, TLS
             // policy failures included (our own 4.7.x), is retried.
-            let outcome = if status == DeliveryStatus::Failed && code.is_permanent() {
+            let outcome = if status == DeliveryStatus::Failed && failure.code.is_permanent() {
                 Outcome::Failed(failure)
             } else {
                 Outcome::Deferred(failure)
@@ -682,13 +727,19 @@ fn log_outcome(
         || "none".to_owned(),
         |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust),
     );
+    tracing::info!(queue_id = %envelope.id,
+        "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, {}", delay.as_secs_f64(), status_field(outcome));
+}
+
+/// The end of a delivery log line, as Postfix writes it: `dsn=2.0.0,
+/// status=sent`; `dsn=5.1.1, status=bounced (host mx[192.0.2.1]:25 said:
+/// 550 5.1.1 no such user)` for a server's reply; `dsn=4.7.4,
+/// status=deferred (STARTTLS not offered)` for a failure of ours.
+fn status_field(outcome: &Outcome) -> String {
     match outcome {
-        Outcome::Delivered => tracing::info!(queue_id = %envelope.id,
-            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=sent", delay.as_secs_f64()),
-        Outcome::Deferred(f) => tracing::info!(queue_id = %envelope.id,
-            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=deferred ({})", delay.as_secs_f64(), f.reply),
-        Outcome::Failed(f) => tracing::info!(queue_id = %envelope.id,
-            "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, status=bounced ({})", delay.as_secs_f64(), f.reply),
+        Outcome::Delivered => "dsn=2.0.0, status=sent".to_owned(),
+        Outcome::Deferred(f) => format!("dsn={}, status=deferred ({f})", f.code),
+        Outcome::Failed(f) => format!("dsn={}, status=bounced ({f})", f.code),
     }
 }
 
@@ -698,10 +749,42 @@ mod tests {
     use postern_policy::ResultType;
 
     #[test]
+    fn log_status_reads_like_postfix() {
+        let now = SystemTime::now();
+        assert_eq!(status_field(&Outcome::Delivered), "dsn=2.0.0, status=sent");
+        let mut remote = Failure::remote(
+            "5.1.1".parse().unwrap(),
+            "550 5.1.1 <bob@example.com>: no such user",
+            now,
+        );
+        remote.remote_mta = Some("mx.example.com[192.0.2.1]:25".into());
+        assert_eq!(
+            status_field(&Outcome::Failed(remote)),
+            "dsn=5.1.1, status=bounced (host mx.example.com[192.0.2.1]:25 said: \
+             550 5.1.1 <bob@example.com>: no such user)"
+        );
+        let mut local = Failure::local(
+            EnhancedCode::new(4, 7, 4).unwrap(),
+            "STARTTLS refused (554); server said: 554 5.7.0 not now",
+            now,
+        );
+        local.remote_mta = Some("mx.example.com[192.0.2.1]:25".into());
+        assert_eq!(
+            status_field(&Outcome::Deferred(local)),
+            "dsn=4.7.4, status=deferred (STARTTLS refused (554); server said: 554 5.7.0 not now)"
+        );
+        let dns = Failure::local(EnhancedCode::DNS_FAILURE, "no address for mx.example", now);
+        assert_eq!(
+            status_field(&Outcome::Deferred(dns)),
+            "dsn=4.4.3, status=deferred (no address for mx.example)"
+        );
+    }
+
+    #[test]
     fn sts_problem_is_recorded_only_where_no_tls_result_type_is() {
         let now = SystemTime::now();
-        let plain = Failure::new(transient(4, 2), "451 4.4.2 connection lost", now);
-        let mut tls = Failure::new(transient(7, 5), "451 4.7.5 certificate", now);
+        let plain = Failure::local(transient(4, 2), "connection lost", now);
+        let mut tls = Failure::local(transient(7, 5), "certificate not trusted", now);
         tls.result_type = Some("certificate-not-trusted".to_owned());
         let mut outcomes = vec![
             (0, Outcome::Deferred(plain)),

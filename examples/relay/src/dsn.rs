@@ -3,7 +3,10 @@
 //! [`build_bounce`] composes a `multipart/report; report-type=delivery-status`
 //! message (RFC 6522) with three parts: a human-readable explanation, the
 //! `message/delivery-status` report (one block per failed recipient with its
-//! enhanced status code and diagnostic), and the returned message:
+//! enhanced status code and diagnostic: RFC 3464 §2.3.6 `smtp; <reply>` when
+//! the remote server's reply decided, `X-Postern; <description>` when the
+//! relay did, with `Remote-MTA` whenever a remote host was involved), and the
+//! returned message:
 //!
 //! - `message/rfc822` with the whole message when it fits the size limit
 //!   (Postfix `bounce_size_limit`) and the sender did not ask for headers only
@@ -25,7 +28,7 @@ use std::time::SystemTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
-use crate::envelope::{Envelope, Failure, MailParams, Recipient, Ret};
+use crate::envelope::{Envelope, Failure, FailureSource, MailParams, Recipient, Ret};
 
 /// Longest diagnostic text kept (the line must stay under RFC 5322's 998).
 const MAX_DIAGNOSTIC: usize = 900;
@@ -208,14 +211,23 @@ pub fn build_bounce(
             Some(f) => {
                 line(&format!("Status: {}", f.code));
                 if let Some(remote) = &f.remote_mta {
-                    line(&format!("Remote-MTA: dns; {}", ascii_line(remote)));
-                    line(&format!("Diagnostic-Code: smtp; {}", ascii_line(&f.reply)));
-                } else {
                     line(&format!(
-                        "Diagnostic-Code: X-Postern; {}",
-                        ascii_line(&f.reply)
+                        "Remote-MTA: dns; {}",
+                        ascii_line(mta_name(remote))
                     ));
                 }
+                // RFC 3464 §2.3.6: diagnostic-type `smtp` is for the reply
+                // the remote MTA actually gave; our own description of a
+                // failure (even one at that MTA, a TLS policy's) gets the
+                // private type.
+                let diagnostic_type = match f.source {
+                    FailureSource::Remote => "smtp",
+                    FailureSource::Local => "X-Postern",
+                };
+                line(&format!(
+                    "Diagnostic-Code: {diagnostic_type}; {}",
+                    ascii_line(&f.text)
+                ));
                 line(&format!("Last-Attempt-Date: {}", rfc5322_date(f.at)));
             }
             None => line("Status: 5.0.0"),
@@ -246,16 +258,33 @@ pub fn build_bounce(
     }))
 }
 
-/// One-line human description of a failure.
+/// The host name in a remote MTA as the relay records it
+/// (`mx.example.net[192.0.2.7]:25`): RFC 3464 §2.3.5 `Remote-MTA` of type
+/// `dns` is a name, without address or port. A host known only by its
+/// address gives the address.
+fn mta_name(remote: &str) -> &str {
+    match remote.split_once('[') {
+        Some(("", rest)) => rest.split_once(']').map_or(rest, |(ip, _)| ip),
+        Some((name, _)) => name,
+        None => remote,
+    }
+}
+
+/// One-line human description of a failure: `host X said: <reply>` for a
+/// server reply (it carries its own codes), `<description> (status <code>,
+/// host X)` for ours; then the TLS result type and the policy rule.
 fn describe(f: &Failure) -> String {
-    let mut s = String::new();
-    if let Some(remote) = &f.remote_mta {
-        s.push_str(&format!("host {} said: ", ascii_line(remote)));
-    }
-    s.push_str(&ascii_line(&f.reply));
-    if !f.reply.contains(&f.code.to_string()) {
-        s.push_str(&format!(" (status {})", f.code));
-    }
+    let mut s = match f.source {
+        FailureSource::Remote => ascii_line(&f.to_string()),
+        FailureSource::Local => {
+            let mut s = format!("{} (status {}", ascii_line(&f.text), f.code);
+            if let Some(remote) = &f.remote_mta {
+                s.push_str(&format!(", host {}", ascii_line(remote)));
+            }
+            s.push(')');
+            s
+        }
+    };
     if let Some(rt) = &f.result_type {
         s.push_str(&format!(" [TLS result: {}]", ascii_line(rt)));
     }
@@ -352,7 +381,7 @@ mod tests {
             t(0),
         );
         env.recipients[0].state = RecipientState::Delivered;
-        let mut f = Failure::new(
+        let mut f = Failure::remote(
             "5.1.1".parse().unwrap(),
             "550 5.1.1 <bad@example.net>: no such user\r\nInjected: header",
             t(60),
@@ -403,8 +432,12 @@ mod tests {
         assert_eq!(parts.len(), 3);
         assert!(parts[0].contains("Content-Type: text/plain"));
         assert!(
+            parts[0].contains(
+                "\r\n<bad@example.net>: host mx.example.net[192.0.2.7]:25 said: \
+                 550 5.1.1 <bad@example.net>: no such user Injected: header\r\n"
+            ),
+            "{}",
             parts[0]
-                .contains("<bad@example.net>: host mx.example.net[192.0.2.7]:25 said: 550 5.1.1")
         );
         assert!(
             !parts[0].contains("ok@example.com"),
@@ -418,7 +451,7 @@ mod tests {
         assert!(report.contains(
             "Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
         ));
-        assert!(report.contains("Remote-MTA: dns; mx.example.net[192.0.2.7]:25\r\n"));
+        assert!(report.contains("Remote-MTA: dns; mx.example.net\r\n"));
         // The remote's CRLF cannot start a new field.
         assert!(report.contains(
             "Diagnostic-Code: smtp; 550 5.1.1 <bad@example.net>: no such user Injected: header\r\n"
@@ -521,23 +554,84 @@ mod tests {
         assert_eq!(build_bounce(&env, &[], ORIGINAL, &s, t(1)).unwrap(), None);
     }
 
+    /// The delivery-status block of the failed recipient, without the date.
+    fn recipient_block(msg: &str) -> String {
+        let report = &parts(msg)[1];
+        let start = report
+            .find("Final-Recipient: rfc822; bad@example.net")
+            .unwrap();
+        let block = &report[start..];
+        block[..block.find("Last-Attempt-Date:").unwrap()].to_owned()
+    }
+
     #[test]
     fn local_failure_uses_a_private_diagnostic_type() {
         let mut env = failed_envelope("a@example.org", MailParams::default());
-        let mut f = Failure::new(
+        let mut f = Failure::local(
             EnhancedCode::NULL_MX,
-            "556 5.1.10 example.net does not accept mail (null MX)",
+            "null MX: example.net accepts no mail",
             t(5),
         );
         f.policy_rule = Some("default".into());
         env.recipients[1].last_failure = Some(f);
         let msg = bounce(&env, ORIGINAL);
-        assert!(msg.contains("Status: 5.1.10\r\n"));
-        assert!(msg.contains(
-            "Diagnostic-Code: X-Postern; 556 5.1.10 example.net does not accept mail (null MX)\r\n"
-        ));
+        assert_eq!(
+            recipient_block(&msg),
+            "Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.1.10\r\n\
+             Diagnostic-Code: X-Postern; null MX: example.net accepts no mail\r\n"
+        );
         assert!(!msg.contains("Remote-MTA"));
-        assert!(msg.contains("[policy: default]"));
+        assert!(msg.contains(
+            "\r\n<bad@example.net>: null MX: example.net accepts no mail (status 5.1.10) \
+             [policy: default]\r\n"
+        ));
+    }
+
+    #[test]
+    fn local_tls_failure_at_a_remote_mta_is_not_an_smtp_diagnostic() {
+        // A 554 to STARTTLS under `encrypt`: our 4.7.4 decides, the server's
+        // words are quoted in our description, and it was that MTA.
+        let mut env = failed_envelope("a@example.org", MailParams::default());
+        let mut f = Failure::local(
+            "4.7.4".parse().unwrap(),
+            "STARTTLS refused (554); server said: 554 5.7.0 no TLS today",
+            t(5),
+        );
+        f.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
+        f.result_type = Some("starttls-not-supported".into());
+        env.recipients[1].last_failure = Some(f);
+        let msg = bounce(&env, ORIGINAL);
+        assert_eq!(
+            recipient_block(&msg),
+            "Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 4.7.4\r\n\
+             Remote-MTA: dns; mx.example.net\r\n\
+             Diagnostic-Code: X-Postern; STARTTLS refused (554); server said: 554 5.7.0 no TLS today\r\n"
+        );
+        assert!(!msg.contains("smtp;"), "{msg}");
+        assert!(msg.contains(
+            "\r\n<bad@example.net>: STARTTLS refused (554); server said: 554 5.7.0 no TLS today \
+             (status 4.7.4, host mx.example.net[192.0.2.7]:25) [TLS result: starttls-not-supported]\r\n"
+        ));
+    }
+
+    #[test]
+    fn server_reply_is_an_smtp_diagnostic() {
+        // A reply without an enhanced code: the status is its class's.
+        let mut env = failed_envelope("a@example.org", MailParams::default());
+        let mut f = Failure::remote("5.0.0".parse().unwrap(), "554 go away", t(5));
+        f.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
+        env.recipients[1].last_failure = Some(f);
+        let msg = bounce(&env, ORIGINAL);
+        assert_eq!(
+            recipient_block(&msg),
+            "Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.0.0\r\n\
+             Remote-MTA: dns; mx.example.net\r\n\
+             Diagnostic-Code: smtp; 554 go away\r\n"
+        );
+        assert!(!msg.contains("X-Postern"), "{msg}");
+        assert!(msg.contains(
+            "\r\n<bad@example.net>: host mx.example.net[192.0.2.7]:25 said: 554 go away\r\n"
+        ));
     }
 
     #[test]
@@ -556,5 +650,13 @@ mod tests {
         assert_eq!(header_section_len(b"\r\nbody"), 0);
         assert_eq!(header_section_len(b"A: b\r\nB: trunc"), 6);
         assert_eq!(header_section_len(b"no crlf at all"), 0);
+    }
+
+    #[test]
+    fn remote_mta_is_a_host_name() {
+        assert_eq!(mta_name("mx.example.net[192.0.2.7]:25"), "mx.example.net");
+        assert_eq!(mta_name("[192.0.2.7]:25"), "192.0.2.7");
+        assert_eq!(mta_name("[2001:db8::1]:25"), "2001:db8::1");
+        assert_eq!(mta_name("mx.example.net"), "mx.example.net");
     }
 }

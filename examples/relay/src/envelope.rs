@@ -107,6 +107,8 @@ impl EnhancedCode {
     pub const DNS_FAILURE: Self = Self::known(4, 4, 3);
     /// `5.1.2`: bad destination system address (RFC 3463 §3.2).
     pub const BAD_DESTINATION: Self = Self::known(5, 1, 2);
+    /// `5.1.3`: bad destination mailbox address syntax (RFC 3463 §3.2).
+    pub const BAD_ADDRESS_SYNTAX: Self = Self::known(5, 1, 3);
     /// `5.1.10`: recipient address has null MX (RFC 7505 §4, registered in §6).
     pub const NULL_MX: Self = Self::known(5, 1, 10);
     /// `5.4.4`: unable to route (RFC 3463 §3.5).
@@ -192,15 +194,57 @@ impl fmt::Display for EnhancedCode {
     }
 }
 
+/// Who wrote the [`text`](Failure::text) of a [`Failure`].
+///
+/// RFC 3464 §2.3.6 keeps the diagnostic-type `smtp` for the actual reply of
+/// the remote MTA; a bounce therefore needs to know whether the text is one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureSource {
+    /// This relay decided and described the failure (routing, DNS, a TLS
+    /// policy, a lost connection, expiry). The text is a description
+    /// without reply or status code (`no address for mx.example`); the
+    /// status is in [`Failure::code`]. A server reply the policy overrode
+    /// (a 5xx to STARTTLS under a TLS-required mode, recorded as our own
+    /// 4.7.x) is quoted in the description, but our code decides.
+    ///
+    /// The default: a failure recorded before this field existed is taken as
+    /// ours, so a bounce never claims a server said what it may not have.
+    #[default]
+    Local,
+    /// The remote server's reply decided the failure (a refusal of RCPT,
+    /// MAIL, DATA, of the greeting or of EHLO): the text is that reply,
+    /// verbatim on one line (`550 5.1.1 <bob@example.com>: no such user`),
+    /// and [`Failure::code`] is its enhanced code (or `4.0.0` / `5.0.0` from
+    /// its class when it has none).
+    Remote,
+}
+
 /// Why a delivery attempt failed, as recorded in the queue and reported by
 /// `queue list` and in bounces.
+///
+/// Each fact has one place: the status in `code`, the RFC 8460 result type
+/// in `result_type`, the policy rule in `policy_rule`, the host in
+/// `remote_mta`, and in `text` either the server's reply or our description,
+/// as `source` says. `Display` gives the one-line form of the delivery log:
+/// `host mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user` for a
+/// server reply, the description otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// The enhanced status code (ours or the remote server's).
+    /// The enhanced status code (ours, or the remote server's when `source`
+    /// is [`FailureSource::Remote`]).
     pub code: EnhancedCode,
-    /// The reply, one line: the remote server's reply (`550 5.1.1 no such user`)
-    /// or the reply this relay composed for a local failure.
-    pub reply: String,
+    /// Who wrote `text`: the remote server (its reply) or this relay (a
+    /// description). Absent in records written before it existed: local.
+    #[serde(default)]
+    pub source: FailureSource,
+    /// One line: the remote server's reply verbatim
+    /// ([`FailureSource::Remote`], `550 5.1.1 no such user`), or this
+    /// relay's description of a local failure ([`FailureSource::Local`],
+    /// `no address for mx.example.com`), which carries no status code.
+    /// (Read from the former name `reply` too.)
+    #[serde(alias = "reply")]
+    pub text: String,
     /// The RFC 8460 §4.3 result type when the failure is a TLS one
     /// (`starttls-not-supported`, `certificate-not-trusted`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,8 +252,11 @@ pub struct Failure {
     /// The policy rule that decided, as the TLS policy explains it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_rule: Option<String>,
-    /// The host that gave the reply, when a remote server did
-    /// (`mx.example.com[192.0.2.1]:25`); `None` for a local failure.
+    /// The remote host the attempt talked to, or tried to
+    /// (`mx.example.com[192.0.2.1]:25`): the one that gave the reply of a
+    /// remote failure, or the one a local failure (TLS policy, lost
+    /// connection) happened with; `None` when no host was involved (routing,
+    /// DNS, queue file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_mta: Option<String>,
     /// When the failure happened.
@@ -218,15 +265,49 @@ pub struct Failure {
 }
 
 impl Failure {
-    /// A failure with a code and reply and no TLS or remote details.
-    pub fn new(code: EnhancedCode, reply: impl Into<String>, at: SystemTime) -> Self {
+    /// A failure this relay decided, with its code and a description (no
+    /// reply or status code in it: `no host to deliver to`).
+    pub fn local(code: EnhancedCode, description: impl Into<String>, at: SystemTime) -> Self {
+        Self::with_source(FailureSource::Local, code, description.into(), at)
+    }
+
+    /// A failure decided by the remote server's `reply` (one line,
+    /// verbatim), with the enhanced code it carries.
+    pub fn remote(code: EnhancedCode, reply: impl Into<String>, at: SystemTime) -> Self {
+        Self::with_source(FailureSource::Remote, code, reply.into(), at)
+    }
+
+    fn with_source(
+        source: FailureSource,
+        code: EnhancedCode,
+        text: String,
+        at: SystemTime,
+    ) -> Self {
         Self {
             code,
-            reply: reply.into(),
+            source,
+            text,
             result_type: None,
             policy_rule: None,
             remote_mta: None,
             at,
+        }
+    }
+
+    /// Whether `text` is the remote server's reply.
+    pub fn is_remote_reply(&self) -> bool {
+        self.source == FailureSource::Remote
+    }
+}
+
+impl fmt::Display for Failure {
+    /// Postfix-style: `host X said: <reply>` for a server reply, else the
+    /// description.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.source, &self.remote_mta) {
+            (FailureSource::Remote, Some(host)) => write!(f, "host {host} said: {}", self.text),
+            (FailureSource::Remote, None) => write!(f, "remote server said: {}", self.text),
+            (FailureSource::Local, _) => f.write_str(&self.text),
         }
     }
 }
@@ -474,15 +555,55 @@ mod tests {
             },
             t,
         );
-        let mut failure = Failure::new("4.7.5".parse().unwrap(), "454 4.7.5 tls failed", t);
+        let mut failure = Failure::local("4.7.5".parse().unwrap(), "certificate not trusted", t);
         failure.result_type = Some("certificate-not-trusted".into());
         env.recipients[0].state = RecipientState::Deferred;
-        env.recipients[0].last_failure = Some(failure.clone());
-        env.last_failure = Some(failure);
+        env.recipients[0].last_failure = Some(failure);
+        env.last_failure = Some(Failure::remote(
+            "5.1.1".parse().unwrap(),
+            "550 5.1.1 no such user",
+            t,
+        ));
         let json = serde_json::to_string(&env).unwrap();
         assert!(json.contains("\"4.7.5\""), "{json}");
         assert!(json.contains("1700000000"), "{json}");
+        assert!(
+            json.contains(r#""source":"local","text":"certificate not trusted""#),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""source":"remote","text":"550 5.1.1 no such user""#),
+            "{json}"
+        );
         let back: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn failure_recorded_before_the_source_field_loads_as_local() {
+        let json = r#"{"code":"4.4.3","reply":"451 4.4.3 no address for mx.example","at":5}"#;
+        let f: Failure = serde_json::from_str(json).unwrap();
+        assert_eq!(f.source, FailureSource::Local);
+        assert_eq!(f.text, "451 4.4.3 no address for mx.example");
+        assert_eq!(f.code, EnhancedCode::DNS_FAILURE);
+        assert!(!f.is_remote_reply());
+    }
+
+    #[test]
+    fn failure_displays_like_a_postfix_log_reason() {
+        let t = UNIX_EPOCH;
+        let mut remote = Failure::remote("5.1.1".parse().unwrap(), "550 5.1.1 no such user", t);
+        assert_eq!(
+            remote.to_string(),
+            "remote server said: 550 5.1.1 no such user"
+        );
+        remote.remote_mta = Some("mx.example.com[192.0.2.1]:25".into());
+        assert_eq!(
+            remote.to_string(),
+            "host mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user"
+        );
+        let mut local = Failure::local(EnhancedCode::DNS_FAILURE, "no address for mx.example", t);
+        local.remote_mta = Some("mx.example:25".into());
+        assert_eq!(local.to_string(), "no address for mx.example");
     }
 }

@@ -63,7 +63,9 @@
 //!
 //! // Delivery: take what is due, report per recipient, persist, retry later.
 //! let due = queue.take_due(now, 10);
-//! let failure = Failure::new(EnhancedCode::new(4, 7, 5)?, "454 4.7.5 handshake failed", now);
+//! // A failure of ours carries a description; the status is in its code (a
+//! // server's refusal would be `Failure::remote` with the reply verbatim).
+//! let failure = Failure::local(EnhancedCode::new(4, 7, 5)?, "TLS handshake failed", now);
 //! let (envelope, report) = queue.complete_attempt(&due[0].id, &[(0, Outcome::Deferred(failure))], now)?;
 //! spool.update(&envelope)?;
 //! assert_eq!(report.disposition, Disposition::Retry { at: now + Duration::from_secs(300) });

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId, RecipientState};
+use crate::envelope::{EnhancedCode, Envelope, Failure, FailureSource, MessageId, RecipientState};
 
 /// Retry and expiry settings.
 ///
@@ -195,14 +195,18 @@ pub fn record_attempt(
             let rcpt = &mut envelope.recipients[index];
             rcpt.state = RecipientState::Failed;
             let failure = match rcpt.last_failure.take() {
+                // The text is now ours, quoting the last error in its
+                // log form (`host X said: <reply>` for a server's reply):
+                // no longer the server's verbatim reply.
                 Some(mut f) => {
-                    f.reply = format!(
-                        "message expired after {} attempts; last error: {}",
-                        envelope.attempts, f.reply
+                    f.text = format!(
+                        "message expired after {} attempts; last error: {f}",
+                        envelope.attempts
                     );
+                    f.source = FailureSource::Local;
                     f
                 }
-                None => Failure::new(
+                None => Failure::local(
                     EnhancedCode::EXPIRED,
                     format!("message expired after {} attempts", envelope.attempts),
                     now,
@@ -452,15 +456,13 @@ mod tests {
     }
 
     fn temp(at: u64) -> Outcome {
-        Outcome::Deferred(Failure::new(
-            "4.7.5".parse().unwrap(),
-            "454 4.7.5 handshake failed",
-            t(at),
-        ))
+        let mut f = Failure::local("4.7.5".parse().unwrap(), "TLS handshake failed", t(at));
+        f.remote_mta = Some("mx.example.com[192.0.2.1]:25".into());
+        Outcome::Deferred(f)
     }
 
     fn perm(at: u64) -> Outcome {
-        Outcome::Failed(Failure::new(
+        Outcome::Failed(Failure::remote(
             "5.1.1".parse().unwrap(),
             "550 5.1.1 no such user",
             t(at),
@@ -508,7 +510,7 @@ mod tests {
         assert_eq!(env.next_attempt, t(10) + 5 * MIN);
         assert_eq!(env.attempts, 1);
         assert_eq!(
-            env.last_failure.as_ref().unwrap().reply,
+            env.last_failure.as_ref().unwrap().text,
             "550 5.1.1 no such user"
         );
         mark_returned(&mut env, &report.bounce);
@@ -578,12 +580,15 @@ mod tests {
         assert_eq!(now, t(3600));
         let f = env.recipients[0].last_failure.as_ref().unwrap();
         assert_eq!(f.code.to_string(), "4.7.5");
-        assert!(
-            f.reply.starts_with("message expired after 5 attempts"),
-            "{}",
-            f.reply
+        assert_eq!(
+            f.text,
+            "message expired after 5 attempts; last error: TLS handshake failed"
         );
-        assert!(f.reply.contains("handshake failed"));
+        assert_eq!(f.source, FailureSource::Local);
+        assert_eq!(
+            f.remote_mta.as_deref(),
+            Some("mx.example.com[192.0.2.1]:25")
+        );
     }
 
     #[test]
@@ -595,10 +600,33 @@ mod tests {
         let mut env = envelope("s@example.org", 1);
         let report = record_attempt(&mut env, &[], t(120), &p).unwrap();
         assert_eq!(report.bounce, vec![0]);
+        let f = env.recipients[0].last_failure.as_ref().unwrap();
+        assert_eq!(f.code, EnhancedCode::EXPIRED);
+        assert_eq!(f.text, "message expired after 1 attempts");
+        assert_eq!(f.source, FailureSource::Local);
+    }
+
+    #[test]
+    fn expiry_after_a_server_reply_quotes_it_as_ours() {
+        let p = RetryPolicy {
+            max_lifetime: MIN,
+            ..RetryPolicy::default()
+        };
+        let mut env = envelope("s@example.org", 1);
+        let mut f = Failure::remote("4.2.2".parse().unwrap(), "452 4.2.2 mailbox full", t(0));
+        f.remote_mta = Some("mx.example.com[192.0.2.1]:25".into());
+        let report = record_attempt(&mut env, &[(0, Outcome::Deferred(f))], t(120), &p).unwrap();
+        assert_eq!(report.bounce, vec![0]);
+        let f = env.recipients[0].last_failure.as_ref().unwrap();
+        assert_eq!(f.code.to_string(), "4.2.2");
         assert_eq!(
-            env.recipients[0].last_failure.as_ref().unwrap().code,
-            EnhancedCode::EXPIRED
+            f.text,
+            "message expired after 1 attempts; last error: \
+             host mx.example.com[192.0.2.1]:25 said: 452 4.2.2 mailbox full"
         );
+        // No longer the server's verbatim reply: a bounce must not give it
+        // as an `smtp` diagnostic.
+        assert_eq!(f.source, FailureSource::Local);
     }
 
     #[test]

@@ -12,9 +12,14 @@
 //!    MX records at all means the implicit MX, the domain itself with
 //!    preference 0, provided it has an address record; a null MX (RFC 7505:
 //!    one MX with exchange `.`) means the domain accepts no mail, a permanent
-//!    failure `556 5.1.10`. A domain that does not exist is a permanent
-//!    failure `5.1.2`; a DNS error is a temporary failure `4.4.3`, never a
-//!    bounce.
+//!    failure `5.1.10` (the status RFC 7505 §4 pairs with reply code 556).
+//!    A domain that does not exist is a permanent failure `5.1.2`; a DNS
+//!    error is a temporary failure `4.4.3`, never a bounce.
+//!
+//! These failures are the relay's own ([`FailureSource::Local`](crate::envelope::FailureSource::Local)):
+//! their text describes the problem (`MX lookup for example.com failed:
+//! timeout`) and carries no reply or status code; the status is the
+//! failure's `code`.
 //!
 //! DNS goes through the [`Resolver`] trait: [`HickoryResolver`] in the relay,
 //! a fake in tests.
@@ -467,23 +472,23 @@ impl<R: Resolver> Router<R> {
         // A domain literal (`user@[192.0.2.1]`, RFC 5321 §4.1.3) is not
         // routed by DNS; only a static route may take it.
         if domain.starts_with('[') {
-            return Err(Failure::new(
+            return Err(Failure::local(
                 EnhancedCode::UNROUTABLE,
-                format!("554 5.4.4 no route to address literal {domain}"),
+                format!("no route to address literal {domain}"),
                 now,
             ));
         }
         match self.resolver.mx(&domain).await {
             Ok(records) if !records.is_empty() => mx_route(domain, records, self.mx_port, now),
             Ok(_) | Err(LookupError::NoRecords) => self.implicit_mx(domain, now).await,
-            Err(LookupError::NoSuchDomain) => Err(Failure::new(
+            Err(LookupError::NoSuchDomain) => Err(Failure::local(
                 EnhancedCode::BAD_DESTINATION,
-                format!("550 5.1.2 domain {domain} does not exist"),
+                format!("domain {domain} does not exist"),
                 now,
             )),
-            Err(LookupError::Temporary(e)) => Err(Failure::new(
+            Err(LookupError::Temporary(e)) => Err(Failure::local(
                 EnhancedCode::DNS_FAILURE,
-                format!("451 4.4.3 MX lookup for {domain} failed: {e}"),
+                format!("MX lookup for {domain} failed: {e}"),
                 now,
             )),
         }
@@ -502,14 +507,14 @@ impl<R: Resolver> Router<R> {
                 domain,
                 source: RouteSource::ImplicitMx,
             }),
-            Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::new(
+            Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::local(
                 EnhancedCode::UNROUTABLE,
-                format!("554 5.4.4 {domain} has no MX and no address record"),
+                format!("{domain} has no MX and no address record"),
                 now,
             )),
-            Err(LookupError::Temporary(e)) => Err(Failure::new(
+            Err(LookupError::Temporary(e)) => Err(Failure::local(
                 EnhancedCode::DNS_FAILURE,
-                format!("451 4.4.3 address lookup for {domain} failed: {e}"),
+                format!("address lookup for {domain} failed: {e}"),
                 now,
             )),
         }
@@ -525,12 +530,12 @@ fn mx_route(
     let is_null = |r: &MxRecord| r.exchange.is_empty() || r.exchange == ".";
     // RFC 7505 §3: a null MX is a single MX RR with preference 0 and the
     // zero-length exchange; the domain accepts no mail. §4: such
-    // mail is returned with 556 5.1.10 (RFC 7504 §3 reply code).
+    // mail is returned with status 5.1.10 (reply code 556, RFC 7504 §3).
     // `records[0]` exists: the length is checked first.
     if records.len() == 1 && is_null(&records[0]) {
-        return Err(Failure::new(
+        return Err(Failure::local(
             EnhancedCode::NULL_MX,
-            format!("556 5.1.10 {domain} does not accept mail (null MX)"),
+            format!("null MX: {domain} accepts no mail"),
             now,
         ));
     }
@@ -561,6 +566,7 @@ fn mx_route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::FailureSource;
     use std::sync::Mutex;
     use std::time::UNIX_EPOCH;
 
@@ -792,6 +798,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.text, "example.net has no MX and no address record");
+        assert_eq!(err.source, FailureSource::Local);
     }
 
     #[tokio::test]
@@ -803,7 +811,8 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code.to_string(), "5.1.10");
         assert!(err.code.is_permanent());
-        assert!(err.reply.starts_with("556 5.1.10"));
+        assert_eq!(err.text, "null MX: nomail.example accepts no mail");
+        assert_eq!(err.source, FailureSource::Local);
 
         // "." among real records is skipped, not a null MX.
         let dns = FakeDns::default().mx("mixed.example", &[(0, "."), (10, "mx.mixed.example")]);
@@ -822,11 +831,15 @@ mod tests {
         let err = router.route("flaky.example", now()).await.unwrap_err();
         assert_eq!(err.code, EnhancedCode::DNS_FAILURE);
         assert!(!err.code.is_permanent());
+        assert_eq!(err.text, "MX lookup for flaky.example failed: timeout");
 
         let err = router.route("missing.example", now()).await.unwrap_err();
         assert_eq!(err.code, EnhancedCode::BAD_DESTINATION);
+        assert_eq!(err.text, "domain missing.example does not exist");
 
         let err = router.route("[192.0.2.1]", now()).await.unwrap_err();
         assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.text, "no route to address literal [192.0.2.1]");
+        assert_eq!(err.source, FailureSource::Local);
     }
 }

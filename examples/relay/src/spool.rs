@@ -503,9 +503,7 @@ impl Spool {
                 if n == 0 {
                     break;
                 }
-                incoming
-                    .write_chunk(&buf[..n])
-                    .map_err(|e| e.to_string())?;
+                incoming.write_chunk(&buf[..n]).map_err(|e| e.to_string())?;
             }
             incoming.commit().map_err(|e| e.to_string())?;
         }
@@ -688,8 +686,7 @@ fn load_legacy(path: &Path, id: &MessageId) -> Result<(Envelope, u64), String> {
     if !content.is_file() {
         return Err("content is not a file".into());
     }
-    let file =
-        File::open(path.join(LEGACY_ENVELOPE_FILE)).map_err(|e| format!("envelope: {e}"))?;
+    let file = File::open(path.join(LEGACY_ENVELOPE_FILE)).map_err(|e| format!("envelope: {e}"))?;
     Ok((read_envelope(file, MAX_ENVELOPE_BYTES, id)?, content.len()))
 }
 
@@ -874,7 +871,7 @@ mod tests {
         let mut env = receive(&spool, envelope(0), &[b"x\r\n"]);
         env.attempts = 3;
         env.recipients[0].state = RecipientState::Deferred;
-        env.last_failure = Some(Failure::new(
+        env.last_failure = Some(Failure::local(
             "4.4.1".parse().unwrap(),
             "connection refused",
             t(5),

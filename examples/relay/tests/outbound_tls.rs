@@ -15,7 +15,7 @@ use common::{
     start_relay, transport, wait_for,
 };
 use lettre::AsyncTransport;
-use postern_relay::envelope::RecipientState;
+use postern_relay::envelope::{FailureSource, RecipientState};
 
 const MODES: [&str; 4] = ["none", "opportunistic", "encrypt", "verify"];
 const CASES: [&str; 9] = [
@@ -184,6 +184,28 @@ async fn every_client_mode_against_every_next_hop() {
                     rule.contains(&format!("domain {d} (override): {mode}")),
                     "{d}: policy rule {rule:?}"
                 );
+                // Our policy decides every one of these: a description
+                // without code, the server's words quoted when it replied.
+                assert_eq!(f.source, FailureSource::Local, "{d}: {f:?}");
+                assert!(
+                    !f.text.starts_with(|c: char| c.is_ascii_digit()),
+                    "{d}: {f:?}"
+                );
+                let text = match case.as_str() {
+                    "nostarttls" => Some("STARTTLS not offered"),
+                    "refuse454" => Some(
+                        "STARTTLS refused (454); server said: \
+                         454 4.7.0 TLS not available due to local problem",
+                    ),
+                    "refuse502" => Some(
+                        "STARTTLS refused (502); server said: \
+                         502 5.5.1 Error: command not implemented",
+                    ),
+                    _ => None,
+                };
+                if let Some(text) = text {
+                    assert_eq!(f.text, text, "{d}: {f:?}");
+                }
                 match want {
                     Expect::Defer(prefix) if f.code.to_string().starts_with(prefix) => want,
                     _ => Expect::Defer("other"),
