@@ -9,6 +9,8 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+use crate::class::{self, ATEXT, LDH};
+
 /// RFC 5321 4.5.3.1.1: the maximum total length of a user name or other local-part is 64 octets.
 pub const MAX_LOCAL_PART_LEN: usize = 64;
 /// RFC 5321 4.5.3.1.2: the maximum total length of a domain name or number is 255 octets.
@@ -319,50 +321,6 @@ impl FromStr for ForwardPath {
 // Borrowed, zero-allocation forms of the address types, validated octet by octet. The owned types' `parse`
 // functions are these plus one copy, so both accept exactly the same language.
 
-/// Octet class: RFC 5322 3.2.3 `atext` (ASCII part).
-const C_ATEXT: u8 = 1;
-/// Octet class: a domain label character, `ALPHA / DIGIT / "-"` (RFC 5321 4.1.2 `Ldh-str`) plus `_`.
-const C_LDH: u8 = 2;
-
-/// Class bits of every octet (0 for non-ASCII octets: those take the character-level path).
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 128 {
-        let c = b as u8;
-        let alnum = c.is_ascii_alphanumeric();
-        let special = matches!(
-            c,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'/'
-                | b'='
-                | b'?'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'{'
-                | b'|'
-                | b'}'
-                | b'~'
-        );
-        if alnum || special {
-            t[b] |= C_ATEXT;
-        }
-        if alnum || c == b'-' || c == b'_' {
-            t[b] |= C_LDH;
-        }
-        b += 1;
-    }
-    t
-};
-
 /// Validate a domain (RFC 5321 4.1.2 `Domain`, RFC 6531 U-labels, the limits of 4.5.3.1.2). ASCII labels are
 /// checked with the octet class table; a label holding a non-ASCII octet sends the whole domain to the
 /// character-level check, which gives the same verdict on ASCII labels.
@@ -387,7 +345,7 @@ fn check_domain(s: &str) -> Result<(), AddressError> {
         if label.len() > 63 {
             return Err(AddressError::DomainTooLong);
         }
-        if !label.iter().all(|&c| CLASS[usize::from(c)] & C_LDH != 0) {
+        if !label.iter().all(|&c| class::is(c, LDH)) {
             if !s.is_ascii() {
                 return check_domain_chars(s);
             }
@@ -438,7 +396,7 @@ fn is_dot_string(local: &str) -> bool {
                 return false;
             }
             after_dot = true;
-        } else if CLASS[usize::from(c)] & C_ATEXT != 0 {
+        } else if class::is(c, ATEXT) {
             after_dot = false;
         } else if c >= 0x80 {
             return !local.is_empty()
@@ -695,6 +653,98 @@ impl<'a> ForwardPathRef<'a> {
             Self::Mailbox(m) => ForwardPath::Mailbox(m.into_owned()),
         }
     }
+}
+
+// The fast paths of the command parser: one pass over the octets of the common shapes (plain ASCII
+// `<local@domain>`, `<>`, `<Postmaster>`, an ASCII domain), each octet looked up once in the class table. They
+// accept only what the general parsers above accept and give the same result for it; `None` means "not this
+// simple shape", never "invalid": the caller then runs the general parser, which decides and names the error.
+
+/// The LDH labels of a domain from `b[i]` on (RFC 5321 4.1.2 `sub-domain`, plus `_`; labels of 1 to 63 octets
+/// that neither start nor end with `-`, 4.5.3.1.2 via [`check_domain`]'s rules). Returns the index of the
+/// first octet after the last label (not a label octet, not `.`), or `None` at the first empty, long or
+/// badly hyphenated label.
+#[inline(always)]
+fn scan_labels(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let label = i;
+        while let Some(&c) = b.get(i)
+            && class::is(c, LDH)
+        {
+            i += 1;
+        }
+        let n = i - label;
+        // `n > 0` is tested first: then `label < i <= b.len()`, so both octets exist.
+        if n == 0 || n > 63 || b.get(label) == Some(&b'-') || b.get(i - 1) == Some(&b'-') {
+            return None;
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+        } else {
+            return Some(i);
+        }
+    }
+}
+
+/// Fast path of [`HostRef::parse`] for a whole ASCII domain: `Some` exactly when `b` is a domain
+/// [`check_domain`] accepts made of ASCII LDH labels only.
+pub(crate) fn scan_simple_domain(b: &[u8]) -> Option<HostRef<'_>> {
+    if b.len() > MAX_DOMAIN_LEN || scan_labels(b, 0)? != b.len() {
+        return None;
+    }
+    // All octets are ASCII (class table), so this never fails; it is the safe way to borrow them as `str`.
+    std::str::from_utf8(b).ok().map(HostRef::Domain)
+}
+
+/// What [`scan_simple_path`] found between the angle brackets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SimplePath<'a> {
+    /// A single atom without `@`, possibly empty: `<>` or `<Postmaster>` (or an invalid path: the caller decides).
+    Atom(&'a [u8]),
+    /// `<Dot-string "@" Domain>`, validated as [`MailboxRef::parse`] validates it.
+    Mailbox(MailboxRef<'a>),
+}
+
+/// Fast path of [`unwrap_path`] plus [`MailboxRef::parse`]: a path at the start of `b`, `"<" Dot-string "@"
+/// Domain ">"` in ASCII without source route, quoted string or address literal, within the limits of RFC 5321
+/// 4.5.3.1 (local part 64, path 256 octets; the domain limit of 255 follows from the path limit). Returns the
+/// path and the octets after its `>`.
+#[inline(always)]
+pub(crate) fn scan_simple_path(b: &[u8]) -> Option<(SimplePath<'_>, &[u8])> {
+    if b.first() != Some(&b'<') {
+        return None;
+    }
+    // Dot-string = Atom *("." Atom): a "." only between two non-empty atoms.
+    let mut i = 1;
+    let at = loop {
+        let atom = i;
+        while let Some(&c) = b.get(i)
+            && class::is(c, ATEXT)
+        {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'.') if i > atom => i += 1,
+            Some(b'@') if i > atom => break i,
+            Some(b'>') if atom == 1 => return Some((SimplePath::Atom(&b[1..i]), &b[i + 1..])),
+            _ => return None,
+        }
+    };
+    if at - 1 > MAX_LOCAL_PART_LEN {
+        return None;
+    }
+    let end = scan_labels(b, at + 1)?;
+    if b.get(end) != Some(&b'>') || end + 1 > MAX_PATH_LEN {
+        return None;
+    }
+    // All octets between the brackets are ASCII (class table): this never fails.
+    let inner = std::str::from_utf8(&b[1..end]).ok()?;
+    let (local_part, domain) = (inner.get(..at - 1)?, inner.get(at..)?);
+    let mailbox = MailboxRef {
+        local_part,
+        host: HostRef::Domain(domain),
+    };
+    Some((SimplePath::Mailbox(mailbox), &b[end + 1..]))
 }
 
 /// The parsers as they were before the octet-level rewrite, kept as the reference the tests compare against.

@@ -9,6 +9,8 @@ use crate::address::{
 };
 use crate::reply::Reply;
 
+mod simple;
+
 /// `BODY=` values (RFC 6152, RFC 3030).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Body {
@@ -211,6 +213,44 @@ fn is_xtext(s: &str) -> bool {
     true
 }
 
+/// RFC 3461 4.4: the ENVID value is xtext of 1 to 100 characters.
+fn envid(v: &str) -> Option<&str> {
+    (!v.is_empty() && v.len() <= 100 && is_xtext(v)).then_some(v)
+}
+
+/// RFC 3461 4.1: the NOTIFY value, `"NEVER"` or a comma-separated list of `"SUCCESS"`, `"FAILURE"`, `"DELAY"`,
+/// each at most once.
+fn notify(v: &str) -> Option<Notify> {
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(Notify::Never);
+    }
+    let (mut success, mut failure, mut delay) = (false, false, false);
+    for item in v.split(',') {
+        let flag = match which(item, &["SUCCESS", "FAILURE", "DELAY"])? {
+            0 => &mut success,
+            1 => &mut failure,
+            _ => &mut delay,
+        };
+        if *flag {
+            return None;
+        }
+        *flag = true;
+    }
+    Some(Notify::On {
+        success,
+        failure,
+        delay,
+    })
+}
+
+/// RFC 3461 4.2: the ORCPT value, `addr-type ";" xtext`, at most 500 characters; returns (type, address).
+fn orcpt(v: &str) -> Option<(&str, &str)> {
+    let (kind, addr) = v.split_once(';')?;
+    (is_keyword(kind) && !addr.is_empty() && v.len() <= 500 && is_xtext(addr))
+        .then_some((kind, addr))
+}
+
+/// `1*20DIGIT` as a `u64` (RFC 1870 `size-value`, RFC 3030 `chunk-size`).
 fn parse_decimal(v: &str) -> Option<u64> {
     (!v.is_empty() && v.len() <= 20 && v.bytes().all(|b| b.is_ascii_digit()))
         .then(|| v.parse().ok())
@@ -316,13 +356,7 @@ fn mail_params(list: &str) -> Result<MailParamsRef<'_>, CommandError> {
                     _ => return Err(bad()),
                 })
             }
-            // RFC 3461 4.4: ENVID is xtext of at most 100 characters.
-            (Some(5), Some(v)) if m.envid.is_none() => {
-                if v.is_empty() || v.len() > 100 || !is_xtext(v) {
-                    return Err(bad());
-                }
-                m.envid = Some(v);
-            }
+            (Some(5), Some(v)) if m.envid.is_none() => m.envid = Some(envid(v).ok_or_else(bad)?),
             (Some(_), _) => return Err(bad()),
             (None, _) => return Err(CommandError::UnknownParameter(key.to_owned())),
         }
@@ -338,38 +372,8 @@ fn rcpt_params(list: &str) -> Result<RcptParamsRef<'_>, CommandError> {
             return Err(CommandError::Syntax("RCPT TO:<address> [parameters]"));
         }
         match (which(key, &["NOTIFY", "ORCPT"]), value) {
-            (Some(0), Some(v)) if r.notify.is_none() => {
-                if v.eq_ignore_ascii_case("NEVER") {
-                    r.notify = Some(Notify::Never);
-                } else {
-                    let (mut success, mut failure, mut delay) = (false, false, false);
-                    for item in v.split(',') {
-                        let flag = match which(item, &["SUCCESS", "FAILURE", "DELAY"]) {
-                            Some(0) => &mut success,
-                            Some(1) => &mut failure,
-                            Some(2) => &mut delay,
-                            _ => return Err(bad()),
-                        };
-                        if *flag {
-                            return Err(bad());
-                        }
-                        *flag = true;
-                    }
-                    r.notify = Some(Notify::On {
-                        success,
-                        failure,
-                        delay,
-                    });
-                }
-            }
-            // RFC 3461 4.2: ORCPT=addr-type ";" xtext, at most 500 characters.
-            (Some(1), Some(v)) if r.orcpt.is_none() => {
-                let (kind, addr) = v.split_once(';').ok_or_else(bad)?;
-                if !is_keyword(kind) || addr.is_empty() || v.len() > 500 || !is_xtext(addr) {
-                    return Err(bad());
-                }
-                r.orcpt = Some((kind, addr));
-            }
+            (Some(0), Some(v)) if r.notify.is_none() => r.notify = Some(notify(v).ok_or_else(bad)?),
+            (Some(1), Some(v)) if r.orcpt.is_none() => r.orcpt = Some(orcpt(v).ok_or_else(bad)?),
             (Some(_), _) => return Err(bad()),
             (None, _) => return Err(CommandError::UnknownParameter(key.to_owned())),
         }
@@ -508,10 +512,37 @@ const fn verb_word(v: &[u8; 4]) -> u32 {
 /// "EhLo" to the same word, and only those (no non-letter octet becomes a lower-case letter).
 const CASE_FOLD: u32 = 0x2020_2020;
 
+const EHLO: u32 = verb_word(b"ehlo");
+const HELO: u32 = verb_word(b"helo");
+const MAIL: u32 = verb_word(b"mail");
+const RCPT: u32 = verb_word(b"rcpt");
+const DATA: u32 = verb_word(b"data");
+const RSET: u32 = verb_word(b"rset");
+const QUIT: u32 = verb_word(b"quit");
+const NOOP: u32 = verb_word(b"noop");
+const HELP: u32 = verb_word(b"help");
+const VRFY: u32 = verb_word(b"vrfy");
+const EXPN: u32 = verb_word(b"expn");
+const BDAT: u32 = verb_word(b"bdat");
+const STAR: u32 = verb_word(b"star");
+const TTLS: u32 = verb_word(b"ttls");
+
 impl<'a> CommandRef<'a> {
     /// Parse one command line, CRLF included, without allocating (same rules and errors as
     /// [`Command::parse`]).
     pub fn parse(line: &'a [u8]) -> Result<Self, CommandError> {
+        // The common shapes are proved valid in one pass over the octets; anything else, valid or not, is decided
+        // (and its error named) by the general parser below.
+        match simple::parse(line) {
+            Some(command) => Ok(command),
+            None => Self::parse_general(line),
+        }
+    }
+
+    /// The parser for every line: the line check first, then the verb and its arguments. Kept out of line: it
+    /// only runs for the uncommon shapes and errors, and inlined it would burden the fast path with its frame.
+    #[inline(never)]
+    fn parse_general(line: &'a [u8]) -> Result<Self, CommandError> {
         let body = line
             .strip_suffix(b"\r\n")
             .ok_or(CommandError::BareLineEnding)?;
@@ -551,7 +582,7 @@ impl<'a> CommandRef<'a> {
             u32::from_le_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]) | CASE_FOLD
         };
         if verb_len == 8 {
-            return if word(0) == verb_word(b"star") && word(4) == verb_word(b"ttls") {
+            return if word(0) == STAR && word(4) == TTLS {
                 no_arg(Self::StartTls, "STARTTLS")
             } else {
                 Err(CommandError::Unrecognized)
@@ -560,18 +591,6 @@ impl<'a> CommandRef<'a> {
         if verb_len != 4 {
             return Err(CommandError::Unrecognized);
         }
-        const EHLO: u32 = verb_word(b"ehlo");
-        const HELO: u32 = verb_word(b"helo");
-        const MAIL: u32 = verb_word(b"mail");
-        const RCPT: u32 = verb_word(b"rcpt");
-        const DATA: u32 = verb_word(b"data");
-        const RSET: u32 = verb_word(b"rset");
-        const QUIT: u32 = verb_word(b"quit");
-        const NOOP: u32 = verb_word(b"noop");
-        const HELP: u32 = verb_word(b"help");
-        const VRFY: u32 = verb_word(b"vrfy");
-        const EXPN: u32 = verb_word(b"expn");
-        const BDAT: u32 = verb_word(b"bdat");
         match word(0) {
             w @ (EHLO | HELO) => {
                 let usage = if w == EHLO {
@@ -1342,6 +1361,177 @@ mod tests {
                 line.extend_from_slice(b"\r\n");
             }
             proptest::prop_assert_eq!(Command::parse(&line), legacy_parser::parse(&line));
+        }
+    }
+
+    /// Lines of the shapes the fast path takes (and a few it must leave to the general parser).
+    const SIMPLE: &[&str] = &[
+        "EHLO client.example.org\r\n",
+        "helo mx-1.example.net\r\n",
+        "MAIL FROM:<alice.sender@example.org> SIZE=48213 BODY=8BITMIME\r\n",
+        "mail from: <a@b.c> size=0 body=7bit SMTPUTF8 requiretls ret=hdrs envid=QQ+2B314\r\n",
+        "MAIL FROM:<> SIZE=1024\r\n",
+        "MAIL FROM:<x_y-z!#$%&'*+/=?^`{|}~@a-b.c_d.example> BODY=BINARYMIME RET=FULL\r\n",
+        "RCPT TO:<bob@example.net>\r\n",
+        "RCPT TO:<carol.recipient@mail.example.net>  \r\n",
+        "rcpt to:<PostMaster>\r\n",
+        "RCPT TO:<dave+tag@example.com> NOTIFY=SUCCESS,failure,DELAY ORCPT=rfc822;dave+2Btag@example.com\r\n",
+        "RCPT TO:<e@example.com> NOTIFY=never\r\n",
+        "DATA\r\n",
+        "rset\r\n",
+        "NOOP\r\n",
+        "QUIT\r\n",
+        "HELP\r\n",
+        "StartTLS\r\n",
+        "BDAT 1000\r\n",
+        "bdat 0 last\r\n",
+    ];
+
+    /// [`SIMPLE`] plus lines at the limits the fast path enforces, so that one edit crosses them.
+    fn simple_lines() -> Vec<String> {
+        let label = |c: &str| c.repeat(63);
+        let mut lines: Vec<String> = SIMPLE.iter().map(|l| l.to_string()).collect();
+        lines.extend([
+            // RFC 1870 size of 20 digits, the largest u64.
+            "MAIL FROM:<a@b.c> SIZE=18446744073709551615\r\n".to_owned(),
+            "MAIL FROM:<a@b.c> SIZE=00000000000000000001\r\n".to_owned(),
+            "BDAT 00000000000000000001 LAST\r\n".to_owned(),
+            // Local part of 64 octets, label of 63, domain of 255, path of 256 (RFC 5321 4.5.3.1).
+            format!("MAIL FROM:<{}@{}.example>\r\n", "a".repeat(64), label("b")),
+            format!(
+                "EHLO {}.{}.{}.{}\r\n",
+                label("a"),
+                label("b"),
+                label("c"),
+                label("d")
+            ),
+            format!(
+                "RCPT TO:<{}@{}.{}.{}>\r\n",
+                "a".repeat(64),
+                label("b"),
+                label("c"),
+                "d".repeat(61)
+            ),
+            // ENVID of 100 characters, ORCPT of 500 (RFC 3461 4.4, 4.2).
+            format!("MAIL FROM:<> ENVID={}\r\n", "e".repeat(100)),
+            format!("RCPT TO:<a@b.c> ORCPT=rfc822;{}\r\n", "x".repeat(493)),
+        ]);
+        lines
+    }
+
+    #[test]
+    fn common_lines_take_the_fast_path() {
+        for line in &simple_lines() {
+            let fast = simple::parse(line.as_bytes());
+            assert!(fast.is_some(), "{line}");
+            assert_eq!(
+                fast.ok_or(()),
+                CommandRef::parse_general(line.as_bytes()).map_err(drop),
+                "{line}"
+            );
+        }
+        // Valid, but left to the general parser.
+        for line in [
+            "EHLO [192.0.2.1]\r\n",
+            "EHLO  client.example.org \r\n",
+            "MAIL FROM:<\"a b\"@example.org>\r\n",
+            "MAIL FROM:<@relay.example:a@example.org>\r\n",
+            "MAIL FROM:<用户@例子.广告> SMTPUTF8\r\n",
+            "RCPT TO:<a@[IPv6:::1]>\r\n",
+            "NOOP hello\r\n",
+            "HELP MAIL\r\n",
+            "VRFY Smith\r\n",
+        ] {
+            assert_eq!(simple::parse(line.as_bytes()), None, "{line}");
+            assert!(CommandRef::parse(line.as_bytes()).is_ok(), "{line}");
+        }
+    }
+
+    /// Every line one edit away from a fast-path line (each octet replaced by, or preceded by, each of the 256
+    /// octets; each octet removed): wherever the fast path answers, it answers what the general parser answers,
+    /// and the whole parser agrees with the reference.
+    #[test]
+    fn fast_path_agrees_on_every_single_edit() {
+        let mut fast = 0;
+        for line in simple_lines().iter().map(|l| l.as_bytes()) {
+            let mut check = |edited: &[u8]| {
+                if let Some(c) = simple::parse(edited) {
+                    fast += 1;
+                    assert_eq!(Ok(c), CommandRef::parse_general(edited), "{edited:?}");
+                }
+                assert_eq!(
+                    Command::parse(edited),
+                    legacy_parser::parse(edited),
+                    "{edited:?}"
+                );
+            };
+            for i in 0..=line.len() {
+                for octet in 0..=255u8 {
+                    let mut edited = line.to_vec();
+                    edited.insert(i, octet);
+                    check(&edited);
+                    if i < line.len() {
+                        edited.remove(i + 1);
+                        check(&edited);
+                    }
+                }
+                if i < line.len() {
+                    let mut edited = line.to_vec();
+                    edited.remove(i);
+                    check(&edited);
+                }
+            }
+        }
+        // Not vacuous: many edited lines (a letter for a letter, a digit for a digit...) stay on the fast path.
+        assert!(fast > 10_000, "{fast}");
+    }
+
+    /// Two or three octets of a fast-path line replaced, inserted or removed.
+    fn mutated_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let octet = prop_oneof![
+            any::<u8>(),
+            proptest::sample::select(b" <>@.:=,;+-_\"\\\r\n\t\x00\x18\x7f\xc3aZ09".to_vec()),
+        ];
+        (
+            proptest::sample::select(simple_lines()),
+            proptest::collection::vec((any::<proptest::sample::Index>(), 0u8..3, octet), 2..4),
+        )
+            .prop_map(|(line, edits)| {
+                let mut line = line.into_bytes();
+                for (at, edit, octet) in edits {
+                    let i = at.index(line.len() + 1);
+                    match edit {
+                        0 if i < line.len() => line[i] = octet,
+                        1 if i < line.len() => {
+                            line.remove(i);
+                        }
+                        _ => line.insert(i, octet),
+                    }
+                }
+                line
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5000))]
+
+        /// Whenever the fast path answers, it answers what the general parser answers; and the whole parser still
+        /// agrees with the reference on the edges of the fast path's shapes.
+        #[test]
+        fn fast_path_agrees_with_general_parser(line in mutated_line()) {
+            if let Some(fast) = simple::parse(&line) {
+                proptest::prop_assert_eq!(Ok(fast), CommandRef::parse_general(&line));
+            }
+            proptest::prop_assert_eq!(Command::parse(&line), legacy_parser::parse(&line));
+        }
+
+        /// The same on the grammar-token lines.
+        #[test]
+        fn fast_path_agrees_on_token_lines(line in command_line()) {
+            if let Some(fast) = simple::parse(&line) {
+                proptest::prop_assert_eq!(Ok(fast), CommandRef::parse_general(&line));
+            }
         }
     }
 }

@@ -86,6 +86,7 @@
 
 pub mod address;
 pub mod capabilities;
+mod class;
 pub mod client;
 pub mod command;
 pub mod config;
