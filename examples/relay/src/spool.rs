@@ -268,7 +268,7 @@ impl Spool {
                         // The updated envelope goes with its message.
                         let updated = spool.envelope_path(id);
                         if updated.exists() {
-                            spool.move_aside(&updated, &format!("{id}.{ENVELOPE_EXT}"))?;
+                            spool.move_aside(&updated, &file_name(id, ENVELOPE_EXT))?;
                         }
                     }
                     recovery.corrupt.push(CorruptEntry {
@@ -341,11 +341,12 @@ impl Spool {
     /// (Postfix `message_size_limit`). Nothing is queued until
     /// [`Incoming::commit`]; dropping the [`Incoming`] discards it.
     pub fn begin(&self, envelope: Envelope, limit: Option<u64>) -> Result<Incoming, SpoolError> {
-        let target = self.message_path(&envelope.id);
+        let name = file_name(&envelope.id, MESSAGE_EXT);
+        let target = self.queue.join(&name);
         if target.exists() {
             return Err(SpoolError::Duplicate(envelope.id));
         }
-        let path = self.tmp.join(target.file_name().unwrap_or_default());
+        let path = self.tmp.join(name);
         let file = match private_file_options().create_new(true).open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -378,8 +379,9 @@ impl Spool {
         if !self.message_path(&envelope.id).is_file() {
             return Err(SpoolError::NotQueued(envelope.id.clone()));
         }
-        let target = self.envelope_path(&envelope.id);
-        let tmp = self.tmp.join(target.file_name().unwrap_or_default());
+        let name = file_name(&envelope.id, ENVELOPE_EXT);
+        let target = self.queue.join(&name);
+        let tmp = self.tmp.join(name);
         write_synced(&tmp, &serde_json::to_vec_pretty(envelope)?)?;
         fs::rename(&tmp, &target).map_err(io_at(&target))?;
         sync_dir(&self.queue)
@@ -454,11 +456,11 @@ impl Spool {
     }
 
     fn message_path(&self, id: &MessageId) -> PathBuf {
-        self.queue.join(format!("{id}.{MESSAGE_EXT}"))
+        self.queue.join(file_name(id, MESSAGE_EXT))
     }
 
     fn envelope_path(&self, id: &MessageId) -> PathBuf {
-        self.queue.join(format!("{id}.{ENVELOPE_EXT}"))
+        self.queue.join(file_name(id, ENVELOPE_EXT))
     }
 
     /// Reads a queued message's current envelope (the updated one if there
@@ -614,6 +616,11 @@ impl Drop for Incoming {
             let _ = fs::remove_file(&self.path);
         }
     }
+}
+
+/// `<id>.<ext>`: the name of a message's file in `queue/` and `tmp/`.
+fn file_name(id: &MessageId, ext: &str) -> String {
+    format!("{id}.{ext}")
 }
 
 /// Names of the entries of `queue/` (unsorted).
