@@ -101,4 +101,4 @@ pub use requiretls::MessageTls;
 pub use server::{
     ClientCertificate, CommandVerdict, RelayDecision, ServerPolicy, ServerPolicyError, TrustedAgent,
 };
-pub use tlsrpt::ResultType;
+pub use tlsrpt::{ReportUri, ResultType, TlsRptRecord, TlsRptRecordError};

@@ -310,6 +310,7 @@ struct PolicyTally {
 pub struct DailyAggregator {
     period: ReportPeriod,
     policies: BTreeMap<PolicyDetails, PolicyTally>,
+    max_failure_groups: usize,
 }
 
 impl DailyAggregator {
@@ -318,10 +319,51 @@ impl DailyAggregator {
 
     /// A new aggregator for `period`.
     pub fn new(period: ReportPeriod) -> Self {
+        Self::with_failure_group_limit(period, Self::MAX_FAILURE_GROUPS)
+    }
+
+    /// A new aggregator for `period` that keeps at most `limit` distinct
+    /// failure groups per policy (further failures still count in the summary).
+    pub fn with_failure_group_limit(period: ReportPeriod, limit: usize) -> Self {
         Self {
             period,
             policies: BTreeMap::new(),
+            max_failure_groups: limit,
         }
+    }
+
+    /// Rebuilds an aggregator from a report made by [`DailyAggregator::report`]
+    /// (to persist aggregates across restarts): its policies, summaries and
+    /// failure groups, within `limit` groups per policy. The report's
+    /// `date-range` is not read; `period` is authoritative.
+    pub fn from_report(period: ReportPeriod, report: &Report, limit: usize) -> Self {
+        let mut this = Self::with_failure_group_limit(period, limit);
+        for entry in &report.policies {
+            let tally = this.policies.entry(entry.policy.clone()).or_default();
+            let summary = &mut tally.summary;
+            summary.total_successful_session_count = summary
+                .total_successful_session_count
+                .saturating_add(entry.summary.total_successful_session_count);
+            summary.total_failure_session_count = summary
+                .total_failure_session_count
+                .saturating_add(entry.summary.total_failure_session_count);
+            for d in &entry.failure_details {
+                let facts = FailureFacts {
+                    result_type: Some(d.result_type),
+                    sending_mta_ip: d.sending_mta_ip,
+                    receiving_mx_hostname: d.receiving_mx_hostname.clone(),
+                    receiving_mx_helo: d.receiving_mx_helo.clone(),
+                    receiving_ip: d.receiving_ip,
+                    failure_reason_code: d.failure_reason_code.clone(),
+                };
+                if let Some(count) = tally.failures.get_mut(&facts) {
+                    *count = count.saturating_add(d.failed_session_count);
+                } else if tally.failures.len() < limit {
+                    tally.failures.insert(facts, d.failed_session_count);
+                }
+            }
+        }
+        this
     }
 
     /// The period covered.
@@ -344,7 +386,7 @@ impl DailyAggregator {
                     .get_or_insert(ResultType::ValidationFailure);
                 if let Some(count) = tally.failures.get_mut(&facts) {
                     *count += 1;
-                } else if tally.failures.len() < Self::MAX_FAILURE_GROUPS {
+                } else if tally.failures.len() < self.max_failure_groups {
                     tally.failures.insert(facts, 1);
                 }
             }
@@ -364,24 +406,34 @@ impl DailyAggregator {
         contact_info: impl Into<String>,
         report_id: impl Into<String>,
     ) -> Report {
+        self.report(organization_name, contact_info, report_id)
+    }
+
+    /// Builds the report without consuming the aggregator.
+    pub fn report(
+        &self,
+        organization_name: impl Into<String>,
+        contact_info: impl Into<String>,
+        report_id: impl Into<String>,
+    ) -> Report {
         let policies = self
             .policies
-            .into_iter()
+            .iter()
             .map(|(policy, tally)| PolicyReport {
-                policy,
+                policy: policy.clone(),
                 summary: tally.summary,
                 failure_details: tally
                     .failures
-                    .into_iter()
-                    .map(|(facts, count)| FailureDetails {
+                    .iter()
+                    .map(|(facts, &count)| FailureDetails {
                         result_type: facts.result_type.unwrap_or(ResultType::ValidationFailure),
                         sending_mta_ip: facts.sending_mta_ip,
-                        receiving_mx_hostname: facts.receiving_mx_hostname,
-                        receiving_mx_helo: facts.receiving_mx_helo,
+                        receiving_mx_hostname: facts.receiving_mx_hostname.clone(),
+                        receiving_mx_helo: facts.receiving_mx_helo.clone(),
                         receiving_ip: facts.receiving_ip,
                         failed_session_count: count,
                         additional_information: None,
-                        failure_reason_code: facts.failure_reason_code,
+                        failure_reason_code: facts.failure_reason_code.clone(),
                     })
                     .collect(),
             })
@@ -417,6 +469,237 @@ impl Report {
         name.push_str(".json");
         name
     }
+}
+
+/// Why a `_smtp._tls` TXT record set gives no reporting address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsRptRecordError {
+    /// No record begins with `v=TLSRPTv1`.
+    #[error("no v=TLSRPTv1 record")]
+    NoRecord,
+    /// More than one record begins with `v=TLSRPTv1` (§3: then the domain
+    /// does not implement TLSRPT).
+    #[error("more than one v=TLSRPTv1 record")]
+    MultipleRecords,
+    /// The record does not follow the §3 grammar.
+    #[error("invalid record: {0}")]
+    Syntax(&'static str),
+    /// The `rua` field names no `mailto:` or `https:` URI we can use.
+    #[error("no usable mailto: or https: report uri")]
+    NoUsableUri,
+}
+
+/// Where a report goes: one URI of the `rua` field (RFC 8460 §3).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ReportUri {
+    /// `mailto:`: the report is mailed (§5.3) to this address
+    /// (percent-decoded, without any `?query`).
+    Mailto(String),
+    /// `https:`: the report is POSTed (§5.2) to this URL, as written.
+    Https(String),
+}
+
+impl ReportUri {
+    /// The URI of a `rua` entry, or `None` for another scheme or a malformed
+    /// `mailto:` (§3: "other URI schemes" are not defined; they are ignored).
+    fn parse(uri: &str) -> Option<Self> {
+        let (scheme, rest) = uri.split_once(':')?;
+        if scheme.eq_ignore_ascii_case("https") {
+            // An https URL needs an authority: "https://host...".
+            let host = rest.strip_prefix("//")?;
+            let end = host.find(['/', '?', '#']).unwrap_or(host.len());
+            return (end > 0).then(|| Self::Https(format!("https:{rest}")));
+        }
+        if scheme.eq_ignore_ascii_case("mailto") {
+            // RFC 6068: mailto:addr[?headers]; one address is used.
+            let addr = rest.split('?').next().unwrap_or_default();
+            let addr = percent_decode(addr)?;
+            let (local, domain) = addr.rsplit_once('@')?;
+            let plain = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_graphic() && !matches!(b, b',' | b'<' | b'>'))
+            };
+            return (plain(local) && plain(domain) && !addr.contains(','))
+                .then_some(Self::Mailto(addr));
+        }
+        None
+    }
+
+    /// The URI as it would appear in a record.
+    pub fn as_uri(&self) -> String {
+        match self {
+            Self::Mailto(addr) => format!("mailto:{addr}"),
+            Self::Https(url) => url.clone(),
+        }
+    }
+}
+
+/// `%XX` decoding; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A parsed `_smtp._tls.<domain>` TXT record (RFC 8460 §3).
+///
+/// ```
+/// use postern_policy::tlsrpt::{ReportUri, TlsRptRecord};
+/// // RFC 8460 §3.1 examples.
+/// let mail = TlsRptRecord::parse("v=TLSRPTv1;rua=mailto:reports@example.com").unwrap();
+/// assert_eq!(mail.rua, [ReportUri::Mailto("reports@example.com".into())]);
+/// let web = TlsRptRecord::parse("v=TLSRPTv1; rua=https://reporting.example.com/v1/tlsrpt").unwrap();
+/// assert_eq!(web.rua, [ReportUri::Https("https://reporting.example.com/v1/tlsrpt".into())]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TlsRptRecord {
+    /// The usable report URIs of `rua`, in record order (never empty);
+    /// URIs of other schemes are left out.
+    pub rua: Vec<ReportUri>,
+}
+
+/// Most URIs kept from one `rua` field (a record is at most a few KiB; this
+/// bounds the work done per report).
+const MAX_RUA: usize = 16;
+
+impl TlsRptRecord {
+    /// The version tag every record begins with.
+    pub const VERSION: &'static str = "v=TLSRPTv1";
+
+    /// Parses one record (its TXT strings already joined without spaces).
+    ///
+    /// RFC 8460 §3:
+    /// ```text
+    /// tlsrpt-record     = tlsrpt-version 1*(field-delim tlsrpt-field) [field-delim]
+    /// field-delim       = *WSP ";" *WSP
+    /// tlsrpt-field      = tlsrpt-rua / tlsrpt-extension
+    /// tlsrpt-rua        = %s"rua=" tlsrpt-uri *(*WSP "," *WSP tlsrpt-uri)
+    /// tlsrpt-extension  = tlsrpt-ext-name "=" tlsrpt-ext-value
+    /// ```
+    /// Extension fields are checked against their grammar and ignored;
+    /// commas and semicolons inside a URI must be percent-encoded, so they
+    /// always separate.
+    pub fn parse(text: &str) -> Result<Self, TlsRptRecordError> {
+        let mut rest = text
+            .strip_prefix(Self::VERSION)
+            .ok_or(TlsRptRecordError::Syntax("must begin with v=TLSRPTv1"))?;
+        let is_wsp = |c: char| c == ' ' || c == '\t';
+        let is_uri_char = |c: char| c.is_ascii_graphic() && c != ',' && c != ';';
+        let mut rua: Option<Vec<ReportUri>> = None;
+        let mut fields = 0usize;
+        loop {
+            rest = rest.trim_start_matches(is_wsp);
+            if rest.is_empty() {
+                break;
+            }
+            rest = rest
+                .strip_prefix(';')
+                .ok_or(TlsRptRecordError::Syntax("expected ';'"))?;
+            rest = rest.trim_start_matches(is_wsp);
+            if rest.is_empty() {
+                // The optional trailing field-delim.
+                break;
+            }
+            fields += 1;
+            if let Some(uris) = rest.strip_prefix("rua=") {
+                if rua.is_some() {
+                    return Err(TlsRptRecordError::Syntax("duplicate rua"));
+                }
+                let mut list = Vec::new();
+                rest = uris;
+                loop {
+                    let end = rest.find(|c| !is_uri_char(c)).unwrap_or(rest.len());
+                    if end == 0 {
+                        return Err(TlsRptRecordError::Syntax("empty rua uri"));
+                    }
+                    if let Some(uri) = ReportUri::parse(&rest[..end])
+                        && list.len() < MAX_RUA
+                    {
+                        list.push(uri);
+                    }
+                    rest = &rest[end..];
+                    let after = rest.trim_start_matches(is_wsp);
+                    match after.strip_prefix(',') {
+                        Some(next) => rest = next.trim_start_matches(is_wsp),
+                        None => break,
+                    }
+                }
+                rua = Some(list);
+            } else {
+                let end = rest
+                    .find(|c: char| c == ';' || is_wsp(c))
+                    .unwrap_or(rest.len());
+                let (name, value) = rest[..end]
+                    .split_once('=')
+                    .ok_or(TlsRptRecordError::Syntax("field without '='"))?;
+                if !is_ext_name(name) || !is_ext_value(value) {
+                    return Err(TlsRptRecordError::Syntax("invalid extension field"));
+                }
+                rest = &rest[end..];
+            }
+        }
+        if fields == 0 {
+            return Err(TlsRptRecordError::Syntax("no fields"));
+        }
+        let rua = rua.ok_or(TlsRptRecordError::Syntax("missing rua"))?;
+        if rua.is_empty() {
+            return Err(TlsRptRecordError::NoUsableUri);
+        }
+        Ok(Self { rua })
+    }
+
+    /// Picks the record among all TXT records at `_smtp._tls.<domain>` (§3):
+    /// "Records that do not begin with `v=TLSRPTv1;` are discarded. If the
+    /// number of resulting records is not one, senders MUST assume the
+    /// recipient domain does not implement TLSRPT."
+    pub fn select<'a>(
+        records: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, TlsRptRecordError> {
+        let mut found = None;
+        for record in records {
+            let Some(after) = record.strip_prefix(Self::VERSION) else {
+                continue;
+            };
+            // `v=TLSRPTv10` is another version; whitespace may precede the ';'.
+            if after.trim_start_matches([' ', '\t']).starts_with(';') {
+                if found.is_some() {
+                    return Err(TlsRptRecordError::MultipleRecords);
+                }
+                found = Some(record);
+            }
+        }
+        Self::parse(found.ok_or(TlsRptRecordError::NoRecord)?)
+    }
+}
+
+fn is_ext_name(name: &str) -> bool {
+    // tlsrpt-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.len() <= 32
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn is_ext_value(value: &str) -> bool {
+    // tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| matches!(b, 0x21..=0x3a | 0x3c | 0x3e..=0x7e))
 }
 
 #[cfg(test)]
@@ -576,6 +859,142 @@ mod tests {
             json["policies"][0]["failure-details"][1]["receiving-mx-hostname"],
             "mx.example.com"
         );
+    }
+
+    #[test]
+    fn rfc8460_record_examples_and_whitespace() {
+        let r = TlsRptRecord::parse("v=TLSRPTv1;rua=mailto:reports@example.com").unwrap();
+        assert_eq!(r.rua, [ReportUri::Mailto("reports@example.com".into())]);
+        // The second §3.1 example, its TXT strings joined.
+        let r =
+            TlsRptRecord::parse("v=TLSRPTv1; rua=https://reporting.example.com/v1/tlsrpt").unwrap();
+        assert_eq!(
+            r.rua,
+            [ReportUri::Https(
+                "https://reporting.example.com/v1/tlsrpt".into()
+            )]
+        );
+        // Several URIs with *WSP "," *WSP, a trailing delimiter, extensions
+        // ignored, another scheme ignored, percent-decoding of mailto.
+        let r = TlsRptRecord::parse(
+            "v=TLSRPTv1 ;\trua=mailto:a%2Bb@example.com?subject=x , https://r.example/p,\tftp://x.example/ ; ext-1.x=val ;",
+        )
+        .unwrap();
+        assert_eq!(
+            r.rua,
+            [
+                ReportUri::Mailto("a+b@example.com".into()),
+                ReportUri::Https("https://r.example/p".into()),
+            ]
+        );
+        assert_eq!(r.rua[0].as_uri(), "mailto:a+b@example.com");
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        let bad = [
+            ("", TlsRptRecordError::Syntax("must begin with v=TLSRPTv1")),
+            ("v=TLSRPTv1", TlsRptRecordError::Syntax("no fields")),
+            ("v=TLSRPTv1;", TlsRptRecordError::Syntax("no fields")),
+            (
+                "v=TLSRPTv1; ext=1",
+                TlsRptRecordError::Syntax("missing rua"),
+            ),
+            (
+                "v=TLSRPTv1; rua=",
+                TlsRptRecordError::Syntax("empty rua uri"),
+            ),
+            (
+                "v=TLSRPTv1; rua=mailto:a@b.example,",
+                TlsRptRecordError::Syntax("empty rua uri"),
+            ),
+            (
+                "v=TLSRPTv1; rua=mailto:a@b.example; rua=mailto:c@d.example",
+                TlsRptRecordError::Syntax("duplicate rua"),
+            ),
+            (
+                "v=TLSRPTv1 rua=mailto:a@b.example",
+                TlsRptRecordError::Syntax("expected ';'"),
+            ),
+            (
+                "v=TLSRPTv1; rua=mailto:a@b.example x",
+                TlsRptRecordError::Syntax("expected ';'"),
+            ),
+            (
+                "v=TLSRPTv1; rua=mailto:a@b.example; _x=1",
+                TlsRptRecordError::Syntax("invalid extension field"),
+            ),
+            (
+                "v=TLSRPTv1; rua=ftp://x.example/",
+                TlsRptRecordError::NoUsableUri,
+            ),
+            (
+                "v=TLSRPTv1; rua=mailto:nobody",
+                TlsRptRecordError::NoUsableUri,
+            ),
+            (
+                "v=TLSRPTv1; rua=https:relative",
+                TlsRptRecordError::NoUsableUri,
+            ),
+        ];
+        for (text, err) in bad {
+            assert_eq!(TlsRptRecord::parse(text), Err(err), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn record_selection_needs_exactly_one_version_record() {
+        let good = "v=TLSRPTv1; rua=mailto:r@example.com";
+        assert!(
+            TlsRptRecord::select(["v=spf1 -all", good, "v=TLSRPTv10; rua=mailto:x@y.z"]).is_ok()
+        );
+        assert_eq!(
+            TlsRptRecord::select([good, good]),
+            Err(TlsRptRecordError::MultipleRecords)
+        );
+        assert_eq!(
+            TlsRptRecord::select(["v=spf1 -all"]),
+            Err(TlsRptRecordError::NoRecord)
+        );
+        // A selected record that does not parse gives no reporting either.
+        assert!(TlsRptRecord::select(["v=TLSRPTv1; rua="]).is_err());
+    }
+
+    #[test]
+    fn aggregates_survive_a_report_round_trip() {
+        let noon = 1_459_512_000;
+        let period = ReportPeriod::utc_day_containing(noon);
+        let mut agg = DailyAggregator::with_failure_group_limit(period, 2);
+        agg.record(SessionOutcome::success(sts_policy(), noon))
+            .unwrap();
+        for (i, ty) in [
+            ResultType::CertificateExpired,
+            ResultType::CertificateExpired,
+            ResultType::StarttlsNotSupported,
+            ResultType::CertificateNotTrusted,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut facts = FailureFacts::new(ty);
+            facts.receiving_ip = Some("192.0.2.1".parse().unwrap());
+            agg.record(SessionOutcome::failure(
+                sts_policy(),
+                noon + i as i64,
+                facts,
+            ))
+            .unwrap();
+        }
+        let saved = agg.report("o", "c", "id");
+        // The third distinct group was over the limit: counted, not listed.
+        assert_eq!(saved.policies[0].summary.total_failure_session_count, 4);
+        assert_eq!(saved.policies[0].failure_details.len(), 2);
+        let mut back = DailyAggregator::from_report(period, &saved, 2);
+        assert_eq!(back.report("o", "c", "id"), saved);
+        back.record(SessionOutcome::success(sts_policy(), noon))
+            .unwrap();
+        let report = back.into_report("o", "c", "id");
+        assert_eq!(report.policies[0].summary.total_successful_session_count, 2);
     }
 
     #[test]

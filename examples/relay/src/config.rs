@@ -250,6 +250,9 @@ pub struct Config {
     /// MTA-STS policy fetching (RFC 8461), for destinations whose outbound
     /// mode is `mta-sts` (or `dane` without usable TLSA records).
     pub mta_sts: MtaStsConfig,
+    /// SMTP TLS Reporting (RFC 8460): daily reports about deliveries under
+    /// MTA-STS, sent to the domains that ask for them. Off by default.
+    pub tls_reporting: TlsReportingConfig,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     /// Default `info`.
     pub log: String,
@@ -405,6 +408,58 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// SMTP TLS Reporting (`[tls_reporting]`, RFC 8460).
+///
+/// When enabled, every delivery attempt to a destination whose TLS was
+/// governed by an MTA-STS policy (or whose policy fetch failed) is counted
+/// per Policy Domain and UTC day; after the day ends (plus a random delay up
+/// to `max_send_delay`) the report goes to the `rua` addresses of the
+/// domain's `_smtp._tls` TXT record, by mail or HTTPS POST.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct TlsReportingConfig {
+    /// Record outcomes and send reports. Reports go to third parties, so
+    /// this is the operator's choice (Postfix `smtp_tlsrpt_enable` is off by
+    /// default too). Default `false`.
+    pub enabled: bool,
+    /// `organization-name` of the reports. Default empty: the host name.
+    pub organization: String,
+    /// `contact-info` of the reports. Default empty: `mailto:` and the
+    /// `report_from` address.
+    pub contact_info: String,
+    /// `From:` address (and envelope sender) of report mails. Default empty:
+    /// `postmaster@` and the host name.
+    pub report_from: String,
+    /// Largest random delay after midnight UTC before a day's reports are
+    /// sent (RFC 8460 §4.1 asks not to send them all at once). Default `1h`.
+    pub max_send_delay: Interval,
+    /// How often the aggregates are saved under `<state_dir>/tlsrpt/` (also
+    /// at shutdown). Default `5m`.
+    pub persist_interval: Interval,
+    /// Policy Domains counted per day; outcomes for more are dropped (and
+    /// logged). Default 1000.
+    pub max_domains: usize,
+    /// Distinct failure groups (result type, MX, address) kept per Policy
+    /// Domain and day; more still count in the summary. Default 100.
+    pub max_failure_groups: usize,
+}
+
+impl Default for TlsReportingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            organization: String::new(),
+            contact_info: String::new(),
+            report_from: String::new(),
+            max_send_delay: Interval(Duration::from_secs(3600)),
+            persist_interval: mins(5),
+            max_domains: 1000,
+            max_failure_groups: 100,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -429,6 +484,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             timeouts: Timeouts::default(),
             mta_sts: MtaStsConfig::default(),
+            tls_reporting: TlsReportingConfig::default(),
             log: "info".into(),
             tls: None,
         }
@@ -561,10 +617,37 @@ impl Config {
                 self.certificates.reload_interval,
             ),
             ("mta_sts.fetch_timeout", self.mta_sts.fetch_timeout),
+            (
+                "tls_reporting.persist_interval",
+                self.tls_reporting.persist_interval,
+            ),
         ] {
             if v.0.is_zero() {
                 return Err(invalid(key, "must be more than 0"));
             }
+        }
+        let r = &self.tls_reporting;
+        if r.max_send_delay.0 > Duration::from_secs(86_400) {
+            return Err(invalid(
+                "tls_reporting.max_send_delay",
+                "must not exceed 1d",
+            ));
+        }
+        if r.max_domains == 0 {
+            return Err(invalid("tls_reporting.max_domains", "must be more than 0"));
+        }
+        // It goes into a header and MAIL FROM: one plain address.
+        if !r.report_from.is_empty()
+            && (!r.report_from.contains('@')
+                || !r
+                    .report_from
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b',')))
+        {
+            return Err(invalid(
+                "tls_reporting.report_from",
+                "must be an address (local@domain)",
+            ));
         }
         if self.mta_sts.https_port == 0 {
             return Err(invalid("mta_sts.https_port", "must be more than 0"));
@@ -842,6 +925,39 @@ mod tests {
         }
         let ok = Config::from_toml_str("[tls.outbound]\ntls = \"mta-sts\"").unwrap();
         assert!(ok.policy().is_ok());
+    }
+
+    #[test]
+    fn tls_reporting_settings_default_and_validate() {
+        let c = Config::default();
+        assert!(!c.tls_reporting.enabled);
+        assert_eq!(c.tls_reporting.max_send_delay.0, Duration::from_secs(3600));
+        assert_eq!(c.tls_reporting.max_domains, 1000);
+        assert_eq!(
+            error_key("[tls_reporting]\nmax_send_delay = \"2d\""),
+            "tls_reporting.max_send_delay"
+        );
+        assert_eq!(
+            error_key("[tls_reporting]\nmax_domains = 0"),
+            "tls_reporting.max_domains"
+        );
+        assert_eq!(
+            error_key("[tls_reporting]\nreport_from = \"nobody\""),
+            "tls_reporting.report_from"
+        );
+        assert_eq!(
+            error_key("[tls_reporting]\nreport_from = \"a@b\\r\\nBcc: x@y\""),
+            "tls_reporting.report_from"
+        );
+        let c = Config::from_toml_str(
+            "[tls_reporting]\nenabled = true\nmax_send_delay = \"0s\"\norganization = \"Example\"",
+        )
+        .unwrap();
+        assert!(c.tls_reporting.enabled);
+        assert!(c.tls_reporting.max_send_delay.0.is_zero());
+        assert_eq!(c.tls_reporting.organization, "Example");
+        // check-config prints the section.
+        assert!(toml::to_string(&c).unwrap().contains("[tls_reporting]"));
     }
 
     #[test]

@@ -27,12 +27,18 @@
 //! hop and is not checked against MTA-STS (RFC 8461 §3.4 would make the
 //! smart host's own domain the Policy Domain). A failed policy fetch is
 //! recorded with its RFC 8460 result type on deferred recipients.
+//!
+//! TLS reporting (RFC 8460, when `[tls_reporting] enabled = true`): each
+//! attempt on a host of an MTA-STS-governed destination is counted by the
+//! [`TlsReporter`] (see [`crate::tlsrpt`]); report mails themselves are
+//! delivered without MTA-STS and are not counted (§5.3).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use postern_policy::tlsrpt::{FailureFacts, SessionOutcome};
 use postern_policy::{
     ClientTlsMode, Decision, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy,
 };
@@ -51,6 +57,7 @@ use crate::routing::{
 };
 use crate::server::Shared;
 use crate::spool::SpoolError;
+use crate::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, unix_time};
 
 /// The system resolver, or the reason there is none (then every MX lookup
 /// fails temporarily and only static routes deliver).
@@ -111,6 +118,7 @@ pub struct Delivery {
     client: Client,
     outbound: OutboundPolicy,
     mta_sts: StsResolver,
+    reporter: Option<Arc<TlsReporter>>,
 }
 
 /// Our enhanced code for another crate's status (same text form), or
@@ -147,7 +155,127 @@ impl Delivery {
             client,
             outbound,
             mta_sts,
+            reporter: None,
         }
+    }
+
+    /// Records TLS-RPT outcomes into `reporter` (none: reporting disabled,
+    /// nothing recorded).
+    pub fn with_tls_reporter(mut self, reporter: Arc<TlsReporter>) -> Self {
+        self.reporter = Some(reporter);
+        self
+    }
+
+    /// The TLS reporter, when reporting is enabled.
+    pub fn tls_reporter(&self) -> Option<&Arc<TlsReporter>> {
+        self.reporter.as_ref()
+    }
+
+    /// Sends the TLS reports due by `now` (RFC 8460; nothing when reporting
+    /// is disabled). `now` is passed in so that a day's end can be simulated.
+    pub async fn send_tls_reports(&self, now: SystemTime) -> SendSummary {
+        let Some(reporter) = &self.reporter else {
+            return SendSummary::default();
+        };
+        let summary = reporter
+            .send_due(self.router.resolver(), &self.shared, now)
+            .await;
+        if summary.reports > 0 {
+            // The taken days must not come back after a restart.
+            self.save_tls_reports().await;
+        }
+        summary
+    }
+
+    /// Saves the TLS-RPT aggregates (if any changed).
+    pub async fn save_tls_reports(&self) {
+        let Some(reporter) = &self.reporter else {
+            return;
+        };
+        let r = Arc::clone(reporter);
+        match tokio::task::spawn_blocking(move || r.save()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot save the tls-rpt aggregates"),
+            Err(e) => tracing::error!(error = %e, "tls-rpt save task failed"),
+        }
+    }
+
+    /// Runs the TLS-RPT timer until `shutdown`: saves every
+    /// `persist_interval`, sends due reports (checked every minute at
+    /// most), and saves once more at shutdown.
+    pub async fn run_tls_reports(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if self.reporter.is_none() {
+            return;
+        }
+        let persist = self.shared.config.tls_reporting.persist_interval.0;
+        let tick = persist.min(Duration::from_secs(60));
+        let mut last_save = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(tick) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            self.send_tls_reports(SystemTime::now()).await;
+            if last_save.elapsed() >= persist {
+                self.save_tls_reports().await;
+                last_save = tokio::time::Instant::now();
+            }
+        }
+        self.save_tls_reports().await;
+    }
+
+    /// Counts one attempt on `host` for TLS reporting (RFC 8460): under an
+    /// MTA-STS policy, or after a failed policy fetch.
+    fn record_tls_outcome(
+        &self,
+        envelope: &Envelope,
+        domain: Option<&DomainName>,
+        sts: Option<&StsLookup>,
+        host: &NextHop,
+        result: &DeliveryResult,
+    ) {
+        let (Some(reporter), Some(domain), Some(sts)) = (&self.reporter, domain, sts) else {
+            return;
+        };
+        // A destination without an MTA-STS record (no policy, no failed
+        // fetch) has nothing to report under; report mails are not counted.
+        if (sts.policy.is_none() && sts.problem.is_none()) || envelope.tls_report {
+            return;
+        }
+        let at = unix_time(SystemTime::now());
+        let policy = sts_policy_details(domain.as_str(), sts.policy.as_ref());
+        // The policy's own facts (also a `testing` policy's failure that did
+        // not stop delivery), else the client's TLS result type, else
+        // §4.3.2.2: a failed fetch with no policy to fall back on.
+        let facts = result
+            .decision
+            .as_ref()
+            .and_then(Decision::failure_facts)
+            .or_else(|| {
+                result
+                    .failure
+                    .as_ref()
+                    .and_then(|f| f.result_type)
+                    .map(FailureFacts::new)
+            })
+            .or_else(|| {
+                sts.policy
+                    .is_none()
+                    .then(|| sts.problem.as_ref().map(|(t, _)| FailureFacts::new(*t)))
+                    .flatten()
+            });
+        let outcome = match (facts, result.tls.is_some()) {
+            (Some(mut facts), _) => {
+                facts.receiving_mx_hostname = Some(host.host.clone());
+                facts.receiving_ip = result.server.map(|a| a.ip());
+                SessionOutcome::failure(policy, at, facts)
+            }
+            (None, true) => SessionOutcome::success(policy, at),
+            // No TLS session and no TLS failure (connection refused, …):
+            // transient, not reported (§4.3.4).
+            (None, false) => return,
+        };
+        reporter.record(domain.as_str(), outcome);
     }
 
     /// The MTA-STS policy for `route`, when its outbound mode consults
@@ -451,7 +579,13 @@ impl Delivery {
             MessageTls::Default
         };
         let secure_mx = matches!(route.source, RouteSource::Static(_));
-        let sts = self.sts_policy(&next_hop, route).await;
+        // RFC 8460 §5.3: a report mail is delivered "despite any TLS-related
+        // failures": MTA-STS is not applied to it.
+        let sts = if envelope.tls_report {
+            None
+        } else {
+            self.sts_policy(&next_hop, route).await
+        };
         let mut last: Option<Vec<(usize, Outcome)>> = None;
         for host in &route.hosts {
             let (addresses, mx_host) = match self.addresses(host).await {
@@ -474,6 +608,7 @@ impl Delivery {
                 .client
                 .deliver_with(&destination, &policy, &smtp_envelope, content)
                 .await;
+            self.record_tls_outcome(envelope, next_hop.domain(), sts.as_ref(), host, &result);
             let mut outcomes = outcomes(&result, indices, host);
             if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {
                 note_sts_problem(&mut outcomes, *result_type, reason);

@@ -431,6 +431,10 @@ pub struct Envelope {
     /// The most recent failure of any recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<Failure>,
+    /// A TLS report (RFC 8460) mailed by this relay: delivered without
+    /// MTA-STS and not counted in the next report (§5.3).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_report: bool,
 }
 
 impl Envelope {
@@ -450,6 +454,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: received_at,
             last_failure: None,
+            tls_report: false,
         }
     }
 

@@ -26,6 +26,8 @@
 //! - [`queue`]: retry scheduling, per-recipient outcomes, expiry.
 //! - [`routing`]: static routes and MX lookup.
 //! - [`mta_sts`]: MTA-STS policy discovery (TXT, HTTPS fetch, persisted cache).
+//! - [`tlsrpt`]: SMTP TLS Reporting (RFC 8460): outcomes counted per
+//!   Policy Domain and day, daily reports by mail or HTTPS.
 //! - [`dsn`]: bounces (RFC 3464 delivery status notifications).
 //! - [`envelope`]: the data model the others share.
 //!
@@ -91,3 +93,4 @@ pub mod routing;
 pub mod server;
 pub mod spool;
 pub mod tls;
+pub mod tlsrpt;

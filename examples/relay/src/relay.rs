@@ -45,6 +45,7 @@ use crate::routing::{Router, SMTP_PORT};
 use crate::server::{RelayHandler, Shared};
 use crate::spool::{Spool, SpoolError};
 use crate::tls::{TlsSetup, TlsSetupError};
+use crate::tlsrpt::{ReportSettings, SendSummary, TlsReporter};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,7 @@ pub struct Relay {
     shutdown: watch::Sender<bool>,
     reload: Arc<Notify>,
     tasks: JoinSet<()>,
+    delivery: Arc<Delivery>,
 }
 
 impl Relay {
@@ -198,14 +200,25 @@ impl Relay {
             config.mta_sts.fetch_timeout.0,
             config.state_dir.join("mta-sts"),
         )?;
-        let delivery = Arc::new(Delivery::new(
+        let mut delivery = Delivery::new(
             Arc::clone(&shared),
             router,
             tls.policy.outbound.clone(),
             Arc::clone(&tls.client),
             mta_sts,
-        ));
-        tasks.spawn(delivery.run(rx.clone()));
+        );
+        // RFC 8460 reporting exists only when enabled: no cost otherwise.
+        if config.tls_reporting.enabled {
+            let reporter = TlsReporter::new(
+                ReportSettings::from_config(&config),
+                crate::tls::outbound_roots(&config)?,
+                config.state_dir.join("tlsrpt"),
+            )?;
+            delivery = delivery.with_tls_reporter(Arc::new(reporter));
+        }
+        let delivery = Arc::new(delivery);
+        tasks.spawn(Arc::clone(&delivery).run(rx.clone()));
+        tasks.spawn(Arc::clone(&delivery).run_tls_reports(rx.clone()));
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
         tracing::info!(
@@ -217,12 +230,20 @@ impl Relay {
             shutdown,
             reload,
             tasks,
+            delivery,
         })
     }
 
     /// The bound listen addresses (a configured port 0 shows the real one).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Sends the TLS reports (RFC 8460) that are due by `now`, as the
+    /// relay's own timer does every minute; `now` is passed in so that the
+    /// end of a day can be simulated. Nothing when reporting is disabled.
+    pub async fn send_tls_reports(&self, now: SystemTime) -> SendSummary {
+        self.delivery.send_tls_reports(now).await
     }
 
     /// Reloads the certificates now (SIGHUP).
