@@ -43,7 +43,8 @@ pub struct StsRecord {
     pub id: String,
 }
 
-fn is_ext_name(name: &str) -> bool {
+/// RFC 8461 §3.1 `sts-ext-name`; RFC 8460 §3 `tlsrpt-ext-name` is the same rule.
+pub(crate) fn is_ext_name(name: &str) -> bool {
     // sts-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
     let mut bytes = name.bytes();
     bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
@@ -51,7 +52,8 @@ fn is_ext_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn is_ext_value(value: &str) -> bool {
+/// RFC 8461 §3.1 `sts-ext-value`; RFC 8460 §3 `tlsrpt-ext-value` is the same rule.
+pub(crate) fn is_ext_value(value: &str) -> bool {
     // sts-ext-value = 1*(%x21-3A / %x3C / %x3E-7E): visible characters but ';' and '='.
     !value.is_empty()
         && value

@@ -10,6 +10,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mta_sts::{is_ext_name, is_ext_value};
+
 /// RFC 8460 §4.3 result types (IANA "STARTTLS Validation Result Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -684,22 +686,6 @@ impl TlsRptRecord {
         }
         Self::parse(found.ok_or(TlsRptRecordError::NoRecord)?)
     }
-}
-
-fn is_ext_name(name: &str) -> bool {
-    // tlsrpt-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
-    let mut bytes = name.bytes();
-    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && name.len() <= 32
-        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
-
-fn is_ext_value(value: &str) -> bool {
-    // tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)
-    !value.is_empty()
-        && value
-            .bytes()
-            .all(|b| matches!(b, 0x21..=0x3a | 0x3c | 0x3e..=0x7e))
 }
 
 #[cfg(test)]

@@ -85,6 +85,7 @@ pub mod config;
 pub mod delivery;
 pub mod dsn;
 pub mod envelope;
+mod https;
 pub mod mta_sts;
 pub mod probe;
 pub mod queue;

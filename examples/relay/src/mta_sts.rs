@@ -22,8 +22,7 @@
 //! (`sts-policy-fetch-error`, `sts-policy-invalid`, `sts-webpki-invalid`).
 
 use std::collections::HashMap;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -37,11 +36,10 @@ use postern_policy::mta_sts::{
 };
 use postern_policy::{DomainName, ResultType, StsCache, StsPolicy, StsRecord};
 use rustls::RootCertStore;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::https::{self, AbortOnDrop, ConnectError, write_atomic};
 use crate::routing::{LookupError, Resolver};
 
 /// The path of the policy file on the policy host (RFC 8461 §3.3).
@@ -154,13 +152,8 @@ impl StsResolver {
         dir: PathBuf,
     ) -> Result<Self, rustls::Error> {
         // RFC 8461 §7.2 / §3.3: TLS 1.2 or later, WebPKI validation.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: https::connector(roots)?,
             https_port,
             timeout,
             dir,
@@ -252,32 +245,17 @@ impl StsResolver {
     ) -> Result<StsPolicy, FetchError> {
         let host = format!("mta-sts.{}", domain.as_str());
         let attempt = async {
-            let ips = resolver
-                .addresses(&host)
+            let tls = https::connect(&self.connector, resolver, &host, self.https_port)
                 .await
-                .map_err(|e| FetchError::Resolve {
-                    host: host.clone(),
-                    reason: e.to_string(),
+                .map_err(|e| match e {
+                    ConnectError::Resolve(reason) => FetchError::Resolve {
+                        host: host.clone(),
+                        reason,
+                    },
+                    ConnectError::Connect(last) => FetchError::Connect(last),
+                    ConnectError::Name(e) => FetchError::Tls(e),
+                    ConnectError::Tls(e) => tls_error(&e),
                 })?;
-            let mut tcp = None;
-            let mut last = String::from("no address");
-            for ip in ips {
-                match TcpStream::connect((ip, self.https_port)).await {
-                    Ok(s) => {
-                        tcp = Some(s);
-                        break;
-                    }
-                    Err(e) => last = format!("{ip}: {e}"),
-                }
-            }
-            let tcp = tcp.ok_or(FetchError::Connect(last))?;
-            let name =
-                ServerName::try_from(host.clone()).map_err(|e| FetchError::Tls(e.to_string()))?;
-            let tls = self
-                .connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| tls_error(&e))?;
             let body = http_get(tls, &host).await?;
             parse_body(&body)
         };
@@ -359,14 +337,6 @@ where
     Ok(collected.to_bytes())
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Parses a fetched body into a policy.
 pub fn parse_body(body: &[u8]) -> Result<StsPolicy, FetchError> {
     let text = std::str::from_utf8(body).map_err(|_| FetchError::NotText)?;
@@ -395,25 +365,6 @@ async fn store(path: PathBuf, cache: StsCache) -> std::io::Result<()> {
     tokio::task::spawn_blocking(move || write_atomic(&path, &cache))
         .await
         .map_err(std::io::Error::other)?
-}
-
-fn write_atomic(path: &Path, cache: &StsCache) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("cache path has no directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let json = serde_json::to_vec_pretty(cache).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    // Make the rename itself durable (best effort: not every platform can
-    // sync a directory).
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -44,8 +44,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,13 +60,12 @@ use postern_policy::tlsrpt::{
     TlsRptRecord,
 };
 use rustls::RootCertStore;
-use rustls::pki_types::ServerName;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Config;
 use crate::envelope::{Envelope, MailParams, MessageId, Recipient};
+use crate::https::{self, AbortOnDrop, ConnectError, write_atomic};
 use crate::routing::Resolver;
 use crate::server::Shared;
 
@@ -245,16 +243,11 @@ impl TlsReporter {
         roots: Arc<RootCertStore>,
         dir: PathBuf,
     ) -> Result<Self, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let this = Self {
             settings,
             dir,
             state: Mutex::new(State::default()),
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: https::connector(roots)?,
         };
         this.load();
         Ok(this)
@@ -536,31 +529,13 @@ impl TlsReporter {
     ) -> Result<u16, String> {
         let target = HttpsTarget::parse(url).ok_or("malformed https uri")?;
         let attempt = async {
-            let ips: Vec<IpAddr> = match target.host.parse::<IpAddr>() {
-                Ok(ip) => vec![ip],
-                Err(_) => resolver
-                    .addresses(&target.host)
-                    .await
-                    .map_err(|e| format!("address lookup for {}: {e}", target.host))?,
-            };
-            let mut last = String::from("no address");
-            let mut tcp = None;
-            for ip in ips {
-                match TcpStream::connect((ip, target.port)).await {
-                    Ok(s) => {
-                        tcp = Some(s);
-                        break;
-                    }
-                    Err(e) => last = format!("{ip}: {e}"),
-                }
-            }
-            let tcp = tcp.ok_or(last)?;
-            let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
-            let tls = self
-                .connector
-                .connect(name, tcp)
+            let tls = https::connect(&self.connector, resolver, &target.host, target.port)
                 .await
-                .map_err(|e| format!("tls: {e}"))?;
+                .map_err(|e| match e {
+                    ConnectError::Resolve(e) => format!("address lookup for {}: {e}", target.host),
+                    ConnectError::Connect(e) | ConnectError::Name(e) => e,
+                    ConnectError::Tls(e) => format!("tls: {e}"),
+                })?;
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
                     .await
@@ -591,14 +566,6 @@ impl TlsReporter {
         tokio::time::timeout(POST_TIMEOUT, attempt)
             .await
             .map_err(|_| "timed out".to_owned())?
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -737,27 +704,11 @@ pub fn build_mail(
     out.into_bytes()
 }
 
-fn write_atomic(path: &Path, saved: &Saved) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("state path has no directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let json = serde_json::to_vec(saved).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use postern_policy::tlsrpt::{FailureFacts, ResultType};
+    use std::path::Path;
 
     fn settings(delay: i64) -> ReportSettings {
         ReportSettings {
