@@ -59,6 +59,10 @@ use crate::server::Shared;
 use crate::spool::SpoolError;
 use crate::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, unix_time};
 
+/// How often the cached MTA-STS policies are checked for a due refresh
+/// (each is fetched again about daily: RFC 8461 §10.2).
+pub const STS_REFRESH_CHECK: Duration = Duration::from_secs(3600);
+
 /// The system resolver, or the reason there is none (then every MX lookup
 /// fails temporarily and only static routes deliver).
 #[derive(Debug)]
@@ -222,6 +226,25 @@ impl Delivery {
             }
         }
         self.save_tls_reports().await;
+    }
+
+    /// Refreshes the cached MTA-STS policies that are due (RFC 8461 §10.2);
+    /// returns the number of Policy Domains looked up.
+    pub async fn refresh_mta_sts(&self) -> usize {
+        self.mta_sts.refresh_cached(self.router.resolver()).await
+    }
+
+    /// Every [`STS_REFRESH_CHECK`], refreshes the cached MTA-STS policies
+    /// that are due (daily per policy, see
+    /// [`StsResolver::refresh_cached`]), until `shutdown` turns true.
+    pub async fn run_mta_sts_refresh(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(STS_REFRESH_CHECK) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+            self.refresh_mta_sts().await;
+        }
     }
 
     /// Counts one attempt on `host` for TLS reporting (RFC 8460): under an

@@ -22,7 +22,7 @@
 //! (`sts-policy-fetch-error`, `sts-policy-invalid`, `sts-webpki-invalid`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -164,6 +164,40 @@ impl StsResolver {
     /// The file holding the cache entry of `domain`.
     fn path(&self, domain: &DomainName) -> PathBuf {
         self.dir.join(format!("{}.json", domain.as_str()))
+    }
+
+    /// The Policy Domains that have a cache entry in `dir` (entries from
+    /// before a restart count too).
+    fn cached_domains_in(dir: &Path) -> Vec<DomainName> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| {
+                let name = entry.ok()?.file_name();
+                let domain = name.to_str()?.strip_suffix(".json")?;
+                DomainName::parse(domain).ok()
+            })
+            .collect()
+    }
+
+    /// RFC 8461 §10.2: refreshes cached policies proactively, so that the
+    /// policy of a domain that gets no mail for a while neither expires nor
+    /// goes stale. Runs [`lookup`](Self::lookup) for every cached Policy
+    /// Domain: it fetches only where the cache rules or the daily refresh
+    /// say so, and logs a failed refresh as a warning. Returns the number of
+    /// domains looked up.
+    pub async fn refresh_cached<R: Resolver>(&self, resolver: &R) -> usize {
+        let domains = tokio::task::spawn_blocking({
+            let dir = self.dir.clone();
+            move || Self::cached_domains_in(&dir)
+        })
+        .await
+        .unwrap_or_default();
+        for domain in &domains {
+            self.lookup(resolver, domain).await;
+        }
+        domains.len()
     }
 
     /// The policy that applies to deliveries for `domain` now, fetching it

@@ -219,6 +219,7 @@ impl Relay {
         let delivery = Arc::new(delivery);
         tasks.spawn(Arc::clone(&delivery).run(rx.clone()));
         tasks.spawn(Arc::clone(&delivery).run_tls_reports(rx.clone()));
+        tasks.spawn(Arc::clone(&delivery).run_mta_sts_refresh(rx.clone()));
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
         tracing::info!(
@@ -244,6 +245,14 @@ impl Relay {
     /// end of a day can be simulated. Nothing when reporting is disabled.
     pub async fn send_tls_reports(&self, now: SystemTime) -> SendSummary {
         self.delivery.send_tls_reports(now).await
+    }
+
+    /// Refreshes the cached MTA-STS policies that are due now, as the
+    /// relay's own timer does every hour (RFC 8461 §10.2: a policy is
+    /// fetched again about daily even when no mail goes to its domain);
+    /// returns the number of Policy Domains looked up.
+    pub async fn refresh_mta_sts(&self) -> usize {
+        self.delivery.refresh_mta_sts().await
     }
 
     /// Reloads the certificates now (SIGHUP).

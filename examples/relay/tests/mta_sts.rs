@@ -343,3 +343,109 @@ async fn mta_sts_policies_are_fetched_cached_and_enforced() {
     }
     relay.shutdown().await;
 }
+
+/// RFC 8461 §10.2: cached policies are refreshed about daily without any mail
+/// to their domain; a recent one is left alone, and a failed refresh keeps the
+/// cached policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_policies_are_refreshed_without_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+    let renewed: &'static str = Box::leak(enforce("mx2.idle.test").into_boxed_str());
+    let mut serve = HashMap::new();
+    serve.insert("mta-sts.idle.test".to_owned(), Serve::Policy(renewed));
+    serve.insert("mta-sts.fresh.test".to_owned(), Serve::Policy(renewed));
+    serve.insert(
+        "mta-sts.down.test".to_owned(),
+        Serve::Status("503 Service Unavailable"),
+    );
+    let names = [
+        "mta-sts.idle.test",
+        "mta-sts.fresh.test",
+        "mta-sts.down.test",
+    ];
+    let (https_port, requests) = start_policy_host(&ca().leaf(&names, false, -1, 90), serve).await;
+    let mut dns = FixedResolver::new();
+    for d in ["idle.test", "fresh.test", "down.test"] {
+        dns = dns
+            .with_address(&format!("mta-sts.{d}"), IpAddr::from([127, 0, 0, 1]))
+            .with_txt(
+                &format!("_mta-sts.{d}"),
+                Ok(vec!["v=STSv1; id=id1;".to_owned()]),
+            );
+    }
+    // Cached policies under the same id: two fetched two days ago (a refresh
+    // is due), one a minute ago; all valid for 30 days.
+    let now = i64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let old = "version: STSv1\nmode: enforce\nmx: mx1.example\nmax_age: 2592000\n";
+    std::fs::create_dir_all(state.join("mta-sts")).unwrap();
+    for (d, age) in [
+        ("idle.test", 2 * 86_400),
+        ("fresh.test", 60),
+        ("down.test", 2 * 86_400),
+    ] {
+        let mut cache = StsCache::new();
+        cache.cached = Some(CachedPolicy {
+            id: "id1".into(),
+            policy: StsPolicy::parse(old).unwrap(),
+            fetched_at: now - age,
+        });
+        std::fs::write(
+            state.join(format!("mta-sts/{d}.json")),
+            serde_json::to_vec(&cache).unwrap(),
+        )
+        .unwrap();
+    }
+    let toml = format!(
+        "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n\
+         [mta_sts]\nfetch_timeout = \"10s\"\nhttps_port = {https_port}\n\
+         [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n",
+        state.display(),
+        dir.path().join("ca.pem").display()
+    );
+    let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), 25)
+        .await
+        .unwrap();
+    assert_eq!(relay.refresh_mta_sts().await, 3);
+
+    let cached = |d: &str| -> StsCache {
+        serde_json::from_slice(&std::fs::read(state.join(format!("mta-sts/{d}.json"))).unwrap())
+            .unwrap()
+    };
+    assert_eq!(count(&requests, "mta-sts.idle.test"), 1);
+    let idle = cached("idle.test").cached.unwrap();
+    assert_eq!(idle.policy, StsPolicy::parse(renewed).unwrap());
+    assert!(idle.fetched_at >= now, "{idle:?}");
+    assert_eq!(
+        count(&requests, "mta-sts.fresh.test"),
+        0,
+        "refreshed too early"
+    );
+    assert_eq!(
+        cached("fresh.test").cached.unwrap().policy,
+        StsPolicy::parse(old).unwrap()
+    );
+    // §3.3: a failed refresh keeps the cached policy and records the failure.
+    assert_eq!(count(&requests, "mta-sts.down.test"), 1);
+    let down = cached("down.test");
+    assert_eq!(down.cached.unwrap().policy, StsPolicy::parse(old).unwrap());
+    assert_eq!(down.failed_fetch.unwrap().0, "id1");
+
+    // A second pass within the day fetches nothing more.
+    relay.refresh_mta_sts().await;
+    assert_eq!(count(&requests, "mta-sts.idle.test"), 1);
+    assert_eq!(
+        count(&requests, "mta-sts.down.test"),
+        1,
+        "retried within 5 minutes"
+    );
+    relay.shutdown().await;
+}
