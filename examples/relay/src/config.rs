@@ -40,6 +40,7 @@ use postern_policy::config::ConfigError as PolicyError;
 use postern_policy::{ClientCertMode, ClientTlsMode, Policy, PolicyConfig};
 
 use crate::access::AccessPolicy;
+use crate::dkim::{DkimKeyError, DkimSigner};
 use crate::dsn::BounceSettings;
 use crate::queue::RetryPolicy;
 use crate::routing::{NextHop, StaticRoutes};
@@ -443,6 +444,19 @@ pub struct TlsReportingConfig {
     /// Distinct failure groups (result type, MX, address) kept per Policy
     /// Domain and day; more still count in the summary. Default 100.
     pub max_failure_groups: usize,
+    /// DKIM signing domain (`d=`) of report mails (RFC 8460 §5.3: reports
+    /// "MUST" be DKIM-signed by the reporting domain). With
+    /// `dkim_selector` and `dkim_key`: all three or none. Default empty:
+    /// report mails are not signed.
+    pub dkim_domain: String,
+    /// DKIM selector (`s=`): the public key is published at
+    /// `<selector>._domainkey.<dkim_domain>`. Default empty.
+    pub dkim_selector: String,
+    /// PEM file with the DKIM private key: RSA (PKCS#8 or PKCS#1, at least
+    /// 2048 bits) for `rsa-sha256`, or Ed25519 (PKCS#8) for
+    /// `ed25519-sha256` (RFC 8463). Relative to the working directory; read
+    /// and checked at start and by `check-config`. Default none.
+    pub dkim_key: Option<PathBuf>,
 }
 
 impl Default for TlsReportingConfig {
@@ -456,6 +470,9 @@ impl Default for TlsReportingConfig {
             persist_interval: mins(5),
             max_domains: 1000,
             max_failure_groups: 100,
+            dkim_domain: String::new(),
+            dkim_selector: String::new(),
+            dkim_key: None,
         }
     }
 }
@@ -649,6 +666,7 @@ impl Config {
                 "must be an address (local@domain)",
             ));
         }
+        self.dkim_signer()?;
         if self.mta_sts.https_port == 0 {
             return Err(invalid("mta_sts.https_port", "must be more than 0"));
         }
@@ -713,6 +731,47 @@ impl Config {
         })?;
         refuse_dane(&policy)?;
         Ok(policy)
+    }
+
+    /// The DKIM signer of report mails (`tls_reporting.dkim_domain`,
+    /// `dkim_selector`, `dkim_key`), with its key read and checked; `None`
+    /// when none of the three is set. Setting only some of them is an error
+    /// naming a missing one.
+    pub fn dkim_signer(&self) -> Result<Option<DkimSigner>, ConfigError> {
+        let r = &self.tls_reporting;
+        let set = [
+            ("tls_reporting.dkim_domain", !r.dkim_domain.is_empty()),
+            ("tls_reporting.dkim_selector", !r.dkim_selector.is_empty()),
+            ("tls_reporting.dkim_key", r.dkim_key.is_some()),
+        ];
+        if set.iter().all(|(_, s)| !s) {
+            return Ok(None);
+        }
+        if let Some((missing, _)) = set.iter().find(|(_, s)| !s) {
+            return Err(invalid(
+                *missing,
+                "needed for DKIM signing: set tls_reporting.dkim_domain, dkim_selector and \
+                 dkim_key together, or none of them",
+            ));
+        }
+        if !is_domain(&r.dkim_domain) {
+            return Err(invalid(
+                "tls_reporting.dkim_domain",
+                format!("{:?} is not a domain", r.dkim_domain),
+            ));
+        }
+        let Some(path) = &r.dkim_key else {
+            return Ok(None); // checked above: all three are set
+        };
+        DkimSigner::from_file(&r.dkim_domain, &r.dkim_selector, path)
+            .map(Some)
+            .map_err(|e| match e {
+                DkimKeyError::Name(name) => invalid(
+                    "tls_reporting.dkim_selector",
+                    format!("{name:?} is not a selector (dot-separated labels)"),
+                ),
+                e => invalid("tls_reporting.dkim_key", format!("{}: {e}", path.display())),
+            })
     }
 
     /// The certificate directory inside the state directory.
@@ -972,6 +1031,115 @@ mod tests {
         assert_eq!(c.mta_sts.https_port, 8443);
         assert_eq!(c.mta_sts.fetch_timeout.0, Duration::from_secs(20));
     }
+
+    #[test]
+    fn dkim_settings_are_all_or_none_and_the_key_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ed = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
+        let pem = |label: &str, der: &[u8]| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+            format!("-----BEGIN {label}-----\n{b64}\n-----END {label}-----\n")
+        };
+        let good = dir.path().join("ed.pem");
+        std::fs::write(&good, pem("PRIVATE KEY", ed.to_pkcs8().unwrap().as_ref())).unwrap();
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, pem("CERTIFICATE", b"not a key")).unwrap();
+        let toml = |domain: &str, selector: &str, key: Option<&Path>| {
+            let mut t = "[tls_reporting]\n".to_owned();
+            if !domain.is_empty() {
+                t.push_str(&format!("dkim_domain = \"{domain}\"\n"));
+            }
+            if !selector.is_empty() {
+                t.push_str(&format!("dkim_selector = \"{selector}\"\n"));
+            }
+            if let Some(key) = key {
+                t.push_str(&format!("dkim_key = {:?}\n", key.display().to_string()));
+            }
+            t
+        };
+
+        assert!(Config::default().dkim_signer().unwrap().is_none());
+        let c = Config::from_toml_str(&toml("example.com", "tlsrpt", Some(&good))).unwrap();
+        let signer = c.dkim_signer().unwrap().unwrap();
+        assert_eq!(signer.domain(), "example.com");
+        assert_eq!(signer.selector(), "tlsrpt");
+        assert_eq!(signer.algorithm(), "ed25519-sha256");
+        // Printed back by check-config.
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("dkim_selector = \"tlsrpt\""), "{printed}");
+        assert_eq!(Config::from_toml_str(&printed).unwrap(), c);
+
+        // All three or none: the error names a missing one.
+        for (text, key) in [
+            (toml("example.com", "", None), "tls_reporting.dkim_selector"),
+            (toml("", "tlsrpt", Some(&good)), "tls_reporting.dkim_domain"),
+            (
+                toml("example.com", "tlsrpt", None),
+                "tls_reporting.dkim_key",
+            ),
+            (toml("", "", Some(&good)), "tls_reporting.dkim_domain"),
+        ] {
+            assert_eq!(error_key(&text), key, "{text}");
+        }
+        // Bad names, unreadable files and unusable keys.
+        let small = dir.path().join("small.pem");
+        std::fs::write(&small, RSA_1024).unwrap();
+        for (text, key, words) in [
+            (
+                toml("exa mple.com", "tlsrpt", Some(&good)),
+                "tls_reporting.dkim_domain",
+                "not a domain",
+            ),
+            (
+                toml("example.com", "a/b", Some(&good)),
+                "tls_reporting.dkim_selector",
+                "not a selector",
+            ),
+            (
+                toml(
+                    "example.com",
+                    "tlsrpt",
+                    Some(&dir.path().join("missing.pem")),
+                ),
+                "tls_reporting.dkim_key",
+                "cannot read",
+            ),
+            (
+                toml("example.com", "tlsrpt", Some(&cert)),
+                "tls_reporting.dkim_key",
+                "no PEM private key",
+            ),
+            (
+                toml("example.com", "tlsrpt", Some(&small)),
+                "tls_reporting.dkim_key",
+                "2048 bits",
+            ),
+        ] {
+            let e = Config::from_toml_str(&text).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{text}");
+            assert!(e.to_string().contains(words), "{e}");
+        }
+    }
+
+    /// A 1024-bit RSA key (PKCS#1), too small to be accepted.
+    const RSA_1024: &str = concat!(
+        "-----BEGIN RSA PRIVATE KEY-----\n",
+        "MIICXAIBAAKBgQC6sK6au201HE2UJwoigxD6ZP1dyughMB6hGxSH4Vj7pwMSA2nm\n",
+        "VtzQSurSnJCTV8R4NoNh99XWbrjqa0R8cblBTJvBFvHXpxEo919E1AsQnRRg8EiF\n",
+        "ESf0sjLAWc9aGDDfasmTv3JLjKbWAQYQ6MVW1JpOp1/xTUuHIpWhyy6X/QIDAQAB\n",
+        "AoGAWhZyW1aAb3WV9h0UpezLX5kmLoGAnKtEzIdt09gpgV5pe+LL0owuCBFu2W0V\n",
+        "0xQySbQ8mCTpOo25i91xcf/K3eXXvyOoC9s7CH/RlzAr3Yb9ORpz9HY5D6QfY8mY\n",
+        "LEkeVY32CYqKwlMgFL5vq0NdK3Dlz7RXVr9YRU/a1waMBD0CQQDfnekwiQFVkXGB\n",
+        "F98dgNMHpClzP49wfn4Ysttd0EzEkUU8yfN954rzBnChRuXspDxNYr1hzjpSNCNK\n",
+        "+AgWjsF3AkEA1bnMUCKPwNIAy2ltlUtBwwnpw6E7jLANuJmMPZK2Hkwt5G+MsbO0\n",
+        "kGEBlZ9wQJmpd3qF9kWGdGab7jcar5rvKwJBAMQmURlo5Em5xdWWKflIOlRWlKFq\n",
+        "XJkx68wgf7of8Gbwgspa34JOa5zXxk5B0YetXNQIy9SSQKhA4cBuJzIaUOsCQExX\n",
+        "7AWL8vGbkjEW3dAAa+MxfVEmHNFqadxQ7OlpqKg16ga5WfZ4DL2uCRTbOQu6V/CX\n",
+        "0ZZgy2B07qovANdNbrUCQBNGuPBj4fWTkbrHxddRZ+bf08Wq3aTV/YYmz32EsITy\n",
+        "vo3hmZCb3xUPBB33+tJHKJGx8bpjwPJFvHTGFe8bjHM=\n",
+        "-----END RSA PRIVATE KEY-----\n",
+    );
 
     fn error_key(text: &str) -> String {
         let e = Config::from_toml_str(text).unwrap_err();

@@ -83,6 +83,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dkim;
 pub mod dsn;
 pub mod envelope;
 mod https;

@@ -14,6 +14,10 @@
 //!   counted in the next report.
 //! - `plain.test`: outbound mode `mta-sts` but no MTA-STS record: delivered,
 //!   nothing to report under, though it publishes a TLS-RPT record.
+//!
+//! The report mail is DKIM-signed (§5.3) and its signature is checked by an
+//! independent implementation, dkimpy (installed with pip for the test when
+//! missing; without it the check is skipped, except under `CI=true`).
 
 mod common;
 
@@ -144,6 +148,75 @@ fn parse_report_mail(content: &[u8]) -> (Vec<String>, Report) {
     (headers, gunzip_report(&gz))
 }
 
+/// dkimpy's verdict on `mail`, with `record` as the TXT record of every
+/// `_domainkey` name it looks up; `None` when neither an installed dkimpy
+/// nor one pip can install into `dir` is at hand.
+fn dkimpy_verify(dir: &std::path::Path, mail: &[u8], record: &str) -> Option<bool> {
+    use std::process::Command;
+    const SCRIPT: &str = "import sys, dkim\n\
+        msg = open(sys.argv[1], 'rb').read()\n\
+        rec = open(sys.argv[2], 'rb').read()\n\
+        ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: rec)\n\
+        print('dkimpy:', ok)\n\
+        sys.exit(0 if ok else 3)\n";
+    let lib = dir.join("pylib");
+    let importable = |lib: &std::path::Path| {
+        Command::new("python3")
+            .args(["-c", "import dkim"])
+            .env("PYTHONPATH", lib)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !importable(&lib) {
+        let _ = Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg("--target")
+            .arg(&lib)
+            .arg("dkimpy")
+            .output();
+        if !importable(&lib) {
+            return None;
+        }
+    }
+    let n = std::fs::read_dir(dir).map_or(0, Iterator::count);
+    let (m, r) = (
+        dir.join(format!("mail{n}.eml")),
+        dir.join(format!("record{n}")),
+    );
+    std::fs::write(&m, mail).unwrap();
+    std::fs::write(&r, record).unwrap();
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(&m)
+        .arg(&r)
+        .env("PYTHONPATH", &lib)
+        .output()
+        .unwrap();
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(0 | 3)),
+        "dkimpy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(code == Some(0))
+}
+
+/// A PEM RSA private key (PKCS#8) of 2048 bits.
+fn rsa_key_pem() -> String {
+    use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der: Pkcs8V1Der<'_> = key.as_der().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+}
+
 fn enforce(mx: &str) -> String {
     format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n")
 }
@@ -153,6 +226,7 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+    std::fs::write(dir.path().join("dkim.pem"), rsa_key_pem()).unwrap();
     let domains = ["good.test", "badcert.test", "reports.test", "plain.test"];
     let policies: HashMap<String, String> = domains
         .iter()
@@ -215,9 +289,11 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
          [timeouts]\nconnect = \"5s\"\nclient_reply = \"10s\"\ntls_handshake = \"5s\"\n\
          [mta_sts]\nfetch_timeout = \"10s\"\nhttps_port = {https_port}\n\
          [tls_reporting]\nenabled = true\nmax_send_delay = \"0s\"\norganization = \"Relay Org\"\n\
+         dkim_domain = \"relay.test\"\ndkim_selector = \"tlsrpt\"\ndkim_key = \"{}\"\n\
          [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n\
          [tls.outbound]\ntls = \"opportunistic\"\n",
         state.display(),
+        dir.path().join("dkim.pem").display(),
         dir.path().join("ca.pem").display()
     );
     for d in domains {
@@ -226,6 +302,8 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
         ));
     }
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    // What the operator publishes at tlsrpt._domainkey.relay.test.
+    let record = config.dkim_signer().unwrap().unwrap().dns_record();
     let relay = Relay::start_with_resolver(
         config.clone(),
         SystemResolver::Fixed(Box::new(dns.clone())),
@@ -310,6 +388,34 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
             .any(|l| l.starts_with("Content-Type: multipart/report; report-type=\"tlsrpt\";")),
         "{headers:?}"
     );
+    // §5.3: DKIM-signed by the reporting domain; dkimpy agrees, and
+    // rejects a tampered copy.
+    assert!(
+        headers[..2].iter().any(|l| l.starts_with(
+            "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=relay.test; s=tlsrpt;"
+        )),
+        "{headers:?}"
+    );
+    let checks = dir.path().join("dkimpy");
+    std::fs::create_dir_all(&checks).unwrap();
+    match dkimpy_verify(&checks, &mail.content, &record) {
+        Some(ok) => {
+            assert!(ok, "dkimpy rejects the signature");
+            let tampered = String::from_utf8(mail.content.clone()).unwrap().replacen(
+                "TLS-Report-Domain: good.test",
+                "TLS-Report-Domain: evil.test",
+                1,
+            );
+            assert_eq!(
+                dkimpy_verify(&checks, tampered.as_bytes(), &record),
+                Some(false)
+            );
+        }
+        None if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("dkimpy is needed under CI=true and could not be installed")
+        }
+        None => eprintln!("dkimpy not available: independent DKIM check skipped"),
+    }
     assert_eq!(report.organization_name, "Relay Org");
     assert_eq!(report.contact_info, "mailto:postmaster@relay.test");
     assert_eq!(report.policies.len(), 1);
