@@ -63,6 +63,15 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
             .map_or(0, toml::Table::len),
         imported.len(),
     );
+    // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
+    if let Some(signer) = config.dkim_signer()? {
+        eprintln!(
+            "tls reports signed with DKIM: publish TXT {}._domainkey.{} \"{}\"",
+            signer.selector(),
+            signer.domain(),
+            signer.dns_record()
+        );
+    }
     eprintln!(
         "configuration OK{}",
         if from_file {

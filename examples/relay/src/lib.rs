@@ -25,9 +25,11 @@
 //!   [`Incoming::commit`](spool::Incoming::commit) returned.
 //! - [`queue`]: retry scheduling, per-recipient outcomes, expiry.
 //! - [`routing`]: static routes and MX lookup.
-//! - [`mta_sts`]: MTA-STS policy discovery (TXT, HTTPS fetch, persisted cache).
+//! - [`mta_sts`]: MTA-STS policy discovery (TXT, HTTPS fetch, persisted
+//!   cache, daily proactive refresh).
 //! - [`tlsrpt`]: SMTP TLS Reporting (RFC 8460): outcomes counted per
 //!   Policy Domain and day, daily reports by mail or HTTPS.
+//! - [`dkim`]: DKIM signatures (RFC 6376, RFC 8463) for the report mails.
 //! - [`dsn`]: bounces (RFC 3464 delivery status notifications).
 //! - [`envelope`]: the data model the others share.
 //!

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Hop, ca, rustls_server, self_signed, start_hop};
+use common::{Hop, ca, rsa_key_pem, rustls_server, self_signed, start_hop};
 
 fn relay(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_postern-relay"))
@@ -84,6 +84,35 @@ fn check_config_accepts_defaults_and_names_the_bad_key() {
     let out = relay(dir.path(), &["--config", "missing.toml", "check-config"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn check_config_prints_the_dkim_record_of_tls_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dkim.pem"), rsa_key_pem()).unwrap();
+    write_config(
+        dir.path(),
+        "[tls_reporting]\nenabled = true\ndkim_domain = \"example.org\"\n\
+         dkim_selector = \"rpt2026\"\ndkim_key = \"dkim.pem\"",
+    );
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("tls reports signed with DKIM: "))
+        .unwrap_or_else(|| panic!("no DKIM line: {err}"));
+    assert!(
+        line.starts_with(
+            "tls reports signed with DKIM: publish TXT rpt2026._domainkey.example.org \"v=DKIM1; k=rsa; p=MII"
+        ),
+        "{line}"
+    );
+    // Without the keys, nothing is said about DKIM.
+    write_config(dir.path(), "[tls_reporting]\nenabled = true");
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    assert!(out.status.success());
+    assert!(!text(&out.stderr).contains("DKIM"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use common::{
-    Submit, ca, message, rustls_server, self_signed, start_postern_hop_at, transport, wait_for,
+    Submit, ca, message, rsa_key_pem, rustls_server, self_signed, start_postern_hop_at, transport,
+    wait_for,
 };
 use lettre::AsyncTransport;
 use postern_policy::ResultType;
@@ -206,15 +207,6 @@ fn dkimpy_verify(dir: &std::path::Path, mail: &[u8], record: &str) -> Option<boo
         String::from_utf8_lossy(&out.stderr)
     );
     Some(code == Some(0))
-}
-
-/// A PEM RSA private key (PKCS#8) of 2048 bits.
-fn rsa_key_pem() -> String {
-    use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
-    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let der: Pkcs8V1Der<'_> = key.as_der().unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
 
 fn enforce(mx: &str) -> String {

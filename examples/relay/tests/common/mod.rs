@@ -651,3 +651,13 @@ pub async fn submit_requiretls(addr: SocketAddr, from: &str, to: &str, body: &st
     let _ = io.get_mut().write_all(b"QUIT\r\n").await;
     done
 }
+
+/// A PEM RSA private key (PKCS#8) of 2048 bits, for DKIM signing.
+pub fn rsa_key_pem() -> String {
+    use aws_lc_rs::encoding::{AsDer as _, Pkcs8V1Der};
+    use base64::Engine as _;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der: Pkcs8V1Der<'_> = key.as_der().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
+}
