@@ -459,12 +459,23 @@ impl<H: ServerHandler> Server<H> {
         };
         tracing::debug!(id = info.id, %peer, "connect");
         let session = self.handler.open(&info);
+        let mut engine = ServerSession::new(self.settings.smtp.clone(), Instant::now());
+        let mut buf = vec![0; READ_CHUNK];
+        let mut pending = Vec::new();
+        // RFC 5321 3.1 / 4.3.1: the client waits for the greeting. Bytes already received when the greeting is
+        // about to go out were sent before it ("improper command pipelining after CONNECT" in Postfix): the
+        // session, handed them before its greeting is taken, answers `554 5.5.0` and closes.
+        if let Ok(n @ 1..) = tcp.try_read(&mut buf) {
+            tracing::debug!(id = info.id, %peer, octets = n, "client talked before the greeting");
+            let taken = engine.handle_input(&buf[..n]);
+            pending.extend_from_slice(&buf[taken..n]);
+        }
         let mut conn = Connection {
             settings: &self.settings,
-            session: ServerSession::new(self.settings.smtp.clone(), Instant::now()),
+            session: engine,
             stream: Stream::Plain(tcp),
-            pending: Vec::new(),
-            buf: vec![0; READ_CHUNK],
+            pending,
+            buf,
             info,
             handler: session,
             force,

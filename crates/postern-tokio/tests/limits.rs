@@ -2,12 +2,15 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{MX, settings, start_server};
+use common::{Inbox, MX, settings, start_server};
 use postern_policy::{ClientCertMode, ServerTlsMode};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use postern_tokio::server::Server;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 async fn line<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> String {
     let mut s = String::new();
@@ -165,4 +168,57 @@ async fn stalled_tls_handshake_is_closed() {
         "{elapsed:?}"
     );
     server.shutdown().await;
+}
+
+/// RFC 5321 3.1 / 4.3.1, DESIGN.md section 4: a client that sends before the greeting (its bytes are there when
+/// the session starts) is answered `554 5.5.0` and disconnected, as Postfix 3.9 does
+/// (`smtpd_forbid_unauth_pipelining`); one that waits is served.
+#[tokio::test]
+async fn client_talking_before_the_greeting_gets_554() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Arc::new(
+        Server::new(
+            settings(ServerTlsMode::Offer, ClientCertMode::None),
+            Inbox::default(),
+        )
+        .unwrap(),
+    );
+    let (_force, rx) = watch::channel(false);
+    for eager in [true, false] {
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        if eager {
+            client
+                .write_all(b"EHLO eager.example.net\r\n")
+                .await
+                .unwrap();
+        }
+        let (tcp, peer) = listener.accept().await.unwrap();
+        // The eager client's bytes are in the socket before the session starts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (server, rx) = (Arc::clone(&server), rx.clone());
+        let serve = tokio::spawn(async move { server.serve_connection(tcp, peer, rx).await });
+        let mut rd = BufReader::new(client);
+        assert!(line(&mut rd).await.starts_with("220 "));
+        if eager {
+            assert_eq!(
+                line(&mut rd).await,
+                "554 5.5.0 Error: SMTP protocol synchronization\r\n"
+            );
+            let mut rest = String::new();
+            rd.read_to_string(&mut rest).await.unwrap();
+            assert_eq!(rest, "", "connection closed after the 554");
+        } else {
+            rd.get_mut()
+                .write_all(b"EHLO patient.example.net\r\n")
+                .await
+                .unwrap();
+            assert!(line(&mut rd).await.starts_with("250-"));
+            rd.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), serve)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }
