@@ -1084,7 +1084,8 @@ mod tests {
         }
         // Bad names, unreadable files and unusable keys.
         let small = dir.path().join("small.pem");
-        std::fs::write(&small, RSA_1024).unwrap();
+        // Too small to be accepted.
+        std::fs::write(&small, crate::dkim::tests::RSA_1024_PKCS1).unwrap();
         for (text, key, words) in [
             (
                 toml("exa mple.com", "tlsrpt", Some(&good)),
@@ -1121,25 +1122,6 @@ mod tests {
             assert!(e.to_string().contains(words), "{e}");
         }
     }
-
-    /// A 1024-bit RSA key (PKCS#1), too small to be accepted.
-    const RSA_1024: &str = concat!(
-        "-----BEGIN RSA PRIVATE KEY-----\n",
-        "MIICXAIBAAKBgQC6sK6au201HE2UJwoigxD6ZP1dyughMB6hGxSH4Vj7pwMSA2nm\n",
-        "VtzQSurSnJCTV8R4NoNh99XWbrjqa0R8cblBTJvBFvHXpxEo919E1AsQnRRg8EiF\n",
-        "ESf0sjLAWc9aGDDfasmTv3JLjKbWAQYQ6MVW1JpOp1/xTUuHIpWhyy6X/QIDAQAB\n",
-        "AoGAWhZyW1aAb3WV9h0UpezLX5kmLoGAnKtEzIdt09gpgV5pe+LL0owuCBFu2W0V\n",
-        "0xQySbQ8mCTpOo25i91xcf/K3eXXvyOoC9s7CH/RlzAr3Yb9ORpz9HY5D6QfY8mY\n",
-        "LEkeVY32CYqKwlMgFL5vq0NdK3Dlz7RXVr9YRU/a1waMBD0CQQDfnekwiQFVkXGB\n",
-        "F98dgNMHpClzP49wfn4Ysttd0EzEkUU8yfN954rzBnChRuXspDxNYr1hzjpSNCNK\n",
-        "+AgWjsF3AkEA1bnMUCKPwNIAy2ltlUtBwwnpw6E7jLANuJmMPZK2Hkwt5G+MsbO0\n",
-        "kGEBlZ9wQJmpd3qF9kWGdGab7jcar5rvKwJBAMQmURlo5Em5xdWWKflIOlRWlKFq\n",
-        "XJkx68wgf7of8Gbwgspa34JOa5zXxk5B0YetXNQIy9SSQKhA4cBuJzIaUOsCQExX\n",
-        "7AWL8vGbkjEW3dAAa+MxfVEmHNFqadxQ7OlpqKg16ga5WfZ4DL2uCRTbOQu6V/CX\n",
-        "0ZZgy2B07qovANdNbrUCQBNGuPBj4fWTkbrHxddRZ+bf08Wq3aTV/YYmz32EsITy\n",
-        "vo3hmZCb3xUPBB33+tJHKJGx8bpjwPJFvHTGFe8bjHM=\n",
-        "-----END RSA PRIVATE KEY-----\n",
-    );
 
     fn error_key(text: &str) -> String {
         let e = Config::from_toml_str(text).unwrap_err();

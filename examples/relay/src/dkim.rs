@@ -454,14 +454,14 @@ pub fn relaxed_body(body: &[u8]) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use aws_lc_rs::signature::{ED25519, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
     use std::time::Duration;
 
     /// Test keys (made with `openssl genrsa -traditional` and
     /// `openssl ecparam -genkey -noout`); they sign nothing real.
-    const RSA_1024_PKCS1: &str = concat!(
+    pub(crate) const RSA_1024_PKCS1: &str = concat!(
         "-----BEGIN RSA PRIVATE KEY-----\n",
         "MIICXAIBAAKBgQC6sK6au201HE2UJwoigxD6ZP1dyughMB6hGxSH4Vj7pwMSA2nm\n",
         "VtzQSurSnJCTV8R4NoNh99XWbrjqa0R8cblBTJvBFvHXpxEo919E1AsQnRRg8EiF\n",
