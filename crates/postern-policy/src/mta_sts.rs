@@ -43,6 +43,37 @@ pub struct StsRecord {
     pub id: String,
 }
 
+/// Whitespace of the TXT record grammars (ABNF `WSP`).
+pub(crate) fn is_wsp(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// The fields of a TXT record after its version tag. RFC 8461 §3.1 and RFC 8460 §3 share the shape
+/// `version 1*(*WSP ";" *WSP field) [*WSP ";"]`, and neither grammar lets a field hold `;`: each field is the
+/// text up to the next `;`, without the whitespace around it. Errors: `expected ';'`, `no fields`.
+pub(crate) fn record_fields(mut rest: &str) -> Result<Vec<&str>, &'static str> {
+    let mut fields = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(is_wsp);
+        if rest.is_empty() {
+            break;
+        }
+        rest = rest.strip_prefix(';').ok_or("expected ';'")?;
+        rest = rest.trim_start_matches(is_wsp);
+        if rest.is_empty() {
+            // The optional trailing ';'.
+            break;
+        }
+        let end = rest.find(';').unwrap_or(rest.len());
+        fields.push(rest[..end].trim_end_matches(is_wsp));
+        rest = &rest[end..];
+    }
+    if fields.is_empty() {
+        return Err("no fields");
+    }
+    Ok(fields)
+}
+
 /// RFC 8461 §3.1 `sts-ext-name`; RFC 8460 §3 `tlsrpt-ext-name` is the same rule.
 pub(crate) fn is_ext_name(name: &str) -> bool {
     // sts-ext-name = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
@@ -75,28 +106,8 @@ impl StsRecord {
         let rest = text
             .strip_prefix("v=STSv1")
             .ok_or(StsRecordError::Syntax("must begin with v=STSv1"))?;
-        let is_wsp = |c: char| c == ' ' || c == '\t';
         let mut id = None;
-        let mut rest = rest;
-        let mut fields = 0usize;
-        loop {
-            rest = rest.trim_start_matches(is_wsp);
-            if rest.is_empty() {
-                break;
-            }
-            rest = rest
-                .strip_prefix(';')
-                .ok_or(StsRecordError::Syntax("expected ';'"))?;
-            rest = rest.trim_start_matches(is_wsp);
-            if rest.is_empty() {
-                // The optional trailing ';'.
-                break;
-            }
-            let end = rest
-                .find(|c: char| c == ';' || is_wsp(c))
-                .unwrap_or(rest.len());
-            let field = &rest[..end];
-            rest = &rest[end..];
+        for field in record_fields(rest).map_err(StsRecordError::Syntax)? {
             let (name, value) = field
                 .split_once('=')
                 .ok_or(StsRecordError::Syntax("field without '='"))?;
@@ -117,10 +128,6 @@ impl StsRecord {
             } else if !is_ext_name(name) || !is_ext_value(value) {
                 return Err(StsRecordError::Syntax("invalid extension field"));
             }
-            fields += 1;
-        }
-        if fields == 0 {
-            return Err(StsRecordError::Syntax("no fields"));
         }
         let id = id.ok_or(StsRecordError::Syntax("missing id"))?;
         Ok(Self { id })

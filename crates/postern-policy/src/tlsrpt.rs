@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mta_sts::{is_ext_name, is_ext_value};
+use crate::mta_sts::{is_ext_name, is_ext_value, is_wsp, record_fields};
 
 /// RFC 8460 §4.3 result types (IANA "STARTTLS Validation Result Types").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -596,66 +596,46 @@ impl TlsRptRecord {
     /// commas and semicolons inside a URI must be percent-encoded, so they
     /// always separate.
     pub fn parse(text: &str) -> Result<Self, TlsRptRecordError> {
-        let mut rest = text
+        let rest = text
             .strip_prefix(Self::VERSION)
             .ok_or(TlsRptRecordError::Syntax("must begin with v=TLSRPTv1"))?;
-        let is_wsp = |c: char| c == ' ' || c == '\t';
-        let is_uri_char = |c: char| c.is_ascii_graphic() && c != ',' && c != ';';
+        let is_uri_char = |c: char| c.is_ascii_graphic() && c != ',';
         let mut rua: Option<Vec<ReportUri>> = None;
-        let mut fields = 0usize;
-        loop {
-            rest = rest.trim_start_matches(is_wsp);
-            if rest.is_empty() {
-                break;
-            }
-            rest = rest
-                .strip_prefix(';')
-                .ok_or(TlsRptRecordError::Syntax("expected ';'"))?;
-            rest = rest.trim_start_matches(is_wsp);
-            if rest.is_empty() {
-                // The optional trailing field-delim.
-                break;
-            }
-            fields += 1;
-            if let Some(uris) = rest.strip_prefix("rua=") {
+        for field in record_fields(rest).map_err(TlsRptRecordError::Syntax)? {
+            if let Some(uris) = field.strip_prefix("rua=") {
                 if rua.is_some() {
                     return Err(TlsRptRecordError::Syntax("duplicate rua"));
                 }
                 let mut list = Vec::new();
-                rest = uris;
-                loop {
-                    let end = rest.find(|c| !is_uri_char(c)).unwrap_or(rest.len());
-                    if end == 0 {
+                for (i, part) in uris.split(',').enumerate() {
+                    // `*WSP "," *WSP` between URIs, none right after "rua=".
+                    let uri = part.trim_end_matches(is_wsp);
+                    let uri = if i == 0 {
+                        uri
+                    } else {
+                        uri.trim_start_matches(is_wsp)
+                    };
+                    if uri.is_empty() || uri.starts_with(is_wsp) {
                         return Err(TlsRptRecordError::Syntax("empty rua uri"));
                     }
-                    if let Some(uri) = ReportUri::parse(&rest[..end])
+                    if !uri.chars().all(is_uri_char) {
+                        return Err(TlsRptRecordError::Syntax("expected ';'"));
+                    }
+                    if let Some(uri) = ReportUri::parse(uri)
                         && list.len() < MAX_RUA
                     {
                         list.push(uri);
                     }
-                    rest = &rest[end..];
-                    let after = rest.trim_start_matches(is_wsp);
-                    match after.strip_prefix(',') {
-                        Some(next) => rest = next.trim_start_matches(is_wsp),
-                        None => break,
-                    }
                 }
                 rua = Some(list);
             } else {
-                let end = rest
-                    .find(|c: char| c == ';' || is_wsp(c))
-                    .unwrap_or(rest.len());
-                let (name, value) = rest[..end]
+                let (name, value) = field
                     .split_once('=')
                     .ok_or(TlsRptRecordError::Syntax("field without '='"))?;
                 if !is_ext_name(name) || !is_ext_value(value) {
                     return Err(TlsRptRecordError::Syntax("invalid extension field"));
                 }
-                rest = &rest[end..];
             }
-        }
-        if fields == 0 {
-            return Err(TlsRptRecordError::Syntax("no fields"));
         }
         let rua = rua.ok_or(TlsRptRecordError::Syntax("missing rua"))?;
         if rua.is_empty() {
