@@ -64,6 +64,11 @@ install_missing() {
             pkgs+=("${pkg_of[$t]}")
         }
     done
+    # swaks only recommends the Perl TLS modules; without them it cannot STARTTLS.
+    if ! perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1; then
+        missing+=("perl-tls")
+        pkgs+=(libnet-ssleay-perl libio-socket-ssl-perl)
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing ${pkgs[*]} (missing: ${missing[*]})"
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -73,7 +78,11 @@ install_missing() {
             { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pkgs[@]}"; }
     fi
     for t in "${missing[@]}"; do
-        command -v "$t" >/dev/null 2>&1 && continue
+        if [ "$t" = perl-tls ]; then
+            perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 && continue
+        else
+            command -v "$t" >/dev/null 2>&1 && continue
+        fi
         if [ "${CI:-}" = true ]; then
             say "FAIL: required tool $t is missing and could not be installed"
             exit 1
