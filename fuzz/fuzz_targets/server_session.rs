@@ -96,7 +96,11 @@ fuzz_target!(|data: &[u8]| {
         config.input_buffer = 0;
     }
     let now = Instant::now();
+    let pause = config.greet_pause;
     let mut server = ServerSession::new(config, now);
+    // The greet pause passes in silence; the input then follows the greeting.
+    let now = now + pause;
+    server.handle_timeout(now);
     let mut answers = u32::from(ctl[2]) | 0x5a00;
     drive(&mut server, now, &mut answers);
 

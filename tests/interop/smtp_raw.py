@@ -26,8 +26,9 @@ import socket
 import ssl
 import sys
 
-# The thirteen end-of-data lookalikes (SMTP smuggling, CVE-2023-51764/5/6).
-# Only CRLF . CRLF ends the data; none of these may.
+# The twelve end-of-data lookalikes (SMTP smuggling, CVE-2023-51764/5/6).
+# Every CRLF . CRLF ends the data, and nothing else; none of these may.
+# (\r\r\n.\r\n is not among them: it holds CRLF . CRLF, a real end.)
 LOOKALIKES = [
     b"\n.\n",
     b"\n.\r",
@@ -40,7 +41,6 @@ LOOKALIKES = [
     b"\r\n.\r",
     b"\r\n.\x00\r\n",
     b"\r\n.\r\r\n",
-    b"\r\r\n.\r\n",
     b"\r\r\n.\r\r\n",
 ]
 

@@ -19,6 +19,9 @@ fn show(prefix: &str, bytes: &[u8]) {
 fn main() {
     let now = Instant::now();
     let mut server = ServerSession::new(ServerConfig::new("mx.example.org"), now);
+    // The greet pause passes without the client talking: the server greets.
+    let now = server.poll_timeout().expect("the greet pause");
+    server.handle_timeout(now);
     let mut client = ClientSession::new(ClientConfig::new("client.example.net"), now);
     let from = ReversePath::parse("<alice@example.net>").expect("valid path");
     let to = ForwardPath::parse("<bob@example.org>").expect("valid path");

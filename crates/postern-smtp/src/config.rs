@@ -11,6 +11,9 @@ pub const MIN_COMMAND_LINE: usize = 512;
 pub const MIN_TEXT_LINE: usize = 1000;
 /// RFC 5321 4.5.3.1.8: a server must accept at least 100 recipients.
 pub const MIN_RECIPIENTS: usize = 100;
+/// Longest duration a session setting can hold (timeouts, greet pause, session time limit): 366 days. Longer
+/// values are lowered to it by [`ServerConfig::validated`], so that no deadline computation can overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
 
 /// STARTTLS offer on the server (DESIGN: server TLS mode; Postfix `smtpd_tls_security_level`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,8 +50,9 @@ pub struct Timeouts {
     /// Time for the peer to send one whole command line (server) or one whole reply (client). Default 300 s
     /// (RFC 5321 4.5.3.2.7 server timeout; Postfix `smtpd_timeout`).
     pub command: Duration,
-    /// Time for the whole content of one DATA phase or one BDAT chunk (server), or for the final reply after the
-    /// content (client). Default 600 s (RFC 5321 4.5.3.2.6 DATA termination: 10 minutes).
+    /// Time for the whole content of one message (server: from the `354` reply to DATA, or from the first BDAT
+    /// chunk, to the end of the content, BDAT command lines between chunks included), or for the final reply
+    /// after the content (client). Default 600 s (RFC 5321 4.5.3.2.6 DATA termination: 10 minutes).
     pub data: Duration,
 }
 
@@ -60,6 +64,37 @@ impl Default for Timeouts {
         }
     }
 }
+
+/// Limits that replace the normal ones while the server is under stress, that is while its connection slots are
+/// nearly all taken ([`ServerSession::set_stress`](crate::ServerSession::set_stress)): idle and misbehaving
+/// clients then give their slot back quickly, so that honest clients get one. Postfix's `stress` parameter,
+/// with its defaults: `smtpd_timeout = ${stress?{10}:{300}}s`, `smtpd_hard_error_limit = ${stress?{1}:{20}}`,
+/// `smtpd_junk_command_limit = ${stress?{1}:{100}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StressLimits {
+    /// Time for one whole command line under stress (never longer than [`Timeouts::command`]). Default 10 s.
+    pub command_timeout: Duration,
+    /// Negative replies tolerated under stress (never more than [`ServerConfig::max_errors`]). Default 1.
+    pub max_errors: u32,
+    /// Junk commands tolerated under stress (never more than [`ServerConfig::max_junk_commands`]). Default 1.
+    pub max_junk_commands: u32,
+}
+
+impl Default for StressLimits {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(10),
+            max_errors: 1,
+            max_junk_commands: 1,
+        }
+    }
+}
+
+/// Default [`ServerConfig::greet_pause`]: long enough to catch a client that writes as soon as it is connected
+/// (its bytes arrive with, or within a few milliseconds of, the end of the TCP handshake), short enough that an
+/// honest client, which waits for the greeting anyway, hardly notices (docs/benchmarks.md measures it).
+pub const DEFAULT_GREET_PAUSE: Duration = Duration::from_millis(100);
 
 /// Server session settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +126,21 @@ pub struct ServerConfig {
     pub input_buffer: usize,
     /// Deadlines. Default [`Timeouts::default`].
     pub timeouts: Timeouts,
+    /// How long the greeting is held back while the connection is watched (sendmail `greet_pause`, Postfix
+    /// `postscreen_greet_wait`). A client that talks during the pause is answered `554 5.5.0 Error: SMTP protocol
+    /// synchronization` and closed without ever seeing the `220` (with `forbid_unauth_pipelining`; without it,
+    /// its commands wait until the greeting is sent). Zero greets at once. Default [`DEFAULT_GREET_PAUSE`].
+    pub greet_pause: Duration,
+    /// NOOP, RSET, HELP and VRFY commands tolerated in a session; the next one is answered `421 4.7.0 <host>
+    /// Error: too many junk commands` and the session is closed. The count starts again after each accepted
+    /// message. Default 100 (Postfix `smtpd_junk_command_limit`).
+    pub max_junk_commands: u32,
+    /// Longest session: once it has lasted this long, the session is closed with `421 4.7.0 <host> Error:
+    /// session time limit exceeded` as soon as it waits for the client (an answer the application is deciding
+    /// is never cut short). Zero: no limit. Default 1 hour.
+    pub session_time_limit: Duration,
+    /// Limits applied instead while the server is under stress. Default [`StressLimits::default`].
+    pub stress: StressLimits,
     /// Advertise PIPELINING (RFC 2920). Default true.
     pub pipelining: bool,
     /// Answer a client that talks before the greeting, after a command that ends a pipelined group, or
@@ -123,6 +173,10 @@ impl Default for ServerConfig {
             max_errors: 20,
             input_buffer: 65536,
             timeouts: Timeouts::default(),
+            greet_pause: DEFAULT_GREET_PAUSE,
+            max_junk_commands: 100,
+            session_time_limit: Duration::from_secs(3600),
+            stress: StressLimits::default(),
             pipelining: true,
             forbid_unauth_pipelining: true,
             chunking: true,
@@ -143,14 +197,28 @@ impl ServerConfig {
         }
     }
 
-    /// The configuration with every limit raised to its RFC 5321 minimum where set lower, and the host name
-    /// and banner stripped of control characters.
+    /// The configuration with every limit raised to its RFC 5321 minimum where set lower, every duration
+    /// lowered to [`MAX_DURATION`] where set higher, the stress limits no looser than the normal ones, and the
+    /// host name and banner stripped of control characters.
     pub fn validated(mut self) -> Self {
+        for d in [
+            &mut self.timeouts.command,
+            &mut self.timeouts.data,
+            &mut self.greet_pause,
+            &mut self.session_time_limit,
+            &mut self.stress.command_timeout,
+        ] {
+            *d = (*d).min(MAX_DURATION);
+        }
         self.max_command_line = self.max_command_line.max(MIN_COMMAND_LINE);
         self.max_recipients = self.max_recipients.max(MIN_RECIPIENTS);
         self.data.max_line_length = self.data.max_line_length.max(MIN_TEXT_LINE);
         self.input_buffer = self.input_buffer.max(2 * self.max_command_line);
         self.max_errors = self.max_errors.max(1);
+        // Stress only ever tightens the limits.
+        self.stress.command_timeout = self.stress.command_timeout.min(self.timeouts.command);
+        self.stress.max_errors = self.stress.max_errors.clamp(1, self.max_errors);
+        self.stress.max_junk_commands = self.stress.max_junk_commands.min(self.max_junk_commands);
         self.hostname.retain(|c| !c.is_control() && c != ' ');
         if self.hostname.is_empty() {
             self.hostname = "localhost".into();

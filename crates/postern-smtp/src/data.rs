@@ -6,13 +6,17 @@
 //! > The mail data are terminated by a line containing only a period, that is, the character sequence
 //! > "\<CRLF>.\<CRLF>", where the first \<CRLF> is actually the terminator of the previous line.
 //!
-//! [`DataReceiver`] recognises exactly that: a line holding only "." and ended by CRLF, that follows a line ended
-//! by CRLF (or that is the first line of the content, the DATA command's own CRLF being the previous one). A bare
-//! LF, a bare CR or a NUL never ends the data, whatever follows it: this is the defence against SMTP smuggling
-//! (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766), where a sender hides a second message behind an end-of-data
-//! lookalike such as `\n.\n` that another server would honour. For the same reason an empty line that directly
-//! follows a bare CR or bare LF does not count as a CRLF-terminated line: `\r\r\n.\r\n` and `\n\r\n.\r\n`
-//! do not end the data either (a conforming client never sends a bare CR or LF, so no real message is affected).
+//! [`DataReceiver`] recognises exactly that, and every occurrence of it: a line holding only "." and ended by
+//! CRLF, that follows a line ended by CRLF (or that is the first line of the content, the DATA command's own CRLF
+//! being the previous one). Whatever octet comes before that first CRLF does not matter: in `text\r\r\n.\r\n`
+//! and `text\n\r\n.\r\n` the sequence CRLF "." CRLF is there, so the data ends; the bare CR or bare LF before
+//! it is content, handled by [`BareLineEndings`]. Every other end-of-data lookalike never ends the data: a bare
+//! LF, a bare CR or a NUL in place of one of the CRLFs, or around the dot (`\n.\n`, `\r.\r`, `\n.\r\n`,
+//! `\r\n.\n`, `\r\n.\r`, `\r\n.\r\r\n`, `\r\n\0.\r\n`, ...). This is the defence against SMTP smuggling
+//! (CVE-2023-51764, CVE-2023-51765, CVE-2023-51766), where a sender hides a second message behind a lookalike
+//! that another server would honour: the receiver ends the data exactly where RFC 5321 says, so any conforming
+//! server agrees with it on where the message ends, and the bare line endings of a lookalike never reach the
+//! next hop (they are re-emitted as CRLF, or the message is refused).
 //!
 //! # Transparency (RFC 5321 section 4.5.2)
 //!
@@ -99,7 +103,8 @@ impl Default for DataLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// At the start of a line. `hard`: the previous line ended with CRLF (or this is the first line), so this line
-    /// may be the end-of-data line. After a bare CR or bare LF it is `false`.
+    /// may be the end-of-data line. After a bare CR or bare LF it is `false`; the next CRLF makes it `true` again,
+    /// even when it ends an empty line (RFC 5321 4.1.1.4: every CRLF "." CRLF ends the data).
     LineStart { hard: bool },
     /// Read "." at the start of a hard line (the dot is not emitted: it is the end marker or a stuffed dot).
     Dot,
@@ -107,9 +112,8 @@ enum State {
     DotCr,
     /// Inside a line.
     Mid,
-    /// Read a CR that is not yet known to be part of a CRLF (not emitted yet). `after_bare`: the CR opened a
-    /// line that directly follows a bare line ending, so even a CRLF here does not make the next line a hard one.
-    Cr { after_bare: bool },
+    /// Read a CR that is not yet known to be part of a CRLF (not emitted yet).
+    Cr,
     /// The end-of-data line has been consumed.
     Done,
 }
@@ -196,11 +200,7 @@ impl DataReceiver {
             match self.state {
                 State::Done => break,
                 State::LineStart { hard } => {
-                    if !hard && input[i] == CR {
-                        // An empty line right after a bare CR / LF: `\r\r\n.\r\n` must not end the data.
-                        i += 1;
-                        self.state = State::Cr { after_bare: true };
-                    } else if input[i] == b'.' {
+                    if input[i] == b'.' {
                         // RFC 5321 4.5.2: the leading period of a line is deleted. After CRLF it may also be
                         // the end-of-data marker, which `Dot` decides.
                         i += 1;
@@ -228,12 +228,12 @@ impl DataReceiver {
                         self.bare_line_end(out, true);
                     }
                 }
-                State::Cr { after_bare } => {
+                State::Cr => {
                     if input[i] == LF {
                         i += 1;
                         self.emit(out, CRLF);
                         self.end_line();
-                        self.state = State::LineStart { hard: !after_bare };
+                        self.state = State::LineStart { hard: true };
                     } else {
                         self.bare_line_end(out, true);
                     }
@@ -296,7 +296,7 @@ impl DataReceiver {
                     _ => {
                         // CR at the end of the input or a bare CR: `Cr` decides with the next octet.
                         self.emit(out, &input[start..p]);
-                        self.state = State::Cr { after_bare: false };
+                        self.state = State::Cr;
                         return p + 1;
                     }
                 },
@@ -665,8 +665,8 @@ mod tests {
         b"\r\n.\r",
         b"\r\n.\0\r\n",
         b"\r\n.\r\r\n",
-        b"\r\r\n.\r\n",
         b"\r\r\n.\r\r\n",
+        b"\n\r\n.\r",
     ];
 
     const SMUGGLED: &[u8] =
@@ -748,7 +748,6 @@ mod tests {
             if hard && line == b"." && kind == "crlf" {
                 return (pos + 3, true, out, sum);
             }
-            let was_hard = hard;
             let content = line.strip_prefix(b".").unwrap_or(line);
             sum.nul |= content.contains(&0);
             sum.bare_cr |= kind == "cr";
@@ -756,8 +755,8 @@ mod tests {
             sum.line_too_long |= content.len() + 2 > max_line;
             out.extend_from_slice(content);
             out.extend_from_slice(b"\r\n");
-            // An empty line directly after a bare line ending does not make the next line a hard one.
-            hard = kind == "crlf" && (was_hard || !line.is_empty());
+            // RFC 5321 4.1.1.4: whatever came before it, a CRLF makes the next line a possible end of data.
+            hard = kind == "crlf";
             pos += len + tlen;
         }
     }
@@ -802,6 +801,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `CRLF . CRLF` ends the data whatever precedes its first CRLF: a bare CR or bare LF there is content
+    /// (normalised, or refused in `Reject` mode), and the bytes after the end belong to the next command.
+    #[test]
+    fn every_crlf_dot_crlf_ends_data() {
+        for (before, cr, lf) in [
+            (&b"text\r"[..], true, false),
+            (b"text\n", false, true),
+            (b"text\r\r", true, false),
+            (b"text\r\n\r", true, false),
+            (b"text\r\n.\r", true, false),
+            (b"text\0", false, false),
+        ] {
+            for mode in [BareLineEndings::Normalize, BareLineEndings::Reject] {
+                let mut input = before.to_vec();
+                input.extend_from_slice(b"\r\n.\r\nMAIL FROM:<a@b.example>\r\n");
+                let used = input.len() - b"MAIL FROM:<a@b.example>\r\n".len();
+                for cut in 0..=input.len() {
+                    let (consumed, end, out) = chunked(&limits(mode), &input, &[cut]);
+                    let end = end.unwrap_or_else(|| panic!("{before:?} cut at {cut}: not ended"));
+                    assert_eq!(consumed, used, "{before:?} cut at {cut}");
+                    assert!(out.ends_with(b"\r\n") && !out.windows(4).any(|w| w == b".\r\nM"));
+                    assert_eq!((end.bare_cr, end.bare_lf), (cr, lf), "{before:?}");
+                    assert_eq!(
+                        end.rejected_by_policy(mode),
+                        (cr || lf) && mode == BareLineEndings::Reject
+                    );
+                }
+            }
+        }
+        let (_, _, out) = one_shot(&DataLimits::default(), b"text\r\r\n.\r\n");
+        assert_eq!(out, b"text\r\n\r\n", "the bare CR is re-emitted as CRLF");
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //!
 //! The security rules are enforced by the sessions, not left to the adapter: commands end only at CRLF; DATA
 //! ends only at CRLF `.` CRLF (no SMTP smuggling); plaintext after STARTTLS is never processed; state is reset
-//! after TLS (RFC 3207 4.2); pipelining synchronization errors close the session; deadlines cover whole phases.
+//! after TLS (RFC 3207 4.2); pipelining synchronization errors close the session, and a client that talks during
+//! the greet pause never sees the greeting; deadlines cover whole phases (a whole message's content, DATA or BDAT);
+//! junk commands and the session's length are limited, and tighter limits apply under stress
+//! ([`ServerSession::set_stress`]).
 //! See `docs/architecture.md` in the repository for the full picture.
 //!
 //! The codecs can also be used on their own, without allocating on the hot path: [`CommandRef::parse`] returns
@@ -36,8 +39,8 @@
 //! use std::time::Instant;
 //! use postern_smtp::{ServerConfig, ServerEvent, ServerSession};
 //!
-//! let now = Instant::now();
-//! let mut server = ServerSession::new(ServerConfig::new("mx.example.org"), now);
+//! let start = Instant::now();
+//! let mut server = ServerSession::new(ServerConfig::new("mx.example.org"), start);
 //! let mut wire = Vec::new(); // what the client would receive
 //! let mut message = Vec::new(); // what the application stores
 //!
@@ -47,7 +50,11 @@
 //!     b"Subject: hi\r\n\r\n..dot-stuffed line\r\n.\r\n",
 //!     b"QUIT\r\n",
 //! ];
-//! // The greeting is queued at creation: send it before reading.
+//! // The greeting is held for the greet pause (a client that talks meanwhile is refused). The pause passes in
+//! // silence: the greeting is queued; send it before reading.
+//! assert!(server.poll_transmit().is_none());
+//! let now = server.poll_timeout().unwrap();
+//! server.handle_timeout(now);
 //! wire.extend(server.poll_transmit().unwrap());
 //! for input in script {
 //!     let mut input: &[u8] = input;
@@ -107,7 +114,10 @@ pub use command::{
     Body, Command, CommandError, CommandRef, MailParams, MailParamsRef, Notify, RcptParams,
     RcptParamsRef, Ret,
 };
-pub use config::{AfterStartTls, ClientConfig, ServerConfig, StartTlsPolicy, Timeouts};
+pub use config::{
+    AfterStartTls, ClientConfig, DEFAULT_GREET_PAUSE, ServerConfig, StartTlsPolicy, StressLimits,
+    Timeouts,
+};
 pub use data::{
     BareLineEndings, DataLimits, DataReceiver, DataStep, DataSummary, DotStuffer, dot_stuff,
     normalize_line_endings,

@@ -102,7 +102,14 @@ pub enum CloseReason {
     Timeout,
     /// The error budget ran out (`421 4.7.0 ... Error: too many errors`).
     TooManyErrors,
-    /// Pipelining or greeting synchronization violated (`554 5.5.0 Error: SMTP protocol synchronization`).
+    /// Too many NOOP, RSET, HELP or VRFY commands (`421 4.7.0 ... Error: too many junk commands`; Postfix
+    /// `smtpd_junk_command_limit`).
+    TooManyJunkCommands,
+    /// The session lasted longer than `ServerConfig::session_time_limit` (`421 4.7.0 ... Error: session time
+    /// limit exceeded`).
+    SessionTimeLimit,
+    /// Pipelining or greeting synchronization violated (`554 5.5.0 Error: SMTP protocol synchronization`),
+    /// including a client that talked during the greet pause.
     Synchronization,
     /// The application answered with a `421` reply.
     Application,
@@ -176,6 +183,10 @@ struct Transaction {
     bdat_size: u64,
     /// A BDAT chunk failed: later chunks get this reply (RFC 3030 4.2).
     bdat_failed: Option<Reply>,
+    /// The end of the time allowed for the whole message content (`timeouts.data`), from the `354` reply or
+    /// the first BDAT chunk: it caps every deadline of the transaction from then on, BDAT command lines
+    /// between chunks included, so a client cannot stretch a message by sending it in small chunks.
+    data_deadline: Option<Instant>,
 }
 
 /// A server SMTP session, sans I/O.
@@ -190,7 +201,12 @@ struct Transaction {
 ///    [`handle_input`](Self::handle_input) (or [`handle_timeout`](Self::handle_timeout) /
 ///    [`handle_eof`](Self::handle_eof)).
 ///
-/// The greeting is queued by [`new`](Self::new): send it before reading (a client talking first is refused).
+/// The greeting is held back for the greet pause (`ServerConfig::greet_pause`): [`poll_timeout`](Self::poll_timeout)
+/// returns the end of the pause, and [`handle_timeout`](Self::handle_timeout) at that time queues the `220`. A
+/// client that talks before the greeting was sent is refused (`554 5.5.0`), and during the pause it never sees
+/// the `220` at all. With a zero pause [`new`](Self::new) queues the greeting at once: send it before reading.
+///
+/// Under stress ([`set_stress`](Self::set_stress)) the tighter [`StressLimits`](crate::StressLimits) apply.
 /// Input is buffered up to `ServerConfig::input_buffer` octets: `handle_input` returns how many it took, and the
 /// caller offers the rest again after step 1. Time is passed in; the session never reads the clock.
 #[derive(Debug)]
@@ -206,6 +222,20 @@ pub struct ServerSession {
     tls_active: bool,
     errors: u32,
     deadline: Option<Instant>,
+    /// When the current deadline was armed (the start of the wait), to recompute it when stress changes.
+    armed_at: Option<Instant>,
+    /// The latest time passed in (creation, `poll_event`, `handle_timeout`).
+    now: Instant,
+    /// The greeting is held back until then (the greet pause).
+    greet_at: Option<Instant>,
+    /// The end of the session time limit.
+    session_end: Option<Instant>,
+    /// Junk commands (NOOP, RSET, HELP, VRFY) since the session started or the last accepted message.
+    junk: u32,
+    /// The server is under stress: the stress limits apply.
+    stress: bool,
+    /// The greeting went out at the end of a greet pause that the client kept quiet through.
+    passed_greet_pause: bool,
     greeting_sent: bool,
     skipping_long_line: bool,
     discarded: u64,
@@ -214,8 +244,8 @@ pub struct ServerSession {
 }
 
 impl ServerSession {
-    /// A session on a fresh plaintext connection; queues the `220` greeting and arms the deadline for the
-    /// first command (`now` + `timeouts.command`).
+    /// A session on a fresh plaintext connection. With a greet pause the deadline is the end of the pause; without
+    /// one the `220` greeting is queued and the deadline armed for the first command (`now` + `timeouts.command`).
     pub fn new(config: ServerConfig, now: Instant) -> Self {
         Self::with_tls(config, false, now)
     }
@@ -242,6 +272,9 @@ impl ServerSession {
         s.output.clear();
         greeting.encode(&mut s.output);
         s.refused = true;
+        // The refusal goes out at once: there is nothing to wait for.
+        s.greet_at = None;
+        s.arm(now);
         if code.value() == 421 {
             s.close(CloseReason::Application);
         }
@@ -250,7 +283,9 @@ impl ServerSession {
 
     fn with_tls(config: ServerConfig, tls_active: bool, now: Instant) -> Self {
         let config = config.validated();
-        let deadline = Some(now + config.timeouts.command);
+        let greet_at = (!config.greet_pause.is_zero()).then(|| now + config.greet_pause);
+        let session_end =
+            (!config.session_time_limit.is_zero()).then(|| now + config.session_time_limit);
         let mut s = Self {
             phase: Phase::Command,
             input: Vec::with_capacity(4096),
@@ -261,24 +296,38 @@ impl ServerSession {
             txn: None,
             tls_active,
             errors: 0,
-            deadline,
+            deadline: greet_at,
+            armed_at: None,
+            now,
+            greet_at,
+            session_end,
+            junk: 0,
+            stress: false,
+            passed_greet_pause: false,
             greeting_sent: false,
             skipping_long_line: false,
             discarded: 0,
             refused: false,
             config,
         };
-        // RFC 5321 4.2: the greeting is a 220 reply naming the host.
+        if s.greet_at.is_none() {
+            s.queue_greeting();
+            s.arm(now);
+        }
+        s
+    }
+
+    /// RFC 5321 4.2: the greeting is a 220 reply naming the host.
+    fn queue_greeting(&mut self) {
         let greeting = Reply::plain(
             220,
             vec![
-                format!("{} {}", s.config.hostname, s.config.banner)
+                format!("{} {}", self.config.hostname, self.config.banner)
                     .trim_end()
                     .to_owned(),
             ],
         );
-        greeting.encode(&mut s.output);
-        s
+        greeting.encode(&mut self.output);
     }
 
     /// Feed bytes received from the client. Returns how many were taken (at most the free buffer space; all of
@@ -302,7 +351,8 @@ impl ServerSession {
             return 0;
         }
         if self.config.forbid_unauth_pipelining {
-            // Talking before the greeting was sent, or while a group-ending command awaits its reply.
+            // Talking before the greeting was sent (during the greet pause, or before the driver sent it), or
+            // while a group-ending command awaits its reply.
             let barrier = matches!(
                 self.phase,
                 Phase::Decision(Pending::Hello { .. } | Pending::Vrfy(_))
@@ -329,24 +379,70 @@ impl ServerSession {
         }
     }
 
-    /// The current deadline, if the session is waiting for the client: the caller calls
-    /// [`handle_timeout`](Self::handle_timeout) when it passes. `None` while the application decides.
+    /// The current deadline, if the session is waiting for the client (or for the end of the greet pause): the
+    /// caller calls [`handle_timeout`](Self::handle_timeout) when it passes. `None` while the application decides.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }
 
-    /// Time passed: if the deadline is reached, queue `421 4.4.2 <host> Error: timeout exceeded` and close
-    /// (RFC 5321 4.5.3.2; the deadline covers the whole command or data phase).
+    /// Time passed. At the end of the greet pause, queue the `220` greeting. At a deadline, queue `421 4.4.2
+    /// <host> Error: timeout exceeded` and close (RFC 5321 4.5.3.2; the deadline covers the whole command line,
+    /// or the whole message content); at the end of the session time limit, `421 4.7.0 <host> Error: session
+    /// time limit exceeded`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|d| now >= d) && !matches!(self.phase, Phase::Closed) {
-            let r = Reply::fixed(
-                421,
-                (4, 4, 2),
-                format!("{} Error: timeout exceeded", self.config.hostname),
-            );
-            self.send(&r);
-            self.close(CloseReason::Timeout);
+        self.now = self.now.max(now);
+        if self.is_closed() || self.deadline.is_none_or(|d| now < d) {
+            return;
         }
+        if self.greet_at.take().is_some() {
+            // The pause is over and the client kept quiet: greet. The command deadline is armed once the
+            // application has drained the events.
+            self.queue_greeting();
+            self.passed_greet_pause = true;
+            self.deadline = None;
+            return;
+        }
+        let host = &self.config.hostname;
+        let (r, reason) = if self.session_end.is_some_and(|e| now >= e) {
+            let text = format!("{host} Error: session time limit exceeded");
+            let r = Reply::fixed(421, (4, 7, 0), text);
+            (r, CloseReason::SessionTimeLimit)
+        } else {
+            let text = format!("{host} Error: timeout exceeded");
+            (Reply::fixed(421, (4, 4, 2), text), CloseReason::Timeout)
+        };
+        self.send(&r);
+        self.close(reason);
+    }
+
+    /// Whether the server is under stress (its connection slots nearly all taken): while it is, the
+    /// [`StressLimits`](crate::StressLimits) of the configuration replace the command timeout, the error budget
+    /// and the junk command limit (Postfix's `stress` parameter). A deadline already armed is recomputed from the
+    /// start of its wait, so an idle client is cut off at once if it has already waited longer than the stress
+    /// timeout.
+    pub fn set_stress(&mut self, stress: bool) {
+        if self.stress == stress {
+            return;
+        }
+        self.stress = stress;
+        if self.greet_at.is_none()
+            && self.deadline.is_some()
+            && let Some(start) = self.armed_at
+        {
+            self.deadline = Some(self.deadline_from(start));
+        }
+    }
+
+    /// Whether the stress limits apply.
+    pub fn is_under_stress(&self) -> bool {
+        self.stress
+    }
+
+    /// Whether the client kept quiet through a whole greet pause (the greeting went out at its end). A driver
+    /// may remember such a client for a while and spare it the pause on its next connections, as Postfix's
+    /// postscreen does (`postscreen_greet_ttl`).
+    pub fn passed_greet_pause(&self) -> bool {
+        self.passed_greet_pause
     }
 
     /// TLS is now established after a `StartTls` event. Per RFC 3207 4.2 the session returns to its state
@@ -441,6 +537,7 @@ impl ServerSession {
                     chunked: false,
                     bdat_size: 0,
                     bdat_failed: None,
+                    data_deadline: None,
                 });
                 self.send(&Reply::fixed(250, (2, 1, 0), "Ok"));
             }
@@ -452,6 +549,8 @@ impl ServerSession {
             }
             Pending::MessageEnd => {
                 self.txn = None;
+                // As Postfix does: a client that delivered a message is forgiven its junk commands.
+                self.junk = 0;
                 self.send(&Reply::fixed(250, (2, 0, 0), "Ok: queued"));
             }
             Pending::Vrfy(arg) => {
@@ -509,13 +608,14 @@ impl ServerSession {
     }
 
     /// Process buffered input and return the next event, if any. `now` arms the deadline when the session
-    /// starts waiting for the client.
+    /// starts waiting for the client. Nothing is processed during the greet pause.
     pub fn poll_event(&mut self, now: Instant) -> Option<ServerEvent> {
+        self.now = self.now.max(now);
         loop {
             if let Some(ev) = self.events.pop_front() {
                 return Some(ev);
             }
-            if self.output.len() > MAX_PENDING_OUTPUT {
+            if self.output.len() > MAX_PENDING_OUTPUT || self.greet_at.is_some() {
                 return None;
             }
             let progressed = match self.phase {
@@ -526,13 +626,7 @@ impl ServerSession {
             };
             if !progressed && self.events.is_empty() {
                 if self.deadline.is_none() {
-                    let t = &self.config.timeouts;
-                    let span = if matches!(self.phase, Phase::Command) {
-                        t.command
-                    } else {
-                        t.data
-                    };
-                    self.deadline = Some(now + span);
+                    self.arm(now);
                 }
                 return None;
             }
@@ -540,6 +634,60 @@ impl ServerSession {
     }
 
     // ---- internals ----
+
+    /// Arm the deadline of a wait for the client that starts at `now`.
+    fn arm(&mut self, now: Instant) {
+        self.armed_at = Some(now);
+        self.deadline = Some(self.deadline_from(now));
+    }
+
+    /// The deadline of a wait that started at `start`: a whole command line (`timeouts.command`, or the stress
+    /// timeout) or the content (`timeouts.data`), never past the deadline of the message being received, nor
+    /// past the session time limit.
+    fn deadline_from(&self, start: Instant) -> Instant {
+        let span = match self.phase {
+            Phase::Command if self.stress => self.config.stress.command_timeout,
+            Phase::Command => self.config.timeouts.command,
+            _ => self.config.timeouts.data,
+        };
+        let mut deadline = start + span;
+        if let Some(d) = self.txn.as_ref().and_then(|t| t.data_deadline) {
+            deadline = deadline.min(d);
+        }
+        if let Some(end) = self.session_end {
+            deadline = deadline.min(end);
+        }
+        deadline
+    }
+
+    /// The message content starts now (`354` sent, or the first BDAT chunk accepted): RFC 5321 4.5.3.2.6 gives
+    /// the whole content `timeouts.data`, whether it comes in one DATA phase or in any number of BDAT chunks.
+    fn start_data_deadline(&mut self) {
+        let end = self.now + self.config.timeouts.data;
+        if let Some(t) = &mut self.txn
+            && t.data_deadline.is_none()
+        {
+            t.data_deadline = Some(end);
+        }
+    }
+
+    /// Count a junk command (NOOP, RSET, HELP, VRFY); past the limit, `421 4.7.0` and close (Postfix
+    /// `smtpd_junk_command_limit`). Returns whether the session was closed.
+    fn junk_command(&mut self) -> bool {
+        let limit = if self.stress {
+            self.config.stress.max_junk_commands
+        } else {
+            self.config.max_junk_commands
+        };
+        if self.junk >= limit {
+            let text = format!("{} Error: too many junk commands", self.config.hostname);
+            self.send(&Reply::fixed(421, (4, 7, 0), text));
+            self.close(CloseReason::TooManyJunkCommands);
+            return true;
+        }
+        self.junk += 1;
+        false
+    }
 
     fn capabilities(&self) -> Capabilities {
         let c = &self.config;
@@ -565,7 +713,12 @@ impl ServerSession {
         let code = reply.code();
         if (code.is_transient() || code.is_permanent()) && !self.is_closed() {
             self.errors += 1;
-            if self.errors >= self.config.max_errors && code.value() != 421 {
+            let max = if self.stress {
+                self.config.stress.max_errors
+            } else {
+                self.config.max_errors
+            };
+            if self.errors >= max && code.value() != 421 {
                 let r = Reply::fixed(
                     421,
                     (4, 7, 0),
@@ -581,6 +734,7 @@ impl ServerSession {
         if !self.is_closed() {
             self.phase = Phase::Closed;
             self.deadline = None;
+            self.greet_at = None;
             self.input.clear();
             self.pos = 0;
             self.events.push_back(ServerEvent::Closing(reason));
@@ -688,6 +842,13 @@ impl ServerSession {
             } else {
                 self.send(&r);
             }
+            return;
+        }
+        let junk = matches!(
+            cmd,
+            Command::Rset | Command::Noop | Command::Help(_) | Command::Vrfy(_)
+        );
+        if junk && self.junk_command() {
             return;
         }
         match cmd {
@@ -838,6 +999,7 @@ impl ServerSession {
             vec!["End data with <CR><LF>.<CR><LF>".into()],
         ));
         self.phase = Phase::Data(Box::new(DataReceiver::new(self.config.data.clone())));
+        self.start_data_deadline();
         self.deadline = None;
         self.events
             .push_back(ServerEvent::MessageStart { chunked: false });
@@ -875,6 +1037,7 @@ impl ServerSession {
                     self.events
                         .push_back(ServerEvent::MessageStart { chunked: true });
                 }
+                self.start_data_deadline();
                 Bdat::Accept
             }
         };
@@ -1053,9 +1216,12 @@ impl ServerSession {
 mod tests {
     use super::*;
 
+    /// A session greeted after its greet pause.
     fn session(config: ServerConfig) -> (ServerSession, Instant) {
-        let now = Instant::now();
-        let mut s = ServerSession::new(config, now);
+        let start = Instant::now();
+        let mut s = ServerSession::new(config, start);
+        let now = start + s.config().greet_pause;
+        s.handle_timeout(now);
         assert!(s.poll_transmit().unwrap().starts_with(b"220 "));
         (s, now)
     }
@@ -1095,9 +1261,10 @@ mod tests {
         assert!(!ehlo_reply(&mut s, now).contains("STARTTLS"));
         s.set_tls_available(true);
         assert!(ehlo_reply(&mut s, now).contains("STARTTLS"));
-        let now2 = Instant::now();
-        let mut s = ServerSession::new_tls(ServerConfig::new("mx.example.org"), now2);
-        let _ = s.poll_transmit();
+        let mut s = ServerSession::new_tls(ServerConfig::new("mx.example.org"), now);
+        let now2 = now + s.config().greet_pause;
+        s.handle_timeout(now2);
+        assert!(s.poll_transmit().unwrap().starts_with(b"220 "));
         let r = ehlo_reply(&mut s, now2);
         assert!(!r.contains("STARTTLS") && r.contains("REQUIRETLS"), "{r}");
         assert!(s.is_tls_active());

@@ -192,7 +192,9 @@ fn error_budget() {
 #[test]
 fn trickling_client_is_cut_off() {
     let t0 = Instant::now();
-    let mut s = ServerSession::new(ServerConfig::new("mx.example.org"), t0);
+    let mut config = ServerConfig::new("mx.example.org");
+    config.greet_pause = Duration::ZERO;
+    let mut s = ServerSession::new(config, t0);
     let _ = s.poll_transmit();
     assert_eq!(s.poll_event(t0), None);
     let deadline = s
@@ -347,4 +349,192 @@ proptest! {
         let _ = c.poll_event(now);
         prop_assert!(c.is_closed() || c.poll_timeout().is_none());
     }
+}
+
+/// One deadline for the whole message content, however it is cut: `BDAT 1` and one octet a second is cut off
+/// `timeouts.data` after the first chunk, like a trickled DATA phase, and so is a pause between chunks.
+#[test]
+fn bdat_trickle_is_cut_off_at_the_message_deadline() {
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    h.feed_str("MAIL FROM:<a@example.net>\r\n");
+    h.feed_str("RCPT TO:<b@example.org>\r\n");
+    let t0 = h.now;
+    let mut chunks = 0u64;
+    for i in 0..700u64 {
+        h.now = t0 + Duration::from_secs(i);
+        h.server.handle_timeout(h.now);
+        h.pump();
+        if h.server.is_closed() {
+            break;
+        }
+        chunks += 1;
+        assert_eq!(
+            h.feed_str("BDAT 1\r\nx"),
+            format!("250 2.0.0 Ok: {chunks} bytes\r\n")
+        );
+        assert!(
+            h.server.poll_timeout().unwrap() <= t0 + Duration::from_secs(600),
+            "a chunk extended the message deadline"
+        );
+    }
+    assert!(h.server.is_closed());
+    assert_eq!(chunks, 600, "cut off 600 s after the first chunk");
+    assert!(
+        h.wire_str()
+            .ends_with("421 4.4.2 mx.example.org Error: timeout exceeded\r\n")
+    );
+    assert!(
+        h.events
+            .contains(&ServerEvent::Closing(CloseReason::Timeout))
+    );
+
+    // Between chunks, the wait for the next BDAT line is capped by the same deadline.
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    h.feed_str("MAIL FROM:<a@example.net>\r\n");
+    h.feed_str("RCPT TO:<b@example.org>\r\n");
+    let t0 = h.now;
+    h.feed_str("BDAT 3\r\nab");
+    h.now = t0 + Duration::from_secs(500);
+    assert_eq!(h.feed_str("c"), "250 2.0.0 Ok: 3 bytes\r\n");
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(t0 + Duration::from_secs(600)),
+        "the next BDAT line is due by the message deadline, not 300 s later"
+    );
+    // A new transaction gets a deadline of its own.
+    h.feed_str("RSET\r\n");
+    h.feed_str("MAIL FROM:<a@example.net>\r\n");
+    h.feed_str("RCPT TO:<b@example.org>\r\n");
+    h.feed_str("BDAT 2\r\nx");
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(t0 + Duration::from_secs(1100))
+    );
+}
+
+/// Postfix `smtpd_junk_command_limit`: NOOP, RSET, HELP and VRFY are tolerated up to the limit, then `421
+/// 4.7.0` and close; an accepted message starts the count again.
+#[test]
+fn junk_commands_are_limited() {
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    for i in 0..100 {
+        let cmd = ["NOOP\r\n", "RSET\r\n", "HELP\r\n", "VRFY bob\r\n"][i % 4];
+        let out = h.feed_str(cmd);
+        assert!(!out.starts_with("421"), "{i}: {out}");
+    }
+    assert_eq!(
+        h.feed_str("NOOP\r\n"),
+        "421 4.7.0 mx.example.org Error: too many junk commands\r\n"
+    );
+    assert!(h.server.is_closed());
+    assert!(
+        h.events
+            .contains(&ServerEvent::Closing(CloseReason::TooManyJunkCommands))
+    );
+
+    let mut config = ServerConfig::new("mx.example.org");
+    config.max_junk_commands = 2;
+    let mut h = ready(config);
+    h.feed_str("NOOP\r\n");
+    h.feed_str("NOOP\r\n");
+    h.feed_str("MAIL FROM:<a@example.net>\r\n");
+    h.feed_str("RCPT TO:<b@example.org>\r\n");
+    h.feed_str("DATA\r\n");
+    assert_eq!(h.feed_str("hi\r\n.\r\n"), "250 2.0.0 Ok: queued\r\n");
+    assert_eq!(h.feed_str("RSET\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(h.feed_str("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    assert!(h.feed_str("NOOP\r\n").starts_with("421 4.7.0 "));
+}
+
+/// The session time limit: `421 4.7.0` once the session has lasted that long, whatever the client does.
+#[test]
+fn session_time_limit() {
+    let mut config = ServerConfig::new("mx.example.org");
+    config.session_time_limit = Duration::from_secs(60);
+    let mut h = ready(config);
+    // The session started a greet pause before the greeting.
+    let end = h.now - h.server.config().greet_pause + Duration::from_secs(60);
+    h.now = end - Duration::from_secs(1);
+    h.server.handle_timeout(h.now);
+    assert_eq!(
+        h.feed_str("MAIL FROM:<a@example.net>\r\n"),
+        "250 2.1.0 Ok\r\n"
+    );
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(end),
+        "the deadline never goes past the session's end"
+    );
+    h.server.handle_timeout(end);
+    h.pump();
+    assert!(h.server.is_closed());
+    assert!(
+        h.wire_str()
+            .ends_with("421 4.7.0 mx.example.org Error: session time limit exceeded\r\n"),
+        "{}",
+        h.wire_str()
+    );
+    assert!(
+        h.events
+            .contains(&ServerEvent::Closing(CloseReason::SessionTimeLimit))
+    );
+    // Zero: no limit.
+    let mut config = ServerConfig::new("mx.example.org");
+    config.session_time_limit = Duration::ZERO;
+    let h = ready(config);
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now + Duration::from_secs(300))
+    );
+}
+
+/// Under stress (Postfix's `stress` parameter) the command deadline is 10 s from the start of the wait, one
+/// junk command and one error are tolerated; when stress ends the normal limits are back.
+#[test]
+fn stress_tightens_the_limits() {
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    let t0 = h.now;
+    assert_eq!(h.server.poll_timeout(), Some(t0 + Duration::from_secs(300)));
+    h.server.set_stress(true);
+    assert!(h.server.is_under_stress());
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(t0 + Duration::from_secs(10)),
+        "the wait already armed is shortened"
+    );
+    h.server.set_stress(false);
+    assert_eq!(h.server.poll_timeout(), Some(t0 + Duration::from_secs(300)));
+    h.server.set_stress(true);
+    // An idle client is cut off 10 s into its wait.
+    h.server.handle_timeout(t0 + Duration::from_secs(10));
+    h.pump();
+    assert!(
+        h.wire_str()
+            .ends_with("421 4.4.2 mx.example.org Error: timeout exceeded\r\n")
+    );
+
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    h.server.set_stress(true);
+    assert_eq!(h.feed_str("NOOP\r\n"), "250 2.0.0 Ok\r\n");
+    assert_eq!(
+        h.feed_str("NOOP\r\n"),
+        "421 4.7.0 mx.example.org Error: too many junk commands\r\n"
+    );
+
+    let mut h = ready(ServerConfig::new("mx.example.org"));
+    h.server.set_stress(true);
+    assert_eq!(
+        h.feed_str("RCPT TO:<b@example.org>\r\n"),
+        "503 5.5.1 Error: need MAIL command\r\n421 4.7.0 mx.example.org Error: too many errors\r\n"
+    );
+
+    // Stress never loosens a limit configured tighter.
+    let mut config = ServerConfig::new("mx.example.org");
+    config.timeouts.command = Duration::from_secs(5);
+    let mut h = ready(config);
+    h.server.set_stress(true);
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(h.now + Duration::from_secs(5))
+    );
 }

@@ -177,3 +177,76 @@ fn refused_bdat_chunk_is_skipped_in_sync() {
     assert!(h.messages.is_empty());
     assert_eq!(h.count(|e| matches!(e, ServerEvent::Reset)), 1);
 }
+
+/// The greet pause (sendmail `greet_pause`, Postfix `postscreen_greet_wait`): the greeting is held back while the
+/// connection is watched; a client that talks in the pause gets `554 5.5.0` and never sees a `220`.
+#[test]
+fn greet_pause_catches_early_talkers_without_a_greeting() {
+    let start = std::time::Instant::now();
+    let config = ServerConfig::new("mx.example.org");
+    assert_eq!(config.greet_pause, postern_smtp::DEFAULT_GREET_PAUSE);
+    let pause = config.greet_pause;
+    assert!(!pause.is_zero(), "on by default");
+
+    // Quiet during the pause: greeted at its end, then served.
+    let mut s = ServerSession::new(config.clone(), start);
+    assert!(!s.passed_greet_pause());
+    assert_eq!(s.poll_transmit(), None, "no greeting during the pause");
+    assert_eq!(s.poll_event(start), None);
+    assert_eq!(s.poll_timeout(), Some(start + pause));
+    s.handle_timeout(start + pause / 2);
+    assert_eq!(s.poll_transmit(), None);
+    s.handle_timeout(start + pause);
+    assert!(s.passed_greet_pause());
+    assert_eq!(s.poll_event(start + pause), None);
+    assert_eq!(s.poll_transmit().unwrap(), b"220 mx.example.org ESMTP\r\n");
+    assert_eq!(
+        s.poll_timeout(),
+        Some(start + pause + std::time::Duration::from_secs(300)),
+        "then the command deadline"
+    );
+    let _ = s.handle_input(b"EHLO patient.example\r\n");
+    assert!(matches!(
+        s.poll_event(start + pause),
+        Some(ServerEvent::Hello { .. })
+    ));
+
+    // Talking in the pause, however early: 554 and close, and no 220 at all.
+    for at in [std::time::Duration::ZERO, pause / 2, pause - pause / 100] {
+        let mut s = ServerSession::new(config.clone(), start);
+        s.handle_timeout(start + at);
+        let _ = s.handle_input(b"EHLO early.example\r\n");
+        assert_eq!(
+            s.poll_event(start + at),
+            Some(ServerEvent::Closing(CloseReason::Synchronization))
+        );
+        assert_eq!(s.poll_transmit().unwrap(), SYNC.as_bytes(), "at {at:?}");
+        assert!(s.is_closed());
+        s.handle_timeout(start + pause);
+        assert_eq!(s.poll_transmit(), None, "no greeting after the close");
+        assert!(!s.passed_greet_pause());
+    }
+
+    // Zero turns the pause off: the greeting is queued at once.
+    let mut off = config.clone();
+    off.greet_pause = std::time::Duration::ZERO;
+    let mut s = ServerSession::new(off, start);
+    assert_eq!(s.poll_transmit().unwrap(), b"220 mx.example.org ESMTP\r\n");
+
+    // Without forbid_unauth_pipelining the early commands wait for the greeting.
+    let mut lax = config;
+    lax.forbid_unauth_pipelining = false;
+    let mut s = ServerSession::new(lax, start);
+    let _ = s.handle_input(b"EHLO early.example\r\n");
+    assert_eq!(
+        s.poll_event(start),
+        None,
+        "nothing processed before the greeting"
+    );
+    s.handle_timeout(start + pause);
+    assert!(matches!(
+        s.poll_event(start + pause),
+        Some(ServerEvent::Hello { .. })
+    ));
+    assert_eq!(s.poll_transmit().unwrap(), b"220 mx.example.org ESMTP\r\n");
+}

@@ -1,6 +1,7 @@
 //! SMTP smuggling (CVE-2023-51764/5/6): every end-of-data lookalike, followed by a smuggled second
 //! transaction, yields at most the one intended message and never the smuggled one — in `normalize` and
-//! `reject` modes, with the attack in one read and fed one byte per read.
+//! `reject` modes, with the attack in one read and fed one byte per read. And the converse: a real
+//! `CRLF . CRLF` ends the data even when a bare CR or LF comes right before it (RFC 5321 4.1.1.4).
 
 mod common;
 
@@ -19,7 +20,6 @@ const LOOKALIKES: &[&[u8]] = &[
     b"\r\n.\r",
     b"\r\n.\0\r\n",
     b"\r\n.\r\r\n",
-    b"\r\r\n.\r\n",
     b"\r\r\n.\r\r\n",
 ];
 
@@ -154,4 +154,45 @@ fn bare_cr_in_command_is_one_bad_line() {
     );
     let out = h.feed_str("MAIL FROM:<a@b.example>\nRCPT TO:<c@d.example>\r\n");
     assert_eq!(out, "500 5.5.2 Error: bare <CR> or <LF> in command\r\n");
+}
+
+/// `text\r` then `\r\n.\r\n` holds `CRLF . CRLF`: the data ends there (RFC 5321 4.1.1.4), the bare CR is
+/// content under the bare-newline policy, and the commands that follow are answered, pipelined or not.
+#[test]
+fn bare_cr_or_lf_before_the_real_end() {
+    for before in [&b"text\r"[..], b"text\n"] {
+        for mode in [BareLineEndings::Normalize, BareLineEndings::Reject] {
+            for pipelined in [false, true] {
+                let label = format!("{mode:?} {before:?} pipelined={pipelined}");
+                let mut config = ServerConfig::new("mx.example.org");
+                config.data.bare_line_endings = mode;
+                let mut h = Harness::new(config);
+                h.feed_str("EHLO client.example\r\n");
+                h.feed_str(
+                    "MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n",
+                );
+                let mut content = [b"Subject: real\r\n\r\n", before, b"\r\n.\r\n"].concat();
+                let wire = if pipelined {
+                    content.extend_from_slice(b"QUIT\r\n");
+                    h.feed(&content)
+                } else {
+                    let mut w = h.feed(&content);
+                    w.push_str(&h.feed_str("QUIT\r\n"));
+                    w
+                };
+                let expected = match mode {
+                    BareLineEndings::Reject => "550 5.5.2 Error: bare <CR> or <LF> received\r\n",
+                    _ => "250 2.0.0 Ok: queued\r\n",
+                };
+                assert_eq!(wire, format!("{expected}221 2.0.0 Bye\r\n"), "{label}");
+                if mode == BareLineEndings::Normalize {
+                    assert_eq!(
+                        h.messages,
+                        vec![b"Subject: real\r\n\r\ntext\r\n\r\n".to_vec()],
+                        "{label}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,12 +1,13 @@
 //! The server side: a TCP listener whose connections are driven by [`postern_smtp::ServerSession`]s, upgraded
 //! to TLS with tokio-rustls when the client issues STARTTLS, with decisions delegated to a [`ServerHandler`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use postern_certs::ServerTlsContext;
@@ -30,6 +31,8 @@ use crate::stream::{Stream, negotiated};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Most client addresses remembered as having passed the greet pause.
+const MAX_GREET_PASSES: usize = 65_536;
 
 /// The application's answer to a decision (EHLO, MAIL, RCPT, end of message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,9 +225,10 @@ pub enum ServerError {
 /// Server settings.
 ///
 /// Default: the engine's default [`ServerConfig`] (host name `localhost`; its STARTTLS setting is replaced by
-/// the policy's mode), [`ServerPolicy::default`] (offer TLS, no client certificate), no TLS context (set one for
-/// `offer` / `require`), 100 simultaneous connections (Postfix `default_process_limit`), a 60 s TLS handshake
-/// timeout and a 30 s shutdown grace period.
+/// the policy's mode; greet pause, junk command and session limits, stress limits), [`ServerPolicy::default`]
+/// (offer TLS, no client certificate), no TLS context (set one for `offer` / `require`), 100 simultaneous
+/// connections (Postfix `default_process_limit`), stress from 90 % of them, clients that passed the greet pause
+/// spared it for a day, a 60 s TLS handshake timeout and a 30 s shutdown grace period.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerSettings {
@@ -237,6 +241,17 @@ pub struct ServerSettings {
     pub tls: Option<ServerTlsContext>,
     /// Simultaneous connections; past it a client gets `421 4.3.2 Too many connections` and is closed.
     pub max_connections: usize,
+    /// The server is under stress while at least this percentage of `max_connections` (rounded up) are in use:
+    /// every session then applies the engine's [`StressLimits`](postern_smtp::StressLimits) (a 10 s command
+    /// deadline, one error, one junk command), so that idle clients give their slots back to honest ones
+    /// (Postfix's `stress`, which its master sets when all `smtpd` processes are busy; ours starts a little
+    /// earlier, because a client finding no free slot is refused rather than queued). 0: never. Default 90.
+    pub stress_percent: u8,
+    /// How long a client address that kept quiet through a whole greet pause is spared the pause on its next
+    /// connections (Postfix `postscreen_greet_ttl`, 1 day): honest clients that come back, and benchmarks, pay it
+    /// once. Such a client is still refused if its bytes are there before the greeting is sent. Zero: every
+    /// connection waits the pause. Default 1 day.
+    pub greet_pass_ttl: Duration,
     /// Time allowed for the TLS handshake after `220 Ready to start TLS`.
     pub handshake_timeout: Duration,
     /// Time sessions are given to finish after shutdown is requested; then idle sessions are told `421 4.3.2`
@@ -251,6 +266,8 @@ impl Default for ServerSettings {
             policy: ServerPolicy::default(),
             tls: None,
             max_connections: 100,
+            stress_percent: 90,
+            greet_pass_ttl: Duration::from_secs(86_400),
             handshake_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
@@ -307,6 +324,10 @@ pub struct Server<H> {
     settings: Arc<ServerSettings>,
     handler: Arc<H>,
     slots: Arc<Semaphore>,
+    /// Whether the server is under stress, for every session to follow.
+    stress: Arc<watch::Sender<bool>>,
+    /// Client addresses that passed the greet pause, and when.
+    greet_passes: Arc<Mutex<HashMap<IpAddr, Instant>>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -316,6 +337,8 @@ impl<H> Clone for Server<H> {
             settings: Arc::clone(&self.settings),
             handler: Arc::clone(&self.handler),
             slots: Arc::clone(&self.slots),
+            stress: Arc::clone(&self.stress),
+            greet_passes: Arc::clone(&self.greet_passes),
             next_id: Arc::clone(&self.next_id),
         }
     }
@@ -347,6 +370,8 @@ impl<H: ServerHandler> Server<H> {
             settings: Arc::new(settings),
             handler: Arc::new(handler),
             slots,
+            stress: Arc::new(watch::channel(false).0),
+            greet_passes: Arc::new(Mutex::new(HashMap::new())),
             next_id: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -354,6 +379,68 @@ impl<H: ServerHandler> Server<H> {
     /// The settings in use.
     pub fn settings(&self) -> &ServerSettings {
         &self.settings
+    }
+
+    /// Whether the server is under stress now (see [`ServerSettings::stress_percent`]).
+    pub fn is_under_stress(&self) -> bool {
+        *self.stress.borrow()
+    }
+
+    /// Whether `ip` passed the greet pause less than `greet_pass_ttl` ago.
+    fn passed_greet_pause(&self, ip: IpAddr) -> bool {
+        let ttl = self.settings.greet_pass_ttl;
+        // A poisoned lock only means another connection panicked while holding it; the map is still valid.
+        let passes = self
+            .greet_passes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        passes.get(&ip).is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    /// Remember that `ip` kept quiet through a whole greet pause. The map is bounded: when full, expired entries
+    /// go, and if that is not enough, all of them.
+    fn record_greet_pass(&self, ip: IpAddr) {
+        let ttl = self.settings.greet_pass_ttl;
+        if ttl.is_zero() {
+            return;
+        }
+        let mut passes = self
+            .greet_passes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if passes.len() >= MAX_GREET_PASSES && !passes.contains_key(&ip) {
+            passes.retain(|_, at| at.elapsed() < ttl);
+            if passes.len() >= MAX_GREET_PASSES {
+                passes.clear();
+            }
+        }
+        passes.insert(ip, Instant::now());
+    }
+
+    /// Recompute the stress state from the slots in use, and tell the sessions when it changes.
+    fn update_stress(&self) {
+        let max = self.settings.max_connections.max(1);
+        let pct = usize::from(self.settings.stress_percent.min(100));
+        let in_use = max.saturating_sub(self.slots.available_permits());
+        // ceil(max * pct / 100), at least one connection.
+        let threshold = (max * pct).div_ceil(100).max(1);
+        let stress = pct > 0 && in_use >= threshold;
+        let changed = self.stress.send_if_modified(|s| {
+            let changed = *s != stress;
+            *s = stress;
+            changed
+        });
+        if changed {
+            if stress {
+                tracing::warn!(
+                    in_use,
+                    limit = max,
+                    "under stress: shortened timeouts and tighter limits"
+                );
+            } else {
+                tracing::info!(in_use, limit = max, "no longer under stress");
+            }
+        }
     }
 
     /// Serve `listener` until `shutdown` completes; then stop accepting, give open sessions the grace period to
@@ -412,10 +499,12 @@ impl<H: ServerHandler> Server<H> {
     ) {
         match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => {
+                self.update_stress();
                 let server = self.clone();
                 tasks.spawn(async move {
                     server.serve_connection(tcp, peer, force).await;
                     drop(permit);
+                    server.update_stress();
                 });
             }
             Err(_) => {
@@ -459,12 +548,17 @@ impl<H: ServerHandler> Server<H> {
         };
         tracing::debug!(id = info.id, %peer, "connect");
         let session = self.handler.open(&info);
-        let mut engine = ServerSession::new(self.settings.smtp.clone(), Instant::now());
+        let mut smtp = self.settings.smtp.clone();
+        if self.passed_greet_pause(peer.ip()) {
+            smtp.greet_pause = Duration::ZERO;
+        }
+        let mut engine = ServerSession::new(smtp, Instant::now());
         let mut buf = vec![0; READ_CHUNK];
         let mut pending = Vec::new();
-        // RFC 5321 3.1 / 4.3.1: the client waits for the greeting. Bytes already received when the greeting is
-        // about to go out were sent before it ("improper command pipelining after CONNECT" in Postfix): the
-        // session, handed them before its greeting is taken, answers `554 5.5.0` and closes.
+        // RFC 5321 3.1 / 4.3.1: the client waits for the greeting. Bytes already received now were sent before it
+        // ("improper command pipelining after CONNECT" in Postfix): the session, handed them before its greeting
+        // is taken, answers `554 5.5.0` and closes. Bytes that arrive later in the greet pause (the engine holds
+        // the greeting back, `ServerConfig::greet_pause`) are read by the loop and refused the same way.
         if let Ok(n @ 1..) = tcp.try_read(&mut buf) {
             tracing::debug!(id = info.id, %peer, octets = n, "client talked before the greeting");
             let taken = engine.handle_input(&buf[..n]);
@@ -479,8 +573,12 @@ impl<H: ServerHandler> Server<H> {
             info,
             handler: session,
             force,
+            stress: self.stress.subscribe(),
         };
         let reason = conn.run().await;
+        if conn.session.passed_greet_pause() {
+            self.record_greet_pass(peer.ip());
+        }
         tracing::debug!(id = conn.info.id, %peer, ?reason, "disconnect");
         conn.handler.reset();
         conn.handler.closed(&conn.info, reason);
@@ -499,6 +597,8 @@ struct Connection<'a, S> {
     info: ConnectionInfo,
     handler: S,
     force: watch::Receiver<bool>,
+    /// The server's stress state, handed to the session before each wait.
+    stress: watch::Receiver<bool>,
 }
 
 impl<S: SessionHandler> Connection<'_, S> {
@@ -649,6 +749,10 @@ impl<S: SessionHandler> Connection<'_, S> {
     }
 
     async fn read(&mut self) {
+        // The engine decides what stress changes (its deadline included); the driver only passes it on.
+        let stressed = *self.stress.borrow_and_update();
+        self.session.set_stress(stressed);
+        let mut stress = self.stress.clone();
         let deadline = self.session.poll_timeout();
         let sleep = async {
             match deadline {
@@ -672,6 +776,9 @@ impl<S: SessionHandler> Connection<'_, S> {
                 }
             },
             () = sleep => self.session.handle_timeout(Instant::now()),
+            // Stress began or ended: wait again with the deadline the session recomputes. (An error means the
+            // server is gone; the other branches still end the wait.)
+            Ok(()) = stress.changed() => {}
             () = forced => {
                 // RFC 5321 3.8: a server shutting down answers 421.
                 let reply = fixed(421, (4, 3, 2), &format!("{} Service shutting down", self.settings.smtp.hostname));

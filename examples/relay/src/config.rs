@@ -124,8 +124,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A duration written as a number with a unit, Postfix style: `30s`, `5m`,
-/// `1h`, `5d`, `1w`; a bare integer is seconds.
+/// A duration written as a number with a unit, Postfix style: `100ms`, `30s`,
+/// `5m`, `1h`, `5d`, `1w`; a bare integer is seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "DurationRepr", into = "String")]
 pub struct Interval(pub Duration);
@@ -139,7 +139,7 @@ enum DurationRepr {
 
 /// A duration that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {0:?} (expected a number with unit s, m, h, d or w, like \"5m\")")]
+#[error("invalid duration {0:?} (expected a number with unit ms, s, m, h, d or w, like \"5m\")")]
 pub struct InvalidInterval(String);
 
 impl FromStr for Interval {
@@ -152,6 +152,7 @@ impl FromStr for Interval {
         let (num, unit) = t.split_at(split);
         let n: u64 = num.parse().map_err(|_| bad())?;
         let mult = match unit.trim() {
+            "ms" => return Ok(Self(Duration::from_millis(n))),
             "" | "s" => 1,
             "m" => 60,
             "h" => 3600,
@@ -177,8 +178,11 @@ impl TryFrom<DurationRepr> for Interval {
 }
 
 impl fmt::Display for Interval {
-    /// The largest whole unit: `300s` shows as `5m`.
+    /// The largest whole unit: `300s` shows as `5m`, `1500ms` as `1500ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.subsec_nanos() != 0 {
+            return write!(f, "{}ms", self.0.as_millis());
+        }
         let s = self.0.as_secs();
         for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
             if s != 0 && s.is_multiple_of(mult) {
@@ -234,6 +238,12 @@ pub struct Config {
     pub max_recipients: usize,
     /// Simultaneous inbound connections; past it `421 4.3.2`. Default 100.
     pub max_connections: usize,
+    /// NOOP, RSET, HELP and VRFY commands tolerated in a session (the count
+    /// starts again after each accepted message); the next one gets
+    /// `421 4.7.0` and the session is closed. Default 100.
+    pub junk_command_limit: u32,
+    /// Tighter limits while the relay is under connection pressure.
+    pub stress: StressConfig,
     /// Bare CR / LF in message content: `normalize` (re-emitted as CRLF) or
     /// `reject` (`550 5.5.2`). Default `normalize`.
     pub bare_newlines: BareNewlines,
@@ -357,8 +367,20 @@ impl Default for QueueConfig {
 pub struct Timeouts {
     /// Server: waiting for the next command (§4.5.3.2.7). Default `5m`.
     pub server_command: Interval,
-    /// Server: receiving the message content, up to the final dot. Default `10m`.
+    /// Server: receiving the message content, up to the final dot (DATA), or
+    /// up to the last BDAT chunk. Default `10m`.
     pub server_data: Interval,
+    /// Server: how long the greeting is held back while the client is
+    /// watched; a client that talks meanwhile gets `554 5.5.0` and no
+    /// greeting. `0` turns it off. Default `100ms`.
+    pub greet_pause: Interval,
+    /// Server: how long a client address that kept quiet through a whole
+    /// greet pause is spared it on its next connections. `0`: never spared.
+    /// Default `1d`.
+    pub greet_pass_ttl: Interval,
+    /// Server: longest SMTP session; then `421 4.7.0`. `0`: no limit.
+    /// Default `1h`.
+    pub server_session: Interval,
     /// Both sides: the TLS handshake after STARTTLS. Default `1m`.
     pub tls_handshake: Interval,
     /// Client: establishing the TCP connection. Default `30s`.
@@ -378,11 +400,45 @@ impl Default for Timeouts {
         Self {
             server_command: mins(5),
             server_data: mins(10),
+            greet_pause: Interval(postern_smtp::DEFAULT_GREET_PAUSE),
+            greet_pass_ttl: Interval(Duration::from_secs(86_400)),
+            server_session: mins(60),
             tls_handshake: mins(1),
             connect: Interval(Duration::from_secs(30)),
             client_reply: mins(5),
             client_data: mins(10),
             shutdown_grace: Interval(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Limits applied while the relay is under stress (`[stress]`): while at
+/// least `threshold` percent of `max_connections` are in use, so that idle
+/// or misbehaving clients give their connection slots back to honest ones.
+/// Postfix's `stress` parameter, with its defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct StressConfig {
+    /// Percentage of `max_connections` in use from which the relay is
+    /// under stress (1 to 100; `0` never). Default 90.
+    pub threshold: u8,
+    /// Time for each whole command line under stress. Default `10s`.
+    pub server_command: Interval,
+    /// Negative replies tolerated under stress. Default 1.
+    pub error_limit: u32,
+    /// Junk commands (NOOP, RSET, HELP, VRFY) tolerated under stress.
+    /// Default 1.
+    pub junk_command_limit: u32,
+}
+
+impl Default for StressConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 90,
+            server_command: Interval(Duration::from_secs(10)),
+            error_limit: 1,
+            junk_command_limit: 1,
         }
     }
 }
@@ -494,6 +550,8 @@ impl Default for Config {
             bounce_size_limit: 50_000,
             max_recipients: 1000,
             max_connections: 100,
+            junk_command_limit: 100,
+            stress: StressConfig::default(),
             bare_newlines: BareNewlines::Normalize,
             delivery_workers: 10,
             certificates: CertificatesConfig::default(),
@@ -682,6 +740,19 @@ impl Config {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be more than 0"));
+        }
+        let s = &self.stress;
+        if s.threshold > 100 {
+            return Err(invalid(
+                "stress.threshold",
+                "must be a percentage (0 to 100)",
+            ));
+        }
+        if s.server_command.0.is_zero() {
+            return Err(invalid("stress.server_command", "must be more than 0"));
+        }
+        if s.error_limit == 0 {
+            return Err(invalid("stress.error_limit", "must be more than 0"));
         }
         if self.delivery_workers == 0 {
             return Err(invalid("delivery_workers", "must be more than 0"));
@@ -895,6 +966,12 @@ mod tests {
         assert_eq!(c.mta_sts.https_port, 443);
         assert_eq!(c.mta_sts.fetch_timeout.0, Duration::from_secs(60));
         assert_eq!(c.bare_newlines, BareNewlines::Normalize);
+        assert_eq!(c.timeouts.greet_pause.0, Duration::from_millis(100));
+        assert_eq!(c.timeouts.server_session.as_secs(), 3600);
+        assert_eq!(c.timeouts.greet_pass_ttl.as_secs(), 86_400);
+        assert_eq!(c.junk_command_limit, 100);
+        assert_eq!(c.stress, StressConfig::default());
+        assert_eq!(c.stress.server_command.as_secs(), 10);
         let policy = c.policy().unwrap();
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Offer);
         assert_eq!(policy.outbound.default.tls, ClientTlsMode::Opportunistic);
@@ -916,6 +993,7 @@ mod tests {
             bare_newlines = "reject"
             message_size_limit = 52428800
             log = "postern=debug,info"
+            junk_command_limit = 20
 
             [routes]
             "example.net" = "127.0.0.1:2526"
@@ -927,8 +1005,14 @@ mod tests {
             max_backoff = 7200
             max_lifetime = "3d"
 
+            [stress]
+            threshold = 80
+            server_command = "5s"
+
             [timeouts]
             connect = "10s"
+            greet_pause = "2s"
+            server_session = 0
 
             [tls.inbound]
             tls = "require"
@@ -941,6 +1025,11 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.queue.max_backoff.as_secs(), 7200);
         assert_eq!(c.timeouts.connect.as_secs(), 10);
+        assert_eq!(c.timeouts.greet_pause.as_secs(), 2);
+        assert!(c.timeouts.server_session.0.is_zero());
+        assert_eq!(c.junk_command_limit, 20);
+        assert_eq!((c.stress.threshold, c.stress.error_limit), (80, 1));
+        assert_eq!(c.stress.server_command.as_secs(), 5);
         assert_eq!(
             c.timeouts.client_reply.as_secs(),
             300,
@@ -1197,6 +1286,12 @@ mod tests {
         assert_eq!("5d".parse::<Interval>().unwrap().as_secs(), 432_000);
         assert_eq!("2w".parse::<Interval>().unwrap().as_secs(), 1_209_600);
         assert_eq!("42".parse::<Interval>().unwrap().as_secs(), 42);
+        assert_eq!(
+            "250ms".parse::<Interval>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert_eq!(Interval(Duration::from_millis(1500)).to_string(), "1500ms");
+        assert_eq!("0".parse::<Interval>().unwrap().0, Duration::ZERO);
         for bad in ["", "m", "5 minutes", "-5m", "1.5h", "99999999999999999999d"] {
             assert!(bad.parse::<Interval>().is_err(), "{bad}");
         }

@@ -166,6 +166,14 @@ impl Relay {
         };
         settings.smtp.timeouts.command = config.timeouts.server_command.0;
         settings.smtp.timeouts.data = config.timeouts.server_data.0;
+        settings.smtp.greet_pause = config.timeouts.greet_pause.0;
+        settings.greet_pass_ttl = config.timeouts.greet_pass_ttl.0;
+        settings.smtp.session_time_limit = config.timeouts.server_session.0;
+        settings.smtp.max_junk_commands = config.junk_command_limit;
+        settings.stress_percent = config.stress.threshold;
+        settings.smtp.stress.command_timeout = config.stress.server_command.0;
+        settings.smtp.stress.max_errors = config.stress.error_limit;
+        settings.smtp.stress.max_junk_commands = config.stress.junk_command_limit;
         let server = Server::new(settings, RelayHandler::new(Arc::clone(&shared)))?;
 
         let mut listeners = Vec::new();

@@ -24,10 +24,17 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A session whose greet pause, if any, has passed in silence: the greeting is drained.
     pub fn new(config: ServerConfig) -> Self {
-        let now = Instant::now();
+        let mut now = Instant::now();
+        let pause = config.greet_pause;
+        let mut server = ServerSession::new(config, now);
+        if !pause.is_zero() {
+            now += pause;
+            server.handle_timeout(now);
+        }
         let mut h = Self {
-            server: ServerSession::new(config, now),
+            server,
             now,
             events: Vec::new(),
             current: Vec::new(),

@@ -357,6 +357,8 @@ async fn hop_connection(tcp: tokio::net::TcpStream, config: HopConfig, log: Arc<
     } else {
         StartTlsPolicy::Disabled
     };
+    // A next hop greets at once.
+    cfg.greet_pause = Duration::ZERO;
     let mut session = ServerSession::new(cfg, Instant::now());
     let mut stream: Box<dyn Io> = Box::new(tcp);
     let mut tls = false;
