@@ -1,12 +1,14 @@
 //! Importing a certificate chain with its private key.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 use x509_parser::public_key::PublicKey;
 
@@ -73,6 +75,37 @@ fn significant_bits(bytes: &[u8]) -> usize {
     (trimmed.len() - 1) * 8 + (8 - trimmed[0].leading_zeros() as usize)
 }
 
+/// Every DNS name and IP address of a certificate's subjectAltName, in
+/// certificate order: names lower-cased, addresses in their usual text form
+/// (`127.0.0.1`, `::1`). Other entry types (e-mail, URI) are left out.
+pub(crate) fn san_entries(cert: &X509Certificate<'_>) -> Vec<String> {
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
+                GeneralName::IPAddress(bytes) => ip_text(bytes),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// An iPAddress subjectAltName (RFC 5280 §4.2.1.6: 4 octets for IPv4, 16
+/// for IPv6) as text; `None` for any other length.
+fn ip_text(bytes: &[u8]) -> Option<String> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        Some(IpAddr::from(v4).to_string())
+    } else if let Ok(v6) = <[u8; 16]>::try_from(bytes) {
+        Some(IpAddr::from(v6).to_string())
+    } else {
+        None
+    }
+}
+
 /// The DNS names of a certificate's subjectAltName, lower-cased.
 pub(crate) fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
     match cert.subject_alternative_name() {
@@ -102,6 +135,8 @@ pub struct CertKey {
     key_bits: usize,
     names: Vec<String>,
     fingerprint: Fingerprint,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
 }
 
 impl fmt::Debug for CertKey {
@@ -185,6 +220,8 @@ impl CertKey {
         }
         let names = dns_names(&leaf);
         let fingerprint = Fingerprint::of(leaf_der);
+        let not_before = leaf.validity().not_before.to_datetime();
+        let not_after = leaf.validity().not_after.to_datetime();
         let signing_key = provider
             .key_provider
             .load_private_key(key)
@@ -201,6 +238,8 @@ impl CertKey {
             key_bits,
             names,
             fingerprint,
+            not_before,
+            not_after,
         })
     }
 
@@ -238,6 +277,23 @@ impl CertKey {
     /// The SHA-256 fingerprint of the leaf.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
+    }
+
+    /// The start of the leaf's validity (`notBefore`).
+    pub fn not_before(&self) -> OffsetDateTime {
+        self.not_before
+    }
+
+    /// The end of the leaf's validity (`notAfter`).
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
+    }
+
+    /// Whether `now` lies within the leaf's validity period (both ends
+    /// included, RFC 5280 §4.1.2.5): neither expired nor not yet valid.
+    pub fn valid_at(&self, now: UnixTime) -> bool {
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        self.not_before.unix_timestamp() <= now && now <= self.not_after.unix_timestamp()
     }
 }
 

@@ -32,8 +32,8 @@ pub enum RsaBits {
 /// Settings for the default certificate.
 ///
 /// Default: no host name (set one: [`DefaultCertOptions::new`]), common name
-/// "Default Cert", RSA 4096 bits, 825 days of validity starting one hour
-/// before generation, ECDSA P-256 companion on.
+/// "Default Cert", RSA 4096 bits, 825 days of validity in total, starting one
+/// hour before generation, ECDSA P-256 companion on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DefaultCertOptions {
@@ -41,7 +41,11 @@ pub struct DefaultCertOptions {
     pub host_names: Vec<String>,
     /// Subject common name.
     pub common_name: String,
-    /// Days of validity after generation.
+    /// Days of validity in total, the one-hour backdate included: the
+    /// certificate is valid from one hour before generation to
+    /// `validity_days` days later, minus one second (RFC 5280 §4.1.2.5 counts
+    /// both ends; the CA/Browser Forum's 825-day limit, which testssl.sh
+    /// checks, applies to that whole period).
     pub validity_days: u32,
     /// RSA key size.
     pub rsa_bits: RsaBits,
@@ -103,8 +107,13 @@ fn to_offset(t: UnixTime) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// Generates a self-signed certificate per `opts` at time `now`
-/// (validity `now − 1 h` to `now + validity_days`).
+/// How long before `now` a generated certificate's validity starts, so that
+/// a peer whose clock is a little behind still accepts it.
+const BACKDATE: Duration = Duration::from_secs(3600);
+
+/// Generates a self-signed certificate per `opts` at time `now`, valid from
+/// `now − 1 h` for `validity_days` days in total (to `now − 1 h +
+/// validity_days` days − 1 s: both ends count, RFC 5280 §4.1.2.5).
 pub fn generate_self_signed(
     opts: &DefaultCertOptions,
     kind: GeneratedKind,
@@ -124,13 +133,30 @@ pub fn generate_self_signed(
         }
         GeneratedKind::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
     };
+    Ok(GeneratedPem {
+        cert_pem: issue(opts, &key, kind, now)?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The self-signed certificate for `key` per `opts` at time `now`, PEM.
+fn issue(
+    opts: &DefaultCertOptions,
+    key: &KeyPair,
+    kind: GeneratedKind,
+    now: UnixTime,
+) -> Result<String, DefaultCertError> {
+    if opts.host_names.is_empty() {
+        return Err(DefaultCertError::NoHostName);
+    }
     let mut params = CertificateParams::new(opts.host_names.clone())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, opts.common_name.as_str());
     params.distinguished_name = dn;
-    let now = to_offset(now);
-    params.not_before = now - Duration::from_secs(3600);
-    params.not_after = now + Duration::from_secs(u64::from(opts.validity_days) * 86_400);
+    params.not_before = to_offset(now) - BACKDATE;
+    params.not_after = params.not_before
+        + Duration::from_secs(u64::from(opts.validity_days) * 86_400)
+            .saturating_sub(Duration::from_secs(1));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if matches!(kind, GeneratedKind::Rsa(_)) {
         // RSA key exchange does not exist in TLS 1.2/1.3 as rustls speaks them,
@@ -141,11 +167,7 @@ pub fn generate_self_signed(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let cert = params.self_signed(&key)?;
-    Ok(GeneratedPem {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(params.self_signed(key)?.pem())
 }
 
 /// The default certificates, as loaded or created by [`load_or_create`].
@@ -219,41 +241,76 @@ fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), D
     result
 }
 
-/// Loads one pair, or generates it if neither file exists.
+/// How one pair of files was found or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PairOrigin {
+    /// Both files existed.
+    Loaded,
+    /// Neither existed: key and certificate were generated.
+    Generated,
+    /// The key existed alone (a crash between the two writes of a first
+    /// start): its certificate was issued again.
+    Reissued,
+}
+
+/// Loads one pair; generates it if neither file exists; issues the
+/// certificate again for a key found alone.
+///
+/// The key is written before the certificate, each atomically, so a crash
+/// leaves either nothing, a lone complete key, or the complete pair. A lone
+/// key is the generated key whose certificate was never written: the
+/// certificate is issued for it again (the same names and validity as a new
+/// one). A lone certificate cannot be completed (its key is lost) and is an
+/// error, never silently replaced.
 fn load_or_create_pair(
     dir: &Path,
     cert_file: &str,
     key_file: &str,
-    generate: impl FnOnce() -> Result<GeneratedPem, DefaultCertError>,
-) -> Result<(CertKey, bool), DefaultCertError> {
+    kind: GeneratedKind,
+    opts: &DefaultCertOptions,
+    now: UnixTime,
+) -> Result<(CertKey, PairOrigin), DefaultCertError> {
     let cert_path = dir.join(cert_file);
     let key_path = dir.join(key_file);
-    let (cert_exists, key_exists) = (cert_path.exists(), key_path.exists());
-    let (cert_pem, key_pem, created) = match (cert_exists, key_exists) {
+    let (cert_pem, key_pem, origin) = match (cert_path.exists(), key_path.exists()) {
         (true, true) => (
             fs::read(&cert_path).map_err(io_err(&cert_path))?,
             fs::read(&key_path).map_err(io_err(&key_path))?,
-            false,
+            PairOrigin::Loaded,
         ),
         (false, false) => {
-            let pem = generate()?;
-            // Key first: a crash in between leaves a lone key, reported below
-            // as incomplete rather than silently regenerated over.
+            let pem = generate_self_signed(opts, kind, now)?;
             write_atomic(dir, &key_path, pem.key_pem.as_bytes(), 0o600)?;
             write_atomic(dir, &cert_path, pem.cert_pem.as_bytes(), 0o644)?;
             tracing::info!(cert = %cert_path.display(), "generated default certificate");
-            (pem.cert_pem.into_bytes(), pem.key_pem.into_bytes(), true)
+            (
+                pem.cert_pem.into_bytes(),
+                pem.key_pem.into_bytes(),
+                PairOrigin::Generated,
+            )
+        }
+        (false, true) => {
+            let key_pem = fs::read(&key_path).map_err(io_err(&key_path))?;
+            let alg = match kind {
+                GeneratedKind::Rsa(_) => &PKCS_RSA_SHA256,
+                GeneratedKind::EcdsaP256 => &PKCS_ECDSA_P256_SHA256,
+            };
+            let key = std::str::from_utf8(&key_pem)
+                .ok()
+                .and_then(|pem| KeyPair::from_pem_and_sign_algo(pem, alg).ok())
+                .ok_or_else(|| DefaultCertError::LoneKeyUnusable {
+                    key: key_path.clone(),
+                })?;
+            let cert_pem = issue(opts, &key, kind, now)?;
+            write_atomic(dir, &cert_path, cert_pem.as_bytes(), 0o644)?;
+            tracing::warn!(key = %key_path.display(), cert = %cert_path.display(),
+                "default certificate key found without its certificate (an interrupted first start); certificate issued again");
+            (cert_pem.into_bytes(), key_pem, PairOrigin::Reissued)
         }
         (true, false) => {
             return Err(DefaultCertError::Incomplete {
                 present: cert_path,
                 missing: key_path,
-            });
-        }
-        (false, true) => {
-            return Err(DefaultCertError::Incomplete {
-                present: key_path,
-                missing: cert_path,
             });
         }
     };
@@ -262,18 +319,20 @@ fn load_or_create_pair(
             cert: cert_path.clone(),
             source,
         })?;
-    Ok((cert, created))
+    Ok((cert, origin))
 }
 
 /// Loads the default certificate(s) from `dir`, generating what is missing.
 ///
 /// - Neither file of a pair exists: the pair is generated and written
-///   atomically (key file mode 0600).
+///   atomically (key file mode 0600), key first.
 /// - Both exist: they are loaded and checked to match; they are never
 ///   regenerated, whatever `opts` says (names or sizes differing from `opts`
 ///   are kept: the operator replaces the files to change them).
-/// - Only one exists, or the pair does not match: an error, never a silent
-///   regeneration.
+/// - Only the key exists (a first start killed between the two writes): its
+///   certificate is issued again from it, per `opts`.
+/// - Only the certificate exists, or the pair does not match: an error,
+///   never a silent regeneration.
 ///
 /// With `ecdsa_companion` on and an existing RSA pair but no ECDSA pair, the
 /// companion is generated (this creates, it does not replace).
@@ -283,20 +342,63 @@ pub fn load_or_create(
     now: UnixTime,
 ) -> Result<DefaultCertificate, DefaultCertError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let (rsa, rsa_created) = load_or_create_pair(dir, RSA_CERT_FILE, RSA_KEY_FILE, || {
-        generate_self_signed(opts, GeneratedKind::Rsa(opts.rsa_bits), now)
-    })?;
-    let (ecdsa, ecdsa_created) = if opts.ecdsa_companion {
-        let (c, created) = load_or_create_pair(dir, ECDSA_CERT_FILE, ECDSA_KEY_FILE, || {
-            generate_self_signed(opts, GeneratedKind::EcdsaP256, now)
-        })?;
-        (Some(c), created)
+    let (rsa, rsa_origin) = load_or_create_pair(
+        dir,
+        RSA_CERT_FILE,
+        RSA_KEY_FILE,
+        GeneratedKind::Rsa(opts.rsa_bits),
+        opts,
+        now,
+    )?;
+    let (ecdsa, ecdsa_origin) = if opts.ecdsa_companion {
+        let (c, origin) = load_or_create_pair(
+            dir,
+            ECDSA_CERT_FILE,
+            ECDSA_KEY_FILE,
+            GeneratedKind::EcdsaP256,
+            opts,
+            now,
+        )?;
+        (Some(c), origin)
     } else {
-        (None, false)
+        (None, PairOrigin::Loaded)
     };
     Ok(DefaultCertificate {
         rsa,
         ecdsa,
-        created: rsa_created || ecdsa_created,
+        created: rsa_origin != PairOrigin::Loaded || ecdsa_origin != PairOrigin::Loaded,
     })
+}
+
+/// Loads the default certificate(s) from `dir` without writing anything
+/// (for read-only commands such as a certificate listing).
+///
+/// `Ok(None)` when the RSA pair does not exist yet, or exists only in part
+/// (a lone key, which [`load_or_create`] completes): nothing was created, and
+/// the first [`load_or_create`] will. The ECDSA companion is loaded when
+/// both of its files exist. A pair that exists but does not load is an error,
+/// as in [`load_or_create`].
+pub fn load_existing(dir: &Path) -> Result<Option<DefaultCertificate>, DefaultCertError> {
+    let load = |cert_file: &str, key_file: &str| -> Result<Option<CertKey>, DefaultCertError> {
+        let (cert_path, key_path) = (dir.join(cert_file), dir.join(key_file));
+        if !(cert_path.exists() && key_path.exists()) {
+            return Ok(None);
+        }
+        let cert_pem = fs::read(&cert_path).map_err(io_err(&cert_path))?;
+        let key_pem = fs::read(&key_path).map_err(io_err(&key_path))?;
+        CertKey::from_pem(&cert_pem, &key_pem)
+            .map(Some)
+            .map_err(|source| DefaultCertError::Unusable {
+                cert: cert_path,
+                source,
+            })
+    };
+    let Some(rsa) = load(RSA_CERT_FILE, RSA_KEY_FILE)? else {
+        return Ok(None);
+    };
+    Ok(Some(DefaultCertificate {
+        rsa,
+        ecdsa: load(ECDSA_CERT_FILE, ECDSA_KEY_FILE)?,
+        created: false,
+    }))
 }

@@ -77,6 +77,13 @@ pub enum DefaultCertError {
         /// The file that is missing.
         missing: PathBuf,
     },
+    /// A key found without its certificate could not be read back to issue
+    /// the certificate again.
+    #[error("{} has no certificate and cannot be read back to issue one; remove it to generate a new pair", key.display())]
+    LoneKeyUnusable {
+        /// The key file.
+        key: PathBuf,
+    },
     /// The stored certificate and key could not be used together.
     #[error("stored pair {} is unusable: {source}", cert.display())]
     Unusable {

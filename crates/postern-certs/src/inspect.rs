@@ -8,7 +8,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use postern_policy::Fingerprint;
 
-use crate::certkey::{KeyType, MIN_RSA_BITS, dns_names, key_type_and_bits};
+use crate::certkey::{KeyType, MIN_RSA_BITS, key_type_and_bits, san_entries};
 use crate::error::InspectError;
 
 /// How close to expiry a certificate is reported as [`CertStatus::ExpiresSoon`].
@@ -53,7 +53,8 @@ pub struct CertificateRow {
     pub subject: String,
     /// Issuer distinguished name.
     pub issuer: String,
-    /// DNS subjectAltNames.
+    /// subjectAltNames in certificate order: DNS names (lower-cased) and IP
+    /// addresses (`127.0.0.1`, `::1`).
     pub sans: Vec<String>,
     /// Public-key algorithm.
     pub key_type: KeyType,
@@ -127,7 +128,7 @@ pub fn inspect(name: &str, der: &[u8], now: UnixTime) -> Result<CertificateRow, 
         name: name.to_owned(),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
-        sans: dns_names(&cert),
+        sans: san_entries(&cert),
         key_type,
         key_bits,
         signature_algorithm: signature_name(&sig_oid).map_or(sig_oid.clone(), str::to_owned),

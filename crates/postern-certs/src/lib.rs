@@ -8,18 +8,24 @@
 //!
 //! - **Default certificate** ([`load_or_create`]): when no server certificate
 //!   exists, a self-signed "Default Cert" (RSA 4096, SHA-256, SAN = host name,
-//!   explicit validity) and an ECDSA P-256 companion are generated, written
-//!   atomically (key mode 0600) and reused on every later start. A half-present
-//!   or mismatched pair is an error, never silently regenerated.
+//!   825 days of validity in total) and an ECDSA P-256 companion are
+//!   generated, written atomically (key mode 0600, key first) and reused on
+//!   every later start. A key found without its certificate (a first start
+//!   killed between the two writes) gets its certificate issued again; a
+//!   certificate without its key, or a mismatched pair, is an error, never
+//!   silently regenerated. [`load_existing`] reads without writing.
 //! - **Import and inspection** ([`CertKey::from_pem`], [`inspect`]): PEM chains
 //!   with PKCS#8, PKCS#1 or SEC1 keys, with clear errors; a certificate table
 //!   row (subject, SANs, key size, fingerprint, status at a given time).
 //! - **Serving** ([`CertificateStore`], [`ServedCertificates`], [`CertResolver`]):
 //!   selection by SNI (exact, then wildcard), a fallback for clients without SNI
-//!   (RFC 8461 §7.1: servers must not require it), an operator-imported
-//!   certificate before the generated Default Cert for the same name
-//!   ([`CertOrigin`]), then ECDSA to clients offering ECDSA schemes and RSA to
-//!   the others; the served set is swapped atomically for hot reload.
+//!   (RFC 8461 §7.1: servers must not require it) and for clients that can use
+//!   no certificate of their SNI name, then any usable certificate rather than
+//!   a failed handshake; an operator-imported certificate before the generated
+//!   Default Cert for the same name ([`CertOrigin`]), then ECDSA to clients
+//!   offering ECDSA schemes and RSA to the others; a certificate out of its
+//!   validity only when no valid one can answer. The served set is swapped
+//!   atomically for hot reload.
 //! - **Verifiers** ([`PeerCertVerifier`], [`ClientCertPolicy`]): one per side,
 //!   for every mode, each deciding a [`CertificateCheck`] (Anonymous /
 //!   Untrusted / Trusted / Verified and the reason) for logs and TLS-RPT. Read
@@ -120,7 +126,8 @@ pub use config::{
 pub use dane::{DaneError, DaneHook, DaneMatch, tlsa_record, usable_records};
 pub use default_cert::{
     DefaultCertOptions, DefaultCertificate, ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind,
-    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_or_create,
+    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_existing,
+    load_or_create,
 };
 pub use error::{ConfigError, DefaultCertError, ImportError, InspectError, StoreError};
 pub use inspect::{CertStatus, CertificateRow, EXPIRY_WARNING_DAYS, inspect};

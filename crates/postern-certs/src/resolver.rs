@@ -1,12 +1,13 @@
 //! Server certificate selection: by SNI, with a fallback, operator-imported
-//! certificates before generated ones, ECDSA before RSA, and an atomically
-//! swappable served set.
+//! certificates before generated ones, ECDSA before RSA, certificates within
+//! their validity before the others, and an atomically swappable served set.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::SignatureScheme;
+use rustls::pki_types::UnixTime;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -29,11 +30,13 @@ pub enum CertOrigin {
 }
 
 /// One servable certificate with its selection rank (lower is preferred):
-/// origin first, then key type.
+/// origin first, then key type; and its validity period (Unix seconds).
 #[derive(Clone)]
 struct Entry {
     rank: (CertOrigin, u8),
     key: Arc<CertifiedKey>,
+    not_before: i64,
+    not_after: i64,
 }
 
 impl Entry {
@@ -47,7 +50,17 @@ impl Entry {
         Self {
             rank: (origin, kind),
             key: Arc::clone(cert.certified_key()),
+            not_before: cert.not_before().unix_timestamp(),
+            not_after: cert.not_after().unix_timestamp(),
         }
+    }
+
+    fn valid_at(&self, now: i64) -> bool {
+        self.not_before <= now && now <= self.not_after
+    }
+
+    fn usable_by(&self, schemes: &[SignatureScheme]) -> bool {
+        self.key.key.choose_scheme(schemes).is_some()
     }
 }
 
@@ -58,17 +71,27 @@ fn insert_sorted(list: &mut Vec<Entry>, entry: Entry) {
 
 /// An immutable set of server certificates, indexed by name.
 ///
-/// Selection for a ClientHello:
-/// 1. the SNI name, exact match on a subjectAltName;
-/// 2. else a wildcard SAN `*.parent` covering exactly one leftmost label
-///    (RFC 6125 §6.4.3; RFC 8461 §4.1: "`*.example.com` … would not match
-///    `example.com` or `a.b.example.com`" — the same rule clients apply);
-/// 3. else the fallback group. RFC 8461 §7.1 (and RFC 6066 §3): servers must not
-///    require SNI, so a client that sends none, or an unknown name, still gets a
-///    certificate.
+/// Selection for a ClientHello looks at up to three groups of certificates,
+/// in this order:
+/// 1. the SNI group: the certificates whose subjectAltName is the SNI name
+///    (exact match), else those with a wildcard `*.parent` covering exactly
+///    one leftmost label (RFC 6125 §6.4.3; RFC 8461 §4.1: "`*.example.com` …
+///    would not match `example.com` or `a.b.example.com`" — the same rule
+///    clients apply). No group when the client sends no SNI or an unknown name;
+/// 2. the fallback group (the Default Cert in the relay). RFC 8461 §7.1 (and
+///    RFC 6066 §3): servers must not require SNI, so a client that sends none,
+///    or an unknown name, still gets a certificate; so does a client that can
+///    use none of the certificates of its SNI group (an ECDSA-only client
+///    asking for a name that has only an RSA certificate gets the fallback's
+///    ECDSA certificate rather than a failed handshake);
+/// 3. every other certificate of the set, so that a client is refused only
+///    when no certificate at all has a key it can use.
 ///
-/// Within the chosen group the first certificate whose key can sign with one of
-/// the client's offered signature schemes wins, in this precedence:
+/// The first group that has a certificate within its validity period and
+/// usable with one of the client's offered signature schemes answers; only
+/// when no group has one is a certificate outside its validity (expired or
+/// not yet valid) served, in the same order, rather than failing the
+/// handshake. Within a group the precedence is:
 /// 1. origin: [`CertOrigin::Imported`] before [`CertOrigin::Generated`], so an
 ///    imported certificate for a name is served instead of the generated
 ///    Default Cert for that name, whatever their key types; a generated
@@ -88,6 +111,7 @@ pub struct ServedCertificates {
     exact: HashMap<String, Vec<Entry>>,
     wildcard: HashMap<String, Vec<Entry>>,
     fallback: Vec<Entry>,
+    all: Vec<Entry>,
     fallback_name: Option<String>,
     explicit_fallback: bool,
     count: usize,
@@ -130,6 +154,7 @@ impl ServedCertificates {
     pub fn add_from(&mut self, cert: &CertKey, origin: CertOrigin) {
         let entry = Entry::new(cert, origin);
         self.count += 1;
+        insert_sorted(&mut self.all, entry.clone());
         for name in cert.names() {
             match name.strip_prefix("*.") {
                 Some(parent) => insert_sorted(
@@ -182,13 +207,17 @@ impl ServedCertificates {
         self.count == 0
     }
 
-    /// Picks a certificate for an SNI name (if any) and the client's signature schemes.
+    /// Picks a certificate for an SNI name (if any) and the client's
+    /// signature schemes at time `now`, in the order described on
+    /// [`ServedCertificates`]. `None` only when no certificate of the set has
+    /// a key usable with `schemes`.
     pub fn select(
         &self,
         sni: Option<&str>,
         schemes: &[SignatureScheme],
+        now: UnixTime,
     ) -> Option<Arc<CertifiedKey>> {
-        let group = sni
+        let named = sni
             .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
             .and_then(|name| {
                 self.exact.get(&name).or_else(|| {
@@ -196,12 +225,18 @@ impl ServedCertificates {
                     let (_, parent) = name.split_once('.')?;
                     self.wildcard.get(parent)
                 })
+            });
+        let groups = [named, Some(&self.fallback), Some(&self.all)];
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        // First pass: certificates within their validity; second: any.
+        [true, false].into_iter().find_map(|in_validity| {
+            groups.iter().flatten().find_map(|group| {
+                group
+                    .iter()
+                    .find(|e| (!in_validity || e.valid_at(now)) && e.usable_by(schemes))
+                    .map(|e| Arc::clone(&e.key))
             })
-            .unwrap_or(&self.fallback);
-        group
-            .iter()
-            .find(|e| e.key.key.choose_scheme(schemes).is_some())
-            .map(|e| Arc::clone(&e.key))
+        })
     }
 }
 
@@ -247,7 +282,11 @@ impl CertResolver {
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let set = self.current();
-        let chosen = set.select(client_hello.server_name(), client_hello.signature_schemes());
+        let chosen = set.select(
+            client_hello.server_name(),
+            client_hello.signature_schemes(),
+            UnixTime::now(),
+        );
         if chosen.is_none() {
             tracing::debug!(
                 sni = client_hello.server_name(),

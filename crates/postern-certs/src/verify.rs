@@ -356,12 +356,27 @@ fn describe(leaf: &CertificateDer<'_>, check: CertificateCheck) -> ClientCertifi
 
 /// The inbound verifier for client certificates (`ask` and `require`).
 ///
-/// - `ask`: a certificate is requested and never required; any certificate
-///   is accepted (its `CertificateVerify` signature is still checked) and
-///   whether it chains to the configured roots is recorded. rustls'
-///   `WebPkiClientVerifier` would reject an untrusted certificate, hence this
-///   verifier.
-/// - `require`: a certificate chaining to the configured roots is required.
+/// Both modes request a certificate and complete the handshake whatever the
+/// client sends (none, an untrusted one, an expired one): any certificate is
+/// accepted at the TLS level (its `CertificateVerify` signature is still
+/// checked, so a client must hold the key of what it presents), and whether
+/// it chains to the configured roots is recorded. rustls'
+/// `WebPkiClientVerifier` would reject an untrusted certificate, hence this
+/// verifier.
+///
+/// The modes differ after the handshake, in the SMTP session:
+/// - `ask`: the check is recorded (logs, `Received:` header) and can
+///   authorise relaying ([`postern_policy::ServerPolicy::may_relay`]);
+/// - `require`: a client without a verified certificate is refused by
+///   [`postern_policy::ServerPolicy::client_certificate_verdict`] with
+///   `554 5.7.1` (RFC 3207 §4.1).
+///
+/// Requiring the certificate in the handshake instead would abort it with a
+/// TLS alert: rustls sends `certificate_required` (116), which exists only
+/// in TLS 1.3 (RFC 8446 §6.2), to TLS 1.2 peers too, and the client would see
+/// and log only a handshake failure; a client that falls back to plaintext
+/// would then meet `530`. Completing the handshake lets it read and log why
+/// it is refused.
 ///
 /// The check is a pure function of the client's chain, so the server reads it
 /// after the handshake with [`ClientCertPolicy::client_certificate`] on
@@ -447,7 +462,9 @@ impl ClientCertVerifier for ClientCertPolicy {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.mode == ClientCertMode::Require
+        // Never at the TLS level: `require` is enforced in the SMTP session,
+        // after the handshake (see the type's documentation).
+        false
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -460,24 +477,16 @@ impl ClientCertVerifier for ClientCertPolicy {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        match (self.mode, &self.webpki) {
-            (ClientCertMode::Require, Some(v)) => {
-                v.verify_client_cert(end_entity, intermediates, now)
-            }
-            (ClientCertMode::Require, None) => {
-                Err(Error::InvalidCertificate(CertificateError::UnknownIssuer))
-            }
-            _ => {
-                // ask: record (for the log) and accept; the signature is still checked.
-                let seen = self.check_chain(end_entity, intermediates, now);
-                tracing::debug!(
-                    trust = ?seen.trust,
-                    fingerprint = %Fingerprint::of(end_entity),
-                    "client certificate"
-                );
-                Ok(ClientCertVerified::assertion())
-            }
-        }
+        // Record (for the log) and accept; the signature is still checked.
+        // Under `require` the session refuses an unverified certificate.
+        let seen = self.check_chain(end_entity, intermediates, now);
+        tracing::debug!(
+            mode = ?self.mode,
+            trust = ?seen.trust,
+            fingerprint = %Fingerprint::of(end_entity),
+            "client certificate"
+        );
+        Ok(ClientCertVerified::assertion())
     }
 
     handshake_signatures!();

@@ -4,9 +4,9 @@
 use std::fs;
 
 use postern_certs::{
-    CertStatus, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
-    ECDSA_CERT_FILE, ECDSA_KEY_FILE, KeyType, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, inspect,
-    load_or_create,
+    CertKey, CertStatus, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
+    ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind, KeyType, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits,
+    generate_self_signed, inspect, load_existing, load_or_create,
 };
 use rustls::pki_types::UnixTime;
 
@@ -29,10 +29,16 @@ fn generates_rsa4096_sha256_default_cert_and_reuses_it() {
     assert_eq!(row.subject, "CN=Default Cert");
     assert!(row.self_signed);
     assert_eq!(row.status, CertStatus::Valid);
-    // Explicit validity: one hour back, 825 days ahead (not rcgen's 1975–4096).
+    // Explicit validity (not rcgen's 1975–4096): from one hour back, 825 days
+    // in total with the backdate, both ends counted (RFC 5280 §4.1.2.5).
     let secs = now.as_secs() as i64;
     assert_eq!(row.not_before.unix_timestamp(), secs - 3600);
-    assert_eq!(row.not_after.unix_timestamp(), secs + 825 * 86_400);
+    assert_eq!(
+        row.not_after.unix_timestamp(),
+        secs - 3600 + 825 * 86_400 - 1
+    );
+    let period = row.not_after.unix_timestamp() - row.not_before.unix_timestamp() + 1;
+    assert!(period <= 825 * 86_400, "{period} s is more than 825 days");
     let mut store = CertificateStore::new();
     store.add_default(&first).unwrap();
     assert_eq!(store.get(DEFAULT_CERT_NAME).count(), 2);
@@ -111,17 +117,12 @@ fn half_present_or_mismatched_pairs_are_errors() {
     );
     assert!(!dir.path().join(RSA_KEY_FILE).exists());
 
-    // Certificate missing.
+    // Garbage in the certificate file, next to a key.
     fs::copy(
         other.path().join(RSA_KEY_FILE),
         dir.path().join(RSA_KEY_FILE),
     )
     .unwrap();
-    fs::remove_file(dir.path().join(RSA_CERT_FILE)).unwrap();
-    let err = load_or_create(dir.path(), &o, now).unwrap_err();
-    assert!(matches!(err, DefaultCertError::Incomplete { .. }), "{err}");
-
-    // Garbage in the certificate file.
     fs::write(dir.path().join(RSA_CERT_FILE), "not pem").unwrap();
     let err = load_or_create(dir.path(), &o, now).unwrap_err();
     assert!(matches!(err, DefaultCertError::Unusable { .. }), "{err}");
@@ -154,4 +155,86 @@ fn no_host_name_is_an_error() {
         load_or_create(dir.path(), &DefaultCertOptions::default(), UnixTime::now()).unwrap_err();
     assert!(matches!(err, DefaultCertError::NoHostName));
     assert!(!dir.path().join(RSA_KEY_FILE).exists());
+}
+
+/// A first start killed after writing a key and before its certificate
+/// leaves a lone key: the next start issues the certificate again for that
+/// key (both kinds), instead of refusing to start.
+#[test]
+fn a_lone_key_gets_its_certificate_issued_again() {
+    let now = UnixTime::now();
+    let o = opts(RsaBits::B2048);
+    for (cert_file, key_file) in [
+        (RSA_CERT_FILE, RSA_KEY_FILE),
+        (ECDSA_CERT_FILE, ECDSA_KEY_FILE),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create(dir.path(), &o, now).unwrap();
+        let key_before = fs::read(dir.path().join(key_file)).unwrap();
+        fs::remove_file(dir.path().join(cert_file)).unwrap();
+
+        let again = load_or_create(dir.path(), &o, now).unwrap();
+        assert!(again.created, "{cert_file}: issued again");
+        assert_eq!(fs::read(dir.path().join(key_file)).unwrap(), key_before);
+        // The new certificate belongs to the kept key, with the usual content.
+        let pair =
+            CertKey::from_pem_files(dir.path().join(cert_file), dir.path().join(key_file)).unwrap();
+        let row = inspect(DEFAULT_CERT_NAME, pair.leaf(), now).unwrap();
+        assert_eq!(row.sans, ["mx.example.org"]);
+        assert_eq!(row.subject, "CN=Default Cert");
+        assert_eq!(row.status, CertStatus::Valid);
+        // And it is kept from then on.
+        let third = load_or_create(dir.path(), &o, now).unwrap();
+        assert!(!third.created);
+    }
+
+    // A lone key that cannot be read back is a clear error, left in place.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join(RSA_KEY_FILE), "not a key").unwrap();
+    let err = load_or_create(dir.path(), &o, now).unwrap_err();
+    assert!(
+        matches!(err, DefaultCertError::LoneKeyUnusable { .. }),
+        "{err}"
+    );
+    assert!(!dir.path().join(RSA_CERT_FILE).exists());
+}
+
+/// `load_existing` reads the pairs and never writes: nothing is created in
+/// an empty or missing directory, nor for a lone key.
+#[test]
+fn load_existing_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    assert!(load_existing(&certs).unwrap().is_none());
+    assert!(!certs.exists(), "no directory created");
+
+    let o = opts(RsaBits::B2048);
+    let made = load_or_create(&certs, &o, UnixTime::now()).unwrap();
+    let loaded = load_existing(&certs).unwrap().unwrap();
+    assert!(!loaded.created);
+    assert_eq!(loaded.rsa.fingerprint(), made.rsa.fingerprint());
+    assert_eq!(
+        loaded.ecdsa.map(|c| c.fingerprint()),
+        made.ecdsa.map(|c| c.fingerprint())
+    );
+
+    fs::remove_file(certs.join(RSA_CERT_FILE)).unwrap();
+    assert!(load_existing(&certs).unwrap().is_none());
+    assert!(!certs.join(RSA_CERT_FILE).exists(), "not issued by a read");
+}
+
+/// IP-address subjectAltNames are listed with the DNS names, in certificate
+/// order.
+#[test]
+fn ip_address_sans_are_listed() {
+    let mut o = DefaultCertOptions::new("relay.test");
+    o.host_names
+        .extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+    let now = UnixTime::now();
+    let pem = generate_self_signed(&o, GeneratedKind::EcdsaP256, now).unwrap();
+    let cert = CertKey::from_pem(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes()).unwrap();
+    let row = inspect("ip", cert.leaf(), now).unwrap();
+    assert_eq!(row.sans, ["relay.test", "127.0.0.1", "::1"]);
+    // SNI carries DNS names only: the addresses are not selection names.
+    assert_eq!(cert.names(), ["relay.test"]);
 }

@@ -38,8 +38,8 @@ proptest! {
     fn any_sni_gets_the_fallback_or_a_match(sni in proptest::option::of("[a-zA-Z0-9.*-]{0,80}")) {
         let ecdsa = [SignatureScheme::ECDSA_NISTP256_SHA256];
         // One certificate: every name (matching or not) is served it.
-        prop_assert!(set().select(sni.as_deref(), &ecdsa).is_some());
+        prop_assert!(set().select(sni.as_deref(), &ecdsa, UnixTime::now()).is_some());
         // No usable scheme: nothing, whatever the name.
-        prop_assert!(set().select(sni.as_deref(), &[SignatureScheme::ED448]).is_none());
+        prop_assert!(set().select(sni.as_deref(), &[SignatureScheme::ED448], UnixTime::now()).is_none());
     }
 }

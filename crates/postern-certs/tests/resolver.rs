@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{LeafSpec, MX, Pem, fixtures, handshake, rsa4096_leaf};
+use common::{LeafSpec, MX, Pem, fixtures, handshake, now, rsa4096_leaf};
 use postern_certs::{
     CertResolver, CertificateStore, ClientTlsContext, ClientTlsSpec, DEFAULT_CERT_NAME, KeyType,
     ServedCertificates, ServerTlsContext, ServerTlsSpec,
@@ -125,9 +125,12 @@ fn ecdsa_to_ecdsa_clients_rsa_to_the_others() {
 
     // Direct selection: no scheme usable → no certificate.
     let set = store.served();
-    assert!(set.select(Some(MX), &[SignatureScheme::ED448]).is_none());
+    assert!(
+        set.select(Some(MX), &[SignatureScheme::ED448], now())
+            .is_none()
+    );
     let chosen = set
-        .select(Some(MX), &[SignatureScheme::ECDSA_NISTP256_SHA256])
+        .select(Some(MX), &[SignatureScheme::ECDSA_NISTP256_SHA256], now())
         .unwrap();
     assert_eq!(chosen.cert[0], ecdsa.der());
 }
@@ -185,7 +188,7 @@ fn store_add_remove_list() {
         "same name and key type"
     );
     store.add("other", f.wrong_name.cert_key()).unwrap();
-    let rows = store.list(common::now());
+    let rows = store.list(now());
     assert_eq!(
         rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["mx", "other"]
@@ -197,7 +200,7 @@ fn store_add_remove_list() {
     assert_eq!(set.len(), 1);
     // The remaining one is now the fallback.
     let any = set
-        .select(None, &[SignatureScheme::ECDSA_NISTP256_SHA256])
+        .select(None, &[SignatureScheme::ECDSA_NISTP256_SHA256], now())
         .unwrap();
     assert_eq!(any.cert[0], f.wrong_name.der());
 }
@@ -212,7 +215,7 @@ fn imported_outranks_the_default_cert_then_ecdsa_before_rsa() {
     let ecdsa_only = [SignatureScheme::ECDSA_NISTP256_SHA256];
     let rsa_only = [SignatureScheme::RSA_PSS_SHA256];
     let pick = |store: &CertificateStore, sni: Option<&str>, schemes: &[SignatureScheme]| {
-        store.served().select(sni, schemes).unwrap().cert[0].clone()
+        store.served().select(sni, schemes, now()).unwrap().cert[0].clone()
     };
     // The generated Default Cert (RSA and its ECDSA companion) for the host name.
     let default_rsa = rsa4096_leaf();
@@ -283,4 +286,251 @@ fn imported_outranks_the_default_cert_then_ecdsa_before_rsa() {
     store.set_fallback(DEFAULT_CERT_NAME);
     assert_eq!(pick(&store, Some(MX), &ecdsa_and_rsa), own_rsa.der());
     assert_eq!(pick(&store, None, &ecdsa_and_rsa), own_rsa.der());
+}
+
+/// A client that accepts any server certificate (its handshake signature is
+/// still checked) and offers only `schemes`: rustls announces the verifier's
+/// schemes in `signature_algorithms`.
+#[derive(Debug)]
+struct OffersOnly {
+    schemes: Vec<SignatureScheme>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for OffersOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// Handshake offering only `schemes`, over `version`, with SNI `sni`
+/// (None: no SNI); the served leaf, or the handshake error.
+fn leaf_for_schemes(
+    server: &ServerTlsContext,
+    sni: Option<&str>,
+    schemes: &[SignatureScheme],
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<CertificateDer<'static>, rustls::Error> {
+    let provider = postern_certs::provider();
+    let verifier = Arc::new(OffersOnly {
+        schemes: schemes.to_vec(),
+        provider: Arc::clone(&provider),
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.enable_sni = sni.is_some();
+    let name = ServerName::try_from(sni.unwrap_or(MX)).unwrap().to_owned();
+    let mut c = ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut s = ServerConnection::new(server.config()).unwrap();
+    handshake(&mut c, &mut s)?;
+    Ok(c.peer_certificates().unwrap()[0].clone().into_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rsa,
+    Ecdsa,
+}
+
+/// Every combination of SNI (known / unknown / absent), the client's
+/// signature schemes (RSA / ECDSA / both) and the imported certificates for
+/// the SNI name (RSA / ECDSA / both), over TLS 1.3 and TLS 1.2, next to the
+/// Default Cert (RSA and ECDSA for the host name, the fallback): every
+/// handshake succeeds, with the certificate of the documented order.
+#[test]
+fn every_sni_scheme_and_import_combination_gets_a_usable_certificate() {
+    let f = fixtures();
+    let mut default_rsa = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    default_rsa.chain.push(f.inter.cert_pem.clone());
+    let default_ecdsa = &f.leaf;
+    let named = "mx.a.example";
+    let mut imported_rsa = f.inter.leaf(LeafSpec::server(&[named]).rsa());
+    imported_rsa.chain.push(f.inter.cert_pem.clone());
+    let imported_ecdsa = leaf(&[named]);
+
+    let rsa_schemes = [
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+    let ecdsa_schemes = [SignatureScheme::ECDSA_NISTP256_SHA256];
+    let both_schemes = [
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        SignatureScheme::RSA_PSS_SHA256,
+        SignatureScheme::RSA_PKCS1_SHA256,
+    ];
+    let clients: [(&[Kind], &[SignatureScheme]); 3] = [
+        (&[Kind::Rsa], &rsa_schemes),
+        (&[Kind::Ecdsa], &ecdsa_schemes),
+        (&[Kind::Rsa, Kind::Ecdsa], &both_schemes),
+    ];
+    let imports: [&[Kind]; 3] = [&[Kind::Rsa], &[Kind::Ecdsa], &[Kind::Rsa, Kind::Ecdsa]];
+    let mut checked = 0;
+    for imported in imports {
+        let mut store = CertificateStore::new();
+        store
+            .add(DEFAULT_CERT_NAME, default_rsa.cert_key())
+            .unwrap();
+        store
+            .add(DEFAULT_CERT_NAME, default_ecdsa.cert_key())
+            .unwrap();
+        store.set_fallback(DEFAULT_CERT_NAME);
+        for kind in imported {
+            let pem = match kind {
+                Kind::Rsa => &imported_rsa,
+                Kind::Ecdsa => &imported_ecdsa,
+            };
+            store.add("a", pem.cert_key()).unwrap();
+        }
+        let srv = server(store.served());
+        for (offers, schemes) in clients {
+            // ECDSA first when the client can use it (within one origin).
+            let preferred = |available: &[Kind]| {
+                [Kind::Ecdsa, Kind::Rsa]
+                    .into_iter()
+                    .find(|k| available.contains(k) && offers.contains(k))
+            };
+            let default_leaf = match preferred(&[Kind::Rsa, Kind::Ecdsa]) {
+                Some(Kind::Ecdsa) => default_ecdsa.der(),
+                _ => default_rsa.der(),
+            };
+            for sni in [Some(named), Some("unknown.example"), None] {
+                let expected = match (sni, preferred(imported)) {
+                    (Some(n), Some(Kind::Rsa)) if n == named => imported_rsa.der(),
+                    (Some(n), Some(Kind::Ecdsa)) if n == named => imported_ecdsa.der(),
+                    // SNI unknown or absent, or no imported key the client can
+                    // use: the Default Cert of a type it can use.
+                    _ => default_leaf.clone(),
+                };
+                for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+                    let got = leaf_for_schemes(&srv, sni, schemes, version).unwrap_or_else(|e| {
+                        panic!(
+                            "imported {imported:?}, client {offers:?}, sni {sni:?}, {version:?}: {e}"
+                        )
+                    });
+                    assert_eq!(
+                        got, expected,
+                        "imported {imported:?}, client {offers:?}, sni {sni:?}, {version:?}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 3 * 3 * 2);
+}
+
+/// Without a fallback that the client can use, any other certificate of the
+/// set answers rather than a failed handshake.
+#[test]
+fn a_client_gets_any_usable_certificate_before_a_failed_handshake() {
+    let f = fixtures();
+    let mut rsa_only_default = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    rsa_only_default.chain.push(f.inter.cert_pem.clone());
+    let other_ecdsa = leaf(&["mx.other.example"]);
+    let mut store = CertificateStore::new();
+    store
+        .add(DEFAULT_CERT_NAME, rsa_only_default.cert_key())
+        .unwrap();
+    store.set_fallback(DEFAULT_CERT_NAME);
+    store.add("other", other_ecdsa.cert_key()).unwrap();
+    let srv = server(store.served());
+    let ecdsa_only = [SignatureScheme::ECDSA_NISTP256_SHA256];
+    for sni in [Some(MX), Some("unknown.example"), None] {
+        let got = leaf_for_schemes(&srv, sni, &ecdsa_only, &rustls::version::TLS13).unwrap();
+        assert_eq!(got, other_ecdsa.der(), "{sni:?}");
+    }
+}
+
+/// An expired (or not yet valid) certificate is never chosen while a
+/// certificate within its validity can answer the client, even one that
+/// outranks it by name or origin; it is served only as the last resort.
+#[test]
+fn a_certificate_out_of_its_validity_yields_to_a_valid_one() {
+    let f = fixtures();
+    let both = [
+        SignatureScheme::ECDSA_NISTP256_SHA256,
+        SignatureScheme::RSA_PSS_SHA256,
+    ];
+    let default_ecdsa = &f.leaf;
+    for stale in [&f.expired, &f.not_yet_valid] {
+        // An imported certificate for the host name outranks the Default Cert,
+        // fallback included, while it is valid; not once it is out of validity.
+        let mut store = CertificateStore::new();
+        store
+            .add(DEFAULT_CERT_NAME, default_ecdsa.cert_key())
+            .unwrap();
+        store.set_fallback(DEFAULT_CERT_NAME);
+        store.add("own", stale.cert_key()).unwrap();
+        let set = store.served();
+        for sni in [Some(MX), None, Some("unknown.example")] {
+            let chosen = set.select(sni, &both, now()).unwrap();
+            assert_eq!(chosen.cert[0], default_ecdsa.der(), "{sni:?}");
+        }
+        let srv = server(set);
+        assert_eq!(served_leaf(&srv, Some(MX), None), default_ecdsa.der());
+
+        // An imported certificate for another name that is out of validity:
+        // the valid Default Cert answers that name too.
+        let mut store = CertificateStore::new();
+        store
+            .add(DEFAULT_CERT_NAME, default_ecdsa.cert_key())
+            .unwrap();
+        store.set_fallback(DEFAULT_CERT_NAME);
+        let mut stale_other = f
+            .inter
+            .leaf(LeafSpec::server(&["mx.a.example"]).valid(-30, -1));
+        stale_other.chain.push(f.inter.cert_pem.clone());
+        store.add("a", stale_other.cert_key()).unwrap();
+        let chosen = store
+            .served()
+            .select(Some("mx.a.example"), &both, now())
+            .unwrap();
+        assert_eq!(chosen.cert[0], default_ecdsa.der());
+
+        // Nothing valid at all: the stale certificate still answers.
+        let mut store = CertificateStore::new();
+        store.add("own", stale.cert_key()).unwrap();
+        let chosen = store.served().select(Some(MX), &both, now()).unwrap();
+        assert_eq!(chosen.cert[0], stale.der());
+    }
 }

@@ -710,7 +710,8 @@ impl<S: SessionHandler> Connection<'_, S> {
     }
 
     /// RFC 3207 section 4.1 / client certificates `require`: without a verified client certificate, commands
-    /// are refused with `554 5.7.1` (the handshake already refuses such clients; this is the second lock).
+    /// are refused with `554 5.7.1` (the handshake completes whatever the client presents, so that the client
+    /// reads why it is refused instead of a TLS alert).
     fn certificate_gate(&self) -> Option<Verdict> {
         let tls = self.info.tls.as_ref()?;
         match self
@@ -853,9 +854,15 @@ impl<S: SessionHandler> Connection<'_, S> {
         if self.settings.policy.client_certificates == ClientCertMode::Require
             && self.certificate_gate().is_some()
         {
+            let why = if self.info.client_certificate().is_some() {
+                "client certificate not verified"
+            } else {
+                "no client certificate presented"
+            };
             tracing::warn!(
                 id = self.info.id,
-                "client certificate required and not verified"
+                "client certificate required from unknown[{}]: {why}; commands refused with 554 5.7.1",
+                self.info.peer.ip()
             );
         }
         // The session was waiting for exactly this (StartTls event); RFC 3207 4.2: it forgets all state.

@@ -169,20 +169,25 @@ async fn require_cert_refuses_clients_without_a_verified_certificate() {
     let f = fixtures();
     let server = start_server(settings(ServerTlsMode::Require, ClientCertMode::Require)).await;
     let port = server.addr.port();
-    assert!(
-        transport(port, Mode::StartTls(None))
+    // The handshake completes; the session refuses with 554 5.7.1 (RFC 3207 §4.1).
+    for (cert, what) in [
+        (None, "no certificate"),
+        (Some(&f.client_untrusted), "untrusted"),
+    ] {
+        let err = transport(port, Mode::StartTls(cert))
             .send(message())
             .await
-            .is_err(),
-        "no certificate refused"
-    );
-    assert!(
-        transport(port, Mode::StartTls(Some(&f.client_untrusted)))
-            .send(message())
-            .await
-            .is_err(),
-        "untrusted refused"
-    );
+            .expect_err(what);
+        assert_eq!(
+            err.status().map(|c| c.to_string()).as_deref(),
+            Some("554"),
+            "{what}: {err}"
+        );
+        assert!(
+            err.to_string().contains("Client certificate required"),
+            "{what}: {err}"
+        );
+    }
     assert!(
         transport(port, Mode::Plain).send(message()).await.is_err(),
         "plaintext refused"

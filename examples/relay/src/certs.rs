@@ -11,7 +11,8 @@
 //! ```
 //!
 //! An import is validated first ([`CertKey::from_pem`]: the key matches the
-//! leaf, RSA at least 2048 bits), written into a temporary directory with the
+//! leaf, RSA at least 2048 bits; the certificate is within its validity
+//! period unless forced), written into a temporary directory with the
 //! key file mode 0600, fsynced, then renamed into place, so a running relay
 //! never sees half a pair. The rename changes the `imported` directory's
 //! modification time, which the relay polls ([`CertDir::stamp`]) to reload
@@ -28,7 +29,8 @@
 //!     postern_certs::GeneratedKind::EcdsaP256,
 //!     rustls::pki_types::UnixTime::now(),
 //! )?;
-//! certs.import("mx", pem.cert_pem.as_bytes(), pem.key_pem.as_bytes())?;
+//! let now = rustls::pki_types::UnixTime::now();
+//! certs.import("mx", pem.cert_pem.as_bytes(), pem.key_pem.as_bytes(), now, false)?;
 //! let imported = certs.imported()?;
 //! assert_eq!(imported[0].0, "mx");
 //! assert!(postern_relay::certs::check_name("../etc").is_err());
@@ -42,9 +44,11 @@ use std::time::SystemTime;
 
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
-    DefaultCertificate, ImportError, RsaBits, StoreError,
+    DefaultCertificate, EXPIRY_WARNING_DAYS, Fingerprint, ImportError, RsaBits, StoreError,
 };
 use rustls::pki_types::UnixTime;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// An error of the certificate directory.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +79,23 @@ pub enum CertDirError {
     /// No certificate with this name was imported.
     #[error("no certificate named {0:?}")]
     Unknown(String),
+    /// The certificate has expired: refused unless forced.
+    #[error("the certificate expired at {} (not after); import it anyway with --force", rfc3339(*.not_after))]
+    Expired {
+        /// The end of its validity.
+        not_after: OffsetDateTime,
+    },
+    /// The certificate is not valid yet: refused unless forced.
+    #[error("the certificate is not valid before {} (not before); import it anyway with --force", rfc3339(*.not_before))]
+    NotYetValid {
+        /// The start of its validity.
+        not_before: OffsetDateTime,
+    },
+}
+
+/// A time as RFC 3339 text (`2026-12-05T09:00:00Z`).
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CertDirError + '_ {
@@ -133,7 +154,8 @@ impl CertDir {
     }
 
     /// Loads the Default Cert, generating it (RSA of `bits`, SHA-256, with an
-    /// ECDSA P-256 companion) for `hostname` if the directory has none.
+    /// ECDSA P-256 companion) for `hostname` if the directory has none (or
+    /// issuing the certificate again for a key found alone).
     pub fn default_cert(
         &self,
         hostname: &str,
@@ -178,14 +200,33 @@ impl CertDir {
 
     /// Validates a certificate chain and key and persists them under `name`
     /// (replacing a certificate of that name). Returns the parsed pair.
+    ///
+    /// A leaf that has expired or is not yet valid at `now` is refused
+    /// ([`CertDirError::Expired`], [`CertDirError::NotYetValid`]) unless
+    /// `force` (the command's `--force`): it would be served only to clients
+    /// that no valid certificate can answer.
     pub fn import(
         &self,
         name: &str,
         chain_pem: &[u8],
         key_pem: &[u8],
+        now: UnixTime,
+        force: bool,
     ) -> Result<CertKey, CertDirError> {
         check_name(name)?;
         let cert = CertKey::from_pem(chain_pem, key_pem)?;
+        if !force && !cert.valid_at(now) {
+            let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+            return Err(if secs < cert.not_before().unix_timestamp() {
+                CertDirError::NotYetValid {
+                    not_before: cert.not_before(),
+                }
+            } else {
+                CertDirError::Expired {
+                    not_after: cert.not_after(),
+                }
+            });
+        }
         let imported = self.imported_dir();
         fs::create_dir_all(&imported).map_err(io_err(&imported))?;
         let unique = format!(
@@ -245,6 +286,22 @@ impl CertDir {
         Ok(store)
     }
 
+    /// The certificate store as it stands, without writing anything (for
+    /// `cert list`): the Default Cert when it exists, and every imported
+    /// certificate. The flag says whether the Default Cert exists.
+    pub fn existing_store(&self) -> Result<(CertificateStore, bool), CertDirError> {
+        let mut store = CertificateStore::new();
+        let default = postern_certs::load_existing(&self.root)?;
+        if let Some(default) = &default {
+            store.add_default(default)?;
+            store.set_fallback(DEFAULT_CERT_NAME);
+        }
+        for (name, cert) in self.imported()? {
+            store.add(name, cert)?;
+        }
+        Ok((store, default.is_some()))
+    }
+
     /// The imported certificate named `name`.
     pub fn get(&self, name: &str) -> Result<CertKey, CertDirError> {
         check_name(name)?;
@@ -253,6 +310,57 @@ impl CertDir {
         }
         self.load_imported(name)
     }
+}
+
+/// A certificate that expires within [`EXPIRY_WARNING_DAYS`] days, or has
+/// expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpiryNotice {
+    /// The table name.
+    pub name: String,
+    /// The leaf's SHA-256 fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The end of its validity.
+    pub not_after: OffsetDateTime,
+    /// Whether it has expired (else it expires within the warning period).
+    pub expired: bool,
+}
+
+/// The certificates of `store` that expire within [`EXPIRY_WARNING_DAYS`]
+/// days of `now`, or have expired, in table order.
+pub fn expiry_notices(store: &CertificateStore, now: UnixTime) -> Vec<ExpiryNotice> {
+    let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    store
+        .iter()
+        .filter_map(|(name, cert)| {
+            let left = cert.not_after().unix_timestamp().saturating_sub(secs);
+            (left <= EXPIRY_WARNING_DAYS * 86_400).then(|| ExpiryNotice {
+                name: name.to_owned(),
+                fingerprint: cert.fingerprint(),
+                not_after: cert.not_after(),
+                expired: left < 0,
+            })
+        })
+        .collect()
+}
+
+/// Logs [`expiry_notices`]: a warning for each certificate that expires
+/// within 30 days, an error for each expired one. The relay calls it at
+/// start and once a day. Returns the notices logged.
+pub fn log_expiry(store: &CertificateStore, now: UnixTime) -> Vec<ExpiryNotice> {
+    let notices = expiry_notices(store, now);
+    for n in &notices {
+        let not_after = rfc3339(n.not_after);
+        if n.expired {
+            tracing::error!(name = %n.name, fingerprint = %n.fingerprint, not_after = %not_after,
+                "certificate has expired: served only to clients that no valid certificate can answer; import a renewed one (postern-relay cert import)");
+        } else {
+            tracing::warn!(name = %n.name, fingerprint = %n.fingerprint, not_after = %not_after,
+                "certificate expires within {EXPIRY_WARNING_DAYS} days; import a renewed one (postern-relay cert import)");
+        }
+    }
+    notices
 }
 
 fn write_synced(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertDirError> {
@@ -299,16 +407,34 @@ mod tests {
         let b = pem("b.example");
         // A key that does not match the certificate is refused, nothing written.
         assert!(matches!(
-            certs.import("mx", a.cert_pem.as_bytes(), b.key_pem.as_bytes()),
+            certs.import(
+                "mx",
+                a.cert_pem.as_bytes(),
+                b.key_pem.as_bytes(),
+                UnixTime::now(),
+                false
+            ),
             Err(CertDirError::Import(_))
         ));
         assert!(certs.imported().unwrap().is_empty());
         certs
-            .import("mx", a.cert_pem.as_bytes(), a.key_pem.as_bytes())
+            .import(
+                "mx",
+                a.cert_pem.as_bytes(),
+                a.key_pem.as_bytes(),
+                UnixTime::now(),
+                false,
+            )
             .unwrap();
         assert_eq!(certs.get("mx").unwrap().names(), ["a.example"]);
         certs
-            .import("mx", b.cert_pem.as_bytes(), b.key_pem.as_bytes())
+            .import(
+                "mx",
+                b.cert_pem.as_bytes(),
+                b.key_pem.as_bytes(),
+                UnixTime::now(),
+                false,
+            )
             .unwrap();
         let all = certs.imported().unwrap();
         assert_eq!(all.len(), 1, "replaced, no leftovers");
@@ -337,7 +463,7 @@ mod tests {
             SignatureScheme::RSA_PSS_SHA256,
         ];
         let served_leaf = |store: &CertificateStore, sni: Option<&str>| {
-            let key = store.served().select(sni, &schemes).unwrap();
+            let key = store.served().select(sni, &schemes, now).unwrap();
             Fingerprint::of(&key.cert[0])
         };
         let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
@@ -352,7 +478,13 @@ mod tests {
         // Another name: served by SNI, the Default Cert stays the fallback.
         let other = pem("other.test");
         certs
-            .import("other", other.cert_pem.as_bytes(), other.key_pem.as_bytes())
+            .import(
+                "other",
+                other.cert_pem.as_bytes(),
+                other.key_pem.as_bytes(),
+                UnixTime::now(),
+                false,
+            )
             .unwrap();
         let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
         assert_ne!(served_leaf(&store, Some("other.test")), default_ecdsa);
@@ -364,7 +496,13 @@ mod tests {
             .unwrap()
             .fingerprint();
         certs
-            .import("own", own.cert_pem.as_bytes(), own.key_pem.as_bytes())
+            .import(
+                "own",
+                own.cert_pem.as_bytes(),
+                own.key_pem.as_bytes(),
+                UnixTime::now(),
+                false,
+            )
             .unwrap();
         let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
         assert_eq!(served_leaf(&store, Some("relay.test")), own_fp);
@@ -374,6 +512,75 @@ mod tests {
             4,
             "the Default Cert stays in the table"
         );
+    }
+
+    /// A P-256 certificate for `host`, valid from `from` to `to` seconds
+    /// around `now`.
+    fn pem_valid(host: &str, now: UnixTime, from: i64, to: i64) -> postern_certs::GeneratedPem {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+        let at = OffsetDateTime::from_unix_timestamp(now.as_secs() as i64).unwrap();
+        params.not_before = at + time::Duration::seconds(from);
+        params.not_after = at + time::Duration::seconds(to);
+        postern_certs::GeneratedPem {
+            cert_pem: params.self_signed(&key).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn import_refuses_expired_and_not_yet_valid_unless_forced() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        let now = UnixTime::now();
+        let day = 86_400;
+        let expired = pem_valid("old.example", now, -400 * day, -day);
+        let future = pem_valid("new.example", now, day, 90 * day);
+        let import = |name: &str, p: &postern_certs::GeneratedPem, force: bool| {
+            certs.import(
+                name,
+                p.cert_pem.as_bytes(),
+                p.key_pem.as_bytes(),
+                now,
+                force,
+            )
+        };
+        let err = import("old", &expired, false).unwrap_err();
+        assert!(matches!(err, CertDirError::Expired { .. }), "{err}");
+        assert!(err.to_string().contains("--force"), "{err}");
+        let err = import("new", &future, false).unwrap_err();
+        assert!(matches!(err, CertDirError::NotYetValid { .. }), "{err}");
+        assert!(certs.imported().unwrap().is_empty(), "nothing written");
+        import("old", &expired, true).unwrap();
+        import("new", &future, true).unwrap();
+        assert_eq!(certs.imported().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn expiry_notices_warn_within_30_days_and_report_expired() {
+        let now = UnixTime::now();
+        let day = 86_400;
+        let mut store = CertificateStore::new();
+        for (name, to) in [
+            ("fine", 31 * day),
+            ("soon", 30 * day),
+            ("tomorrow", day),
+            ("gone", -1),
+        ] {
+            let p = pem_valid(&format!("{name}.example"), now, -day, to);
+            store
+                .add(
+                    name,
+                    CertKey::from_pem(p.cert_pem.as_bytes(), p.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap();
+        }
+        let notices = log_expiry(&store, now);
+        let seen: Vec<(&str, bool)> = notices
+            .iter()
+            .map(|n| (n.name.as_str(), n.expired))
+            .collect();
+        assert_eq!(seen, [("soon", false), ("tomorrow", false), ("gone", true)]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::certs::CertDir;
+use crate::certs::{CertDir, rfc3339};
 use crate::config::Config;
 use crate::envelope::{Envelope, Failure, FailureSource};
 use crate::spool::{Scan, Spool};
@@ -83,10 +83,6 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
     Ok(())
 }
 
-fn date(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_else(|_| "?".into())
-}
-
 /// The certificate table as text.
 pub fn cert_table(rows: &[CertificateRow]) -> String {
     let mut out = String::new();
@@ -101,8 +97,8 @@ pub fn cert_table(rows: &[CertificateRow]) -> String {
             row.key_type, row.key_bits
         );
         let _ = writeln!(out, "  signature:    {}", row.signature_algorithm);
-        let _ = writeln!(out, "  not before:   {}", date(row.not_before));
-        let _ = writeln!(out, "  not after:    {}", date(row.not_after));
+        let _ = writeln!(out, "  not before:   {}", rfc3339(row.not_before));
+        let _ = writeln!(out, "  not after:    {}", rfc3339(row.not_after));
         let _ = writeln!(out, "  sha256:       {}", row.fingerprint);
         let _ = writeln!(
             out,
@@ -125,8 +121,8 @@ fn cert_json(rows: &[CertificateRow]) -> serde_json::Value {
                 "key_type": row.key_type.to_string(),
                 "key_bits": row.key_bits,
                 "signature_algorithm": row.signature_algorithm,
-                "not_before": date(row.not_before),
-                "not_after": date(row.not_after),
+                "not_before": rfc3339(row.not_before),
+                "not_after": rfc3339(row.not_after),
                 "sha256": row.fingerprint.to_string(),
                 "self_signed": row.self_signed,
                 "status": row.status.to_string(),
@@ -135,34 +131,57 @@ fn cert_json(rows: &[CertificateRow]) -> serde_json::Value {
         .collect()
 }
 
-/// `cert list`: the certificate table (the Default Cert is generated first
-/// if the state directory has none, as at the relay's first start).
+/// What `cert list` says when the state directory has no Default Cert yet.
+pub const NO_DEFAULT_CERT: &str = "no Default Cert exists yet: the relay generates it \
+     (RSA and an ECDSA P-256 companion, for the configured hostname) at its first start \
+     (postern-relay with this configuration)";
+
+/// `cert list`: the certificate table as it stands. Reads only: when the
+/// Default Cert does not exist yet it says so (and that the relay's first
+/// start creates it) rather than generating it.
 pub fn cert_list(config: &Config, json: bool) -> CliResult {
-    let store = CertDir::new(config.cert_dir()).store(
-        &config.hostname,
-        crate::certs::rsa_bits(config.certificates.default_rsa_bits),
-        UnixTime::now(),
-    )?;
+    let (store, has_default) = CertDir::new(config.cert_dir()).existing_store()?;
     let rows = store.list(UnixTime::now());
     if json {
         println!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
+        if !has_default {
+            eprintln!("note: {NO_DEFAULT_CERT}");
+        }
     } else {
         print!("{}", cert_table(&rows));
+        if !has_default {
+            println!("{NO_DEFAULT_CERT}");
+        }
     }
     Ok(())
 }
 
 /// `cert import`: validates and persists a chain and key under `name`; a
 /// running relay picks it up at its next certificate check (or on SIGHUP).
-pub fn cert_import(config: &Config, name: &str, chain: &Path, key: &Path) -> CliResult {
+/// A certificate that has expired or is not yet valid is refused unless
+/// `force`.
+pub fn cert_import(
+    config: &Config,
+    name: &str,
+    chain: &Path,
+    key: &Path,
+    force: bool,
+) -> CliResult {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let cert = CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?)?;
-    let row = postern_certs::inspect(name, cert.leaf(), UnixTime::now())?;
+    let now = UnixTime::now();
+    let cert =
+        CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?, now, force)?;
+    let row = postern_certs::inspect(name, cert.leaf(), now)?;
     print!("{}", cert_table(&[row]));
     println!(
         "imported: a running relay serves it within {}",
         config.certificates.reload_interval
     );
+    if !cert.valid_at(now) {
+        eprintln!(
+            "warning: this certificate is outside its validity period; it is served only to clients that no valid certificate can answer"
+        );
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 //! postern-relay [--config FILE]                              run the relay
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
-//! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem
+//! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
 //! postern-relay [--config FILE] policy explain DOMAIN        outbound decision and the rule that matched
 //! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide
 //! postern-relay [--config FILE] queue list [--json]
@@ -62,7 +62,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum CertCommand {
     /// List the certificates: name, subject, names, key, signature,
-    /// validity, SHA-256 fingerprint, self-signed, status.
+    /// validity, SHA-256 fingerprint, self-signed, status. Writes nothing.
     List {
         /// Print JSON for scripts.
         #[arg(long)]
@@ -80,6 +80,10 @@ enum CertCommand {
         /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// Import a certificate that has expired or is not yet valid (it is
+        /// served only to clients that no valid certificate can answer).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -116,9 +120,12 @@ fn main() -> ExitCode {
             None => run(config),
             Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
             Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
-            Some(Command::Cert(CertCommand::Import { name, cert, key })) => {
-                cli::cert_import(&config, &name, &cert, &key)
-            }
+            Some(Command::Cert(CertCommand::Import {
+                name,
+                cert,
+                key,
+                force,
+            })) => cli::cert_import(&config, &name, &cert, &key, force),
             Some(Command::Policy(PolicyCommand::Explain { destination })) => {
                 cli::policy_explain(&config, &destination)
             }

@@ -29,7 +29,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use postern_smtp::BareLineEndings;
 use postern_tokio::server::{Server, ServerSettings};
@@ -140,6 +140,8 @@ impl Relay {
             tracing::info!(name = %row.name, subject = %row.subject, key = %format!("{} {}", row.key_type, row.key_bits),
                 fingerprint = %row.fingerprint, status = %row.status, "certificate");
         }
+        // Again once a day, by the certificate reload task.
+        crate::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
         let routes = config.static_routes().map_err(TlsSetupError::from)?;
         let shared = Arc::new(Shared {
             inbound: tls.policy.inbound.clone(),
@@ -277,8 +279,13 @@ impl Relay {
     }
 }
 
+/// How often the relay logs again the certificates that expire within 30
+/// days or have expired (also logged at start).
+const EXPIRY_LOG_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// Polls the certificate directory (and answers reload requests); swaps the
-/// served certificates when it changed.
+/// served certificates when it changed. Logs the certificates that expire
+/// soon or have expired once a day.
 async fn reload_certificates(
     config: Config,
     mut tls: TlsSetup,
@@ -286,12 +293,17 @@ async fn reload_certificates(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = tls.cert_dir.stamp();
+    let mut next_expiry_log = tokio::time::Instant::now() + EXPIRY_LOG_INTERVAL;
     loop {
         let forced = tokio::select! {
             () = tokio::time::sleep(config.certificates.reload_interval.0) => false,
             () = now.notified() => true,
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        if tokio::time::Instant::now() >= next_expiry_log {
+            crate::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
+            next_expiry_log += EXPIRY_LOG_INTERVAL;
+        }
         let stamp = tls.cert_dir.stamp();
         if !forced && stamp == seen {
             continue;

@@ -176,13 +176,67 @@ fn trusted_agents_example_passes_check_config() {
     );
 }
 
+/// Every file and directory under `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `cert list` is read-only: on a new state directory it writes nothing
+/// (no Default Cert, no directory) and says that none exists yet and what
+/// creates it.
+#[test]
+fn cert_list_writes_nothing_and_says_no_default_cert_exists_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let before = tree(dir.path());
+    let out = relay(dir.path(), &with_cfg(&["cert", "list"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("no Default Cert exists yet") && said.contains("first start"),
+        "{said}"
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "list", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v, serde_json::json!([]));
+    assert!(
+        text(&out.stderr).contains("no Default Cert exists yet"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(tree(dir.path()), before, "cert list wrote to the disk");
+    assert!(!dir.path().join("state").exists());
+}
+
 #[test]
 fn cert_list_shows_the_default_cert_and_imports() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "");
+    // The relay's first start generates the Default Cert.
+    postern_relay::certs::CertDir::new(dir.path().join("state/certs"))
+        .default_cert(
+            "relay.test",
+            postern_certs::RsaBits::B2048,
+            rustls::pki_types::UnixTime::now(),
+        )
+        .unwrap();
     let out = relay(dir.path(), &with_cfg(&["cert", "list"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let table = text(&out.stdout);
+    assert!(!table.contains("no Default Cert"), "{table}");
     for want in [
         "Default Cert\n",
         "subject:      CN=Default Cert",
@@ -195,7 +249,7 @@ fn cert_list_shows_the_default_cert_and_imports() {
     ] {
         assert!(table.contains(want), "{want:?} in\n{table}");
     }
-    // Generated once, then reused.
+    // Listing again shows the same certificates.
     let again = relay(dir.path(), &with_cfg(&["cert", "list"]));
     assert_eq!(text(&again.stdout), table);
 
@@ -244,6 +298,91 @@ fn cert_list_shows_the_default_cert_and_imports() {
     assert_eq!(mx["self_signed"], false);
     assert_eq!(mx["issuer"], "CN=Postern Test CA");
     assert_eq!(mx["sha256"], pem.fingerprint());
+}
+
+fn import(dir: &Path, name: &str, pem: &common::Pem, force: bool) -> Output {
+    let (c, k) = pem.write(dir, name);
+    let mut args = vec![
+        "cert",
+        "import",
+        "--name",
+        name,
+        "--cert",
+        c.to_str().unwrap(),
+        "--key",
+        k.to_str().unwrap(),
+    ];
+    if force {
+        args.push("--force");
+    }
+    relay(dir, &with_cfg(&args))
+}
+
+/// An expired or not yet valid certificate is refused, with the date and the
+/// way out; `--force` imports it anyway, with a warning.
+#[test]
+fn cert_import_refuses_a_certificate_outside_its_validity_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let expired = ca().leaf(&["old.relay.test"], false, -400, -10);
+    let future = ca().leaf(&["new.relay.test"], false, 5, 90);
+    for (name, pem, says) in [
+        ("old", &expired, "expired at"),
+        ("new", &future, "not valid before"),
+    ] {
+        let out = import(dir.path(), name, pem, false);
+        assert_eq!(out.status.code(), Some(1), "{name} refused");
+        let err = text(&out.stderr);
+        assert!(err.contains(says) && err.contains("--force"), "{err}");
+        assert!(!dir.path().join("state/certs/imported").join(name).exists());
+
+        let out = import(dir.path(), name, pem, true);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("outside its validity period"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let out = relay(dir.path(), &with_cfg(&["cert", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = |name: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["status"].clone())
+    };
+    assert_eq!(status("old"), Some("expired".into()));
+    assert_eq!(status("new"), Some("not yet valid".into()));
+}
+
+/// IP-address subjectAltNames are listed with the DNS names, in the table
+/// and in the JSON `sans`.
+#[test]
+fn cert_list_shows_ip_address_sans() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let pem = ca().leaf(&["relay.test", "127.0.0.1", "::1"], false, -1, 90);
+    let out = import(dir.path(), "ip", &pem, false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("names (SAN):  relay.test, 127.0.0.1, ::1\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "list"]));
+    assert!(
+        text(&out.stdout).contains("names (SAN):  relay.test, 127.0.0.1, ::1\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "list", "--json"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["sans"],
+        serde_json::json!(["relay.test", "127.0.0.1", "::1"])
+    );
 }
 
 #[test]

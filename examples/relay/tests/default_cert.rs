@@ -143,7 +143,13 @@ async fn imported_certificate_is_served_without_restart() {
     let before = served_fingerprint(addr, "fresh.test").await;
     let pem = ca().leaf(&["fresh.test"], false, -1, 90);
     postern_relay::certs::CertDir::new(dir.path().join("state/certs"))
-        .import("fresh", pem.cert.as_bytes(), pem.key.as_bytes())
+        .import(
+            "fresh",
+            pem.cert.as_bytes(),
+            pem.key.as_bytes(),
+            rustls::pki_types::UnixTime::now(),
+            false,
+        )
         .unwrap();
     let want = pem.fingerprint();
     assert_ne!(before, want);
@@ -162,4 +168,125 @@ async fn imported_certificate_is_served_without_restart() {
     // Other names still get the Default Cert.
     assert_eq!(served_fingerprint(addr, "other.test").await, before);
     relay.shutdown().await;
+}
+
+/// Starts the relay binary with `relay.toml` in `dir`; waits (at most 60 s)
+/// for "relay started". `Err` with the log if it exits or does not start.
+fn start_with_config(dir: &Path) -> Result<Child, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+        .args(["--config", "relay.toml"])
+        .current_dir(dir)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains("relay started") {
+                    return Ok(child);
+                }
+            }
+            // The process exited (its stderr closed) or the deadline passed.
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(seen)
+}
+
+/// A first start killed with SIGKILL at any moment (before, during or after
+/// the Default Cert's files are written) never leaves a state directory the
+/// relay cannot start from, and the pairs it starts with match.
+#[test]
+fn a_first_start_killed_at_any_moment_never_prevents_the_next_start() {
+    let base = tempfile::tempdir().unwrap();
+    let config = "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\n\
+                  [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n";
+    let prepare = |round: usize| {
+        let dir = base.path().join(format!("round-{round}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("relay.toml"), config).unwrap();
+        dir
+    };
+    let check_pairs = |dir: &Path| {
+        let certs = dir.join("state/certs");
+        for (cert, key) in [
+            (postern_certs::RSA_CERT_FILE, postern_certs::RSA_KEY_FILE),
+            (
+                postern_certs::ECDSA_CERT_FILE,
+                postern_certs::ECDSA_KEY_FILE,
+            ),
+        ] {
+            postern_certs::CertKey::from_pem_files(certs.join(cert), certs.join(key))
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+    };
+
+    // How long a whole first start takes here: the kills land within it.
+    let dir = prepare(0);
+    let began = Instant::now();
+    let child = start_with_config(&dir).unwrap_or_else(|log| panic!("{log}"));
+    let first_start = began.elapsed();
+    stop(child);
+    check_pairs(&dir);
+
+    // A fixed pseudo-random sequence (xorshift) of kill moments over the
+    // first start, bounded in number.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let span = u64::try_from(first_start.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    for round in 1..=16 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let at = Duration::from_micros(state % (span + span / 5));
+        let dir = prepare(round);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+            .args(["--config", "relay.toml"])
+            .current_dir(&dir)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at);
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let child = start_with_config(&dir).unwrap_or_else(|log| {
+            panic!("round {round}: killed after {at:?}, the next start failed:\n{log}")
+        });
+        stop(child);
+        check_pairs(&dir);
+    }
+
+    // The exact state a kill between the two writes leaves: a lone key.
+    let dir = prepare(99);
+    stop(start_with_config(&dir).unwrap_or_else(|log| panic!("{log}")));
+    let certs = dir.join("state/certs");
+    let key_before = std::fs::read(certs.join(postern_certs::RSA_KEY_FILE)).unwrap();
+    std::fs::remove_file(certs.join(postern_certs::RSA_CERT_FILE)).unwrap();
+    let child = start_with_config(&dir).unwrap_or_else(|log| panic!("lone key: {log}"));
+    stop(child);
+    check_pairs(&dir);
+    assert_eq!(
+        std::fs::read(certs.join(postern_certs::RSA_KEY_FILE)).unwrap(),
+        key_before,
+        "the key is kept"
+    );
 }

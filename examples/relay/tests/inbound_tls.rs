@@ -163,19 +163,28 @@ async fn require_client_certificates_refuses_without_a_verified_one() {
     )
     .await;
     let addr = relay.local_addrs()[0];
-    assert!(
-        transport(addr, Submit::StartTls(None))
-            .send(message("none@dest.test", "none"))
-            .await
-            .is_err()
-    );
+    // The handshake completes (no TLS alert); the session then refuses with a
+    // reply the client can read and log (RFC 3207 §4.1).
     let stranger = self_signed(&["stranger.test"], true);
-    assert!(
-        transport(addr, Submit::StartTls(Some(&stranger)))
-            .send(message("self@dest.test", "self"))
+    for (cert, to) in [
+        (None, "none@dest.test"),
+        (Some(&stranger), "self@dest.test"),
+    ] {
+        let err = transport(addr, Submit::StartTls(cert))
+            .send(message(to, "refused"))
             .await
-            .is_err()
-    );
+            .unwrap_err();
+        assert_eq!(
+            err.status().map(|c| c.to_string()).as_deref(),
+            Some("554"),
+            "{to}: {err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("5.7.1 Client certificate required"),
+            "{to}: {err}"
+        );
+    }
     assert!(
         transport(addr, Submit::Plain)
             .send(message("plain@dest.test", "plain"))
@@ -194,6 +203,96 @@ async fn require_client_certificates_refuses_without_a_verified_one() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let delivered = sink.log.lock().unwrap().delivered.len();
     assert_eq!(delivered, 1, "only the verified client's message");
+    relay.shutdown().await;
+}
+
+/// A TLS 1.2 client without a certificate, under client certificates
+/// `require`: the handshake completes (no TLS alert, so no TLS 1.3-only
+/// `certificate_required` either), and each command gets a readable SMTP
+/// reply: `554 5.7.1` for EHLO and VRFY, `503` for the transaction commands
+/// (no EHLO was accepted), nothing is accepted, QUIT works.
+#[tokio::test]
+async fn require_client_certificates_answers_a_tls12_client_in_smtp() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    async fn reply<S: tokio::io::AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(10), io.read_line(&mut line))
+                .await
+                .expect("a reply within 10 s")
+                .unwrap();
+            assert!(n > 0, "closed after {all:?}");
+            all.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return all;
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (relay, sink) = relay(
+        dir.path(),
+        "[tls.inbound]\ntls = \"require\"\nclient_certificates = \"require\"",
+    )
+    .await;
+    let addr = relay.local_addrs()[0];
+    let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    assert!(reply(&mut io).await.starts_with("220 "));
+    io.get_mut()
+        .write_all(b"EHLO client.test\r\n")
+        .await
+        .unwrap();
+    assert!(reply(&mut io).await.starts_with("250"));
+    io.get_mut().write_all(b"STARTTLS\r\n").await.unwrap();
+    assert!(reply(&mut io).await.starts_with("220 "));
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::pem::PemObject::from_pem_slice(ca().cert_pem.as_bytes()).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(postern_certs::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("relay.test").unwrap(),
+            io.into_inner(),
+        )
+        .await
+        .expect("the handshake completes");
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut io = BufReader::new(tls);
+    let mut transcript = Vec::new();
+    for cmd in [
+        "EHLO client.test",
+        "MAIL FROM:<alice@client.test>",
+        "RCPT TO:<bob@dest.test>",
+        "DATA",
+        "VRFY bob",
+        "NOOP",
+        "QUIT",
+    ] {
+        io.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .unwrap();
+        transcript.push((cmd, reply(&mut io).await));
+    }
+    let code = |i: usize| transcript[i].1.get(..9).unwrap_or_default().to_owned();
+    assert_eq!(code(0), "554 5.7.1", "{transcript:?}");
+    assert!(transcript[0].1.contains("Client certificate required"));
+    // No EHLO was accepted, so no transaction can start.
+    assert!(code(1).starts_with("503"), "{transcript:?}");
+    assert!(code(2).starts_with("503"), "{transcript:?}");
+    assert!(code(3).starts_with("503"), "{transcript:?}");
+    assert_eq!(code(4), "554 5.7.1", "{transcript:?}");
+    assert!(code(5).starts_with("250"), "{transcript:?}");
+    assert!(code(6).starts_with("221"), "{transcript:?}");
+    assert!(sink.log.lock().unwrap().delivered.is_empty());
     relay.shutdown().await;
 }
 

@@ -8,7 +8,8 @@
 #   ask (+ roots):    any client certificate accepted; only the verified one of a
 #                     trusted agent may relay (no authorised networks here)
 #   require + require: the test CA's client certificate accepted; a certificate
-#                     from another CA, or none, refused
+#                     from another CA, or none, refused with 554 5.7.1 after
+#                     the handshake
 # shellcheck source=../lib.sh
 . "$(dirname "$0")/../lib.sh"
 case_begin relay-swaks
@@ -107,10 +108,15 @@ fi
 delivered rc-good@other.test || fail "require cert: accepted message not delivered"
 sleep 1
 grep -Eq "to=<rc-(bad|none)@dest.test>" "$(pf_log sink)" && fail "require cert: a refused session's mail was delivered"
+# The handshake completes and the client reads why (RFC 3207 section 4.1).
+for t in rc-bad rc-none; do
+    grep -q "554 5.7.1 Client certificate required" "$WORK/$t.out" ||
+        fail "require cert: $t not answered 554 5.7.1 after the handshake: $(transcript_errors "$WORK/$t.out")"
+done
 # The relay says why: the other CA's certificate did not verify; no certificate was sent.
-wait_for "$(relay_log reqcert)" "TLS handshake failed .*(UnknownIssuer|unknown issuer|not trusted)" 5 ||
+wait_for "$(relay_log reqcert)" "client certificate required from .*: client certificate not verified" 5 ||
     fail "require cert: the relay did not log the untrusted client certificate"
-wait_for "$(relay_log reqcert)" "TLS handshake failed .*no certificate" 5 ||
+wait_for "$(relay_log reqcert)" "client certificate required from .*: no client certificate presented" 5 ||
     fail "require cert: the relay did not log the missing client certificate"
 ok "require cert: test-CA certificate accepted; other CA refused ($(transcript_errors "$WORK/rc-bad.out")); none refused ($(transcript_errors "$WORK/rc-none.out"))"
 case_end

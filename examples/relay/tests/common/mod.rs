@@ -236,7 +236,13 @@ pub fn message(to: &str, subject: &str) -> Message {
 pub fn give_relay_ca_cert(dir: &Path) {
     let pem = ca().leaf(&[RELAY], false, -1, 90);
     postern_relay::certs::CertDir::new(dir.join("state/certs"))
-        .import("relay", pem.cert.as_bytes(), pem.key.as_bytes())
+        .import(
+            "relay",
+            pem.cert.as_bytes(),
+            pem.key.as_bytes(),
+            rustls::pki_types::UnixTime::now(),
+            false,
+        )
         .unwrap();
 }
 
