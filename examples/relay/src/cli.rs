@@ -54,13 +54,7 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         policy.inbound.client_certificates.as_str(),
         policy.inbound.trusted_agents.len(),
         policy.outbound.default.tls.as_str(),
-        config
-            .tls
-            .as_ref()
-            .and_then(|t| t.get("outbound"))
-            .and_then(|o| o.get("domains"))
-            .and_then(|d| d.as_table())
-            .map_or(0, toml::Table::len),
+        policy.outbound.overrides.len(),
         imported.len(),
     );
     // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
