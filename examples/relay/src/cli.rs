@@ -24,11 +24,51 @@ use crate::tls::{client_cert_roots, outbound_roots};
 /// The result of a command.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Standard output was closed before the command finished writing (`queue
+/// list | head`): the binary stops quietly with [`StdoutClosed::EXIT_STATUS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("standard output closed")]
+pub struct StdoutClosed;
+
+impl StdoutClosed {
+    /// 141 = 128 + SIGPIPE: the status a shell reports for a Unix tool
+    /// stopped by a closed pipe.
+    pub const EXIT_STATUS: u8 = 141;
+}
+
+/// Writes to stdout; a closed stdout is [`StdoutClosed`] (never a panic, as
+/// `print!` would), any other write error is returned as is.
+fn emit(args: std::fmt::Arguments<'_>) -> CliResult {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => StdoutClosed.into(),
+            _ => e.into(),
+        })
+}
+
+/// `print!` through [`emit`], returning its error from the enclosing command.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))?
+    };
+}
+
+/// `println!` through [`emit`], returning its error from the enclosing command.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 /// `check-config`: the configuration (already parsed and validated,
 /// `[tls]` included) printed as TOML; the trust anchor files, the imported
 /// certificates and the Default Cert (when present) are loaded to check them.
 pub fn check_config(config: &Config, from_file: bool) -> CliResult {
-    print!("{}", toml::to_string(config)?);
+    out!("{}", toml::to_string(config)?);
     let policy = config.policy()?;
     client_cert_roots(config)?;
     outbound_roots(config)?;
@@ -139,9 +179,9 @@ pub fn cert_list(config: &Config, json: bool) -> CliResult {
     )?;
     let rows = store.list(UnixTime::now());
     if json {
-        println!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
+        outln!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
     } else {
-        print!("{}", cert_table(&rows));
+        out!("{}", cert_table(&rows));
     }
     Ok(())
 }
@@ -152,8 +192,8 @@ pub fn cert_import(config: &Config, name: &str, chain: &Path, key: &Path) -> Cli
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let cert = CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?)?;
     let row = postern_certs::inspect(name, cert.leaf(), UnixTime::now())?;
-    print!("{}", cert_table(&[row]));
-    println!(
+    out!("{}", cert_table(&[row]));
+    outln!(
         "imported: a running relay serves it within {}",
         config.certificates.reload_interval
     );
@@ -166,15 +206,15 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     let policy = config.policy()?;
     let hop = NextHop::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?;
     let (settings, source) = policy.outbound.lookup(&hop);
-    println!("{}", policy.outbound.explain(&hop));
-    println!("  destination:        {hop}");
-    println!("  rule:               {source}");
-    println!(
+    outln!("{}", policy.outbound.explain(&hop));
+    outln!("  destination:        {hop}");
+    outln!("  rule:               {source}");
+    outln!(
         "  mode:               {} (Postfix smtp_tls_security_level = {})",
         settings.tls.as_str(),
         settings.tls.postfix_level()
     );
-    println!(
+    outln!(
         "  minimum version:    {}",
         settings.min_tls_version.as_str()
     );
@@ -187,8 +227,8 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
             .iter()
             .map(ToString::to_string)
             .collect();
-        println!("  certificate match:  {}", names.join(", "));
-        println!(
+        outln!("  certificate match:  {}", names.join(", "));
+        outln!(
             "  trust anchors:      {}",
             settings.trust_anchors.clone().unwrap_or_else(|| {
                 match &config.certificates.ca_bundle {
@@ -203,10 +243,10 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     }
     if !settings.pins.is_empty() {
         let pins: Vec<String> = settings.pins.iter().map(ToString::to_string).collect();
-        println!("  pins:               {}", pins.join(", "));
+        outln!("  pins:               {}", pins.join(", "));
     }
     let requires = settings.tls.always_requires_tls();
-    println!(
+    outln!(
         "  without TLS:        {}",
         if requires {
             "the message stays queued (deferred 4.7.x), never sent in plaintext"
@@ -222,7 +262,7 @@ pub async fn probe(config: &Config, target: &str) -> CliResult {
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
     let report = crate::probe::probe(target, &config.hostname, roots, timeout).await?;
-    print!("{}", report.to_text());
+    out!("{}", report.to_text());
     Ok(())
 }
 
@@ -236,9 +276,9 @@ pub fn queue_list(config: &Config, json: bool) -> CliResult {
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
+        outln!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
     } else {
-        print!("{}", queue_text(&scan));
+        out!("{}", queue_text(&scan));
     }
     Ok(())
 }
@@ -346,7 +386,7 @@ fn when(t: SystemTime) -> String {
 /// `queue flush`.
 pub fn queue_flush(config: &Config) -> CliResult {
     Spool::request_flush(&config.spool_dir())?;
-    println!("flush requested: the relay retries every queued message at its next queue scan");
+    outln!("flush requested: the relay retries every queued message at its next queue scan");
     Ok(())
 }
 
