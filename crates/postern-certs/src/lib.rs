@@ -135,7 +135,7 @@ pub use resolver::{CertOrigin, CertResolver, ServedCertificates};
 pub use store::{CertificateStore, DEFAULT_CERT_NAME};
 pub use verify::{
     CertificateHook, ClientCertPolicy, HookInput, PeerCertVerifier, RefusedCertificate,
-    refused_check,
+    describe_tls_error, refused_check,
 };
 
 pub use postern_policy::{

@@ -72,28 +72,152 @@ pub(crate) const fn check(
 /// The error inside `rustls::Error::InvalidCertificate(CertificateError::Other(..))`
 /// with which a verifier refuses a handshake: it carries the full check, so
 /// the reason (and the trust reached) survives a failed handshake for logs and
-/// TLS-RPT. Read it back with [`refused_check`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("certificate refused: {:?} ({:?})", .0.trust, .0.failure)]
-pub struct RefusedCertificate(pub CertificateCheck);
+/// TLS-RPT, and for a name mismatch the names looked for and the names the
+/// certificate holds. Read the check back with [`refused_check`]; its
+/// `Display` is the operator's reading ("certificate name mismatch: expected
+/// mx.example.net, certificate names a.example, b.example"), which
+/// [`describe_tls_error`] gives for a whole handshake error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefusedCertificate {
+    /// The check that failed.
+    pub check: CertificateCheck,
+    /// For a name mismatch: the names looked for (the match names, else the
+    /// name connected to).
+    pub expected: Vec<String>,
+    /// For a name mismatch: the DNS names of the certificate (subjectAltName).
+    pub presented: Vec<String>,
+}
+
+impl RefusedCertificate {
+    /// A refusal for `check`, with no names.
+    pub fn new(check: CertificateCheck) -> Self {
+        Self {
+            check,
+            expected: Vec::new(),
+            presented: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for RefusedCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.check.failure {
+            Some(CertificateFailure::HostMismatch) => {
+                f.write_str("certificate name mismatch")?;
+                if !self.expected.is_empty() {
+                    write!(f, ": expected {}", self.expected.join(" or "))?;
+                }
+                if self.presented.is_empty() {
+                    f.write_str(", certificate names no DNS name")
+                } else {
+                    write!(f, ", certificate names {}", self.presented.join(", "))
+                }
+            }
+            Some(CertificateFailure::NotTrusted) => {
+                f.write_str("certificate not trusted: no chain to a trusted root")
+            }
+            Some(CertificateFailure::Expired) => f.write_str("certificate expired"),
+            Some(CertificateFailure::NotYetValid) => f.write_str("certificate not yet valid"),
+            Some(CertificateFailure::PinMismatch) => {
+                f.write_str("certificate matches none of the pinned fingerprints")
+            }
+            Some(CertificateFailure::DaneMismatch) => {
+                f.write_str("certificate matches no DANE TLSA record")
+            }
+            Some(CertificateFailure::Invalid) => {
+                f.write_str("certificate invalid (does not parse)")
+            }
+            Some(other) => write!(f, "certificate refused: {other}"),
+            None => write!(
+                f,
+                "certificate refused: trust reached {}, Verified needed",
+                self.check.trust
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RefusedCertificate {}
+
+/// The rustls error in `error`, as rustls returns it or wrapped in an
+/// `std::io::Error` (tokio-rustls).
+fn rustls_error_of<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Error> {
+    error.downcast_ref::<Error>().or_else(|| {
+        error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<Error>())
+    })
+}
+
+/// The refusal of a verifier of this crate in `error`, if that is why it happened.
+fn refusal_of<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a RefusedCertificate> {
+    match rustls_error_of(error)? {
+        Error::InvalidCertificate(CertificateError::Other(other)) => {
+            let inner: &(dyn std::error::Error + 'static) = &*other.0;
+            inner.downcast_ref::<RefusedCertificate>()
+        }
+        _ => None,
+    }
+}
 
 /// The check that made a verifier of this crate refuse the handshake, if
 /// that is why `error` happened. Accepts the error as rustls returns it, or
 /// as an `std::io::Error` wrapping it (tokio-rustls).
 pub fn refused_check(error: &(dyn std::error::Error + 'static)) -> Option<CertificateCheck> {
-    let rustls_error = error.downcast_ref::<Error>().or_else(|| {
-        error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<Error>())
-    })?;
-    match rustls_error {
-        Error::InvalidCertificate(CertificateError::Other(other)) => {
+    refusal_of(error).map(|r| r.check)
+}
+
+/// A handshake error (as rustls returns it, or wrapped in an `std::io::Error`
+/// by tokio-rustls) in words for logs and delivery reports: a refusal by a
+/// verifier of this crate gives its reason ("invalid peer certificate:
+/// certificate name mismatch: expected mx.example.net, certificate names
+/// a.example, b.example"), rustls' certificate errors get words where their
+/// `Display` would show Rust debug output; other errors keep their `Display`.
+pub fn describe_tls_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let Some(rustls_error) = rustls_error_of(error) else {
+        return error.to_string();
+    };
+    let Error::InvalidCertificate(cert) = rustls_error else {
+        return rustls_error.to_string();
+    };
+    let reason = match cert {
+        CertificateError::Other(other) => {
             let inner: &(dyn std::error::Error + 'static) = &*other.0;
-            inner.downcast_ref::<RefusedCertificate>().map(|r| r.0)
+            inner
+                .downcast_ref::<RefusedCertificate>()
+                .map_or_else(|| inner.to_string(), ToString::to_string)
         }
-        _ => None,
-    }
+        CertificateError::BadEncoding => "certificate invalid (does not parse)".into(),
+        CertificateError::Expired => "certificate expired".into(),
+        CertificateError::NotValidYet => "certificate not yet valid".into(),
+        CertificateError::Revoked => "certificate revoked".into(),
+        CertificateError::UnknownIssuer => {
+            "certificate not trusted: issued by an unknown CA".into()
+        }
+        CertificateError::BadSignature => "certificate signature invalid".into(),
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "certificate signed with an unsupported algorithm".into()
+        }
+        CertificateError::ExpiredRevocationList => "certificate revocation list expired".into(),
+        CertificateError::InvalidOcspResponse => "invalid OCSP response".into(),
+        CertificateError::NotValidForName => "certificate not valid for the name".into(),
+        CertificateError::InvalidPurpose => {
+            "certificate not valid for this use (extended key usage)".into()
+        }
+        CertificateError::UnhandledCriticalExtension => {
+            "certificate has an unsupported critical extension".into()
+        }
+        CertificateError::UnknownRevocationStatus => "certificate revocation status unknown".into(),
+        CertificateError::ApplicationVerificationFailure => {
+            "certificate refused by the application".into()
+        }
+        // The other variants carry context that their Display spells out.
+        other => other.to_string(),
+    };
+    format!("invalid peer certificate: {reason}")
 }
 
 /// Whether a check is a full success.
@@ -154,10 +278,10 @@ pub(crate) fn failure_of(e: &Error) -> CertificateFailure {
     }
 }
 
-/// The error with which a refused check aborts the handshake.
-fn error_of(check: CertificateCheck) -> Error {
+/// The error with which a refusal aborts the handshake.
+fn error_of(refused: RefusedCertificate) -> Error {
     Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
-        RefusedCertificate(check),
+        refused,
     ))))
 }
 
@@ -332,9 +456,21 @@ impl ServerCertVerifier for PeerCertVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let outcome = self.evaluate(end_entity, intermediates, server_name, now);
-        tracing::debug!(mode = ?self.cfg.mode, trust = ?outcome.trust, failure = ?outcome.failure, "server certificate checked");
+        tracing::debug!(mode = %self.cfg.mode, trust = %outcome.trust,
+            failure = %outcome.failure.map_or("none", CertificateFailure::as_str), "server certificate checked");
         if self.enforces() && !accepted(&outcome) {
-            return Err(error_of(outcome));
+            let mut refused = RefusedCertificate::new(outcome);
+            if outcome.failure == Some(CertificateFailure::HostMismatch) {
+                refused.expected = if self.cfg.match_names.is_empty() {
+                    vec![server_name.to_str().into_owned()]
+                } else {
+                    self.cfg.match_names.clone()
+                };
+                refused.presented = X509Certificate::from_der(end_entity)
+                    .map(|(_, c)| dns_names(&c))
+                    .unwrap_or_default();
+            }
+            return Err(error_of(refused));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -539,7 +675,7 @@ mod tests {
     #[test]
     fn refusal_round_trips_through_errors() {
         let c = check(PeerTrust::Trusted, Some(CertificateFailure::HostMismatch));
-        let e = error_of(c);
+        let e = error_of(RefusedCertificate::new(c));
         assert_eq!(refused_check(&e), Some(c));
         let io = std::io::Error::other(e);
         assert_eq!(refused_check(&io), Some(c));

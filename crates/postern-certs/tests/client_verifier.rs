@@ -7,7 +7,8 @@ use std::sync::Arc;
 use common::{LeafSpec, MX, Pem, fixtures, handshake, now};
 use postern_certs::{
     CertResolver, CertificateHook, ClientTlsContext, ClientTlsSpec, ConfigError, Fingerprint,
-    HookInput, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots, refused_check,
+    HookInput, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots, describe_tls_error,
+    refused_check,
 };
 use postern_policy::{CertificateCheck, CertificateFailure, ClientTlsMode, PeerTrust};
 use rustls::{ClientConnection, ServerConnection};
@@ -86,6 +87,49 @@ fn encrypt_and_opportunistic_never_refuse_but_report_trust() {
             Some(CertificateFailure::HostMismatch),
         );
     }
+}
+
+/// The refusal reads as words in logs and delivery reports, never as Rust debug output, also as tokio-rustls
+/// returns it (inside an `std::io::Error`).
+#[test]
+fn refusals_read_as_words() {
+    let f = fixtures();
+    let mut two_names = f.inter.leaf(LeafSpec::server(&["a.example", "b.example"]));
+    two_names.chain.push(f.inter.cert_pem.clone());
+    for (pem, words) in [
+        (
+            &two_names,
+            "invalid peer certificate: certificate name mismatch: expected mx.example.org, \
+             certificate names a.example, b.example",
+        ),
+        (
+            &f.self_signed,
+            "invalid peer certificate: certificate not trusted: no chain to a trusted root",
+        ),
+        (&f.expired, "invalid peer certificate: certificate expired"),
+    ] {
+        let err = run(pem, &spec(ClientTlsMode::Verify)).result.unwrap_err();
+        assert_eq!(describe_tls_error(&err), words);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, err);
+        assert_eq!(describe_tls_error(&io), words);
+    }
+    // With match names, those are what was expected.
+    let mut s = spec(ClientTlsMode::Secure);
+    s.match_names = vec!["example.org".into(), ".example.org".into()];
+    let err = run(&two_names, &s).result.unwrap_err();
+    assert_eq!(
+        describe_tls_error(&err),
+        "invalid peer certificate: certificate name mismatch: expected example.org or .example.org, \
+         certificate names a.example, b.example"
+    );
+    // rustls' own certificate errors get words too; other errors keep their Display.
+    let unknown = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    assert_eq!(
+        describe_tls_error(&unknown),
+        "invalid peer certificate: certificate not trusted: issued by an unknown CA"
+    );
+    let other = std::io::Error::other("connection reset");
+    assert_eq!(describe_tls_error(&other), "connection reset");
 }
 
 #[test]

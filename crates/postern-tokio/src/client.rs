@@ -777,7 +777,10 @@ impl Client {
             }
             Ok(Err(e)) => {
                 let certificate = postern_certs::refused_check(&e).and_then(|c| c.failure);
-                Handshake::Failed(HandshakeOutcome::Failed { certificate }, e.to_string())
+                Handshake::Failed(
+                    HandshakeOutcome::Failed { certificate },
+                    postern_certs::describe_tls_error(&e),
+                )
             }
             Err(_) => Handshake::Failed(
                 HandshakeOutcome::Failed { certificate: None },

@@ -44,6 +44,10 @@
 //! (server; the trust level is that of the client certificate) and
 //! `Verified TLS connection established to mx.example.com[192.0.2.1]:25: TLSv1.3 with cipher …` (client).
 //!
+//! Events that come in floods are summarised: the first connection refused over the limit (and the first
+//! failed `accept`) of a quiet period is logged at `WARN`; those that follow within a minute are counted and
+//! reported as one line per minute while they go on (`… more connections refused in the last 60s`).
+//!
 //! # Example
 //!
 //! A server offering TLS with a self-signed certificate on a loopback port, and the client delivering one
@@ -132,6 +136,7 @@
 #![deny(missing_debug_implementations)]
 
 pub mod client;
+mod repeats;
 pub mod server;
 mod stream;
 

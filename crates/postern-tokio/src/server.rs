@@ -27,12 +27,20 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+use crate::repeats::{Logged, Repeats, SUMMARY_INTERVAL};
 use crate::stream::{Stream, negotiated};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
 /// Most client addresses remembered as having passed the greet pause.
 const MAX_GREET_PASSES: usize = 65_536;
+
+/// First pause after a failed `accept`. Out of file descriptors, the pending connection stays in the backlog
+/// and `accept` fails again at once: the pause doubles while it keeps failing, up to [`ACCEPT_BACKOFF_MAX`].
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest pause after failed `accept`s.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The application's answer to a decision (EHLO, MAIL, RCPT, end of message).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -353,6 +361,65 @@ impl<H> fmt::Debug for Server<H> {
     }
 }
 
+/// The repeated events of one accept loop, summarised in the log.
+#[derive(Debug)]
+struct Floods {
+    /// Connections refused over the limit.
+    refused: Repeats,
+    /// Failed `accept` calls.
+    accept_errors: Repeats,
+    /// The last `accept` error, for the summary.
+    last_accept_error: String,
+}
+
+impl Default for Floods {
+    fn default() -> Self {
+        Self {
+            refused: Repeats::new(SUMMARY_INTERVAL),
+            accept_errors: Repeats::new(SUMMARY_INTERVAL),
+            last_accept_error: String::new(),
+        }
+    }
+}
+
+impl Floods {
+    /// When the next summary is due, if one may be.
+    fn due_at(&self) -> Option<Instant> {
+        self.refused
+            .due_at()
+            .into_iter()
+            .chain(self.accept_errors.due_at())
+            .min()
+    }
+
+    /// Logs the summaries that are due at `now` (all that are pending when `last`: the loop ends).
+    fn log(&mut self, now: Instant, limit: usize, last: bool) {
+        let take = |r: &mut Repeats| {
+            if last {
+                r.flush(now)
+            } else {
+                r.take_summary(now)
+            }
+        };
+        if let Some((n, span)) = take(&mut self.refused) {
+            tracing::warn!(
+                refused = n,
+                limit,
+                "too many connections: {n} more refused in the last {}s",
+                span.as_secs()
+            );
+        }
+        if let Some((n, span)) = take(&mut self.accept_errors) {
+            tracing::warn!(
+                failures = n,
+                last_error = %self.last_accept_error,
+                "accept failed {n} more times in the last {}s",
+                span.as_secs()
+            );
+        }
+    }
+}
+
 impl<H: ServerHandler> Server<H> {
     /// A server with these settings and this application. The policy is validated, and so is its agreement
     /// with the TLS context (client-certificate mode, minimum TLS version); the engine's STARTTLS setting
@@ -445,24 +512,41 @@ impl<H: ServerHandler> Server<H> {
 
     /// Serve `listener` until `shutdown` completes; then stop accepting, give open sessions the grace period to
     /// finish, tell the idle ones `421 4.3.2` and abort the rest. Accept errors (e.g. out of file descriptors)
-    /// are logged and retried after a short pause.
+    /// are retried after a pause that grows while they go on (10 ms, doubled up to 1 s), never in a tight loop.
+    /// The first connection refused over the limit and the first accept error of a quiet period are logged;
+    /// those that follow are counted and logged as one summary line a minute.
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let (force_tx, force_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let mut floods = Floods::default();
+        let mut backoff = Duration::ZERO;
         tokio::pin!(shutdown);
         loop {
+            let summary_due = floods.due_at();
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => self.spawn_connection(&mut tasks, tcp, peer, force_rx.clone()),
+                    Ok((tcp, peer)) => {
+                        backoff = Duration::ZERO;
+                        self.spawn_connection(&mut tasks, tcp, peer, force_rx.clone(), &mut floods.refused);
+                    }
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if floods.accept_errors.record(Instant::now()) == Logged::Now {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
+                        floods.last_accept_error = e.to_string();
+                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                        tokio::time::sleep(backoff).await;
                     }
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep_until(summary_due.unwrap_or_else(Instant::now).into()),
+                    if summary_due.is_some() => {
+                    floods.log(Instant::now(), self.settings.max_connections, false);
+                }
             }
         }
+        floods.log(Instant::now(), self.settings.max_connections, true);
         drop(listener);
         tracing::info!(
             sessions = tasks.len(),
@@ -496,6 +580,7 @@ impl<H: ServerHandler> Server<H> {
         tcp: TcpStream,
         peer: SocketAddr,
         force: watch::Receiver<bool>,
+        refused: &mut Repeats,
     ) {
         match Arc::clone(&self.slots).try_acquire_owned() {
             Ok(permit) => {
@@ -508,7 +593,9 @@ impl<H: ServerHandler> Server<H> {
                 });
             }
             Err(_) => {
-                tracing::warn!(%peer, limit = self.settings.max_connections, "too many connections");
+                if refused.record(Instant::now()) == Logged::Now {
+                    tracing::warn!(%peer, limit = self.settings.max_connections, "too many connections");
+                }
                 let reply = fixed(
                     421,
                     (4, 3, 2),
@@ -815,8 +902,9 @@ impl<S: SessionHandler> Connection<'_, S> {
             Ok(Err(e)) => {
                 tracing::info!(
                     id = self.info.id,
-                    "TLS handshake failed from unknown[{}]: {e}",
-                    self.info.peer.ip()
+                    "TLS handshake failed from unknown[{}]: {}",
+                    self.info.peer.ip(),
+                    postern_certs::describe_tls_error(&e)
                 );
                 return Err(CloseReason::PeerClosed);
             }

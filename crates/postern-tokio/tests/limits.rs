@@ -84,6 +84,71 @@ async fn connections_over_the_limit_get_421() {
     server.shutdown().await;
 }
 
+/// The log lines written while `f` runs (this thread's tasks: a current-thread runtime).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A connection flood over the limit writes one line, then a count, not one line per refused connection.
+#[tokio::test]
+async fn refused_connections_are_summarised_in_the_log() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);
+    s.max_connections = 1;
+    let server = start_server(s).await;
+    let mut first = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+    assert!(line(&mut first).await.starts_with("220 "));
+    for _ in 0..20 {
+        let mut refused = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+        assert!(line(&mut refused).await.starts_with("421 4.3.2 "));
+        assert_eq!(line(&mut refused).await, "");
+    }
+    first.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+    assert!(line(&mut first).await.starts_with("221 "));
+    server.shutdown().await;
+
+    let lines = captured.lines();
+    let each: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("too many connections") && l.contains("peer="))
+        .collect();
+    assert_eq!(each.len(), 1, "{lines:#?}");
+    let summary: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("too many connections: 19 more refused in the last "))
+        .collect();
+    assert_eq!(summary.len(), 1, "{lines:#?}");
+    assert!(
+        summary[0].contains("WARN") && summary[0].contains("limit=1"),
+        "{lines:#?}"
+    );
+}
+
 #[tokio::test]
 async fn graceful_shutdown_lets_sessions_finish_then_closes_idle_ones() {
     let mut s = settings(ServerTlsMode::Offer, ClientCertMode::None);

@@ -24,11 +24,51 @@ use crate::tls::{client_cert_roots, outbound_roots};
 /// The result of a command.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Standard output was closed before the command finished writing (`queue
+/// list | head`): the binary stops quietly with [`StdoutClosed::EXIT_STATUS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("standard output closed")]
+pub struct StdoutClosed;
+
+impl StdoutClosed {
+    /// 141 = 128 + SIGPIPE: the status a shell reports for a Unix tool
+    /// stopped by a closed pipe.
+    pub const EXIT_STATUS: u8 = 141;
+}
+
+/// Writes to stdout; a closed stdout is [`StdoutClosed`] (never a panic, as
+/// `print!` would), any other write error is returned as is.
+fn emit(args: std::fmt::Arguments<'_>) -> CliResult {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(args)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => StdoutClosed.into(),
+            _ => e.into(),
+        })
+}
+
+/// `print!` through [`emit`], returning its error from the enclosing command.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*))?
+    };
+}
+
+/// `println!` through [`emit`], returning its error from the enclosing command.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        emit(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 /// `check-config`: the configuration (already parsed and validated,
 /// `[tls]` included) printed as TOML; the trust anchor files, the imported
 /// certificates and the Default Cert (when present) are loaded to check them.
 pub fn check_config(config: &Config, from_file: bool) -> CliResult {
-    print!("{}", toml::to_string(config)?);
+    out!("{}", toml::to_string(config)?);
     let policy = config.policy()?;
     client_cert_roots(config)?;
     outbound_roots(config)?;
@@ -54,13 +94,7 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         policy.inbound.client_certificates.as_str(),
         policy.inbound.trusted_agents.len(),
         policy.outbound.default.tls.as_str(),
-        config
-            .tls
-            .as_ref()
-            .and_then(|t| t.get("outbound"))
-            .and_then(|o| o.get("domains"))
-            .and_then(|d| d.as_table())
-            .map_or(0, toml::Table::len),
+        policy.outbound.overrides.len(),
         imported.len(),
     );
     // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
@@ -143,14 +177,14 @@ pub fn cert_list(config: &Config, json: bool) -> CliResult {
     let (store, has_default) = CertDir::new(config.cert_dir()).existing_store()?;
     let rows = store.list(UnixTime::now());
     if json {
-        println!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
+        outln!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
         if !has_default {
             eprintln!("note: {NO_DEFAULT_CERT}");
         }
     } else {
-        print!("{}", cert_table(&rows));
+        out!("{}", cert_table(&rows));
         if !has_default {
-            println!("{NO_DEFAULT_CERT}");
+            outln!("{NO_DEFAULT_CERT}");
         }
     }
     Ok(())
@@ -172,8 +206,8 @@ pub fn cert_import(
     let cert =
         CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?, now, force)?;
     let row = postern_certs::inspect(name, cert.leaf(), now)?;
-    print!("{}", cert_table(&[row]));
-    println!(
+    out!("{}", cert_table(&[row]));
+    outln!(
         "imported: a running relay serves it within {}",
         config.certificates.reload_interval
     );
@@ -191,15 +225,15 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     let policy = config.policy()?;
     let hop = NextHop::parse(destination).map_err(|e| format!("{destination:?}: {e}"))?;
     let (settings, source) = policy.outbound.lookup(&hop);
-    println!("{}", policy.outbound.explain(&hop));
-    println!("  destination:        {hop}");
-    println!("  rule:               {source}");
-    println!(
+    outln!("{}", policy.outbound.explain(&hop));
+    outln!("  destination:        {hop}");
+    outln!("  rule:               {source}");
+    outln!(
         "  mode:               {} (Postfix smtp_tls_security_level = {})",
         settings.tls.as_str(),
         settings.tls.postfix_level()
     );
-    println!(
+    outln!(
         "  minimum version:    {}",
         settings.min_tls_version.as_str()
     );
@@ -212,8 +246,8 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
             .iter()
             .map(ToString::to_string)
             .collect();
-        println!("  certificate match:  {}", names.join(", "));
-        println!(
+        outln!("  certificate match:  {}", names.join(", "));
+        outln!(
             "  trust anchors:      {}",
             settings.trust_anchors.clone().unwrap_or_else(|| {
                 match &config.certificates.ca_bundle {
@@ -228,10 +262,10 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     }
     if !settings.pins.is_empty() {
         let pins: Vec<String> = settings.pins.iter().map(ToString::to_string).collect();
-        println!("  pins:               {}", pins.join(", "));
+        outln!("  pins:               {}", pins.join(", "));
     }
     let requires = settings.tls.always_requires_tls();
-    println!(
+    outln!(
         "  without TLS:        {}",
         if requires {
             "the message stays queued (deferred 4.7.x), never sent in plaintext"
@@ -247,7 +281,7 @@ pub async fn probe(config: &Config, target: &str) -> CliResult {
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
     let report = crate::probe::probe(target, &config.hostname, roots, timeout).await?;
-    print!("{}", report.to_text());
+    out!("{}", report.to_text());
     Ok(())
 }
 
@@ -261,9 +295,9 @@ pub fn queue_list(config: &Config, json: bool) -> CliResult {
         );
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
+        outln!("{}", serde_json::to_string_pretty(&queue_json(&scan)?)?);
     } else {
-        print!("{}", queue_text(&scan));
+        out!("{}", queue_text(&scan));
     }
     Ok(())
 }
@@ -371,7 +405,7 @@ fn when(t: SystemTime) -> String {
 /// `queue flush`.
 pub fn queue_flush(config: &Config) -> CliResult {
     Spool::request_flush(&config.spool_dir())?;
-    println!("flush requested: the relay retries every queued message at its next queue scan");
+    outln!("flush requested: the relay retries every queued message at its next queue scan");
     Ok(())
 }
 

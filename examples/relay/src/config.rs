@@ -8,8 +8,10 @@
 //!
 //! The `[tls]` table holds the TLS policy settings (`[tls.inbound]`,
 //! `[tls.outbound]`, `[tls.outbound.domains."…"]`: postern-policy's format,
-//! docs/policy.md); [`Config::validate`] checks it through the policy crate
-//! and reports its errors with the `tls.` prefix.
+//! docs/policy.md), read with the rest of the file: a parse error there
+//! carries its line, column and full key like any other. [`Config::validate`]
+//! checks it through the policy crate and reports its errors with the `tls.`
+//! prefix.
 //!
 //! ```
 //! use postern_relay::config::Config;
@@ -268,10 +270,11 @@ pub struct Config {
     /// Default `info`.
     pub log: String,
     /// TLS policy settings: `[tls.inbound]` and `[tls.outbound]` in
-    /// postern-policy's format (docs/policy.md). Kept as raw TOML;
+    /// postern-policy's format (docs/policy.md), read with the rest of the
+    /// file (so errors carry their line and full key);
     /// [`Config::policy`] validates it (and [`Config::validate`] calls it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls: Option<toml::Table>,
+    pub tls: Option<PolicyConfig>,
 }
 
 /// What to do with a bare CR or LF in message content (SMTP smuggling,
@@ -600,11 +603,10 @@ impl Config {
                 .span()
                 .and_then(|span| key_at(text, span.start))
                 .unwrap_or_else(|| "<syntax>".to_owned());
-            let line = e
-                .span()
-                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-            let message = match line {
-                Some(line) => format!("{} (line {line})", e.message().trim()),
+            let message = match e.span().and_then(|span| line_column(text, span.start)) {
+                Some((line, column)) => {
+                    format!("{} (line {line}, column {column})", e.message().trim())
+                }
                 None => e.message().trim().to_owned(),
             };
             ConfigError::Parse { key, message }
@@ -787,16 +789,15 @@ impl Config {
     /// `[outbound]`, here `[tls.inbound]` and `[tls.outbound]`); the
     /// defaults (offer TLS, opportunistic outbound) without one.
     pub fn policy(&self) -> Result<Policy, ConfigError> {
-        let Some(table) = &self.tls else {
+        let Some(config) = &self.tls else {
             return Ok(Policy::default());
         };
-        let text = toml::to_string(table).map_err(|e| invalid("tls", e.to_string()))?;
-        let policy = PolicyConfig::from_toml_str(&text).map_err(|e| match e {
+        let policy = config.validate().map_err(|e| match e {
             PolicyError::Invalid { key, problem } | PolicyError::Contradiction { key, problem } => {
                 invalid(format!("tls.{key}"), problem)
             }
             PolicyError::Duplicate { key, other } => {
-                invalid(format!("tls.{key}"), format!("duplicate of {other}"))
+                invalid(format!("tls.{key}"), format!("duplicate of tls.{other}"))
             }
             other => invalid("tls", other.to_string()),
         })?;
@@ -890,6 +891,16 @@ impl Config {
         s.size_limit = self.bounce_size_limit;
         s
     }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> Option<(usize, usize)> {
+    let before = text.get(..offset.min(text.len()))?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some((
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    ))
 }
 
 /// The dotted key at byte `offset` of a TOML document: the `[table]` header
@@ -1046,7 +1057,7 @@ mod tests {
             "smarthost.example.org:25"
         );
         let tls = c.tls.as_ref().unwrap();
-        assert!(tls.contains_key("inbound"));
+        assert_eq!(tls.inbound.tls, postern_policy::ServerTlsMode::Require);
         let policy = c.policy().unwrap();
         assert_eq!(policy.inbound.tls, postern_policy::ServerTlsMode::Require);
         assert_eq!(
@@ -1276,6 +1287,47 @@ mod tests {
         );
         assert_eq!(error_key("log = \"[[[\""), "log");
         assert_eq!(error_key("hostname = "), "hostname");
+    }
+
+    /// `[tls]` is read with the rest of the file: an error there names the
+    /// real line, column and full key, and quotes nothing that is not in the
+    /// file.
+    #[test]
+    fn tls_errors_carry_line_column_and_full_key() {
+        let text = "hostname = \"relay.test\"\n\n[tls.inbound]\ntls = \"offer\"\n\n\
+                    [tls.outbond]\ntls = \"verify\"\n";
+        let e = Config::from_toml_str(text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.key(), Some("tls.outbond"), "{msg}");
+        assert!(msg.contains("unknown field `outbond`"), "{msg}");
+        assert!(msg.contains("(line 6, column 6)"), "{msg}");
+        assert!(!msg.contains("[outbond]"), "{msg}");
+
+        let text = "[tls.outbound.domains.\"example.com\"]\ntls = \"verify\"\n\
+                    certificate_macth = [\"nexthop\"]\n";
+        let e = Config::from_toml_str(text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(
+            e.key(),
+            Some("tls.outbound.domains.\"example.com\".certificate_macth"),
+            "{msg}"
+        );
+        assert!(msg.contains("(line 3, column 1)"), "{msg}");
+
+        let text = "log = \"info\"\n[tls.inbound]\ntls = \"maybe\"\n";
+        let e = Config::from_toml_str(text).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.key(), Some("tls.inbound.tls"), "{msg}");
+        assert!(msg.contains("(line 3, column 7)"), "{msg}");
+
+        // Duplicates name both keys in full.
+        let text = "[tls.outbound.domains.\"Example.com\"]\ntls = \"verify\"\n\
+                    [tls.outbound.domains.\"example.com.\"]\ntls = \"verify\"\n";
+        let msg = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(
+            msg.contains("duplicate of tls.outbound.domains.\"Example.com\""),
+            "{msg}"
+        );
     }
 
     #[test]

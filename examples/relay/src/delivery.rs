@@ -521,7 +521,8 @@ impl Delivery {
             Disposition::Complete => self.remove(&id).await,
             Disposition::Retry { at } => {
                 let wait = at.duration_since(now).unwrap_or_default();
-                tracing::info!(queue_id = %id, retry_in = ?wait, "deferred");
+                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
+                tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
             }
         }
         self.shared.wake.notify_one();

@@ -18,6 +18,9 @@
 //!   generated on first start, imports, the certificate table).
 //! - [`cli`] and [`probe`]: the subcommands (`check-config`, `cert list`,
 //!   `cert import`, `policy explain`, `probe`, `queue list`, `queue flush`).
+//! - [`lock`]: one relay per state directory.
+//! - [`fd_limit`]: the open-file limit, raised at start, and the
+//!   connections that fit in it.
 //! - [`config`]: the TOML configuration, every key optional, embedded defaults.
 //! - [`access`]: relay authorisation, the answer to each RCPT TO (relaying
 //!   by certificate is decided by the TLS policy's trusted agents).
@@ -88,7 +91,9 @@ pub mod delivery;
 pub mod dkim;
 pub mod dsn;
 pub mod envelope;
+pub mod fd_limit;
 mod https;
+pub mod lock;
 pub mod mta_sts;
 pub mod probe;
 pub mod queue;

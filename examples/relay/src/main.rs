@@ -11,15 +11,20 @@
 //! postern-relay [--config FILE] queue flush
 //! ```
 //!
-//! Errors go to stderr with exit status 1 (2 for usage errors).
+//! Errors go to stderr with exit status 1 (2 for usage errors). A command
+//! whose standard output is closed early (`queue list | head`) stops quietly
+//! with status 141, as a Unix tool killed by SIGPIPE does. Log lines are
+//! coloured only when stderr is a terminal and `NO_COLOR` is not set.
 
+use std::ffi::OsStr;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use postern_relay::cli::{self, CliResult};
+use postern_relay::cli::{self, CliResult, StdoutClosed};
 use postern_relay::config::Config;
 use postern_relay::relay::Relay;
 
@@ -137,6 +142,8 @@ fn main() -> ExitCode {
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): nothing to say, and nobody to say it to.
+        Err(e) if e.is::<StdoutClosed>() => ExitCode::from(StdoutClosed::EXIT_STATUS),
         Err(e) => {
             let source = match &cli.config {
                 Some(path) => format!("{}: ", path.display()),
@@ -160,6 +167,10 @@ fn run(config: Config) -> CliResult {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
@@ -167,6 +178,13 @@ fn run(config: Config) -> CliResult {
         relay.shutdown().await;
         Ok(())
     })
+}
+
+/// Whether log lines get ANSI colours: only on a terminal, and never when
+/// `NO_COLOR` is set to a non-empty value (<https://no-color.org>). Log
+/// files and journals get plain text.
+fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(OsStr::is_empty)
 }
 
 #[cfg(unix)]
@@ -214,5 +232,14 @@ mod tests {
         let cli = Cli::try_parse_from(["postern-relay"]).unwrap();
         assert!(cli.command.is_none());
         assert!(Cli::try_parse_from(["postern-relay", "queue", "drop"]).is_err());
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new("1"))));
     }
 }

@@ -33,12 +33,16 @@ use std::time::{Duration, SystemTime};
 
 use postern_smtp::BareLineEndings;
 use postern_tokio::server::{Server, ServerSettings};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{BareNewlines, Config};
 use crate::delivery::{Delivery, SystemResolver};
+use crate::fd_limit::{self, TooLow};
+use crate::lock::{LockError, StateLock};
 use crate::mta_sts::StsResolver;
 use crate::queue::Queue;
 use crate::routing::{Router, SMTP_PORT};
@@ -68,6 +72,12 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The open-file limit leaves no room for a connection.
+    #[error(transparent)]
+    FdLimit(#[from] TooLow),
+    /// Another relay uses the state directory, or it cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The server settings were refused.
     #[error(transparent)]
     Server(#[from] postern_tokio::server::ServerError),
@@ -89,6 +99,8 @@ pub struct Relay {
     reload: Arc<Notify>,
     tasks: JoinSet<()>,
     delivery: Arc<Delivery>,
+    // Released when the relay is dropped, after shutdown.
+    _lock: StateLock,
 }
 
 impl Relay {
@@ -108,6 +120,9 @@ impl Relay {
             path: config.state_dir.clone(),
             source,
         })?;
+        // One relay per state directory: locked before anything in it is touched.
+        let lock = StateLock::acquire(&config.state_dir)?;
+        let max_connections = fit_connections(&config)?;
         let spool_dir = config.spool_dir();
         let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(spool_dir))
             .await
@@ -122,7 +137,11 @@ impl Relay {
             );
         }
         for bad in &recovery.corrupt {
-            tracing::warn!(entry = %bad.name, reason = %bad.reason, moved_to = ?bad.moved_to, "unreadable queue entry moved aside");
+            let moved_to = bad
+                .moved_to
+                .as_ref()
+                .map_or_else(|| "nowhere".to_owned(), |p| p.display().to_string());
+            tracing::warn!(entry = %bad.name, reason = %bad.reason, %moved_to, "unreadable queue entry moved aside");
         }
         let mut queue = Queue::new(config.retry_policy());
         for envelope in recovery.messages {
@@ -157,7 +176,7 @@ impl Relay {
             tls.policy.inbound.clone(),
             tls.server.clone(),
         );
-        settings.max_connections = config.max_connections;
+        settings.max_connections = max_connections;
         settings.handshake_timeout = config.timeouts.tls_handshake.0;
         settings.shutdown_grace = config.timeouts.shutdown_grace.0;
         settings.smtp.max_recipients = config.max_recipients;
@@ -242,6 +261,7 @@ impl Relay {
             reload,
             tasks,
             delivery,
+            _lock: lock,
         })
     }
 
@@ -283,6 +303,31 @@ impl Relay {
 /// days or have expired (also logged at start).
 const EXPIRY_LOG_INTERVAL: Duration = Duration::from_secs(86_400);
 
+/// Raises the open-file limit as far as the hard limit allows, and returns
+/// the connections that fit in it: `max_connections`, or fewer with a
+/// warning.
+fn fit_connections(config: &Config) -> Result<usize, TooLow> {
+    let (before, after) = fd_limit::raise();
+    if after != before {
+        tracing::info!(from = %before, to = %after, "open-file limit raised");
+    }
+    let reserve = fd_limit::reserve(config.listen.len(), config.delivery_workers);
+    let plan = fd_limit::plan(after, config.max_connections, reserve)?;
+    if plan.lowered() {
+        tracing::warn!(
+            configured = plan.configured,
+            max_connections = plan.max_connections,
+            "max_connections = {} does not fit in the open-file limit {}: serving {} connections; \
+             raise the limit (ulimit -n, systemd LimitNOFILE=) to serve {}",
+            plan.configured,
+            plan.limit,
+            plan.max_connections,
+            plan.configured
+        );
+    }
+    Ok(plan.max_connections)
+}
+
 /// Polls the certificate directory (and answers reload requests); swaps the
 /// served certificates when it changed. Logs the certificates that expire
 /// soon or have expired once a day.
@@ -318,7 +363,10 @@ async fn reload_certificates(
         match result {
             Ok((back, Ok(n))) => {
                 tls = back;
-                tracing::info!(certificates = n, at = ?SystemTime::now(), "certificates reloaded");
+                let at = OffsetDateTime::from(SystemTime::now())
+                    .format(&Rfc3339)
+                    .unwrap_or_default();
+                tracing::info!(certificates = n, %at, "certificates reloaded");
             }
             Ok((back, Err(e))) => {
                 tls = back;
