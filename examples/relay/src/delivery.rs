@@ -17,13 +17,23 @@
 //! bounce (queued before it is recorded, so a crash duplicates rather than
 //! loses it); a finished message is removed from the spool.
 //!
+//! Every recipient outcome of an attempt is logged exactly once, routing
+//! failures included (`relay=none`); a host passed over for the next MX
+//! gets a line of its own. A next hop that is one of the relay's own
+//! listening addresses is never contacted: "mail for X loops back to
+//! myself", bounced `5.4.6`. A message whose bounce cannot be queued (a
+//! full disk) stays queued with its failures, and the bounce is retried.
+//!
 //! MTA-STS (RFC 8461): when a destination routed by MX has the outbound
-//! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), the
+//! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), or
+//! the message carries REQUIRETLS (RFC 8689 §4.2.1: the policy is how its MX
+//! is found securely, whatever the mode), the
 //! worker asks the [`StsResolver`] for the policy of the destination domain
 //! and hands it to the connection policy, which refuses, under `enforce`,
 //! MX hosts outside the policy (they are not contacted) and certificates
 //! not valid for the MX name (4.7.5 deferral), and reports only under
-//! `testing`. A statically routed domain is the operator's choice of next
+//! `testing`; a message with `TLS-Required: No` (RFC 8689 §5) is not held
+//! by it. A statically routed domain is the operator's choice of next
 //! hop and is not checked against MTA-STS (RFC 8461 §3.4 would make the
 //! smart host's own domain the Policy Domain). A failed policy fetch is
 //! recorded with its RFC 8460 result type on deferred recipients.
