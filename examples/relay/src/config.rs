@@ -236,6 +236,10 @@ pub struct Config {
     pub message_size_limit: u64,
     /// Largest original returned whole in a bounce, in bytes. Default 50000.
     pub bounce_size_limit: u64,
+    /// A message whose header holds this many `Received:` fields, the
+    /// relay's own included, is refused with `554 5.4.6` (a mail loop).
+    /// At least 2. Default 50.
+    pub hopcount_limit: usize,
     /// Recipients accepted per message (at least 100). Default 1000.
     pub max_recipients: usize,
     /// Simultaneous inbound connections; past it `421 4.3.2`. Default 100.
@@ -551,6 +555,7 @@ impl Default for Config {
             ],
             message_size_limit: 10_240_000,
             bounce_size_limit: 50_000,
+            hopcount_limit: 50,
             max_recipients: 1000,
             max_connections: 100,
             junk_command_limit: 100,
@@ -661,6 +666,10 @@ impl Config {
                 "message_size_limit",
                 "must be at least 65536 (RFC 5321 §4.5.3.1.7)",
             ));
+        }
+        // The relay's own Received header counts: 1 would refuse everything.
+        if self.hopcount_limit < 2 {
+            return Err(invalid("hopcount_limit", "must be at least 2"));
         }
         self.static_routes()?;
         let q = &self.queue;
@@ -1257,6 +1266,7 @@ mod tests {
         );
         assert_eq!(error_key("[nonsense]\nx = 1"), "nonsense");
         assert_eq!(error_key("message_size_limit = 1000"), "message_size_limit");
+        assert_eq!(error_key("hopcount_limit = 1"), "hopcount_limit");
         assert_eq!(error_key("hostname = \"not a host\""), "hostname");
         assert_eq!(error_key("listen = []"), "listen");
         assert_eq!(

@@ -17,13 +17,23 @@
 //! bounce (queued before it is recorded, so a crash duplicates rather than
 //! loses it); a finished message is removed from the spool.
 //!
+//! Every recipient outcome of an attempt is logged exactly once, routing
+//! failures included (`relay=none`); a host passed over for the next MX
+//! gets a line of its own. A next hop that is one of the relay's own
+//! listening addresses is never contacted: "mail for X loops back to
+//! myself", bounced `5.4.6`. A message whose bounce cannot be queued (a
+//! full disk) stays queued with its failures, and the bounce is retried.
+//!
 //! MTA-STS (RFC 8461): when a destination routed by MX has the outbound
-//! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), the
+//! mode `mta-sts` (or `dane`, whose no-TLSA case falls back to MTA-STS), or
+//! the message carries REQUIRETLS (RFC 8689 §4.2.1: the policy is how its MX
+//! is found securely, whatever the mode), the
 //! worker asks the [`StsResolver`] for the policy of the destination domain
 //! and hands it to the connection policy, which refuses, under `enforce`,
 //! MX hosts outside the policy (they are not contacted) and certificates
 //! not valid for the MX name (4.7.5 deferral), and reports only under
-//! `testing`. A statically routed domain is the operator's choice of next
+//! `testing`; a message with `TLS-Required: No` (RFC 8689 §5) is not held
+//! by it. A statically routed domain is the operator's choice of next
 //! hop and is not checked against MTA-STS (RFC 8461 §3.4 would make the
 //! smart host's own domain the Policy Domain). A failed policy fetch is
 //! recorded with its RFC 8460 result type on deferred recipients.
@@ -50,10 +60,10 @@ use tokio::task::JoinSet;
 use crate::dsn::build_bounce;
 use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId};
 use crate::mta_sts::{StsLookup, StsResolver};
-use crate::queue::{Disposition, Outcome};
+use crate::queue::{AttemptReport, Disposition, Outcome};
 use crate::routing::{
     FixedResolver, HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, RouteSource,
-    Router,
+    Router, is_localhost, normalize_domain,
 };
 use crate::server::Shared;
 use crate::spool::SpoolError;
@@ -123,6 +133,8 @@ pub struct Delivery {
     outbound: OutboundPolicy,
     mta_sts: StsResolver,
     reporter: Option<Arc<TlsReporter>>,
+    /// This relay's listening addresses: a next hop among them is a loop.
+    listening: Vec<SocketAddr>,
 }
 
 /// Our enhanced code for another crate's status (same text form), or
@@ -160,7 +172,16 @@ impl Delivery {
             outbound,
             mta_sts,
             reporter: None,
+            listening: Vec::new(),
         }
+    }
+
+    /// Refuses to deliver to `addrs`, this relay's own listening addresses
+    /// (as bound: a configured port 0 shows the real one): mail whose next
+    /// hop is one of them "loops back to myself" and is bounced `5.4.6`.
+    pub fn with_listen_addrs(mut self, addrs: &[SocketAddr]) -> Self {
+        self.listening = addrs.to_vec();
+        self
     }
 
     /// Records TLS-RPT outcomes into `reporter` (none: reporting disabled,
@@ -301,14 +322,25 @@ impl Delivery {
         reporter.record(domain.as_str(), outcome);
     }
 
-    /// The MTA-STS policy for `route`, when its outbound mode consults
-    /// MTA-STS and it was routed by MX (see the module documentation).
-    async fn sts_policy(&self, next_hop: &PolicyHop, route: &Route) -> Option<StsLookup> {
+    /// The MTA-STS policy for `route`, when it was routed by MX and its
+    /// outbound mode consults MTA-STS or the message requires TLS (see the
+    /// module documentation).
+    async fn sts_policy(
+        &self,
+        next_hop: &PolicyHop,
+        route: &Route,
+        message: MessageTls,
+    ) -> Option<StsLookup> {
         if matches!(route.source, RouteSource::Static(_)) {
             return None;
         }
         let mode = self.outbound.connection(next_hop, None).settings().tls;
-        if !matches!(mode, ClientTlsMode::MtaSts | ClientTlsMode::Dane) {
+        // RFC 8689 §4.2.1: a REQUIRETLS message needs its MX found
+        // securely, which the destination's MTA-STS policy can establish,
+        // whatever mode is configured for the destination.
+        if message != MessageTls::RequireTls
+            && !matches!(mode, ClientTlsMode::MtaSts | ClientTlsMode::Dane)
+        {
             return None;
         }
         let domain = next_hop.domain()?;
@@ -389,8 +421,12 @@ impl Delivery {
         let now = SystemTime::now();
         for (id, failed) in left.bounce {
             let envelope = self.queue().get(&id).cloned();
-            if let Some(envelope) = envelope {
-                self.bounce(&envelope, &failed, now).await;
+            // A bounce that cannot be queued now keeps the message queued:
+            // the scheduler takes it again (`Queue::retry_bounce`).
+            if let Some(envelope) = envelope
+                && !self.bounce(&envelope, &failed, now).await
+            {
+                self.queue().retry_bounce(&id, now);
             }
         }
         for id in left.remove {
@@ -421,8 +457,10 @@ impl Delivery {
         }
     }
 
-    /// Builds and queues the bounce for `failed`, then records it returned.
-    async fn bounce(&self, envelope: &Envelope, failed: &[usize], now: SystemTime) {
+    /// Builds and queues the bounce for `failed`, then records it returned;
+    /// returns whether that is done (false: the bounce is not queued and the
+    /// recipients are still to be returned).
+    async fn bounce(&self, envelope: &Envelope, failed: &[usize], now: SystemTime) -> bool {
         let settings = self.shared.config.bounce_settings();
         let env = envelope.clone();
         let list = failed.to_vec();
@@ -451,8 +489,8 @@ impl Delivery {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue the bounce; retried at next start");
-                return;
+                tracing::error!(queue_id = %envelope.id, error = %e, "cannot queue the bounce");
+                return false;
             }
         }
         let updated = self.queue().mark_returned(&envelope.id, failed);
@@ -461,10 +499,55 @@ impl Delivery {
         {
             tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the bounce");
         }
+        true
     }
 
-    /// One delivery attempt of one message.
+    /// One delivery attempt of one message, or, for a message whose
+    /// delivery is over but whose bounce could not be queued, another try
+    /// at queuing the bounce.
     async fn attempt(&self, envelope: Envelope) {
+        let id = envelope.id.clone();
+        let (updated, report) = if envelope.open_recipients().is_empty() {
+            // Only the bounce is left to do; no delivery is attempted.
+            let report = AttemptReport {
+                bounce: envelope.failed_unreturned(),
+                disposition: Disposition::Complete,
+            };
+            (envelope, report)
+        } else {
+            let Some(done) = self.deliver(envelope).await else {
+                return;
+            };
+            done
+        };
+        let now = SystemTime::now();
+        // RFC 5321 §6.1: the message stays queued, with its failures, until
+        // the bounce that reports them is durably queued.
+        if !report.bounce.is_empty() && !self.bounce(&updated, &report.bounce, now).await {
+            let at = self.queue().retry_bounce(&id, now);
+            if let Some(at) = at {
+                let wait = at.duration_since(now).unwrap_or_default();
+                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
+                tracing::warn!(queue_id = %id, retry_in = %wait, "bounce not queued: message kept");
+            }
+            self.shared.wake.notify_one();
+            return;
+        }
+        match report.disposition {
+            Disposition::Complete => self.remove(&id).await,
+            Disposition::Retry { at } => {
+                let wait = at.duration_since(now).unwrap_or_default();
+                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
+                tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
+            }
+        }
+        self.shared.wake.notify_one();
+    }
+
+    /// Delivers the open recipients of `envelope`, logs one line per
+    /// recipient, records the outcomes and persists what must be
+    /// remembered; returns the updated envelope and what is left to do.
+    async fn deliver(&self, envelope: Envelope) -> Option<(Envelope, AttemptReport)> {
         let id = envelope.id.clone();
         let read_id = id.clone();
         let content = self
@@ -482,24 +565,34 @@ impl Delivery {
             })
             .await;
         let now = SystemTime::now();
-        let outcomes = match content {
+        let attempted = match content {
             Err(e) => {
                 let f = Failure::local(transient(3, 0), format!("queue file read error: {e}"), now);
-                envelope
-                    .open_recipients()
-                    .into_iter()
-                    .map(|i| (i, Outcome::Deferred(f.clone())))
-                    .collect()
+                vec![Attempted::without_host(
+                    envelope
+                        .open_recipients()
+                        .into_iter()
+                        .map(|i| (i, Outcome::Deferred(f.clone())))
+                        .collect(),
+                )]
             }
             Ok(content) => self.deliver_all(&envelope, &content).await,
         };
+        // Exactly one log line per recipient outcome.
+        for a in &attempted {
+            for (i, o) in &a.outcomes {
+                log_outcome(&envelope, *i, o, a);
+            }
+        }
+        let outcomes: Vec<(usize, Outcome)> =
+            attempted.into_iter().flat_map(|a| a.outcomes).collect();
         let now = SystemTime::now();
         let done = self.queue().complete_attempt(&id, &outcomes, now);
         let (updated, report) = match done {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(queue_id = %id, error = %e, "attempt not recorded");
-                return;
+                return None;
             }
         };
         // A message delivered to every recipient with nothing to bounce is
@@ -514,22 +607,11 @@ impl Delivery {
         if !finished && let Err(e) = self.blocking(move |s| s.update(&persisted)).await {
             tracing::error!(queue_id = %id, error = %e, "cannot persist the delivery state");
         }
-        if !report.bounce.is_empty() {
-            self.bounce(&updated, &report.bounce, now).await;
-        }
-        match report.disposition {
-            Disposition::Complete => self.remove(&id).await,
-            Disposition::Retry { at } => {
-                let wait = at.duration_since(now).unwrap_or_default();
-                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
-                tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
-            }
-        }
-        self.shared.wake.notify_one();
+        Some((updated, report))
     }
 
     /// Delivers to every domain of the open recipients.
-    async fn deliver_all(&self, envelope: &Envelope, content: &[u8]) -> Vec<(usize, Outcome)> {
+    async fn deliver_all(&self, envelope: &Envelope, content: &[u8]) -> Vec<Attempted> {
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in envelope.open_recipients() {
             let Some(address) = envelope.recipients.get(i).map(|r| &r.address) else {
@@ -537,11 +619,15 @@ impl Delivery {
             };
             let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
             by_domain
-                .entry(crate::routing::normalize_domain(domain))
+                .entry(normalize_domain(domain))
                 .or_default()
                 .push(i);
         }
-        let mut outcomes = Vec::new();
+        let message = MessageTls::from_message(
+            envelope.params.requiretls,
+            tls_required_header(content).as_deref(),
+        );
+        let mut attempted = Vec::new();
         for (domain, indices) in by_domain {
             let now = SystemTime::now();
             match self.router.route(&domain, now).await {
@@ -551,56 +637,50 @@ impl Delivery {
                     } else {
                         Outcome::Deferred(f)
                     };
-                    outcomes.extend(indices.into_iter().map(|i| (i, outcome.clone())));
+                    attempted.push(Attempted::without_host(
+                        indices.into_iter().map(|i| (i, outcome.clone())).collect(),
+                    ));
                 }
-                Ok(route) => outcomes.extend(
-                    self.deliver_route(envelope, &indices, &route, content)
+                Ok(route) => attempted.push(
+                    self.deliver_route(envelope, &indices, &route, message, content)
                         .await,
                 ),
             }
         }
-        outcomes
+        attempted
     }
 
     /// Delivers the recipients `indices` of one domain along `route`, trying
-    /// its hosts in order while they fail temporarily as a whole.
+    /// its hosts in order while they fail temporarily as a whole, and never
+    /// to this relay itself.
     async fn deliver_route(
         &self,
         envelope: &Envelope,
         indices: &[usize],
         route: &Route,
+        message: MessageTls,
         content: &[u8],
-    ) -> Vec<(usize, Outcome)> {
+    ) -> Attempted {
         let now = SystemTime::now();
-        let defer_all = |f: Failure| {
-            indices
-                .iter()
-                .map(|&i| (i, Outcome::Deferred(f.clone())))
-                .collect::<Vec<_>>()
-        };
-        let fail_all = |f: Failure| {
-            indices
-                .iter()
-                .map(|&i| (i, Outcome::Failed(f.clone())))
-                .collect::<Vec<_>>()
+        let all = |outcome: Outcome| {
+            Attempted::without_host(indices.iter().map(|&i| (i, outcome.clone())).collect())
         };
         let Ok(next_hop) = PolicyHop::parse(&route.domain) else {
-            return fail_all(Failure::local(
+            return all(Outcome::Failed(Failure::local(
                 EnhancedCode::BAD_DESTINATION,
                 format!("bad destination {}", route.domain),
                 now,
-            ));
+            )));
         };
         let smtp_envelope = match smtp_envelope(envelope, indices) {
             Ok(e) => e,
             Err(e) => {
-                return fail_all(Failure::local(EnhancedCode::BAD_ADDRESS_SYNTAX, e, now));
+                return all(Outcome::Failed(Failure::local(
+                    EnhancedCode::BAD_ADDRESS_SYNTAX,
+                    e,
+                    now,
+                )));
             }
-        };
-        let message = if envelope.params.requiretls {
-            MessageTls::RequireTls
-        } else {
-            MessageTls::Default
         };
         let secure_mx = matches!(route.source, RouteSource::Static(_));
         // RFC 8460 §5.3: a report mail is delivered "despite any TLS-related
@@ -608,17 +688,32 @@ impl Delivery {
         let sts = if envelope.tls_report {
             None
         } else {
-            self.sts_policy(&next_hop, route).await
+            self.sts_policy(&next_hop, route, message).await
         };
-        let mut last: Option<Vec<(usize, Outcome)>> = None;
+        let mut last: Option<Attempted> = None;
         for host in &route.hosts {
             let (addresses, mx_host) = match self.addresses(host).await {
                 Ok(v) => v,
                 Err(f) => {
-                    last = Some(defer_all(f));
+                    replace_last(envelope, &mut last, all(Outcome::Deferred(f)));
                     continue;
                 }
             };
+            // Postfix's "loops back to myself": this host and those after
+            // it (no better MX preference) would hand the mail back to us.
+            if let Some(own) = own_address(&addresses, &self.listening) {
+                tracing::warn!(queue_id = %envelope.id,
+                    "mail for {} loops back to myself: next hop {host} is {own}, where this relay listens",
+                    route.domain);
+                if last.is_none() {
+                    last = Some(all(Outcome::Failed(Failure::local(
+                        EnhancedCode::ROUTING_LOOP,
+                        format!("mail for {} loops back to myself", route.domain),
+                        now,
+                    ))));
+                }
+                break;
+            }
             let destination = Destination::new(addresses, next_hop.clone(), mx_host.clone());
             // RFC 8689 §4.2.1: REQUIRETLS needs the MX found securely; a
             // static route is the operator's own choice, not a DNS answer.
@@ -637,24 +732,29 @@ impl Delivery {
             if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {
                 note_sts_problem(&mut outcomes, *result_type, reason);
             }
-            for (i, o) in &outcomes {
-                log_outcome(envelope, *i, o, host, &result);
-            }
             let retry_next = outcomes
                 .iter()
                 .all(|(_, o)| matches!(o, Outcome::Deferred(_)))
                 && result.failure.is_some();
-            last = Some(outcomes);
+            let attempted = Attempted {
+                relay: relay_name(host, &result),
+                tls: result.tls.as_ref().map_or_else(
+                    || "none".to_owned(),
+                    |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust),
+                ),
+                outcomes,
+            };
+            replace_last(envelope, &mut last, attempted);
             if !retry_next {
                 break;
             }
         }
         last.unwrap_or_else(|| {
-            defer_all(Failure::local(
+            all(Outcome::Deferred(Failure::local(
                 transient(4, 4),
                 "no host to deliver to",
                 now,
-            ))
+            )))
         })
     }
 
@@ -669,7 +769,7 @@ impl Delivery {
             return Ok((vec![SocketAddr::new(ip, host.port)], None));
         }
         let now = SystemTime::now();
-        let ips = if bare.eq_ignore_ascii_case("localhost") {
+        let ips = if is_localhost(&normalize_domain(bare)) {
             vec![
                 IpAddr::from([127, 0, 0, 1]),
                 IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
@@ -793,10 +893,7 @@ fn reply_code(reply: &Reply) -> EnhancedCode {
 /// verbatim as the server's.
 fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(usize, Outcome)> {
     let now = SystemTime::now();
-    let remote = match result.server {
-        Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
-        None => host.to_string(),
-    };
+    let remote = relay_name(host, result);
     let policy_rule = result
         .failure
         .as_ref()
@@ -863,31 +960,94 @@ fn note_sts_problem(
     }
 }
 
-/// Postfix-style delivery log line.
-fn log_outcome(
-    envelope: &Envelope,
-    index: usize,
-    outcome: &Outcome,
-    host: &NextHop,
-    result: &DeliveryResult,
-) {
+/// The outcomes of one destination in an attempt, with what their log
+/// lines show.
+#[derive(Debug)]
+struct Attempted {
+    /// `host[ip]:port` when a server was reached, else the host; `none`
+    /// when no host was tried (as Postfix writes `relay=none`).
+    relay: String,
+    /// The TLS summary (`TLSv1.3 TLS13_AES_256_GCM_SHA384 verified`), or
+    /// `none`.
+    tls: String,
+    /// Each recipient's outcome.
+    outcomes: Vec<(usize, Outcome)>,
+}
+
+impl Attempted {
+    /// Outcomes decided without a connection (routing, local trouble).
+    fn without_host(outcomes: Vec<(usize, Outcome)>) -> Self {
+        Self {
+            relay: "none".to_owned(),
+            tls: "none".to_owned(),
+            outcomes,
+        }
+    }
+}
+
+/// Keeps `next` as the outcome of a destination, after logging the one it
+/// replaces: a host passed over for the next one gets a line of its own,
+/// so that each recipient still gets exactly one `to=` line per attempt.
+fn replace_last(envelope: &Envelope, last: &mut Option<Attempted>, next: Attempted) {
+    if let Some(passed) = last.replace(next)
+        && let Some((_, Outcome::Deferred(f) | Outcome::Failed(f))) = passed.outcomes.first()
+    {
+        tracing::info!(queue_id = %envelope.id, "relay={}, tls={}, {f}; trying the next host",
+            passed.relay, passed.tls);
+    }
+}
+
+/// `host[ip]:port` of the server a delivery result reached, else the host.
+fn relay_name(host: &NextHop, result: &DeliveryResult) -> String {
+    match result.server {
+        Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
+        None => host.to_string(),
+    }
+}
+
+/// The first of `addresses` that reaches this relay itself: a listening
+/// address (IP and port), or, for a listener on the unspecified address
+/// (`0.0.0.0`, `[::]`), any address of this host on its port.
+fn own_address(addresses: &[SocketAddr], listening: &[SocketAddr]) -> Option<SocketAddr> {
+    addresses.iter().copied().find(|addr| {
+        let ip = addr.ip().to_canonical();
+        listening.iter().any(|l| {
+            let ours = l.ip().to_canonical();
+            l.port() == addr.port()
+                && (ours == ip || ip.is_unspecified() || (ours.is_unspecified() && is_local_ip(ip)))
+        })
+    })
+}
+
+/// Whether `ip` is an address of this host: loopback, or assigned to one of
+/// its interfaces (a socket can be bound to it).
+fn is_local_ip(ip: IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// The value of the message's `TLS-Required` header field (RFC 8689 §5),
+/// if it has one.
+fn tls_required_header(content: &[u8]) -> Option<String> {
+    let (header, _) = crate::dkim::split_message(content);
+    crate::dkim::header_fields(header)
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"TLS-Required"))
+        .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
+}
+
+/// Postfix-style delivery log line: `to=<…>, relay=…, delay=…, tls=…,
+/// dsn=…, status=…`.
+fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, attempted: &Attempted) {
     let to = envelope
         .recipients
         .get(index)
         .map_or("?", |r| r.address.as_str());
-    let relay = match result.server {
-        Some(addr) => format!("{}[{}]:{}", host.host, addr.ip(), addr.port()),
-        None => host.to_string(),
-    };
     let delay = SystemTime::now()
         .duration_since(envelope.received_at)
         .unwrap_or_default();
-    let tls = result.tls.as_ref().map_or_else(
-        || "none".to_owned(),
-        |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust),
-    );
     tracing::info!(queue_id = %envelope.id,
-        "to=<{to}>, relay={relay}, delay={:.1}, tls={tls}, {}", delay.as_secs_f64(), status_field(outcome));
+        "to=<{to}>, relay={}, delay={:.1}, tls={}, {}", attempted.relay, delay.as_secs_f64(),
+        attempted.tls, status_field(outcome));
 }
 
 /// The end of a delivery log line, as Postfix writes it: `dsn=2.0.0,
@@ -937,6 +1097,54 @@ mod tests {
             status_field(&Outcome::Deferred(dns)),
             "dsn=4.4.3, status=deferred (no address for mx.example)"
         );
+    }
+
+    #[test]
+    fn own_listening_addresses_are_loops() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let listening = [sock("127.0.0.1:2525"), sock("[::1]:2525")];
+        for hit in [
+            "127.0.0.1:2525",
+            "[::1]:2525",
+            "[::ffff:127.0.0.1]:2525",
+            "0.0.0.0:2525",
+        ] {
+            assert_eq!(
+                own_address(&[sock(hit)], &listening),
+                Some(sock(hit)),
+                "{hit}"
+            );
+        }
+        for miss in ["127.0.0.1:25", "127.0.0.2:2525", "192.0.2.1:2525"] {
+            assert_eq!(own_address(&[sock(miss)], &listening), None, "{miss}");
+        }
+        // The first own address among several is named.
+        assert_eq!(
+            own_address(&[sock("192.0.2.1:2525"), sock("[::1]:2525")], &listening),
+            Some(sock("[::1]:2525"))
+        );
+        // A wildcard listener is every address of this host on its port, and
+        // only those (192.0.2.1 is a documentation address, never local).
+        let wildcard = [sock("0.0.0.0:25")];
+        assert!(own_address(&[sock("127.0.0.9:25")], &wildcard).is_some());
+        assert!(own_address(&[sock("[::1]:25")], &[sock("[::]:25")]).is_some());
+        assert!(own_address(&[sock("192.0.2.1:25")], &wildcard).is_none());
+        assert!(own_address(&[sock("127.0.0.1:26")], &wildcard).is_none());
+        assert!(own_address(&[sock("127.0.0.1:25")], &[]).is_none());
+    }
+
+    #[test]
+    fn tls_required_header_is_read_from_the_header_only() {
+        let message = b"Received: from a\r\n\tby b\r\ntls-required:\r\n  No\r\nSubject: x\r\n\r\n";
+        assert_eq!(
+            tls_required_header(message).map(|v| MessageTls::from_message(false, Some(&v))),
+            Some(MessageTls::TlsOptional)
+        );
+        assert_eq!(
+            tls_required_header(b"Subject: x\r\n\r\nTLS-Required: No\r\n"),
+            None
+        );
+        assert_eq!(tls_required_header(b"X-TLS-Required: No\r\n\r\n"), None);
     }
 
     #[test]

@@ -338,7 +338,7 @@ fn fold(s: &str, width: usize) -> String {
 
 /// The header and the body of `message`: split at the first empty line
 /// (the body starts after its CRLF).
-fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
+pub(crate) fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
     if message.starts_with(b"\r\n") {
         return (&[], &message[2..]);
     }
@@ -353,7 +353,7 @@ fn split_message(message: &[u8]) -> (&[u8], &[u8]) {
 /// starting with white space plus the continuation lines after it; the
 /// value is everything after the colon, folding included, without the
 /// final CRLF.
-fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
+pub(crate) fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
     let mut fields: Vec<(usize, usize)> = Vec::new();
     let mut start = 0;
     while start < header.len() {

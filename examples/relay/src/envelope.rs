@@ -113,6 +113,8 @@ impl EnhancedCode {
     pub const NULL_MX: Self = Self::known(5, 1, 10);
     /// `5.4.4`: unable to route (RFC 3463 §3.5).
     pub const UNROUTABLE: Self = Self::known(5, 4, 4);
+    /// `5.4.6`: routing loop detected (RFC 3463 §3.5).
+    pub const ROUTING_LOOP: Self = Self::known(5, 4, 6);
     /// `5.7.1`: delivery not authorized (RFC 3463 §3.8).
     pub const NOT_AUTHORIZED: Self = Self::known(5, 7, 1);
 

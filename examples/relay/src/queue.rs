@@ -319,7 +319,9 @@ impl Queue {
     }
 
     /// Takes the messages due at `now` that are not being delivered, oldest
-    /// due first, at most `limit` of them, and marks them in flight.
+    /// due first, at most `limit` of them, and marks them in flight: those
+    /// with recipients to deliver, and those whose bounce is still to be
+    /// queued (see [`retry_bounce`](Self::retry_bounce)).
     pub fn take_due(&mut self, now: SystemTime, limit: usize) -> Vec<Envelope> {
         let mut due: Vec<&mut Entry> = self
             .entries
@@ -327,7 +329,10 @@ impl Queue {
             .filter(|e| {
                 !e.in_flight
                     && e.envelope.next_attempt <= now
-                    && e.envelope.recipients.iter().any(|r| r.state.is_open())
+                    && e.envelope
+                        .recipients
+                        .iter()
+                        .any(|r| r.state.is_open() || r.state == RecipientState::Failed)
             })
             .collect();
         due.sort_by(|a, b| {
@@ -371,6 +376,25 @@ impl Queue {
         // take_due until the caller removes it.
         entry.in_flight = report.disposition == Disposition::Complete;
         Ok((entry.envelope.clone(), report))
+    }
+
+    /// After the bounce for a message could not be queued (a full disk):
+    /// the message stays queued with its failed recipients (RFC 5321 §6.1:
+    /// deliver or notify, never drop), and [`take_due`](Self::take_due)
+    /// hands it out again for another try at the bounce: at its next
+    /// delivery attempt if one is scheduled, else `min_backoff` (at least a
+    /// second) from `now`. Returns when, or `None` if the message is not
+    /// queued. In memory only: after a restart the bounce is among the
+    /// [`leftovers`](Self::leftovers).
+    pub fn retry_bounce(&mut self, id: &MessageId, now: SystemTime) -> Option<SystemTime> {
+        let entry = self.entries.get_mut(id)?;
+        let scheduled = !entry.envelope.open_recipients().is_empty();
+        if !scheduled || entry.envelope.next_attempt <= now {
+            let wait = self.policy.min_backoff.max(Duration::from_secs(1));
+            entry.envelope.next_attempt = now.checked_add(wait).unwrap_or(now);
+        }
+        entry.in_flight = false;
+        Some(entry.envelope.next_attempt)
     }
 
     /// Marks recipients returned once their bounce is queued; returns the
@@ -692,6 +716,33 @@ mod tests {
     }
 
     #[test]
+    fn a_bounce_not_queued_keeps_the_message_due() {
+        let mut q = Queue::new(RetryPolicy::default());
+        let env = envelope("a@example.org", 1);
+        q.insert(env.clone());
+        assert_eq!(q.take_due(t(0), 10).len(), 1);
+        let (_, report) = q.complete_attempt(&env.id, &[(0, perm(1))], t(1)).unwrap();
+        assert_eq!(report.bounce, vec![0]);
+        assert_eq!(report.disposition, Disposition::Complete);
+        assert!(q.take_due(t(1), 10).is_empty(), "in flight");
+        // The bounce could not be queued: the message comes back later, for
+        // its bounce only.
+        assert_eq!(q.retry_bounce(&env.id, t(1)), Some(t(1) + 5 * MIN));
+        assert!(q.take_due(t(2), 10).is_empty(), "not before the backoff");
+        let due = q.take_due(t(1) + 5 * MIN, 10);
+        assert_eq!(due.len(), 1);
+        assert!(due[0].open_recipients().is_empty());
+        assert_eq!(due[0].failed_unreturned(), vec![0]);
+        assert!(q.leftovers().bounce.is_empty(), "in flight again");
+        // A message with recipients still to deliver keeps its schedule.
+        let mut open = envelope("b@example.org", 2);
+        open.next_attempt = t(1000);
+        q.insert(open.clone());
+        assert_eq!(q.retry_bounce(&open.id, t(10)), Some(t(1000)));
+        assert_eq!(q.retry_bounce(&MessageId::generate(t(5)), t(10)), None);
+    }
+
+    #[test]
     fn leftovers_after_a_crash() {
         let mut q = Queue::new(RetryPolicy::default());
         let p = RetryPolicy::default();
@@ -712,14 +763,34 @@ mod tests {
         let left = q.leftovers();
         assert_eq!(left.bounce, vec![(bounced_pending.id.clone(), vec![0])]);
         assert_eq!(left.remove, vec![done.id.clone()]);
-        // Only the message with an open recipient is ever due.
-        let due = q.take_due(t(10_000), 10);
-        assert_eq!(
-            due.iter().map(|e| &e.id).collect::<Vec<_>>(),
-            vec![&open.id]
-        );
+        // Due: the message with an open recipient, and the one whose bounce
+        // is still to be queued; never the finished one.
+        let mut due: Vec<_> = q
+            .take_due(t(10_000), 10)
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        due.sort();
+        let mut expected = vec![bounced_pending.id.clone(), open.id.clone()];
+        expected.sort();
+        assert_eq!(due, expected);
+        let (_, report) = q
+            .complete_attempt(&open.id, &[(0, Outcome::Delivered)], t(10_001))
+            .unwrap();
+        assert_eq!(report.disposition, Disposition::Complete);
+        q.mark_returned(&bounced_pending.id, &[0]).unwrap();
+        assert!(q.take_due(t(20_000), 10).is_empty(), "nothing left to do");
+    }
+
+    #[test]
+    fn leftovers_are_what_a_crash_left_half_done() {
+        let mut q = Queue::new(RetryPolicy::default());
+        let p = RetryPolicy::default();
+        let mut bounced_pending = envelope("a@example.org", 1);
+        let _ = record_attempt(&mut bounced_pending, &[(0, perm(1))], t(1), &p).unwrap();
+        q.insert(bounced_pending.clone());
         q.mark_returned(&bounced_pending.id, &[0]).unwrap();
         assert!(q.leftovers().bounce.is_empty());
-        assert_eq!(q.leftovers().remove.len(), 2);
+        assert_eq!(q.leftovers().remove, vec![bounced_pending.id]);
     }
 }

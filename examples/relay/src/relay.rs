@@ -235,7 +235,8 @@ impl Relay {
             tls.policy.outbound.clone(),
             Arc::clone(&tls.client),
             mta_sts,
-        );
+        )
+        .with_listen_addrs(&addrs);
         // RFC 8460 reporting exists only when enabled: no cost otherwise.
         if config.tls_reporting.enabled {
             let reporter = TlsReporter::new(

@@ -8,7 +8,9 @@
 //!    entries): the domain itself, then `.parent` entries from the nearest to
 //!    the farthest, then `*`. Keys are case-insensitive and a trailing dot is
 //!    ignored. A static route names the host to connect to: no MX lookup.
-//! 2. Otherwise DNS, RFC 5321 §5.1: the MX records sorted by preference; no
+//! 2. `localhost` and its subdomains (RFC 6761 §6.3) go to the loopback
+//!    address on the MX port, without a DNS query.
+//! 3. Otherwise DNS, RFC 5321 §5.1: the MX records sorted by preference; no
 //!    MX records at all means the implicit MX, the domain itself with
 //!    preference 0, provided it has an address record; a null MX (RFC 7505:
 //!    one MX with exchange `.`) means the domain accepts no mail, a permanent
@@ -427,6 +429,12 @@ pub fn normalize_domain(domain: &str) -> String {
     domain.trim_end_matches('.').to_lowercase()
 }
 
+/// Whether `name` (normalised) is `localhost` or under it: the loopback
+/// host, never looked up in DNS (RFC 6761 §6.3).
+pub fn is_localhost(name: &str) -> bool {
+    name == "localhost" || name.ends_with(".localhost")
+}
+
 /// Finds routes: static first, then DNS.
 #[derive(Debug, Clone)]
 pub struct Router<R> {
@@ -467,6 +475,19 @@ impl<R: Resolver> Router<R> {
                 domain,
                 hosts: vec![hop.clone()],
                 source: RouteSource::Static(key.to_owned()),
+            });
+        }
+        // RFC 6761 §6.3: `localhost` names are this host and are not looked
+        // up in DNS; their mail goes to the loopback address, where the
+        // delivery side's loop check refuses to send this relay its own mail.
+        if is_localhost(&domain) {
+            return Ok(Route {
+                hosts: vec![NextHop {
+                    host: domain.clone(),
+                    port: self.mx_port,
+                }],
+                domain,
+                source: RouteSource::ImplicitMx,
             });
         }
         // A domain literal (`user@[192.0.2.1]`, RFC 5321 §4.1.3) is not
@@ -750,6 +771,26 @@ mod tests {
         assert_eq!(hosts(&route), ["127.0.0.1:2526"]);
         assert_eq!(route.source, RouteSource::Static(".test".into()));
         assert!(router.resolver().asked.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn localhost_goes_to_loopback_without_dns() {
+        let router = Router::new(StaticRoutes::new(), FakeDns::default()).with_mx_port(2525);
+        for name in ["LocalHost.", "mail.localhost"] {
+            let route = router.route(name, now()).await.unwrap();
+            assert_eq!(route.source, RouteSource::ImplicitMx);
+            assert_eq!(hosts(&route), [format!("{}:2525", route.domain)]);
+        }
+        assert!(router.resolver().asked.lock().unwrap().is_empty());
+        assert!(!is_localhost("notlocalhost"));
+        // A static route still wins.
+        let mut routes = StaticRoutes::new();
+        routes.insert("localhost", hop("192.0.2.9:25")).unwrap();
+        let route = Router::new(routes, FakeDns::default())
+            .route("localhost", now())
+            .await
+            .unwrap();
+        assert_eq!(hosts(&route), ["192.0.2.9:25"]);
     }
 
     #[tokio::test]

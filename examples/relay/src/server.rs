@@ -84,6 +84,7 @@ impl ServerHandler for RelayHandler {
             incoming: None,
             error: None,
             info: None,
+            received: ReceivedCounter::default(),
         }
     }
 }
@@ -103,6 +104,8 @@ pub struct RelaySession {
     /// The connection as of the last RCPT (TLS state for the Received header;
     /// STARTTLS ends any transaction, so it cannot change before DATA).
     info: Option<ConnectionInfo>,
+    /// The `Received:` fields of the message being received (hop count).
+    received: ReceivedCounter,
 }
 
 /// `451 4.3.0` with a text, for local trouble (the client retries).
@@ -184,6 +187,7 @@ impl SessionHandler for RelaySession {
     }
 
     async fn message_chunk(&mut self, chunk: Vec<u8>) {
+        self.received.feed(&chunk);
         if self.error.is_some() {
             return;
         }
@@ -234,6 +238,8 @@ impl SessionHandler for RelaySession {
             self.info = Some(info.clone());
             self.message_chunk(Vec::new()).await;
         }
+        // Our own Received header counts too, as in Postfix's cleanup.
+        let hops = std::mem::take(&mut self.received).count + 1;
         if let Some(e) = self.error.take() {
             tracing::error!(id = info.id, error = %e, "message not stored");
             self.incoming = None;
@@ -242,6 +248,13 @@ impl SessionHandler for RelaySession {
         let Some(incoming) = self.incoming.take() else {
             return local_error("Error: internal error");
         };
+        // A mail loop (DESIGN.md §4, Postfix `hopcount_limit`): refused, so
+        // never relayed again; dropping `incoming` deletes its file.
+        if hops >= self.shared.config.hopcount_limit {
+            tracing::info!(id = info.id, queue_id = %incoming.id(), client = %info.peer.ip(), hops,
+                "NOQUEUE: reject: too many hops (a mail loop?)");
+            return Verdict::reject(554, (5, 4, 6), "Error: too many hops");
+        }
         match tokio::task::spawn_blocking(move || incoming.commit()).await {
             Ok(Ok(envelope)) => {
                 let id = envelope.id.clone();
@@ -269,6 +282,7 @@ impl SessionHandler for RelaySession {
         // Dropping an uncommitted Incoming removes its temporary file.
         self.incoming = None;
         self.error = None;
+        self.received = ReceivedCounter::default();
         self.from = None;
         self.recipients.clear();
     }
@@ -301,6 +315,64 @@ fn mail_params(p: &postern_smtp::MailParams) -> MailParams {
             postern_smtp::Ret::Full => Ret::Full,
             _ => Ret::Hdrs,
         }),
+    }
+}
+
+/// Counts the `Received:` fields of a message's header section as its
+/// content streams in, chunk by chunk (the content has CRLF line ends: bare
+/// ones were normalised or refused before).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct ReceivedCounter {
+    /// `Received:` fields seen so far.
+    count: usize,
+    /// Where the scan is.
+    at: Scan,
+}
+
+/// Where a [`ReceivedCounter`] is in the header section.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Scan {
+    /// At the start of a line.
+    #[default]
+    LineStart,
+    /// This many octets of `received:` matched at the start of a line.
+    Name(usize),
+    /// Elsewhere in a line, up to its LF.
+    Line,
+    /// Past the header section.
+    Body,
+}
+
+impl ReceivedCounter {
+    const NAME: &'static [u8] = b"received:";
+
+    fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            self.at = match self.at {
+                Scan::Body => return,
+                // An empty line ends the header section (RFC 5322 §2.1).
+                Scan::LineStart if b == b'\r' || b == b'\n' => Scan::Body,
+                Scan::LineStart | Scan::Name(_) if b == b'\n' => Scan::LineStart,
+                Scan::LineStart | Scan::Name(_) => {
+                    let matched = match self.at {
+                        Scan::Name(n) => n,
+                        _ => 0,
+                    };
+                    match Self::NAME.get(matched) {
+                        Some(c)
+                            if c.eq_ignore_ascii_case(&b) && matched + 1 == Self::NAME.len() =>
+                        {
+                            self.count += 1;
+                            Scan::Line
+                        }
+                        Some(c) if c.eq_ignore_ascii_case(&b) => Scan::Name(matched + 1),
+                        _ => Scan::Line,
+                    }
+                }
+                Scan::Line if b == b'\n' => Scan::LineStart,
+                Scan::Line => Scan::Line,
+            };
+        }
     }
 }
 
@@ -410,6 +482,23 @@ fn cert_status(check: &CertificateCheck) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_only_across_chunks() {
+        let message = b"Received: from a\r\n\tby b; now\r\nRECEIVED:x\r\nReceived-SPF: pass\r\n\
+            X-Received: no\r\nSubject: Received: no\r\n received: folded, no\r\n\r\n\
+            Received: in the body\r\n";
+        for split in 0..message.len() {
+            let mut counter = ReceivedCounter::default();
+            counter.feed(&message[..split]);
+            counter.feed(&message[split..]);
+            assert_eq!(counter.count, 2, "split at {split}");
+            assert_eq!(counter.at, Scan::Body);
+        }
+        let mut no_body = ReceivedCounter::default();
+        no_body.feed(b"Received: x\r\nReceived: y");
+        assert_eq!(no_body.count, 2);
+    }
 
     #[test]
     fn cipher_bits_follow_the_suite() {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    NextHop, Pem, Submit, ca, message, rustls_server, self_signed, start_postern_hop_at, transport,
-    wait_for,
+    NextHop, Pem, Submit, ca, message, rustls_server, self_signed, start_postern_hop,
+    start_postern_hop_at, submit_raw, submit_requiretls, transport, wait_for,
 };
 use lettre::AsyncTransport;
 use postern_policy::mta_sts::CachedPolicy;
@@ -446,6 +446,166 @@ async fn cached_policies_are_refreshed_without_mail() {
         count(&requests, "mta-sts.down.test"),
         1,
         "retried within 5 minutes"
+    );
+    relay.shutdown().await;
+}
+
+/// RFC 8689 §4.2.1: a REQUIRETLS message to a domain reached by MX is
+/// delivered under the domain's MTA-STS policy whatever mode is configured
+/// for it (here the default, opportunistic), and only over TLS verified
+/// against that policy; without a policy its MX is not found securely and it
+/// comes back `5.7.30`. §5: a message with `TLS-Required: No` is delivered
+/// although the destination's MTA-STS policy fails (a message without the
+/// header is deferred).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requiretls_applies_mta_sts_and_tls_required_no_relaxes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::write(dir.path().join("ca.pem"), &ca().cert_pem).unwrap();
+    // (domain, MTA-STS policy published, MX certificate from the test CA)
+    let cases = [
+        ("sts.test", true, true),
+        ("sts-bad-cert.test", true, false),
+        ("no-sts.test", false, true),
+        ("optional.test", true, false),
+    ];
+    let mut serve = HashMap::new();
+    let mut names = Vec::new();
+    for (d, published, _) in cases {
+        names.push(format!("mta-sts.{d}"));
+        if published {
+            let policy: &'static str = Box::leak(enforce(&format!("mx.{d}")).into_boxed_str());
+            serve.insert(format!("mta-sts.{d}"), Serve::Policy(policy));
+        }
+    }
+    let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (https_port, _) = start_policy_host(&ca().leaf(&names_ref, false, -1, 90), serve).await;
+    let probe = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let mx_port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut dns = FixedResolver::new();
+    let mut hops: HashMap<&str, NextHop> = HashMap::new();
+    for (n, (d, published, ca_signed)) in cases.into_iter().enumerate() {
+        let mx = format!("mx.{d}");
+        let ip = IpAddr::from([127, 0, 0, u8::try_from(n + 2).unwrap()]);
+        let cert = if ca_signed {
+            ca().leaf(&[&mx], false, -1, 90)
+        } else {
+            self_signed(&[&mx], false)
+        };
+        hops.insert(
+            d,
+            start_postern_hop_at(Some(&cert), &format!("{ip}:{mx_port}")).await,
+        );
+        dns = dns
+            .with_mx(d, 10, &mx)
+            .with_address(&mx, ip)
+            .with_address(&format!("mta-sts.{d}"), IpAddr::from([127, 0, 0, 1]))
+            .with_txt(
+                &format!("_mta-sts.{d}"),
+                if published {
+                    Ok(vec!["v=STSv1; id=1;".to_owned()])
+                } else {
+                    Err(postern_relay::routing::LookupError::NoSuchDomain)
+                },
+            );
+    }
+    // The sender's domain: bounces land there.
+    let sink = start_postern_hop(None).await;
+    let toml = format!(
+        "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n\
+         [queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\nscan_interval = \"1s\"\n\
+         [timeouts]\nconnect = \"5s\"\nclient_reply = \"10s\"\ntls_handshake = \"5s\"\n\
+         [mta_sts]\nfetch_timeout = \"10s\"\nhttps_port = {https_port}\n\
+         [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\nca_bundle = \"{}\"\n\
+         [routes]\n\"client.test\" = \"127.0.0.1:{}\"\n\
+         [tls.outbound.domains.\"optional.test\"]\ntls = \"mta-sts\"\n",
+        state.display(),
+        dir.path().join("ca.pem").display(),
+        sink.addr.port()
+    );
+    let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+        .await
+        .unwrap();
+    let addr = relay.local_addrs()[0];
+    for to in ["bob@sts.test", "bob@sts-bad-cert.test", "bob@no-sts.test"] {
+        let r = submit_requiretls(addr, "alice@client.test", to, "secret").await;
+        assert!(r.starts_with("250 "), "{to}: {r}");
+    }
+    let r = submit_raw(
+        addr,
+        "alice@client.test",
+        "relaxed@optional.test",
+        "TLS-Required: No\r\nSubject: relaxed\r\n\r\nDeliver anyway.\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250 "), "{r}");
+    let r = submit_raw(
+        addr,
+        "alice@client.test",
+        "strict@optional.test",
+        "Subject: strict\r\n\r\nHeld by the policy.\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250 "), "{r}");
+
+    let scan = wait_for(
+        dir.path(),
+        Duration::from_secs(60),
+        "the attempts and the bounces",
+        |s| {
+            s.messages.len() == 1
+                && s.messages[0].envelope.attempts >= 1
+                && sink.delivered_to("alice@client.test").len() == 2
+        },
+    )
+    .await;
+    // Verified against the policy: delivered over TLS.
+    let delivered = hops["sts.test"].delivered_to("bob@sts.test");
+    assert_eq!(delivered.len(), 1);
+    assert!(delivered[0].tls);
+    // A certificate that does not verify, or no policy: returned 5.7.30,
+    // never sent; no MAIL in plaintext anywhere.
+    for d in ["sts-bad-cert.test", "no-sts.test"] {
+        let log = hops[d].log.lock().unwrap();
+        assert!(log.delivered.is_empty(), "{d}");
+        assert_eq!(log.plaintext_mail, 0, "{d}");
+    }
+    assert_eq!(
+        hops["no-sts.test"].log.lock().unwrap().connections,
+        0,
+        "an MX not found securely is not contacted"
+    );
+    let bounces: Vec<String> = sink
+        .delivered_to("alice@client.test")
+        .iter()
+        .map(|b| String::from_utf8_lossy(&b.content).into_owned())
+        .collect();
+    for d in ["sts-bad-cert.test", "no-sts.test"] {
+        let text = bounces
+            .iter()
+            .find(|t| t.contains(&format!("Final-Recipient: rfc822; bob@{d}")))
+            .unwrap_or_else(|| panic!("no bounce for {d}: {bounces:#?}"));
+        assert!(text.contains("Status: 5.7.30"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+    // TLS-Required: No: delivered despite the failing policy (TLS is still
+    // used when offered); the same message without the header waits.
+    let relaxed = hops["optional.test"].delivered_to("relaxed@optional.test");
+    assert_eq!(relaxed.len(), 1);
+    assert!(relaxed[0].tls);
+    assert!(
+        hops["optional.test"]
+            .delivered_to("strict@optional.test")
+            .is_empty()
+    );
+    let held = &scan.messages[0].envelope.recipients[0];
+    assert_eq!(held.address, "strict@optional.test");
+    assert_eq!(held.state, RecipientState::Deferred);
+    assert_eq!(
+        held.last_failure.as_ref().unwrap().code.to_string(),
+        "4.7.5"
     );
     relay.shutdown().await;
 }

@@ -667,3 +667,47 @@ pub fn rsa_key_pem() -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
     format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n")
 }
+
+/// Submits `content` (header and body, CRLF lines, no final dot) from `from` to `to` in plaintext, dot-stuffed
+/// (for headers lettre cannot write, such as `TLS-Required` or many `Received` fields). Returns the reply to
+/// the final dot.
+pub async fn submit_raw(addr: SocketAddr, from: &str, to: &str, content: &str) -> String {
+    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                io.read_line(&mut line).await.unwrap() > 0,
+                "closed after {all:?}"
+            );
+            all.push_str(&line);
+            if line.as_bytes().get(3) == Some(&b' ') {
+                return all;
+            }
+        }
+    }
+    let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    reply(&mut io).await;
+    for cmd in [
+        "EHLO client.test\r\n".to_owned(),
+        format!("MAIL FROM:<{from}>\r\n"),
+        format!("RCPT TO:<{to}>\r\n"),
+        "DATA\r\n".to_owned(),
+    ] {
+        io.get_mut().write_all(cmd.as_bytes()).await.unwrap();
+        let r = reply(&mut io).await;
+        assert!(r.starts_with('2') || r.starts_with("354"), "{r}");
+    }
+    let mut data = String::new();
+    for line in content.split_inclusive("\r\n") {
+        if line.starts_with('.') {
+            data.push('.');
+        }
+        data.push_str(line);
+    }
+    data.push_str(".\r\n");
+    io.get_mut().write_all(data.as_bytes()).await.unwrap();
+    let done = reply(&mut io).await;
+    let _ = io.get_mut().write_all(b"QUIT\r\n").await;
+    done
+}

@@ -1,0 +1,175 @@
+//! The delivery log: every recipient outcome of an attempt gets exactly one
+//! Postfix-style `to=<…>, relay=…, delay=…, tls=…, dsn=…, status=…` line,
+//! routing failures (null MX, NXDOMAIN, DNS lookups that fail, no address)
+//! included; a host passed over for the next MX gets a line of its own.
+
+mod capture;
+mod common;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::{Submit, message, start_postern_hop, transport, wait_for};
+use lettre::AsyncTransport;
+use postern_relay::config::Config;
+use postern_relay::delivery::SystemResolver;
+use postern_relay::relay::Relay;
+use postern_relay::routing::FixedResolver;
+
+async fn start(
+    dir: &std::path::Path,
+    resolver: SystemResolver,
+    mx_port: u16,
+    routes: &str,
+) -> Relay {
+    let text = format!(
+        "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n\
+         [queue]\nmin_backoff = \"1h\"\nmax_backoff = \"1h\"\nscan_interval = \"1s\"\n\
+         [timeouts]\nconnect = \"5s\"\n\
+         [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n\
+         [routes]\n{routes}\n",
+        dir.join("state").display(),
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    Relay::start_with_resolver(config, resolver, mx_port)
+        .await
+        .unwrap()
+}
+
+/// The one `to=<rcpt>` line, checked to contain each of `parts`.
+fn one_line(rcpt: &str, parts: &[&str]) {
+    let lines = capture::lines_with(&format!("to=<{rcpt}>,"));
+    assert_eq!(lines.len(), 1, "{rcpt}: {lines:#?}");
+    for part in parts {
+        assert!(
+            lines[0].contains(part),
+            "{rcpt}: {part:?} missing in {}",
+            lines[0]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_recipient_outcome_is_logged_once() {
+    capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = start_postern_hop(None).await;
+    let mx = start_postern_hop(None).await;
+    // no-address.test: neither MX host has an address; no-host.test: no MX
+    // and no address record; two-mx.test: the first MX (127.0.0.3) refuses
+    // connections, the second delivers.
+    let dns = FixedResolver::new()
+        .with_mx("null-mx.test", 0, ".")
+        .with_mx("no-address.test", 10, "mx.no-address.test")
+        .with_mx("no-address.test", 20, "mx2.no-address.test")
+        .with_txt("no-host.test", Ok(Vec::new()))
+        .with_mx("two-mx.test", 10, "mx1.two-mx.test")
+        .with_mx("two-mx.test", 20, "mx2.two-mx.test")
+        .with_address("mx1.two-mx.test", IpAddr::from([127, 0, 0, 3]))
+        .with_address("mx2.two-mx.test", IpAddr::from([127, 0, 0, 1]));
+    let relay = start(
+        dir.path(),
+        SystemResolver::Fixed(Box::new(dns)),
+        mx.addr.port(),
+        &format!("\"client.test\" = \"127.0.0.1:{}\"", sink.addr.port()),
+    )
+    .await;
+    let addr = relay.local_addrs()[0];
+    for rcpt in [
+        "a@null-mx.test",
+        "b@nxdomain.test",
+        "c@no-address.test",
+        "d@two-mx.test",
+        "e@no-host.test",
+    ] {
+        transport(addr, Submit::Plain)
+            .send(message(rcpt, rcpt))
+            .await
+            .unwrap();
+    }
+    // Left queued: no-address.test (deferred).
+    wait_for(dir.path(), Duration::from_secs(60), "the attempts", |s| {
+        s.messages.len() == 1 && s.messages.iter().all(|m| m.envelope.attempts == 1)
+    })
+    .await;
+    // The bounces of the three that failed reached the sender's domain.
+    let start = std::time::Instant::now();
+    while sink.delivered_to("alice@client.test").len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(30), "bounces missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    one_line(
+        "a@null-mx.test",
+        &[
+            "relay=none",
+            "tls=none",
+            "dsn=5.1.10, status=bounced (null MX: null-mx.test accepts no mail)",
+        ],
+    );
+    one_line(
+        "b@nxdomain.test",
+        &[
+            "relay=none",
+            "dsn=5.1.2, status=bounced (domain nxdomain.test does not exist)",
+        ],
+    );
+    one_line(
+        "c@no-address.test",
+        &[
+            "relay=none",
+            "dsn=4.4.3, status=deferred (address lookup for mx2.no-address.test failed",
+        ],
+    );
+    let passed = capture::lines_with("address lookup for mx.no-address.test failed");
+    assert_eq!(passed.len(), 1, "{passed:#?}");
+    assert!(passed[0].contains("trying the next host"), "{passed:#?}");
+    one_line(
+        "e@no-host.test",
+        &[
+            "relay=none",
+            "dsn=5.4.4, status=bounced (no-host.test has no MX and no address record)",
+        ],
+    );
+    // The first MX of two-mx.test was passed over: a line of its own, then
+    // one `to=` line for the delivery.
+    one_line(
+        "d@two-mx.test",
+        &["relay=mx2.two-mx.test[127.0.0.1]", "dsn=2.0.0, status=sent"],
+    );
+    let passed = capture::lines_with("relay=mx1.two-mx.test");
+    assert_eq!(passed.len(), 1, "{passed:#?}");
+    assert!(passed[0].contains("trying the next host"), "{passed:#?}");
+    assert!(!passed[0].contains("to=<"), "{passed:#?}");
+    assert_eq!(mx.delivered_to("d@two-mx.test").len(), 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_lookup_failures_are_logged_as_deferrals() {
+    capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start(
+        dir.path(),
+        SystemResolver::Unavailable("no resolver in this test".into()),
+        25,
+        "",
+    )
+    .await;
+    transport(relay.local_addrs()[0], Submit::Plain)
+        .send(message("f@dns-down.test", "dns down"))
+        .await
+        .unwrap();
+    wait_for(dir.path(), Duration::from_secs(30), "the attempt", |s| {
+        s.messages.iter().all(|m| m.envelope.attempts == 1)
+    })
+    .await;
+    one_line(
+        "f@dns-down.test",
+        &[
+            "relay=none",
+            "tls=none",
+            "dsn=4.4.3, status=deferred (MX lookup for dns-down.test failed: no resolver in this test)",
+        ],
+    );
+    relay.shutdown().await;
+}
