@@ -318,12 +318,15 @@ pub struct DeliveryResult {
     pub failure: Option<DeliveryFailure>,
     /// The message went over a new plaintext connection after a failed handshake (opportunistic TLS).
     pub plaintext_retry: bool,
+    /// The facts the policy saw on that connection (what a probe reports).
+    pub facts: SessionFacts,
 }
 
 impl DeliveryResult {
     /// The result of an attempt's [`Done`] at `server`.
     pub fn from_done(done: Done, server: Option<SocketAddr>) -> Self {
         Self {
+            facts: done.facts,
             recipients: done.recipients,
             server,
             tls: done.tls,

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
 use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
-    ConnectionPolicy, Decision, DomainName, NextHop, OutboundPolicy, PeerTrust, TlsVersion,
+    ClientTlsMode, ConnectionPolicy, Decision, DomainName, NextHop, OutboundPolicy, PeerTrust,
+    TlsVersion,
 };
 use postern_smtp::{ClientConfig, Envelope, ForwardPath};
 use rustls::RootCertStore;
@@ -168,7 +169,7 @@ impl Client {
                 message.to_vec(),
                 Instant::now(),
             );
-            let (result, handed_over) = self.drive(addr, attempt, &recipients).await;
+            let (result, handed_over) = self.drive(addr, attempt, &recipients, false).await;
             let Some(f) = result.failure.as_ref().filter(|_| !handed_over) else {
                 return result;
             };
@@ -187,6 +188,14 @@ impl Client {
         })
     }
 
+    /// Probe `addr`: drive [`Attempt::probe`] under `policy` until TLS is up or refused, then QUIT; no MAIL is
+    /// sent. The certificate is checked as `verify` would check it against the server name, recorded and never
+    /// refused. The result's `facts` and `tls` say what the next hop offered.
+    pub async fn probe(&self, addr: SocketAddr, policy: ConnectionPolicy) -> DeliveryResult {
+        let attempt = Attempt::probe(policy, self.settings.smtp.clone(), Instant::now());
+        self.drive(addr, attempt, &[], true).await.0
+    }
+
     /// Drive one attempt at `addr`: the connection (and the new plaintext one it may ask for) until Done.
     /// Returns the result and whether the message was handed over.
     async fn drive(
@@ -194,6 +203,7 @@ impl Client {
         addr: SocketAddr,
         mut attempt: Attempt,
         recipients: &[ForwardPath],
+        probe: bool,
     ) -> (DeliveryResult, bool) {
         let mut conn = match self.connect(addr).await {
             Ok(conn) => conn,
@@ -231,7 +241,7 @@ impl Client {
                         if params.discarded > 0 {
                             tracing::warn!(server = %addr, discarded = params.discarded, "bytes after the 220 to STARTTLS discarded, never read as a reply");
                         }
-                        let result = match self.handshake(&mut conn, &params).await {
+                        let result = match self.handshake(&mut conn, &params, probe).await {
                             Ok((result, note)) => {
                                 handshaken = Some(note);
                                 result
@@ -322,7 +332,16 @@ impl Client {
     }
 
     /// The TLS settings of the attempt's parameters (a field-by-field copy), and the trust anchors file.
-    async fn tls_spec(&self, params: &TlsParams) -> Result<ClientTlsSpec, DeliveryFailure> {
+    async fn tls_spec(
+        &self,
+        params: &TlsParams,
+        probe: bool,
+    ) -> Result<ClientTlsSpec, DeliveryFailure> {
+        if probe {
+            let mut spec = ClientTlsSpec::new(ClientTlsMode::Verify, params.server_name.clone());
+            spec.dangerous_report_only = true;
+            return Ok(spec);
+        }
         let mut spec = ClientTlsSpec::new(params.mode, params.server_name.clone());
         spec.match_names.clone_from(&params.match_names);
         spec.pins.clone_from(&params.pins);
@@ -369,8 +388,9 @@ impl Client {
         &self,
         conn: &mut Conn,
         params: &TlsParams,
+        probe: bool,
     ) -> Result<(HandshakeResult, Handshaken), DeliveryFailure> {
-        let spec = self.tls_spec(params).await?;
+        let spec = self.tls_spec(params, probe).await?;
         let tls_conn = self
             .tls
             .connection(&spec)
