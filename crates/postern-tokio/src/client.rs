@@ -106,15 +106,8 @@ impl fmt::Debug for Client {
     }
 }
 
-/// How the last handshake went, for its log line.
-enum Handshaken {
-    Up {
-        trust: PeerTrust,
-        version: TlsVersion,
-        cipher: String,
-    },
-    Failed(String),
-}
+/// How the last handshake went, for its log line: trust, version and cipher, or the error.
+type Handshaken = Result<(PeerTrust, TlsVersion, String), String>;
 
 impl Client {
     /// A client with these settings, using `tls` (trust anchors, client certificate, session caches).
@@ -205,14 +198,14 @@ impl Client {
         recipients: &[ForwardPath],
         probe: bool,
     ) -> (DeliveryResult, bool) {
+        let undelivered = |f, decision, plaintext_retry| {
+            let mut r = DeliveryResult::undelivered(recipients, f, Some(addr));
+            (r.decision, r.plaintext_retry) = (decision, plaintext_retry);
+            (r, false)
+        };
         let mut conn = match self.connect(addr).await {
             Ok(conn) => conn,
-            Err(f) => {
-                return (
-                    DeliveryResult::undelivered(recipients, f, Some(addr)),
-                    false,
-                );
-            }
+            Err(f) => return undelivered(f, None, false),
         };
         let server_name = attempt.server_name().to_owned();
         let mut handshaken = None;
@@ -246,11 +239,7 @@ impl Client {
                                 handshaken = Some(note);
                                 result
                             }
-                            Err(f) => {
-                                let mut r = DeliveryResult::undelivered(recipients, f, Some(addr));
-                                r.decision = last_decision;
-                                return (r, false);
-                            }
+                            Err(f) => return undelivered(f, last_decision, false),
                         };
                         if attempt.handle_tls(result).is_err() {
                             attempt.handle_eof();
@@ -267,11 +256,7 @@ impl Client {
                                 .await;
                         conn = match self.connect(addr).await {
                             Ok(conn) => conn,
-                            Err(f) => {
-                                let mut r = DeliveryResult::undelivered(recipients, f, Some(addr));
-                                r.plaintext_retry = true;
-                                return (r, false);
-                            }
+                            Err(f) => return undelivered(f, None, true),
                         };
                         attempt.handle_reconnected(Instant::now());
                     }
@@ -409,11 +394,7 @@ impl Client {
                     let certificate =
                         tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
                     conn.stream = Stream::Tls(Box::new(tls));
-                    let note = Handshaken::Up {
-                        trust: certificate.trust,
-                        version,
-                        cipher: cipher.clone(),
-                    };
+                    let note = Ok((certificate.trust, version, cipher.clone()));
                     (
                         HandshakeResult::Established {
                             version,
@@ -425,14 +406,11 @@ impl Client {
                 }
                 Ok(Err(e)) => {
                     let certificate = postern_certs::refused_check(&e).and_then(|c| c.failure);
-                    (
-                        HandshakeResult::Failed { certificate },
-                        Handshaken::Failed(e.to_string()),
-                    )
+                    (HandshakeResult::Failed { certificate }, Err(e.to_string()))
                 }
                 Err(_) => (
                     HandshakeResult::Failed { certificate: None },
-                    Handshaken::Failed("timed out".into()),
+                    Err("timed out".into()),
                 ),
             },
         )
@@ -455,20 +433,13 @@ fn log_decision(
         (Step::BytesAfterStartTls { discarded }, _) => {
             tracing::warn!(server = %addr, discarded, decision = %decision, "bytes after the 220 to STARTTLS: connection aborted");
         }
-        (
-            Step::Handshake,
-            Some(Handshaken::Up {
-                trust,
-                version,
-                cipher,
-            }),
-        ) => {
+        (Step::Handshake, Some(Ok((trust, version, cipher)))) => {
             // Postfix's summary line (smtp_tls_loglevel = 1).
             tracing::info!(
                 "{trust} TLS connection established to {server_name}[{ip}]:{port}: {version} with cipher {cipher}"
             );
         }
-        (Step::Handshake, Some(Handshaken::Failed(error))) => {
+        (Step::Handshake, Some(Err(error))) => {
             tracing::info!(server = %addr, error = %error, decision = %decision, "TLS handshake failed with {server_name}[{ip}]:{port}");
         }
         _ => tracing::debug!(server = %addr, decision = %decision, "after EHLO"),
