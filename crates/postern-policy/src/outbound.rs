@@ -13,7 +13,12 @@
 //! on_bytes_after_starttls_reply()       → RetryPlaintextNewConnection | Defer | Bounce
 //! on_handshake(outcome)                 → ContinueTls | RetryPlaintextNewConnection | Defer | Bounce
 //! on_tls_ehlo(requiretls_advertised)    → ContinueTls | Bounce
+//! on_plaintext_retry()                  → ContinuePlaintext | Defer | Bounce
 //! ```
+//!
+//! `postern-attempt` drives these steps from a live SMTP session;
+//! [`ConnectionPolicy::evaluate`] replays them over the facts of a session
+//! already observed (a probe, a test).
 //!
 //! The contract is the outcome matrix of the design (documented in
 //! `docs/policy.md`): under a mode that requires TLS, every failure defers with
@@ -568,6 +573,11 @@ impl ConnectionPolicy {
         self
     }
 
+    /// The next hop this connection goes to.
+    pub fn next_hop(&self) -> &NextHop {
+        &self.next_hop
+    }
+
     /// The settings that apply.
     pub fn settings(&self) -> &DestinationPolicy {
         &self.policy
@@ -609,6 +619,18 @@ impl ConnectionPolicy {
     /// MTA-STS `testing` policy, whose failures are reported instead).
     pub fn enforced(&self) -> bool {
         self.resolve().enforce
+    }
+
+    /// Whether no MAIL command or message octet may cross this connection in
+    /// plaintext: the requirement needs TLS and is enforced (not under an
+    /// MTA-STS `testing` policy, not for `TLS-Required: No`).
+    pub fn requires_tls(&self) -> bool {
+        let resolved = self.resolve();
+        resolved.enforce
+            && !matches!(
+                resolved.requirement,
+                TlsRequirement::Plaintext | TlsRequirement::Opportunistic
+            )
     }
 
     /// The TLS-RPT `policy` this connection reports under.
@@ -1072,6 +1094,18 @@ impl ConnectionPolicy {
                 }
             }
         }
+    }
+
+    /// After the EHLO reply on the new plaintext connection that
+    /// [`Action::RetryPlaintextNewConnection`] asked for: STARTTLS is not tried
+    /// again. Goes on in plaintext where the policy allows it (what a connection
+    /// without STARTTLS would get), else defers as such a connection would.
+    pub fn on_plaintext_retry(&self) -> Decision {
+        let mut decision = self.on_ehlo(false);
+        if decision.action == Action::ContinuePlaintext {
+            decision.reason = "retry without TLS after a failed handshake".into();
+        }
+        decision
     }
 
     /// After the EHLO reply inside TLS: a REQUIRETLS message needs the server to

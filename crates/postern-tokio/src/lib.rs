@@ -18,13 +18,15 @@
 //!   enforces `530 5.7.0` before TLS. Deadlines are the engine's ([`postern_smtp::ServerSession::poll_timeout`])
 //!   enforced with tokio timers: a client that trickles is cut off with `421 4.4.2`. Shutdown stops accepting,
 //!   gives sessions a grace period, then closes them with `421 4.3.2`.
-//! - [`client::Client::deliver`] delivers one message to a next hop: after EHLO the policy says start TLS,
-//!   continue in plaintext or defer (never a plaintext MAIL when TLS is required: QUIT instead); a refused
-//!   STARTTLS, a failed handshake and the certificate check (from the postern-certs verifier) each go to the
-//!   policy, which continues, defers with its 4.7.x code and RFC 8460 result type, or — opportunistic TLS after
-//!   a failed handshake — asks for a new plaintext connection, which the client opens. The result has
-//!   per-recipient outcomes, a TLS summary and, on failure, the enhanced code, result type and the policy's
-//!   explanation. When usable TLSA records require DANE ([`client::Client::deliver_with`] with a
+//! - [`client::Client::deliver`] delivers one message to a next hop by driving a
+//!   [`postern_attempt::Attempt`] per address, which makes every decision: after EHLO the policy says start
+//!   TLS, continue in plaintext or defer (never a plaintext MAIL when TLS is required: QUIT instead); a refused
+//!   STARTTLS, a failed handshake and the certificate check (from the postern-certs verifier built from the
+//!   attempt's [`postern_attempt::TlsParams`]) each go to the policy, which continues, defers with its 4.7.x
+//!   code and RFC 8460 result type, or — opportunistic TLS after a failed handshake — asks for a new plaintext
+//!   connection, which the client opens. The client only writes, reads, times and runs the handshake. The
+//!   result has per-recipient outcomes, a TLS summary and, on failure, the enhanced code, result type and the
+//!   policy's explanation. When usable TLSA records require DANE ([`client::Client::deliver_with`] with a
 //!   [`postern_policy::ConnectionPolicy`] carrying the DANE outcome), the handshake sends the MX host as SNI
 //!   (the TLSA base domain, RFC 7672 section 8.1) and is judged by [`postern_certs::DaneHook`]; a chain no
 //!   record authenticates aborts the handshake and defers with 4.7.5.

@@ -1,29 +1,27 @@
 //! `postern-relay probe HOST[:PORT]`: what a next hop offers and what each
 //! client TLS mode would decide, in the spirit of Postfix's `posttls-finger`.
 //!
-//! The probe connects, reads the greeting, sends EHLO, tries STARTTLS and a
-//! handshake whose certificate check is recorded but never refused (so the
-//! certificate can be reported), then QUITs. It sends no MAIL. The outcome
-//! is fed to postern-policy's [`ConnectionPolicy`] once per mode (none,
-//! opportunistic, encrypt, verify, secure): the same decisions delivery
-//! takes.
+//! The probe drives the same delivery attempt as delivery
+//! ([`postern_attempt::Attempt::probe`], through postern-tokio's client) under
+//! opportunistic TLS until TLS is up or refused, then QUITs: it sends no MAIL.
+//! The handshake's certificate check is recorded but never refused, so the
+//! certificate can be reported. What the attempt saw (its session facts) is then
+//! judged by postern-policy's [`ConnectionPolicy::evaluate`] once per mode (none,
+//! opportunistic, encrypt, verify, secure): the same step rules delivery follows,
+//! so the probe cannot disagree with it.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_certs::{ClientTlsContext, ClientTlsSpec};
+use postern_certs::ClientTlsContext;
 use postern_policy::{
     Action, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy, DomainName,
-    HandshakeOutcome, NextHop, OutboundPolicy, TlsVersion,
+    NextHop, OutboundPolicy, SessionFacts, TlsVersion,
 };
-use postern_smtp::{Capabilities, Reply, ReplyParser};
+use postern_tokio::client::{Client, ClientSettings};
 use rustls::RootCertStore;
-use rustls::pki_types::UnixTime;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 /// The modes the probe judges, in order.
 pub const MODES: [ClientTlsMode; 5] = [
@@ -73,8 +71,6 @@ pub enum Handshake {
         cipher: String,
         /// The certificate check against the host name.
         certificate: CertificateCheck,
-        /// Subject of the leaf certificate.
-        subject: String,
     },
     /// The handshake failed.
     Failed(String),
@@ -86,8 +82,6 @@ pub enum Handshake {
 pub struct ProbeReport {
     /// The address connected to.
     pub addr: SocketAddr,
-    /// The greeting and replies, as received.
-    pub transcript: Vec<String>,
     /// Whether EHLO offered STARTTLS.
     pub starttls_offered: bool,
     /// The reply code to STARTTLS, when sent.
@@ -105,9 +99,6 @@ impl ProbeReport {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "Connected to {}", self.addr);
-        for line in &self.transcript {
-            let _ = writeln!(out, "< {line}");
-        }
         let _ = writeln!(
             out,
             "STARTTLS: {}",
@@ -129,14 +120,13 @@ impl ProbeReport {
                 version,
                 cipher,
                 certificate,
-                subject,
             }) => {
                 let _ = writeln!(
                     out,
                     "{} TLS connection established: {version} with cipher {cipher}",
                     certificate.trust
                 );
-                let _ = write!(out, "Certificate: {subject}, {}", certificate.trust);
+                let _ = write!(out, "Certificate: {}", certificate.trust);
                 if let Some(f) = certificate.failure {
                     let _ = write!(out, " ({f})");
                 }
@@ -177,45 +167,13 @@ pub fn parse_target(target: &str) -> Result<(String, u16), ProbeError> {
     }
 }
 
-/// A line-oriented SMTP exchange with limits (ReplyParser bounds every
-/// line and reply).
-struct Talk<S> {
-    io: S,
-    parser: ReplyParser,
-    buf: Vec<u8>,
-    timeout: Duration,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Talk<S> {
-    async fn reply(&mut self) -> Result<Reply, ProbeError> {
-        let mut chunk = [0u8; 4096];
-        loop {
-            if !self.buf.is_empty() {
-                let (used, reply) = self
-                    .parser
-                    .feed(&self.buf)
-                    .map_err(|e| ProbeError::Protocol(format!("bad reply: {e}")))?;
-                self.buf.drain(..used);
-                if let Some(r) = reply {
-                    return Ok(r);
-                }
-            }
-            let n = tokio::time::timeout(self.timeout, self.io.read(&mut chunk))
-                .await
-                .map_err(|_| ProbeError::Protocol("timeout waiting for a reply".into()))?
-                .map_err(|e| ProbeError::Protocol(e.to_string()))?;
-            if n == 0 {
-                return Err(ProbeError::Protocol("connection closed".into()));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn send(&mut self, line: &str) -> Result<(), ProbeError> {
-        self.io
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(|e| ProbeError::Protocol(e.to_string()))
+/// The next hop and the MX host name `host` stands for.
+fn next_hop(host: &str, port: u16) -> Result<(NextHop, Option<DomainName>), String> {
+    match DomainName::parse(host) {
+        Ok(name) => Ok((NextHop::Domain(name.clone()), Some(name))),
+        Err(_) => NextHop::parse(&format!("[{host}]:{port}"))
+            .map(|hop| (hop, None))
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -242,145 +200,68 @@ pub async fn probe(
                 reason: "no address".into(),
             })?,
     };
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ProbeError::Connect {
-            addr,
-            reason: "timed out".into(),
-        })?
-        .map_err(|e| ProbeError::Connect {
-            addr,
-            reason: e.to_string(),
-        })?;
-    let mut talk = Talk {
-        io: tcp,
-        parser: ReplyParser::new(2048, 256),
-        buf: Vec::new(),
-        timeout,
+    let (hop, mx) = next_hop(&host, port).map_err(|_| ProbeError::Target(target.to_owned()))?;
+    let mut settings = ClientSettings::new(ehlo_name);
+    settings.connect_timeout = timeout;
+    settings.handshake_timeout = timeout;
+    settings.smtp.timeouts.command = timeout;
+    let client = Client::new(settings, Arc::new(ClientTlsContext::new(roots)));
+    let policy = OutboundPolicy::new(DestinationPolicy::new(ClientTlsMode::Opportunistic))
+        .connection(&hop, mx.as_ref());
+    let result = client.probe(addr, policy).await;
+    let facts = result.facts;
+    if let Some(f) = &result.failure
+        && facts == SessionFacts::default()
+    {
+        // Nothing learnt: the connection, the greeting or EHLO failed.
+        return Err(match f.reply {
+            None if f.status.subject == 4 && f.status.detail == 1 => ProbeError::Connect {
+                addr,
+                reason: f.explanation.clone(),
+            },
+            _ => ProbeError::Protocol(f.to_string()),
+        });
+    }
+    let handshake = match (facts.handshake, &result.tls) {
+        (Some(_), Some(tls)) => Some(Handshake::Established {
+            version: tls.version,
+            cipher: tls.cipher.clone(),
+            certificate: tls.certificate,
+        }),
+        (Some(_), None) => {
+            Some(Handshake::Failed(result.failure.as_ref().map_or_else(
+                || "failed".to_owned(),
+                |f| f.explanation.clone(),
+            )))
+        }
+        (None, _) => None,
     };
     let mut report = ProbeReport {
         addr,
-        transcript: Vec::new(),
-        starttls_offered: false,
-        starttls_reply: None,
-        injected: 0,
-        handshake: None,
+        starttls_offered: facts.starttls_offered,
+        starttls_reply: facts.starttls_reply,
+        injected: result.tls.as_ref().map_or(0, |t| {
+            usize::try_from(t.discarded_before_handshake).unwrap_or(usize::MAX)
+        }),
+        handshake,
         decisions: Vec::new(),
     };
-    let greeting = talk.reply().await?;
-    report.transcript.push(greeting.to_string());
-    if greeting.code().value() != 220 {
-        return Err(ProbeError::Protocol(format!(
-            "greeting refused: {greeting}"
-        )));
-    }
-    talk.send(&format!("EHLO {ehlo_name}")).await?;
-    let ehlo = talk.reply().await?;
-    report.transcript.push(ehlo.to_string());
-    report.starttls_offered =
-        Capabilities::parse_ehlo(&ehlo).is_some_and(|e| e.capabilities.starttls);
-    if report.starttls_offered {
-        talk.send("STARTTLS").await?;
-        let reply = talk.reply().await?;
-        report.transcript.push(reply.to_string());
-        report.starttls_reply = Some(reply.code().value());
-        if reply.code().is_positive() {
-            // RFC 3207 §4: whatever followed the 220 is not a reply; count it,
-            // drop it.
-            report.injected = talk.buf.len();
-            report.handshake = Some(handshake(talk.io, &host, roots, timeout).await);
-        } else {
-            let _ = talk.send("QUIT").await;
-        }
-    } else {
-        let _ = talk.send("QUIT").await;
-    }
     report.decisions = MODES
         .iter()
         .map(|&mode| {
-            let d = decide(mode, &host, port, &report);
-            (mode, d.0, d.1)
+            let policy =
+                OutboundPolicy::new(DestinationPolicy::new(mode)).connection(&hop, mx.as_ref());
+            let (decision, deliver) = decide(&policy, &facts);
+            (mode, decision, deliver)
         })
         .collect();
     Ok(report)
 }
 
-async fn handshake(
-    tcp: TcpStream,
-    host: &str,
-    roots: Arc<RootCertStore>,
-    timeout: Duration,
-) -> Handshake {
-    let ctx = ClientTlsContext::new(roots);
-    let mut spec = ClientTlsSpec::new(ClientTlsMode::Verify, host);
-    // Record the check, never refuse over it: the probe reports it.
-    spec.dangerous_report_only = true;
-    let conn = match ctx.connection(&spec) {
-        Ok(c) => c,
-        Err(e) => return Handshake::Failed(e.to_string()),
-    };
-    let connect =
-        TlsConnector::from(Arc::clone(&conn.config)).connect(conn.server_name.clone(), tcp);
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(mut tls)) => {
-            let (_, c) = tls.get_ref();
-            let version = match c.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => TlsVersion::Tls13,
-                _ => TlsVersion::Tls12,
-            };
-            let cipher = c
-                .negotiated_cipher_suite()
-                .map_or_else(|| "unknown".to_owned(), |s| format!("{:?}", s.suite()));
-            let certificate = conn.certificate_check(c.peer_certificates(), UnixTime::now());
-            let subject = c
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| postern_certs::inspect("peer", leaf, UnixTime::now()).ok())
-                .map_or_else(|| "?".to_owned(), |row| row.subject);
-            let _ = tokio::time::timeout(timeout, tls.write_all(b"QUIT\r\n")).await;
-            let _ = tls.shutdown().await;
-            Handshake::Established {
-                version,
-                cipher,
-                certificate,
-                subject,
-            }
-        }
-        Ok(Err(e)) => Handshake::Failed(e.to_string()),
-        Err(_) => Handshake::Failed("timed out".into()),
-    }
-}
-
-/// The decision `mode` takes on what the probe saw, and whether it would
+/// The decision `policy` takes on what the probe saw, and whether it would
 /// deliver.
-fn decide(mode: ClientTlsMode, host: &str, port: u16, report: &ProbeReport) -> (String, bool) {
-    let (hop, mx) = match DomainName::parse(host) {
-        Ok(name) => (NextHop::Domain(name.clone()), Some(name)),
-        Err(_) => match NextHop::parse(&format!("[{host}]:{port}")) {
-            Ok(hop) => (hop, None),
-            Err(e) => return (format!("cannot judge: {e}"), false),
-        },
-    };
-    let outbound = OutboundPolicy::new(DestinationPolicy::new(mode));
-    let policy: ConnectionPolicy = outbound.connection(&hop, mx.as_ref());
-    let mut d = policy.on_ehlo(report.starttls_offered);
-    if d.action == Action::StartTls {
-        d = policy.on_starttls_reply(report.starttls_reply.unwrap_or(454));
-    }
-    if d.action == Action::Handshake {
-        let outcome = match &report.handshake {
-            Some(Handshake::Established {
-                version,
-                certificate,
-                ..
-            }) => HandshakeOutcome::Established {
-                version: *version,
-                certificate: *certificate,
-            },
-            _ => HandshakeOutcome::Failed { certificate: None },
-        };
-        d = policy.on_handshake(outcome);
-    }
+fn decide(policy: &ConnectionPolicy, facts: &SessionFacts) -> (String, bool) {
+    let d = policy.evaluate(facts);
     let deliver = matches!(
         d.action,
         Action::ContinuePlaintext | Action::ContinueTls | Action::RetryPlaintextNewConnection
