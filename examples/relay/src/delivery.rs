@@ -526,8 +526,7 @@ impl Delivery {
         if !report.bounce.is_empty() && !self.bounce(&updated, &report.bounce, now).await {
             let at = self.queue().retry_bounce(&id, now);
             if let Some(at) = at {
-                let wait = at.duration_since(now).unwrap_or_default();
-                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
+                let wait = retry_in(at, now);
                 tracing::warn!(queue_id = %id, retry_in = %wait, "bounce not queued: message kept");
             }
             self.shared.wake.notify_one();
@@ -536,8 +535,7 @@ impl Delivery {
         match report.disposition {
             Disposition::Complete => self.remove(&id).await,
             Disposition::Retry { at } => {
-                let wait = at.duration_since(now).unwrap_or_default();
-                let wait = crate::config::Interval(Duration::from_secs(wait.as_secs()));
+                let wait = retry_in(at, now);
                 tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
             }
         }
@@ -1060,6 +1058,12 @@ fn status_field(outcome: &Outcome) -> String {
         Outcome::Deferred(f) => format!("dsn={}, status=deferred ({f})", f.code),
         Outcome::Failed(f) => format!("dsn={}, status=bounced ({f})", f.code),
     }
+}
+
+/// How long until `at`, to the nearest second, for the log (`retry_in=5m`).
+fn retry_in(at: SystemTime, now: SystemTime) -> crate::config::Interval {
+    let wait = at.duration_since(now).unwrap_or_default();
+    crate::config::Interval(Duration::from_secs_f64(wait.as_secs_f64().round()))
 }
 
 #[cfg(test)]
