@@ -266,12 +266,13 @@ class Postfix:
 
 
 class Relay:
-    name = "relay"
+    """postern-relay; `name` "relay" is the binary under test, "relay-old" the `--relay-old` baseline."""
 
-    def __init__(self, a, work, certs):
-        self.a, self.dir, self.certs = a, os.path.join(work, "relay"), certs
-        self.port = a.relay_port
-        self.meter = Meter("relay")
+    def __init__(self, a, work, certs, name="relay"):
+        self.name, self.binary = name, a.relay if name == "relay" else a.relay_old
+        self.a, self.dir, self.certs = a, os.path.join(work, name), certs
+        self.port = a.relay_port if name == "relay" else a.relay_old_port
+        self.meter = Meter(name)
         self.proc = None
         self.config = os.path.join(self.dir, "relay.toml")
 
@@ -310,13 +311,13 @@ class Relay:
         # The same certificate files as Postfix, imported into the relay's certificate table.
         for name in ("rsa", "ecdsa"):
             subprocess.run(
-                [self.a.relay, "--config", self.config, "cert", "import", "--name", name,
+                [self.binary, "--config", self.config, "cert", "import", "--name", name,
                  "--cert", "%s/%s.crt" % (c, name), "--key", "%s/%s.key" % (c, name)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
 
     def start(self):
-        cmd = self.meter.enter_cmd(taskset(self.a.server_cpus) + [self.a.relay, "--config", self.config])
+        cmd = self.meter.enter_cmd(taskset(self.a.server_cpus) + [self.binary, "--config", self.config])
         self.log = open(os.path.join(self.dir, "relay.log"), "ab")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, cwd=self.dir)
         self.meter.root_pid = self.proc.pid
@@ -458,7 +459,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loadgen", required=True)
     p.add_argument("--relay", default="")
-    p.add_argument("--servers", default="relay,postfix", help="comma list; the first is A (ours)")
+    p.add_argument("--relay-old", default="",
+                   help="a second postern-relay binary (e.g. the previous release), server name relay-old")
+    p.add_argument("--servers", default="relay,postfix",
+                   help="comma list of relay, relay-old, postfix; the first is A (ours)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--outbound", default=",".join(OUTBOUND))
     p.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -480,6 +484,7 @@ def main():
     p.add_argument("--client-threads", type=int, default=0)
     p.add_argument("--postfix-port", type=int, default=12625)
     p.add_argument("--relay-port", type=int, default=12525)
+    p.add_argument("--relay-old-port", type=int, default=12526)
     p.add_argument("--sink-port", type=int, default=12626)
     p.add_argument("--workdir", default="")
     p.add_argument("--out", default="", help="write the markdown summary here too")
@@ -499,6 +504,11 @@ def main():
                 log("postern-relay not built: skipping it")
                 continue
             servers.append(Relay(a, work, certs))
+        elif n == "relay-old":
+            if not a.relay_old or not os.path.exists(a.relay_old):
+                log("--relay-old not given or missing: skipping it")
+                continue
+            servers.append(Relay(a, work, certs, "relay-old"))
         elif n == "postfix":
             servers.append(Postfix(a, work, certs))
     sink_log = open(os.path.join(work, "sink.log"), "ab")
@@ -579,7 +589,8 @@ def main():
 def summary(a, servers, results, idle):
     names = [s.name for s in servers]
     ours = "relay" if "relay" in names else None
-    theirs = "postfix" if "postfix" in names else None
+    theirs = "postfix" if "postfix" in names else "relay-old" if "relay-old" in names else None
+    label = "Postfix" if theirs == "postfix" else "old"
     lines = []
     hdr = "| mode | outbound | scenario |"
     sep = "|---|---|---|"
@@ -587,7 +598,7 @@ def summary(a, servers, results, idle):
         hdr += " %s msg/s | %s CPU µs/msg |" % (n, n)
         sep += "---:|---:|"
     if ours and theirs:
-        hdr += " msg/s ours÷Postfix | CPU/msg ours÷Postfix |"
+        hdr += " msg/s ours÷%s | CPU/msg ours÷%s |" % (label, label)
         sep += "---:|---:|"
     lines += [hdr, sep]
     keys = []
