@@ -1314,6 +1314,34 @@ mod tests {
     }
 
     #[test]
+    fn refused_after_the_handshake() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        let (ev, out) = exchange(&mut s, now, b"STARTTLS\r\n");
+        assert_eq!(ev, vec![ServerEvent::StartTls { discarded: 0 }]);
+        assert_eq!(out, "220 2.0.0 Ready to start TLS\r\n");
+        // A refusal that is not 4xx / 5xx never turns into an acceptance.
+        let ok = Reply::fixed(250, (2, 0, 0), "Ok");
+        s.handle_tls_established_refusing(ok).unwrap();
+        assert!(s.is_tls_active());
+        let refused = "554 5.7.0 Command refused due to lack of security\r\n";
+        for (line, reply) in [
+            (&b"EHLO c.example\r\n"[..], refused),
+            (
+                b"MAIL FROM:<a@b.example>\r\n",
+                "503 5.5.1 Error: send HELO/EHLO first\r\n",
+            ),
+            (b"NOOP\r\n", "250 2.0.0 Ok\r\n"),
+        ] {
+            let (ev, out) = exchange(&mut s, now, line);
+            assert!(ev.iter().all(|e| *e == ServerEvent::Noop), "{ev:?}");
+            assert_eq!(out, reply);
+        }
+        let (ev, out) = exchange(&mut s, now, b"VRFY c\r\n");
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(out, refused);
+    }
+
+    #[test]
     fn refusing_session() {
         let now = Instant::now();
         let greeting = Reply::fixed(554, (5, 7, 1), "Service unavailable; client blocked");

@@ -519,7 +519,7 @@ fn replies(out: &[u8]) -> Result<Vec<(u16, String)>, String> {
 struct Node {
     session: ServerSession,
     model: Model,
-    path: Vec<String>,
+    path: Vec<Move>,
 }
 
 /// What one move led to.
@@ -787,6 +787,18 @@ fn key(node: &Node) -> (u64, u64) {
     (hash(0), hash(1))
 }
 
+/// The moves of a path, for a failure message.
+fn names(path: &[Move]) -> String {
+    let names: Vec<String> = path
+        .iter()
+        .map(|mv| match mv {
+            Move::Send(name, _) => (*name).to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    names.join(", ")
+}
+
 /// Explores `c`; returns (distinct states, transitions, messages accepted on some path).
 fn explore(c: &Config) -> (usize, usize, usize) {
     let start = Instant::now();
@@ -802,14 +814,11 @@ fn explore(c: &Config) -> (usize, usize, usize) {
     while let Some(node) = queue.pop_front() {
         for mv in moves(c, &node.model) {
             let mut next = node.clone();
-            next.path.push(match mv {
-                Move::Send(name, _) => name.to_owned(),
-                other => format!("{other:?}"),
-            });
+            next.path.push(mv);
             transitions += 1;
             let result = step(c, &mut next, mv, start);
             let step = result.unwrap_or_else(|broken| {
-                panic!("{}: {broken}\nmoves: {}", c.name, next.path.join(", "))
+                panic!("{}: {broken}\nmoves: {}", c.name, names(&next.path))
             });
             if step.accepted {
                 accepting += 1;
@@ -825,7 +834,7 @@ fn explore(c: &Config) -> (usize, usize, usize) {
                     next.session.is_closed() && out.is_empty(),
                     "{}: the session does not end at a disconnect\nmoves: {}",
                     c.name,
-                    next.path.join(", ")
+                    names(&next.path)
                 );
                 continue;
             }
