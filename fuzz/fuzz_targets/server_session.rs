@@ -1,7 +1,12 @@
-//! Server session fed arbitrary client bytes in arbitrary pieces, with varied settings and answers: never
-//! panics, never stalls with input left while it could take it, never sends a bare CR or LF.
+//! Server session fed arbitrary client bytes in arbitrary pieces, with varied settings, answers and handshake
+//! reports: never panics, never stalls with input left while it could take it, never sends a bare CR or LF,
+//! and keeps the rules that postern-smtp's `tests/server_exploration.rs` checks exhaustively on short paths:
+//! under `require` no transaction before TLS; nothing received before the handshake is acted on after it;
+//! after TLS the EHLO is forgotten and STARTTLS no longer advertised; a message ends only after its content
+//! started; a `554 5.5.0` closes the session; a session refused after its handshake (client certificate
+//! required, none verified) never asks the application for anything.
 //!
-//! Input: 3 control octets (settings, cut seed, answer seed), then the client's bytes.
+//! Input: 3 control octets (settings, cut seed and refusal bit, answer seed), then the client's bytes.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -9,11 +14,28 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use postern_smtp::data::BareLineEndings;
 use postern_smtp::{
-    AfterStartTls, Reply, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
+    AfterStartTls, EnhancedStatus, Reply, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
 };
 
-/// Checks a chunk of output: replies end only with CRLF.
-fn check_wire(bytes: &[u8]) {
+/// What the fuzzed client has been told, to check the rules against.
+#[derive(Debug, Default)]
+struct Seen {
+    /// TLS is required before any transaction.
+    require: bool,
+    /// The handshake is reported as refused (client certificate required, none verified).
+    refuse: bool,
+    /// EHLO / HELO accepted since the start or the handshake.
+    hello: bool,
+    /// The content of a message started and has not ended.
+    content: bool,
+}
+
+/// Checks a chunk of output: replies end only with CRLF; a synchronization error closes the session; inside
+/// TLS STARTTLS is not advertised; under `require` no transaction reply before TLS.
+fn check_wire(bytes: &[u8], server: &ServerSession, seen: &Seen) {
+    if bytes.is_empty() {
+        return;
+    }
     for (j, &b) in bytes.iter().enumerate() {
         if b == b'\r' {
             assert_eq!(bytes.get(j + 1), Some(&b'\n'), "bare CR sent: {bytes:?}");
@@ -26,13 +48,67 @@ fn check_wire(bytes: &[u8]) {
         bytes.ends_with(b"\r\n"),
         "partial reply line sent: {bytes:?}"
     );
+    // Line starts only: a VRFY reply echoes the client's text.
+    let text = String::from_utf8_lossy(bytes);
+    let starts = |prefixes: &[&str]| {
+        text.split("\r\n")
+            .any(|line| prefixes.iter().any(|p| line.starts_with(p)))
+    };
+    if starts(&["554 5.5.0 "]) {
+        assert!(server.is_closed(), "554 5.5.0 without closing: {text:?}");
+    }
+    if server.is_tls_active() {
+        assert!(
+            !starts(&["250-STARTTLS", "250 STARTTLS"]),
+            "STARTTLS advertised inside TLS: {text:?}"
+        );
+    } else if seen.require {
+        assert!(
+            !starts(&["354 ", "250 2.1."]),
+            "transaction reply before TLS under require: {text:?}"
+        );
+    }
+}
+
+/// Checks an event against the rules.
+fn check_event(event: &ServerEvent, server: &ServerSession, seen: &mut Seen) {
+    let tls = server.is_tls_active();
+    let transaction = matches!(
+        event,
+        ServerEvent::Mail { .. }
+            | ServerEvent::Rcpt { .. }
+            | ServerEvent::MessageStart { .. }
+            | ServerEvent::MessageEnd { .. }
+    );
+    if seen.refuse && tls {
+        assert!(
+            !transaction && !matches!(event, ServerEvent::Hello { .. } | ServerEvent::Vrfy(_)),
+            "a refused session asked the application: {event:?}"
+        );
+    }
+    if seen.require && !tls {
+        assert!(!transaction, "transaction before TLS under require: {event:?}");
+    }
+    match event {
+        ServerEvent::Mail { .. } => assert!(seen.hello, "MAIL without an accepted EHLO since TLS"),
+        ServerEvent::MessageStart { .. } => seen.content = true,
+        ServerEvent::MessageEnd { .. } => {
+            assert!(seen.content, "message ended without its content starting");
+            seen.content = false;
+        }
+        ServerEvent::Hello { .. } | ServerEvent::MessageRejected { .. } | ServerEvent::Reset => {
+            seen.content = false;
+        }
+        _ => {}
+    }
 }
 
 /// Answers events and sends output; returns whether anything happened.
-fn drive(server: &mut ServerSession, now: Instant, answers: &mut u32) -> bool {
+fn drive(server: &mut ServerSession, now: Instant, answers: &mut u32, seen: &mut Seen) -> bool {
     let mut any = false;
     while let Some(event) = server.poll_event(now) {
         any = true;
+        check_event(&event, server, seen);
         *answers = answers.rotate_left(1);
         let accept = *answers & 1 == 0;
         match event {
@@ -48,21 +124,40 @@ fn drive(server: &mut ServerSession, now: Instant, answers: &mut u32) -> bool {
                     server.reject(Reply::new(code, None, ["no"]).expect("valid reply"))
                 };
                 answer.expect("a decision event accepts an answer");
+                if matches!(event, ServerEvent::Hello { .. }) {
+                    seen.hello = accept;
+                }
             }
             ServerEvent::StartTls { .. } => {
+                let mut out = Vec::new();
                 while let Some(bytes) = server.poll_transmit() {
-                    check_wire(&bytes);
+                    out.extend_from_slice(&bytes);
                 }
-                server
-                    .handle_tls_established()
-                    .expect("handshake was expected");
+                check_wire(&out, server, seen);
+                assert!(
+                    out.ends_with(b"220 2.0.0 Ready to start TLS\r\n"),
+                    "STARTTLS event without its 220 last: {out:?}"
+                );
+                seen.hello = false;
+                seen.content = false;
+                let established = if seen.refuse {
+                    let status = EnhancedStatus::new(5, 7, 1).ok();
+                    let refusal = Reply::new(554, status, ["Client certificate required"]);
+                    server.handle_tls_established_refusing(refusal.expect("valid reply"))
+                } else {
+                    server.handle_tls_established()
+                };
+                established.expect("handshake was expected");
+                // RFC 3207 4.2: nothing from before the handshake is acted on after it.
+                assert_eq!(server.poll_event(now), None, "pre-TLS input acted on after TLS");
+                assert_eq!(server.poll_transmit(), None, "pre-TLS output after TLS");
             }
             _ => {}
         }
     }
     while let Some(bytes) = server.poll_transmit() {
         any = true;
-        check_wire(&bytes);
+        check_wire(&bytes, server, seen);
     }
     any
 }
@@ -102,7 +197,12 @@ fuzz_target!(|data: &[u8]| {
     let now = now + pause;
     server.handle_timeout(now);
     let mut answers = u32::from(ctl[2]) | 0x5a00;
-    drive(&mut server, now, &mut answers);
+    let mut seen = Seen {
+        require: server.config().starttls == StartTlsPolicy::Require,
+        refuse: ctl[1] & 0x80 != 0,
+        ..Seen::default()
+    };
+    drive(&mut server, now, &mut answers, &mut seen);
 
     let mut seed = u32::from(ctl[1]) | 0x100;
     let mut pos = 0;
@@ -115,7 +215,7 @@ fuzz_target!(|data: &[u8]| {
         let taken = server.handle_input(chunk);
         assert!(taken <= chunk.len());
         pos += taken;
-        let moved = drive(&mut server, now, &mut answers);
+        let moved = drive(&mut server, now, &mut answers, &mut seen);
         if taken == 0 && !moved {
             stalls += 1;
             assert!(
@@ -128,8 +228,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     server.handle_timeout(now + Duration::from_secs(3600));
-    drive(&mut server, now, &mut answers);
+    drive(&mut server, now, &mut answers, &mut seen);
     server.handle_eof();
-    drive(&mut server, now, &mut answers);
+    drive(&mut server, now, &mut answers, &mut seen);
     assert!(server.is_closed(), "open after timeout and end of input");
 });

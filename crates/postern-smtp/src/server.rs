@@ -209,7 +209,10 @@ struct Transaction {
 /// Under stress ([`set_stress`](Self::set_stress)) the tighter [`StressLimits`](crate::StressLimits) apply.
 /// Input is buffered up to `ServerConfig::input_buffer` octets: `handle_input` returns how many it took, and the
 /// caller offers the rest again after step 1. Time is passed in; the session never reads the clock.
-#[derive(Debug)]
+///
+/// A session can be cloned: the copy goes on independently from the same state (to explore alternatives in
+/// tests, or to compare two continuations).
+#[derive(Debug, Clone)]
 pub struct ServerSession {
     config: ServerConfig,
     phase: Phase,
@@ -241,6 +244,9 @@ pub struct ServerSession {
     discarded: u64,
     /// Service refused at connection time (RFC 5321 3.1): only QUIT is honoured.
     refused: bool,
+    /// Set by [`ServerSession::handle_tls_established_refusing`]: every decision is answered with this reply
+    /// instead of being asked of the application (RFC 3207 4.1).
+    tls_refusal: Option<Reply>,
 }
 
 impl ServerSession {
@@ -308,6 +314,7 @@ impl ServerSession {
             skipping_long_line: false,
             discarded: 0,
             refused: false,
+            tls_refusal: None,
             config,
         };
         if s.greet_at.is_none() {
@@ -449,10 +456,34 @@ impl ServerSession {
     /// right after the greeting: EHLO name and transaction are forgotten, STARTTLS is no longer advertised (a
     /// second STARTTLS gets `554 5.5.1 Error: TLS already active`), REQUIRETLS is advertised.
     pub fn handle_tls_established(&mut self) -> Result<(), UnexpectedTls> {
+        self.establish_tls(None)
+    }
+
+    /// TLS is now established after a `StartTls` event, but the client failed an authentication the policy
+    /// requires (client certificates `require` and no verified certificate: `postern-policy`'s
+    /// `ServerPolicy::client_certificate_verdict`). The session forgets its state as
+    /// [`handle_tls_established`](Self::handle_tls_established) does, then answers every decision it would ask
+    /// of the application (EHLO, HELO, VRFY, and MAIL, RCPT or an end of message, which cannot come without an
+    /// accepted EHLO) with `refusal`, itself, without an event: no transaction can be opened (RFC 3207 4.1,
+    /// "554 Command refused due to lack of security"). Other commands get their usual replies (NOOP `250`,
+    /// QUIT `221`, MAIL `503` for want of EHLO). A `refusal` that is not 4xx / 5xx is replaced by `554 5.7.0
+    /// Command refused due to lack of security`, so that a mistake never turns into an acceptance.
+    pub fn handle_tls_established_refusing(&mut self, refusal: Reply) -> Result<(), UnexpectedTls> {
+        let code = refusal.code();
+        let refusal = if code.is_transient() || code.is_permanent() {
+            refusal
+        } else {
+            Reply::fixed(554, (5, 7, 0), "Command refused due to lack of security")
+        };
+        self.establish_tls(Some(refusal))
+    }
+
+    fn establish_tls(&mut self, refusal: Option<Reply>) -> Result<(), UnexpectedTls> {
         if !matches!(self.phase, Phase::Handshake) {
             return Err(UnexpectedTls);
         }
         self.tls_active = true;
+        self.tls_refusal = refusal;
         self.hello = None;
         self.txn = None;
         self.input.clear();
@@ -591,6 +622,13 @@ impl ServerSession {
         if !(code.is_transient() || code.is_permanent()) {
             return Err(AnswerError::WrongReplyClass);
         }
+        let pending = pending.clone();
+        self.refuse(&pending, &reply);
+        Ok(())
+    }
+
+    /// Refuse `pending` with `reply` (4xx / 5xx, checked by the callers).
+    fn refuse(&mut self, pending: &Pending, reply: &Reply) {
         match pending {
             Pending::Hello { .. } => {
                 self.hello = None;
@@ -600,11 +638,10 @@ impl ServerSession {
             _ => {}
         }
         self.phase = Phase::Command;
-        self.send(&reply);
-        if code.value() == 421 && !self.is_closed() {
+        self.send(reply);
+        if reply.code().value() == 421 && !self.is_closed() {
             self.close(CloseReason::Application);
         }
-        Ok(())
     }
 
     /// Process buffered input and return the next event, if any. `now` arms the deadline when the session
@@ -797,6 +834,12 @@ impl ServerSession {
     }
 
     fn decide(&mut self, pending: Pending, event: ServerEvent) {
+        // RFC 3207 4.1: a client that failed the required authentication gets the refusal, and the
+        // application is not asked.
+        if let Some(refusal) = self.tls_refusal.clone() {
+            self.refuse(&pending, &refusal);
+            return;
+        }
         self.phase = Phase::Decision(pending);
         self.events.push_back(event);
     }
@@ -1268,6 +1311,34 @@ mod tests {
         let r = ehlo_reply(&mut s, now2);
         assert!(!r.contains("STARTTLS") && r.contains("REQUIRETLS"), "{r}");
         assert!(s.is_tls_active());
+    }
+
+    #[test]
+    fn refused_after_the_handshake() {
+        let (mut s, now) = session(ServerConfig::new("mx.example.org"));
+        let (ev, out) = exchange(&mut s, now, b"STARTTLS\r\n");
+        assert_eq!(ev, vec![ServerEvent::StartTls { discarded: 0 }]);
+        assert_eq!(out, "220 2.0.0 Ready to start TLS\r\n");
+        // A refusal that is not 4xx / 5xx never turns into an acceptance.
+        let ok = Reply::fixed(250, (2, 0, 0), "Ok");
+        s.handle_tls_established_refusing(ok).unwrap();
+        assert!(s.is_tls_active());
+        let refused = "554 5.7.0 Command refused due to lack of security\r\n";
+        for (line, reply) in [
+            (&b"EHLO c.example\r\n"[..], refused),
+            (
+                b"MAIL FROM:<a@b.example>\r\n",
+                "503 5.5.1 Error: send HELO/EHLO first\r\n",
+            ),
+            (b"NOOP\r\n", "250 2.0.0 Ok\r\n"),
+        ] {
+            let (ev, out) = exchange(&mut s, now, line);
+            assert!(ev.iter().all(|e| *e == ServerEvent::Noop), "{ev:?}");
+            assert_eq!(out, reply);
+        }
+        let (ev, out) = exchange(&mut s, now, b"VRFY c\r\n");
+        assert!(ev.is_empty(), "{ev:?}");
+        assert_eq!(out, refused);
     }
 
     #[test]

@@ -59,12 +59,18 @@ impl Verdict {
     /// A refusal built from its parts; a reply that cannot be built (bad code or text) becomes
     /// `451 4.3.0 Error: internal error`, so that a mistake never turns into an acceptance.
     pub fn reject(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
-        let built = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2)
-            .and_then(|e| Reply::new(code, Some(e), [text]))
-            .ok()
-            .filter(|r| r.code().is_transient() || r.code().is_permanent());
-        Self::Reject(built.unwrap_or_else(internal_error))
+        Self::Reject(negative_reply(code, enhanced, text))
     }
+}
+
+/// A 4xx / 5xx reply built from its parts; one that cannot be built (bad code or text) becomes `451 4.3.0
+/// Error: internal error`.
+fn negative_reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
+    let built = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2)
+        .and_then(|e| Reply::new(code, Some(e), [text]))
+        .ok()
+        .filter(|r| r.code().is_transient() || r.code().is_permanent());
+    built.unwrap_or_else(internal_error)
 }
 
 /// `451 4.3.0 Error: internal error`.
@@ -749,15 +755,11 @@ impl<S: SessionHandler> Connection<'_, S> {
         let answer = match event {
             ServerEvent::Hello { name, extended } => {
                 self.handler.reset();
-                match self.certificate_gate() {
-                    Some(v) => v,
-                    None => self.handler.hello(&self.info, &name, extended).await,
-                }
+                self.handler.hello(&self.info, &name, extended).await
             }
-            ServerEvent::Mail { from, params } => match self.certificate_gate() {
-                Some(v) => v,
-                None => self.handler.mail(&self.info, &from, &params).await,
-            },
+            ServerEvent::Mail { from, params } => {
+                self.handler.mail(&self.info, &from, &params).await
+            }
             ServerEvent::Rcpt { to, params } => self.handler.rcpt(&self.info, &to, &params).await,
             ServerEvent::MessageChunk(chunk) => {
                 self.handler.message_chunk(chunk).await;
@@ -766,10 +768,7 @@ impl<S: SessionHandler> Connection<'_, S> {
             ServerEvent::MessageEnd { summary } => {
                 self.handler.message_end(&self.info, &summary).await
             }
-            ServerEvent::Vrfy(_) => match self.certificate_gate() {
-                Some(v) => v,
-                None => Verdict::Accept,
-            },
+            ServerEvent::Vrfy(_) => Verdict::Accept,
             ServerEvent::MessageRejected { .. } | ServerEvent::Reset => {
                 self.handler.reset();
                 return;
@@ -793,30 +792,6 @@ impl<S: SessionHandler> Connection<'_, S> {
         if let Err(e) = answered {
             // Only decision events reach this point, and each is answered exactly once.
             tracing::error!(id = self.info.id, error = %e, "answer not taken by the session");
-        }
-    }
-
-    /// RFC 3207 section 4.1 / client certificates `require`: without a verified client certificate, commands
-    /// are refused with `554 5.7.1` (the handshake completes whatever the client presents, so that the client
-    /// reads why it is refused instead of a TLS alert).
-    fn certificate_gate(&self) -> Option<Verdict> {
-        let tls = self.info.tls.as_ref()?;
-        match self
-            .settings
-            .policy
-            .client_certificate_verdict(&tls.client_check())
-        {
-            CommandVerdict::Allow => None,
-            CommandVerdict::Reject { code, status, text } => Some(Verdict::reject(
-                code,
-                (status.class, status.subject, status.detail),
-                text,
-            )),
-            _ => Some(Verdict::Reject(fixed(
-                554,
-                (5, 7, 1),
-                "Client certificate required",
-            ))),
         }
     }
 
@@ -933,14 +908,27 @@ impl<S: SessionHandler> Connection<'_, S> {
             tracing::info!(id = self.info.id, subject = %c.subject, issuer = %c.issuer, fingerprint = %c.fingerprint,
                 trust = %c.check.trust, "client certificate");
         }
-        self.info.tls = Some(TlsInfo {
+        let info = TlsInfo {
             version,
             cipher,
             client_certificate,
-        });
+        };
+        let check = info.client_check();
+        self.info.tls = Some(info);
         self.stream = Stream::Tls(Box::new(tls));
-        if self.settings.policy.client_certificates == ClientCertMode::Require
-            && self.certificate_gate().is_some()
+        // The policy decides whether the client failed a required authentication; the session refuses its
+        // commands (RFC 3207 section 4.1: the handshake completes whatever the client presents, so that the
+        // client reads why it is refused instead of a TLS alert).
+        let refusal = match self.settings.policy.client_certificate_verdict(&check) {
+            CommandVerdict::Allow => None,
+            CommandVerdict::Reject { code, status, text } => Some(negative_reply(
+                code,
+                (status.class, status.subject, status.detail),
+                text,
+            )),
+            _ => Some(fixed(554, (5, 7, 1), "Client certificate required")),
+        };
+        if self.settings.policy.client_certificates == ClientCertMode::Require && refusal.is_some()
         {
             let why = if self.info.client_certificate().is_some() {
                 "client certificate not verified"
@@ -954,7 +942,11 @@ impl<S: SessionHandler> Connection<'_, S> {
             );
         }
         // The session was waiting for exactly this (StartTls event); RFC 3207 4.2: it forgets all state.
-        if self.session.handle_tls_established().is_err() {
+        let established = match refusal {
+            None => self.session.handle_tls_established(),
+            Some(reply) => self.session.handle_tls_established_refusing(reply),
+        };
+        if established.is_err() {
             return Err(CloseReason::Application);
         }
         Ok(())
