@@ -79,17 +79,25 @@ fn significant_bits(bytes: &[u8]) -> usize {
 /// certificate order: names lower-cased, addresses in their usual text form
 /// (`127.0.0.1`, `::1`). Other entry types (e-mail, URI) are left out.
 pub(crate) fn san_entries(cert: &X509Certificate<'_>) -> Vec<String> {
+    san_filter(cert, |n| match n {
+        GeneralName::DNSName(d) => Some(dns_name(d)),
+        GeneralName::IPAddress(bytes) => ip_text(bytes),
+        _ => None,
+    })
+}
+
+/// A subjectAltName DNS name as compared: lower-cased, without a trailing dot.
+fn dns_name(d: &str) -> String {
+    d.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The subjectAltName entries of `cert` that `keep` turns into text.
+fn san_filter(
+    cert: &X509Certificate<'_>,
+    keep: impl Fn(&GeneralName<'_>) -> Option<String>,
+) -> Vec<String> {
     match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
-                GeneralName::IPAddress(bytes) => ip_text(bytes),
-                _ => None,
-            })
-            .collect(),
+        Ok(Some(san)) => san.value.general_names.iter().filter_map(keep).collect(),
         _ => Vec::new(),
     }
 }
@@ -108,18 +116,10 @@ fn ip_text(bytes: &[u8]) -> Option<String> {
 
 /// The DNS names of a certificate's subjectAltName, lower-cased.
 pub(crate) fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
-    match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::DNSName(d) => Some(d.trim_end_matches('.').to_ascii_lowercase()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
+    san_filter(cert, |n| match n {
+        GeneralName::DNSName(d) => Some(dns_name(d)),
+        _ => None,
+    })
 }
 
 /// A certificate chain with its private key, checked and ready to serve.

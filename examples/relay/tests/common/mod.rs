@@ -450,26 +450,29 @@ pub async fn read_all<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
     out
 }
 
+/// One whole SMTP reply (every line up to the one with a space after the code); panics if the server
+/// closes first.
+async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            io.read_line(&mut line).await.unwrap() > 0,
+            "closed after {all:?}"
+        );
+        all.push_str(&line);
+        if line.as_bytes().get(3) == Some(&b' ') {
+            return all;
+        }
+    }
+}
+
 /// Connects to an SMTP server, does STARTTLS with SNI `sni` (no certificate check) and returns the SHA-256
 /// fingerprint of the certificate it served.
 pub async fn served_fingerprint(addr: SocketAddr, sni: &str) -> String {
     use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut io = BufReader::new(tcp);
-    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                io.read_line(&mut line).await.unwrap() > 0,
-                "closed after {all:?}"
-            );
-            all.push_str(&line);
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return all;
-            }
-        }
-    }
     assert!(reply(&mut io).await.starts_with("220 "));
     io.get_mut()
         .write_all(b"EHLO probe.test\r\n")
@@ -604,20 +607,6 @@ pub async fn start_postern_hop_at(cert: Option<&Pem>, bind: &str) -> NextHop {
 /// parameter). Returns the reply to the final dot.
 pub async fn submit_requiretls(addr: SocketAddr, from: &str, to: &str, body: &str) -> String {
     use postern_certs::{ClientTlsContext, ClientTlsSpec, TrustRoots};
-    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                io.read_line(&mut line).await.unwrap() > 0,
-                "closed after {all:?}"
-            );
-            all.push_str(&line);
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return all;
-            }
-        }
-    }
     let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     reply(&mut io).await;
     io.get_mut()
@@ -672,20 +661,6 @@ pub fn rsa_key_pem() -> String {
 /// (for headers lettre cannot write, such as `TLS-Required` or many `Received` fields). Returns the reply to
 /// the final dot.
 pub async fn submit_raw(addr: SocketAddr, from: &str, to: &str, content: &str) -> String {
-    async fn reply<S: AsyncRead + Unpin>(io: &mut BufReader<S>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            assert!(
-                io.read_line(&mut line).await.unwrap() > 0,
-                "closed after {all:?}"
-            );
-            all.push_str(&line);
-            if line.as_bytes().get(3) == Some(&b' ') {
-                return all;
-            }
-        }
-    }
     let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
     reply(&mut io).await;
     for cmd in [
