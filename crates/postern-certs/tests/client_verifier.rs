@@ -94,7 +94,9 @@ fn encrypt_and_opportunistic_never_refuse_but_report_trust() {
 #[test]
 fn refusals_read_as_words() {
     let f = fixtures();
-    let mut two_names = f.inter.leaf(LeafSpec::server(&["a.example", "b.example"]));
+    let mut two_names = f
+        .inter
+        .leaf_with(LeafSpec::server(&["a.example", "b.example"]));
     two_names.chain.push(f.inter.cert_pem.clone());
     for (pem, words) in [
         (
@@ -188,7 +190,7 @@ fn chain_missing_its_intermediate_is_untrusted() {
         Some(CertificateFailure::NotTrusted),
     );
     // Another CA's certificate is just as untrusted.
-    bare = f.other_ca.leaf(LeafSpec::server(&[MX]));
+    bare = f.other_ca.leaf_with(LeafSpec::server(&[MX]));
     let o = run(&bare, &spec(ClientTlsMode::Encrypt));
     assert!(o.result.is_ok());
     is(
@@ -229,7 +231,7 @@ fn secure_matches_next_hop_names_not_the_mx_host() {
     );
 
     // `.example.org` does not match a certificate for example.org itself.
-    let apex = f.inter.leaf(LeafSpec::server(&["example.org"]));
+    let apex = f.inter.leaf_with(LeafSpec::server(&["example.org"]));
     let mut apex = apex;
     apex.chain.push(f.inter.cert_pem.clone());
     let mut s2 = ClientTlsSpec::new(ClientTlsMode::Secure, "example.org");
@@ -241,7 +243,7 @@ fn secure_matches_next_hop_names_not_the_mx_host() {
 #[test]
 fn wildcard_certificate_matches_one_label() {
     let f = fixtures();
-    let mut wild = f.inter.leaf(LeafSpec::server(&["*.example.org"]));
+    let mut wild = f.inter.leaf_with(LeafSpec::server(&["*.example.org"]));
     wild.chain.push(f.inter.cert_pem.clone());
     let o = run(&wild, &spec(ClientTlsMode::Verify));
     assert!(o.result.is_ok());

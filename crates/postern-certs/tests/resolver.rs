@@ -16,7 +16,7 @@ use rustls::{ClientConnection, ServerConnection, SignatureScheme};
 
 fn leaf(names: &[&str]) -> Pem {
     let f = fixtures();
-    let mut p = f.inter.leaf(LeafSpec::server(names));
+    let mut p = f.inter.leaf_with(LeafSpec::server(names));
     p.chain.push(f.inter.cert_pem.clone());
     p
 }
@@ -242,7 +242,7 @@ fn imported_outranks_the_default_cert_then_ecdsa_before_rsa() {
 
     // An imported RSA certificate for the host name, added after the Default
     // Cert, outranks its ECDSA companion too, fallback included.
-    let mut own_rsa = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    let mut own_rsa = f.inter.leaf_with(LeafSpec::server(&[MX]).rsa());
     own_rsa.chain.push(f.inter.cert_pem.clone());
     store.add("own", own_rsa.cert_key()).unwrap();
     for sni in [
@@ -380,11 +380,11 @@ enum Kind {
 #[test]
 fn every_sni_scheme_and_import_combination_gets_a_usable_certificate() {
     let f = fixtures();
-    let mut default_rsa = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    let mut default_rsa = f.inter.leaf_with(LeafSpec::server(&[MX]).rsa());
     default_rsa.chain.push(f.inter.cert_pem.clone());
     let default_ecdsa = &f.leaf;
     let named = "mx.a.example";
-    let mut imported_rsa = f.inter.leaf(LeafSpec::server(&[named]).rsa());
+    let mut imported_rsa = f.inter.leaf_with(LeafSpec::server(&[named]).rsa());
     imported_rsa.chain.push(f.inter.cert_pem.clone());
     let imported_ecdsa = leaf(&[named]);
 
@@ -464,7 +464,7 @@ fn every_sni_scheme_and_import_combination_gets_a_usable_certificate() {
 #[test]
 fn a_client_gets_any_usable_certificate_before_a_failed_handshake() {
     let f = fixtures();
-    let mut rsa_only_default = f.inter.leaf(LeafSpec::server(&[MX]).rsa());
+    let mut rsa_only_default = f.inter.leaf_with(LeafSpec::server(&[MX]).rsa());
     rsa_only_default.chain.push(f.inter.cert_pem.clone());
     let other_ecdsa = leaf(&["mx.other.example"]);
     let mut store = CertificateStore::new();
@@ -518,7 +518,7 @@ fn a_certificate_out_of_its_validity_yields_to_a_valid_one() {
         store.set_fallback(DEFAULT_CERT_NAME);
         let mut stale_other = f
             .inter
-            .leaf(LeafSpec::server(&["mx.a.example"]).valid(-30, -1));
+            .leaf_with(LeafSpec::server(&["mx.a.example"]).valid(-30, -1));
         stale_other.chain.push(f.inter.cert_pem.clone());
         store.add("a", stale_other.cert_key()).unwrap();
         let chosen = store

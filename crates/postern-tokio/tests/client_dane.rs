@@ -59,8 +59,8 @@ fn wrong(mut r: TlsaRecord) -> TlsaRecord {
 /// A certificate served with the test CA after it in the chain (RFC 7672 section 3.2.1: the TA must be sent).
 fn with_ca(pem: &Pem) -> Pem {
     Pem {
-        cert: format!("{}{}", pem.cert, fixtures().ca.cert_pem),
-        key: pem.key.clone(),
+        chain: vec![fixtures().ca.cert_pem.clone()],
+        ..pem.clone()
     }
 }
 

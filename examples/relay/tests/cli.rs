@@ -297,7 +297,7 @@ fn cert_list_shows_the_default_cert_and_imports() {
     assert_eq!(mx["sans"][0], "mx.relay.test");
     assert_eq!(mx["self_signed"], false);
     assert_eq!(mx["issuer"], "CN=Postern Test CA");
-    assert_eq!(mx["sha256"], pem.fingerprint());
+    assert_eq!(mx["sha256"], pem.fingerprint().to_string());
 }
 
 fn import(dir: &Path, name: &str, pem: &common::Pem, force: bool) -> Output {

@@ -151,7 +151,7 @@ async fn imported_certificate_is_served_without_restart() {
             false,
         )
         .unwrap();
-    let want = pem.fingerprint();
+    let want = pem.fingerprint().to_string();
     assert_ne!(before, want);
     let start = Instant::now();
     loop {

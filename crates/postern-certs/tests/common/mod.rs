@@ -1,187 +1,16 @@
 //! Test fixtures generated with rcgen, and an in-memory handshake pump.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use postern_certs::{CertKey, TrustRoots};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
-};
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::{ClientConnection, RootCertStore, ServerConnection};
-use time::OffsetDateTime;
+pub use postern_test_support::{Ca, LeafSpec, Pem};
+use rustls::pki_types::UnixTime;
+use rustls::{ClientConnection, ServerConnection};
 
 pub const MX: &str = "mx.example.org";
 
 pub fn now() -> UnixTime {
     UnixTime::now()
-}
-
-/// A certificate with its key, as PEM.
-pub struct Pem {
-    pub cert: String,
-    pub key: String,
-    pub chain: Vec<String>,
-}
-
-impl Pem {
-    pub fn chain_pem(&self) -> String {
-        let mut s = self.cert.clone();
-        for c in &self.chain {
-            s.push_str(c);
-        }
-        s
-    }
-    pub fn cert_key(&self) -> CertKey {
-        CertKey::from_pem(self.chain_pem().as_bytes(), self.key.as_bytes())
-            .expect("fixture imports")
-    }
-    pub fn der(&self) -> CertificateDer<'static> {
-        use rustls::pki_types::pem::PemObject;
-        CertificateDer::from_pem_slice(self.cert.as_bytes()).expect("fixture pem")
-    }
-}
-
-pub struct Ca {
-    pub cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn now_odt() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
-}
-
-fn ca_params(cn: &str) -> CertificateParams {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    p.not_before = now_odt() - Duration::from_secs(86_400 * 10);
-    p.not_after = now_odt() + Duration::from_secs(86_400 * 3650);
-    p
-}
-
-impl Ca {
-    pub fn new(cn: &str) -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = ca_params(cn);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// An intermediate CA signed by this one.
-    pub fn intermediate(&self, cn: &str) -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = ca_params(cn);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    pub fn roots(&self) -> Arc<RootCertStore> {
-        let mut r = TrustRoots::empty();
-        r.add_pem(self.cert_pem.as_bytes()).unwrap();
-        r.into_store()
-    }
-
-    pub fn leaf(&self, spec: LeafSpec<'_>) -> Pem {
-        let key = spec.key();
-        let params = spec.params();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            chain: Vec::new(),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-pub enum Alg {
-    P256,
-    Rsa2048,
-}
-
-#[derive(Clone, Copy)]
-pub struct LeafSpec<'a> {
-    pub names: &'a [&'a str],
-    pub alg: Alg,
-    /// Validity as offsets in days from now.
-    pub from_days: i64,
-    pub to_days: i64,
-    pub client: bool,
-}
-
-impl<'a> LeafSpec<'a> {
-    pub fn server(names: &'a [&'a str]) -> Self {
-        Self {
-            names,
-            alg: Alg::P256,
-            from_days: -1,
-            to_days: 90,
-            client: false,
-        }
-    }
-    pub fn client(names: &'a [&'a str]) -> Self {
-        Self {
-            client: true,
-            ..Self::server(names)
-        }
-    }
-    pub fn valid(self, from_days: i64, to_days: i64) -> Self {
-        Self {
-            from_days,
-            to_days,
-            ..self
-        }
-    }
-    pub fn rsa(self) -> Self {
-        Self {
-            alg: Alg::Rsa2048,
-            ..self
-        }
-    }
-    fn key(&self) -> KeyPair {
-        match self.alg {
-            Alg::P256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap(),
-            Alg::Rsa2048 => KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_2048).unwrap(),
-        }
-    }
-    fn params(&self) -> CertificateParams {
-        let mut p =
-            CertificateParams::new(self.names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name
-            .push(DnType::CommonName, *self.names.first().unwrap_or(&"client"));
-        p.not_before = now_odt() + time::Duration::days(self.from_days);
-        p.not_after = now_odt() + time::Duration::days(self.to_days);
-        p.extended_key_usages = vec![if self.client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        p
-    }
-    pub fn self_signed(&self) -> Pem {
-        let key = self.key();
-        let cert = self.params().self_signed(&key).unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            chain: Vec::new(),
-        }
-    }
 }
 
 /// The shared fixture set: a root CA, an intermediate, and leaves.
@@ -207,18 +36,18 @@ pub fn fixtures() -> &'static Fixtures {
     F.get_or_init(|| {
         let ca = Ca::new("Postern Test Root");
         let inter = ca.intermediate("Postern Test Intermediate");
-        let mut leaf = inter.leaf(LeafSpec::server(&[MX]));
+        let mut leaf = inter.leaf_with(LeafSpec::server(&[MX]));
         leaf.chain.push(inter.cert_pem.clone());
-        let mut expired = inter.leaf(LeafSpec::server(&[MX]).valid(-30, -1));
+        let mut expired = inter.leaf_with(LeafSpec::server(&[MX]).valid(-30, -1));
         expired.chain.push(inter.cert_pem.clone());
-        let mut not_yet_valid = inter.leaf(LeafSpec::server(&[MX]).valid(2, 30));
+        let mut not_yet_valid = inter.leaf_with(LeafSpec::server(&[MX]).valid(2, 30));
         not_yet_valid.chain.push(inter.cert_pem.clone());
-        let mut wrong_name = inter.leaf(LeafSpec::server(&["other.example.net"]));
+        let mut wrong_name = inter.leaf_with(LeafSpec::server(&["other.example.net"]));
         wrong_name.chain.push(inter.cert_pem.clone());
         let other_ca = Ca::new("Unknown Root");
         Fixtures {
             self_signed: LeafSpec::server(&[MX]).self_signed(),
-            client_trusted: ca.leaf(LeafSpec::client(&["client.example.com"])),
+            client_trusted: ca.leaf_with(LeafSpec::client(&["client.example.com"])),
             client_untrusted: LeafSpec::client(&["client.example.com"]).self_signed(),
             ca,
             inter,
@@ -237,14 +66,9 @@ pub fn rsa4096_leaf() -> &'static Pem {
     static R: OnceLock<Pem> = OnceLock::new();
     R.get_or_init(|| {
         let f = fixtures();
-        let key = KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, RsaKeySize::_4096).unwrap();
-        let params = LeafSpec::server(&[MX]).params();
-        let cert = params.signed_by(&key, &f.inter.issuer).unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-            chain: vec![f.inter.cert_pem.clone()],
-        }
+        let mut leaf = f.inter.leaf_with(LeafSpec::server(&[MX]).rsa4096());
+        leaf.chain.push(f.inter.cert_pem.clone());
+        leaf
     })
 }
 

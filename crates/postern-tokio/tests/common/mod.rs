@@ -6,114 +6,21 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use postern_certs::{
-    CertKey, CertResolver, ServedCertificates, ServerTlsContext, ServerTlsSpec, TrustRoots,
-};
+use postern_certs::{CertResolver, ServedCertificates, ServerTlsContext, ServerTlsSpec};
 use postern_policy::{ClientCertMode, ServerPolicy, ServerTlsMode, TlsVersion};
 use postern_smtp::{
     DataSummary, ForwardPath, RcptParams, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
 };
+#[allow(unused_imports)] // each test binary uses its own part of them
+pub use postern_test_support::{Ca, Pem, self_signed};
 use postern_tokio::server::{
     ConnectionInfo, Server, ServerHandler, ServerSettings, SessionHandler, TlsInfo, Verdict,
 };
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
-use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub const MX: &str = "mx.example.org";
-
-/// A certificate and its key, as PEM.
-#[derive(Clone)]
-pub struct Pem {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Pem {
-    pub fn cert_key(&self) -> CertKey {
-        CertKey::from_pem(self.cert.as_bytes(), self.key.as_bytes()).expect("fixture imports")
-    }
-    pub fn fingerprint(&self) -> postern_certs::Fingerprint {
-        self.cert_key().fingerprint()
-    }
-}
-
-pub struct Ca {
-    pub cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn days(n: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + time::Duration::days(n)
-}
-
-impl Ca {
-    fn new(cn: &str) -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.not_before = days(-10);
-        p.not_after = days(3650);
-        let cert = p.self_signed(&key).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(p, key),
-        }
-    }
-
-    pub fn roots(&self) -> Arc<RootCertStore> {
-        let mut r = TrustRoots::empty();
-        r.add_pem(self.cert_pem.as_bytes()).unwrap();
-        r.into_store()
-    }
-
-    fn leaf(&self, names: &[&str], client: bool, from: i64, to: i64) -> Pem {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = leaf_params(names, client, from, to)
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-fn leaf_params(names: &[&str], client: bool, from: i64, to: i64) -> CertificateParams {
-    let mut p =
-        CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, names[0]);
-    p.not_before = days(from);
-    p.not_after = days(to);
-    p.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    p
-}
-
-fn self_signed(names: &[&str], client: bool) -> Pem {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = leaf_params(names, client, -1, 90)
-        .self_signed(&key)
-        .unwrap();
-    Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
 
 pub struct Fixtures {
     pub ca: Ca,

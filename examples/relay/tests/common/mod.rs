@@ -16,10 +16,8 @@ use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
 use postern_relay::config::Config;
 use postern_relay::relay::Relay;
 use postern_relay::spool::{Scan, Spool};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-};
+#[allow(unused_imports)] // each test binary uses its own part of them
+pub use postern_test_support::{Ca, Pem, self_signed};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -28,100 +26,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// The relay's host name in tests.
 pub const RELAY: &str = "relay.test";
-
-/// A certificate and key, PEM.
-#[derive(Clone, Debug)]
-pub struct Pem {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Pem {
-    /// SHA-256 fingerprint, `sha256:` hex form as the policy parses it.
-    pub fn fingerprint(&self) -> String {
-        let key =
-            postern_certs::CertKey::from_pem(self.cert.as_bytes(), self.key.as_bytes()).unwrap();
-        format!("{}", key.fingerprint())
-    }
-
-    /// Writes `name.crt` and `name.key` into `dir`; returns their paths.
-    pub fn write(&self, dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let c = dir.join(format!("{name}.crt"));
-        let k = dir.join(format!("{name}.key"));
-        std::fs::write(&c, &self.cert).unwrap();
-        std::fs::write(&k, &self.key).unwrap();
-        (c, k)
-    }
-}
-
-fn days(n: i64) -> time::OffsetDateTime {
-    time::OffsetDateTime::now_utc() + time::Duration::days(n)
-}
-
-/// A test certificate authority.
-pub struct Ca {
-    pub cert_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(cn: &str) -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        p.not_before = days(-10);
-        p.not_after = days(3650);
-        let cert = p.self_signed(&key).unwrap();
-        Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(p, key),
-        }
-    }
-
-    /// A leaf for `names`, valid from `from` to `to` days from now.
-    pub fn leaf(&self, names: &[&str], client: bool, from: i64, to: i64) -> Pem {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = leaf_params(names, client, from, to)
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        Pem {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
-
-fn leaf_params(names: &[&str], client: bool, from: i64, to: i64) -> CertificateParams {
-    let mut p =
-        CertificateParams::new(names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, names[0]);
-    p.not_before = days(from);
-    p.not_after = days(to);
-    p.extended_key_usages = vec![if client {
-        ExtendedKeyUsagePurpose::ClientAuth
-    } else {
-        ExtendedKeyUsagePurpose::ServerAuth
-    }];
-    p
-}
-
-/// A self-signed certificate for `names`.
-pub fn self_signed(names: &[&str], client: bool) -> Pem {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = leaf_params(names, client, -1, 90)
-        .self_signed(&key)
-        .unwrap();
-    Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    }
-}
 
 /// The shared test CA.
 pub fn ca() -> &'static Ca {
