@@ -126,9 +126,10 @@ pub use config::{
 pub use dane::{DaneError, DaneHook, DaneMatch, tlsa_record, usable_records};
 pub use default_cert::{
     DefaultCertOptions, DefaultCertificate, ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind,
-    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_existing,
-    load_or_create,
+    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, load_existing,
 };
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
+pub use default_cert::{generate_self_signed, load_or_create};
 pub use error::{ConfigError, DefaultCertError, ImportError, InspectError, StoreError};
 pub use inspect::{CertStatus, CertificateRow, EXPIRY_WARNING_DAYS, inspect};
 pub use resolver::{CertOrigin, CertResolver, ServedCertificates};
@@ -137,6 +138,11 @@ pub use verify::{
     CertificateHook, ClientCertPolicy, HookInput, PeerCertVerifier, RefusedCertificate,
     describe_tls_error, refused_check,
 };
+
+/// The rustls whose types appear in this crate's signatures (`RootCertStore`,
+/// `CryptoProvider`, `ServerConfig`, `ClientConfig`, `pki_types` …): use it
+/// rather than a rustls dependency of your own, so the versions always match.
+pub use rustls;
 
 pub use postern_policy::{
     CertificateCheck, CertificateFailure, ClientCertificate, Fingerprint, FingerprintError,
