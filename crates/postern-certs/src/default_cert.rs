@@ -91,11 +91,22 @@ impl DefaultCertOptions {
 
 /// A generated certificate and key, PEM-encoded.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GeneratedPem {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The PKCS#8 private key, PEM.
     pub key_pem: String,
+}
+
+impl GeneratedPem {
+    /// A certificate and its PKCS#8 private key, PEM.
+    pub fn new(cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        Self {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for GeneratedPem {
