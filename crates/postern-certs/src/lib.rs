@@ -43,9 +43,10 @@
 //!   only the strongest digest per usage and selector is used.
 //!   [`tlsa_record`] computes the record to publish for a certificate.
 //! - **Configuration** ([`ServerTlsContext`], [`ClientTlsContext`]): TLS 1.2 and
-//!   1.3 only, minimum version honoured, the aws-lc-rs provider passed
-//!   explicitly, server session tickets and cache, client session caches shared
-//!   across connections (one per verification policy), SNI sent.
+//!   1.3 only, minimum version honoured, the crypto provider (aws-lc-rs by
+//!   default, or ring: see the crate features) passed explicitly, server
+//!   session tickets and cache, client session caches shared across
+//!   connections (one per verification policy), SNI sent.
 //!
 //! Time is always passed in (`now`), except inside a rustls handshake, which
 //! uses rustls' clock.
