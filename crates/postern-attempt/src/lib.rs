@@ -595,6 +595,8 @@ impl Attempt {
                 let _ = self.session.quit();
             }
             Close::Drop | Close::NotConnected => self.session.handle_eof(),
+            // A way of closing this version does not know: the safest, without another command.
+            _ => self.session.handle_eof(),
         }
     }
 

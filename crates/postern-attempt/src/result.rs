@@ -283,11 +283,7 @@ impl Done {
         };
         let recipients: Vec<_> = recipients
             .iter()
-            .map(|r| RecipientResult {
-                recipient: r.clone(),
-                status,
-                reply: failure.reply.clone(),
-            })
+            .map(|r| RecipientResult::new(r.clone(), status, failure.reply.clone()))
             .collect();
         Self {
             outcome: Self::outcome_of(&recipients, Some(&failure)),

@@ -161,7 +161,7 @@ impl CertKey {
     /// Parses a PEM certificate chain (leaf first) and a PEM private key
     /// (`PRIVATE KEY` PKCS#8, `RSA PRIVATE KEY` PKCS#1 or `EC PRIVATE KEY` SEC1).
     ///
-    /// Uses the aws-lc-rs provider to load the key.
+    /// Uses [`crate::provider()`] to load the key.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, ImportError> {
         let chain = CertificateDer::pem_slice_iter(chain_pem)
             .collect::<Result<Vec<_>, _>>()
@@ -196,7 +196,7 @@ impl CertKey {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, ImportError> {
-        Self::from_der_with_provider(chain, key, &rustls::crypto::aws_lc_rs::default_provider())
+        Self::from_der_with_provider(chain, key, &crate::provider())
     }
 
     /// Builds from DER values with a given crypto provider.
@@ -227,7 +227,7 @@ impl CertKey {
             .load_private_key(key)
             .map_err(ImportError::InvalidKey)?;
         let certified = CertifiedKey::new(chain, signing_key);
-        // aws-lc-rs signing keys always expose their SubjectPublicKeyInfo, so
+        // aws-lc-rs and ring signing keys always expose their SubjectPublicKeyInfo, so
         // `Unknown` cannot hide a mismatch: treat every error as a mismatch.
         certified
             .keys_match()

@@ -39,12 +39,43 @@ pub fn protocol_versions(min: TlsVersion) -> &'static [&'static SupportedProtoco
     }
 }
 
-/// The aws-lc-rs crypto provider, used explicitly (no process-wide default needed).
+/// The crypto provider used where none is passed, explicitly (no
+/// process-wide default needed): aws-lc-rs with feature `aws-lc-rs` (the
+/// default), else ring with feature `ring`.
+///
+/// With neither feature, the process-level default installed with
+/// [`CryptoProvider::install_default`].
+///
+/// # Panics
+///
+/// With neither feature, if no process-level default is installed (as
+/// rustls' own `ClientConfig::builder()`).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    #[cfg(feature = "aws-lc-rs")]
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+    let provider = Arc::clone(CryptoProvider::get_default().expect(
+        "no crypto provider: enable feature aws-lc-rs or ring of postern-certs, \
+         or call CryptoProvider::install_default",
+    ));
+    provider
 }
 
-/// Trust anchors: the compiled-in Mozilla bundle, the system store, or PEM bundles.
+/// A session ticketer from the built-in provider (`aws-lc-rs`, else `ring`).
+fn ticketer() -> Result<Arc<dyn rustls::server::ProducesTickets>, ConfigError> {
+    #[cfg(feature = "aws-lc-rs")]
+    let ticketer = Ok(rustls::crypto::aws_lc_rs::Ticketer::new()?);
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let ticketer = Ok(rustls::crypto::ring::Ticketer::new()?);
+    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+    let ticketer = Err(ConfigError::NoTicketer);
+    ticketer
+}
+
+/// Trust anchors: the compiled-in Mozilla bundle (feature `webpki-roots`), the
+/// system store (feature `native-roots`), or PEM bundles.
 #[derive(Debug, Clone)]
 pub struct TrustRoots {
     store: RootCertStore,
@@ -65,7 +96,9 @@ impl TrustRoots {
         }
     }
 
-    /// The Mozilla roots compiled in by `webpki-roots` (deterministic; stale unless rebuilt).
+    /// The Mozilla roots compiled in by `webpki-roots` (deterministic; stale
+    /// unless rebuilt). Feature `webpki-roots`.
+    #[cfg(feature = "webpki-roots")]
     pub fn webpki() -> Self {
         Self {
             store: RootCertStore {
@@ -75,7 +108,8 @@ impl TrustRoots {
     }
 
     /// The operating system's store (`rustls-native-certs`; honours `SSL_CERT_FILE`).
-    /// Certificates that fail to load are skipped and logged.
+    /// Certificates that fail to load are skipped and logged. Feature `native-roots`.
+    #[cfg(feature = "native-roots")]
     pub fn native() -> Self {
         let result = rustls_native_certs::load_native_certs();
         for e in &result.errors {
@@ -144,7 +178,8 @@ pub struct ServerTlsSpec {
     pub client_roots: Option<Arc<RootCertStore>>,
     /// Lowest protocol version accepted.
     pub min_version: TlsVersion,
-    /// Issue session tickets (RFC 8446 §4.6.1 / RFC 5077).
+    /// Issue session tickets (RFC 8446 §4.6.1 / RFC 5077). Needs feature
+    /// `aws-lc-rs` or `ring` ([`ConfigError::NoTicketer`] otherwise).
     pub tickets: bool,
     /// Entries in the server-side session cache (0 disables it).
     pub session_cache_size: usize,
@@ -223,7 +258,7 @@ impl ServerTlsContext {
             ServerSessionMemoryCache::new(spec.session_cache_size)
         };
         if spec.tickets {
-            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+            config.ticketer = ticketer()?;
         }
         Ok(Self {
             config: Arc::new(config),
@@ -405,6 +440,12 @@ impl ClientTlsContext {
     /// Presents `cert` to servers that ask for one.
     pub fn with_client_certificate(mut self, cert: CertKey) -> Self {
         self.client_cert = Some(cert);
+        self
+    }
+
+    /// Uses `provider` instead of [`provider()`]'s.
+    pub fn with_provider(mut self, provider: Arc<CryptoProvider>) -> Self {
+        self.provider = provider;
         self
     }
 

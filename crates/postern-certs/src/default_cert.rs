@@ -1,16 +1,30 @@
 //! The seed's "Default Cert": a self-signed RSA-4096 / SHA-256 certificate for
 //! the host name (plus an ECDSA P-256 companion), generated once and persisted.
+//!
+//! Generating keys needs a built-in crypto provider (feature `aws-lc-rs` or
+//! `ring`), and RSA keys need `aws-lc-rs` (rcgen generates RSA keys with
+//! aws-lc-rs only); loading existing files ([`load_existing`]) needs neither.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
+use std::fs::{File, OpenOptions};
+use std::io;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
+use std::io::Write;
 use std::path::Path;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use std::time::Duration;
 
+#[cfg(feature = "aws-lc-rs")]
+use rcgen::RsaKeySize;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
-    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256, RsaKeySize,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
 };
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use rustls::pki_types::UnixTime;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use time::OffsetDateTime;
 
 use crate::certkey::CertKey;
@@ -77,11 +91,22 @@ impl DefaultCertOptions {
 
 /// A generated certificate and key, PEM-encoded.
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GeneratedPem {
     /// The certificate, PEM.
     pub cert_pem: String,
     /// The PKCS#8 private key, PEM.
     pub key_pem: String,
+}
+
+impl GeneratedPem {
+    /// A certificate and its PKCS#8 private key, PEM.
+    pub fn new(cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        Self {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for GeneratedPem {
@@ -102,18 +127,25 @@ pub enum GeneratedKind {
     EcdsaP256,
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 fn to_offset(t: UnixTime) -> OffsetDateTime {
     let secs = i64::try_from(t.as_secs()).unwrap_or(i64::MAX);
     OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// How long before `now` a generated certificate's validity starts, so that
 /// a peer whose clock is a little behind still accepts it.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// Generates a self-signed certificate per `opts` at time `now`, valid from
 /// `now − 1 h` for `validity_days` days in total (to `now − 1 h +
 /// validity_days` days − 1 s: both ends count, RFC 5280 §4.1.2.5).
+///
+/// Needs feature `aws-lc-rs` or `ring`; [`GeneratedKind::Rsa`] needs
+/// `aws-lc-rs` and fails with [`rcgen::Error::KeyGenerationUnavailable`]
+/// under `ring` alone.
 pub fn generate_self_signed(
     opts: &DefaultCertOptions,
     kind: GeneratedKind,
@@ -123,14 +155,7 @@ pub fn generate_self_signed(
         return Err(DefaultCertError::NoHostName);
     }
     let key = match kind {
-        GeneratedKind::Rsa(bits) => {
-            let size = match bits {
-                RsaBits::B2048 => RsaKeySize::_2048,
-                RsaBits::B3072 => RsaKeySize::_3072,
-                RsaBits::B4096 => RsaKeySize::_4096,
-            };
-            KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, size)?
-        }
+        GeneratedKind::Rsa(bits) => rsa_key(bits)?,
         GeneratedKind::EcdsaP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
     };
     Ok(GeneratedPem {
@@ -139,6 +164,25 @@ pub fn generate_self_signed(
     })
 }
 
+/// A new RSA key of `bits` with a SHA-256 signature algorithm.
+#[cfg(feature = "aws-lc-rs")]
+fn rsa_key(bits: RsaBits) -> Result<KeyPair, rcgen::Error> {
+    let size = match bits {
+        RsaBits::B2048 => RsaKeySize::_2048,
+        RsaBits::B3072 => RsaKeySize::_3072,
+        RsaBits::B4096 => RsaKeySize::_4096,
+    };
+    KeyPair::generate_rsa_for(&PKCS_RSA_SHA256, size)
+}
+
+/// rcgen generates RSA keys with aws-lc-rs only: with ring alone, RSA key
+/// generation is unavailable (loading an existing RSA key still works).
+#[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+fn rsa_key(_bits: RsaBits) -> Result<KeyPair, rcgen::Error> {
+    Err(rcgen::Error::KeyGenerationUnavailable)
+}
+
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// The self-signed certificate for `key` per `opts` at time `now`, PEM.
 fn issue(
     opts: &DefaultCertOptions,
@@ -205,6 +249,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DefaultCertError + '_ {
     }
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// Writes `data` to `path` atomically: a temporary file in the same directory
 /// (created with `mode`), fsync, rename over `path`, fsync of the directory.
 fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), DefaultCertError> {
@@ -241,6 +286,7 @@ fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), D
     result
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// How one pair of files was found or made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PairOrigin {
@@ -253,6 +299,7 @@ enum PairOrigin {
     Reissued,
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// Loads one pair; generates it if neither file exists; issues the
 /// certificate again for a key found alone.
 ///
@@ -322,6 +369,7 @@ fn load_or_create_pair(
     Ok((cert, origin))
 }
 
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 /// Loads the default certificate(s) from `dir`, generating what is missing.
 ///
 /// - Neither file of a pair exists: the pair is generated and written
@@ -336,6 +384,9 @@ fn load_or_create_pair(
 ///
 /// With `ecdsa_companion` on and an existing RSA pair but no ECDSA pair, the
 /// companion is generated (this creates, it does not replace).
+///
+/// Needs feature `aws-lc-rs` or `ring`; generating the RSA pair needs
+/// `aws-lc-rs` (under `ring` alone only an existing RSA pair can be used).
 pub fn load_or_create(
     dir: &Path,
     opts: &DefaultCertOptions,

@@ -135,4 +135,8 @@ pub enum ConfigError {
     /// The client verifier could not be built.
     #[error("client verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// Session tickets were asked for, but no built-in crypto provider
+    /// (feature `aws-lc-rs` or `ring`) supplies a ticketer.
+    #[error("session tickets need feature aws-lc-rs or ring")]
+    NoTicketer,
 }

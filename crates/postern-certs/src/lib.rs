@@ -43,9 +43,10 @@
 //!   only the strongest digest per usage and selector is used.
 //!   [`tlsa_record`] computes the record to publish for a certificate.
 //! - **Configuration** ([`ServerTlsContext`], [`ClientTlsContext`]): TLS 1.2 and
-//!   1.3 only, minimum version honoured, the aws-lc-rs provider passed
-//!   explicitly, server session tickets and cache, client session caches shared
-//!   across connections (one per verification policy), SNI sent.
+//!   1.3 only, minimum version honoured, the crypto provider (aws-lc-rs by
+//!   default, or ring: see the crate features) passed explicitly, server
+//!   session tickets and cache, client session caches shared across
+//!   connections (one per verification policy), SNI sent.
 //!
 //! Time is always passed in (`now`), except inside a rustls handshake, which
 //! uses rustls' clock.
@@ -126,9 +127,10 @@ pub use config::{
 pub use dane::{DaneError, DaneHook, DaneMatch, tlsa_record, usable_records};
 pub use default_cert::{
     DefaultCertOptions, DefaultCertificate, ECDSA_CERT_FILE, ECDSA_KEY_FILE, GeneratedKind,
-    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, generate_self_signed, load_existing,
-    load_or_create,
+    GeneratedPem, RSA_CERT_FILE, RSA_KEY_FILE, RsaBits, load_existing,
 };
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
+pub use default_cert::{generate_self_signed, load_or_create};
 pub use error::{ConfigError, DefaultCertError, ImportError, InspectError, StoreError};
 pub use inspect::{CertStatus, CertificateRow, EXPIRY_WARNING_DAYS, inspect};
 pub use resolver::{CertOrigin, CertResolver, ServedCertificates};
@@ -137,6 +139,11 @@ pub use verify::{
     CertificateHook, ClientCertPolicy, HookInput, PeerCertVerifier, RefusedCertificate,
     describe_tls_error, refused_check,
 };
+
+/// The rustls whose types appear in this crate's signatures (`RootCertStore`,
+/// `CryptoProvider`, `ServerConfig`, `ClientConfig`, `pki_types` …): use it
+/// rather than a rustls dependency of your own, so the versions always match.
+pub use rustls;
 
 pub use postern_policy::{
     CertificateCheck, CertificateFailure, ClientCertificate, Fingerprint, FingerprintError,

@@ -66,7 +66,7 @@ pub(crate) const fn check(
     trust: PeerTrust,
     failure: Option<CertificateFailure>,
 ) -> CertificateCheck {
-    CertificateCheck { trust, failure }
+    CertificateCheck::new(trust, failure)
 }
 
 /// The error inside `rustls::Error::InvalidCertificate(CertificateError::Other(..))`

@@ -298,15 +298,9 @@ struct PinningHook(Fingerprint);
 impl CertificateHook for PinningHook {
     fn check(&self, input: &HookInput<'_>) -> CertificateCheck {
         if Fingerprint::of(input.end_entity) == self.0 {
-            CertificateCheck {
-                trust: PeerTrust::Verified,
-                failure: None,
-            }
+            CertificateCheck::verified()
         } else {
-            CertificateCheck {
-                trust: input.pkix.trust,
-                failure: Some(CertificateFailure::DaneMismatch),
-            }
+            CertificateCheck::failed(input.pkix.trust, CertificateFailure::DaneMismatch)
         }
     }
 }

@@ -194,14 +194,17 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads and validates a TOML configuration.
+    /// Reads and validates a TOML configuration (feature `toml`).
+    #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
         PolicyConfig::from_toml_str(text)
     }
 }
 
 impl PolicyConfig {
-    /// Reads a TOML configuration and validates it.
+    /// Reads a TOML configuration and validates it (feature `toml`; without
+    /// it, deserialize a [`PolicyConfig`] with any serde format and call
+    /// [`PolicyConfig::validate`]).
     ///
     /// ```
     /// use postern_policy::{ClientTlsMode, NextHop, PolicyConfig};
@@ -216,6 +219,7 @@ impl PolicyConfig {
     /// let err = PolicyConfig::from_toml_str("[inbound]\nclient_certificates = \"require\"").unwrap_err();
     /// assert_eq!(err.to_string(), "inbound.client_certificates: client certificates can only be required when tls = \"require\"");
     /// ```
+    #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<Policy, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         config.validate()
@@ -364,7 +368,7 @@ impl OutboundConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "toml"))]
 mod tests {
     use super::*;
     use crate::name::NextHop;

@@ -27,6 +27,7 @@
 //! # Example
 //!
 //! ```
+//! # #[cfg(feature = "toml")] {
 //! use postern_policy::{
 //!     Action, CertificateCheck, CertificateFailure, HandshakeOutcome, NextHop, PeerTrust,
 //!     PolicyConfig, TlsVersion,
@@ -64,6 +65,7 @@
 //!     decision.to_string(),
 //!     "domain .example.com (override): verify → defer 4.7.5 certificate-not-trusted (certificate not trusted)"
 //! );
+//! # }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]

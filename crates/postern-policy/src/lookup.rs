@@ -13,6 +13,7 @@ use crate::name::{DomainName, NextHop, PolicyKey};
 
 /// Which rule of a table decided, for explanations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PolicySource {
     /// No override matched: the default applies.
     Default,
@@ -49,6 +50,7 @@ impl<T> Default for OverrideTable<T> {
 /// A key was inserted twice (after normalisation).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("duplicate entry for {key}")]
+#[non_exhaustive]
 pub struct DuplicateKey {
     /// The normalised key.
     pub key: PolicyKey,

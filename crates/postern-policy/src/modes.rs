@@ -119,6 +119,7 @@ pub enum CertificateFailure {
 /// The outcome of checking a peer's certificate: the trust reached and, when it
 /// fell short of what was checked for, why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CertificateCheck {
     /// The trust reached.
     pub trust: PeerTrust,
@@ -227,6 +228,11 @@ impl CertificateFailure {
 }
 
 impl CertificateCheck {
+    /// A check that reached `trust`, falling short for `failure` if any.
+    pub const fn new(trust: PeerTrust, failure: Option<CertificateFailure>) -> Self {
+        Self { trust, failure }
+    }
+
     /// A check that reached [`PeerTrust::Verified`].
     pub const fn verified() -> Self {
         Self {

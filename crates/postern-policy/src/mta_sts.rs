@@ -38,6 +38,7 @@ pub enum StsRecordError {
 
 /// A parsed `_mta-sts` TXT record (RFC 8461 §3.1).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StsRecord {
     /// The policy id: 1 to 32 letters and digits.
     pub id: String,
@@ -255,6 +256,7 @@ pub enum StsPolicyError {
 
 /// A parsed MTA-STS policy (RFC 8461 §3.2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StsPolicy {
     /// `mode`.
     pub mode: StsMode,
@@ -353,6 +355,7 @@ impl StsPolicy {
 
 /// A policy held in the cache, with the id it was fetched for and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct CachedPolicy {
     /// The TXT record id the policy was fetched under.
     pub id: String,
@@ -363,6 +366,15 @@ pub struct CachedPolicy {
 }
 
 impl CachedPolicy {
+    /// `policy`, fetched under TXT record id `id` at `fetched_at` (seconds since the Unix epoch).
+    pub fn new(id: impl Into<String>, policy: StsPolicy, fetched_at: i64) -> Self {
+        Self {
+            id: id.into(),
+            policy,
+            fetched_at,
+        }
+    }
+
     /// When the policy expires: `fetched_at + max_age`.
     pub fn expires_at(&self) -> i64 {
         self.fetched_at
@@ -411,6 +423,7 @@ pub enum CachePlan {
 /// - a missing TXT record (or a DNS failure) does not evict an unexpired policy;
 /// - a failed fetch of an id is not retried before [`FETCH_RETRY_INTERVAL`].
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct StsCache {
     /// The cached policy, if any.
     pub cached: Option<CachedPolicy>,

@@ -252,6 +252,7 @@ impl fmt::Display for EnhancedStatus {
 
 /// How to end the session after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Close {
     /// Nothing to close (no connection was made).
     NotConnected,
@@ -264,6 +265,7 @@ pub enum Close {
 
 /// Why a delivery attempt cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Failure {
     /// Our enhanced status code.
     pub status: EnhancedStatus,
@@ -333,6 +335,7 @@ impl fmt::Display for Action {
 /// certificate-not-trusted (certificate not trusted)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use = "a decision says what the delivery must do next"]
+#[non_exhaustive]
 pub struct Decision {
     /// What to do.
     pub action: Action,

@@ -115,6 +115,7 @@ pub enum CommandVerdict {
 
 /// Whether a client may relay, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayDecision {
     /// Whether relaying is authorised by the client certificate.
     pub allowed: bool,

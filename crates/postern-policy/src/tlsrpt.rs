@@ -69,6 +69,7 @@ impl fmt::Display for ResultType {
 /// A TLS-RPT aggregate report (RFC 8460 §4.4), field names exactly as the RFC has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct Report {
     /// `organization-name`: the reporting organisation.
     pub organization_name: String,
@@ -85,6 +86,7 @@ pub struct Report {
 /// `date-range` (RFC 3339 date-times).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct DateRange {
     /// `start-datetime`.
     pub start_datetime: String,
@@ -95,6 +97,7 @@ pub struct DateRange {
 /// One entry of `policies`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct PolicyReport {
     /// `policy`: which policy was applied.
     pub policy: PolicyDetails,
@@ -121,6 +124,7 @@ pub enum PolicyType {
 /// `policy`: the policy applied to a set of sessions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct PolicyDetails {
     /// `policy-type`.
     pub policy_type: PolicyType,
@@ -134,9 +138,34 @@ pub struct PolicyDetails {
     pub mx_host: Vec<String>,
 }
 
+impl PolicyDetails {
+    /// A policy of `policy_type` for `policy_domain`, with no policy string and no MX hosts.
+    pub fn new(policy_type: PolicyType, policy_domain: impl Into<String>) -> Self {
+        Self {
+            policy_type,
+            policy_string: Vec::new(),
+            policy_domain: policy_domain.into(),
+            mx_host: Vec::new(),
+        }
+    }
+
+    /// Sets `policy-string`.
+    pub fn with_policy_string(mut self, policy_string: Vec<String>) -> Self {
+        self.policy_string = policy_string;
+        self
+    }
+
+    /// Sets `mx-host`.
+    pub fn with_mx_host(mut self, mx_host: Vec<String>) -> Self {
+        self.mx_host = mx_host;
+        self
+    }
+}
+
 /// `summary`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct Summary {
     /// `total-successful-session-count`.
     pub total_successful_session_count: u64,
@@ -147,6 +176,7 @@ pub struct Summary {
 /// One entry of `failure-details`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub struct FailureDetails {
     /// `result-type`.
     pub result_type: ResultType,
@@ -568,6 +598,7 @@ fn percent_decode(s: &str) -> Option<String> {
 /// assert_eq!(web.rua, [ReportUri::Https("https://reporting.example.com/v1/tlsrpt".into())]);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct TlsRptRecord {
     /// The usable report URIs of `rua`, in record order (never empty);
     /// URIs of other schemes are left out.

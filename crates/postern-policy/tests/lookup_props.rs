@@ -66,6 +66,7 @@ fn source_key(source: &PolicySource) -> Option<String> {
     match source {
         PolicySource::Default => None,
         PolicySource::Override(key) => Some(key.to_string()),
+        other => panic!("a source this test does not know: {other:?}"),
     }
 }
 

@@ -33,7 +33,7 @@ fn check() -> impl Strategy<Value = CertificateCheck> {
         Just(Some(CertificateFailure::HostMismatch)),
         Just(Some(CertificateFailure::PinMismatch)),
     ];
-    (trust, failure).prop_map(|(trust, failure)| CertificateCheck { trust, failure })
+    (trust, failure).prop_map(|(trust, failure)| CertificateCheck::new(trust, failure))
 }
 
 fn facts() -> impl Strategy<Value = SessionFacts> {

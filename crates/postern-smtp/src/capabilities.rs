@@ -36,6 +36,7 @@ pub struct Capabilities {
 
 /// A parsed EHLO reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EhloReply {
     /// The domain the server names itself with (first word of the first line).
     pub domain: String,

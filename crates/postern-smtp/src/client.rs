@@ -58,6 +58,7 @@ pub enum DeliveryStatus {
 
 /// Result for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RecipientResult {
     /// The recipient.
     pub recipient: ForwardPath,
@@ -67,8 +68,20 @@ pub struct RecipientResult {
     pub reply: Option<Reply>,
 }
 
+impl RecipientResult {
+    /// The result for `recipient`: `status`, decided by `reply`.
+    pub fn new(recipient: ForwardPath, status: DeliveryStatus, reply: Option<Reply>) -> Self {
+        Self {
+            recipient,
+            status,
+            reply,
+        }
+    }
+}
+
 /// Result of one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TransactionReport {
     /// The reply to MAIL FROM, if received.
     pub mail_reply: Option<Reply>,

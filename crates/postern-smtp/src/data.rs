@@ -476,6 +476,7 @@ impl DotLines {
 
 /// Result of one `feed` call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DataStep {
     /// Bytes of `input` consumed.
     pub consumed: usize,

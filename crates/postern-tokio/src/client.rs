@@ -4,8 +4,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
@@ -288,15 +291,25 @@ impl Client {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                r = conn.stream.read(&mut buf) => match r {
-                    Ok(0) | Err(_) => attempt.handle_eof(),
-                    Ok(n) => {
-                        let taken = attempt.handle_input(&buf[..n]);
-                        conn.pending.extend_from_slice(&buf[taken..n]);
+            // The deadline first when both are ready (no `tokio::select!`: it needs tokio's `macros` feature).
+            let woke = {
+                let mut sleep = pin!(sleep);
+                let mut read = pin!(conn.stream.read(&mut buf));
+                poll_fn(|cx| {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
                     }
-                },
-                () = sleep => attempt.handle_timeout(Instant::now()),
+                    read.as_mut().poll(cx).map(Some)
+                })
+                .await
+            };
+            match woke {
+                None => attempt.handle_timeout(Instant::now()),
+                Some(Ok(0) | Err(_)) => attempt.handle_eof(),
+                Some(Ok(n)) => {
+                    let taken = attempt.handle_input(&buf[..n]);
+                    conn.pending.extend_from_slice(&buf[taken..n]);
+                }
             }
         }
     }
@@ -354,8 +367,11 @@ impl Client {
         }
         let fail =
             |e: String| DeliveryFailure::local((4, 7, 5), &format!("trust anchors {path}: {e}"));
-        let pem = tokio::fs::read(path)
+        // Off the runtime's threads, as `tokio::fs` would do (without needing its `fs` feature).
+        let owned = path.to_owned();
+        let pem = tokio::task::spawn_blocking(move || std::fs::read(owned))
             .await
+            .map_err(|e| fail(e.to_string()))?
             .map_err(|e| fail(e.to_string()))?;
         let mut roots = TrustRoots::empty();
         roots.add_pem(&pem).map_err(|e| fail(e.to_string()))?;

@@ -142,6 +142,10 @@ mod repeats;
 pub mod server;
 mod stream;
 
+/// The rustls whose types appear in this crate's signatures (and in
+/// postern-certs'): use it rather than a rustls dependency of your own.
+pub use rustls;
+
 pub use client::{
     Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination, TlsSummary,
 };

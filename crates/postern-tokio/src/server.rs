@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use postern_certs::ServerTlsContext;
@@ -526,29 +528,66 @@ impl<H: ServerHandler> Server<H> {
         let mut tasks = JoinSet::new();
         let mut floods = Floods::default();
         let mut backoff = Duration::ZERO;
+        /// What ended one wait of the accept loop.
+        enum Woke {
+            Shutdown,
+            Joined,
+            Summary,
+            Accepted(io::Result<(TcpStream, SocketAddr)>),
+        }
         tokio::pin!(shutdown);
         loop {
             let summary_due = floods.due_at();
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        backoff = Duration::ZERO;
-                        self.spawn_connection(&mut tasks, tcp, peer, force_rx.clone(), &mut floods.refused);
+            // In this order when several are ready (no `tokio::select!`: it needs tokio's `macros` feature).
+            let woke = {
+                let mut joining = !tasks.is_empty();
+                let mut joined = pin!(tasks.join_next());
+                let mut summary = pin!(async {
+                    match summary_due {
+                        Some(due) => tokio::time::sleep_until(due.into()).await,
+                        None => std::future::pending().await,
                     }
-                    Err(e) => {
-                        if floods.accept_errors.record(Instant::now()) == Logged::Now {
-                            tracing::warn!(error = %e, "accept failed");
+                });
+                let mut accept = pin!(listener.accept());
+                poll_fn(|cx| {
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Shutdown);
+                    }
+                    if joining {
+                        match joined.as_mut().poll(cx) {
+                            Poll::Ready(Some(_)) => return Poll::Ready(Woke::Joined),
+                            Poll::Ready(None) => joining = false,
+                            Poll::Pending => {}
                         }
-                        floods.last_accept_error = e.to_string();
-                        backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
-                        tokio::time::sleep(backoff).await;
                     }
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                () = tokio::time::sleep_until(summary_due.unwrap_or_else(Instant::now).into()),
-                    if summary_due.is_some() => {
-                    floods.log(Instant::now(), self.settings.max_connections, false);
+                    if summary.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Woke::Summary);
+                    }
+                    accept.as_mut().poll(cx).map(Woke::Accepted)
+                })
+                .await
+            };
+            match woke {
+                Woke::Shutdown => break,
+                Woke::Joined => {}
+                Woke::Summary => floods.log(Instant::now(), self.settings.max_connections, false),
+                Woke::Accepted(Ok((tcp, peer))) => {
+                    backoff = Duration::ZERO;
+                    self.spawn_connection(
+                        &mut tasks,
+                        tcp,
+                        peer,
+                        force_rx.clone(),
+                        &mut floods.refused,
+                    );
+                }
+                Woke::Accepted(Err(e)) => {
+                    if floods.accept_errors.record(Instant::now()) == Logged::Now {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
+                    floods.last_accept_error = e.to_string();
+                    backoff = (backoff * 2).clamp(ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX);
+                    tokio::time::sleep(backoff).await;
                 }
             }
         }
@@ -830,22 +869,60 @@ impl<S: SessionHandler> Connection<'_, S> {
                 std::future::pending::<()>().await;
             }
         };
-        tokio::select! {
-            r = self.stream.read(&mut self.buf) => match r {
-                Ok(0) | Err(_) => self.session.handle_eof(),
-                Ok(n) => {
-                    let taken = self.session.handle_input(&self.buf[..n]);
-                    self.pending.extend_from_slice(&self.buf[taken..n]);
+        /// What ended the wait.
+        enum Woke {
+            Forced,
+            Timeout,
+            Stress,
+            Read(io::Result<usize>),
+        }
+        // In this order when several are ready (no `tokio::select!`: it needs tokio's `macros` feature).
+        let woke = {
+            let mut forced = pin!(forced);
+            let mut sleep = pin!(sleep);
+            let mut stress_open = true;
+            let mut changed = pin!(stress.changed());
+            let mut read = pin!(self.stream.read(&mut self.buf));
+            poll_fn(|cx| {
+                if forced.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Forced);
                 }
-            },
-            () = sleep => self.session.handle_timeout(Instant::now()),
-            // Stress began or ended: wait again with the deadline the session recomputes. (An error means the
-            // server is gone; the other branches still end the wait.)
-            Ok(()) = stress.changed() => {}
-            () = forced => {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Woke::Timeout);
+                }
+                if stress_open {
+                    match changed.as_mut().poll(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Woke::Stress),
+                        // The server is gone; the other futures still end the wait.
+                        Poll::Ready(Err(_)) => stress_open = false,
+                        Poll::Pending => {}
+                    }
+                }
+                read.as_mut().poll(cx).map(Woke::Read)
+            })
+            .await
+        };
+        match woke {
+            Woke::Read(Ok(0) | Err(_)) => self.session.handle_eof(),
+            Woke::Read(Ok(n)) => {
+                let taken = self.session.handle_input(&self.buf[..n]);
+                self.pending.extend_from_slice(&self.buf[taken..n]);
+            }
+            Woke::Timeout => self.session.handle_timeout(Instant::now()),
+            // Stress began or ended: wait again with the deadline the session recomputes.
+            Woke::Stress => {}
+            Woke::Forced => {
                 // RFC 5321 3.8: a server shutting down answers 421.
-                let reply = fixed(421, (4, 3, 2), &format!("{} Service shutting down", self.settings.smtp.hostname));
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&reply.to_bytes())).await;
+                let reply = fixed(
+                    421,
+                    (4, 3, 2),
+                    &format!("{} Service shutting down", self.settings.smtp.hostname),
+                );
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    self.stream.write_all(&reply.to_bytes()),
+                )
+                .await;
                 self.session.handle_eof();
             }
         }

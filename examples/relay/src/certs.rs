@@ -522,10 +522,10 @@ mod tests {
         let at = OffsetDateTime::from_unix_timestamp(now.as_secs() as i64).unwrap();
         params.not_before = at + time::Duration::seconds(from);
         params.not_after = at + time::Duration::seconds(to);
-        postern_certs::GeneratedPem {
-            cert_pem: params.self_signed(&key).unwrap().pem(),
-            key_pem: key.serialize_pem(),
-        }
+        postern_certs::GeneratedPem::new(
+            params.self_signed(&key).unwrap().pem(),
+            key.serialize_pem(),
+        )
     }
 
     #[test]

@@ -240,12 +240,9 @@ pub fn sts_policy_details(domain: &str, policy: Option<&StsPolicy>) -> PolicyDet
         Some(p) => (p.to_lines(), p.mx.iter().map(ToString::to_string).collect()),
         None => (Vec::new(), Vec::new()),
     };
-    PolicyDetails {
-        policy_type: PolicyType::Sts,
-        policy_string,
-        policy_domain: domain.to_owned(),
-        mx_host,
-    }
+    PolicyDetails::new(PolicyType::Sts, domain)
+        .with_policy_string(policy_string)
+        .with_mx_host(mx_host)
 }
 
 impl TlsReporter {

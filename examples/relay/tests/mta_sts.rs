@@ -208,11 +208,11 @@ async fn mta_sts_policies_are_fetched_cached_and_enforced() {
     )
     .unwrap();
     let mut cache = StsCache::new();
-    cache.cached = Some(CachedPolicy {
-        id: "old".into(),
-        policy: StsPolicy::parse(LEAKED_ENFORCE).unwrap(),
-        fetched_at: now - 60,
-    });
+    cache.cached = Some(CachedPolicy::new(
+        "old",
+        StsPolicy::parse(LEAKED_ENFORCE).unwrap(),
+        now - 60,
+    ));
     std::fs::create_dir_all(state.join("mta-sts")).unwrap();
     std::fs::write(
         state.join("mta-sts/cached.test.json"),
@@ -392,11 +392,11 @@ async fn cached_policies_are_refreshed_without_mail() {
         ("down.test", 2 * 86_400),
     ] {
         let mut cache = StsCache::new();
-        cache.cached = Some(CachedPolicy {
-            id: "id1".into(),
-            policy: StsPolicy::parse(old).unwrap(),
-            fetched_at: now - age,
-        });
+        cache.cached = Some(CachedPolicy::new(
+            "id1",
+            StsPolicy::parse(old).unwrap(),
+            now - age,
+        ));
         std::fs::write(
             state.join(format!("mta-sts/{d}.json")),
             serde_json::to_vec(&cache).unwrap(),
