@@ -85,7 +85,7 @@
 //!             false => Verdict::reject(554, (5, 7, 1), "Relay access denied"),
 //!         }
 //!     }
-//!     async fn message_chunk(&mut self, chunk: Vec<u8>) { self.content.extend(chunk) }
+//!     async fn message_chunk(&mut self, _: &ConnectionInfo, chunk: Vec<u8>) { self.content.extend(chunk) }
 //!     async fn message_end(&mut self, _: &ConnectionInfo, _: &DataSummary) -> Verdict {
 //!         self.inbox.0.lock().unwrap().push(std::mem::take(&mut self.content));
 //!         Verdict::Accept
@@ -143,9 +143,10 @@ pub mod server;
 mod stream;
 
 pub use client::{
-    Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination, TlsSummary,
+    Client, ClientConnection, ClientConnectionError, ClientSettings, DeliveryFailure,
+    DeliveryResult, Destination, TlsSummary,
 };
 pub use server::{
-    ConnectionInfo, Server, ServerError, ServerHandler, ServerSettings, SessionHandler, TlsInfo,
-    Verdict,
+    ConnectionInfo, Endpoint, Server, ServerConnection, ServerError, ServerHandler, ServerSettings,
+    SessionHandler, TlsInfo, Verdict,
 };
