@@ -482,7 +482,9 @@ impl Conn {
                 None => std::future::pending().await,
             }
         };
+        // The socket first: a reply already there costs no timer.
         tokio::select! {
+            biased;
             r = self.stream.read(buf) => match r {
                 Ok(0) | Err(_) => Input::Eof,
                 Ok(n) => Input::Data(n),
