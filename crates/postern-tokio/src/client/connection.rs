@@ -46,18 +46,36 @@ enum State {
 /// [`send_mail`](Self::send_mail) or [`quit`](Self::quit), and a `StartTls` with
 /// [`handshake`](Self::handshake) and its own rustls configuration.
 ///
-/// ```text
-/// let mut conn = ClientConnection::connect(addr, &settings).await?;
-/// loop {
+/// ```no_run
+/// use std::sync::Arc;
+/// use postern_smtp::{ClientEvent, Envelope, ForwardPath, ReversePath};
+/// use postern_tokio::client::{ClientConnection, ClientSettings};
+/// use rustls::pki_types::ServerName;
+///
+/// # async fn send(tls: Arc<rustls::ClientConfig>) -> Result<(), Box<dyn std::error::Error>> {
+/// let envelope = Envelope::new(ReversePath::parse("<a@example.net>")?, [ForwardPath::parse("<b@example.org>")?]);
+/// let settings = ClientSettings::new("client.example.net");
+/// let mut conn = ClientConnection::connect("127.0.0.1:2525".parse()?, &settings).await?;
+/// let mut sent = false;
+/// // Bounded: one STARTTLS, one message, QUIT.
+/// for _ in 0..10 {
 ///     match conn.next().await? {
-///         ClientEvent::Ready { tls_active: false, .. } => conn.start_tls()?,
-///         ClientEvent::StartTls { .. } => conn.handshake(config, name).await?,
-///         ClientEvent::Ready { .. } => conn.send_mail(envelope, message)?,
-///         ClientEvent::TransactionDone(report) => conn.quit()?,
+///         ClientEvent::Ready { tls_active: false, capabilities, .. } if capabilities.starttls => conn.start_tls()?,
+///         ClientEvent::StartTls { .. } => conn.handshake(Arc::clone(&tls), ServerName::try_from("mx.example.org")?).await?,
+///         ClientEvent::Ready { .. } if !sent => {
+///             conn.send_mail(envelope.clone(), b"Subject: hi\r\n\r\nHello\r\n".to_vec())?;
+///             sent = true;
+///         }
+///         ClientEvent::TransactionDone(report) => {
+///             println!("{:?}", report.data_reply);
+///             conn.quit()?;
+///         }
 ///         ClientEvent::Closed(_) => break,
-///         _ => {}
+///         _ => conn.quit()?,
 ///     }
 /// }
+/// # Ok(())
+/// # }
 /// ```
 ///
 /// A policy-driven delivery (never a MAIL in plaintext when TLS is required) is [`Client`](super::Client)'s
