@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,7 +19,7 @@ use postern_policy::{
 };
 use postern_smtp::{ClientConfig, Envelope, ForwardPath};
 use rustls::RootCertStore;
-use rustls::pki_types::UnixTime;
+use rustls::pki_types::{ServerName, UnixTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -28,6 +28,10 @@ use tokio_rustls::client::TlsStream;
 pub use postern_attempt::{DeliveryFailure, DeliveryResult, TlsSummary};
 
 use crate::stream::{Stream, negotiated};
+
+mod connection;
+
+pub use connection::{ClientConnection, ClientConnectionError};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -217,18 +221,7 @@ impl Client {
         loop {
             while let Some(event) = attempt.poll_event(Instant::now()) {
                 match event {
-                    Event::Transmit(bytes) => {
-                        let write = async {
-                            conn.stream.write_all(&bytes).await?;
-                            conn.stream.flush().await
-                        };
-                        if !matches!(
-                            tokio::time::timeout(conn.write_limit, write).await,
-                            Ok(Ok(()))
-                        ) {
-                            attempt.handle_eof();
-                        }
-                    }
+                    Event::Transmit(bytes) if !conn.write(&bytes).await => attempt.handle_eof(),
                     Event::StartTls(params) => {
                         // RFC 3207 section 4: nothing received before the handshake is read as a reply; the
                         // attempt discards (or, with `AfterStartTls::Close`, aborts on) what is still held.
@@ -254,9 +247,7 @@ impl Client {
                     }
                     Event::RetryPlaintext(_) => {
                         tracing::info!(server = %addr, "retrying on a new plaintext connection");
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown())
-                                .await;
+                        conn.shutdown().await;
                         conn = match self.connect(addr).await {
                             Ok(conn) => conn,
                             Err(f) => return undelivered(f, None, true),
@@ -264,9 +255,7 @@ impl Client {
                         attempt.handle_reconnected(Instant::now());
                     }
                     Event::Done(done) => {
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(1), conn.stream.shutdown())
-                                .await;
+                        conn.shutdown().await;
                         let handed_over = done.handed_over;
                         return (DeliveryResult::from_done(*done, Some(addr)), handed_over);
                     }
@@ -284,48 +273,24 @@ impl Client {
                 }
                 continue;
             }
-            let deadline = attempt.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            // The deadline first when both are ready (no `tokio::select!`: it needs tokio's `macros` feature).
-            let woke = {
-                let mut sleep = pin!(sleep);
-                let mut read = pin!(conn.stream.read(&mut buf));
-                poll_fn(|cx| {
-                    if sleep.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    read.as_mut().poll(cx).map(Some)
-                })
-                .await
-            };
-            match woke {
-                None => attempt.handle_timeout(Instant::now()),
-                Some(Ok(0) | Err(_)) => attempt.handle_eof(),
-                Some(Ok(n)) => {
+            match conn.wait(&mut buf, attempt.poll_timeout()).await {
+                Input::Data(n) => {
                     let taken = attempt.handle_input(&buf[..n]);
                     conn.pending.extend_from_slice(&buf[taken..n]);
                 }
+                Input::Eof => attempt.handle_eof(),
+                Input::Timeout => attempt.handle_timeout(Instant::now()),
             }
         }
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, DeliveryFailure> {
-        let fail =
-            |e: String| DeliveryFailure::local((4, 4, 1), &format!("connect to {addr}: {e}"));
-        let tcp = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| fail("timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        Ok(Conn {
-            stream: Stream::Plain(tcp),
-            pending: Vec::new(),
-            write_limit: self.settings.smtp.timeouts.data,
+        Conn::open(addr, &self.settings).await.map_err(|e| {
+            let e = match e.kind() {
+                std::io::ErrorKind::TimedOut => "timed out".to_owned(),
+                _ => e.to_string(),
+            };
+            DeliveryFailure::local((4, 4, 1), &format!("connect to {addr}: {e}"))
         })
     }
 
@@ -396,43 +361,44 @@ impl Client {
             .tls
             .connection(&spec)
             .map_err(|e| DeliveryFailure::local((4, 7, 5), &format!("TLS configuration: {e}")))?;
-        let tcp = conn
-            .stream
-            .take_plain()
-            .ok_or_else(|| DeliveryFailure::local((4, 4, 2), "connection not in plaintext"))?;
-        let connect = TlsConnector::from(Arc::clone(&tls_conn.config))
-            .connect(tls_conn.server_name.clone(), tcp);
-        Ok(
-            match tokio::time::timeout(self.settings.handshake_timeout, connect).await {
-                Ok(Ok(tls)) => {
-                    let (_, c) = tls.get_ref();
-                    let (version, cipher) = negotiated(c);
-                    let certificate =
-                        tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
-                    conn.stream = Stream::Tls(Box::new(tls));
-                    let note = Ok((certificate.trust, version, cipher.clone()));
-                    (
-                        HandshakeResult::Established {
-                            version,
-                            cipher,
-                            certificate,
-                        },
-                        note,
-                    )
-                }
-                Ok(Err(e)) => {
-                    let certificate = postern_certs::refused_check(&e).and_then(|c| c.failure);
-                    (
-                        HandshakeResult::Failed { certificate },
-                        Err(postern_certs::describe_tls_error(&e)),
-                    )
-                }
-                Err(_) => (
-                    HandshakeResult::Failed { certificate: None },
-                    Err("timed out".into()),
-                ),
-            },
-        )
+        if !matches!(conn.stream, Stream::Plain(_)) {
+            return Err(DeliveryFailure::local(
+                (4, 4, 2),
+                "connection not in plaintext",
+            ));
+        }
+        let connect = conn.tls_connect(
+            Arc::clone(&tls_conn.config),
+            tls_conn.server_name.clone(),
+            self.settings.handshake_timeout,
+        );
+        Ok(match connect.await {
+            Ok(c) => {
+                let (version, cipher) = negotiated(c);
+                let certificate =
+                    tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
+                let note = Ok((certificate.trust, version, cipher.clone()));
+                (
+                    HandshakeResult::Established {
+                        version,
+                        cipher,
+                        certificate,
+                    },
+                    note,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut && e.get_ref().is_none() => (
+                HandshakeResult::Failed { certificate: None },
+                Err("timed out".into()),
+            ),
+            Err(e) => {
+                let certificate = postern_certs::refused_check(&e).and_then(|c| c.failure);
+                (
+                    HandshakeResult::Failed { certificate },
+                    Err(postern_certs::describe_tls_error(&e)),
+                )
+            }
+        })
     }
 }
 
@@ -465,10 +431,104 @@ fn log_decision(
     }
 }
 
-/// One outbound connection: the socket, and bytes read but not yet taken.
+/// One outbound connection: the socket, and bytes read but not yet taken. Both drivers (the attempt's and
+/// [`ClientConnection`]) move their bytes through it.
 struct Conn {
     stream: Stream<TlsStream<TcpStream>>,
     pending: Vec<u8>,
     /// Writes may block on a server that does not read: bounded by the data-phase deadline.
     write_limit: Duration,
+}
+
+/// What a wait for input brought.
+enum Input {
+    /// This many bytes in the read buffer.
+    Data(usize),
+    /// The peer closed, or the read failed.
+    Eof,
+    /// The deadline passed.
+    Timeout,
+}
+
+impl Conn {
+    fn new(tcp: TcpStream, settings: &ClientSettings) -> Self {
+        Self {
+            stream: Stream::Plain(tcp),
+            pending: Vec::new(),
+            write_limit: settings.smtp.timeouts.data,
+        }
+    }
+
+    /// Connect within the settings' connect timeout (`TimedOut` past it).
+    async fn open(addr: SocketAddr, settings: &ClientSettings) -> std::io::Result<Self> {
+        let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let _ = tcp.set_nodelay(true);
+        Ok(Self::new(tcp, settings))
+    }
+
+    /// Write and flush `bytes` within the write limit; false when that failed.
+    async fn write(&mut self, bytes: &[u8]) -> bool {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        matches!(
+            tokio::time::timeout(self.write_limit, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Read into `buf` until data, the end of the connection or `deadline`.
+    async fn wait(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> Input {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        // The socket first: a reply already there costs no timer. (No `tokio::select!`: it needs tokio's
+        // `macros` feature.)
+        let mut sleep = pin!(sleep);
+        let mut read = pin!(self.stream.read(buf));
+        poll_fn(|cx| {
+            if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                return Poll::Ready(match r {
+                    Ok(0) | Err(_) => Input::Eof,
+                    Ok(n) => Input::Data(n),
+                });
+            }
+            sleep.as_mut().poll(cx).map(|()| Input::Timeout)
+        })
+        .await
+    }
+
+    /// Run the TLS handshake on the plaintext socket within `limit` (a bare `TimedOut` past it); the socket is
+    /// gone if it fails.
+    async fn tls_connect(
+        &mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+        limit: Duration,
+    ) -> std::io::Result<&rustls::ClientConnection> {
+        let tcp = self
+            .stream
+            .take_plain()
+            .ok_or_else(|| std::io::Error::other("connection not in plaintext"))?;
+        let connect = TlsConnector::from(config).connect(server_name, tcp);
+        let tls = tokio::time::timeout(limit, connect)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        match &self.stream {
+            Stream::Tls(tls) => Ok(tls.get_ref().1),
+            _ => Err(std::io::Error::other("connection not in tls")),
+        }
+    }
+
+    /// Shut the socket down, giving it a second.
+    async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
 }

@@ -31,6 +31,17 @@
 //!   (the TLSA base domain, RFC 7672 section 8.1) and is judged by [`postern_certs::DaneHook`]; a chain no
 //!   record authenticates aborts the handshake and defers with 4.7.5.
 //!
+//! ## Two styles, one driver per side
+//!
+//! Each side has a connection driver stepped by `next()` (imap-next style), which does the I/O, the engine's
+//! deadlines and the TLS upgrade, and returns what the caller must know or decide:
+//! [`server::ServerConnection`] (opened by a [`server::Endpoint`]; `next()` yields the engine's
+//! [`postern_smtp::ServerEvent`]s, `TlsEstablished` and `Closed`; decisions are answered with `answer`) and
+//! [`client::ClientConnection`] (yields [`postern_smtp::ClientEvent`]s; the caller chooses `start_tls`,
+//! `send_mail` or `quit`, and runs `handshake` with its rustls configuration). The callback style —
+//! [`server::Server`] with a [`server::SessionHandler`] — is a loop over the server driver, and the
+//! attempt-driven [`client::Client`] shares the client driver's socket code.
+//!
 //! ## STARTTLS and buffered plaintext (RFC 3207 section 4, CVE-2011-0411)
 //!
 //! The socket is never wrapped in a buffering reader. The only plaintext held in user space is what the engine
@@ -85,7 +96,7 @@
 //!             false => Verdict::reject(554, (5, 7, 1), "Relay access denied"),
 //!         }
 //!     }
-//!     async fn message_chunk(&mut self, chunk: Vec<u8>) { self.content.extend(chunk) }
+//!     async fn message_chunk(&mut self, _: &ConnectionInfo, chunk: Vec<u8>) { self.content.extend(chunk) }
 //!     async fn message_end(&mut self, _: &ConnectionInfo, _: &DataSummary) -> Verdict {
 //!         self.inbox.0.lock().unwrap().push(std::mem::take(&mut self.content));
 //!         Verdict::Accept
@@ -133,6 +144,51 @@
 //! })
 //! # }
 //! ```
+//!
+//! # Example: a server driven step by step
+//!
+//! A discard server that accepts every message, answering each decision itself.
+//!
+//! ```no_run
+//! use postern_policy::{ServerPolicy, ServerTlsMode};
+//! use postern_smtp::ServerEvent;
+//! use postern_tokio::server::{Endpoint, Event, ServerSettings, Verdict};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut policy = ServerPolicy::default();
+//! policy.tls = ServerTlsMode::None;
+//! let endpoint = Endpoint::new(ServerSettings::new("mx.example.org", policy, None))?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:2525").await?;
+//! loop {
+//!     let (tcp, peer) = listener.accept().await?;
+//!     let mut conn = endpoint.connection(tcp, peer);
+//!     tokio::spawn(async move {
+//!         let mut size = 0;
+//!         // After `Closed`, `next` returns an error: the loop ends.
+//!         while let Ok(event) = conn.next().await {
+//!             let verdict = match event {
+//!                 Event::Session(ServerEvent::Rcpt { to, .. }) if !to.to_string().ends_with("@example.org>") => {
+//!                     Verdict::reject(554, (5, 7, 1), "Relay access denied")
+//!                 }
+//!                 Event::Session(ServerEvent::MessageChunk(chunk)) => {
+//!                     size += chunk.len();
+//!                     continue;
+//!                 }
+//!                 Event::Session(
+//!                     ServerEvent::Hello { .. } | ServerEvent::Mail { .. } | ServerEvent::Rcpt { .. }
+//!                     | ServerEvent::Vrfy(_) | ServerEvent::MessageEnd { .. },
+//!                 ) => Verdict::Accept,
+//!                 _ => continue,
+//!             };
+//!             if conn.answer(verdict).is_err() {
+//!                 break;
+//!             }
+//!         }
+//!         println!("{}: {size} octets", conn.info().peer);
+//!     });
+//! }
+//! # }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -147,9 +203,10 @@ mod stream;
 pub use rustls;
 
 pub use client::{
-    Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination, TlsSummary,
+    Client, ClientConnection, ClientConnectionError, ClientSettings, DeliveryFailure,
+    DeliveryResult, Destination, TlsSummary,
 };
 pub use server::{
-    ConnectionInfo, Server, ServerError, ServerHandler, ServerSettings, SessionHandler, TlsInfo,
-    Verdict,
+    ConnectionInfo, Endpoint, Server, ServerConnection, ServerError, ServerHandler, ServerSettings,
+    SessionHandler, TlsInfo, Verdict,
 };

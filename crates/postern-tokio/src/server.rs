@@ -1,41 +1,34 @@
 //! The server side: a TCP listener whose connections are driven by [`postern_smtp::ServerSession`]s, upgraded
 //! to TLS with tokio-rustls when the client issues STARTTLS, with decisions delegated to a [`ServerHandler`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use postern_certs::ServerTlsContext;
 use postern_policy::{
-    CertificateCheck, ClientCertMode, ClientCertificate, CommandVerdict, ServerPolicy,
-    ServerPolicyError, ServerTlsMode, TlsVersion,
+    CertificateCheck, ClientCertMode, ClientCertificate, ServerPolicy, ServerPolicyError,
+    ServerTlsMode, TlsVersion,
 };
 use postern_smtp::{
     CloseReason, DataSummary, EnhancedStatus, ForwardPath, Host, MailParams, RcptParams, Reply,
-    ReversePath, ServerConfig, ServerEvent, ServerSession, StartTlsPolicy,
+    ReversePath, ServerConfig, ServerEvent,
 };
-use rustls::pki_types::UnixTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 use crate::repeats::{Logged, Repeats, SUMMARY_INTERVAL};
-use crate::stream::{Stream, negotiated};
 
-/// Size of one socket read.
-const READ_CHUNK: usize = 16 * 1024;
-/// Most client addresses remembered as having passed the greet pause.
-const MAX_GREET_PASSES: usize = 65_536;
+mod connection;
+
+pub use connection::{ConnectionError, Endpoint, Event, ServerConnection};
 
 /// First pause after a failed `accept`. Out of file descriptors, the pending connection stays in the backlog
 /// and `accept` fails again at once: the pause doubles while it keeps failing, up to [`ACCEPT_BACKOFF_MAX`].
@@ -188,8 +181,23 @@ pub trait SessionHandler: Send + 'static {
         params: &RcptParams,
     ) -> impl Future<Output = Verdict> + Send;
 
+    /// Message content starts: `354` was sent for DATA (`chunked` false), or the first BDAT chunk (RFC 3030)
+    /// was accepted. The place to write a `Received:` header from `info` (peer, TLS facts). Default: nothing.
+    fn message_start(
+        &mut self,
+        info: &ConnectionInfo,
+        chunked: bool,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (info, chunked);
+        async {}
+    }
+
     /// A piece of message content, in order (dot-unstuffed, CRLF line endings for DATA; verbatim for BDAT).
-    fn message_chunk(&mut self, chunk: Vec<u8>) -> impl Future<Output = ()> + Send;
+    fn message_chunk(
+        &mut self,
+        info: &ConnectionInfo,
+        chunk: Vec<u8>,
+    ) -> impl Future<Output = ()> + Send;
 
     /// The whole message was received. Accept only once it is durably stored (file and directory fsynced): the
     /// `250` is the promise of delivery (RFC 5321 section 6.1). If storing failed, reject with a 4xx.
@@ -337,25 +345,17 @@ impl ServerSettings {
 ///
 /// Cloning is cheap (shared settings and handler).
 pub struct Server<H> {
-    settings: Arc<ServerSettings>,
+    endpoint: Endpoint,
     handler: Arc<H>,
     slots: Arc<Semaphore>,
-    /// Whether the server is under stress, for every session to follow.
-    stress: Arc<watch::Sender<bool>>,
-    /// Client addresses that passed the greet pause, and when.
-    greet_passes: Arc<Mutex<HashMap<IpAddr, Instant>>>,
-    next_id: Arc<AtomicU64>,
 }
 
 impl<H> Clone for Server<H> {
     fn clone(&self) -> Self {
         Self {
-            settings: Arc::clone(&self.settings),
+            endpoint: self.endpoint.clone(),
             handler: Arc::clone(&self.handler),
             slots: Arc::clone(&self.slots),
-            stress: Arc::clone(&self.stress),
-            greet_passes: Arc::clone(&self.greet_passes),
-            next_id: Arc::clone(&self.next_id),
         }
     }
 }
@@ -363,7 +363,7 @@ impl<H> Clone for Server<H> {
 impl<H> fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("settings", &self.settings)
+            .field("settings", self.endpoint.settings())
             .field("free_slots", &self.slots.available_permits())
             .finish_non_exhaustive()
     }
@@ -432,79 +432,34 @@ impl<H: ServerHandler> Server<H> {
     /// A server with these settings and this application. The policy is validated, and so is its agreement
     /// with the TLS context (client-certificate mode, minimum TLS version); the engine's STARTTLS setting
     /// follows the policy's mode.
-    pub fn new(mut settings: ServerSettings, handler: H) -> Result<Self, ServerError> {
-        settings.validate()?;
-        settings.smtp.starttls = match settings.policy.tls {
-            ServerTlsMode::None => StartTlsPolicy::Disabled,
-            ServerTlsMode::Require => StartTlsPolicy::Require,
-            _ => StartTlsPolicy::Offer,
-        };
-        settings.smtp.tls_available = settings.tls.is_some();
+    pub fn new(settings: ServerSettings, handler: H) -> Result<Self, ServerError> {
         let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
         Ok(Self {
-            settings: Arc::new(settings),
+            endpoint: Endpoint::new(settings)?,
             handler: Arc::new(handler),
             slots,
-            stress: Arc::new(watch::channel(false).0),
-            greet_passes: Arc::new(Mutex::new(HashMap::new())),
-            next_id: Arc::new(AtomicU64::new(1)),
         })
     }
 
     /// The settings in use.
     pub fn settings(&self) -> &ServerSettings {
-        &self.settings
+        self.endpoint.settings()
     }
 
     /// Whether the server is under stress now (see [`ServerSettings::stress_percent`]).
     pub fn is_under_stress(&self) -> bool {
-        *self.stress.borrow()
-    }
-
-    /// Whether `ip` passed the greet pause less than `greet_pass_ttl` ago.
-    fn passed_greet_pause(&self, ip: IpAddr) -> bool {
-        let ttl = self.settings.greet_pass_ttl;
-        // A poisoned lock only means another connection panicked while holding it; the map is still valid.
-        let passes = self
-            .greet_passes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        passes.get(&ip).is_some_and(|at| at.elapsed() < ttl)
-    }
-
-    /// Remember that `ip` kept quiet through a whole greet pause. The map is bounded: when full, expired entries
-    /// go, and if that is not enough, all of them.
-    fn record_greet_pass(&self, ip: IpAddr) {
-        let ttl = self.settings.greet_pass_ttl;
-        if ttl.is_zero() {
-            return;
-        }
-        let mut passes = self
-            .greet_passes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if passes.len() >= MAX_GREET_PASSES && !passes.contains_key(&ip) {
-            passes.retain(|_, at| at.elapsed() < ttl);
-            if passes.len() >= MAX_GREET_PASSES {
-                passes.clear();
-            }
-        }
-        passes.insert(ip, Instant::now());
+        self.endpoint.is_under_stress()
     }
 
     /// Recompute the stress state from the slots in use, and tell the sessions when it changes.
     fn update_stress(&self) {
-        let max = self.settings.max_connections.max(1);
-        let pct = usize::from(self.settings.stress_percent.min(100));
+        let max = self.settings().max_connections.max(1);
+        let pct = usize::from(self.settings().stress_percent.min(100));
         let in_use = max.saturating_sub(self.slots.available_permits());
         // ceil(max * pct / 100), at least one connection.
         let threshold = (max * pct).div_ceil(100).max(1);
         let stress = pct > 0 && in_use >= threshold;
-        let changed = self.stress.send_if_modified(|s| {
-            let changed = *s != stress;
-            *s = stress;
-            changed
-        });
+        let changed = self.endpoint.set_stress(stress);
         if changed {
             if stress {
                 tracing::warn!(
@@ -528,7 +483,6 @@ impl<H: ServerHandler> Server<H> {
         let mut tasks = JoinSet::new();
         let mut floods = Floods::default();
         let mut backoff = Duration::ZERO;
-        /// What ended one wait of the accept loop.
         enum Woke {
             Shutdown,
             Joined,
@@ -570,7 +524,7 @@ impl<H: ServerHandler> Server<H> {
             match woke {
                 Woke::Shutdown => break,
                 Woke::Joined => {}
-                Woke::Summary => floods.log(Instant::now(), self.settings.max_connections, false),
+                Woke::Summary => floods.log(Instant::now(), self.settings().max_connections, false),
                 Woke::Accepted(Ok((tcp, peer))) => {
                     backoff = Duration::ZERO;
                     self.spawn_connection(
@@ -591,14 +545,14 @@ impl<H: ServerHandler> Server<H> {
                 }
             }
         }
-        floods.log(Instant::now(), self.settings.max_connections, true);
+        floods.log(Instant::now(), self.settings().max_connections, true);
         drop(listener);
         tracing::info!(
             sessions = tasks.len(),
             "shutting down: no longer accepting connections"
         );
         let all_done = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(self.settings.shutdown_grace, all_done)
+        if tokio::time::timeout(self.settings().shutdown_grace, all_done)
             .await
             .is_err()
         {
@@ -639,14 +593,14 @@ impl<H: ServerHandler> Server<H> {
             }
             Err(_) => {
                 if refused.record(Instant::now()) == Logged::Now {
-                    tracing::warn!(%peer, limit = self.settings.max_connections, "too many connections");
+                    tracing::warn!(%peer, limit = self.settings().max_connections, "too many connections");
                 }
                 let reply = fixed(
                     421,
                     (4, 3, 2),
                     &format!(
                         "{} Too many connections, try again later",
-                        self.settings.smtp.hostname
+                        self.settings().smtp.hostname
                     ),
                 );
                 tasks.spawn(async move {
@@ -670,369 +624,61 @@ impl<H: ServerHandler> Server<H> {
         peer: SocketAddr,
         force: watch::Receiver<bool>,
     ) {
-        let local = tcp.local_addr().unwrap_or(peer);
-        let _ = tcp.set_nodelay(true);
-        let info = ConnectionInfo {
-            id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            peer,
-            local,
-            tls: None,
-        };
-        tracing::debug!(id = info.id, %peer, "connect");
-        let session = self.handler.open(&info);
-        let mut smtp = self.settings.smtp.clone();
-        if self.passed_greet_pause(peer.ip()) {
-            smtp.greet_pause = Duration::ZERO;
-        }
-        let mut engine = ServerSession::new(smtp, Instant::now());
-        let mut buf = vec![0; READ_CHUNK];
-        let mut pending = Vec::new();
-        // RFC 5321 3.1 / 4.3.1: the client waits for the greeting. Bytes already received now were sent before it
-        // ("improper command pipelining after CONNECT" in Postfix): the session, handed them before its greeting
-        // is taken, answers `554 5.5.0` and closes. Bytes that arrive later in the greet pause (the engine holds
-        // the greeting back, `ServerConfig::greet_pause`) are read by the loop and refused the same way.
-        if let Ok(n @ 1..) = tcp.try_read(&mut buf) {
-            tracing::debug!(id = info.id, %peer, octets = n, "client talked before the greeting");
-            let taken = engine.handle_input(&buf[..n]);
-            pending.extend_from_slice(&buf[taken..n]);
-        }
-        let mut conn = Connection {
-            settings: &self.settings,
-            session: engine,
-            stream: Stream::Plain(tcp),
-            pending,
-            buf,
-            info,
-            handler: session,
-            force,
-            stress: self.stress.subscribe(),
-        };
-        let reason = conn.run().await;
-        if conn.session.passed_greet_pause() {
-            self.record_greet_pass(peer.ip());
-        }
-        tracing::debug!(id = conn.info.id, %peer, ?reason, "disconnect");
-        conn.handler.reset();
-        conn.handler.closed(&conn.info, reason);
+        let mut conn = self.endpoint.open(tcp, peer, force);
+        let mut handler = self.handler.open(conn.info());
+        let reason = run(&mut conn, &mut handler).await;
+        handler.reset();
+        handler.closed(conn.info(), reason);
     }
 }
 
-/// One inbound connection being served.
-struct Connection<'a, S> {
-    settings: &'a ServerSettings,
-    session: ServerSession,
-    stream: Stream<TlsStream<TcpStream>>,
-    /// Bytes read but not yet taken by the session.
-    pending: Vec<u8>,
-    /// The read buffer.
-    buf: Vec<u8>,
-    info: ConnectionInfo,
-    handler: S,
-    force: watch::Receiver<bool>,
-    /// The server's stress state, handed to the session before each wait.
-    stress: watch::Receiver<bool>,
-}
-
-impl<S: SessionHandler> Connection<'_, S> {
-    /// Serve until the session closes or the connection fails; returns why it ended.
-    async fn run(&mut self) -> CloseReason {
-        let mut reason = CloseReason::PeerClosed;
-        loop {
-            // 1. events, answering decisions.
-            let mut starttls = false;
-            while let Some(event) = self.session.poll_event(Instant::now()) {
-                match event {
-                    ServerEvent::StartTls { discarded } => {
-                        starttls = true;
-                        self.handler.reset();
-                        if discarded > 0 {
-                            tracing::warn!(id = self.info.id, peer = %self.info.peer, discarded,
-                                "plaintext after STARTTLS discarded (RFC 3207 section 4)");
-                        }
-                    }
-                    ServerEvent::Closing(r) => reason = r,
-                    other => self.on_event(other).await,
-                }
-            }
-            // 2. transmit.
-            if let Err(e) = self.transmit().await {
-                tracing::debug!(id = self.info.id, error = %e, "write failed");
-                return CloseReason::PeerClosed;
-            }
-            // 3. close, or handshake.
-            if self.session.is_closed() {
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
-                return reason;
-            }
-            if starttls {
-                if let Err(r) = self.handshake().await {
-                    return r;
-                }
+/// Drive `conn` to its end with the decisions of `handler`; returns why it ended.
+async fn run<S: SessionHandler>(conn: &mut ServerConnection, handler: &mut S) -> CloseReason {
+    loop {
+        let event = match conn.next().await {
+            Ok(Event::Session(event)) => event,
+            Ok(Event::TlsEstablished) => {
+                // STARTTLS ended any transaction (RFC 3207 section 4.2).
+                handler.reset();
                 continue;
             }
-            // 4. input: buffered bytes first, then the socket, with the session's deadline.
-            if !self.pending.is_empty() {
-                let taken = self.session.handle_input(&self.pending);
-                self.pending.drain(..taken);
-                if taken == 0 {
-                    // After its events are drained the session always has room (its buffer is at least twice a
-                    // command line); should it not, close rather than buffer without bound.
-                    tracing::error!(
-                        id = self.info.id,
-                        held = self.pending.len(),
-                        "session takes no input"
-                    );
-                    self.session.handle_eof();
-                }
-                continue;
-            }
-            self.read().await;
-        }
-    }
-
-    async fn on_event(&mut self, event: ServerEvent) {
-        let answer = match event {
+            Ok(Event::Closed(reason)) => return reason,
+            // Every decision below is answered before `next` is called again.
+            Err(_) => return CloseReason::Application,
+        };
+        let info = conn.info();
+        let verdict = match event {
             ServerEvent::Hello { name, extended } => {
-                self.handler.reset();
-                self.handler.hello(&self.info, &name, extended).await
+                handler.reset();
+                handler.hello(info, &name, extended).await
             }
-            ServerEvent::Mail { from, params } => {
-                self.handler.mail(&self.info, &from, &params).await
+            ServerEvent::Mail { from, params } => handler.mail(info, &from, &params).await,
+            ServerEvent::Rcpt { to, params } => handler.rcpt(info, &to, &params).await,
+            ServerEvent::MessageStart { chunked } => {
+                handler.message_start(info, chunked).await;
+                continue;
             }
-            ServerEvent::Rcpt { to, params } => self.handler.rcpt(&self.info, &to, &params).await,
             ServerEvent::MessageChunk(chunk) => {
-                self.handler.message_chunk(chunk).await;
-                return;
+                handler.message_chunk(info, chunk).await;
+                continue;
             }
-            ServerEvent::MessageEnd { summary } => {
-                self.handler.message_end(&self.info, &summary).await
-            }
+            ServerEvent::MessageEnd { summary } => handler.message_end(info, &summary).await,
             ServerEvent::Vrfy(_) => Verdict::Accept,
             ServerEvent::MessageRejected { .. } | ServerEvent::Reset => {
-                self.handler.reset();
-                return;
+                handler.reset();
+                continue;
             }
-            _ => return,
+            _ => continue,
         };
-        let answered = match answer {
-            Verdict::Accept => self.session.accept(),
-            Verdict::AcceptWith(reply) => match self.session.accept_with(reply) {
-                Err(postern_smtp::AnswerError::Unsupported) => self.session.accept(),
-                other => other,
-            },
-            Verdict::Reject(reply) => match self.session.reject(reply) {
-                // A reply of the wrong class is a handler bug: refuse rather than accept.
-                Err(postern_smtp::AnswerError::WrongReplyClass) => {
-                    self.session.reject(internal_error())
-                }
-                other => other,
-            },
-        };
-        if let Err(e) = answered {
-            // Only decision events reach this point, and each is answered exactly once.
-            tracing::error!(id = self.info.id, error = %e, "answer not taken by the session");
-        }
-    }
-
-    async fn transmit(&mut self) -> io::Result<()> {
-        let limit = self.settings.smtp.timeouts.command;
-        while let Some(bytes) = self.session.poll_transmit() {
-            match tokio::time::timeout(limit, self.stream.write_all(&bytes)).await {
-                Ok(r) => r?,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "client does not read",
-                    ));
-                }
-            }
-        }
-        self.stream.flush().await
-    }
-
-    async fn read(&mut self) {
-        // The engine decides what stress changes (its deadline included); the driver only passes it on.
-        let stressed = *self.stress.borrow_and_update();
-        self.session.set_stress(stressed);
-        let mut stress = self.stress.clone();
-        let deadline = self.session.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut force = self.force.clone();
-        let forced = async move {
-            // An error means nobody can request a forced close any more: wait forever.
-            if force.wait_for(|f| *f).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        };
-        /// What ended the wait.
-        enum Woke {
-            Forced,
-            Timeout,
-            Stress,
-            Read(io::Result<usize>),
-        }
-        // In this order when several are ready (no `tokio::select!`: it needs tokio's `macros` feature).
-        let woke = {
-            let mut forced = pin!(forced);
-            let mut sleep = pin!(sleep);
-            let mut stress_open = true;
-            let mut changed = pin!(stress.changed());
-            let mut read = pin!(self.stream.read(&mut self.buf));
-            poll_fn(|cx| {
-                if forced.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::Forced);
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Woke::Timeout);
-                }
-                if stress_open {
-                    match changed.as_mut().poll(cx) {
-                        Poll::Ready(Ok(())) => return Poll::Ready(Woke::Stress),
-                        // The server is gone; the other futures still end the wait.
-                        Poll::Ready(Err(_)) => stress_open = false,
-                        Poll::Pending => {}
-                    }
-                }
-                read.as_mut().poll(cx).map(Woke::Read)
-            })
-            .await
-        };
-        match woke {
-            Woke::Read(Ok(0) | Err(_)) => self.session.handle_eof(),
-            Woke::Read(Ok(n)) => {
-                let taken = self.session.handle_input(&self.buf[..n]);
-                self.pending.extend_from_slice(&self.buf[taken..n]);
-            }
-            Woke::Timeout => self.session.handle_timeout(Instant::now()),
-            // Stress began or ended: wait again with the deadline the session recomputes.
-            Woke::Stress => {}
-            Woke::Forced => {
-                // RFC 5321 3.8: a server shutting down answers 421.
-                let reply = fixed(
-                    421,
-                    (4, 3, 2),
-                    &format!("{} Service shutting down", self.settings.smtp.hostname),
-                );
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    self.stream.write_all(&reply.to_bytes()),
-                )
-                .await;
-                self.session.handle_eof();
-            }
-        }
-    }
-
-    /// After `220 Ready to start TLS` was sent: discard any plaintext still held, handshake, tell the session.
-    async fn handshake(&mut self) -> Result<(), CloseReason> {
-        // RFC 3207 section 4 (CVE-2011-0411): the session throws away (counts) plaintext handed to it now.
-        let held = std::mem::take(&mut self.pending);
-        let _ = self.session.handle_input(&held);
-        if self.session.discarded_bytes() > 0 {
-            tracing::warn!(id = self.info.id, peer = %self.info.peer, total = self.session.discarded_bytes(),
-                "plaintext received after STARTTLS dropped before the TLS handshake");
-        }
-        if self.session.is_closed() {
-            // `AfterStartTls::Close`: the loop drains the Closing event and closes.
-            return Ok(());
-        }
-        let Some(ctx) = &self.settings.tls else {
-            // The engine only accepts STARTTLS when `tls_available`, set from the context's presence.
-            return Err(CloseReason::Application);
-        };
-        let Some(tcp) = self.stream.take_plain() else {
-            return Err(CloseReason::Application);
-        };
-        let accept = TlsAcceptor::from(ctx.config()).accept(tcp);
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::info!(
-                    id = self.info.id,
-                    "TLS handshake failed from unknown[{}]: {}",
-                    self.info.peer.ip(),
-                    postern_certs::describe_tls_error(&e)
-                );
-                return Err(CloseReason::PeerClosed);
-            }
-            Err(_) => {
-                tracing::info!(
-                    id = self.info.id,
-                    "TLS handshake timed out from unknown[{}]",
-                    self.info.peer.ip()
-                );
-                return Err(CloseReason::Timeout);
-            }
-        };
-        let (_, conn) = tls.get_ref();
-        let (version, cipher) = negotiated(conn);
-        let client_certificate = ctx.client_certificate(conn.peer_certificates(), UnixTime::now());
-        let trust = client_certificate
-            .as_ref()
-            .map_or(postern_policy::PeerTrust::Anonymous, |c| c.check.trust);
-        // Postfix's summary line (smtpd_tls_loglevel = 1).
-        tracing::info!(
-            id = self.info.id,
-            "{trust} TLS connection established from unknown[{}]: {version} with cipher {cipher}",
-            self.info.peer.ip()
-        );
-        if let Some(c) = &client_certificate {
-            tracing::info!(id = self.info.id, subject = %c.subject, issuer = %c.issuer, fingerprint = %c.fingerprint,
-                trust = %c.check.trust, "client certificate");
-        }
-        let info = TlsInfo {
-            version,
-            cipher,
-            client_certificate,
-        };
-        let check = info.client_check();
-        self.info.tls = Some(info);
-        self.stream = Stream::Tls(Box::new(tls));
-        // The policy decides whether the client failed a required authentication; the session refuses its
-        // commands (RFC 3207 section 4.1: the handshake completes whatever the client presents, so that the
-        // client reads why it is refused instead of a TLS alert).
-        let refusal = match self.settings.policy.client_certificate_verdict(&check) {
-            CommandVerdict::Allow => None,
-            CommandVerdict::Reject { code, status, text } => Some(negative_reply(
-                code,
-                (status.class, status.subject, status.detail),
-                text,
-            )),
-            _ => Some(fixed(554, (5, 7, 1), "Client certificate required")),
-        };
-        if self.settings.policy.client_certificates == ClientCertMode::Require && refusal.is_some()
-        {
-            let why = if self.info.client_certificate().is_some() {
-                "client certificate not verified"
-            } else {
-                "no client certificate presented"
-            };
-            tracing::warn!(
-                id = self.info.id,
-                "client certificate required from unknown[{}]: {why}; commands refused with 554 5.7.1",
-                self.info.peer.ip()
-            );
-        }
-        // The session was waiting for exactly this (StartTls event); RFC 3207 4.2: it forgets all state.
-        let established = match refusal {
-            None => self.session.handle_tls_established(),
-            Some(reply) => self.session.handle_tls_established_refusing(reply),
-        };
-        if established.is_err() {
-            return Err(CloseReason::Application);
-        }
-        Ok(())
+        // Only decisions reach this point: answered exactly once.
+        let _ = conn.answer(verdict);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postern_smtp::StartTlsPolicy;
 
     #[test]
     fn reject_builds_the_reply_or_refuses_safely() {
@@ -1079,7 +725,7 @@ mod tests {
             ) -> Verdict {
                 Verdict::reject(550, (5, 1, 1), "no")
             }
-            async fn message_chunk(&mut self, _: Vec<u8>) {}
+            async fn message_chunk(&mut self, _: &ConnectionInfo, _: Vec<u8>) {}
             async fn message_end(&mut self, _: &ConnectionInfo, _: &DataSummary) -> Verdict {
                 Verdict::reject(451, (4, 3, 0), "no")
             }

@@ -1,19 +1,13 @@
-//! One client connection: the sans-IO [`ClientSession`] driven over TCP, upgraded with tokio-rustls on
-//! STARTTLS.
+//! One client connection: postern-tokio's [`ClientConnection`] driver (the sans-IO `ClientSession` over TCP,
+//! upgraded with tokio-rustls on STARTTLS), every step bounded by the run's deadline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use postern_smtp::{ClientCloseReason, ClientConfig, ClientEvent, ClientSession, Envelope};
+use postern_smtp::{ClientCloseReason, ClientEvent, Envelope};
+use postern_tokio::client::{ClientConnection, ClientConnectionError, ClientSettings};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
-
-/// Read buffer size; replies are small.
-const READ_BUFFER: usize = 8192;
 
 /// Why a connection step failed. The `key` is what the report counts errors by.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +15,6 @@ pub(crate) enum ConnError {
     /// TCP connect failed.
     #[error("connect: {0}")]
     Connect(std::io::Error),
-    /// Reading or writing failed.
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
     /// The TLS handshake failed.
     #[error("tls: {0}")]
     Tls(std::io::Error),
@@ -49,7 +40,6 @@ impl ConnError {
     pub(crate) fn key(&self) -> String {
         match self {
             Self::Connect(e) => format!("connect: {}", e.kind()),
-            Self::Io(e) => format!("i/o: {}", e.kind()),
             Self::Tls(e) => format!("tls: {e}"),
             Self::Closed(reason) => match reason {
                 ClientCloseReason::GreetingRefused(r)
@@ -68,13 +58,6 @@ impl ConnError {
             Self::Unexpected(_) => "unexpected event".into(),
         }
     }
-}
-
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the handshake runs.
-    Upgrading,
 }
 
 /// TLS settings of a connection.
@@ -98,40 +81,10 @@ pub(crate) enum Handshake {
 }
 
 /// A client SMTP connection ready for mail (after EHLO, and STARTTLS with the second EHLO when asked).
+#[derive(Debug)]
 pub(crate) struct Conn {
-    stream: Stream,
-    session: ClientSession,
-    buf: Box<[u8; READ_BUFFER]>,
-    start: usize,
-    end: usize,
+    conn: ClientConnection,
     deadline: tokio::time::Instant,
-}
-
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
-    }
-}
-
-async fn write_all<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    chunks: &mut ClientSession,
-) -> std::io::Result<bool> {
-    let mut wrote = false;
-    while let Some(bytes) = chunks.poll_transmit() {
-        s.write_all(&bytes).await?;
-        wrote = true;
-    }
-    if wrote {
-        s.flush().await?;
-    }
-    Ok(wrote)
-}
-
-async fn read_some<S: AsyncRead + Unpin>(s: &mut S, buf: &mut [u8]) -> std::io::Result<usize> {
-    s.read(buf).await
 }
 
 impl Conn {
@@ -147,16 +100,13 @@ impl Conn {
             .await
             .map_err(|_| ConnError::Deadline)?
             .map_err(ConnError::Connect)?;
-        // Small writes (commands) must not wait for Nagle.
-        tcp.set_nodelay(true)?;
-        let mut config = ClientConfig::new(ehlo);
-        config.pipelining = true;
+        let mut settings = ClientSettings::new(ehlo);
+        settings.smtp.pipelining = true;
+        // The run's deadline bounds the handshake.
+        settings.handshake_timeout =
+            deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut conn = Self {
-            stream: Stream::Plain(tcp),
-            session: ClientSession::new(config, Instant::now()),
-            buf: Box::new([0; READ_BUFFER]),
-            start: 0,
-            end: 0,
+            conn: ClientConnection::new(tcp, &settings),
             deadline,
         };
         let ClientEvent::Ready { capabilities, .. } = conn.next_event().await? else {
@@ -168,7 +118,7 @@ impl Conn {
         if !capabilities.starttls {
             return Err(ConnError::NoStartTls);
         }
-        conn.session
+        conn.conn
             .start_tls()
             .map_err(|e| ConnError::Unexpected(e.to_string()))?;
         match conn.next_event().await? {
@@ -178,30 +128,19 @@ impl Conn {
             }
             other => return Err(ConnError::Unexpected(format!("{other:?}"))),
         }
-        // RFC 3207 4: bytes that followed the 220 are never replies; hand any we hold to the engine, which
-        // discards and counts them.
-        if conn.start < conn.end {
-            let _ = conn.session.handle_input(&conn.buf[conn.start..conn.end]);
-            conn.start = conn.end;
+        let handshake = conn
+            .conn
+            .handshake(tls.config.clone(), tls.server_name.clone());
+        match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => return Err(ConnError::Deadline),
+            Ok(Err(ClientConnectionError::Handshake(e))) => return Err(ConnError::Tls(e)),
+            Ok(Err(e)) => return Err(ConnError::Unexpected(e.to_string())),
+            Ok(Ok(())) => {}
         }
-        let Stream::Plain(tcp) = std::mem::replace(&mut conn.stream, Stream::Upgrading) else {
-            return Err(ConnError::Unexpected("starttls on a tls stream".into()));
-        };
-        let tls_stream = tokio::time::timeout_at(
-            deadline,
-            TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp),
-        )
-        .await
-        .map_err(|_| ConnError::Deadline)?
-        .map_err(ConnError::Tls)?;
-        let kind = match tls_stream.get_ref().1.handshake_kind() {
+        let kind = match conn.conn.tls().and_then(|c| c.handshake_kind()) {
             Some(rustls::HandshakeKind::Resumed) => Handshake::Resumed,
             _ => Handshake::Full,
         };
-        conn.stream = Stream::Tls(Box::new(tls_stream));
-        conn.session
-            .handle_tls_established()
-            .map_err(|_| ConnError::Unexpected("tls established".into()))?;
         match conn.next_event().await? {
             ClientEvent::Ready {
                 tls_active: true, ..
@@ -217,7 +156,7 @@ impl Conn {
         envelope: Envelope,
         message: Vec<u8>,
     ) -> Result<Option<u16>, ConnError> {
-        self.session
+        self.conn
             .send_mail(envelope, message)
             .map_err(|e| ConnError::Unexpected(e.to_string()))?;
         match self.next_event().await? {
@@ -246,113 +185,30 @@ impl Conn {
     /// mode). Returns true when the connection is still open at `until`.
     pub(crate) async fn hold(&mut self, until: tokio::time::Instant) -> bool {
         let until = until.min(self.deadline);
-        let read = async {
-            match &mut self.stream {
-                Stream::Plain(s) => read_some(s, &mut self.buf[..]).await,
-                Stream::Tls(s) => read_some(s, &mut self.buf[..]).await,
-                Stream::Upgrading => Ok(0),
-            }
-        };
-        // Any read result (a 421, EOF, an error) means the server gave up on the idle session.
-        tokio::time::timeout_at(until, read).await.is_err()
+        // Any event (a 421, the end of the connection) means the server gave up on the idle session.
+        tokio::time::timeout_at(until, self.conn.next())
+            .await
+            .is_err()
     }
 
     /// QUIT and close (best effort, bounded by the deadline).
     pub(crate) async fn quit(mut self) {
-        if self.session.quit().is_ok() {
+        if self.conn.quit().is_ok() {
             let _ = self.next_event().await;
         }
-        let _ = tokio::time::timeout_at(self.deadline, async {
-            match &mut self.stream {
-                Stream::Plain(s) => s.shutdown().await,
-                Stream::Tls(s) => s.shutdown().await,
-                Stream::Upgrading => Ok(()),
-            }
-        })
-        .await;
     }
 
-    /// Drive the engine until it reports an event: send its output, feed it input, honour its deadline and
-    /// the run's. A `Closed` event other than after QUIT is an error.
+    /// The session's next event, by the run's deadline. A `Closed` event other than after QUIT is an error.
     async fn next_event(&mut self) -> Result<ClientEvent, ConnError> {
-        loop {
-            if let Some(event) = self.session.poll_event(Instant::now()) {
-                return match event {
-                    ClientEvent::Closed(ClientCloseReason::Quit) => {
-                        Ok(ClientEvent::Closed(ClientCloseReason::Quit))
-                    }
-                    ClientEvent::Closed(reason) => {
-                        // Send the QUIT the engine may have queued, then give up.
-                        let _ = self.flush_best_effort().await;
-                        Err(ConnError::Closed(reason))
-                    }
-                    other => Ok(other),
-                };
+        match tokio::time::timeout_at(self.deadline, self.conn.next()).await {
+            Err(_) => Err(ConnError::Deadline),
+            Ok(Err(e)) => Err(ConnError::Unexpected(e.to_string())),
+            Ok(Ok(ClientEvent::Closed(ClientCloseReason::Quit))) => {
+                Ok(ClientEvent::Closed(ClientCloseReason::Quit))
             }
-            // Events drained: now send what they queued, before waiting for input.
-            let wrote = tokio::time::timeout_at(self.deadline, async {
-                match &mut self.stream {
-                    Stream::Plain(s) => write_all(s, &mut self.session).await,
-                    Stream::Tls(s) => write_all(s, &mut self.session).await,
-                    Stream::Upgrading => Ok(false),
-                }
-            });
-            wrote.await.map_err(|_| ConnError::Deadline)??;
-            if self.session.is_closed() {
-                return Err(ConnError::Closed(ClientCloseReason::ConnectionLost));
-            }
-            if self.start < self.end {
-                let taken = self.session.handle_input(&self.buf[self.start..self.end]);
-                self.start += taken;
-                if taken == 0 {
-                    // The engine's buffer is full of an incomplete reply longer than it accepts.
-                    return Err(ConnError::Unexpected("reply too long".into()));
-                }
-                continue;
-            }
-            let engine_deadline = self
-                .session
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
-            let wait_until = engine_deadline.map_or(self.deadline, |d| d.min(self.deadline));
-            let read = tokio::time::timeout_at(wait_until, async {
-                match &mut self.stream {
-                    Stream::Plain(s) => read_some(s, &mut self.buf[..]).await,
-                    Stream::Tls(s) => read_some(s, &mut self.buf[..]).await,
-                    Stream::Upgrading => Ok(0),
-                }
-            })
-            .await;
-            match read {
-                Err(_)
-                    if wait_until == self.deadline
-                        && engine_deadline.is_none_or(|d| d > self.deadline) =>
-                {
-                    return Err(ConnError::Deadline);
-                }
-                Err(_) => self.session.handle_timeout(Instant::now()),
-                Ok(Ok(0)) => self.session.handle_eof(),
-                Ok(Ok(n)) => {
-                    self.start = 0;
-                    self.end = n;
-                }
-                Ok(Err(e)) => return Err(ConnError::Io(e)),
-            }
+            Ok(Ok(ClientEvent::Closed(reason))) => Err(ConnError::Closed(reason)),
+            Ok(Ok(event)) => Ok(event),
         }
-    }
-
-    async fn flush_best_effort(&mut self) -> std::io::Result<bool> {
-        let deadline = self.deadline;
-        let fut = async {
-            match &mut self.stream {
-                Stream::Plain(s) => write_all(s, &mut self.session).await,
-                Stream::Tls(s) => write_all(s, &mut self.session).await,
-                Stream::Upgrading => Ok(false),
-            }
-        };
-        tokio::time::timeout_at(deadline, fut)
-            .await
-            .unwrap_or(Ok(false))
     }
 }
 

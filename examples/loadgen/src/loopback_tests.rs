@@ -18,26 +18,21 @@ use crate::stats::Tally;
 /// certificate.
 async fn sink(tls: bool) -> (SocketAddr, Arc<SinkCounters>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let acceptor = if tls {
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    if tls {
         let ck = rcgen::generate_simple_self_signed(vec!["sink.localhost".to_owned()]).unwrap();
-        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         std::fs::write(&cert, ck.cert.pem()).unwrap();
         std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-        Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::sink_config(&cert, &key).unwrap(),
-        ))
-    } else {
-        None
-    };
+    }
+    let endpoint = crate::sink::endpoint(
+        "sink.localhost",
+        tls.then_some((cert.as_path(), key.as_path())),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let counters = Arc::new(SinkCounters::default());
-    tokio::spawn(serve(
-        listener,
-        "sink.localhost".into(),
-        acceptor,
-        counters.clone(),
-    ));
+    tokio::spawn(serve(listener, endpoint, counters.clone()));
     (addr, counters, dir)
 }
 

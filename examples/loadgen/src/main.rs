@@ -7,8 +7,9 @@
 //!
 //! # Design
 //!
-//! - SMTP is spoken by the sans-IO [`postern_smtp::ClientSession`] engine, driven over tokio TCP streams and
-//!   upgraded with tokio-rustls on STARTTLS (`conn`). The engine pipelines MAIL, RCPT and DATA when the server
+//! - SMTP is spoken by the sans-IO [`postern_smtp::ClientSession`] engine, driven by postern-tokio's
+//!   [`ClientConnection`](postern_tokio::client::ClientConnection) (`conn`), upgraded with tokio-rustls on
+//!   STARTTLS. The engine pipelines MAIL, RCPT and DATA when the server
 //!   offers PIPELINING, as real MTAs do.
 //! - TLS uses rustls with the aws-lc-rs provider. By default any server certificate is accepted, but the
 //!   handshake signatures are verified (`tls::BenchVerifier`), so the server performs every
@@ -21,7 +22,8 @@
 //!   network wait is bounded by the run's deadline.
 //! - `idle`: opens `--connections` sessions, prints `idle-ready N` on standard error once all are idle, holds
 //!   them for `--hold`, then QUITs (memory-per-idle-connection measurements).
-//! - `sink`: a discard SMTP server (the same engine, server side) to relay to, with optional STARTTLS.
+//! - `sink`: a discard SMTP server (the same engine, server side, driven by postern-tokio's
+//!   [`ServerConnection`](postern_tokio::server::ServerConnection)) to relay to, with optional STARTTLS.
 //! - Targets and listen addresses must be loopback addresses; anything else is refused.
 //!
 //! # Example
@@ -201,12 +203,11 @@ fn run_idle(args: options::IdleArgs) -> Result<Report, String> {
 
 fn run_sink(args: SinkArgs) -> Result<(), String> {
     let addr = options::loopback_addr(&args.listen).map_err(|e| e.to_string())?;
-    let acceptor = match (&args.cert, &args.key) {
-        (Some(c), Some(k)) => Some(tokio_rustls::TlsAcceptor::from(
-            tls::sink_config(c, k).map_err(|e| e.to_string())?,
-        )),
+    let cert = match (&args.cert, &args.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
         _ => None,
     };
+    let endpoint = sink::endpoint(&args.hostname, cert)?;
     let rt = runtime(args.threads).map_err(|e| e.to_string())?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -214,7 +215,7 @@ fn run_sink(args: SinkArgs) -> Result<(), String> {
             .map_err(|e| format!("{addr}: {e}"))?;
         eprintln!("sink-ready {addr}");
         let counters = Arc::new(sink::SinkCounters::default());
-        let serve = sink::serve(listener, args.hostname.clone(), acceptor, counters.clone());
+        let serve = sink::serve(listener, endpoint, counters.clone());
         let stop = async {
             #[cfg(unix)]
             {

@@ -1,16 +1,18 @@
 //! `sink` mode: a discard SMTP server, the next hop of the servers under test. Each connection is a
-//! [`ServerSession`] driven over TCP; STARTTLS is offered when a certificate is given. Every transaction is
-//! accepted at once (nothing is stored), so the sink is never the bottleneck of a relay benchmark.
+//! postern-tokio [`ServerConnection`] stepped by its `next()`; STARTTLS is offered when a certificate is
+//! given. Every transaction is accepted at once (nothing is stored), so the sink is never the bottleneck of a
+//! relay benchmark.
 
-use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
-use postern_smtp::{ServerConfig, ServerEvent, ServerSession, StartTlsPolicy};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use postern_certs::{CertKey, CertResolver, ServedCertificates, ServerTlsContext, ServerTlsSpec};
+use postern_policy::{ServerPolicy, ServerTlsMode};
+use postern_smtp::ServerEvent;
+use postern_tokio::server::{Endpoint, Event, ServerConnection, ServerSettings, Verdict};
+use tokio::net::TcpListener;
 
 /// Counters of a sink run.
 #[derive(Debug, Default)]
@@ -28,151 +30,70 @@ pub(crate) struct SinkCounters {
 /// Accept connections until the future is dropped.
 pub(crate) async fn serve(
     listener: TcpListener,
-    hostname: String,
-    acceptor: Option<TlsAcceptor>,
+    endpoint: Endpoint,
     counters: Arc<SinkCounters>,
 ) -> std::io::Result<()> {
     loop {
         let (tcp, peer) = listener.accept().await?;
-        let (hostname, acceptor, counters) = (hostname.clone(), acceptor.clone(), counters.clone());
         counters.connections.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _ = session(tcp, peer, hostname, acceptor, &counters).await;
-        });
+        let (conn, counters) = (endpoint.connection(tcp, peer), counters.clone());
+        tokio::spawn(session(conn, counters));
     }
 }
 
-async fn flush<S: AsyncWrite + Unpin>(
-    s: &mut S,
-    session: &mut ServerSession,
-) -> std::io::Result<()> {
-    let mut wrote = false;
-    while let Some(bytes) = session.poll_transmit() {
-        s.write_all(&bytes).await?;
-        wrote = true;
-    }
-    if wrote {
-        s.flush().await?;
-    }
-    Ok(())
-}
-
-/// What the event loop asks of its caller.
-enum Next {
-    Closed,
-    StartTls,
-}
-
-/// Answer every pending event (accept everything, count messages); true when the session asks for TLS.
-fn dispatch(session: &mut ServerSession, counters: &SinkCounters) -> bool {
-    while let Some(event) = session.poll_event(Instant::now()) {
-        match event {
-            ServerEvent::MessageChunk(chunk) => {
+/// Accept everything the session asks about and count it, until it closes. (The loop ends: after `Closed`,
+/// `next` returns an error.)
+async fn session(mut conn: ServerConnection, counters: Arc<SinkCounters>) {
+    while let Ok(event) = conn.next().await {
+        let decide = match event {
+            Event::Session(ServerEvent::MessageChunk(chunk)) => {
                 counters
                     .octets
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                false
             }
-            ServerEvent::MessageEnd { .. } => {
+            Event::Session(ServerEvent::MessageEnd { .. }) => {
                 counters.messages.fetch_add(1, Ordering::Relaxed);
-                let _ = session.accept();
+                true
             }
-            ServerEvent::StartTls { .. } => return true,
-            // Only decisions are answered: the other events need none.
-            ServerEvent::Hello { .. }
-            | ServerEvent::Mail { .. }
-            | ServerEvent::Rcpt { .. }
-            | ServerEvent::Vrfy(_) => {
-                let _ = session.accept();
+            Event::Session(
+                ServerEvent::Hello { .. }
+                | ServerEvent::Mail { .. }
+                | ServerEvent::Rcpt { .. }
+                | ServerEvent::Vrfy(_),
+            ) => true,
+            Event::TlsEstablished => {
+                counters.tls.fetch_add(1, Ordering::Relaxed);
+                false
             }
-            _ => {}
-        }
-    }
-    false
-}
-
-/// Drive the session over one stream until it closes or asks for TLS.
-async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    session: &mut ServerSession,
-    counters: &SinkCounters,
-) -> std::io::Result<Next> {
-    let mut buf = vec![0u8; 16 * 1024];
-    let (mut start, mut end) = (0, 0);
-    let mut stalled = 0u8;
-    loop {
-        if dispatch(session, counters) {
-            flush(s, session).await?;
-            return Ok(Next::StartTls);
-        }
-        flush(s, session).await?;
-        if session.is_closed() {
-            return Ok(Next::Closed);
-        }
-        if start < end {
-            let taken = session.handle_input(&buf[start..end]);
-            // Nothing taken twice in a row, with every event answered in between: the engine is stuck.
-            stalled = if taken == 0 { stalled + 1 } else { 0 };
-            if stalled > 1 {
-                return Ok(Next::Closed);
-            }
-            start += taken;
-            continue;
-        }
-        let read = match session.poll_timeout() {
-            Some(d) => {
-                match tokio::time::timeout_at(tokio::time::Instant::from_std(d), s.read(&mut buf))
-                    .await
-                {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        session.handle_timeout(Instant::now());
-                        continue;
-                    }
-                }
-            }
-            None => s.read(&mut buf).await?,
+            // The other events need no answer.
+            _ => false,
         };
-        if read == 0 {
-            session.handle_eof();
-            continue;
+        if decide && conn.answer(Verdict::Accept).is_err() {
+            break;
         }
-        (start, end) = (0, read);
     }
 }
 
-async fn session(
-    mut tcp: TcpStream,
-    _peer: SocketAddr,
-    hostname: String,
-    acceptor: Option<TlsAcceptor>,
-    counters: &SinkCounters,
-) -> std::io::Result<()> {
-    tcp.set_nodelay(true)?;
-    let mut config = ServerConfig::new(hostname);
-    config.starttls = if acceptor.is_some() {
-        StartTlsPolicy::Offer
-    } else {
-        StartTlsPolicy::Disabled
+/// The sink's endpoint: STARTTLS offered with the certificate and key of these PEM files when given (TLS 1.2
+/// and 1.3, session tickets and a session cache, as the relay serves), and a greeting at once, so that the
+/// sink adds nothing to what is measured.
+pub(crate) fn endpoint(hostname: &str, cert: Option<(&Path, &Path)>) -> Result<Endpoint, String> {
+    let tls = match cert {
+        Some((cert, key)) => {
+            let cert = CertKey::from_pem_files(cert, key).map_err(|e| e.to_string())?;
+            let resolver = CertResolver::new(ServedCertificates::from_certs([&cert]));
+            let mut spec = ServerTlsSpec::default();
+            spec.session_cache_size = 4096;
+            Some(ServerTlsContext::new(&spec, Arc::new(resolver)).map_err(|e| e.to_string())?)
+        }
+        None => None,
     };
-    config.tls_available = acceptor.is_some();
-    // A discard next hop for measurements: it greets at once, so that it adds nothing to what is measured.
-    config.greet_pause = std::time::Duration::ZERO;
-    let mut session = ServerSession::new(config, Instant::now());
-    match drive(&mut tcp, &mut session, counters).await? {
-        Next::Closed => return tcp.shutdown().await,
-        Next::StartTls => {}
+    let mut policy = ServerPolicy::default();
+    if tls.is_none() {
+        policy.tls = ServerTlsMode::None;
     }
-    let Some(acceptor) = acceptor else {
-        return Ok(());
-    };
-    let mut tls = tokio::time::timeout(std::time::Duration::from_secs(60), acceptor.accept(tcp))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    counters.tls.fetch_add(1, Ordering::Relaxed);
-    if session.handle_tls_established().is_err() {
-        return Ok(());
-    }
-    // A second StartTls cannot happen: the engine refuses STARTTLS once TLS is active.
-    let _ = drive(&mut tls, &mut session, counters).await?;
-    tls.shutdown().await
+    let mut settings = ServerSettings::new(hostname, policy, tls);
+    settings.smtp.greet_pause = Duration::ZERO;
+    Endpoint::new(settings).map_err(|e| e.to_string())
 }

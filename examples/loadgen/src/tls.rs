@@ -213,20 +213,6 @@ pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, TlsSetupErr
     ServerName::try_from(name.to_owned()).map_err(|_| TlsSetupError::ServerName(name.into()))
 }
 
-/// The sink's server configuration: one certificate, TLS 1.2 and 1.3, session tickets and an ID cache.
-pub(crate) fn sink_config(
-    cert: &Path,
-    key: &Path,
-) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(rustls::ALL_VERSIONS)?
-        .with_no_client_auth()
-        .with_single_cert(load_certs(cert)?, load_key(key)?)?;
-    config.ticketer = aws_lc_rs::Ticketer::new()?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    Ok(Arc::new(config))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,7 +83,6 @@ impl ServerHandler for RelayHandler {
             recipients: Vec::new(),
             incoming: None,
             error: None,
-            info: None,
             received: ReceivedCounter::default(),
         }
     }
@@ -101,9 +100,6 @@ pub struct RelaySession {
     incoming: Option<Incoming>,
     /// A spool error during this message: it is refused with 451 at its end.
     error: Option<String>,
-    /// The connection as of the last RCPT (TLS state for the Received header;
-    /// STARTTLS ends any transaction, so it cannot change before DATA).
-    info: Option<ConnectionInfo>,
     /// The `Received:` fields of the message being received (hop count).
     received: ReceivedCounter,
 }
@@ -154,7 +150,6 @@ impl SessionHandler for RelaySession {
             ),
             ForwardPath::Mailbox(m) => m.to_string(),
         };
-        self.info = Some(info.clone());
         let relay = self.shared.inbound.may_relay(info.client_certificate());
         let client = Client {
             ip: info.peer.ip(),
@@ -186,7 +181,7 @@ impl SessionHandler for RelaySession {
         }
     }
 
-    async fn message_chunk(&mut self, chunk: Vec<u8>) {
+    async fn message_chunk(&mut self, info: &ConnectionInfo, chunk: Vec<u8>) {
         self.received.feed(&chunk);
         if self.error.is_some() {
             return;
@@ -198,7 +193,7 @@ impl SessionHandler for RelaySession {
                     .await
             }
             None => {
-                let (Some(envelope), Some(info)) = (self.envelope(), self.info.as_ref()) else {
+                let Some(envelope) = self.envelope() else {
                     self.error = Some("no transaction".into());
                     return;
                 };
@@ -235,8 +230,7 @@ impl SessionHandler for RelaySession {
     async fn message_end(&mut self, info: &ConnectionInfo, _summary: &DataSummary) -> Verdict {
         if self.incoming.is_none() && self.error.is_none() {
             // An empty message: only the Received header.
-            self.info = Some(info.clone());
-            self.message_chunk(Vec::new()).await;
+            self.message_chunk(info, Vec::new()).await;
         }
         // Our own Received header counts too, as in Postfix's cleanup.
         let hops = std::mem::take(&mut self.received).count + 1;

@@ -103,7 +103,7 @@ impl SessionHandler for InboxSession {
     async fn rcpt(&mut self, _: &ConnectionInfo, _: &ForwardPath, _: &RcptParams) -> Verdict {
         Verdict::Accept
     }
-    async fn message_chunk(&mut self, chunk: Vec<u8>) {
+    async fn message_chunk(&mut self, _: &ConnectionInfo, chunk: Vec<u8>) {
         self.content.extend(chunk);
     }
     async fn message_end(&mut self, info: &ConnectionInfo, _: &DataSummary) -> Verdict {

@@ -446,7 +446,7 @@ impl postern_tokio::server::SessionHandler for RecorderSession {
             .push(to.to_string().trim_matches(['<', '>']).to_owned());
         postern_tokio::server::Verdict::Accept
     }
-    async fn message_chunk(&mut self, chunk: Vec<u8>) {
+    async fn message_chunk(&mut self, _: &postern_tokio::server::ConnectionInfo, chunk: Vec<u8>) {
         self.content.extend(chunk);
     }
     async fn message_end(
