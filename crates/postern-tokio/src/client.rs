@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
 use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
-    ClientTlsMode, ConnectionPolicy, Decision, DomainName, NextHop, OutboundPolicy, PeerTrust,
-    TlsVersion,
+    ClientTlsMode, ConnectionPolicy, Decision, DomainName, EnhancedStatus, NextHop, OutboundPolicy,
+    PeerTrust, TlsVersion,
 };
 use postern_smtp::{ClientConfig, Envelope, ForwardPath};
 use rustls::RootCertStore;
@@ -175,7 +175,7 @@ impl Client {
         last.unwrap_or_else(|| {
             DeliveryResult::undelivered(
                 &recipients,
-                DeliveryFailure::local((4, 4, 1), "no address to connect to"),
+                DeliveryFailure::local(EnhancedStatus::NO_ANSWER, "no address to connect to"),
                 None,
             )
         })
@@ -302,8 +302,12 @@ impl Client {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, DeliveryFailure> {
-        let fail =
-            |e: String| DeliveryFailure::local((4, 4, 1), &format!("connect to {addr}: {e}"));
+        let fail = |e: String| {
+            DeliveryFailure::local(
+                EnhancedStatus::NO_ANSWER,
+                &format!("connect to {addr}: {e}"),
+            )
+        };
         let tcp = tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| fail("timed out".into()))?
@@ -352,8 +356,12 @@ impl Client {
         if let Some(r) = cached {
             return Ok(r);
         }
-        let fail =
-            |e: String| DeliveryFailure::local((4, 7, 5), &format!("trust anchors {path}: {e}"));
+        let fail = |e: String| {
+            DeliveryFailure::local(
+                EnhancedStatus::CRYPTO_FAILURE,
+                &format!("trust anchors {path}: {e}"),
+            )
+        };
         let pem = tokio::fs::read(path)
             .await
             .map_err(|e| fail(e.to_string()))?;
@@ -376,14 +384,18 @@ impl Client {
         probe: bool,
     ) -> Result<(HandshakeResult, Handshaken), DeliveryFailure> {
         let spec = self.tls_spec(params, probe).await?;
-        let tls_conn = self
-            .tls
-            .connection(&spec)
-            .map_err(|e| DeliveryFailure::local((4, 7, 5), &format!("TLS configuration: {e}")))?;
-        let tcp = conn
-            .stream
-            .take_plain()
-            .ok_or_else(|| DeliveryFailure::local((4, 4, 2), "connection not in plaintext"))?;
+        let tls_conn = self.tls.connection(&spec).map_err(|e| {
+            DeliveryFailure::local(
+                EnhancedStatus::CRYPTO_FAILURE,
+                &format!("TLS configuration: {e}"),
+            )
+        })?;
+        let tcp = conn.stream.take_plain().ok_or_else(|| {
+            DeliveryFailure::local(
+                EnhancedStatus::BAD_CONNECTION,
+                "connection not in plaintext",
+            )
+        })?;
         let connect = TlsConnector::from(Arc::clone(&tls_conn.config))
             .connect(tls_conn.server_name.clone(), tcp);
         Ok(

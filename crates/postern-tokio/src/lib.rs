@@ -64,7 +64,7 @@
 //! use postern_policy::{
 //!     ClientTlsMode, DestinationPolicy, NextHop, OutboundPolicy, PeerTrust, ServerPolicy,
 //! };
-//! use postern_smtp::{DataSummary, Envelope, ForwardPath, RcptParams, ReversePath};
+//! use postern_smtp::{DataSummary, EnhancedStatus, Envelope, ForwardPath, RcptParams, ReversePath};
 //! use postern_tokio::client::{Client, ClientSettings, Destination};
 //! use postern_tokio::server::{ConnectionInfo, Server, ServerHandler, ServerSettings, SessionHandler, Verdict};
 //!
@@ -82,7 +82,7 @@
 //!     async fn rcpt(&mut self, _: &ConnectionInfo, to: &ForwardPath, _: &RcptParams) -> Verdict {
 //!         match to.to_string().ends_with("@example.org>") {
 //!             true => Verdict::Accept,
-//!             false => Verdict::reject(554, (5, 7, 1), "Relay access denied"),
+//!             false => Verdict::reject(554, EnhancedStatus::DELIVERY_NOT_AUTHORIZED, "Relay access denied"),
 //!         }
 //!     }
 //!     async fn message_chunk(&mut self, chunk: Vec<u8>) { self.content.extend(chunk) }

@@ -303,11 +303,48 @@ mod tests {
 
     #[test]
     fn invalid_domain_names_are_rejected() {
-        for bad in ["", ".", "a..b", ".a", "a b", "a.b..", "192.0.2.1", "[a]"] {
-            assert!(DomainName::parse(bad).is_err(), "{bad}");
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            ".a",
+            "a.b..",
+            "-a.example",
+            "a b.example",
+            "a_b.example",
+        ] {
+            assert!(DomainName::parse(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(
+            DomainName::parse("192.0.2.1"),
+            Err(NameError::BareAddress {
+                name: "192.0.2.1".into()
+            })
+        );
+        let long = format!("{}.example", "a".repeat(64));
+        assert!(DomainName::parse(&long).is_err());
         assert!(DomainRule::parse("..example.com").is_err());
         assert!(DomainRule::parse(".").is_err());
+    }
+
+    #[test]
+    fn parents_are_nearest_first() {
+        let name = DomainName::parse("a.b.example.com").unwrap();
+        assert_eq!(
+            name.parents().collect::<Vec<_>>(),
+            ["b.example.com", "example.com", "com"]
+        );
+    }
+
+    #[test]
+    fn within() {
+        let sub = DomainName::parse("mx.example.com").unwrap();
+        let base = DomainName::parse("example.com").unwrap();
+        let other = DomainName::parse("badexample.com").unwrap();
+        assert!(sub.is_within(&base));
+        assert!(base.is_within(&base));
+        assert!(!other.is_within(&base));
+        assert!(!base.is_within(&sub));
     }
 
     fn table(rules: &[&str]) -> DomainTable<String> {

@@ -95,6 +95,14 @@ pub struct EnhancedStatus {
 impl EnhancedStatus {
     /// `2.0.0`: success, nothing more to say.
     pub const OK: Self = Self::known(2, 0, 0);
+    /// `4.0.0`: other undefined status (transient), e.g. a reply without one.
+    pub const OTHER_TRANSIENT: Self = Self::known(4, 0, 0);
+    /// `4.3.0`: other or undefined mail system status (transient).
+    pub const SYSTEM_TEMPORARY: Self = Self::known(4, 3, 0);
+    /// `4.4.1`: no answer from host (RFC 3463 §3.5).
+    pub const NO_ANSWER: Self = Self::known(4, 4, 1);
+    /// `4.4.2`: bad connection (RFC 3463 §3.5): lost, timed out, broken.
+    pub const BAD_CONNECTION: Self = Self::known(4, 4, 2);
     /// `4.4.3`: directory (DNS) server failure (RFC 3463 §3.5).
     pub const DNS_FAILURE: Self = Self::known(4, 4, 3);
     /// `4.4.7`: delivery time expired (RFC 3463 §3.5).
@@ -105,16 +113,26 @@ impl EnhancedStatus {
     pub const TLS_NOT_AVAILABLE: Self = Self::known(4, 7, 4);
     /// `4.7.5`: cryptographic failure (temporary): handshake or certificate failure.
     pub const CRYPTO_FAILURE: Self = Self::known(4, 7, 5);
+    /// `5.0.0`: other undefined status (permanent), e.g. a reply without one.
+    pub const OTHER_PERMANENT: Self = Self::known(5, 0, 0);
     /// `5.1.2`: bad destination system address (RFC 3463 §3.2).
     pub const BAD_DESTINATION: Self = Self::known(5, 1, 2);
     /// `5.1.3`: bad destination mailbox address syntax (RFC 3463 §3.2).
     pub const BAD_ADDRESS_SYNTAX: Self = Self::known(5, 1, 3);
     /// `5.1.10`: recipient address has null MX (RFC 7505 §4, registered in §6).
     pub const NULL_MX: Self = Self::known(5, 1, 10);
+    /// `5.3.4`: message too big for system (RFC 3463 §3.4).
+    pub const MESSAGE_TOO_BIG: Self = Self::known(5, 3, 4);
     /// `5.4.4`: unable to route (RFC 3463 §3.5).
     pub const UNROUTABLE: Self = Self::known(5, 4, 4);
     /// `5.4.6`: routing loop detected (RFC 3463 §3.5).
     pub const ROUTING_LOOP: Self = Self::known(5, 4, 6);
+    /// `5.5.4`: invalid command arguments (RFC 3463 §3.6), e.g. a parameter
+    /// the server does not support.
+    pub const INVALID_ARGUMENTS: Self = Self::known(5, 5, 4);
+    /// `5.6.7`: non-ASCII addresses not permitted for that sender or
+    /// recipient (RFC 6531 §3.5).
+    pub const NON_ASCII_NOT_PERMITTED: Self = Self::known(5, 6, 7);
     /// `5.7.0`: other or undefined security status (permanent), e.g. a command
     /// refused before STARTTLS (RFC 3207 §4).
     pub const SECURITY_PERMANENT: Self = Self::known(5, 7, 0);

@@ -28,7 +28,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::envelope::EnhancedCode;
+use crate::envelope::EnhancedStatus;
 use crate::routing::normalize_domain;
 
 /// What the server knows about the client when a recipient is checked.
@@ -61,7 +61,7 @@ pub struct Denied {
     /// The SMTP reply code.
     pub code: u16,
     /// The enhanced status code.
-    pub enhanced: EnhancedCode,
+    pub enhanced: EnhancedStatus,
     /// The reply text after the codes.
     pub text: String,
 }
@@ -132,7 +132,7 @@ impl AccessPolicy {
         }
         Err(Denied {
             code: 554,
-            enhanced: EnhancedCode::NOT_AUTHORIZED,
+            enhanced: EnhancedStatus::DELIVERY_NOT_AUTHORIZED,
             text: format!("<{}>: Relay access denied", printable(recipient)),
         })
     }

@@ -37,7 +37,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{EnhancedCode, Failure};
+use crate::envelope::{EnhancedStatus, Failure};
 
 /// The SMTP port (RFC 5321 §4.5.4.2 delivery is to port 25).
 pub const SMTP_PORT: u16 = 25;
@@ -494,7 +494,7 @@ impl<R: Resolver> Router<R> {
         // routed by DNS; only a static route may take it.
         if domain.starts_with('[') {
             return Err(Failure::local(
-                EnhancedCode::UNROUTABLE,
+                EnhancedStatus::UNROUTABLE,
                 format!("no route to address literal {domain}"),
                 now,
             ));
@@ -503,12 +503,12 @@ impl<R: Resolver> Router<R> {
             Ok(records) if !records.is_empty() => mx_route(domain, records, self.mx_port, now),
             Ok(_) | Err(LookupError::NoRecords) => self.implicit_mx(domain, now).await,
             Err(LookupError::NoSuchDomain) => Err(Failure::local(
-                EnhancedCode::BAD_DESTINATION,
+                EnhancedStatus::BAD_DESTINATION,
                 format!("domain {domain} does not exist"),
                 now,
             )),
             Err(LookupError::Temporary(e)) => Err(Failure::local(
-                EnhancedCode::DNS_FAILURE,
+                EnhancedStatus::DNS_FAILURE,
                 format!("MX lookup for {domain} failed: {e}"),
                 now,
             )),
@@ -529,12 +529,12 @@ impl<R: Resolver> Router<R> {
                 source: RouteSource::ImplicitMx,
             }),
             Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::local(
-                EnhancedCode::UNROUTABLE,
+                EnhancedStatus::UNROUTABLE,
                 format!("{domain} has no MX and no address record"),
                 now,
             )),
             Err(LookupError::Temporary(e)) => Err(Failure::local(
-                EnhancedCode::DNS_FAILURE,
+                EnhancedStatus::DNS_FAILURE,
                 format!("address lookup for {domain} failed: {e}"),
                 now,
             )),
@@ -555,7 +555,7 @@ fn mx_route(
     // `records[0]` exists: the length is checked first.
     if records.len() == 1 && is_null(&records[0]) {
         return Err(Failure::local(
-            EnhancedCode::NULL_MX,
+            EnhancedStatus::NULL_MX,
             format!("null MX: {domain} accepts no mail"),
             now,
         ));
@@ -838,7 +838,7 @@ mod tests {
             .route("example.net", now())
             .await
             .unwrap_err();
-        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.code, EnhancedStatus::UNROUTABLE);
         assert_eq!(err.text, "example.net has no MX and no address record");
         assert_eq!(err.source, FailureSource::Local);
     }
@@ -870,16 +870,16 @@ mod tests {
             FakeDns::default().mx_err("flaky.example", LookupError::Temporary("timeout".into()));
         let router = Router::new(StaticRoutes::new(), dns);
         let err = router.route("flaky.example", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::DNS_FAILURE);
+        assert_eq!(err.code, EnhancedStatus::DNS_FAILURE);
         assert!(!err.code.is_permanent());
         assert_eq!(err.text, "MX lookup for flaky.example failed: timeout");
 
         let err = router.route("missing.example", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::BAD_DESTINATION);
+        assert_eq!(err.code, EnhancedStatus::BAD_DESTINATION);
         assert_eq!(err.text, "domain missing.example does not exist");
 
         let err = router.route("[192.0.2.1]", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.code, EnhancedStatus::UNROUTABLE);
         assert_eq!(err.text, "no route to address literal [192.0.2.1]");
         assert_eq!(err.source, FailureSource::Local);
     }
