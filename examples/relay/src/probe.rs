@@ -2,7 +2,7 @@
 //! client TLS mode would decide, in the spirit of Postfix's `posttls-finger`.
 //!
 //! The probe drives the same delivery attempt as delivery
-//! ([`postern_attempt::Attempt::probe`], through postern-tokio's client) under
+//! (`postern_attempt::Attempt::probe`, through postern-tokio's client) under
 //! opportunistic TLS until TLS is up or refused, then QUITs: it sends no MAIL.
 //! The handshake's certificate check is recorded but never refused, so the
 //! certificate can be reported. What the attempt saw (its session facts) is then
