@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for (key, settings) in policy.outbound.overrides.iter() {
-        let hop = match key {
+        let hop = match &key {
             PolicyKey::Exact(name) => NextHop::Domain(name.clone()),
             PolicyKey::HostPort { host, port } => NextHop::HostPort {
                 host: host.clone(),

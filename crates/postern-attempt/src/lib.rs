@@ -92,8 +92,8 @@ use std::time::Instant;
 
 use postern_policy::{
     Action, Authentication, CertificateCheck, CertificateFailure, ClientTlsMode, Close,
-    ConnectionPolicy, Decision, Fingerprint, HandshakeOutcome, Host, NamePattern, NextHop,
-    SessionFacts, TlsRequirement, TlsVersion, TlsaRecord,
+    ConnectionPolicy, Decision, EnhancedStatus, Fingerprint, HandshakeOutcome, Host, NamePattern,
+    NextHop, SessionFacts, TlsRequirement, TlsVersion, TlsaRecord,
 };
 use postern_smtp::{
     ClientCloseReason, ClientConfig, ClientEvent, ClientSession, Command, Envelope, ForwardPath,
@@ -442,7 +442,7 @@ impl Attempt {
             }
             (other, None) => {
                 self.failure = Some(DeliveryFailure::local(
-                    (4, 3, 0),
+                    EnhancedStatus::SYSTEM_TEMPORARY,
                     &format!("unexpected policy action: {other}"),
                 ));
                 self.finish(None);
@@ -510,7 +510,7 @@ impl Attempt {
                     Action::StartTls => {
                         if self.session.start_tls().is_err() {
                             self.quit_with(DeliveryFailure::local(
-                                (4, 7, 4),
+                                EnhancedStatus::TLS_NOT_AVAILABLE,
                                 "STARTTLS not possible",
                             ));
                         }
@@ -564,7 +564,10 @@ impl Attempt {
         }
         let Some((envelope, message)) = self.mail.take() else {
             if !self.probe {
-                self.failure = Some(DeliveryFailure::local((4, 3, 0), "message already sent"));
+                self.failure = Some(DeliveryFailure::local(
+                    EnhancedStatus::SYSTEM_TEMPORARY,
+                    "message already sent",
+                ));
             }
             let _ = self.session.quit();
             return;
@@ -583,7 +586,7 @@ impl Attempt {
     fn stop(&mut self, action: Action, decision: &Decision) {
         let Some(f) = action.failure() else {
             self.quit_with(DeliveryFailure::local(
-                (4, 3, 0),
+                EnhancedStatus::SYSTEM_TEMPORARY,
                 &format!("unexpected policy action: {action}"),
             ));
             return;
@@ -604,7 +607,7 @@ impl Attempt {
     fn retry(&mut self, decision: Decision) {
         if self.probe || self.phase == Phase::PlaintextRetry {
             self.failure = Some(DeliveryFailure::local(
-                (4, 4, 2),
+                EnhancedStatus::BAD_CONNECTION,
                 "plaintext retry not possible",
             ));
             self.finish(None);
@@ -676,7 +679,12 @@ impl Attempt {
             None => {
                 let failure = self.failure.take().unwrap_or_else(|| {
                     reason.as_ref().map_or_else(
-                        || DeliveryFailure::local((4, 4, 2), "connection lost"),
+                        || {
+                            DeliveryFailure::local(
+                                EnhancedStatus::BAD_CONNECTION,
+                                "connection lost",
+                            )
+                        },
                         DeliveryFailure::closed,
                     )
                 });
@@ -739,7 +747,7 @@ impl Attempt {
             }
             TlsRequirement::Authenticated(_) => {
                 return Err(DeliveryFailure {
-                    status: postern_policy::EnhancedStatus::CRYPTO_FAILURE,
+                    status: EnhancedStatus::CRYPTO_FAILURE,
                     result_type: Some(postern_policy::ResultType::ValidationFailure),
                     explanation: "authentication method not available in this client".into(),
                     permanent: false,

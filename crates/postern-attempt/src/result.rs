@@ -49,10 +49,10 @@ pub struct DeliveryFailure {
 }
 
 impl DeliveryFailure {
-    /// A failure found on this side (no reply, no TLS result type): `status` is `(class, subject, detail)`.
-    pub fn local(status: (u8, u16, u16), explanation: &str) -> Self {
+    /// A failure found on this side (no reply, no TLS result type).
+    pub fn local(status: EnhancedStatus, explanation: &str) -> Self {
         Self {
-            status: EnhancedStatus::new(status.0, status.1, status.2),
+            status,
             result_type: None,
             explanation: explanation.to_owned(),
             permanent: false,
@@ -71,14 +71,13 @@ impl DeliveryFailure {
         }
     }
 
-    /// A server reply that decided: its enhanced code, else `class.0.0`.
+    /// A server reply that decided: its enhanced code, else `class.0.0` (`4.0.0` for a 3yz reply,
+    /// which has no class of its own).
     pub(crate) fn reply(reply: &Reply, what: &str) -> Self {
-        let class = u8::try_from(reply.code().value() / 100).unwrap_or(4);
         let status = reply
             .enhanced()
-            .map_or(EnhancedStatus::new(class, 0, 0), |e| {
-                EnhancedStatus::new(e.class(), e.subject(), e.detail())
-            });
+            .or_else(|| EnhancedStatus::of_reply_code(reply.code()))
+            .unwrap_or(EnhancedStatus::OTHER_TRANSIENT);
         Self {
             status,
             result_type: None,
@@ -95,26 +94,32 @@ impl DeliveryFailure {
             ClientCloseReason::GreetingRefused(r) => Self::reply(r, "greeting refused"),
             ClientCloseReason::HelloRefused(r) => Self::reply(r, "EHLO and HELO refused"),
             ClientCloseReason::ServiceClosing(r) => Self::reply(r, "service closing"),
-            ClientCloseReason::Timeout => Self::local((4, 4, 2), "timeout waiting for a reply"),
-            ClientCloseReason::ProtocolError(e) => {
-                Self::local((4, 4, 2), &format!("protocol error: {e}"))
-            }
+            ClientCloseReason::Timeout => Self::local(
+                EnhancedStatus::BAD_CONNECTION,
+                "timeout waiting for a reply",
+            ),
+            ClientCloseReason::ProtocolError(e) => Self::local(
+                EnhancedStatus::BAD_CONNECTION,
+                &format!("protocol error: {e}"),
+            ),
             ClientCloseReason::UnexpectedReply(r) => Self::reply(r, "unexpected reply"),
-            _ => Self::local((4, 4, 2), "connection lost"),
+            _ => Self::local(EnhancedStatus::BAD_CONNECTION, "connection lost"),
         }
     }
 
     /// The message could not be handed to the session (size, extension, or TLS required).
     pub(crate) fn not_sent(e: &SendError) -> Self {
         let (status, permanent) = match e {
-            SendError::MessageTooLarge => (EnhancedStatus::new(5, 3, 4), true),
-            SendError::ExtensionNotOffered("SMTPUTF8") => (EnhancedStatus::new(5, 6, 7), true),
+            SendError::MessageTooLarge => (EnhancedStatus::MESSAGE_TOO_BIG, true),
+            SendError::ExtensionNotOffered("SMTPUTF8") => {
+                (EnhancedStatus::NON_ASCII_NOT_PERMITTED, true)
+            }
             SendError::ExtensionNotOffered("REQUIRETLS") => {
                 (EnhancedStatus::REQUIRETLS_REQUIRED, true)
             }
-            SendError::ExtensionNotOffered(_) => (EnhancedStatus::new(5, 5, 4), true),
+            SendError::ExtensionNotOffered(_) => (EnhancedStatus::INVALID_ARGUMENTS, true),
             SendError::TlsRequired => return Self::tls_required(),
-            _ => (EnhancedStatus::new(4, 3, 0), false),
+            _ => (EnhancedStatus::SYSTEM_TEMPORARY, false),
         };
         Self {
             status,
@@ -224,14 +229,12 @@ impl Done {
                         .iter()
                         .find(|r| r.status == status)
                         .and_then(|r| r.reply.as_ref());
-                    let class = if status == DeliveryStatus::Failed {
-                        5
+                    let undefined = if status == DeliveryStatus::Failed {
+                        EnhancedStatus::OTHER_PERMANENT
                     } else {
-                        4
+                        EnhancedStatus::OTHER_TRANSIENT
                     };
-                    let code = reply.map_or(EnhancedStatus::new(class, 0, 0), |r| {
-                        DeliveryFailure::reply(r, "").status
-                    });
+                    let code = reply.map_or(undefined, |r| DeliveryFailure::reply(r, "").status);
                     (code, None)
                 }
             };
@@ -391,30 +394,30 @@ mod tests {
     fn failures_from_replies_and_closes() {
         let r = Reply::new(
             554,
-            Some(postern_smtp::EnhancedStatus::new(5, 7, 1).unwrap()),
+            Some(EnhancedStatus::DELIVERY_NOT_AUTHORIZED),
             ["go away"],
         )
         .unwrap();
         let f = DeliveryFailure::closed(&ClientCloseReason::GreetingRefused(r.clone()));
-        assert_eq!(f.status, EnhancedStatus::new(5, 7, 1));
+        assert_eq!(f.status, EnhancedStatus::DELIVERY_NOT_AUTHORIZED);
         assert_eq!(f.reply, Some(r));
         // A host that refuses to talk is retried later (next address, next attempt), never bounced.
         assert!(!f.permanent);
         let t = DeliveryFailure::closed(&ClientCloseReason::Timeout);
         assert_eq!(
             (t.status, t.result_type),
-            (EnhancedStatus::new(4, 4, 2), None)
+            (EnhancedStatus::BAD_CONNECTION, None)
         );
         let plain = Reply::new(421, None, ["bye"]).unwrap();
         assert_eq!(
             DeliveryFailure::closed(&ClientCloseReason::ServiceClosing(plain)).status,
-            EnhancedStatus::new(4, 0, 0)
+            EnhancedStatus::OTHER_TRANSIENT
         );
     }
 
     #[test]
     fn result_summaries() {
-        let f = DeliveryFailure::local((4, 4, 1), "no route");
+        let f = DeliveryFailure::local(EnhancedStatus::NO_ANSWER, "no route");
         let deferred = DeliveryResult::undelivered(&rcpts(2), f.clone(), None);
         assert!(deferred.is_deferred() && !deferred.all_delivered());
         assert_eq!(deferred.recipients.len(), 2);

@@ -6,11 +6,7 @@
 //! aws-lc-rs only); loading existing files ([`load_existing`]) needs neither.
 
 use std::fs;
-#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
-use std::fs::{File, OpenOptions};
 use std::io;
-#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
-use std::io::Write;
 use std::path::Path;
 #[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use std::time::Duration;
@@ -28,6 +24,7 @@ use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 
 use crate::certkey::CertKey;
+use crate::durable;
 use crate::error::DefaultCertError;
 
 /// RSA modulus size of the generated certificate.
@@ -250,40 +247,15 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DefaultCertError + '_ {
 }
 
 #[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
-/// Writes `data` to `path` atomically: a temporary file in the same directory
-/// (created with `mode`), fsync, rename over `path`, fsync of the directory.
+/// Writes `data` to `path` atomically and durably ([`durable::replace_file`]),
+/// through a temporary file in the same directory created with `mode`.
 fn write_atomic(dir: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), DefaultCertError> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    // A temporary file left by a crash is stale: start afresh, so the mode
-    // below applies to a newly created file.
-    let _ = fs::remove_file(&tmp);
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let result = (|| {
-        let mut f = opts.open(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(data).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    durable::replace_file(&tmp, path, data, mode).map_err(io_err(path))
 }
 
 #[cfg(any(feature = "aws-lc-rs", feature = "ring"))]

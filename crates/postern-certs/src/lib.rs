@@ -47,6 +47,9 @@
 //!   default, or ring: see the crate features) passed explicitly, server
 //!   session tickets and cache, client session caches shared across
 //!   connections (one per verification policy), SNI sent.
+//! - **Durable writes** ([`durable`]): the one write, fsync, rename,
+//!   fsync-the-directory sequence, used for the certificate files here and
+//!   by a relay for its queue and state files.
 //!
 //! Time is always passed in (`now`), except inside a rustls handshake, which
 //! uses rustls' clock.
@@ -113,6 +116,7 @@ mod certkey;
 mod config;
 mod dane;
 mod default_cert;
+pub mod durable;
 mod error;
 mod inspect;
 mod resolver;

@@ -4,12 +4,16 @@
 //! `smtp_tls_policy_maps`): the exact name, then `.parent` entries from the nearest
 //! parent to the farthest, then the default. A `[host]:port` next hop matches only
 //! its own `[host]:port` key. Names are compared in canonical form (lower-case
-//! A-labels, no trailing dot), so case and a trailing dot never matter.
+//! A-labels, no trailing dot), so case, U-labels and a trailing dot never matter.
+//! The domain order is `postern-types`' [`DomainTable`], shared with the routes
+//! and accepted domains of an MTA.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::name::{DomainName, NextHop, PolicyKey};
+use postern_types::{DomainRule, DomainTable};
+
+use crate::name::{DomainName, Host, NextHop, PolicyKey};
 
 /// Which rule of a table decided, for explanations.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -33,16 +37,20 @@ impl fmt::Display for PolicySource {
     }
 }
 
-/// A table of overrides keyed by [`PolicyKey`].
+/// A table of overrides keyed by [`PolicyKey`]: its domain keys are a
+/// [`DomainTable`] (the one lookup rule of `postern-types`), its `[host]:port`
+/// keys match exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverrideTable<T> {
-    entries: BTreeMap<PolicyKey, T>,
+    domains: DomainTable<T>,
+    hosts: BTreeMap<(Host, u16), T>,
 }
 
 impl<T> Default for OverrideTable<T> {
     fn default() -> Self {
         Self {
-            entries: BTreeMap::new(),
+            domains: DomainTable::new(),
+            hosts: BTreeMap::new(),
         }
     }
 }
@@ -65,65 +73,88 @@ impl<T> OverrideTable<T> {
     /// Adds an entry; a key already present (after normalisation) is an error.
     pub fn insert(&mut self, key: PolicyKey, value: T) -> Result<(), DuplicateKey> {
         use std::collections::btree_map::Entry;
-        match self.entries.entry(key) {
-            Entry::Occupied(e) => Err(DuplicateKey {
-                key: e.key().clone(),
-            }),
-            Entry::Vacant(e) => {
-                e.insert(value);
-                Ok(())
+        let rule = match key {
+            PolicyKey::Exact(name) => DomainRule::Exact(name),
+            PolicyKey::Subdomains(name) => DomainRule::Subdomains(name),
+            PolicyKey::HostPort { host, port } => {
+                return match self.hosts.entry((host, port)) {
+                    Entry::Occupied(e) => {
+                        let (host, port) = e.key().clone();
+                        Err(DuplicateKey {
+                            key: PolicyKey::HostPort { host, port },
+                        })
+                    }
+                    Entry::Vacant(e) => {
+                        e.insert(value);
+                        Ok(())
+                    }
+                };
             }
-        }
+        };
+        self.domains.insert(rule, value).map_err(|e| DuplicateKey {
+            key: domain_key(&e.rule),
+        })
     }
 
     /// The number of entries.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.domains.len() + self.hosts.len()
     }
 
     /// Whether the table is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.domains.is_empty() && self.hosts.is_empty()
     }
 
-    /// The entries, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&PolicyKey, &T)> {
-        self.entries.iter()
+    /// The entries, in key order (exact names, `.parent` entries, `[host]:port`).
+    pub fn iter(&self) -> impl Iterator<Item = (PolicyKey, &T)> {
+        let domains = self.domains.iter().map(|(rule, v)| (domain_key(rule), v));
+        let hosts = self.hosts.iter().map(|((host, port), v)| {
+            let key = PolicyKey::HostPort {
+                host: host.clone(),
+                port: *port,
+            };
+            (key, v)
+        });
+        domains.chain(hosts)
     }
 
     /// The most specific entry for `next_hop`, if any.
-    pub fn find(&self, next_hop: &NextHop) -> Option<(&PolicyKey, &T)> {
+    pub fn find(&self, next_hop: &NextHop) -> Option<(PolicyKey, &T)> {
         match next_hop {
             NextHop::Domain(domain) => self.find_domain(domain),
-            NextHop::HostPort { host, port } => self.entries.get_key_value(&PolicyKey::HostPort {
-                host: host.clone(),
-                port: *port,
-            }),
+            NextHop::HostPort { host, port } => {
+                let value = self.hosts.get(&(host.clone(), *port))?;
+                let key = PolicyKey::HostPort {
+                    host: host.clone(),
+                    port: *port,
+                };
+                Some((key, value))
+            }
         }
     }
 
     /// The most specific entry for a domain: exact, then `.parent` nearest first.
-    pub fn find_domain(&self, domain: &DomainName) -> Option<(&PolicyKey, &T)> {
-        if let Some(hit) = self
-            .entries
-            .get_key_value(&PolicyKey::Exact(domain.clone()))
-        {
-            return Some(hit);
-        }
-        domain.parents().find_map(|parent| {
-            // A parent of a valid name is itself valid; parse cannot fail here, and
-            // if it ever did the entry simply does not match.
-            let parent = DomainName::parse(parent).ok()?;
-            self.entries.get_key_value(&PolicyKey::Subdomains(parent))
-        })
+    pub fn find_domain(&self, domain: &DomainName) -> Option<(PolicyKey, &T)> {
+        self.domains
+            .lookup(domain)
+            .map(|(rule, value)| (domain_key(rule), value))
     }
 
     /// The value that applies to `next_hop` (an override, or `default`) and why.
     pub fn resolve<'a>(&'a self, next_hop: &NextHop, default: &'a T) -> (&'a T, PolicySource) {
         match self.find(next_hop) {
-            Some((key, value)) => (value, PolicySource::Override(key.clone())),
+            Some((key, value)) => (value, PolicySource::Override(key)),
             None => (default, PolicySource::Default),
         }
+    }
+}
+
+/// The policy key of a domain rule.
+fn domain_key(rule: &DomainRule) -> PolicyKey {
+    match rule {
+        DomainRule::Exact(name) => PolicyKey::Exact(name.clone()),
+        DomainRule::Subdomains(name) => PolicyKey::Subdomains(name.clone()),
     }
 }
 

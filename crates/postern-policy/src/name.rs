@@ -1,8 +1,9 @@
-//! Validated names: domain names in A-label form and next-hop keys.
+//! Validated names: next hops and the keys of the per-destination table.
 //!
-//! Every name that enters the policy is normalised once, here: lower case,
-//! A-label (punycode) form via the `idna` crate (UTS #46 with STD3 rules and DNS
-//! length checks), one trailing dot removed. Lookups then compare plain strings.
+//! Every name that enters the policy is a [`DomainName`], normalised once by
+//! `postern-types`: lower case, A-label (punycode) form (UTS #46 with STD3 rules
+//! and DNS length checks), one trailing dot removed. Lookups then compare plain
+//! strings.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -10,122 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Why a name was rejected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NameError {
-    /// The name is empty (or only a dot).
-    #[error("empty name")]
-    Empty,
-    /// The name is not a valid domain name (IDNA / STD3 / DNS length rules).
-    #[error("{name:?} is not a valid domain name")]
-    InvalidDomain {
-        /// The rejected input.
-        name: String,
-    },
-    /// A bare IP address was given where a domain name was expected.
-    #[error("{name:?} is an address: write it as [{name}]")]
-    BareAddress {
-        /// The rejected input.
-        name: String,
-    },
-    /// A `[host]:port` key is malformed.
-    #[error("{key:?} is not a valid [host]:port key")]
-    InvalidHostKey {
-        /// The rejected input.
-        key: String,
-    },
-}
-
-/// A domain name in canonical form: lower-case A-labels, no trailing dot.
-///
-/// ```
-/// use postern_policy::DomainName;
-/// let name: DomainName = "Bücher.Example.".parse().unwrap();
-/// assert_eq!(name.as_str(), "xn--bcher-kva.example");
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DomainName(String);
-
-impl DomainName {
-    /// Parses and normalises a domain name. One trailing dot is ignored.
-    pub fn parse(input: &str) -> Result<Self, NameError> {
-        let trimmed = input.strip_suffix('.').unwrap_or(input);
-        if trimmed.is_empty() {
-            return Err(NameError::Empty);
-        }
-        if trimmed.parse::<IpAddr>().is_ok() {
-            return Err(NameError::BareAddress {
-                name: trimmed.to_owned(),
-            });
-        }
-        let ascii =
-            idna::domain_to_ascii_strict(trimmed).map_err(|_| NameError::InvalidDomain {
-                name: input.to_owned(),
-            })?;
-        // domain_to_ascii_strict verifies DNS lengths, which rejects empty labels
-        // ("a..b", a leading dot) and a second trailing dot.
-        if ascii.is_empty() || ascii.ends_with('.') {
-            return Err(NameError::InvalidDomain {
-                name: input.to_owned(),
-            });
-        }
-        Ok(Self(ascii))
-    }
-
-    /// The canonical text (lower-case A-labels, no trailing dot).
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The parent domains, nearest first: `a.b.example` yields `b.example`, `example`.
-    pub fn parents(&self) -> impl Iterator<Item = &str> {
-        self.0
-            .match_indices('.')
-            .map(move |(index, _)| &self.0[index + 1..])
-    }
-
-    /// Whether `self` equals `other` or is a subdomain of it.
-    pub fn is_within(&self, other: &Self) -> bool {
-        self.0 == other.0
-            || (self.0.len() > other.0.len()
-                && self.0.ends_with(&other.0)
-                && self.0.as_bytes()[self.0.len() - other.0.len() - 1] == b'.')
-    }
-}
-
-impl fmt::Display for DomainName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl FromStr for DomainName {
-    type Err = NameError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::parse(s)
-    }
-}
-
-impl TryFrom<&str> for DomainName {
-    type Error = NameError;
-    fn try_from(s: &str) -> Result<Self, Self::Error> {
-        Self::parse(s)
-    }
-}
-
-impl Serialize for DomainName {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for DomainName {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
+pub use postern_types::{DomainName, NameError};
 
 /// The host of a `[host]:port` next hop: a domain name or an address literal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -304,66 +190,6 @@ impl FromStr for PolicyKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn domain_names_are_normalised() {
-        assert_eq!(
-            DomainName::parse("Example.COM.").unwrap().as_str(),
-            "example.com"
-        );
-        assert_eq!(
-            DomainName::parse("bücher.example").unwrap().as_str(),
-            "xn--bcher-kva.example"
-        );
-        assert_eq!(
-            DomainName::parse("xn--bcher-kva.example").unwrap(),
-            DomainName::parse("BÜCHER.example").unwrap()
-        );
-    }
-
-    #[test]
-    fn invalid_domain_names_are_rejected() {
-        for bad in [
-            "",
-            ".",
-            "a..b",
-            ".a",
-            "a.b..",
-            "-a.example",
-            "a b.example",
-            "a_b.example",
-        ] {
-            assert!(DomainName::parse(bad).is_err(), "{bad:?} accepted");
-        }
-        assert_eq!(
-            DomainName::parse("192.0.2.1"),
-            Err(NameError::BareAddress {
-                name: "192.0.2.1".into()
-            })
-        );
-        let long = format!("{}.example", "a".repeat(64));
-        assert!(DomainName::parse(&long).is_err());
-    }
-
-    #[test]
-    fn parents_are_nearest_first() {
-        let name = DomainName::parse("a.b.example.com").unwrap();
-        assert_eq!(
-            name.parents().collect::<Vec<_>>(),
-            ["b.example.com", "example.com", "com"]
-        );
-    }
-
-    #[test]
-    fn within() {
-        let sub = DomainName::parse("mx.example.com").unwrap();
-        let base = DomainName::parse("example.com").unwrap();
-        let other = DomainName::parse("badexample.com").unwrap();
-        assert!(sub.is_within(&base));
-        assert!(base.is_within(&base));
-        assert!(!other.is_within(&base));
-        assert!(!base.is_within(&sub));
-    }
 
     #[test]
     fn next_hops() {

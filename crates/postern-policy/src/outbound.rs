@@ -203,52 +203,7 @@ impl OutboundPolicy {
     }
 }
 
-/// An RFC 3463 enhanced status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct EnhancedStatus {
-    /// 2, 4 or 5.
-    pub class: u8,
-    /// The subject.
-    pub subject: u16,
-    /// The detail.
-    pub detail: u16,
-}
-
-impl EnhancedStatus {
-    /// 4.7.0: other or undefined security status (temporary).
-    pub const SECURITY_TEMPORARY: Self = Self::new(4, 7, 0);
-    /// 4.7.4: security features not supported (temporary): no or refused STARTTLS.
-    pub const TLS_NOT_AVAILABLE: Self = Self::new(4, 7, 4);
-    /// 4.7.5: cryptographic failure (temporary): handshake or certificate failure.
-    pub const CRYPTO_FAILURE: Self = Self::new(4, 7, 5);
-    /// 5.7.0: other or undefined security status (permanent), e.g. a command
-    /// refused before STARTTLS (RFC 3207 §4).
-    pub const SECURITY_PERMANENT: Self = Self::new(5, 7, 0);
-    /// 5.7.1: delivery not authorized, e.g. no verified client certificate.
-    pub const DELIVERY_NOT_AUTHORIZED: Self = Self::new(5, 7, 1);
-    /// 5.7.30: REQUIRETLS support required (RFC 8689 §6).
-    pub const REQUIRETLS_REQUIRED: Self = Self::new(5, 7, 30);
-
-    /// A code.
-    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Whether the code is permanent (5.x.x).
-    pub const fn is_permanent(&self) -> bool {
-        self.class == 5
-    }
-}
-
-impl fmt::Display for EnhancedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
+pub use postern_types::EnhancedStatus;
 
 /// How to end the session after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

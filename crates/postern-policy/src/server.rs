@@ -278,7 +278,7 @@ mod tests {
     fn commands_before_tls() {
         let reject = CommandVerdict::Reject {
             code: 530,
-            status: EnhancedStatus::new(5, 7, 0),
+            status: EnhancedStatus::SECURITY_PERMANENT,
             text: "Must issue a STARTTLS command first",
         };
         let require = policy(ServerTlsMode::Require);
@@ -354,7 +354,7 @@ mod tests {
             p.client_certificate_verdict(&unverified),
             CommandVerdict::Reject {
                 code: 554,
-                status: EnhancedStatus::new(5, 7, 1),
+                status: EnhancedStatus::DELIVERY_NOT_AUTHORIZED,
                 text: "Client certificate required",
             }
         );

@@ -5,66 +5,13 @@
 //! a clock.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::mta_sts::{is_ext_name, is_ext_value, is_wsp, record_fields};
 
-/// RFC 8460 §4.3 result types (IANA "STARTTLS Validation Result Types").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum ResultType {
-    /// §4.3.1: the receiving MX did not support STARTTLS.
-    StarttlsNotSupported,
-    /// §4.3.1: the certificate did not match the host name.
-    CertificateHostMismatch,
-    /// §4.3.1: the certificate has expired.
-    CertificateExpired,
-    /// §4.3.1: the certificate chain does not lead to a trusted root.
-    CertificateNotTrusted,
-    /// §4.3.1 / §4.3.3: any other failure, detailed by a failure-reason-code.
-    ValidationFailure,
-    /// §4.3.2.1: no record of the TLSA RRset was valid (DANE).
-    TlsaInvalid,
-    /// §4.3.2.1: no valid DNSSEC records from the resolver (DANE).
-    DnssecInvalid,
-    /// §4.3.2.1: DANE was required and no usable TLSA record was found.
-    DaneRequired,
-    /// §4.3.2.2: the MTA-STS policy could not be fetched.
-    StsPolicyFetchError,
-    /// §4.3.2.2: the MTA-STS policy is invalid.
-    StsPolicyInvalid,
-    /// §4.3.2.2: the MTA-STS policy host's certificate failed PKIX validation.
-    StsWebpkiInvalid,
-}
-
-impl ResultType {
-    /// The registry spelling (`certificate-not-trusted`, …).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::StarttlsNotSupported => "starttls-not-supported",
-            Self::CertificateHostMismatch => "certificate-host-mismatch",
-            Self::CertificateExpired => "certificate-expired",
-            Self::CertificateNotTrusted => "certificate-not-trusted",
-            Self::ValidationFailure => "validation-failure",
-            Self::TlsaInvalid => "tlsa-invalid",
-            Self::DnssecInvalid => "dnssec-invalid",
-            Self::DaneRequired => "dane-required",
-            Self::StsPolicyFetchError => "sts-policy-fetch-error",
-            Self::StsPolicyInvalid => "sts-policy-invalid",
-            Self::StsWebpkiInvalid => "sts-webpki-invalid",
-        }
-    }
-}
-
-impl fmt::Display for ResultType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use postern_types::ResultType;
 
 /// A TLS-RPT aggregate report (RFC 8460 §4.4), field names exactly as the RFC has them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -83,7 +83,7 @@ proptest! {
             "{}", decision
         );
         if let Action::Defer(failure) = &decision.action {
-            prop_assert_eq!((failure.status.class, failure.status.subject), (4, 7));
+            prop_assert_eq!((failure.status.class(), failure.status.subject()), (4, 7));
         }
     }
 

@@ -11,25 +11,7 @@ use crate::reply::Reply;
 
 mod simple;
 
-/// `BODY=` values (RFC 6152, RFC 3030).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Body {
-    /// `7BIT`.
-    SevenBit,
-    /// `8BITMIME` (RFC 6152).
-    EightBitMime,
-    /// `BINARYMIME` (RFC 3030; only with BDAT).
-    BinaryMime,
-}
-
-/// `RET=` (RFC 3461 4.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Ret {
-    /// `FULL`: return the full message in a failure DSN.
-    Full,
-    /// `HDRS`: return only the headers.
-    Headers,
-}
+pub use postern_types::{Body, Ret};
 
 /// Parameters of MAIL FROM (RFC 5321 4.1.1.2 `Mail-parameters`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

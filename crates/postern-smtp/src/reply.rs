@@ -3,122 +3,8 @@
 
 use std::fmt;
 
-/// A reply code `%x32-35 %x30-35 %x30-39` (RFC 5321 4.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReplyCode(u16);
-
-impl ReplyCode {
-    /// Validate a code: first digit 2 to 5, second 0 to 5, third 0 to 9.
-    pub fn new(code: u16) -> Result<Self, ReplyError> {
-        let (a, b) = (code / 100, code / 10 % 10);
-        if (2..=5).contains(&a) && b <= 5 && code < 600 {
-            Ok(Self(code))
-        } else {
-            Err(ReplyError::InvalidCode)
-        }
-    }
-
-    /// The numeric value.
-    pub fn value(self) -> u16 {
-        self.0
-    }
-
-    /// 2yz: positive completion.
-    pub fn is_positive(self) -> bool {
-        self.0 / 100 == 2
-    }
-
-    /// 3yz: positive intermediate (354).
-    pub fn is_intermediate(self) -> bool {
-        self.0 / 100 == 3
-    }
-
-    /// 4yz: transient negative completion.
-    pub fn is_transient(self) -> bool {
-        self.0 / 100 == 4
-    }
-
-    /// 5yz: permanent negative completion.
-    pub fn is_permanent(self) -> bool {
-        self.0 / 100 == 5
-    }
-}
-
-impl fmt::Display for ReplyCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:03}", self.0)
-    }
-}
-
-/// An RFC 3463 enhanced status code `class.subject.detail`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct EnhancedStatus {
-    class: u8,
-    subject: u16,
-    detail: u16,
-}
-
-impl EnhancedStatus {
-    /// Build a status; `class` must be 2, 4 or 5 and subject and detail at most 999 (RFC 3463 section 2).
-    pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, ReplyError> {
-        if matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999 {
-            Ok(Self {
-                class,
-                subject,
-                detail,
-            })
-        } else {
-            Err(ReplyError::InvalidEnhancedStatus)
-        }
-    }
-
-    const fn fixed(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Parse `d.d{1,3}.d{1,3}`.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.split('.');
-        let class = it.next()?;
-        let subject = it.next()?;
-        let detail = it.next()?;
-        let num = |p: &str, max: usize| {
-            (!p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse::<u16>().ok())
-                .flatten()
-        };
-        if it.next().is_some() {
-            return None;
-        }
-        let class = u8::try_from(num(class, 1)?).ok()?;
-        Self::new(class, num(subject, 3)?, num(detail, 3)?).ok()
-    }
-
-    /// The class digit (2 success, 4 persistent transient failure, 5 permanent failure).
-    pub fn class(self) -> u8 {
-        self.class
-    }
-
-    /// The subject number.
-    pub fn subject(self) -> u16 {
-        self.subject
-    }
-
-    /// The detail number.
-    pub fn detail(self) -> u16 {
-        self.detail
-    }
-}
-
-impl fmt::Display for EnhancedStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
+pub use postern_types::{EnhancedStatus, ReplyCode};
+use postern_types::{InvalidEnhancedStatus, InvalidReplyCode};
 
 /// Why a reply could not be built or parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +36,23 @@ pub enum ReplyError {
     BareLineEnding,
 }
 
+impl From<InvalidReplyCode> for ReplyError {
+    fn from(_: InvalidReplyCode) -> Self {
+        Self::InvalidCode
+    }
+}
+
+impl From<InvalidEnhancedStatus> for ReplyError {
+    fn from(_: InvalidEnhancedStatus) -> Self {
+        Self::InvalidEnhancedStatus
+    }
+}
+
+/// A reply code of the engine's own replies (constants such as 220 and 250, never peer input).
+fn known_code(code: u16) -> ReplyCode {
+    ReplyCode::new(code).expect("constant reply code")
+}
+
 /// A complete reply: code, optional enhanced status code, and one or more text lines.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reply {
@@ -176,7 +79,7 @@ impl Reply {
     {
         let code = ReplyCode::new(code)?;
         if let Some(e) = enhanced
-            && u16::from(e.class) != code.0 / 100
+            && u16::from(e.class()) != code.value() / 100
         {
             return Err(ReplyError::InvalidEnhancedStatus);
         }
@@ -201,9 +104,13 @@ impl Reply {
 
     /// Internal constructor for replies whose parts are known valid (constant codes and texts).
     pub(crate) fn fixed(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Self {
+        let (class, subject, detail) = enhanced;
         Self {
-            code: ReplyCode(code),
-            enhanced: Some(EnhancedStatus::fixed(enhanced.0, enhanced.1, enhanced.2)),
+            code: known_code(code),
+            // The engine's own constants, never peer input; the tests of each reply cover them.
+            enhanced: Some(
+                EnhancedStatus::new(class, subject, detail).expect("constant enhanced status"),
+            ),
             lines: vec![text.into()],
         }
     }
@@ -211,7 +118,7 @@ impl Reply {
     /// Internal constructor without an enhanced status (greeting, EHLO).
     pub(crate) fn plain(code: u16, lines: Vec<String>) -> Self {
         Self {
-            code: ReplyCode(code),
+            code: known_code(code),
             enhanced: None,
             lines,
         }
@@ -415,7 +322,7 @@ fn split_enhanced(code: ReplyCode, mut lines: Vec<String>) -> Reply {
         .first()
         .and_then(|l| {
             let word = l.split(' ').next().unwrap_or_default();
-            EnhancedStatus::parse(word).filter(|e| u16::from(e.class) == code.0 / 100)
+            EnhancedStatus::parse(word).filter(|e| u16::from(e.class()) == code.value() / 100)
         })
         .filter(|e| {
             let prefix = e.to_string();

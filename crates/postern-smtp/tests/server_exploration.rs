@@ -558,7 +558,6 @@ fn policy_refusal(c: &Config, check: &CertificateCheck) -> Option<Reply> {
     match c.policy.client_certificate_verdict(check) {
         CommandVerdict::Allow => None,
         CommandVerdict::Reject { code, status, text } => {
-            let status = EnhancedStatus::new(status.class, status.subject, status.detail).ok()?;
             Reply::new(code, Some(status), [text]).ok()
         }
         _ => Some(

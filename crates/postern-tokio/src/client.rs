@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
 use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
-    ClientTlsMode, ConnectionPolicy, Decision, DomainName, NextHop, OutboundPolicy, PeerTrust,
-    TlsVersion,
+    ClientTlsMode, ConnectionPolicy, Decision, DomainName, EnhancedStatus, NextHop, OutboundPolicy,
+    PeerTrust, TlsVersion,
 };
 use postern_smtp::{ClientConfig, Envelope, ForwardPath};
 use rustls::RootCertStore;
@@ -182,7 +182,7 @@ impl Client {
         last.unwrap_or_else(|| {
             DeliveryResult::undelivered(
                 &recipients,
-                DeliveryFailure::local((4, 4, 1), "no address to connect to"),
+                DeliveryFailure::local(EnhancedStatus::NO_ANSWER, "no address to connect to"),
                 None,
             )
         })
@@ -290,7 +290,10 @@ impl Client {
                 std::io::ErrorKind::TimedOut => "timed out".to_owned(),
                 _ => e.to_string(),
             };
-            DeliveryFailure::local((4, 4, 1), &format!("connect to {addr}: {e}"))
+            DeliveryFailure::local(
+                EnhancedStatus::NO_ANSWER,
+                &format!("connect to {addr}: {e}"),
+            )
         })
     }
 
@@ -330,8 +333,12 @@ impl Client {
         if let Some(r) = cached {
             return Ok(r);
         }
-        let fail =
-            |e: String| DeliveryFailure::local((4, 7, 5), &format!("trust anchors {path}: {e}"));
+        let fail = |e: String| {
+            DeliveryFailure::local(
+                EnhancedStatus::CRYPTO_FAILURE,
+                &format!("trust anchors {path}: {e}"),
+            )
+        };
         // Off the runtime's threads, as `tokio::fs` would do (without needing its `fs` feature).
         let owned = path.to_owned();
         let pem = tokio::task::spawn_blocking(move || std::fs::read(owned))
@@ -357,13 +364,15 @@ impl Client {
         probe: bool,
     ) -> Result<(HandshakeResult, Handshaken), DeliveryFailure> {
         let spec = self.tls_spec(params, probe).await?;
-        let tls_conn = self
-            .tls
-            .connection(&spec)
-            .map_err(|e| DeliveryFailure::local((4, 7, 5), &format!("TLS configuration: {e}")))?;
+        let tls_conn = self.tls.connection(&spec).map_err(|e| {
+            DeliveryFailure::local(
+                EnhancedStatus::CRYPTO_FAILURE,
+                &format!("TLS configuration: {e}"),
+            )
+        })?;
         if !matches!(conn.stream, Stream::Plain(_)) {
             return Err(DeliveryFailure::local(
-                (4, 4, 2),
+                EnhancedStatus::BAD_CONNECTION,
                 "connection not in plaintext",
             ));
         }

@@ -75,7 +75,7 @@
 //! use postern_policy::{
 //!     ClientTlsMode, DestinationPolicy, NextHop, OutboundPolicy, PeerTrust, ServerPolicy,
 //! };
-//! use postern_smtp::{DataSummary, Envelope, ForwardPath, RcptParams, ReversePath};
+//! use postern_smtp::{DataSummary, EnhancedStatus, Envelope, ForwardPath, RcptParams, ReversePath};
 //! use postern_tokio::client::{Client, ClientSettings, Destination};
 //! use postern_tokio::server::{ConnectionInfo, Server, ServerHandler, ServerSettings, SessionHandler, Verdict};
 //!
@@ -93,7 +93,7 @@
 //!     async fn rcpt(&mut self, _: &ConnectionInfo, to: &ForwardPath, _: &RcptParams) -> Verdict {
 //!         match to.to_string().ends_with("@example.org>") {
 //!             true => Verdict::Accept,
-//!             false => Verdict::reject(554, (5, 7, 1), "Relay access denied"),
+//!             false => Verdict::reject(554, EnhancedStatus::DELIVERY_NOT_AUTHORIZED, "Relay access denied"),
 //!         }
 //!     }
 //!     async fn message_chunk(&mut self, _: &ConnectionInfo, chunk: Vec<u8>) { self.content.extend(chunk) }
@@ -151,7 +151,7 @@
 //!
 //! ```no_run
 //! use postern_policy::{ServerPolicy, ServerTlsMode};
-//! use postern_smtp::ServerEvent;
+//! use postern_smtp::{EnhancedStatus, ServerEvent};
 //! use postern_tokio::server::{Endpoint, Event, ServerSettings, Verdict};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -168,7 +168,7 @@
 //!         while let Ok(event) = conn.next().await {
 //!             let verdict = match event {
 //!                 Event::Session(ServerEvent::Rcpt { to, .. }) if !to.to_string().ends_with("@example.org>") => {
-//!                     Verdict::reject(554, (5, 7, 1), "Relay access denied")
+//!                     Verdict::reject(554, EnhancedStatus::DELIVERY_NOT_AUTHORIZED, "Relay access denied")
 //!                 }
 //!                 Event::Session(ServerEvent::MessageChunk(chunk)) => {
 //!                     size += chunk.len();

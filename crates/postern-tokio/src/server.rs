@@ -53,16 +53,15 @@ pub enum Verdict {
 impl Verdict {
     /// A refusal built from its parts; a reply that cannot be built (bad code or text) becomes
     /// `451 4.3.0 Error: internal error`, so that a mistake never turns into an acceptance.
-    pub fn reject(code: u16, enhanced: (u8, u16, u16), text: &str) -> Self {
-        Self::Reject(negative_reply(code, enhanced, text))
+    pub fn reject(code: u16, status: EnhancedStatus, text: &str) -> Self {
+        Self::Reject(negative_reply(code, status, text))
     }
 }
 
 /// A 4xx / 5xx reply built from its parts; one that cannot be built (bad code or text) becomes `451 4.3.0
 /// Error: internal error`.
-fn negative_reply(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
-    let built = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2)
-        .and_then(|e| Reply::new(code, Some(e), [text]))
+fn negative_reply(code: u16, status: EnhancedStatus, text: &str) -> Reply {
+    let built = Reply::new(code, Some(status), [text])
         .ok()
         .filter(|r| r.code().is_transient() || r.code().is_permanent());
     built.unwrap_or_else(internal_error)
@@ -78,8 +77,10 @@ fn fixed(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
     let status = EnhancedStatus::new(enhanced.0, enhanced.1, enhanced.2);
     // Callers pass constant, valid parts (class matching the code, printable text); the fallback replies are
     // themselves constant and valid, so neither `expect` below can fire.
-    let reply = status.and_then(|e| Reply::new(code, Some(e), [text]));
-    reply.unwrap_or_else(|_| {
+    let reply = status
+        .ok()
+        .and_then(|e| Reply::new(code, Some(e), [text]).ok());
+    reply.unwrap_or_else(|| {
         Reply::new(451, None, ["Error: internal error"]).expect("constant reply is valid")
     })
 }
@@ -682,15 +683,19 @@ mod tests {
 
     #[test]
     fn reject_builds_the_reply_or_refuses_safely() {
-        let Verdict::Reject(r) = Verdict::reject(554, (5, 7, 1), "Relay access denied") else {
+        let Verdict::Reject(r) = Verdict::reject(
+            554,
+            EnhancedStatus::DELIVERY_NOT_AUTHORIZED,
+            "Relay access denied",
+        ) else {
             panic!("not a refusal")
         };
         assert_eq!(r.to_bytes(), b"554 5.7.1 Relay access denied\r\n");
         // A 2xx code, a class mismatch or a CR in the text never turn into an acceptance.
         for (code, enhanced, text) in [
-            (250, (2, 0, 0), "ok"),
-            (554, (4, 7, 1), "mismatch"),
-            (550, (5, 1, 1), "a\r\nb"),
+            (250, EnhancedStatus::OK, "ok"),
+            (554, EnhancedStatus::CRYPTO_FAILURE, "mismatch"),
+            (550, EnhancedStatus::DELIVERY_NOT_AUTHORIZED, "a\r\nb"),
         ] {
             assert_eq!(
                 Verdict::reject(code, enhanced, text),
@@ -723,11 +728,11 @@ mod tests {
                 _: &ForwardPath,
                 _: &RcptParams,
             ) -> Verdict {
-                Verdict::reject(550, (5, 1, 1), "no")
+                Verdict::reject(550, EnhancedStatus::DELIVERY_NOT_AUTHORIZED, "no")
             }
             async fn message_chunk(&mut self, _: &ConnectionInfo, _: Vec<u8>) {}
             async fn message_end(&mut self, _: &ConnectionInfo, _: &DataSummary) -> Verdict {
-                Verdict::reject(451, (4, 3, 0), "no")
+                Verdict::reject(451, EnhancedStatus::SYSTEM_TEMPORARY, "no")
             }
         }
         // Offer and require need certificates; none does not.

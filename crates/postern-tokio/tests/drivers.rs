@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{MX, fixtures, settings};
 use postern_policy::{ClientCertMode, ServerTlsMode};
 use postern_smtp::{
-    ClientCloseReason, ClientEvent, CloseReason, DataSummary, Envelope, ForwardPath, RcptParams,
-    ReversePath, ServerEvent,
+    ClientCloseReason, ClientEvent, CloseReason, DataSummary, EnhancedStatus, Envelope,
+    ForwardPath, RcptParams, ReversePath, ServerEvent,
 };
 use postern_tokio::client::{ClientConnection, ClientConnectionError, ClientSettings};
 use postern_tokio::server::{
@@ -66,7 +66,7 @@ async fn serve_one(mut conn: ServerConnection) -> (Vec<String>, Vec<u8>) {
             Event::Session(ServerEvent::Rcpt { to, .. }) => {
                 seen.push("rcpt".to_owned());
                 let verdict = if to.to_string() == "<nobody@example.org>" {
-                    Verdict::reject(550, (5, 1, 1), "No such user")
+                    Verdict::reject(550, EnhancedStatus::new(5, 1, 1).unwrap(), "No such user")
                 } else {
                     Verdict::Accept
                 };
@@ -78,7 +78,7 @@ async fn serve_one(mut conn: ServerConnection) -> (Vec<String>, Vec<u8>) {
                 seen.push("end".to_owned());
                 let reply = postern_smtp::Reply::new(
                     250,
-                    Some(postern_smtp::EnhancedStatus::new(2, 0, 0).unwrap()),
+                    Some(EnhancedStatus::new(2, 0, 0).unwrap()),
                     ["Ok: queued as T1"],
                 )
                 .unwrap();

@@ -27,9 +27,9 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use postern_types::{DomainName, DomainTable};
 
-use crate::envelope::EnhancedCode;
-use crate::routing::normalize_domain;
+use crate::envelope::EnhancedStatus;
 
 /// What the server knows about the client when a recipient is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +61,7 @@ pub struct Denied {
     /// The SMTP reply code.
     pub code: u16,
     /// The enhanced status code.
-    pub enhanced: EnhancedCode,
+    pub enhanced: EnhancedStatus,
     /// The reply text after the codes.
     pub text: String,
 }
@@ -71,15 +71,16 @@ pub struct Denied {
 #[non_exhaustive]
 pub struct AccessPolicy {
     /// Domains accepted from anyone: `example.com` is that domain only,
-    /// `.example.com` its subdomains.
-    pub accepted_domains: Vec<String>,
+    /// `.example.com` its subdomains (the lookup rule and normalisation of
+    /// the TLS policy and the static routes).
+    pub accepted_domains: DomainTable<()>,
     /// Client networks that may relay anywhere.
     pub authorised_networks: Vec<IpNet>,
 }
 
 impl AccessPolicy {
     /// A policy with these accepted domains and networks.
-    pub fn new(accepted_domains: Vec<String>, authorised_networks: Vec<IpNet>) -> Self {
+    pub fn new(accepted_domains: DomainTable<()>, authorised_networks: Vec<IpNet>) -> Self {
         Self {
             accepted_domains,
             authorised_networks,
@@ -88,16 +89,7 @@ impl AccessPolicy {
 
     /// Whether `domain` is one of ours.
     pub fn is_accepted_domain(&self, domain: &str) -> bool {
-        let domain = normalize_domain(domain);
-        self.accepted_domains.iter().any(|d| {
-            let d = normalize_domain(d);
-            match d.strip_prefix('.') {
-                Some(parent) => {
-                    domain.len() > d.len() && domain.ends_with(&d) && !parent.is_empty()
-                }
-                None => d == domain,
-            }
-        })
+        DomainName::parse(domain).is_ok_and(|name| self.accepted_domains.lookup(&name).is_some())
     }
 
     /// Why `client` may relay to any destination, if it may.
@@ -132,7 +124,7 @@ impl AccessPolicy {
         }
         Err(Denied {
             code: 554,
-            enhanced: EnhancedCode::NOT_AUTHORIZED,
+            enhanced: EnhancedStatus::DELIVERY_NOT_AUTHORIZED,
             text: format!("<{}>: Relay access denied", printable(recipient)),
         })
     }
@@ -149,8 +141,12 @@ mod tests {
     use super::*;
 
     fn policy() -> AccessPolicy {
+        let mut accepted = DomainTable::new();
+        for rule in ["example.com", ".corp.example"] {
+            accepted.insert(rule.parse().unwrap(), ()).unwrap();
+        }
         AccessPolicy::new(
-            vec!["example.com".into(), ".corp.example".into()],
+            accepted,
             vec![
                 "127.0.0.0/8".parse().unwrap(),
                 "::1/128".parse().unwrap(),

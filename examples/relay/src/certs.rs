@@ -37,14 +37,15 @@
 //! # Ok(()) }
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
     DefaultCertificate, EXPIRY_WARNING_DAYS, Fingerprint, ImportError, RsaBits, StoreError,
+    durable,
 };
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
@@ -238,8 +239,10 @@ impl CertDir {
         );
         let tmp = imported.join(format!(".tmp-{unique}"));
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-        write_synced(&tmp.join("chain.pem"), chain_pem, false)?;
-        write_synced(&tmp.join("key.pem"), key_pem, true)?;
+        for (file, pem, mode) in [("chain.pem", chain_pem, 0o644), ("key.pem", key_pem, 0o600)] {
+            let path = tmp.join(file);
+            durable::write_new_file(&path, pem, mode).map_err(io_err(&path))?;
+        }
         sync_dir(&tmp)?;
         let target = imported.join(name);
         let old = imported.join(format!(".old-{unique}"));
@@ -363,25 +366,8 @@ pub fn log_expiry(store: &CertificateStore, now: UnixTime) -> Vec<ExpiryNotice> 
     notices
 }
 
-fn write_synced(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertDirError> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = options.open(path).map_err(io_err(path))?;
-    f.write_all(bytes).map_err(io_err(path))?;
-    f.sync_all().map_err(io_err(path))
-}
-
 fn sync_dir(dir: &Path) -> Result<(), CertDirError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    durable::sync_dir(dir).map_err(io_err(dir))
 }
 
 #[cfg(test)]

@@ -412,7 +412,7 @@ pub fn queue_flush(config: &Config) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{MailParams, Recipient, RecipientState};
+    use crate::envelope::{MailParams, Recipient, RecipientState, ResultType};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn scan_with_failure() -> Scan {
@@ -435,7 +435,7 @@ mod tests {
         let mut env = incoming.commit().unwrap();
         let mut f = Failure::local("4.7.5".parse().unwrap(), "certificate not trusted", at);
         f.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
-        f.result_type = Some("certificate-not-trusted".into());
+        f.result_type = Some(ResultType::CertificateNotTrusted);
         f.policy_rule = Some("domain example.net: verify".into());
         env.attempts = 2;
         env.recipients[0].state = RecipientState::Deferred;

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use postern_policy::config::ConfigError as PolicyError;
 use postern_policy::{ClientCertMode, ClientTlsMode, Policy, PolicyConfig};
+use postern_types::{DomainRule, DomainTable};
 
 use crate::access::AccessPolicy;
 use crate::dkim::{DkimKeyError, DkimSigner};
@@ -653,7 +654,7 @@ impl Config {
             return Err(invalid("state_dir", "must not be empty"));
         }
         for d in &self.accepted_domains {
-            if !is_domain(d.strip_prefix('.').unwrap_or(d)) {
+            if DomainRule::parse(d).is_err() {
                 return Err(invalid(
                     "accepted_domains",
                     format!("{d:?} is not a domain or .domain"),
@@ -876,12 +877,19 @@ impl Config {
         Ok(routes)
     }
 
-    /// The relay access rules.
+    /// The relay access rules. (An accepted domain that does not parse, in
+    /// a configuration that was not validated, accepts nothing.)
     pub fn access_policy(&self) -> AccessPolicy {
-        AccessPolicy::new(
-            self.accepted_domains.clone(),
-            self.authorised_networks.clone(),
-        )
+        let mut accepted = DomainTable::new();
+        for rule in self
+            .accepted_domains
+            .iter()
+            .filter_map(|d| DomainRule::parse(d).ok())
+        {
+            // A domain written twice, in any form, is accepted either way.
+            let _ = accepted.insert(rule, ());
+        }
+        AccessPolicy::new(accepted, self.authorised_networks.clone())
     }
 
     /// The retry policy.

@@ -58,7 +58,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::dsn::build_bounce;
-use crate::envelope::{EnhancedCode, Envelope, Failure, MessageId};
+use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
 use crate::mta_sts::{StsLookup, StsResolver};
 use crate::queue::{AttemptReport, Disposition, Outcome};
 use crate::routing::{
@@ -137,15 +137,9 @@ pub struct Delivery {
     listening: Vec<SocketAddr>,
 }
 
-/// Our enhanced code for another crate's status (same text form), or
-/// `fallback` if it does not convert.
-fn status_code(s: &impl ToString, fallback: EnhancedCode) -> EnhancedCode {
-    s.to_string().parse().unwrap_or(fallback)
-}
-
 /// `4.x.y`, which is always valid (class 4, small numbers).
-fn transient(subject: u16, detail: u16) -> EnhancedCode {
-    EnhancedCode::new(4, subject, detail).unwrap_or(EnhancedCode::EXPIRED)
+fn transient(subject: u16, detail: u16) -> EnhancedStatus {
+    EnhancedStatus::new(4, subject, detail).unwrap_or(EnhancedStatus::EXPIRED)
 }
 
 impl Delivery {
@@ -665,7 +659,7 @@ impl Delivery {
         };
         let Ok(next_hop) = PolicyHop::parse(&route.domain) else {
             return all(Outcome::Failed(Failure::local(
-                EnhancedCode::BAD_DESTINATION,
+                EnhancedStatus::BAD_DESTINATION,
                 format!("bad destination {}", route.domain),
                 now,
             )));
@@ -674,7 +668,7 @@ impl Delivery {
             Ok(e) => e,
             Err(e) => {
                 return all(Outcome::Failed(Failure::local(
-                    EnhancedCode::BAD_ADDRESS_SYNTAX,
+                    EnhancedStatus::BAD_ADDRESS_SYNTAX,
                     e,
                     now,
                 )));
@@ -705,7 +699,7 @@ impl Delivery {
                     route.domain);
                 if last.is_none() {
                     last = Some(all(Outcome::Failed(Failure::local(
-                        EnhancedCode::ROUTING_LOOP,
+                        EnhancedStatus::ROUTING_LOOP,
                         format!("mail for {} loops back to myself", route.domain),
                         now,
                     ))));
@@ -775,7 +769,7 @@ impl Delivery {
         } else {
             self.router.resolver().addresses(bare).await.map_err(|e| {
                 Failure::local(
-                    EnhancedCode::DNS_FAILURE,
+                    EnhancedStatus::DNS_FAILURE,
                     format!("address lookup for {bare} failed: {e}"),
                     now,
                 )
@@ -783,7 +777,7 @@ impl Delivery {
         };
         if ips.is_empty() {
             return Err(Failure::local(
-                EnhancedCode::DNS_FAILURE,
+                EnhancedStatus::DNS_FAILURE,
                 format!("no address for {bare}"),
                 now,
             ));
@@ -824,15 +818,8 @@ fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp:
     out.mail_params.requiretls = p.requiretls;
     out.mail_params.smtputf8 = p.smtputf8;
     out.mail_params.envid.clone_from(&p.envid);
-    out.mail_params.body = p.body.map(|b| match b {
-        crate::envelope::Body::SevenBit => postern_smtp::Body::SevenBit,
-        crate::envelope::Body::EightBitMime => postern_smtp::Body::EightBitMime,
-        crate::envelope::Body::BinaryMime => postern_smtp::Body::BinaryMime,
-    });
-    out.mail_params.ret = p.ret.map(|r| match r {
-        crate::envelope::Ret::Full => postern_smtp::Ret::Full,
-        crate::envelope::Ret::Hdrs => postern_smtp::Ret::Headers,
-    });
+    out.mail_params.body = p.body;
+    out.mail_params.ret = p.ret;
     Ok(out)
 }
 
@@ -843,11 +830,11 @@ fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp:
 /// recorded as our own 4.7.x: DESIGN.md §3) did not decide.
 fn deciding_reply(f: &DeliveryFailure) -> Option<&Reply> {
     let reply = f.reply.as_ref()?;
-    let value = reply.code().value();
     let own_status = reply
         .enhanced()
-        .map_or_else(|| format!("{}.0.0", value / 100), |e| e.to_string());
-    (f.result_type.is_none() && value >= 400 && own_status == f.status.to_string()).then_some(reply)
+        .or_else(|| EnhancedStatus::of_reply_code(reply.code()));
+    let refusal = reply.code().is_transient() || reply.code().is_permanent();
+    (f.result_type.is_none() && refusal && own_status == Some(f.status)).then_some(reply)
 }
 
 /// Our description of a connection-level failure that our code decides:
@@ -869,16 +856,13 @@ fn local_description(f: &DeliveryFailure, decision: Option<&Decision>) -> String
 
 /// Our enhanced code for a server reply: its own, else `4.0.0` / `5.0.0`
 /// from its class (RFC 3463 §2: the class matches the reply's first digit).
-fn reply_code(reply: &Reply) -> EnhancedCode {
-    let fallback = if reply.code().value() >= 500 {
-        "5.0.0"
+fn reply_code(reply: &Reply) -> EnhancedStatus {
+    let fallback = if reply.code().is_permanent() {
+        EnhancedStatus::OTHER_PERMANENT
     } else {
-        "4.0.0"
+        EnhancedStatus::OTHER_TRANSIENT
     };
-    let code = reply
-        .enhanced()
-        .map_or_else(|| fallback.to_owned(), |e| e.to_string());
-    status_code(&code, EnhancedCode::EXPIRED)
+    reply.enhanced().unwrap_or(fallback)
 }
 
 /// Per-recipient outcomes of a delivery result.
@@ -915,7 +899,7 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
             let reply = r.and_then(|r| r.reply.as_ref()).or(server_failure_reply);
             let mut failure = match (ours, reply) {
                 (Some(f), _) => Failure::local(
-                    status_code(&f.status, EnhancedCode::EXPIRED),
+                    f.status,
                     local_description(f, result.decision.as_ref()),
                     now,
                 ),
@@ -923,11 +907,7 @@ fn outcomes(result: &DeliveryResult, indices: &[usize], host: &NextHop) -> Vec<(
                 (None, None) => Failure::local(transient(4, 2), "connection lost", now),
             };
             failure.remote_mta = Some(remote.clone());
-            failure.result_type = result
-                .failure
-                .as_ref()
-                .and_then(|f| f.result_type)
-                .map(|t| t.to_string());
+            failure.result_type = result.failure.as_ref().and_then(|f| f.result_type);
             failure.policy_rule.clone_from(&policy_rule);
             // A permanent reply fails the recipient; everything else, TLS
             // policy failures included (our own 4.7.x), is retried.
@@ -952,7 +932,7 @@ fn note_sts_problem(
         if let Outcome::Deferred(f) | Outcome::Failed(f) = outcome
             && f.result_type.is_none()
         {
-            f.result_type = Some(result_type.to_string());
+            f.result_type = Some(result_type);
             f.policy_rule = Some(format!("mta-sts: {reason}"));
         }
     }
@@ -1087,7 +1067,7 @@ mod tests {
              550 5.1.1 <bob@example.com>: no such user)"
         );
         let mut local = Failure::local(
-            EnhancedCode::new(4, 7, 4).unwrap(),
+            EnhancedStatus::new(4, 7, 4).unwrap(),
             "STARTTLS refused (554); server said: 554 5.7.0 not now",
             now,
         );
@@ -1096,7 +1076,11 @@ mod tests {
             status_field(&Outcome::Deferred(local)),
             "dsn=4.7.4, status=deferred (STARTTLS refused (554); server said: 554 5.7.0 not now)"
         );
-        let dns = Failure::local(EnhancedCode::DNS_FAILURE, "no address for mx.example", now);
+        let dns = Failure::local(
+            EnhancedStatus::DNS_FAILURE,
+            "no address for mx.example",
+            now,
+        );
         assert_eq!(
             status_field(&Outcome::Deferred(dns)),
             "dsn=4.4.3, status=deferred (no address for mx.example)"
@@ -1156,7 +1140,7 @@ mod tests {
         let now = SystemTime::now();
         let plain = Failure::local(transient(4, 2), "connection lost", now);
         let mut tls = Failure::local(transient(7, 5), "certificate not trusted", now);
-        tls.result_type = Some("certificate-not-trusted".to_owned());
+        tls.result_type = Some(ResultType::CertificateNotTrusted);
         let mut outcomes = vec![
             (0, Outcome::Deferred(plain)),
             (1, Outcome::Deferred(tls)),
@@ -1170,7 +1154,7 @@ mod tests {
         let Outcome::Deferred(first) = &outcomes[0].1 else {
             panic!("{outcomes:?}")
         };
-        assert_eq!(first.result_type.as_deref(), Some("sts-policy-fetch-error"));
+        assert_eq!(first.result_type, Some(ResultType::StsPolicyFetchError));
         assert_eq!(
             first.policy_rule.as_deref(),
             Some("mta-sts: http status 500")
@@ -1178,10 +1162,7 @@ mod tests {
         let Outcome::Deferred(second) = &outcomes[1].1 else {
             panic!("{outcomes:?}")
         };
-        assert_eq!(
-            second.result_type.as_deref(),
-            Some("certificate-not-trusted")
-        );
+        assert_eq!(second.result_type, Some(ResultType::CertificateNotTrusted));
         assert_eq!(outcomes[2].1, Outcome::Delivered);
     }
 }

@@ -107,7 +107,7 @@ pub fn build_bounce(
         .read_to_end(&mut quoted)?;
     let whole = quoted.len() as u64 <= settings.size_limit;
     let headers_only =
-        !whole || envelope.params.requiretls || envelope.params.ret == Some(Ret::Hdrs);
+        !whole || envelope.params.requiretls || envelope.params.ret == Some(Ret::Headers);
     if headers_only {
         quoted.truncate(header_section_len(&quoted));
     }
@@ -286,7 +286,7 @@ fn describe(f: &Failure) -> String {
         }
     };
     if let Some(rt) = &f.result_type {
-        s.push_str(&format!(" [TLS result: {}]", ascii_line(rt)));
+        s.push_str(&format!(" [TLS result: {}]", ascii_line(rt.as_str())));
     }
     if let Some(rule) = &f.policy_rule {
         s.push_str(&format!(" [policy: {}]", ascii_line(rule)));
@@ -360,7 +360,7 @@ pub(crate) fn rfc5322_date(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{EnhancedCode, RecipientState};
+    use crate::envelope::{EnhancedStatus, RecipientState, ResultType};
     use std::time::{Duration, UNIX_EPOCH};
 
     const ORIGINAL: &[u8] =
@@ -531,7 +531,7 @@ mod tests {
         let env = failed_envelope(
             "a@example.org",
             MailParams {
-                ret: Some(Ret::Hdrs),
+                ret: Some(Ret::Headers),
                 ..MailParams::default()
             },
         );
@@ -568,7 +568,7 @@ mod tests {
     fn local_failure_uses_a_private_diagnostic_type() {
         let mut env = failed_envelope("a@example.org", MailParams::default());
         let mut f = Failure::local(
-            EnhancedCode::NULL_MX,
+            EnhancedStatus::NULL_MX,
             "null MX: example.net accepts no mail",
             t(5),
         );
@@ -598,7 +598,7 @@ mod tests {
             t(5),
         );
         f.remote_mta = Some("mx.example.net[192.0.2.7]:25".into());
-        f.result_type = Some("starttls-not-supported".into());
+        f.result_type = Some(ResultType::StarttlsNotSupported);
         env.recipients[1].last_failure = Some(f);
         let msg = bounce(&env, ORIGINAL);
         assert_eq!(

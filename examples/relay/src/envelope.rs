@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use postern_types::{Body, EnhancedStatus, ResultType, Ret};
 use serde::{Deserialize, Serialize};
 
 /// Identifier of a queued message.
@@ -84,118 +85,6 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// An RFC 3463 enhanced status code, `class.subject.detail`.
-///
-/// RFC 3463 §2: class is 2, 4 or 5; subject and detail are 1 to 3 digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct EnhancedCode {
-    class: u8,
-    subject: u16,
-    detail: u16,
-}
-
-/// A string or triple that is not a valid [`EnhancedCode`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid enhanced status code (RFC 3463 `class.subject.detail` expected)")]
-pub struct InvalidEnhancedCode;
-
-impl EnhancedCode {
-    /// `4.4.7`: delivery time expired (RFC 3463 §3.5).
-    pub const EXPIRED: Self = Self::known(4, 4, 7);
-    /// `4.4.3`: directory (DNS) server failure (RFC 3463 §3.5).
-    pub const DNS_FAILURE: Self = Self::known(4, 4, 3);
-    /// `5.1.2`: bad destination system address (RFC 3463 §3.2).
-    pub const BAD_DESTINATION: Self = Self::known(5, 1, 2);
-    /// `5.1.3`: bad destination mailbox address syntax (RFC 3463 §3.2).
-    pub const BAD_ADDRESS_SYNTAX: Self = Self::known(5, 1, 3);
-    /// `5.1.10`: recipient address has null MX (RFC 7505 §4, registered in §6).
-    pub const NULL_MX: Self = Self::known(5, 1, 10);
-    /// `5.4.4`: unable to route (RFC 3463 §3.5).
-    pub const UNROUTABLE: Self = Self::known(5, 4, 4);
-    /// `5.4.6`: routing loop detected (RFC 3463 §3.5).
-    pub const ROUTING_LOOP: Self = Self::known(5, 4, 6);
-    /// `5.7.1`: delivery not authorized (RFC 3463 §3.8).
-    pub const NOT_AUTHORIZED: Self = Self::known(5, 7, 1);
-
-    /// Internal constructor for the constants above; the triples are valid by
-    /// inspection (class 4 or 5, subject and detail below 1000).
-    const fn known(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
-    }
-
-    /// Builds a code, checking the RFC 3463 §2 ranges.
-    pub fn new(class: u8, subject: u16, detail: u16) -> Result<Self, InvalidEnhancedCode> {
-        if matches!(class, 2 | 4 | 5) && subject < 1000 && detail < 1000 {
-            Ok(Self {
-                class,
-                subject,
-                detail,
-            })
-        } else {
-            Err(InvalidEnhancedCode)
-        }
-    }
-
-    /// The class digit: 2 (success), 4 (persistent transient failure) or
-    /// 5 (permanent failure).
-    pub fn class(self) -> u8 {
-        self.class
-    }
-
-    /// Whether the code reports a permanent failure (class 5).
-    pub fn is_permanent(self) -> bool {
-        self.class == 5
-    }
-}
-
-impl FromStr for EnhancedCode {
-    type Err = InvalidEnhancedCode;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        fn part(p: Option<&str>) -> Result<u16, InvalidEnhancedCode> {
-            let p = p.ok_or(InvalidEnhancedCode)?;
-            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(InvalidEnhancedCode);
-            }
-            p.parse().map_err(|_| InvalidEnhancedCode)
-        }
-        let mut parts = s.split('.');
-        let class = part(parts.next())?;
-        let subject = part(parts.next())?;
-        let detail = part(parts.next())?;
-        if parts.next().is_some() {
-            return Err(InvalidEnhancedCode);
-        }
-        let class = u8::try_from(class).map_err(|_| InvalidEnhancedCode)?;
-        Self::new(class, subject, detail)
-    }
-}
-
-impl TryFrom<String> for EnhancedCode {
-    type Error = InvalidEnhancedCode;
-
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        value.parse()
-    }
-}
-
-impl From<EnhancedCode> for String {
-    fn from(code: EnhancedCode) -> Self {
-        code.to_string()
-    }
-}
-
-impl fmt::Display for EnhancedCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
-    }
-}
-
 /// Who wrote the [`text`](Failure::text) of a [`Failure`].
 ///
 /// RFC 3464 §2.3.6 keeps the diagnostic-type `smtp` for the actual reply of
@@ -235,7 +124,7 @@ pub enum FailureSource {
 pub struct Failure {
     /// The enhanced status code (ours, or the remote server's when `source`
     /// is [`FailureSource::Remote`]).
-    pub code: EnhancedCode,
+    pub code: EnhancedStatus,
     /// Who wrote `text`: the remote server (its reply) or this relay (a
     /// description). Absent in records written before it existed: local.
     #[serde(default)]
@@ -248,9 +137,9 @@ pub struct Failure {
     #[serde(alias = "reply")]
     pub text: String,
     /// The RFC 8460 §4.3 result type when the failure is a TLS one
-    /// (`starttls-not-supported`, `certificate-not-trusted`, ...).
+    /// (stored as `starttls-not-supported`, `certificate-not-trusted`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result_type: Option<String>,
+    pub result_type: Option<ResultType>,
     /// The policy rule that decided, as the TLS policy explains it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_rule: Option<String>,
@@ -269,19 +158,19 @@ pub struct Failure {
 impl Failure {
     /// A failure this relay decided, with its code and a description (no
     /// reply or status code in it: `no host to deliver to`).
-    pub fn local(code: EnhancedCode, description: impl Into<String>, at: SystemTime) -> Self {
+    pub fn local(code: EnhancedStatus, description: impl Into<String>, at: SystemTime) -> Self {
         Self::with_source(FailureSource::Local, code, description.into(), at)
     }
 
     /// A failure decided by the remote server's `reply` (one line,
     /// verbatim), with the enhanced code it carries.
-    pub fn remote(code: EnhancedCode, reply: impl Into<String>, at: SystemTime) -> Self {
+    pub fn remote(code: EnhancedStatus, reply: impl Into<String>, at: SystemTime) -> Self {
         Self::with_source(FailureSource::Remote, code, reply.into(), at)
     }
 
     fn with_source(
         source: FailureSource,
-        code: EnhancedCode,
+        code: EnhancedStatus,
         text: String,
         at: SystemTime,
     ) -> Self {
@@ -364,28 +253,6 @@ impl Recipient {
     }
 }
 
-/// The RFC 3461 RET parameter: what a bounce returns of the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Ret {
-    /// The full message.
-    Full,
-    /// The headers only.
-    Hdrs,
-}
-
-/// The RFC 1652 / RFC 3030 BODY parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Body {
-    /// `BODY=7BIT`.
-    SevenBit,
-    /// `BODY=8BITMIME`.
-    EightBitMime,
-    /// `BODY=BINARYMIME`.
-    BinaryMime,
-}
-
 /// The MAIL FROM parameters the relay keeps with the message.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MailParams {
@@ -396,7 +263,7 @@ pub struct MailParams {
     /// RFC 6531 SMTPUTF8.
     #[serde(default)]
     pub smtputf8: bool,
-    /// RFC 1652 BODY.
+    /// RFC 1652 BODY (stored as `seven-bit`, `eight-bit-mime`, `binary-mime`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Body>,
     /// RFC 1870 SIZE as declared by the client.
@@ -405,7 +272,7 @@ pub struct MailParams {
     /// RFC 3461 ENVID (decoded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
-    /// RFC 3461 RET.
+    /// RFC 3461 RET (stored as `full` or `hdrs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ret: Option<Ret>,
 }
@@ -537,20 +404,6 @@ mod tests {
     }
 
     #[test]
-    fn enhanced_code_parses_per_rfc3463() {
-        let c: EnhancedCode = "5.1.10".parse().unwrap();
-        assert_eq!(c, EnhancedCode::NULL_MX);
-        assert!(c.is_permanent());
-        assert_eq!(c.to_string(), "5.1.10");
-        assert!(!"4.7.5".parse::<EnhancedCode>().unwrap().is_permanent());
-        for bad in [
-            "3.1.1", "5.1", "5.1.1.1", "5.1000.1", "5..1", "x.1.1", "5.1.+1", "",
-        ] {
-            assert!(bad.parse::<EnhancedCode>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
     fn envelope_round_trips_through_json() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut env = Envelope::new(
@@ -558,12 +411,14 @@ mod tests {
             [Recipient::new("b@example.com")],
             MailParams {
                 requiretls: true,
+                body: Some(Body::EightBitMime),
+                ret: Some(Ret::Headers),
                 ..MailParams::default()
             },
             t,
         );
         let mut failure = Failure::local("4.7.5".parse().unwrap(), "certificate not trusted", t);
-        failure.result_type = Some("certificate-not-trusted".into());
+        failure.result_type = Some(ResultType::CertificateNotTrusted);
         env.recipients[0].state = RecipientState::Deferred;
         env.recipients[0].last_failure = Some(failure);
         env.last_failure = Some(Failure::remote(
@@ -573,7 +428,14 @@ mod tests {
         ));
         let json = serde_json::to_string(&env).unwrap();
         assert!(json.contains("\"4.7.5\""), "{json}");
+        assert!(
+            json.contains(r#""result_type":"certificate-not-trusted""#),
+            "{json}"
+        );
         assert!(json.contains("1700000000"), "{json}");
+        // The spool format of the MAIL parameters, as written before they were shared types.
+        assert!(json.contains(r#""body":"eight-bit-mime""#), "{json}");
+        assert!(json.contains(r#""ret":"hdrs""#), "{json}");
         assert!(
             json.contains(r#""source":"local","text":"certificate not trusted""#),
             "{json}"
@@ -592,7 +454,7 @@ mod tests {
         let f: Failure = serde_json::from_str(json).unwrap();
         assert_eq!(f.source, FailureSource::Local);
         assert_eq!(f.text, "451 4.4.3 no address for mx.example");
-        assert_eq!(f.code, EnhancedCode::DNS_FAILURE);
+        assert_eq!(f.code, EnhancedStatus::DNS_FAILURE);
         assert!(!f.is_remote_reply());
     }
 
@@ -609,7 +471,7 @@ mod tests {
             remote.to_string(),
             "host mx.example.com[192.0.2.1]:25 said: 550 5.1.1 no such user"
         );
-        let mut local = Failure::local(EnhancedCode::DNS_FAILURE, "no address for mx.example", t);
+        let mut local = Failure::local(EnhancedStatus::DNS_FAILURE, "no address for mx.example", t);
         local.remote_mta = Some("mx.example:25".into());
         assert_eq!(local.to_string(), "no address for mx.example");
     }

@@ -3,11 +3,12 @@
 //! the server's certificate against the relay's outbound trust roots with
 //! TLS 1.2 or later, and both persist small JSON state files atomically.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use postern_certs::durable;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 use serde::Serialize;
@@ -87,22 +88,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Writes `value` as JSON to `path` atomically: temporary file, fsync,
-/// rename, and a best-effort fsync of the directory (not every platform can
-/// sync one).
+/// Writes `value` as JSON to `path` atomically and durably
+/// ([`durable::replace_file`]: temporary file, fsync, rename, fsync of the
+/// directory).
 pub(crate) fn write_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::other("state path has no directory"))?;
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&json)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    // 0o666 before the umask: the mode `File::create` gives.
+    durable::replace_file(&path.with_extension("json.tmp"), path, &json, 0o666)
 }

@@ -42,7 +42,7 @@
 //! use std::time::{Duration, SystemTime};
 //! use postern_relay::access::Client;
 //! use postern_relay::config::Config;
-//! use postern_relay::envelope::{Envelope, EnhancedCode, Failure, MailParams, Recipient};
+//! use postern_relay::envelope::{Envelope, EnhancedStatus, Failure, MailParams, Recipient};
 //! use postern_relay::queue::{Disposition, Outcome, Queue};
 //! use postern_relay::spool::Spool;
 //!
@@ -72,7 +72,7 @@
 //! let due = queue.take_due(now, 10);
 //! // A failure of ours carries a description; the status is in its code (a
 //! // server's refusal would be `Failure::remote` with the reply verbatim).
-//! let failure = Failure::local(EnhancedCode::new(4, 7, 5)?, "TLS handshake failed", now);
+//! let failure = Failure::local(EnhancedStatus::new(4, 7, 5)?, "TLS handshake failed", now);
 //! let (envelope, report) = queue.complete_attempt(&due[0].id, &[(0, Outcome::Deferred(failure))], now)?;
 //! spool.update(&envelope)?;
 //! assert_eq!(report.disposition, Disposition::Retry { at: now + Duration::from_secs(300) });

@@ -18,7 +18,7 @@ use std::time::Duration;
 use postern_certs::ClientTlsContext;
 use postern_policy::{
     Action, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy, DomainName,
-    NextHop, OutboundPolicy, SessionFacts, TlsVersion,
+    EnhancedStatus, NextHop, OutboundPolicy, SessionFacts, TlsVersion,
 };
 use postern_tokio::client::{Client, ClientSettings};
 use rustls::RootCertStore;
@@ -215,7 +215,7 @@ pub async fn probe(
     {
         // Nothing learnt: the connection, the greeting or EHLO failed.
         return Err(match f.reply {
-            None if f.status.subject == 4 && f.status.detail == 1 => ProbeError::Connect {
+            None if f.status == EnhancedStatus::NO_ANSWER => ProbeError::Connect {
                 addr,
                 reason: f.explanation.clone(),
             },

@@ -18,7 +18,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use crate::envelope::{EnhancedCode, Envelope, Failure, FailureSource, MessageId, RecipientState};
+use crate::envelope::{
+    EnhancedStatus, Envelope, Failure, FailureSource, MessageId, RecipientState,
+};
 
 /// Retry and expiry settings.
 ///
@@ -207,7 +209,7 @@ pub fn record_attempt(
                     f
                 }
                 None => Failure::local(
-                    EnhancedCode::EXPIRED,
+                    EnhancedStatus::EXPIRED,
                     format!("message expired after {} attempts", envelope.attempts),
                     now,
                 ),
@@ -625,7 +627,7 @@ mod tests {
         let report = record_attempt(&mut env, &[], t(120), &p).unwrap();
         assert_eq!(report.bounce, vec![0]);
         let f = env.recipients[0].last_failure.as_ref().unwrap();
-        assert_eq!(f.code, EnhancedCode::EXPIRED);
+        assert_eq!(f.code, EnhancedStatus::EXPIRED);
         assert_eq!(f.text, "message expired after 1 attempts");
         assert_eq!(f.source, FailureSource::Local);
     }

@@ -37,7 +37,9 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{EnhancedCode, Failure};
+use postern_types::{DomainName, DomainRule, DomainTable, DuplicateRule};
+
+use crate::envelope::{EnhancedStatus, Failure};
 
 /// The SMTP port (RFC 5321 §4.5.4.2 delivery is to port 25).
 pub const SMTP_PORT: u16 = 25;
@@ -363,15 +365,47 @@ impl Resolver for FixedResolver {
 }
 
 /// Static routes: destination domain → next hop.
+///
+/// The domain keys are a [`DomainTable`], the lookup rule that the TLS
+/// policy's per-domain overrides and the accepted domains use too, with the
+/// same normalisation (lower-case A-labels): a route written `bücher.example`
+/// takes mail for `user@xn--bcher-kva.example`, as the policy does.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StaticRoutes {
-    map: HashMap<String, NextHop>,
+    domains: DomainTable<NextHop>,
+    /// The `*` route (a smart host): everything no domain key matched.
+    default: Option<NextHop>,
 }
 
-/// A static route key that is not a domain, `.domain` or `*`.
+/// A static route key that is not a domain, `.domain` or `*`, or that
+/// repeats another.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid route key {0:?} (expected domain, .domain or *)")]
-pub struct InvalidRouteKey(String);
+pub enum InvalidRouteKey {
+    /// Not a domain, `.domain` or `*`.
+    #[error("invalid route key {0:?} (expected domain, .domain or *)")]
+    Syntax(String),
+    /// The same key as another one, once normalised.
+    #[error("{0}")]
+    Duplicate(DuplicateRule),
+}
+
+/// The static route key that matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKey<'a> {
+    /// A domain or `.domain` key.
+    Domain(&'a DomainRule),
+    /// The `*` key.
+    Default,
+}
+
+impl fmt::Display for RouteKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Domain(rule) => rule.fmt(f),
+            Self::Default => f.write_str("*"),
+        }
+    }
+}
 
 impl StaticRoutes {
     /// No routes.
@@ -382,51 +416,44 @@ impl StaticRoutes {
     /// Adds a route. `key` is a domain (that domain only), `.domain` (its
     /// subdomains) or `*` (everything else, a smart host).
     pub fn insert(&mut self, key: &str, hop: NextHop) -> Result<(), InvalidRouteKey> {
-        let norm = normalize_domain(key);
-        let domain_part = norm.strip_prefix('.').unwrap_or(&norm);
-        let ok = norm == "*"
-            || (!domain_part.is_empty()
-                && !domain_part.contains("..")
-                && !domain_part.starts_with('.')
-                && domain_part
-                    .chars()
-                    .all(|c| c.is_alphanumeric() || c == '-' || c == '.'));
-        if !ok {
-            return Err(InvalidRouteKey(key.to_owned()));
+        if key == "*" {
+            if self.default.is_some() {
+                return Err(InvalidRouteKey::Syntax(key.to_owned()));
+            }
+            self.default = Some(hop);
+            return Ok(());
         }
-        self.map.insert(norm, hop);
-        Ok(())
+        let rule = DomainRule::parse(key).map_err(|_| InvalidRouteKey::Syntax(key.to_owned()))?;
+        self.domains
+            .insert(rule, hop)
+            .map_err(InvalidRouteKey::Duplicate)
     }
 
     /// The route for `domain` and the key that matched: exact name, then
     /// `.parent` keys nearest first, then `*`.
-    pub fn lookup(&self, domain: &str) -> Option<(&str, &NextHop)> {
-        let domain = normalize_domain(domain);
-        let candidates = std::iter::once(domain.clone())
-            .chain(
-                domain
-                    .match_indices('.')
-                    .map(|(i, _)| domain[i..].to_owned()),
-            )
-            .chain(std::iter::once("*".to_owned()));
-        for key in candidates {
-            if let Some((k, hop)) = self.map.get_key_value(&key) {
-                return Some((k.as_str(), hop));
-            }
-        }
-        None
+    pub fn lookup(&self, domain: &str) -> Option<(RouteKey<'_>, &NextHop)> {
+        DomainName::parse(domain)
+            .ok()
+            .and_then(|name| self.domains.lookup(&name))
+            .map(|(rule, hop)| (RouteKey::Domain(rule), hop))
+            .or_else(|| self.default.as_ref().map(|hop| (RouteKey::Default, hop)))
     }
 
     /// Whether there are no routes.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.domains.is_empty() && self.default.is_none()
     }
 }
 
-/// Lowercase, without a trailing dot (DNS names are case-insensitive and
-/// `example.com.` is `example.com`).
+/// A domain in the one canonical form of [`DomainName`] (lower-case A-labels,
+/// no trailing dot), so that grouping, routing and the TLS policy agree on
+/// an internationalised domain; text that is no domain name (an address
+/// literal, a `_service` label) is lower-cased without its trailing dot.
 pub fn normalize_domain(domain: &str) -> String {
-    domain.trim_end_matches('.').to_lowercase()
+    DomainName::parse(domain).map_or_else(
+        |_| domain.trim_end_matches('.').to_lowercase(),
+        |name| name.as_str().to_owned(),
+    )
 }
 
 /// Whether `name` (normalised) is `localhost` or under it: the loopback
@@ -474,7 +501,7 @@ impl<R: Resolver> Router<R> {
             return Ok(Route {
                 domain,
                 hosts: vec![hop.clone()],
-                source: RouteSource::Static(key.to_owned()),
+                source: RouteSource::Static(key.to_string()),
             });
         }
         // RFC 6761 §6.3: `localhost` names are this host and are not looked
@@ -494,7 +521,7 @@ impl<R: Resolver> Router<R> {
         // routed by DNS; only a static route may take it.
         if domain.starts_with('[') {
             return Err(Failure::local(
-                EnhancedCode::UNROUTABLE,
+                EnhancedStatus::UNROUTABLE,
                 format!("no route to address literal {domain}"),
                 now,
             ));
@@ -503,12 +530,12 @@ impl<R: Resolver> Router<R> {
             Ok(records) if !records.is_empty() => mx_route(domain, records, self.mx_port, now),
             Ok(_) | Err(LookupError::NoRecords) => self.implicit_mx(domain, now).await,
             Err(LookupError::NoSuchDomain) => Err(Failure::local(
-                EnhancedCode::BAD_DESTINATION,
+                EnhancedStatus::BAD_DESTINATION,
                 format!("domain {domain} does not exist"),
                 now,
             )),
             Err(LookupError::Temporary(e)) => Err(Failure::local(
-                EnhancedCode::DNS_FAILURE,
+                EnhancedStatus::DNS_FAILURE,
                 format!("MX lookup for {domain} failed: {e}"),
                 now,
             )),
@@ -529,12 +556,12 @@ impl<R: Resolver> Router<R> {
                 source: RouteSource::ImplicitMx,
             }),
             Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::local(
-                EnhancedCode::UNROUTABLE,
+                EnhancedStatus::UNROUTABLE,
                 format!("{domain} has no MX and no address record"),
                 now,
             )),
             Err(LookupError::Temporary(e)) => Err(Failure::local(
-                EnhancedCode::DNS_FAILURE,
+                EnhancedStatus::DNS_FAILURE,
                 format!("address lookup for {domain} failed: {e}"),
                 now,
             )),
@@ -555,7 +582,7 @@ fn mx_route(
     // `records[0]` exists: the length is checked first.
     if records.len() == 1 && is_null(&records[0]) {
         return Err(Failure::local(
-            EnhancedCode::NULL_MX,
+            EnhancedStatus::NULL_MX,
             format!("null MX: {domain} accepts no mail"),
             now,
         ));
@@ -744,19 +771,26 @@ mod tests {
         r.insert("example.com", hop("exact:1")).unwrap();
         r.insert(".example.com", hop("sub:2")).unwrap();
         r.insert(".com", hop("com:3")).unwrap();
-        assert_eq!(
-            r.lookup("EXAMPLE.com."),
-            Some(("example.com", &hop("exact:1")))
-        );
-        assert_eq!(
-            r.lookup("a.b.example.com"),
-            Some((".example.com", &hop("sub:2")))
-        );
-        assert_eq!(r.lookup("other.com"), Some((".com", &hop("com:3"))));
-        assert_eq!(r.lookup("example.org"), None);
+        let found = |r: &StaticRoutes, domain: &str| {
+            r.lookup(domain)
+                .map(|(key, hop)| (key.to_string(), hop.to_string()))
+        };
+        let route = |key: &str, hop: &str| Some((key.to_owned(), hop.to_owned()));
+        assert_eq!(found(&r, "EXAMPLE.com."), route("example.com", "exact:1"));
+        assert_eq!(found(&r, "a.b.example.com"), route(".example.com", "sub:2"));
+        assert_eq!(found(&r, "other.com"), route(".com", "com:3"));
+        assert_eq!(found(&r, "example.org"), None);
+        assert_eq!(found(&r, "[192.0.2.1]"), None);
         r.insert("*", hop("smarthost:4")).unwrap();
-        assert_eq!(r.lookup("example.org"), Some(("*", &hop("smarthost:4"))));
-        for bad in ["", ".", "..com", "a b", "*.example.com"] {
+        assert_eq!(found(&r, "example.org"), route("*", "smarthost:4"));
+        assert_eq!(found(&r, "[192.0.2.1]"), route("*", "smarthost:4"));
+        // One normalisation: the key's U-labels meet the address's A-labels.
+        r.insert(".bücher.example", hop("idn:5")).unwrap();
+        assert_eq!(
+            found(&r, "mx.xn--bcher-kva.example"),
+            route(".xn--bcher-kva.example", "idn:5")
+        );
+        for bad in ["", ".", "..com", "a b", "*.example.com", "Example.COM", "*"] {
             assert!(r.insert(bad, hop("x")).is_err(), "{bad}");
         }
     }
@@ -838,7 +872,7 @@ mod tests {
             .route("example.net", now())
             .await
             .unwrap_err();
-        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.code, EnhancedStatus::UNROUTABLE);
         assert_eq!(err.text, "example.net has no MX and no address record");
         assert_eq!(err.source, FailureSource::Local);
     }
@@ -870,16 +904,16 @@ mod tests {
             FakeDns::default().mx_err("flaky.example", LookupError::Temporary("timeout".into()));
         let router = Router::new(StaticRoutes::new(), dns);
         let err = router.route("flaky.example", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::DNS_FAILURE);
+        assert_eq!(err.code, EnhancedStatus::DNS_FAILURE);
         assert!(!err.code.is_permanent());
         assert_eq!(err.text, "MX lookup for flaky.example failed: timeout");
 
         let err = router.route("missing.example", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::BAD_DESTINATION);
+        assert_eq!(err.code, EnhancedStatus::BAD_DESTINATION);
         assert_eq!(err.text, "domain missing.example does not exist");
 
         let err = router.route("[192.0.2.1]", now()).await.unwrap_err();
-        assert_eq!(err.code, EnhancedCode::UNROUTABLE);
+        assert_eq!(err.code, EnhancedStatus::UNROUTABLE);
         assert_eq!(err.text, "no route to address literal [192.0.2.1]");
         assert_eq!(err.source, FailureSource::Local);
     }

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use crate::access::{AccessPolicy, Client};
 use crate::config::Config;
 use crate::dsn::rfc5322_date;
-use crate::envelope::{Body, Envelope, MailParams, Recipient, Ret};
+use crate::envelope::{Envelope, MailParams, Recipient};
 use crate::queue::Queue;
 use crate::spool::{Incoming, Spool, SpoolError};
 
@@ -106,7 +106,7 @@ pub struct RelaySession {
 
 /// `451 4.3.0` with a text, for local trouble (the client retries).
 fn local_error(text: &str) -> Verdict {
-    Verdict::reject(451, (4, 3, 0), text)
+    Verdict::reject(451, EnhancedStatus::SYSTEM_TEMPORARY, text)
 }
 
 impl SessionHandler for RelaySession {
@@ -169,14 +169,7 @@ impl SessionHandler for RelaySession {
             Err(denied) => {
                 tracing::info!(id = info.id, client = %info.peer.ip(), rcpt = %address,
                     "NOQUEUE: reject: RCPT: {denied}");
-                let e = denied.enhanced.to_string();
-                let mut parts = e.split('.').map(|p| p.parse::<u16>().unwrap_or(0));
-                let class = u8::try_from(parts.next().unwrap_or(5)).unwrap_or(5);
-                Verdict::reject(
-                    denied.code,
-                    (class, parts.next().unwrap_or(7), parts.next().unwrap_or(1)),
-                    &denied.text,
-                )
+                Verdict::reject(denied.code, denied.enhanced, &denied.text)
             }
         }
     }
@@ -247,7 +240,7 @@ impl SessionHandler for RelaySession {
         if hops >= self.shared.config.hopcount_limit {
             tracing::info!(id = info.id, queue_id = %incoming.id(), client = %info.peer.ip(), hops,
                 "NOQUEUE: reject: too many hops (a mail loop?)");
-            return Verdict::reject(554, (5, 4, 6), "Error: too many hops");
+            return Verdict::reject(554, EnhancedStatus::ROUTING_LOOP, "Error: too many hops");
         }
         match tokio::task::spawn_blocking(move || incoming.commit()).await {
             Ok(Ok(envelope)) => {
@@ -257,9 +250,12 @@ impl SessionHandler for RelaySession {
                 self.shared.enqueue(envelope);
                 self.from = None;
                 self.recipients.clear();
-                EnhancedStatus::new(2, 0, 0)
-                    .and_then(|e| Reply::new(250, Some(e), [format!("Ok: queued as {id}")]))
-                    .map_or(Verdict::Accept, Verdict::AcceptWith)
+                Reply::new(
+                    250,
+                    Some(EnhancedStatus::OK),
+                    [format!("Ok: queued as {id}")],
+                )
+                .map_or(Verdict::Accept, Verdict::AcceptWith)
             }
             Ok(Err(e)) => {
                 tracing::error!(id = info.id, error = %e, "message not stored");
@@ -298,17 +294,10 @@ fn mail_params(p: &postern_smtp::MailParams) -> MailParams {
     MailParams {
         requiretls: p.requiretls,
         smtputf8: p.smtputf8,
-        body: p.body.map(|b| match b {
-            postern_smtp::Body::SevenBit => Body::SevenBit,
-            postern_smtp::Body::EightBitMime => Body::EightBitMime,
-            _ => Body::BinaryMime,
-        }),
+        body: p.body,
         size: p.size,
         envid: p.envid.clone(),
-        ret: p.ret.map(|r| match r {
-            postern_smtp::Ret::Full => Ret::Full,
-            _ => Ret::Hdrs,
-        }),
+        ret: p.ret,
     }
 }
 

@@ -54,6 +54,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use postern_certs::durable;
+
 use crate::envelope::{Envelope, MessageId};
 
 const QUEUE_DIR: &str = "queue";
@@ -382,9 +384,8 @@ impl Spool {
         let name = file_name(&envelope.id, ENVELOPE_EXT);
         let target = self.queue.join(&name);
         let tmp = self.tmp.join(name);
-        write_synced(&tmp, &serde_json::to_vec_pretty(envelope)?)?;
-        fs::rename(&tmp, &target).map_err(io_at(&target))?;
-        sync_dir(&self.queue)
+        let json = serde_json::to_vec_pretty(envelope)?;
+        durable::replace_file(&tmp, &target, &json, PRIVATE_FILE_MODE).map_err(io_at(&target))
     }
 
     /// Removes a message, after full delivery (and any bounce queued).
@@ -441,7 +442,12 @@ impl Spool {
                 "no spool here",
             )));
         }
-        write_synced(&root.join(FLUSH_FLAG), b"")?;
+        let flag = root.join(FLUSH_FLAG);
+        match durable::write_new_file(&flag, b"", PRIVATE_FILE_MODE) {
+            // A flush already requested stays requested.
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_at(&flag)(e)),
+            _ => {}
+        }
         sync_dir(root)
     }
 
@@ -697,17 +703,6 @@ fn load_legacy(path: &Path, id: &MessageId) -> Result<(Envelope, u64), String> {
     Ok((read_envelope(file, MAX_ENVELOPE_BYTES, id)?, content.len()))
 }
 
-/// Creates or truncates `path`, writes `bytes` and fsyncs the file.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
-    let mut file = private_file_options()
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(io_at(path))?;
-    file.write_all(bytes).map_err(io_at(path))?;
-    file.sync_all().map_err(io_at(path))
-}
-
 /// Mail is private: spool directories are created `0700` on Unix.
 fn private_dir_builder() -> fs::DirBuilder {
     let mut builder = fs::DirBuilder::new();
@@ -716,26 +711,22 @@ fn private_dir_builder() -> fs::DirBuilder {
     builder
 }
 
+/// Spool files are created `0600` on Unix.
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
 /// Spool files are created `0600` on Unix, for writing.
 fn private_file_options() -> OpenOptions {
     let mut options = OpenOptions::new();
     options.write(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE_MODE);
     options
 }
 
-/// Fsyncs a directory, making renames and creations in it durable.
+/// Fsyncs a directory, making renames and creations in it durable
+/// ([`durable::sync_dir`]).
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    #[cfg(unix)]
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_at(dir))?;
-    // Elsewhere directories cannot be opened for fsync; rename durability
-    // then rests on the file system.
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
+    durable::sync_dir(dir).map_err(io_at(dir))
 }
 
 /// Removes a file or a directory tree.

@@ -306,7 +306,10 @@ async fn two_destinations_two_modes_one_message() {
     assert_eq!(strict.state, RecipientState::Deferred);
     let f = strict.last_failure.as_ref().unwrap();
     assert_eq!(f.code.to_string(), "4.7.5");
-    assert_eq!(f.result_type.as_deref(), Some("certificate-not-trusted"));
+    assert_eq!(
+        f.result_type.map(|t| t.as_str()),
+        Some("certificate-not-trusted")
+    );
     assert_eq!(hop.delivered_to("b@loose.test").len(), 1);
     assert!(hop.delivered_to("a@strict.test").is_empty());
 

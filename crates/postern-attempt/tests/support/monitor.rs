@@ -444,7 +444,7 @@ impl Monitor {
                 Outcome::Deferred { status, .. }
                     if self.exact && self.hello_ok && !self.lost && !self.requiretls =>
                 {
-                    if status.class != 4 || status.subject != 7 {
+                    if status.class() != 4 || status.subject() != 7 {
                         return Err(format!(
                             "required-TLS refusal deferred with {status}, not 4.7.x"
                         ));

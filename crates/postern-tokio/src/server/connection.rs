@@ -572,11 +572,9 @@ impl ServerConnection {
             .client_certificate_verdict(&check)
         {
             CommandVerdict::Allow => None,
-            CommandVerdict::Reject { code, status, text } => Some(negative_reply(
-                code,
-                (status.class, status.subject, status.detail),
-                text,
-            )),
+            CommandVerdict::Reject { code, status, text } => {
+                Some(negative_reply(code, status, text))
+            }
             _ => Some(fixed(554, (5, 7, 1), "Client certificate required")),
         };
         if self.endpoint.settings.policy.client_certificates == ClientCertMode::Require
