@@ -24,6 +24,7 @@ use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 
 use crate::certkey::CertKey;
+#[cfg(any(feature = "aws-lc-rs", feature = "ring"))]
 use crate::durable;
 use crate::error::DefaultCertError;
 
