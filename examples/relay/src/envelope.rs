@@ -1,8 +1,8 @@
 //! The data model of a queued message: identifier, envelope, recipients and the
 //! record of failed delivery attempts.
 //!
-//! These types are what [`crate::spool`] stores (as JSON, next to the content),
-//! what [`crate::queue`] schedules, what [`crate::dsn`] reports on and what
+//! These types are what [`crate::queue::spool`] stores (as JSON, next to the content),
+//! what [`crate::queue`] schedules, what [`crate::reporting::dsn`] reports on and what
 //! `postern-relay queue list --json` prints.
 
 use std::fmt;

@@ -28,7 +28,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use postern_smtp::BareLineEndings;
@@ -39,17 +39,19 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
+use crate::config::routes::SMTP_PORT;
 use crate::config::{BareNewlines, Config};
-use crate::delivery::{Delivery, SystemResolver};
-use crate::fd_limit::{self, TooLow};
-use crate::lock::{LockError, StateLock};
-use crate::mta_sts::StsResolver;
-use crate::queue::Queue;
-use crate::routing::{Router, SMTP_PORT};
-use crate::server::{RelayHandler, Shared};
-use crate::spool::{Spool, SpoolError};
+use crate::inbound::access::AccessPolicy;
+use crate::inbound::session::{RelayHandler, Shared};
+use crate::net::fd_limit::{self, TooLow};
+use crate::outbound::delivery::{Delivery, SystemResolver};
+use crate::outbound::mta_sts::StsResolver;
+use crate::outbound::routing::Router;
+use crate::queue::lock::{LockError, StateLock};
+use crate::queue::spool::{Spool, SpoolError};
+use crate::queue::{Queue, RetryPolicy, SharedQueue};
+use crate::reporting::tlsrpt::{ReportSettings, SendSummary, TlsReporter};
 use crate::tls::{TlsSetup, TlsSetupError};
-use crate::tlsrpt::{ReportSettings, SendSummary, TlsReporter};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +145,7 @@ impl Relay {
                 .map_or_else(|| "nowhere".to_owned(), |p| p.display().to_string());
             tracing::warn!(entry = %bad.name, reason = %bad.reason, %moved_to, "unreadable queue entry moved aside");
         }
-        let mut queue = Queue::new(config.retry_policy());
+        let mut queue = Queue::new(RetryPolicy::from_config(&config.queue));
         for envelope in recovery.messages {
             queue.insert(envelope);
         }
@@ -160,14 +162,13 @@ impl Relay {
                 fingerprint = %row.fingerprint, status = %row.status, "certificate");
         }
         // Again once a day, by the certificate reload task.
-        crate::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
+        crate::tls::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
         let routes = config.static_routes().map_err(TlsSetupError::from)?;
+        let queue = Arc::new(SharedQueue::new(Arc::new(spool), queue));
         let shared = Arc::new(Shared {
             inbound: tls.policy.inbound.clone(),
-            access: config.access_policy(),
-            spool: Arc::new(spool),
-            queue: Mutex::new(queue),
-            wake: Notify::new(),
+            access: AccessPolicy::from_config(&config),
+            queue: Arc::clone(&queue),
             config: config.clone(),
         });
 
@@ -230,7 +231,8 @@ impl Relay {
             config.state_dir.join("mta-sts"),
         )?;
         let mut delivery = Delivery::new(
-            Arc::clone(&shared),
+            config.clone(),
+            Arc::clone(&queue),
             router,
             tls.policy.outbound.clone(),
             Arc::clone(&tls.client),
@@ -238,9 +240,11 @@ impl Relay {
         )
         .with_listen_addrs(&addrs);
         // RFC 8460 reporting exists only when enabled: no cost otherwise.
+        // Built whether or not reporting is on: the DKIM key is checked at start.
+        let report_settings = ReportSettings::from_config(&config).map_err(TlsSetupError::from)?;
         if config.tls_reporting.enabled {
             let reporter = TlsReporter::new(
-                ReportSettings::from_config(&config),
+                report_settings,
                 crate::tls::outbound_roots(&config)?,
                 config.state_dir.join("tlsrpt"),
             )?;
@@ -252,10 +256,7 @@ impl Relay {
         tasks.spawn(Arc::clone(&delivery).run_mta_sts_refresh(rx.clone()));
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
-        tracing::info!(
-            queued = shared.queue.lock().map_or(0, |q| q.len()),
-            "relay started"
-        );
+        tracing::info!(queued = queue.schedule().len(), "relay started");
         Ok(Self {
             addrs,
             shutdown,
@@ -347,7 +348,7 @@ async fn reload_certificates(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         if tokio::time::Instant::now() >= next_expiry_log {
-            crate::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
+            crate::tls::certs::log_expiry(&tls.store, rustls::pki_types::UnixTime::now());
             next_expiry_log += EXPIRY_LOG_INTERVAL;
         }
         let stamp = tls.cert_dir.stamp();

@@ -226,7 +226,7 @@ fn cert_list_shows_the_default_cert_and_imports() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "");
     // The relay's first start generates the Default Cert.
-    postern_relay::certs::CertDir::new(dir.path().join("state/certs"))
+    postern_relay::tls::certs::CertDir::new(dir.path().join("state/certs"))
         .default_cert(
             "relay.test",
             postern_certs::RsaBits::B2048,

@@ -142,7 +142,7 @@ async fn imported_certificate_is_served_without_restart() {
     let addr = relay.local_addrs()[0];
     let before = served_fingerprint(addr, "fresh.test").await;
     let pem = ca().leaf(&["fresh.test"], false, -1, 90);
-    postern_relay::certs::CertDir::new(dir.path().join("state/certs"))
+    postern_relay::tls::certs::CertDir::new(dir.path().join("state/certs"))
         .import(
             "fresh",
             pem.cert.as_bytes(),

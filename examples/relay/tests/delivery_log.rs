@@ -12,9 +12,9 @@ use std::time::Duration;
 use common::{Submit, message, start_postern_hop, transport, wait_for};
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
-use postern_relay::delivery::SystemResolver;
+use postern_relay::net::dns::FixedResolver;
+use postern_relay::outbound::delivery::SystemResolver;
 use postern_relay::relay::Relay;
-use postern_relay::routing::FixedResolver;
 
 async fn start(
     dir: &std::path::Path,

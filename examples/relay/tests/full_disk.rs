@@ -19,11 +19,11 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{Submit, message, scan, start_postern_hop, transport, wait_for};
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
-use postern_relay::delivery::SystemResolver;
 use postern_relay::envelope::{Envelope, MailParams, Recipient};
+use postern_relay::net::dns::FixedResolver;
+use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::queue::spool::Spool;
 use postern_relay::relay::Relay;
-use postern_relay::routing::FixedResolver;
-use postern_relay::spool::Spool;
 
 /// Set in the environment of the run inside the namespace.
 const INSIDE: &str = "POSTERN_TEST_PRIVATE_MOUNTS";

@@ -5,6 +5,7 @@
 
 use postern_policy::{NextHop, PolicySource};
 use postern_relay::config::Config;
+use postern_relay::inbound::access::AccessPolicy;
 
 /// A configuration whose three tables name `domain` and its subdomains.
 fn config(domain: &str) -> Config {
@@ -34,7 +35,7 @@ fn decisions(config: &Config, destination: &str) -> (Option<String>, Option<Stri
     };
     let routes = config.static_routes().unwrap();
     let route_key = routes.lookup(destination).map(|(key, _)| key.to_string());
-    let accepted = config.access_policy().is_accepted_domain(destination);
+    let accepted = AccessPolicy::from_config(config).is_accepted_domain(destination);
     (policy_rule, route_key, accepted)
 }
 

@@ -313,7 +313,7 @@ async fn open_relay_attempt_is_refused() {
         .await
         .unwrap();
     assert!(
-        postern_relay::spool::Spool::scan(&dir.path().join("state/spool"))
+        postern_relay::queue::spool::Spool::scan(&dir.path().join("state/spool"))
             .unwrap()
             .messages
             .len()

@@ -106,7 +106,7 @@ async fn send_bare_lf(toml: &str) -> String {
     drop(c);
     relay.shutdown().await;
     let (spool, recovery) =
-        postern_relay::spool::Spool::open(dir.path().join("state/spool")).unwrap();
+        postern_relay::queue::spool::Spool::open(dir.path().join("state/spool")).unwrap();
     let content = recovery
         .messages
         .first()

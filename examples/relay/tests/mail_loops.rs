@@ -15,9 +15,9 @@ use std::time::Duration;
 use common::{NextHop, Submit, message, start_postern_hop, submit_raw, transport, wait_for};
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
-use postern_relay::delivery::SystemResolver;
+use postern_relay::net::dns::FixedResolver;
+use postern_relay::outbound::delivery::SystemResolver;
 use postern_relay::relay::Relay;
-use postern_relay::routing::FixedResolver;
 
 /// A port free on 127.0.0.1 now (for a relay that must know its own port
 /// before it starts: its routes lead back to it).

@@ -20,10 +20,10 @@ use lettre::AsyncTransport;
 use postern_policy::mta_sts::CachedPolicy;
 use postern_policy::{StsCache, StsPolicy};
 use postern_relay::config::Config;
-use postern_relay::delivery::SystemResolver;
 use postern_relay::envelope::{FailureSource, RecipientState};
+use postern_relay::net::dns::FixedResolver;
+use postern_relay::outbound::delivery::SystemResolver;
 use postern_relay::relay::Relay;
-use postern_relay::routing::FixedResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -193,7 +193,7 @@ async fn mta_sts_policies_are_fetched_cached_and_enforced() {
         } else {
             dns = dns.with_txt(
                 &format!("_mta-sts.{d}"),
-                Err(postern_relay::routing::LookupError::NoSuchDomain),
+                Err(postern_relay::net::dns::LookupError::NoSuchDomain),
             );
         }
     }
@@ -510,7 +510,7 @@ async fn requiretls_applies_mta_sts_and_tls_required_no_relaxes_it() {
                 if published {
                     Ok(vec!["v=STSv1; id=1;".to_owned()])
                 } else {
-                    Err(postern_relay::routing::LookupError::NoSuchDomain)
+                    Err(postern_relay::net::dns::LookupError::NoSuchDomain)
                 },
             );
     }

@@ -314,7 +314,7 @@ async fn two_destinations_two_modes_one_message() {
     assert!(hop.delivered_to("a@strict.test").is_empty());
 
     // `queue flush` makes the deferred recipient due again despite the 1h backoff.
-    postern_relay::spool::Spool::request_flush(&dir.path().join("state/spool")).unwrap();
+    postern_relay::queue::spool::Spool::request_flush(&dir.path().join("state/spool")).unwrap();
     wait_for(
         dir.path(),
         Duration::from_secs(10),

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use postern_relay::envelope::{Envelope, MailParams, Recipient};
-use postern_relay::spool::Spool;
+use postern_relay::queue::spool::Spool;
 
 const CHILD_ENV: &str = "POSTERN_SPOOL_KILL_CHILD";
 

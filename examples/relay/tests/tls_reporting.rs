@@ -36,9 +36,10 @@ use lettre::AsyncTransport;
 use postern_policy::ResultType;
 use postern_policy::tlsrpt::Report;
 use postern_relay::config::Config;
-use postern_relay::delivery::SystemResolver;
+use postern_relay::net::dns::FixedResolver;
+use postern_relay::outbound::delivery::SystemResolver;
 use postern_relay::relay::Relay;
-use postern_relay::routing::FixedResolver;
+use postern_relay::reporting::dkim::DkimSigner;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -295,7 +296,10 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
     }
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     // What the operator publishes at tlsrpt._domainkey.relay.test.
-    let record = config.dkim_signer().unwrap().unwrap().dns_record();
+    let record = DkimSigner::from_config(&config.tls_reporting)
+        .unwrap()
+        .unwrap()
+        .dns_record();
     let relay = Relay::start_with_resolver(
         config.clone(),
         SystemResolver::Fixed(Box::new(dns.clone())),

@@ -14,8 +14,8 @@ use lettre::transport::smtp::client::{
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{AsyncSmtpTransport, Message, Tokio1Executor};
 use postern_relay::config::Config;
+use postern_relay::queue::spool::{Scan, Spool};
 use postern_relay::relay::Relay;
-use postern_relay::spool::{Scan, Spool};
 #[allow(unused_imports)] // each test binary uses its own part of them
 pub use postern_test_support::{Ca, Pem, self_signed};
 use rustls::pki_types::pem::PemObject;
@@ -139,7 +139,7 @@ pub fn message(to: &str, subject: &str) -> Message {
 /// dir before it starts, so lettre can verify it.
 pub fn give_relay_ca_cert(dir: &Path) {
     let pem = ca().leaf(&[RELAY], false, -1, 90);
-    postern_relay::certs::CertDir::new(dir.join("state/certs"))
+    postern_relay::tls::certs::CertDir::new(dir.join("state/certs"))
         .import(
             "relay",
             pem.cert.as_bytes(),

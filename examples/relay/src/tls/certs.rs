@@ -19,7 +19,7 @@
 //! without restart.
 //!
 //! ```
-//! use postern_relay::certs::CertDir;
+//! use postern_relay::tls::certs::CertDir;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let certs = CertDir::new(dir.path());
@@ -33,7 +33,7 @@
 //! certs.import("mx", pem.cert_pem.as_bytes(), pem.key_pem.as_bytes(), now, false)?;
 //! let imported = certs.imported()?;
 //! assert_eq!(imported[0].0, "mx");
-//! assert!(postern_relay::certs::check_name("../etc").is_err());
+//! assert!(postern_relay::tls::certs::check_name("../etc").is_err());
 //! # Ok(()) }
 //! ```
 
@@ -42,6 +42,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::config::is_certificate_name;
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
     DefaultCertificate, EXPIRY_WARNING_DAYS, Fingerprint, ImportError, RsaBits, StoreError,
@@ -106,18 +107,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CertDirError + '_ {
     }
 }
 
-/// Checks that `name` can name an imported certificate: 1–64 characters of
-/// letters, digits, `.`, `_`, `-` and space, not starting with `.` or a
-/// space, and not the reserved "Default Cert".
+/// Checks that `name` can name an imported certificate (the rule is
+/// [`is_certificate_name`]'s).
 pub fn check_name(name: &str) -> Result<(), CertDirError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', ' '])
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ' '))
-        && name != DEFAULT_CERT_NAME;
-    if ok {
+    if is_certificate_name(name) {
         Ok(())
     } else {
         Err(CertDirError::Name(name.to_owned()))

@@ -3,7 +3,7 @@
 //!
 //! The time is always passed in (`now`); nothing here reads the clock or
 //! touches the disk. The caller persists every envelope this module changes
-//! with [`Spool::update`](crate::spool::Spool::update) and acts on the
+//! with [`Spool::update`](crate::queue::spool::Spool::update) and acts on the
 //! returned [`AttemptReport`].
 //!
 //! Retry schedule (Postfix `minimal_backoff_time` / `maximal_backoff_time`):
@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use crate::config::QueueConfig;
 use crate::envelope::{
     EnhancedStatus, Envelope, Failure, FailureSource, MessageId, RecipientState,
 };
@@ -43,16 +44,21 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            min_backoff: Duration::from_secs(5 * 60),
-            max_backoff: Duration::from_secs(60 * 60),
-            max_lifetime: Duration::from_secs(5 * 24 * 60 * 60),
-            bounce_lifetime: Duration::from_secs(5 * 24 * 60 * 60),
-        }
+        Self::from_config(&QueueConfig::default())
     }
 }
 
 impl RetryPolicy {
+    /// The policy of the `[queue]` settings.
+    pub fn from_config(queue: &QueueConfig) -> Self {
+        Self {
+            min_backoff: queue.min_backoff.0,
+            max_backoff: queue.max_backoff.0,
+            max_lifetime: queue.max_lifetime.0,
+            bounce_lifetime: queue.bounce_lifetime.0,
+        }
+    }
+
     /// The delay after `attempts` failed attempts (1 for the first):
     /// `min_backoff × 2^(attempts-1)`, capped at `max_backoff`.
     pub fn backoff(&self, attempts: u32) -> Duration {
@@ -95,7 +101,7 @@ pub enum Outcome {
 #[must_use = "failed recipients must be bounced and the envelope persisted"]
 pub struct AttemptReport {
     /// Recipients (indices) that failed and whose sender must get a bounce:
-    /// build it with [`crate::dsn`], queue it, then call
+    /// build it with [`crate::reporting::dsn`], queue it, then call
     /// [`mark_returned`]. Empty for a null reverse path (those recipients
     /// are marked returned at once: RFC 5321 §4.5.5, no bounce to `<>`).
     pub bounce: Vec<usize>,
@@ -253,7 +259,7 @@ pub fn mark_returned(envelope: &mut Envelope, indices: &[usize]) {
 /// The in-memory schedule of a running relay: every queued envelope, which
 /// are due, which are being delivered.
 ///
-/// Fill it from [`Recovery::messages`](crate::spool::Recovery::messages) at
+/// Fill it from [`Recovery::messages`](crate::queue::spool::Recovery::messages) at
 /// start and with each committed message; take due messages with
 /// [`take_due`](Self::take_due), report with
 /// [`complete_attempt`](Self::complete_attempt), sleep until

@@ -8,12 +8,12 @@
 //!   header that records the TLS version, cipher and client certificate
 //!   status (Postfix style). File writes and the commit's fsyncs run on
 //!   tokio's blocking pool.
-//! - `250` only after [`Incoming::commit`](crate::spool::Incoming::commit)
+//! - `250` only after [`Incoming::commit`](crate::queue::spool::Incoming::commit)
 //!   returned: the message file and directory are fsynced (RFC 5321 §6.1,
 //!   "the receiver-SMTP MUST NOT lose the message").
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
@@ -21,16 +21,16 @@ use postern_smtp::{
     DataSummary, EnhancedStatus, ForwardPath, Host, RcptParams, Reply, ReversePath,
 };
 use postern_tokio::server::{ConnectionInfo, ServerHandler, SessionHandler, Verdict};
-use tokio::sync::Notify;
 
-use crate::access::{AccessPolicy, Client};
 use crate::config::Config;
-use crate::dsn::rfc5322_date;
 use crate::envelope::{Envelope, MailParams, Recipient};
-use crate::queue::Queue;
-use crate::spool::{Incoming, Spool, SpoolError};
+use crate::inbound::access::{AccessPolicy, Client};
+use crate::queue::SharedQueue;
+use crate::queue::spool::{Incoming, SpoolError};
+use crate::reporting::dsn::rfc5322_date;
 
-/// State shared by the listener and the delivery workers.
+/// What every inbound session reads: the configuration and policies it
+/// runs under, and the queue it hands messages to.
 #[derive(Debug)]
 pub struct Shared {
     /// The configuration.
@@ -39,23 +39,8 @@ pub struct Shared {
     pub inbound: ServerPolicy,
     /// The relay access rules.
     pub access: AccessPolicy,
-    /// The spool.
-    pub spool: Arc<Spool>,
-    /// The in-memory queue index.
-    pub queue: Mutex<Queue>,
-    /// Wakes the delivery scheduler (a new message, a finished attempt).
-    pub wake: Notify,
-}
-
-impl Shared {
-    /// Adds a committed message to the queue and wakes delivery.
-    pub fn enqueue(&self, envelope: Envelope) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(envelope);
-        self.wake.notify_one();
-    }
+    /// The queue.
+    pub queue: Arc<SharedQueue>,
 }
 
 /// The relay's [`ServerHandler`].
@@ -179,7 +164,7 @@ impl SessionHandler for RelaySession {
         if self.error.is_some() {
             return;
         }
-        let spool = Arc::clone(&self.shared.spool);
+        let spool = Arc::clone(&self.shared.queue.spool);
         let step = match self.incoming.take() {
             Some(mut incoming) => {
                 tokio::task::spawn_blocking(move || incoming.write_chunk(&chunk).map(|()| incoming))
@@ -247,7 +232,7 @@ impl SessionHandler for RelaySession {
                 let id = envelope.id.clone();
                 tracing::info!(id = info.id, queue_id = %id, from = %format!("<{}>", envelope.reverse_path),
                     nrcpt = envelope.recipients.len(), client = %info.peer.ip(), "message queued");
-                self.shared.enqueue(envelope);
+                self.shared.queue.enqueue(envelope);
                 self.from = None;
                 self.recipients.clear();
                 Reply::new(

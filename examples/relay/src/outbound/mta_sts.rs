@@ -39,8 +39,8 @@ use rustls::RootCertStore;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsConnector;
 
-use crate::https::{self, AbortOnDrop, ConnectError, write_atomic};
-use crate::routing::{LookupError, Resolver};
+use crate::net::dns::{LookupError, Resolver};
+use crate::net::https::{self, AbortOnDrop, ConnectError, write_atomic};
 
 /// The path of the policy file on the policy host (RFC 8461 §3.3).
 pub const POLICY_PATH: &str = "/.well-known/mta-sts.txt";
@@ -615,7 +615,7 @@ mod tests {
         )
         .unwrap();
         let domain = DomainName::parse("example.test").unwrap();
-        let dns = crate::routing::FixedResolver::new()
+        let dns = crate::net::dns::FixedResolver::new()
             .with_address(
                 "mta-sts.example.test",
                 std::net::IpAddr::from([127, 0, 0, 1]),

@@ -40,12 +40,12 @@
 //!
 //! TLS reporting (RFC 8460, when `[tls_reporting] enabled = true`): each
 //! attempt on a host of an MTA-STS-governed destination is counted by the
-//! [`TlsReporter`] (see [`crate::tlsrpt`]); report mails themselves are
+//! [`TlsReporter`] (see [`crate::reporting::tlsrpt`]); report mails themselves are
 //! delivered without MTA-STS and are not counted (§5.3).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use postern_policy::tlsrpt::{FailureFacts, SessionOutcome};
@@ -57,17 +57,19 @@ use postern_tokio::client::{Client, ClientSettings, DeliveryFailure, DeliveryRes
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::dsn::build_bounce;
+use crate::config::Config;
+use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
-use crate::mta_sts::{StsLookup, StsResolver};
-use crate::queue::{AttemptReport, Disposition, Outcome};
-use crate::routing::{
-    FixedResolver, HickoryResolver, LookupError, MxRecord, NextHop, Resolver, Route, RouteSource,
-    Router, is_localhost, normalize_domain,
+use crate::net::dns::{
+    FixedResolver, HickoryResolver, LookupError, MxRecord, Resolver, normalize_domain,
 };
-use crate::server::Shared;
-use crate::spool::SpoolError;
-use crate::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, unix_time};
+use crate::outbound::mta_sts::{StsLookup, StsResolver};
+use crate::outbound::routing::{Route, RouteSource, Router, is_localhost};
+use crate::queue::SharedQueue;
+use crate::queue::spool::SpoolError;
+use crate::queue::{AttemptReport, Disposition, Outcome};
+use crate::reporting::dsn::{BounceSettings, build_bounce};
+use crate::reporting::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, unix_time};
 
 /// How often the cached MTA-STS policies are checked for a due refresh
 /// (each is fetched again about daily: RFC 8461 §10.2).
@@ -127,7 +129,8 @@ impl Resolver for SystemResolver {
 /// The delivery side of a running relay.
 #[derive(Debug)]
 pub struct Delivery {
-    shared: Arc<Shared>,
+    config: Config,
+    queue: Arc<SharedQueue>,
     router: Router<SystemResolver>,
     client: Client,
     outbound: OutboundPolicy,
@@ -143,16 +146,16 @@ fn transient(subject: u16, detail: u16) -> EnhancedStatus {
 }
 
 impl Delivery {
-    /// Delivery over the shared state, with this outbound policy, client
-    /// TLS context and MTA-STS resolver.
+    /// Delivery of the queue's messages under `config`, with this outbound
+    /// policy, client TLS context and MTA-STS resolver.
     pub fn new(
-        shared: Arc<Shared>,
+        config: Config,
+        queue: Arc<SharedQueue>,
         router: Router<SystemResolver>,
         outbound: OutboundPolicy,
         tls: Arc<postern_certs::ClientTlsContext>,
         mta_sts: StsResolver,
     ) -> Self {
-        let config = &shared.config;
         let mut settings = ClientSettings::new(config.hostname.clone());
         settings.connect_timeout = config.timeouts.connect.0;
         settings.handshake_timeout = config.timeouts.tls_handshake.0;
@@ -160,7 +163,8 @@ impl Delivery {
         settings.smtp.timeouts.data = config.timeouts.client_data.0;
         let client = Client::new(settings, tls);
         Self {
-            shared,
+            config,
+            queue,
             router,
             client,
             outbound,
@@ -197,7 +201,7 @@ impl Delivery {
             return SendSummary::default();
         };
         let summary = reporter
-            .send_due(self.router.resolver(), &self.shared, now)
+            .send_due(self.router.resolver(), &self.queue, now)
             .await;
         if summary.reports > 0 {
             // The taken days must not come back after a restart.
@@ -226,7 +230,7 @@ impl Delivery {
         if self.reporter.is_none() {
             return;
         }
-        let persist = self.shared.config.tls_reporting.persist_interval.0;
+        let persist = self.config.tls_reporting.persist_interval.0;
         let tick = persist.min(Duration::from_secs(60));
         let mut last_save = tokio::time::Instant::now();
         loop {
@@ -346,14 +350,14 @@ impl Delivery {
     /// rest (their messages stay queued and are retried at the next start).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         self.finish_leftovers().await;
-        let workers = Arc::new(Semaphore::new(self.shared.config.delivery_workers));
+        let workers = Arc::new(Semaphore::new(self.config.delivery_workers));
         let mut tasks = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let now = SystemTime::now();
-            match self.shared.spool.take_flush_request() {
+            match self.queue.spool.take_flush_request() {
                 Ok(true) => {
                     let n = self.queue().flush(now);
                     tracing::info!(messages = n, "queue flush requested");
@@ -378,7 +382,7 @@ impl Delivery {
                 });
             }
             let next = self.queue().next_wakeup();
-            let scan = self.shared.config.queue.scan_interval.0;
+            let scan = self.config.queue.scan_interval.0;
             let sleep = next
                 .map_or(scan, |t| {
                     t.duration_since(SystemTime::now())
@@ -387,12 +391,12 @@ impl Delivery {
                 .min(scan);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
-                () = self.shared.wake.notified() => {}
+                () = self.queue.wake.notified() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = shutdown.changed() => {}
             }
         }
-        let grace = self.shared.config.timeouts.shutdown_grace.0;
+        let grace = self.config.timeouts.shutdown_grace.0;
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tasks.abort_all();
@@ -402,10 +406,7 @@ impl Delivery {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, crate::queue::Queue> {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.queue.schedule()
     }
 
     /// After a crash: queue the bounces not yet queued, remove finished
@@ -430,9 +431,9 @@ impl Delivery {
 
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&crate::spool::Spool) -> Result<T, SpoolError> + Send + 'static,
+        f: impl FnOnce(&crate::queue::spool::Spool) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, String> {
-        let spool = Arc::clone(&self.shared.spool);
+        let spool = Arc::clone(&self.queue.spool);
         match tokio::task::spawn_blocking(move || f(&spool)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
@@ -455,7 +456,7 @@ impl Delivery {
     /// returns whether that is done (false: the bounce is not queued and the
     /// recipients are still to be returned).
     async fn bounce(&self, envelope: &Envelope, failed: &[usize], now: SystemTime) -> bool {
-        let settings = self.shared.config.bounce_settings();
+        let settings = BounceSettings::from_config(&self.config);
         let env = envelope.clone();
         let list = failed.to_vec();
         let queued = self
@@ -479,7 +480,7 @@ impl Delivery {
         match queued {
             Ok(Some(b)) => {
                 tracing::info!(queue_id = %envelope.id, bounce_id = %b.id, "sender non-delivery notification queued");
-                self.shared.enqueue(b);
+                self.queue.enqueue(b);
             }
             Ok(None) => {}
             Err(e) => {
@@ -523,7 +524,7 @@ impl Delivery {
                 let wait = retry_in(at, now);
                 tracing::warn!(queue_id = %id, retry_in = %wait, "bounce not queued: message kept");
             }
-            self.shared.wake.notify_one();
+            self.queue.wake.notify_one();
             return;
         }
         match report.disposition {
@@ -533,7 +534,7 @@ impl Delivery {
                 tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
             }
         }
-        self.shared.wake.notify_one();
+        self.queue.wake.notify_one();
     }
 
     /// Delivers the open recipients of `envelope`, logs one line per
@@ -1006,8 +1007,8 @@ fn is_local_ip(ip: IpAddr) -> bool {
 /// The value of the message's `TLS-Required` header field (RFC 8689 §5),
 /// if it has one.
 fn tls_required_header(content: &[u8]) -> Option<String> {
-    let (header, _) = crate::dkim::split_message(content);
-    crate::dkim::header_fields(header)
+    let (header, _) = crate::reporting::dkim::split_message(content);
+    crate::reporting::dkim::header_fields(header)
         .into_iter()
         .find(|(name, _)| name.eq_ignore_ascii_case(b"TLS-Required"))
         .map(|(_, value)| String::from_utf8_lossy(value).into_owned())

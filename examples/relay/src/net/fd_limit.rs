@@ -10,7 +10,7 @@
 //! hang without even a `421`.
 //!
 //! ```
-//! use postern_relay::fd_limit::{FdLimit, plan};
+//! use postern_relay::net::fd_limit::{FdLimit, plan};
 //!
 //! // Soft 1024 (hard 1024): 5000 connections do not fit, 459 do.
 //! let limit = FdLimit { soft: Some(1024), hard: Some(1024) };

@@ -28,6 +28,8 @@
 //! assert!(err.to_string().contains("queue.max_lifetime"));
 //! ```
 
+pub mod routes;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -40,13 +42,9 @@ use serde::{Deserialize, Serialize};
 
 use postern_policy::config::ConfigError as PolicyError;
 use postern_policy::{ClientCertMode, ClientTlsMode, Policy, PolicyConfig};
-use postern_types::{DomainRule, DomainTable};
+use postern_types::DomainRule;
 
-use crate::access::AccessPolicy;
-use crate::dkim::{DkimKeyError, DkimSigner};
-use crate::dsn::BounceSettings;
-use crate::queue::RetryPolicy;
-use crate::routing::{NextHop, StaticRoutes};
+use routes::{NextHop, StaticRoutes};
 
 /// An error in the configuration. Every variant names the key concerned.
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +118,21 @@ fn refuse_dane(policy: &Policy) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+/// Whether `name` can name an imported certificate: 1–64 characters of
+/// letters, digits, `.`, `_`, `-` and space, not starting with `.` or a
+/// space (so that it stays inside the certificate directory), and not the
+/// reserved "Default Cert".
+pub fn is_certificate_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', ' '])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ' '))
+        && name != postern_certs::DEFAULT_CERT_NAME
+}
+
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -356,12 +368,12 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        let p = RetryPolicy::default();
+        const DAY: u64 = 24 * 60 * 60;
         Self {
-            min_backoff: Interval(p.min_backoff),
-            max_backoff: Interval(p.max_backoff),
-            max_lifetime: Interval(p.max_lifetime),
-            bounce_lifetime: Interval(p.bounce_lifetime),
+            min_backoff: Interval(Duration::from_secs(5 * 60)),
+            max_backoff: Interval(Duration::from_secs(60 * 60)),
+            max_lifetime: Interval(Duration::from_secs(5 * DAY)),
+            bounce_lifetime: Interval(Duration::from_secs(5 * DAY)),
             scan_interval: Interval(Duration::from_secs(1)),
         }
     }
@@ -736,7 +748,7 @@ impl Config {
                 "must be an address (local@domain)",
             ));
         }
-        self.dkim_signer()?;
+        self.validate_dkim()?;
         if self.mta_sts.https_port == 0 {
             return Err(invalid("mta_sts.https_port", "must be more than 0"));
         }
@@ -776,7 +788,7 @@ impl Config {
             ));
         }
         if let Some(name) = &self.certificates.outbound_certificate
-            && crate::certs::check_name(name).is_err()
+            && !is_certificate_name(name)
         {
             return Err(invalid(
                 "certificates.outbound_certificate",
@@ -815,11 +827,12 @@ impl Config {
         Ok(policy)
     }
 
-    /// The DKIM signer of report mails (`tls_reporting.dkim_domain`,
-    /// `dkim_selector`, `dkim_key`), with its key read and checked; `None`
-    /// when none of the three is set. Setting only some of them is an error
-    /// naming a missing one.
-    pub fn dkim_signer(&self) -> Result<Option<DkimSigner>, ConfigError> {
+    /// The DKIM settings of report mails (`tls_reporting.dkim_domain`,
+    /// `dkim_selector`, `dkim_key`): all three or none, and a domain that is
+    /// a name. Whether the selector is one and the key file holds a usable key is
+    /// [`DkimSigner::from_config`](crate::reporting::dkim::DkimSigner::from_config)'s
+    /// to say, when the relay starts and in `check-config`.
+    fn validate_dkim(&self) -> Result<(), ConfigError> {
         let r = &self.tls_reporting;
         let set = [
             ("tls_reporting.dkim_domain", !r.dkim_domain.is_empty()),
@@ -827,7 +840,7 @@ impl Config {
             ("tls_reporting.dkim_key", r.dkim_key.is_some()),
         ];
         if set.iter().all(|(_, s)| !s) {
-            return Ok(None);
+            return Ok(());
         }
         if let Some((missing, _)) = set.iter().find(|(_, s)| !s) {
             return Err(invalid(
@@ -842,18 +855,7 @@ impl Config {
                 format!("{:?} is not a domain", r.dkim_domain),
             ));
         }
-        let Some(path) = &r.dkim_key else {
-            return Ok(None); // checked above: all three are set
-        };
-        DkimSigner::from_file(&r.dkim_domain, &r.dkim_selector, path)
-            .map(Some)
-            .map_err(|e| match e {
-                DkimKeyError::Name(name) => invalid(
-                    "tls_reporting.dkim_selector",
-                    format!("{name:?} is not a selector (dot-separated labels)"),
-                ),
-                e => invalid("tls_reporting.dkim_key", format!("{}: {e}", path.display())),
-            })
+        Ok(())
     }
 
     /// The certificate directory inside the state directory.
@@ -875,38 +877,6 @@ impl Config {
                 .map_err(|e| invalid(format!("routes.\"{key}\""), e.to_string()))?;
         }
         Ok(routes)
-    }
-
-    /// The relay access rules. (An accepted domain that does not parse, in
-    /// a configuration that was not validated, accepts nothing.)
-    pub fn access_policy(&self) -> AccessPolicy {
-        let mut accepted = DomainTable::new();
-        for rule in self
-            .accepted_domains
-            .iter()
-            .filter_map(|d| DomainRule::parse(d).ok())
-        {
-            // A domain written twice, in any form, is accepted either way.
-            let _ = accepted.insert(rule, ());
-        }
-        AccessPolicy::new(accepted, self.authorised_networks.clone())
-    }
-
-    /// The retry policy.
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            min_backoff: self.queue.min_backoff.0,
-            max_backoff: self.queue.max_backoff.0,
-            max_lifetime: self.queue.max_lifetime.0,
-            bounce_lifetime: self.queue.bounce_lifetime.0,
-        }
-    }
-
-    /// The bounce settings.
-    pub fn bounce_settings(&self) -> BounceSettings {
-        let mut s = BounceSettings::new(self.hostname.clone());
-        s.size_limit = self.bounce_size_limit;
-        s
     }
 }
 
@@ -1081,7 +1051,7 @@ mod tests {
             policy.outbound.explain(&"example.net".parse().unwrap()),
             "domain example.net (override): verify"
         );
-        assert_eq!(c.retry_policy().min_backoff, Duration::from_secs(60));
+        assert_eq!(c.queue.min_backoff.0, Duration::from_secs(60));
     }
 
     #[test]
@@ -1149,6 +1119,10 @@ mod tests {
         assert_eq!(c.mta_sts.fetch_timeout.0, Duration::from_secs(20));
     }
 
+    fn build_signer(c: &Config) -> Result<Option<crate::reporting::dkim::DkimSigner>, ConfigError> {
+        crate::reporting::dkim::DkimSigner::from_config(&c.tls_reporting)
+    }
+
     #[test]
     fn dkim_settings_are_all_or_none_and_the_key_is_checked() {
         let dir = tempfile::tempdir().unwrap();
@@ -1176,9 +1150,9 @@ mod tests {
             t
         };
 
-        assert!(Config::default().dkim_signer().unwrap().is_none());
+        assert!(build_signer(&Config::default()).unwrap().is_none());
         let c = Config::from_toml_str(&toml("example.com", "tlsrpt", Some(&good))).unwrap();
-        let signer = c.dkim_signer().unwrap().unwrap();
+        let signer = build_signer(&c).unwrap().unwrap();
         assert_eq!(signer.domain(), "example.com");
         assert_eq!(signer.selector(), "tlsrpt");
         assert_eq!(signer.algorithm(), "ed25519-sha256");
@@ -1202,7 +1176,7 @@ mod tests {
         // Bad names, unreadable files and unusable keys.
         let small = dir.path().join("small.pem");
         // Too small to be accepted.
-        std::fs::write(&small, crate::dkim::tests::RSA_1024_PKCS1).unwrap();
+        std::fs::write(&small, crate::reporting::dkim::tests::RSA_1024_PKCS1).unwrap();
         for (text, key, words) in [
             (
                 toml("exa mple.com", "tlsrpt", Some(&good)),
@@ -1234,7 +1208,11 @@ mod tests {
                 "2048 bits",
             ),
         ] {
-            let e = Config::from_toml_str(&text).unwrap_err();
+            // The names are the configuration's; the key file is read when
+            // the signer is built (at start and by check-config).
+            let e = Config::from_toml_str(&text)
+                .and_then(|c| build_signer(&c).map(|_| c))
+                .unwrap_err();
             assert_eq!(e.key(), Some(key), "{text}");
             assert!(e.to_string().contains(words), "{e}");
         }

@@ -15,10 +15,11 @@ use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::certs::{CertDir, rfc3339};
 use crate::config::Config;
 use crate::envelope::{Envelope, Failure, FailureSource};
-use crate::spool::{Scan, Spool};
+use crate::queue::spool::{Scan, Spool};
+use crate::reporting::dkim::DkimSigner;
+use crate::tls::certs::{CertDir, rfc3339};
 use crate::tls::{client_cert_roots, outbound_roots};
 
 /// The result of a command.
@@ -98,7 +99,7 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         imported.len(),
     );
     // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
-    if let Some(signer) = config.dkim_signer()? {
+    if let Some(signer) = DkimSigner::from_config(&config.tls_reporting)? {
         eprintln!(
             "tls reports signed with DKIM: publish TXT {}._domainkey.{} \"{}\"",
             signer.selector(),
@@ -280,7 +281,7 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
 pub async fn probe(config: &Config, target: &str) -> CliResult {
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
-    let report = crate::probe::probe(target, &config.hostname, roots, timeout).await?;
+    let report = crate::outbound::probe::probe(target, &config.hostname, roots, timeout).await?;
     out!("{}", report.to_text());
     Ok(())
 }

@@ -27,8 +27,9 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use postern_types::{DomainName, DomainTable};
+use postern_types::{DomainName, DomainRule, DomainTable};
 
+use crate::config::Config;
 use crate::envelope::EnhancedStatus;
 
 /// What the server knows about the client when a recipient is checked.
@@ -79,6 +80,22 @@ pub struct AccessPolicy {
 }
 
 impl AccessPolicy {
+    /// The rules of a configuration: `accepted_domains` and
+    /// `authorised_networks`. (An accepted domain that does not parse, in a
+    /// configuration that was not validated, accepts nothing.)
+    pub fn from_config(config: &Config) -> Self {
+        let mut accepted = DomainTable::new();
+        for rule in config
+            .accepted_domains
+            .iter()
+            .filter_map(|d| DomainRule::parse(d).ok())
+        {
+            // A domain written twice, in any form, is accepted either way.
+            let _ = accepted.insert(rule, ());
+        }
+        Self::new(accepted, config.authorised_networks.clone())
+    }
+
     /// A policy with these accepted domains and networks.
     pub fn new(accepted_domains: DomainTable<()>, authorised_networks: Vec<IpNet>) -> Self {
         Self {

@@ -1,7 +1,9 @@
 //! TLS set-up from the configuration: the validated policy, the inbound TLS
-//! context (certificates from the [`crate::certs::CertDir`], client
+//! context (certificates from the [`crate::tls::certs::CertDir`], client
 //! certificate roots) and the outbound TLS context (system roots plus the
 //! configured CA bundle, optional client certificate).
+
+pub mod certs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +15,8 @@ use postern_policy::{ClientCertMode, Policy, ServerTlsMode};
 use rustls::RootCertStore;
 use rustls::pki_types::UnixTime;
 
-use crate::certs::{CertDir, CertDirError, rsa_bits};
 use crate::config::{Config, ConfigError};
+use certs::{CertDir, CertDirError, rsa_bits};
 
 /// An error setting up TLS.
 #[derive(Debug, thiserror::Error)]

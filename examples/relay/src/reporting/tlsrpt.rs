@@ -39,7 +39,7 @@
 //! MTA-STS (the operator's own per-domain TLS rules still apply) and its
 //! sessions are not recorded. §5.3 also requires a DKIM signature on report
 //! mails: with `dkim_domain`, `dkim_selector` and `dkim_key` set, each report
-//! mail is signed ([`crate::dkim`]) before it is queued; without them it is
+//! mail is signed ([`crate::reporting::dkim`]) before it is queued; without them it is
 //! not, and an operator who enables reporting routes report mail through a
 //! signing smart host (or accepts that some receivers ignore unsigned
 //! reports).
@@ -65,12 +65,12 @@ use rustls::RootCertStore;
 use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsConnector;
 
-use crate::config::Config;
-use crate::dkim::DkimSigner;
+use crate::config::{Config, ConfigError};
 use crate::envelope::{Envelope, MailParams, MessageId, Recipient};
-use crate::https::{self, AbortOnDrop, ConnectError, write_atomic};
-use crate::routing::Resolver;
-use crate::server::Shared;
+use crate::net::dns::Resolver;
+use crate::net::https::{self, AbortOnDrop, ConnectError, write_atomic};
+use crate::queue::SharedQueue;
+use crate::reporting::dkim::DkimSigner;
 
 /// Unsent days kept; an older day's aggregates are dropped (a relay that
 /// could not send for this long has bigger problems).
@@ -106,12 +106,13 @@ pub struct ReportSettings {
 }
 
 impl ReportSettings {
-    /// The settings of `config` (empty values get their documented defaults).
-    pub fn from_config(config: &Config) -> Self {
+    /// The settings of `config` (empty values get their documented defaults),
+    /// with the DKIM key read and checked.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let r = &config.tls_reporting;
         let or = |v: &str, d: String| if v.is_empty() { d } else { v.to_owned() };
         let report_from = or(&r.report_from, format!("postmaster@{}", config.hostname));
-        Self {
+        Ok(Self {
             organization: or(&r.organization, config.hostname.clone()),
             contact_info: or(&r.contact_info, format!("mailto:{report_from}")),
             report_from,
@@ -119,16 +120,8 @@ impl ReportSettings {
             max_send_delay: i64::try_from(r.max_send_delay.0.as_secs()).unwrap_or(86_400),
             max_domains: r.max_domains,
             max_failure_groups: r.max_failure_groups,
-            // Config::validate loaded the key already; failing now means the
-            // file changed since.
-            dkim: match config.dkim_signer() {
-                Ok(signer) => signer.map(Arc::new),
-                Err(e) => {
-                    tracing::error!(error = %e, "tls-rpt: DKIM key unusable; report mails go out unsigned");
-                    None
-                }
-            },
-        }
+            dkim: DkimSigner::from_config(r)?.map(Arc::new),
+        })
     }
 }
 
@@ -437,7 +430,7 @@ impl TlsReporter {
     pub async fn send_due<R: Resolver>(
         &self,
         resolver: &R,
-        shared: &Arc<Shared>,
+        queue: &Arc<SharedQueue>,
         now: SystemTime,
     ) -> SendSummary {
         let mut summary = SendSummary::default();
@@ -473,7 +466,7 @@ impl TlsReporter {
                     ReportUri::Mailto(to) => {
                         // Queued at the real time: `now` only decides what is due.
                         let queued_at = SystemTime::now();
-                        match self.queue_mail(shared, &due, to, &gzip, queued_at).await {
+                        match self.queue_mail(queue, &due, to, &gzip, queued_at).await {
                             Ok(id) => {
                                 tracing::info!(domain = %due.domain, to = %to, queue_id = %id, "tls-rpt: report mail queued");
                                 summary.mails_queued += 1;
@@ -503,7 +496,7 @@ impl TlsReporter {
 
     async fn queue_mail(
         &self,
-        shared: &Arc<Shared>,
+        queue: &Arc<SharedQueue>,
         due: &DueReport,
         to: &str,
         gzip: &[u8],
@@ -521,7 +514,7 @@ impl TlsReporter {
             now,
         );
         envelope.tls_report = true;
-        let spool = Arc::clone(&shared.spool);
+        let spool = Arc::clone(&queue.spool);
         let committed = tokio::task::spawn_blocking(move || {
             let mut incoming = spool.begin(envelope, None)?;
             incoming.write_chunk(&content)?;
@@ -531,7 +524,7 @@ impl TlsReporter {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
         let id = committed.id.clone();
-        shared.enqueue(committed);
+        queue.enqueue(committed);
         Ok(id)
     }
 
@@ -669,7 +662,10 @@ pub fn build_mail(
     };
     line(&format!("From: <{}>", settings.report_from));
     line(&format!("To: <{to}>"));
-    line(&format!("Date: {}", crate::dsn::rfc5322_date(now)));
+    line(&format!(
+        "Date: {}",
+        crate::reporting::dsn::rfc5322_date(now)
+    ));
     line(&format!(
         "Message-ID: <{}.{}.tlsrpt@{submitter}>",
         due.period.start(),

@@ -8,7 +8,7 @@
 //! holder, so that a second instance can name it.
 //!
 //! ```
-//! use postern_relay::lock::{LockError, StateLock};
+//! use postern_relay::queue::lock::{LockError, StateLock};
 //!
 //! let dir = tempfile::tempdir().unwrap();
 //! let held = StateLock::acquire(dir.path()).unwrap();

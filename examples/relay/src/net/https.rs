@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::routing::Resolver;
+use crate::net::dns::Resolver;
 
 /// A TLS client verifying servers against `roots` (WebPKI), TLS 1.2 or 1.3
 /// (RFC 8461 §7.2; RFC 8460 §5.2 asks for the same of report servers).

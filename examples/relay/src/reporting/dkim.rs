@@ -19,7 +19,7 @@
 //! ```
 //! use std::time::{Duration, SystemTime};
 //! use base64::Engine as _;
-//! use postern_relay::dkim::DkimSigner;
+//! use postern_relay::reporting::dkim::DkimSigner;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // A PEM key, as `openssl genpkey -algorithm ed25519` writes it.
@@ -55,6 +55,8 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _, RSA_PKCS1_SHA256};
 use base64::Engine as _;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject as _;
+
+use crate::config::{ConfigError, TlsReportingConfig, invalid};
 
 /// The header fields signed when present, in `h=` order: those RFC 6376
 /// §5.4.1 recommends that a report mail has, plus the two RFC 8460 §5.3
@@ -161,6 +163,29 @@ fn is_name(s: &str) -> bool {
 }
 
 impl DkimSigner {
+    /// The signer of report mails configured in `[tls_reporting]`
+    /// (`dkim_domain`, `dkim_selector`, `dkim_key`), with its key read and
+    /// checked; `None` when none of the three is set (the configuration's own
+    /// validation has checked that they come together).
+    pub fn from_config(r: &TlsReportingConfig) -> Result<Option<Self>, ConfigError> {
+        let (false, false, Some(path)) = (
+            r.dkim_domain.is_empty(),
+            r.dkim_selector.is_empty(),
+            &r.dkim_key,
+        ) else {
+            return Ok(None);
+        };
+        Self::from_file(&r.dkim_domain, &r.dkim_selector, path)
+            .map(Some)
+            .map_err(|e| match e {
+                DkimKeyError::Name(name) => invalid(
+                    "tls_reporting.dkim_selector",
+                    format!("{name:?} is not a selector (dot-separated labels)"),
+                ),
+                e => invalid("tls_reporting.dkim_key", format!("{}: {e}", path.display())),
+            })
+    }
+
     /// A signer for `domain` (`d=`) and `selector` (`s=`) with the PEM
     /// private key `pem` (RSA in PKCS#8 or PKCS#1, or Ed25519 in PKCS#8).
     pub fn from_pem(domain: &str, selector: &str, pem: &[u8]) -> Result<Self, DkimKeyError> {

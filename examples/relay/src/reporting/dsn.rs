@@ -28,6 +28,7 @@ use std::time::SystemTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+use crate::config::Config;
 use crate::envelope::{Envelope, Failure, FailureSource, MailParams, Recipient, Ret};
 
 /// Longest diagnostic text kept (the line must stay under RFC 5322's 998).
@@ -46,6 +47,14 @@ pub struct BounceSettings {
 }
 
 impl BounceSettings {
+    /// The settings of a configuration: its `hostname` as the reporting MTA,
+    /// `bounce_size_limit`.
+    pub fn from_config(config: &Config) -> Self {
+        let mut s = Self::new(config.hostname.clone());
+        s.size_limit = config.bounce_size_limit;
+        s
+    }
+
     /// Settings for a host name, with the default size limit of 50000 bytes.
     pub fn new(reporting_mta: impl Into<String>) -> Self {
         Self {

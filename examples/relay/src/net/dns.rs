@@ -1,0 +1,231 @@
+//! The DNS lookups the flows need (MX, addresses, TXT), behind the
+//! [`Resolver`] trait: [`HickoryResolver`] with the system configuration, or
+//! [`FixedResolver`], fixed tables for tests and sites without DNS.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+use postern_types::DomainName;
+
+/// A DNS lookup that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LookupError {
+    /// The name does not exist (NXDOMAIN).
+    #[error("domain does not exist")]
+    NoSuchDomain,
+    /// The name exists but has no records of the type asked (NODATA).
+    #[error("no records")]
+    NoRecords,
+    /// The lookup could not be completed (timeout, SERVFAIL, network).
+    #[error("dns lookup failed: {0}")]
+    Temporary(String),
+}
+
+/// One MX record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    /// Lower is preferred.
+    pub preference: u16,
+    /// The mail exchanger's host name; `"."` or `""` for a null MX.
+    pub exchange: String,
+}
+
+/// The DNS lookups routing needs. Implemented by [`HickoryResolver`]; tests
+/// use an in-memory table.
+pub trait Resolver {
+    /// The MX records of `domain`.
+    fn mx(&self, domain: &str) -> impl Future<Output = Result<Vec<MxRecord>, LookupError>> + Send;
+    /// The A and AAAA addresses of `host`.
+    fn addresses(
+        &self,
+        host: &str,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, LookupError>> + Send;
+    /// The TXT records of `name`, each record's strings joined without
+    /// separators (RFC 8461 §3.1 and RFC 7208 §3.3 read them so).
+    fn txt(&self, name: &str) -> impl Future<Output = Result<Vec<String>, LookupError>> + Send;
+}
+
+/// [`Resolver`] backed by hickory-resolver with the system configuration
+/// (`/etc/resolv.conf`).
+#[derive(Debug, Clone)]
+pub struct HickoryResolver {
+    inner: TokioResolver,
+}
+
+impl HickoryResolver {
+    /// A resolver with the system configuration. Call within a tokio runtime.
+    pub fn from_system() -> Result<Self, LookupError> {
+        let inner = TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| LookupError::Temporary(e.to_string()))?;
+        Ok(Self { inner })
+    }
+}
+
+fn lookup_error(e: &hickory_resolver::net::NetError) -> LookupError {
+    if e.is_nx_domain() {
+        LookupError::NoSuchDomain
+    } else if e.is_no_records_found() {
+        LookupError::NoRecords
+    } else {
+        LookupError::Temporary(e.to_string())
+    }
+}
+
+/// An absolute name, so the resolver's search list is never applied.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Resolver for HickoryResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        let lookup = self
+            .inner
+            .mx_lookup(fqdn(domain))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(MxRecord {
+                    preference: mx.preference,
+                    exchange: mx.exchange.to_ascii(),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        let lookup = self
+            .inner
+            .lookup_ip(fqdn(host))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup.iter().collect())
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let lookup = self
+            .inner
+            .txt_lookup(fqdn(name))
+            .await
+            .map_err(|e| lookup_error(&e))?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => {
+                    let bytes: Vec<u8> = txt.txt_data.iter().flatten().copied().collect();
+                    Some(String::from_utf8_lossy(&bytes).into_owned())
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// A [`Resolver`] answering from fixed tables, for tests and for sites
+/// without DNS. A name without an entry does not exist (NXDOMAIN); names are
+/// matched case-insensitively, without a trailing dot.
+#[derive(Debug, Clone, Default)]
+pub struct FixedResolver {
+    mx: HashMap<String, Vec<MxRecord>>,
+    addresses: HashMap<String, Vec<IpAddr>>,
+    txt: HashMap<String, Result<Vec<String>, LookupError>>,
+}
+
+impl FixedResolver {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an MX record for `domain`.
+    #[must_use]
+    pub fn with_mx(mut self, domain: &str, preference: u16, exchange: &str) -> Self {
+        self.mx
+            .entry(normalize_domain(domain))
+            .or_default()
+            .push(MxRecord {
+                preference,
+                exchange: exchange.to_owned(),
+            });
+        self
+    }
+
+    /// Adds an address for `host`.
+    #[must_use]
+    pub fn with_address(mut self, host: &str, ip: IpAddr) -> Self {
+        self.addresses
+            .entry(normalize_domain(host))
+            .or_default()
+            .push(ip);
+        self
+    }
+
+    /// Sets the TXT answer of `name` (a list of records, or a lookup error).
+    #[must_use]
+    pub fn with_txt(mut self, name: &str, answer: Result<Vec<String>, LookupError>) -> Self {
+        self.txt.insert(normalize_domain(name), answer);
+        self
+    }
+
+    fn known(&self, name: &str) -> bool {
+        self.mx.contains_key(name)
+            || self.addresses.contains_key(name)
+            || self.txt.contains_key(name)
+    }
+
+    fn answer<T: Clone>(
+        &self,
+        map: &HashMap<String, Vec<T>>,
+        name: &str,
+    ) -> Result<Vec<T>, LookupError> {
+        let name = normalize_domain(name);
+        match map.get(&name) {
+            Some(v) => Ok(v.clone()),
+            None if self.known(&name) => Err(LookupError::NoRecords),
+            None => Err(LookupError::NoSuchDomain),
+        }
+    }
+}
+
+impl Resolver for FixedResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        self.answer(&self.mx, domain)
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        self.answer(&self.addresses, host)
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        let key = normalize_domain(name);
+        match self.txt.get(&key) {
+            Some(answer) => answer.clone(),
+            None if self.known(&key) => Err(LookupError::NoRecords),
+            None => Err(LookupError::NoSuchDomain),
+        }
+    }
+}
+
+/// A domain in the one canonical form of [`DomainName`] (lower-case A-labels,
+/// no trailing dot), so that grouping, routing and the TLS policy agree on
+/// an internationalised domain; text that is no domain name (an address
+/// literal, a `_service` label) is lower-cased without its trailing dot.
+pub fn normalize_domain(domain: &str) -> String {
+    DomainName::parse(domain).map_or_else(
+        |_| domain.trim_end_matches('.').to_lowercase(),
+        |name| name.as_str().to_owned(),
+    )
+}

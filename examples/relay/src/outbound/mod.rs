@@ -1,0 +1,10 @@
+//! Outbound: a message leaves. Routing (static routes, MX), the destination's
+//! MTA-STS policy, and delivery: postern-attempt's sans-IO attempt under the
+//! per-destination TLS policy, driven by postern-tokio, with per-recipient
+//! outcomes handed back to the queue. [`probe`] drives the same attempt up to
+//! TLS and stops, so it can never disagree with delivery.
+
+pub mod delivery;
+pub mod mta_sts;
+pub mod probe;
+pub mod routing;
