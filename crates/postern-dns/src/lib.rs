@@ -73,6 +73,13 @@
 //!   RFC 7672 defers the delivery either way, but a TLS-RPT report may say
 //!   `dnssec-invalid` for what was a network problem. (Tests assert a Secure
 //!   control query first, so a broken lab cannot pass as "Bogus".)
+//! - hickory-resolver 0.26.3 reports a CNAME whose target securely lacks the
+//!   type asked for (CNAME, then NODATA proved by NSEC3) as Bogus, where
+//!   unbound and delv say Secure. On a Bogus answer, [`Mode::Validating`]
+//!   walks the chain again one link at a time (the CNAME alone, then the type
+//!   at its target), each step validated by hickory; the verdict changes only
+//!   if every step validates, so real Bogus data stays Bogus (the lab test
+//!   checks both).
 //! - Use 0.26.3 or later: earlier 0.26 releases carry NSEC3 advisories
 //!   (RUSTSEC-2026-0118/0120) and an insecure-delegation regression.
 //! - The validating resolver caches answers (and their proofs) for their

@@ -294,7 +294,11 @@ impl DnssecStatus {
                 DnssecStatus::Secure => 3,
             }
         }
-        if rank(self) <= rank(other) { self } else { other }
+        if rank(self) <= rank(other) {
+            self
+        } else {
+            other
+        }
     }
 }
 
