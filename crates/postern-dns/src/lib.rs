@@ -58,7 +58,8 @@
 //! - [`DaneResolver::tlsa`]: `_port._tcp.host` TLSA, as a
 //!   [`TlsaLookup`](postern_policy::dane::TlsaLookup). A CNAME on the TLSA
 //!   name is followed; the records count only if every link is secure.
-//!   Records hickory cannot parse are skipped with a debug log.
+//!   Records that cannot be read are skipped with a debug log; a secure
+//!   RRset with none readable is Indeterminate, never "no records".
 //! - [`DaneResolver::tlsa_for`]: the §2.2.2 rule for an MX host reached
 //!   through a CNAME: TLSA at the expanded name first, then at the original
 //!   name, with the TLSA base domain reported ([`HostTlsa`]).

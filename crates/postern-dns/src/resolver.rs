@@ -359,6 +359,9 @@ fn domain_of(name: &Name) -> Option<DomainName> {
     DomainName::parse(&name.to_ascii()).ok()
 }
 
+/// A TLSA record as the policy takes it; `None` (logged) for rdata that cannot
+/// be read. hickory keeps rdata it could not decode as `Unknown`: its wire form
+/// (usage, selector, matching type, data; RFC 6698 §2.1) is read here.
 fn tlsa_record(record: &Record) -> Option<TlsaRecord> {
     match &record.data {
         RData::TLSA(tlsa) => Some(TlsaRecord {
@@ -367,8 +370,20 @@ fn tlsa_record(record: &Record) -> Option<TlsaRecord> {
             matching_type: u8::from(tlsa.matching).into(),
             data: tlsa.cert_data.clone(),
         }),
+        RData::Unknown { code, rdata } if *code == RecordType::TLSA => match &rdata.anything[..] {
+            [usage, selector, matching_type, data @ ..] => Some(TlsaRecord {
+                usage: (*usage).into(),
+                selector: (*selector).into(),
+                matching_type: (*matching_type).into(),
+                data: data.to_vec(),
+            }),
+            short => {
+                debug!(name = %record.name, len = short.len(), "TLSA rdata too short; skipped");
+                None
+            }
+        },
         other => {
-            debug!(name = %record.name, rdata = ?other, "TLSA record not parsed; skipped");
+            debug!(name = %record.name, rdata = ?other, "TLSA record not readable; skipped");
             None
         }
     }
@@ -575,8 +590,10 @@ impl DaneResolver {
     /// A CNAME on the TLSA name is followed, and the records at its end are
     /// used only if every link is secure: an insecure link makes the whole
     /// answer [`TlsaLookup::Insecure`]. The TLSA base domain stays `host`
-    /// (RFC 7671 §7). Records hickory could not parse are skipped (logged at
-    /// debug level); if none is left, the answer counts as a secure denial.
+    /// (RFC 7671 §7). Records that cannot be read are skipped (logged at
+    /// debug level); if records exist but none can be read, the answer is
+    /// `Failed(Indeterminate)`, not "no records", which would downgrade the
+    /// host to opportunistic TLS.
     pub async fn tlsa(&self, host: &DomainName, port: u16) -> TlsaLookup {
         let Some(qname) = dns_name(&format!("_{port}._tcp.{host}")) else {
             return TlsaLookup::Failed(LookupFailure::Indeterminate);
@@ -592,7 +609,13 @@ impl DaneResolver {
             (_, RawKind::Records(records)) => {
                 let (_, found) = follow_chain(&qname, RecordType::TLSA, &records);
                 let parsed: Vec<TlsaRecord> = found.iter().filter_map(tlsa_record).collect();
-                if parsed.is_empty() {
+                if parsed.is_empty() && !found.is_empty() {
+                    // Records exist but none can be read. "No TLSA" would
+                    // downgrade the host to opportunistic TLS; say
+                    // Indeterminate instead (the host is deferred).
+                    debug!(%qname, "no readable TLSA record in a secure RRset");
+                    TlsaLookup::Failed(LookupFailure::Indeterminate)
+                } else if parsed.is_empty() {
                     TlsaLookup::SecureNoRecords
                 } else {
                     TlsaLookup::Secure(parsed)
@@ -1002,7 +1025,24 @@ mod tests {
             tlsa_record(&r),
             Some(format!("3 1 1 {}", "ab".repeat(32)).parse().unwrap())
         );
-        // Anything else (unparsed rdata) is skipped.
+        // rdata hickory kept undecoded is read from its wire form; too short
+        // is skipped.
+        let unknown = |bytes: &[u8]| {
+            rec(
+                "_25._tcp.mx.example.",
+                RData::Unknown {
+                    code: RecordType::TLSA,
+                    rdata: hickory_resolver::proto::rr::rdata::NULL::with(bytes.to_vec()),
+                },
+                Proof::Secure,
+            )
+        };
+        assert_eq!(
+            tlsa_record(&unknown(&[3, 1, 1, 0xab, 0xcd])),
+            Some("3 1 1 abcd".parse().unwrap())
+        );
+        assert_eq!(tlsa_record(&unknown(&[3, 1])), None);
+        // Anything else is skipped.
         let r = rec(
             "_25._tcp.mx.example.",
             RData::MX(MX::new(10, name("mx.example."))),
