@@ -57,7 +57,7 @@ pub enum Mode {
 /// DNSSEC-aware MX, address and TLSA lookups for DANE; see the crate
 /// documentation.
 ///
-/// Cheap to clone (the state is shared); build it inside a Tokio runtime.
+/// Cheap to clone (the state is shared); the lookups run on Tokio.
 #[derive(Clone)]
 pub struct DaneResolver {
     backend: Backend,
@@ -297,6 +297,10 @@ fn ede_codes(message: &Message) -> Vec<u16> {
 
 /// Maps the response of a resolver whose AD bit is trusted.
 fn from_trusted_response(message: &Message, qname: &Name, ty: RecordType) -> Raw {
+    if message.metadata.truncation {
+        // A truncated answer may omit records: never read it as a denial.
+        return Raw::failed(DnssecStatus::Indeterminate);
+    }
     let ad = if message.metadata.authentic_data {
         DnssecStatus::Secure
     } else {
@@ -982,6 +986,43 @@ mod tests {
             ty,
         );
         assert_eq!(r.kind, RawKind::Denied(Denial::NxDomain));
+    }
+
+    #[test]
+    fn truncated_is_not_a_denial() {
+        let q = name("host.example.");
+        let mut m = response(ResponseCode::NoError, true, vec![]);
+        m.metadata.truncation = true;
+        assert_eq!(
+            from_trusted_response(&m, &q, RecordType::A),
+            Raw::failed(DnssecStatus::Indeterminate)
+        );
+    }
+
+    #[test]
+    fn build_errors() {
+        let config = |servers: Vec<std::net::SocketAddr>, anchor: TrustAnchor| {
+            DaneResolver::validating(&ValidatingConfig::new(servers).with_trust_anchor(anchor))
+        };
+        let server = vec!["127.0.0.1:53".parse().unwrap()];
+        assert!(matches!(
+            config(vec![], TrustAnchor::BuiltInRoot),
+            Err(BuildError::NoNameServers)
+        ));
+        let missing = std::env::temp_dir().join("postern-dns-no-such-anchor.key");
+        assert!(matches!(
+            config(server.clone(), TrustAnchor::File(missing)),
+            Err(BuildError::TrustAnchor { .. })
+        ));
+        let empty =
+            std::env::temp_dir().join(format!("postern-dns-empty-{}.key", std::process::id()));
+        std::fs::write(&empty, "; no keys here\n").unwrap();
+        let result = config(server, TrustAnchor::File(empty.clone()));
+        let _ = std::fs::remove_file(&empty);
+        assert!(
+            matches!(&result, Err(BuildError::TrustAnchor { message, .. }) if message.contains("DNSKEY")),
+            "{result:?}"
+        );
     }
 
     #[test]

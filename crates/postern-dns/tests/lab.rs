@@ -313,6 +313,14 @@ async fn matrix(mode: &'static str, r: &DaneResolver) {
         mx_tlsa.clone(),
     );
 
+    // An answer too large for UDP: truncated, retried over TCP.
+    let many = r.addresses(&d("many.dane.test")).await;
+    c.eq(
+        "many.dane.test A over TCP",
+        (many.status, many.addresses.len()),
+        (DnssecStatus::Secure, 120),
+    );
+
     // Secure denials under dane.test (NSEC3): NXDOMAIN and NODATA.
     c.eq(
         "TLSA NXDOMAIN under dane.test",
