@@ -243,6 +243,85 @@ pub enum LookupFailure {
     Indeterminate,
 }
 
+/// The DNSSEC status of one DNS answer (RFC 4033 §5, RFC 4035 §4.3): every
+/// lookup a DANE client makes ends in exactly one of these.
+///
+/// The four are never merged: a resolver that cannot answer
+/// ([`DnssecStatus::Indeterminate`]) or whose answer fails validation
+/// ([`DnssecStatus::Bogus`]) has *not* said "no DANE"; only
+/// [`DnssecStatus::Insecure`] (an unsigned zone) has (RFC 7672 §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum DnssecStatus {
+    /// Validated from a trust anchor: the data (or its absence) is authentic.
+    Secure,
+    /// Provably unsigned: the data may be used, but DANE does not apply.
+    Insecure,
+    /// Validation failed (bad or expired signatures, missing proofs).
+    Bogus,
+    /// No answer that could be judged: timeout, SERVFAIL, REFUSED, network
+    /// error.
+    Indeterminate,
+}
+
+impl DnssecStatus {
+    /// Whether the answer was validated.
+    pub const fn is_secure(self) -> bool {
+        matches!(self, Self::Secure)
+    }
+
+    /// The failure, for [`DnssecStatus::Bogus`] and
+    /// [`DnssecStatus::Indeterminate`]; `None` for an answer that can be used.
+    pub const fn failure(self) -> Option<LookupFailure> {
+        match self {
+            Self::Bogus => Some(LookupFailure::Bogus),
+            Self::Indeterminate => Some(LookupFailure::Indeterminate),
+            Self::Secure | Self::Insecure => None,
+        }
+    }
+
+    /// The status of data that needed all of `self` and `other` (a CNAME chain,
+    /// an RRset and its denial proof): the weakest of the two, in the order
+    /// Indeterminate, Bogus, Insecure, Secure.
+    #[must_use]
+    pub const fn and(self, other: Self) -> Self {
+        const fn rank(s: DnssecStatus) -> u8 {
+            match s {
+                DnssecStatus::Indeterminate => 0,
+                DnssecStatus::Bogus => 1,
+                DnssecStatus::Insecure => 2,
+                DnssecStatus::Secure => 3,
+            }
+        }
+        if rank(self) <= rank(other) {
+            self
+        } else {
+            other
+        }
+    }
+}
+
+impl From<LookupFailure> for DnssecStatus {
+    fn from(failure: LookupFailure) -> Self {
+        match failure {
+            LookupFailure::Bogus => Self::Bogus,
+            LookupFailure::Indeterminate => Self::Indeterminate,
+        }
+    }
+}
+
+impl fmt::Display for DnssecStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Secure => "secure",
+            Self::Insecure => "insecure",
+            Self::Bogus => "bogus",
+            Self::Indeterminate => "indeterminate",
+        })
+    }
+}
+
 /// The result of looking up `_25._tcp.<mx-host>` TLSA records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -256,6 +335,17 @@ pub enum TlsaLookup {
     Insecure,
     /// The lookup failed or validated as bogus.
     Failed(LookupFailure),
+}
+
+impl TlsaLookup {
+    /// The DNSSEC status of the lookup.
+    pub fn status(&self) -> DnssecStatus {
+        match self {
+            Self::Secure(_) | Self::SecureNoRecords => DnssecStatus::Secure,
+            Self::Insecure => DnssecStatus::Insecure,
+            Self::Failed(failure) => (*failure).into(),
+        }
+    }
 }
 
 /// What DANE requires of a connection to one MX host (RFC 7672 §2.2).
@@ -389,6 +479,39 @@ mod tests {
                 DaneOutcome::HostUnusable(failure)
             );
         }
+    }
+
+    #[test]
+    fn dnssec_status() {
+        use DnssecStatus::*;
+        let all = [Secure, Insecure, Bogus, Indeterminate];
+        // The weakest wins, in both orders.
+        assert_eq!(Secure.and(Insecure), Insecure);
+        assert_eq!(Insecure.and(Bogus), Bogus);
+        assert_eq!(Bogus.and(Indeterminate), Indeterminate);
+        for a in all {
+            assert_eq!(a.and(Secure), a);
+            assert_eq!(Secure.and(a), a);
+            assert_eq!(a.and(Indeterminate), Indeterminate);
+            for b in all {
+                assert_eq!(a.and(b), b.and(a));
+            }
+        }
+        assert_eq!(Secure.failure(), None);
+        assert_eq!(Insecure.failure(), None);
+        assert_eq!(Bogus.failure(), Some(LookupFailure::Bogus));
+        assert_eq!(Indeterminate.failure(), Some(LookupFailure::Indeterminate));
+        for f in [LookupFailure::Bogus, LookupFailure::Indeterminate] {
+            assert_eq!(DnssecStatus::from(f).failure(), Some(f));
+            assert_eq!(TlsaLookup::Failed(f).status(), DnssecStatus::from(f));
+        }
+        assert_eq!(TlsaLookup::SecureNoRecords.status(), Secure);
+        assert_eq!(TlsaLookup::Insecure.status(), Insecure);
+        assert_eq!(Bogus.to_string(), "bogus");
+        assert_eq!(
+            serde_json::to_string(&Indeterminate).unwrap(),
+            "\"indeterminate\""
+        );
     }
 
     #[test]

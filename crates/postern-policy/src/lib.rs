@@ -85,7 +85,7 @@ pub mod server;
 pub mod tlsrpt;
 
 pub use config::{ConfigError, Policy, PolicyConfig};
-pub use dane::{DaneOutcome, TlsaLookup, TlsaRecord};
+pub use dane::{DaneOutcome, DnssecStatus, TlsaLookup, TlsaRecord};
 pub use fingerprint::{Fingerprint, FingerprintError};
 pub use lookup::{OverrideTable, PolicySource};
 pub use modes::{
