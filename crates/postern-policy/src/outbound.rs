@@ -501,7 +501,10 @@ struct Resolved {
 impl ConnectionPolicy {
     /// Adds the DANE outcome for this MX host (required for `dane` and
     /// `dane-only`; for `mta-sts`, usable DANE records take precedence,
-    /// RFC 8461 §2).
+    /// RFC 8461 §2; for `opportunistic`, an outcome supplied upgrades the
+    /// connection to opportunistic DANE, as `dane` decides it: the MTA
+    /// chooses whether to look TLSA records up for opportunistic
+    /// destinations).
     #[must_use]
     pub fn with_dane(mut self, outcome: DaneOutcome) -> Self {
         self.dane = Some(outcome);
@@ -741,17 +744,25 @@ impl ConnectionPolicy {
             // RFC 7672 §2.2: usable → authenticate; unusable only → encrypt;
             // none → opportunistic (then an MTA-STS policy, if any, applies);
             // lookup failure → host unusable.
-            ClientTlsMode::Dane => match &self.dane {
-                Some(DaneOutcome::Authenticate(records)) => by_dane(TlsRequirement::Authenticated(
-                    Authentication::Dane(records.clone()),
-                )),
-                Some(DaneOutcome::EncryptOnly) => by_dane(TlsRequirement::Encrypt),
-                Some(DaneOutcome::HostUnusable(failure)) => by_dane(Self::dane_failure(*failure)),
-                Some(DaneOutcome::Opportunistic) => {
-                    self.sts_requirement().unwrap_or_else(opportunistic)
+            // Opportunistic with a DANE outcome supplied is opportunistic DANE
+            // (Exim's default): the MTA that looked up TLSA records upgrades.
+            mode @ (ClientTlsMode::Dane | ClientTlsMode::Opportunistic)
+                if mode == ClientTlsMode::Dane || self.dane.is_some() =>
+            {
+                match &self.dane {
+                    Some(DaneOutcome::Authenticate(records)) => by_dane(
+                        TlsRequirement::Authenticated(Authentication::Dane(records.clone())),
+                    ),
+                    Some(DaneOutcome::EncryptOnly) => by_dane(TlsRequirement::Encrypt),
+                    Some(DaneOutcome::HostUnusable(failure)) => {
+                        by_dane(Self::dane_failure(*failure))
+                    }
+                    Some(DaneOutcome::Opportunistic) => {
+                        self.sts_requirement().unwrap_or_else(opportunistic)
+                    }
+                    None => by_dane(Self::dane_failure(LookupFailure::Indeterminate)),
                 }
-                None => by_dane(Self::dane_failure(LookupFailure::Indeterminate)),
-            },
+            }
             // RFC 7672 §6: mandatory DANE.
             ClientTlsMode::DaneOnly => match &self.dane {
                 Some(DaneOutcome::Authenticate(records)) => by_dane(TlsRequirement::Authenticated(

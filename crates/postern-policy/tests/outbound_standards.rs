@@ -108,6 +108,42 @@ fn dane_no_records_means_opportunistic() {
 }
 
 #[test]
+fn opportunistic_with_a_dane_outcome_is_opportunistic_dane() {
+    // An MTA that looked the TLSA records up for an opportunistic destination
+    // upgrades it (Exim's default): usable records authenticate, with no fallback.
+    let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com").with_dane(usable());
+    assert!(matches!(
+        a.requirement(),
+        TlsRequirement::Authenticated(Authentication::Dane(ref r)) if r.len() == 1
+    ));
+    assert!(a.on_ehlo(false).action.failure().is_some());
+    assert_eq!(
+        defer_type(&a.on_handshake(established(dane_mismatch())).action),
+        Some(("4.7.5".into(), ResultType::TlsaInvalid))
+    );
+    assert_eq!(a.report_policy().policy_type, PolicyType::Tlsa);
+    // Unusable records only: mandatory unauthenticated TLS.
+    let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com").with_dane(unusable_only());
+    assert_eq!(a.requirement(), TlsRequirement::Encrypt);
+    // A failed lookup defers, as under `dane`.
+    let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com")
+        .with_dane(DaneOutcome::from_lookup(TlsaLookup::Failed(LookupFailure::Bogus)));
+    assert!(a.before_connect().action.failure().is_some());
+    // No records, or no outcome supplied: plain opportunistic TLS.
+    for a in [
+        attempt(ClientTlsMode::Opportunistic, "mx.example.com")
+            .with_dane(DaneOutcome::from_lookup(TlsaLookup::SecureNoRecords)),
+        attempt(ClientTlsMode::Opportunistic, "mx.example.com"),
+    ] {
+        assert_eq!(a.requirement(), TlsRequirement::Opportunistic);
+        assert_eq!(a.on_ehlo(false).action, Action::ContinuePlaintext);
+    }
+    // `none` never looks at DANE.
+    let a = attempt(ClientTlsMode::None, "mx.example.com").with_dane(usable());
+    assert_eq!(a.requirement(), TlsRequirement::Plaintext);
+}
+
+#[test]
 fn dane_lookup_failure_makes_the_host_unusable_never_no_dane() {
     for failure in [LookupFailure::Bogus, LookupFailure::Indeterminate] {
         for mode in [ClientTlsMode::Dane, ClientTlsMode::DaneOnly] {
