@@ -4,10 +4,10 @@
 //! - RCPT TO: [`AccessPolicy`] decides; relaying by certificate is the TLS
 //!   policy's [`may_relay`](postern_policy::ServerPolicy::may_relay) (trusted
 //!   agents), passed to the access rules as [`Client::trusted_agent`].
-//! - Content streams into the [`Spool`] as it arrives, behind a `Received`
-//!   header that records the TLS version, cipher and client certificate
-//!   status (Postfix style). File writes and the commit's fsyncs run on
-//!   tokio's blocking pool.
+//! - Content streams into the [`Spool`](crate::queue::spool::Spool) as it
+//!   arrives, behind a `Received` header that records the TLS version,
+//!   cipher and client certificate status (Postfix style). File writes and
+//!   the commit's fsyncs run on tokio's blocking pool.
 //! - `250` only after [`Incoming::commit`](crate::queue::spool::Incoming::commit)
 //!   returned: the message file and directory are fsynced (RFC 5321 §6.1,
 //!   "the receiver-SMTP MUST NOT lose the message").
