@@ -198,6 +198,15 @@ impl Mailbox {
     pub fn is_ascii(&self) -> bool {
         self.local_part.is_ascii() && self.host.is_ascii()
     }
+
+    /// `postmaster@host`: the mailbox every domain must have (RFC 5321 4.5.1), for instance the one a
+    /// domain-less `<Postmaster>` stands for.
+    pub fn postmaster(host: Host) -> Self {
+        Self {
+            local_part: "postmaster".to_owned(),
+            host,
+        }
+    }
 }
 
 impl fmt::Display for Mailbox {
@@ -260,6 +269,20 @@ impl ReversePath {
             Self::Mailbox(m) => m.is_ascii(),
         }
     }
+
+    /// The mailbox, or `None` for the null path.
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        match self {
+            Self::Null => None,
+            Self::Mailbox(m) => Some(m),
+        }
+    }
+}
+
+impl From<Mailbox> for ReversePath {
+    fn from(m: Mailbox) -> Self {
+        Self::Mailbox(m)
+    }
 }
 
 impl fmt::Display for ReversePath {
@@ -299,6 +322,20 @@ impl ForwardPath {
             Self::Postmaster => true,
             Self::Mailbox(m) => m.is_ascii(),
         }
+    }
+
+    /// The mailbox, or `None` for the domain-less `<Postmaster>`.
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        match self {
+            Self::Postmaster => None,
+            Self::Mailbox(m) => Some(m),
+        }
+    }
+}
+
+impl From<Mailbox> for ForwardPath {
+    fn from(m: Mailbox) -> Self {
+        Self::Mailbox(m)
     }
 }
 
@@ -747,6 +784,91 @@ pub(crate) fn scan_simple_path(b: &[u8]) -> Option<(SimplePath<'_>, &[u8])> {
     Some((SimplePath::Mailbox(mailbox), &b[end + 1..]))
 }
 
+/// `Serialize` and `Deserialize` as text (feature `serde`).
+///
+/// [`Domain`], [`AddressLiteral`], [`Host`] and [`Mailbox`] are their `Display` form, read back with their
+/// `parse`. A path is stored as its mailbox without the angle brackets of the SMTP command (the form a queue
+/// file keeps): [`ReversePath::Null`] is the empty string, [`ForwardPath::Postmaster`] is `Postmaster`
+/// (read case-insensitively). Reading a path checks the path length limit of RFC 5321 4.5.3.1.3 as `parse`
+/// does; a source route is not accepted.
+#[cfg(feature = "serde")]
+mod serde_impls {
+    use super::{
+        AddressError, AddressLiteral, Domain, ForwardPath, Host, MAX_PATH_LEN, Mailbox, ReversePath,
+    };
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error as _};
+
+    /// Text forms read back with a parser, written with `Display`.
+    macro_rules! display_and_parse {
+        ($($t:ty),*) => {$(
+            impl Serialize for $t {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.collect_str(self)
+                }
+            }
+
+            impl<'de> Deserialize<'de> for $t {
+                fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let text = String::deserialize(deserializer)?;
+                    Self::parse(&text).map_err(D::Error::custom)
+                }
+            }
+        )*};
+    }
+
+    display_and_parse!(Domain, AddressLiteral, Host, Mailbox);
+
+    /// The mailbox of a path written without its angle brackets, within the path length limit.
+    fn path_mailbox(text: &str) -> Result<Mailbox, AddressError> {
+        if text.len() + 2 > MAX_PATH_LEN {
+            return Err(AddressError::PathTooLong);
+        }
+        Mailbox::parse(text)
+    }
+
+    impl Serialize for ReversePath {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Self::Null => serializer.serialize_str(""),
+                Self::Mailbox(m) => serializer.collect_str(m),
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ReversePath {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            if text.is_empty() {
+                return Ok(Self::Null);
+            }
+            path_mailbox(&text)
+                .map(Self::Mailbox)
+                .map_err(D::Error::custom)
+        }
+    }
+
+    impl Serialize for ForwardPath {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Self::Postmaster => serializer.serialize_str("Postmaster"),
+                Self::Mailbox(m) => serializer.collect_str(m),
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for ForwardPath {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            if text.eq_ignore_ascii_case("postmaster") {
+                return Ok(Self::Postmaster);
+            }
+            path_mailbox(&text)
+                .map(Self::Mailbox)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
 /// The parsers as they were before the octet-level rewrite, kept as the reference the tests compare against.
 #[cfg(test)]
 pub(crate) mod legacy {
@@ -1001,6 +1123,61 @@ mod tests {
         assert!(ForwardPath::parse("<>").is_err());
         let long = format!("<{}@{}>", "a".repeat(60), vec!["abcdefgh"; 22].join("."));
         assert_eq!(ForwardPath::parse(&long), Err(AddressError::PathTooLong));
+    }
+
+    #[test]
+    fn postmaster_and_path_mailboxes() {
+        let host = Host::parse("example.org").unwrap();
+        let m = Mailbox::postmaster(host);
+        assert_eq!(m, Mailbox::parse("postmaster@example.org").unwrap());
+        assert_eq!(ReversePath::from(m.clone()).mailbox(), Some(&m));
+        assert_eq!(ForwardPath::from(m.clone()).mailbox(), Some(&m));
+        assert_eq!(ReversePath::Null.mailbox(), None);
+        assert_eq!(ForwardPath::Postmaster.mailbox(), None);
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_text_forms() {
+        use serde_json::{from_str, to_string};
+        let m = Mailbox::parse("\"a b\"@[IPv6:2001:db8::1]").unwrap();
+        assert_eq!(to_string(&m).unwrap(), r#""\"a b\"@[IPv6:2001:db8::1]""#);
+        assert_eq!(from_str::<Mailbox>(&to_string(&m).unwrap()).unwrap(), m);
+        let d = Domain::parse("bücher.example").unwrap();
+        assert_eq!(to_string(&d).unwrap(), r#""bücher.example""#);
+        assert_eq!(from_str::<Domain>(r#""bücher.example""#).unwrap(), d);
+        let h = Host::parse("[192.0.2.1]").unwrap();
+        assert_eq!(from_str::<Host>(&to_string(&h).unwrap()).unwrap(), h);
+        assert!(from_str::<Mailbox>(r#""no-at-sign""#).is_err());
+
+        // Paths: the mailbox without angle brackets; "" is the null reverse path.
+        let p = ReversePath::parse("<alice@example.net>").unwrap();
+        assert_eq!(to_string(&p).unwrap(), r#""alice@example.net""#);
+        assert_eq!(
+            from_str::<ReversePath>(r#""alice@example.net""#).unwrap(),
+            p
+        );
+        assert_eq!(to_string(&ReversePath::Null).unwrap(), r#""""#);
+        assert_eq!(from_str::<ReversePath>(r#""""#).unwrap(), ReversePath::Null);
+        assert!(from_str::<ReversePath>(r#""<alice@example.net>""#).is_err());
+        assert!(from_str::<ReversePath>(r#""@relay.example:alice@example.net""#).is_err());
+        let f = ForwardPath::parse("<bob@example.org>").unwrap();
+        assert_eq!(to_string(&f).unwrap(), r#""bob@example.org""#);
+        assert_eq!(from_str::<ForwardPath>(r#""bob@example.org""#).unwrap(), f);
+        assert_eq!(
+            to_string(&ForwardPath::Postmaster).unwrap(),
+            r#""Postmaster""#
+        );
+        assert_eq!(
+            from_str::<ForwardPath>(r#""postMaster""#).unwrap(),
+            ForwardPath::Postmaster
+        );
+        assert!(from_str::<ForwardPath>(r#""""#).is_err());
+        // The path length limit holds for the stored form too.
+        let long = format!("{}@{}", "a".repeat(60), vec!["abcdefgh"; 22].join("."));
+        assert!(Mailbox::parse(&long).is_ok());
+        assert!(from_str::<ReversePath>(&to_string(&long).unwrap()).is_err());
+        assert!(from_str::<ForwardPath>(&to_string(&long).unwrap()).is_err());
     }
 
     /// Fragments that exercise every branch of the address grammar.

@@ -33,6 +33,16 @@
 //! into owned types), and [`DataReceiver::feed_spans`] hands DATA content over as spans of the input instead of
 //! copying it ([`DataReceiver::feed`] appends the same octets to a buffer).
 //!
+//! Addresses are validated once, at the command parser, and then travel as typed values: [`Mailbox`],
+//! [`ReversePath`], [`ForwardPath`] (module [`address`]).
+//!
+//! # Features
+//!
+//! - `serde`: `Serialize` and `Deserialize` for the address types, as text: a [`Mailbox`], [`Domain`] or
+//!   [`Host`] as it displays, a path as its mailbox without angle brackets (`""` for the null reverse path, the
+//!   form a queue file keeps); it enables the `serde` feature of `postern-types` for the types re-exported from
+//!   there.
+//!
 //! # Example: a server session fed a scripted transaction
 //!
 //! ```

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use postern_smtp::{Mailbox, ReversePath};
 pub use postern_types::{Body, EnhancedStatus, ResultType, Ret};
 use serde::{Deserialize, Serialize};
 
@@ -229,11 +230,15 @@ impl RecipientState {
 /// One recipient of a queued message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
-    /// The forward-path mailbox, without angle brackets.
-    pub address: String,
-    /// The RFC 3461 ORCPT parameter as received (`rfc822;user@example.com`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
+    /// The forward-path mailbox (a domain-less `<Postmaster>` is the
+    /// relay's own postmaster). Stored as text, without angle brackets.
+    pub address: Mailbox,
+    /// The RFC 3461 ORCPT parameter as received: address type and the
+    /// address as encoded (xtext), as the SMTP engine gives it
+    /// ([`RcptParams::orcpt`](postern_smtp::RcptParams::orcpt)). Stored as
+    /// one string, `rfc822;user@example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "orcpt_text")]
+    pub orcpt: Option<(String, String)>,
     /// Where delivery to this recipient stands.
     pub state: RecipientState,
     /// The most recent failure for this recipient.
@@ -243,9 +248,9 @@ pub struct Recipient {
 
 impl Recipient {
     /// A pending recipient.
-    pub fn new(address: impl Into<String>) -> Self {
+    pub fn new(address: Mailbox) -> Self {
         Self {
-            address: address.into(),
+            address,
             orcpt: None,
             state: RecipientState::Pending,
             last_failure: None,
@@ -282,9 +287,9 @@ pub struct MailParams {
 pub struct Envelope {
     /// The message id (also its spool entry name).
     pub id: MessageId,
-    /// The reverse path (MAIL FROM) without angle brackets; empty for the
-    /// null reverse path `<>`.
-    pub reverse_path: String,
+    /// The reverse path (MAIL FROM). Stored as text without angle brackets;
+    /// empty for the null reverse path `<>`.
+    pub reverse_path: ReversePath,
     /// The recipients, in RCPT order.
     pub recipients: Vec<Recipient>,
     /// The MAIL FROM parameters.
@@ -309,7 +314,7 @@ pub struct Envelope {
 impl Envelope {
     /// A new envelope, due for delivery at `received_at`, with a fresh id.
     pub fn new(
-        reverse_path: impl Into<String>,
+        reverse_path: impl Into<ReversePath>,
         recipients: impl IntoIterator<Item = Recipient>,
         params: MailParams,
         received_at: SystemTime,
@@ -331,7 +336,7 @@ impl Envelope {
     /// notifications, which must never be answered with a bounce
     /// (RFC 5321 §4.5.5).
     pub fn is_null_sender(&self) -> bool {
-        self.reverse_path.is_empty()
+        self.reverse_path == ReversePath::Null
     }
 
     /// Indices of the recipients still to be attempted.
@@ -362,6 +367,60 @@ impl Envelope {
             .filter(|(_, r)| pred(r.state))
             .map(|(i, _)| i)
             .collect()
+    }
+}
+
+/// A mailbox for a test (panics if `s` does not parse).
+#[cfg(test)]
+pub(crate) fn mailbox(s: &str) -> Mailbox {
+    Mailbox::parse(s).expect("a test mailbox")
+}
+
+/// A reverse path for a test: `""` is `<>`, anything else a mailbox.
+#[cfg(test)]
+pub(crate) fn reverse_path(s: &str) -> ReversePath {
+    if s.is_empty() {
+        ReversePath::Null
+    } else {
+        mailbox(s).into()
+    }
+}
+
+/// Serde helper: an ORCPT (address type, encoded address) as one string,
+/// `type;address`, the form the spool has always kept. Both parts are
+/// printable ASCII without spaces (RFC 3461 §4.2 `addr-type` and `xtext`):
+/// they go back on the wire in a RCPT command.
+pub(crate) mod orcpt_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    fn is_word(s: &str) -> bool {
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic())
+    }
+
+    pub(crate) fn serialize<S: Serializer>(
+        orcpt: &Option<(String, String)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match orcpt {
+            Some((kind, addr)) => s.collect_str(&format_args!("{kind};{addr}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<(String, String)>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        match text.split_once(';') {
+            Some((kind, addr)) if is_word(kind) && is_word(addr) => {
+                Ok(Some((kind.to_owned(), addr.to_owned())))
+            }
+            _ => Err(D::Error::custom(format!(
+                "invalid ORCPT {text:?} (addr-type;xtext expected)"
+            ))),
+        }
     }
 }
 
@@ -407,8 +466,8 @@ mod tests {
     fn envelope_round_trips_through_json() {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut env = Envelope::new(
-            "a@example.org",
-            [Recipient::new("b@example.com")],
+            mailbox("a@example.org"),
+            [Recipient::new(mailbox("b@example.com"))],
             MailParams {
                 requiretls: true,
                 body: Some(Body::EightBitMime),
@@ -446,6 +505,31 @@ mod tests {
         );
         let back: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn typed_addresses_are_stored_as_the_strings_they_were() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut rcpt = Recipient::new(Mailbox::postmaster(
+            postern_smtp::Host::parse("example.com").unwrap(),
+        ));
+        rcpt.orcpt = Some(("rfc822".into(), "Postmaster+40example.com".into()));
+        let mut env = Envelope::new(ReversePath::Null, [rcpt], MailParams::default(), t);
+        env.id = "ABC125".parse().unwrap();
+        let json = serde_json::to_string(&env).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"ABC125","reverse_path":"","recipients":[{"address":"postmaster@example.com","orcpt":"rfc822;Postmaster+40example.com","state":"pending"}],"params":{"requiretls":false,"smtputf8":false},"received_at":1700000000,"attempts":0,"next_attempt":1700000000}"#
+        );
+        let back: Envelope = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, env);
+        assert!(back.is_null_sender());
+        // An ORCPT whose address holds a `;` (xtext allows it) splits at the first.
+        let r: Recipient = serde_json::from_str(
+            r#"{"address":"a@b.example","orcpt":"x-type;a;b","state":"pending"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.orcpt, Some(("x-type".into(), "a;b".into())));
     }
 
     #[test]

@@ -43,7 +43,7 @@
 //! use std::time::{Duration, SystemTime};
 //! use postern_relay::inbound::access::{AccessPolicy, Client};
 //! use postern_relay::config::Config;
-//! use postern_relay::envelope::{Envelope, EnhancedStatus, Failure, MailParams, Recipient};
+//! use postern_relay::envelope::{Envelope, EnhancedStatus, Failure, MailParams, Mailbox, Recipient};
 //! use postern_relay::queue::{Disposition, Outcome, Queue, RetryPolicy};
 //! use postern_relay::queue::spool::Spool;
 //!
@@ -63,7 +63,8 @@
 //!
 //! // DATA: stream the content into the spool; answer 250 only after commit.
 //! let now = SystemTime::now();
-//! let envelope = Envelope::new("alice@localhost", [Recipient::new("bob@example.net")], MailParams::default(), now);
+//! let (alice, bob) = (Mailbox::parse("alice@localhost")?, Mailbox::parse("bob@example.net")?);
+//! let envelope = Envelope::new(alice, [Recipient::new(bob)], MailParams::default(), now);
 //! let mut incoming = spool.begin(envelope, Some(config.message_size_limit))?;
 //! incoming.write_chunk(b"Subject: hello\r\n\r\nHi Bob.\r\n")?;
 //! let envelope = incoming.commit()?;

@@ -173,3 +173,109 @@ async fn dns_lookup_failures_are_logged_as_deferrals() {
     );
     relay.shutdown().await;
 }
+
+/// One SMTP transaction in plaintext, command by command (lettre cannot send
+/// `MAIL FROM:<>`, `RCPT TO:<Postmaster>` or ORCPT). Returns the reply to the
+/// final dot.
+async fn transaction(addr: std::net::SocketAddr, commands: &[&str], content: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    async fn reply(io: &mut BufReader<tokio::net::TcpStream>) -> String {
+        let mut all = String::new();
+        loop {
+            let mut l = String::new();
+            io.read_line(&mut l).await.unwrap();
+            all.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+    let mut io = BufReader::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    reply(&mut io).await;
+    for cmd in ["EHLO client.test"].iter().chain(commands).chain(&["DATA"]) {
+        io.get_mut()
+            .write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = reply(&mut io).await;
+        assert!(r.starts_with('2') || r.starts_with("354"), "{cmd}: {r}");
+    }
+    io.get_mut()
+        .write_all(format!("{content}\r\n.\r\nQUIT\r\n").as_bytes())
+        .await
+        .unwrap();
+    reply(&mut io).await
+}
+
+/// The paths a client gave are logged, queued and relayed as given: `from=<>`
+/// for the null reverse path, a domain-less `<Postmaster>` as the postmaster
+/// of the relay's domain, an ORCPT back in the bounce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelope_paths_are_logged_and_relayed_as_given() {
+    capture::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sink = start_postern_hop(None).await;
+    let port = sink.addr.port();
+    // `localhost` (the default accepted domain) is delivered to the loopback
+    // host at the MX port: the sink.
+    let relay = start(
+        dir.path(),
+        SystemResolver::Fixed(Box::new(FixedResolver::new())),
+        port,
+        &format!(
+            "\"paths-client.test\" = \"127.0.0.1:{port}\"\n\"paths-dest.test\" = \"127.0.0.1:{port}\""
+        ),
+    )
+    .await;
+    let addr = relay.local_addrs()[0];
+    let null = transaction(
+        addr,
+        &["MAIL FROM:<>", "RCPT TO:<Postmaster>"],
+        "Subject: null sender",
+    )
+    .await;
+    assert!(null.starts_with("250 2.0.0 Ok: queued as "), "{null}");
+    let orcpt = transaction(
+        addr,
+        &[
+            "MAIL FROM:<alice@paths-client.test>",
+            "RCPT TO:<bob@paths-dest.test> ORCPT=rfc822;bob+40orig.test",
+            "RCPT TO:<carol@nxdomain.test> ORCPT=rfc822;carol+40orig.test",
+        ],
+        "Subject: orcpt",
+    )
+    .await;
+    assert!(orcpt.starts_with("250 2.0.0 Ok: queued as "), "{orcpt}");
+    wait_for(dir.path(), Duration::from_secs(60), "the deliveries", |s| {
+        s.messages.is_empty()
+            && !sink.delivered_to("postmaster@localhost").is_empty()
+            && !sink.delivered_to("bob@paths-dest.test").is_empty()
+            && !sink.delivered_to("alice@paths-client.test").is_empty()
+    })
+    .await;
+
+    let queued = |reply: &str, from: &str| {
+        let id = reply.trim_end().rsplit(' ').next().unwrap().to_owned();
+        let lines = capture::lines_with(&format!("queue_id={id} from={from} nrcpt="));
+        assert_eq!(lines.len(), 1, "{id}: {lines:#?}");
+        assert!(lines[0].contains("message queued"), "{lines:#?}");
+    };
+    queued(&null, "<>");
+    queued(&orcpt, "<alice@paths-client.test>");
+    one_line("postmaster@localhost", &["dsn=2.0.0, status=sent"]);
+    one_line("bob@paths-dest.test", &["dsn=2.0.0, status=sent"]);
+    one_line("carol@nxdomain.test", &["dsn=5.1.2, status=bounced"]);
+    let to_postmaster = &sink.delivered_to("postmaster@localhost")[0];
+    let text = String::from_utf8_lossy(&to_postmaster.content);
+    assert!(text.contains("\tfor <postmaster@localhost>; "), "{text}");
+    let bounce = &sink.delivered_to("alice@paths-client.test")[0];
+    let text = String::from_utf8_lossy(&bounce.content);
+    assert!(text.contains("To: <alice@paths-client.test>\r\n"), "{text}");
+    assert!(
+        text.contains(
+            "Original-Recipient: rfc822;carol+40orig.test\r\nFinal-Recipient: rfc822; carol@nxdomain.test\r\n"
+        ),
+        "{text}"
+    );
+    relay.shutdown().await;
+}

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::{Submit, message, scan, start_postern_hop, transport, wait_for};
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
-use postern_relay::envelope::{Envelope, MailParams, Recipient};
+use postern_relay::envelope::{Envelope, MailParams, Mailbox, Recipient};
 use postern_relay::net::dns::FixedResolver;
 use postern_relay::outbound::delivery::SystemResolver;
 use postern_relay::queue::spool::Spool;
@@ -109,8 +109,8 @@ async fn full_spool() {
         .await;
     let (spool, _) = Spool::open(state.join("spool")).unwrap();
     let envelope = Envelope::new(
-        "alice@client.test",
-        [Recipient::new("bob@null-mx.test")],
+        Mailbox::parse("alice@client.test").unwrap(),
+        [Recipient::new(Mailbox::parse("bob@null-mx.test").unwrap())],
         MailParams::default(),
         SystemTime::now(),
     );

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use postern_relay::envelope::{Envelope, MailParams, Recipient};
+use postern_relay::envelope::{Envelope, MailParams, Mailbox, Recipient};
 use postern_relay::queue::spool::Spool;
 
 const CHILD_ENV: &str = "POSTERN_SPOOL_KILL_CHILD";
@@ -34,8 +34,8 @@ fn spool_writer_child() {
     let stdout = std::io::stdout();
     for n in 0u64.. {
         let env = Envelope::new(
-            format!("sender{n}@example.org"),
-            [Recipient::new("rcpt@example.com")],
+            Mailbox::parse(&format!("sender{n}@example.org")).unwrap(),
+            [Recipient::new(Mailbox::parse("rcpt@example.com").unwrap())],
             MailParams::default(),
             SystemTime::now(),
         );
@@ -98,8 +98,10 @@ fn killed_receiver_loses_no_acknowledged_message() {
         .iter()
         .map(|e| {
             e.reverse_path
+                .mailbox()
+                .unwrap()
+                .local_part()
                 .trim_start_matches("sender")
-                .trim_end_matches("@example.org")
                 .parse()
                 .unwrap()
         })

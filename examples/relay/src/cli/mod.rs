@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::Config;
-use crate::envelope::{Envelope, Failure, FailureSource};
+use crate::envelope::{Envelope, Failure, FailureSource, Mailbox};
 use crate::queue::spool::{Scan, Spool};
 use crate::reporting::dkim::DkimSigner;
 use crate::tls::certs::{CertDir, rfc3339};
@@ -331,11 +331,10 @@ pub fn queue_text(scan: &Scan) -> String {
     for m in &scan.messages {
         let e: &Envelope = &m.envelope;
         total += m.size;
-        let sender = if e.is_null_sender() {
-            "<>"
-        } else {
-            e.reverse_path.as_str()
-        };
+        let sender = e
+            .reverse_path
+            .mailbox()
+            .map_or_else(|| "<>".to_owned(), Mailbox::to_string);
         let _ = writeln!(
             out,
             "{}  {} bytes  {}  from {sender}",
@@ -413,7 +412,7 @@ pub fn queue_flush(config: &Config) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{MailParams, Recipient, RecipientState, ResultType};
+    use crate::envelope::{MailParams, Recipient, RecipientState, ResultType, mailbox};
     use std::time::{Duration, UNIX_EPOCH};
 
     fn scan_with_failure() -> Scan {
@@ -421,10 +420,10 @@ mod tests {
         let (spool, _) = Spool::open(dir.path()).unwrap();
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let env = Envelope::new(
-            "alice@example.org",
+            mailbox("alice@example.org"),
             [
-                Recipient::new("bob@example.net"),
-                Recipient::new("carol@example.net"),
+                Recipient::new(mailbox("bob@example.net")),
+                Recipient::new(mailbox("carol@example.net")),
             ],
             MailParams::default(),
             at,

@@ -4,10 +4,10 @@
 //! - RCPT TO: [`AccessPolicy`] decides; relaying by certificate is the TLS
 //!   policy's [`may_relay`](postern_policy::ServerPolicy::may_relay) (trusted
 //!   agents), passed to the access rules as [`Client::trusted_agent`].
-//! - Content streams into the [`Spool`] as it arrives, behind a `Received`
-//!   header that records the TLS version, cipher and client certificate
-//!   status (Postfix style). File writes and the commit's fsyncs run on
-//!   tokio's blocking pool.
+//! - Content streams into the [`Spool`](crate::queue::spool::Spool) as it
+//!   arrives, behind a `Received` header that records the TLS version,
+//!   cipher and client certificate status (Postfix style). File writes and
+//!   the commit's fsyncs run on tokio's blocking pool.
 //! - `250` only after [`Incoming::commit`](crate::queue::spool::Incoming::commit)
 //!   returned: the message file and directory are fsynced (RFC 5321 §6.1,
 //!   "the receiver-SMTP MUST NOT lose the message").
@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
 use postern_smtp::{
-    DataSummary, EnhancedStatus, ForwardPath, Host, RcptParams, Reply, ReversePath,
+    DataSummary, EnhancedStatus, ForwardPath, Host, Mailbox, RcptParams, Reply, ReversePath,
 };
 use postern_tokio::server::{ConnectionInfo, ServerHandler, SessionHandler, Verdict};
 
@@ -79,7 +79,7 @@ pub struct RelaySession {
     shared: Arc<Shared>,
     helo: Option<String>,
     extended: bool,
-    from: Option<(String, MailParams)>,
+    from: Option<(ReversePath, MailParams)>,
     recipients: Vec<Recipient>,
     /// The message being received (from its first content chunk).
     incoming: Option<Incoming>,
@@ -107,11 +107,7 @@ impl SessionHandler for RelaySession {
         from: &ReversePath,
         params: &postern_smtp::MailParams,
     ) -> Verdict {
-        let path = match from {
-            ReversePath::Null => String::new(),
-            ReversePath::Mailbox(m) => m.to_string(),
-        };
-        self.from = Some((path, mail_params(params)));
+        self.from = Some((from.clone(), mail_params(params)));
         self.recipients.clear();
         Verdict::Accept
     }
@@ -124,30 +120,29 @@ impl SessionHandler for RelaySession {
     ) -> Verdict {
         let address = match to {
             // RFC 5321 §4.5.1: <Postmaster> without a domain is ours.
-            ForwardPath::Postmaster => format!(
-                "postmaster@{}",
-                self.shared
-                    .config
-                    .accepted_domains
-                    .first()
-                    .map_or(self.shared.config.hostname.as_str(), |d| d
-                        .trim_start_matches('.'))
-            ),
-            ForwardPath::Mailbox(m) => m.to_string(),
+            ForwardPath::Postmaster => match self.postmaster() {
+                Some(postmaster) => postmaster,
+                None => {
+                    tracing::error!(id = info.id, "<Postmaster>: no usable local domain");
+                    return local_error("Error: internal error");
+                }
+            },
+            ForwardPath::Mailbox(m) => m.clone(),
         };
         let relay = self.shared.inbound.may_relay(info.client_certificate());
         let client = Client {
             ip: info.peer.ip(),
             trusted_agent: relay.allowed.then_some(relay.reason),
         };
-        match self.shared.access.check_recipient(&client, &address) {
+        match self
+            .shared
+            .access
+            .check_recipient(&client, &address.to_string())
+        {
             Ok(grant) => {
                 tracing::debug!(id = info.id, rcpt = %address, ?grant, "recipient accepted");
                 let mut r = Recipient::new(address);
-                r.orcpt = params
-                    .orcpt
-                    .as_ref()
-                    .map(|(kind, addr)| format!("{kind};{addr}"));
+                r.orcpt.clone_from(&params.orcpt);
                 self.recipients.push(r);
                 Verdict::Accept
             }
@@ -230,7 +225,7 @@ impl SessionHandler for RelaySession {
         match tokio::task::spawn_blocking(move || incoming.commit()).await {
             Ok(Ok(envelope)) => {
                 let id = envelope.id.clone();
-                tracing::info!(id = info.id, queue_id = %id, from = %format!("<{}>", envelope.reverse_path),
+                tracing::info!(id = info.id, queue_id = %id, from = %envelope.reverse_path,
                     nrcpt = envelope.recipients.len(), client = %info.peer.ip(), "message queued");
                 self.shared.queue.enqueue(envelope);
                 self.from = None;
@@ -264,6 +259,18 @@ impl SessionHandler for RelaySession {
 }
 
 impl RelaySession {
+    /// The mailbox a domain-less `<Postmaster>` stands for: postmaster at
+    /// the first accepted domain, else at the host name (`None` if that name
+    /// is not one the SMTP grammar takes, one with a trailing dot say).
+    fn postmaster(&self) -> Option<Mailbox> {
+        let config = &self.shared.config;
+        let domain = config
+            .accepted_domains
+            .first()
+            .map_or(config.hostname.as_str(), |d| d.trim_start_matches('.'));
+        Host::parse(domain).ok().map(Mailbox::postmaster)
+    }
+
     fn envelope(&self) -> Option<Envelope> {
         let (from, params) = self.from.clone()?;
         Some(Envelope::new(
@@ -422,7 +429,11 @@ pub fn received_header(info: &ConnectionInfo, t: &Trace<'_>) -> String {
     // The recipient only when there is one (as Postfix: a list would
     // disclose the other recipients).
     if let [one] = t.recipients {
-        let _ = write!(h, "\r\n\tfor <{}>", header_safe(&one.address, 512));
+        let _ = write!(
+            h,
+            "\r\n\tfor <{}>",
+            header_safe(&one.address.to_string(), 512)
+        );
     }
     let _ = write!(h, "; {}\r\n", rfc5322_date(t.now));
     h

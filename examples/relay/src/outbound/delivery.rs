@@ -52,7 +52,7 @@ use postern_policy::tlsrpt::{FailureFacts, SessionOutcome};
 use postern_policy::{
     ClientTlsMode, Decision, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy,
 };
-use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, Reply, ReversePath};
+use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, Reply};
 use postern_tokio::client::{Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -610,9 +610,8 @@ impl Delivery {
             let Some(address) = envelope.recipients.get(i).map(|r| &r.address) else {
                 continue;
             };
-            let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
             by_domain
-                .entry(normalize_domain(domain))
+                .entry(normalize_domain(&address.host().to_string()))
                 .or_default()
                 .push(i);
         }
@@ -792,26 +791,24 @@ impl Delivery {
     }
 }
 
-/// The postern-smtp envelope for the recipients `indices`.
+/// The postern-smtp envelope for the recipients `indices` (the paths and
+/// ORCPT as the queue holds them: typed, nothing parsed again).
 fn smtp_envelope(envelope: &Envelope, indices: &[usize]) -> Result<postern_smtp::Envelope, String> {
-    let from = ReversePath::parse(&format!("<{}>", envelope.reverse_path))
-        .map_err(|e| format!("bad sender: {e}"))?;
     let mut recipients = Vec::with_capacity(indices.len());
     for &i in indices {
         let r = envelope.recipients.get(i).ok_or("no such recipient")?;
-        let path = ForwardPath::parse(&format!("<{}>", r.address))
-            .map_err(|e| format!("bad recipient {}: {e}", r.address))?;
-        recipients.push(path);
+        recipients.push(r);
     }
-    let mut out = postern_smtp::Envelope::new(from, recipients);
-    for (k, &i) in indices.iter().enumerate() {
-        if let (Some(orcpt), Some(slot)) = (
-            envelope.recipients.get(i).and_then(|r| r.orcpt.as_ref()),
-            out.recipients.get_mut(k),
-        ) && let Some((kind, addr)) = orcpt.split_once(';')
-        {
+    let mut out = postern_smtp::Envelope::new(
+        envelope.reverse_path.clone(),
+        recipients
+            .iter()
+            .map(|r| ForwardPath::Mailbox(r.address.clone())),
+    );
+    for (slot, r) in out.recipients.iter_mut().zip(&recipients) {
+        if r.orcpt.is_some() {
             let mut params = RcptParams::default();
-            params.orcpt = Some((kind.to_owned(), addr.to_owned()));
+            params.orcpt.clone_from(&r.orcpt);
             slot.1 = params;
         }
     }
@@ -1020,7 +1017,7 @@ fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, attempted: 
     let to = envelope
         .recipients
         .get(index)
-        .map_or("?", |r| r.address.as_str());
+        .map_or_else(|| "?".to_owned(), |r| r.address.to_string());
     let delay = SystemTime::now()
         .duration_since(envelope.received_at)
         .unwrap_or_default();
@@ -1051,6 +1048,37 @@ fn retry_in(at: SystemTime, now: SystemTime) -> crate::config::Interval {
 mod tests {
     use super::*;
     use postern_policy::ResultType;
+
+    #[test]
+    fn smtp_envelope_hands_the_queued_paths_over() {
+        use crate::envelope::{MailParams, Recipient, mailbox};
+        let mut carol = Recipient::new(mailbox("carol@example.net"));
+        carol.orcpt = Some(("rfc822".into(), "carol+40orig.example".into()));
+        let envelope = Envelope::new(
+            mailbox("alice@example.org"),
+            [Recipient::new(mailbox("bob@example.net")), carol],
+            MailParams::default(),
+            SystemTime::now(),
+        );
+        let out = smtp_envelope(&envelope, &[1, 0]).unwrap();
+        assert_eq!(out.from, envelope.reverse_path);
+        let rcpts: Vec<_> = out
+            .recipients
+            .iter()
+            .map(|(path, params)| (path.to_string(), params.orcpt.clone()))
+            .collect();
+        assert_eq!(
+            rcpts,
+            [
+                (
+                    "<carol@example.net>".to_owned(),
+                    Some(("rfc822".to_owned(), "carol+40orig.example".to_owned()))
+                ),
+                ("<bob@example.net>".to_owned(), None),
+            ]
+        );
+        assert!(smtp_envelope(&envelope, &[2]).is_err());
+    }
 
     #[test]
     fn log_status_reads_like_postfix() {

@@ -23,8 +23,9 @@
 //! timeout`) and carries no reply or status code; the status is the
 //! failure's `code`.
 //!
-//! DNS goes through the [`Resolver`] trait: [`HickoryResolver`] in the relay,
-//! a fake in tests.
+//! DNS goes through the [`Resolver`] trait:
+//! [`HickoryResolver`](crate::net::dns::HickoryResolver) in the relay, a fake
+//! in tests.
 
 use std::time::SystemTime;
 

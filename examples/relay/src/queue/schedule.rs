@@ -469,7 +469,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{MailParams, Recipient};
+    use crate::envelope::{MailParams, Recipient, mailbox, reverse_path};
     use std::time::UNIX_EPOCH;
 
     const MIN: Duration = Duration::from_secs(60);
@@ -480,8 +480,8 @@ mod tests {
 
     fn envelope(sender: &str, rcpts: usize) -> Envelope {
         Envelope::new(
-            sender,
-            (0..rcpts).map(|i| Recipient::new(format!("r{i}@example.com"))),
+            reverse_path(sender),
+            (0..rcpts).map(|i| Recipient::new(mailbox(&format!("r{i}@example.com")))),
             MailParams::default(),
             t(0),
         )

@@ -742,7 +742,7 @@ fn remove_any(path: &Path) -> Result<(), SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{Failure, MailParams, Recipient, RecipientState};
+    use crate::envelope::{Failure, MailParams, Recipient, RecipientState, mailbox};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     fn t(secs: u64) -> SystemTime {
@@ -751,10 +751,10 @@ mod tests {
 
     fn envelope(at: u64) -> Envelope {
         Envelope::new(
-            "sender@example.org",
+            mailbox("sender@example.org"),
             [
-                Recipient::new("a@example.com"),
-                Recipient::new("b@example.net"),
+                Recipient::new(mailbox("a@example.com")),
+                Recipient::new(mailbox("b@example.net")),
             ],
             MailParams::default(),
             t(at),
@@ -1081,6 +1081,158 @@ mod tests {
         assert_eq!(content(&spool, &old.id), body);
         assert_eq!(content(&spool, &twice.id), b"twice\r\n");
         assert_eq!(content(&spool, &current.id), b"current\r\n");
+    }
+
+    /// Writes `queue/<id>.msg` by hand: header line, `json`, content.
+    fn write_message_file(root: &Path, id: &str, json: &str, content: &[u8]) -> PathBuf {
+        let path = root.join("queue").join(format!("{id}.msg"));
+        let mut raw = format!("postern-queue 1 {}\n{json}\n", json.len()).into_bytes();
+        raw.extend_from_slice(content);
+        fs::write(&path, raw).unwrap();
+        path
+    }
+
+    /// Envelopes exactly as the relay wrote them when it kept addresses as
+    /// strings (a message file's compact JSON, an update's pretty JSON).
+    const STRING_ERA_MESSAGE: &str = r#"{"id":"ABC123","reverse_path":"a@example.org","recipients":[{"address":"b@example.com","orcpt":"rfc822;B+40example.com","state":"pending"},{"address":"\"x y\"@[IPv6:2001:db8::1]","state":"pending"}],"params":{"requiretls":false,"smtputf8":false},"received_at":1700000000,"attempts":0,"next_attempt":1700000000}"#;
+    const STRING_ERA_BOUNCE: &str = r#"{"id":"ABC124","reverse_path":"","recipients":[{"address":"c@example.net","state":"pending"}],"params":{"requiretls":false,"smtputf8":false},"received_at":1700000000,"attempts":0,"next_attempt":1700000000}"#;
+    const STRING_ERA_UPDATE: &str = r#"{
+  "id": "ABC123",
+  "reverse_path": "a@example.org",
+  "recipients": [
+    {
+      "address": "b@example.com",
+      "orcpt": "rfc822;B+40example.com",
+      "state": "pending"
+    },
+    {
+      "address": "\"x y\"@[IPv6:2001:db8::1]",
+      "state": "pending"
+    }
+  ],
+  "params": {
+    "requiretls": false,
+    "smtputf8": false
+  },
+  "received_at": 1700000000,
+  "attempts": 0,
+  "next_attempt": 1700000000
+}"#;
+
+    #[test]
+    fn spool_written_with_string_addresses_loads_typed_and_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path()).unwrap());
+        write_message_file(dir.path(), "ABC123", STRING_ERA_MESSAGE, b"one\r\n");
+        write_message_file(dir.path(), "ABC124", STRING_ERA_BOUNCE, b"two\r\n");
+
+        let (spool, recovery) = Spool::open(dir.path()).unwrap();
+        assert!(recovery.corrupt.is_empty(), "{:?}", recovery.corrupt);
+        let [message, bounce] = &recovery.messages[..] else {
+            panic!("{:?}", recovery.messages);
+        };
+        assert_eq!(
+            message.reverse_path,
+            postern_smtp::ReversePath::Mailbox(mailbox("a@example.org"))
+        );
+        assert_eq!(message.recipients[0].address, mailbox("b@example.com"));
+        assert_eq!(
+            message.recipients[0].orcpt,
+            Some(("rfc822".to_owned(), "B+40example.com".to_owned()))
+        );
+        assert_eq!(
+            message.recipients[1].address,
+            mailbox("\"x y\"@[IPv6:2001:db8::1]")
+        );
+        assert_eq!(message.recipients[1].orcpt, None);
+        assert!(bounce.is_null_sender());
+        // Written again, byte for byte what the string-era relay wrote.
+        assert_eq!(serde_json::to_string(message).unwrap(), STRING_ERA_MESSAGE);
+        assert_eq!(serde_json::to_string(bounce).unwrap(), STRING_ERA_BOUNCE);
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(message).unwrap()).unwrap(),
+            STRING_ERA_UPDATE
+        );
+
+        // An update file of that era loads too.
+        fs::write(
+            dir.path().join("queue").join("ABC123.env"),
+            STRING_ERA_UPDATE,
+        )
+        .unwrap();
+        drop(spool);
+        let (_, recovery) = Spool::open(dir.path()).unwrap();
+        assert!(recovery.corrupt.is_empty(), "{:?}", recovery.corrupt);
+        assert_eq!(recovery.messages[0], *message);
+    }
+
+    #[test]
+    fn envelope_with_an_unparsable_address_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let good = receive(&spool, envelope(0), &[b"good\r\n"]);
+        drop(spool);
+        let good_json = serde_json::to_string(&good).unwrap();
+        let (sender, rcpt) = (
+            r#""reverse_path":"sender@example.org""#,
+            r#""address":"a@example.com""#,
+        );
+        let hostile = [
+            ("BADSENDER", sender, r#""reverse_path":"not an address""#),
+            (
+                "BRACKETS",
+                sender,
+                r#""reverse_path":"<sender@example.org>""#,
+            ),
+            ("BADRCPT", rcpt, r#""address":"a@@example.com""#),
+            (
+                "INJECTED",
+                rcpt,
+                r#""address":"a@example.com>\r\nRCPT TO:<x@evil.example""#,
+            ),
+            (
+                "BADORCPT",
+                rcpt,
+                r#""address":"a@example.com","orcpt":"no-type""#,
+            ),
+            (
+                "ORCPTCRLF",
+                rcpt,
+                r#""address":"a@example.com","orcpt":"rfc822;a\r\nQUIT""#,
+            ),
+        ];
+        let mut files = Vec::new();
+        for (id, field, replacement) in hostile {
+            assert_eq!(good_json.matches(field).count(), 1);
+            let json = good_json
+                .replace(good.id.as_str(), id)
+                .replace(field, replacement);
+            files.push((id, write_message_file(dir.path(), id, &json, b"x\r\n")));
+        }
+
+        // The read-only scan reports them, and moves nothing.
+        let scan = Spool::scan(dir.path()).unwrap();
+        assert_eq!(scan.messages.len(), 1);
+        assert_eq!(scan.corrupt.len(), hostile.len(), "{:?}", scan.corrupt);
+
+        let (_, recovery) = Spool::open(dir.path()).unwrap();
+        assert_eq!(recovery.messages, vec![good]);
+        assert_eq!(
+            recovery.corrupt.len(),
+            hostile.len(),
+            "{:?}",
+            recovery.corrupt
+        );
+        for (id, path) in files {
+            let entry = recovery
+                .corrupt
+                .iter()
+                .find(|c| c.name == format!("{id}.msg"))
+                .unwrap_or_else(|| panic!("{id} not reported: {:?}", recovery.corrupt));
+            assert!(entry.reason.starts_with("envelope: "), "{entry:?}");
+            assert!(entry.moved_to.as_ref().unwrap().exists(), "{entry:?}");
+            assert!(!path.exists(), "{id}");
+        }
     }
 
     #[test]

@@ -29,7 +29,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 use crate::config::Config;
-use crate::envelope::{Envelope, Failure, FailureSource, MailParams, Recipient, Ret};
+use crate::envelope::{
+    Envelope, Failure, FailureSource, MailParams, Mailbox, Recipient, Ret, ReversePath,
+};
 
 /// Longest diagnostic text kept (the line must stay under RFC 5322's 998).
 const MAX_DIAGNOSTIC: usize = 900;
@@ -68,7 +70,7 @@ impl BounceSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bounce {
     /// Where the bounce goes: the failed message's reverse path.
-    pub recipient: String,
+    pub recipient: Mailbox,
     /// The complete RFC 5322 message, CRLF line endings.
     pub content: Vec<u8>,
     /// Whether the bounce carries UTF-8 addresses and so must be sent with
@@ -84,7 +86,12 @@ impl Bounce {
             smtputf8: self.smtputf8,
             ..MailParams::default()
         };
-        Envelope::new("", [Recipient::new(self.recipient.clone())], params, now)
+        Envelope::new(
+            ReversePath::Null,
+            [Recipient::new(self.recipient.clone())],
+            params,
+            now,
+        )
     }
 }
 
@@ -105,7 +112,10 @@ pub fn build_bounce(
         .iter()
         .filter_map(|&i| envelope.recipients.get(i))
         .collect();
-    if envelope.is_null_sender() || recipients.is_empty() {
+    let Some(sender) = envelope.reverse_path.mailbox() else {
+        return Ok(None);
+    };
+    if recipients.is_empty() {
         return Ok(None);
     }
 
@@ -129,8 +139,7 @@ pub fn build_bounce(
     while contains(&quoted, boundary.as_bytes()) {
         boundary.push_str(".x");
     }
-    let utf8 =
-        recipients.iter().any(|r| !r.address.is_ascii()) || !envelope.reverse_path.is_ascii();
+    let utf8 = recipients.iter().any(|r| !r.address.is_ascii()) || !sender.is_ascii();
 
     let mut m = String::new();
     let mut line = |s: &str| {
@@ -140,7 +149,7 @@ pub fn build_bounce(
     line(&format!(
         "From: Mail Delivery System <MAILER-DAEMON@{host}>"
     ));
-    line(&format!("To: <{}>", header_text(&envelope.reverse_path)));
+    line(&format!("To: <{}>", header_text(&sender.to_string())));
     line("Subject: Undelivered Mail Returned to Sender");
     line(&format!("Date: {date}"));
     line(&format!(
@@ -179,7 +188,10 @@ pub fn build_bounce(
             .last_failure
             .as_ref()
             .map_or_else(|| "unknown error".to_owned(), describe);
-        line(&format!("<{}>: {diagnostic}", header_text(&rcpt.address)));
+        line(&format!(
+            "<{}>: {diagnostic}",
+            header_text(&rcpt.address.to_string())
+        ));
     }
     line("");
 
@@ -208,12 +220,15 @@ pub fn build_bounce(
         } else {
             "utf-8"
         };
-        if let Some(orcpt) = &rcpt.orcpt {
-            line(&format!("Original-Recipient: {}", header_text(orcpt)));
+        if let Some((kind, addr)) = &rcpt.orcpt {
+            line(&format!(
+                "Original-Recipient: {}",
+                header_text(&format!("{kind};{addr}"))
+            ));
         }
         line(&format!(
             "Final-Recipient: {addr_type}; {}",
-            header_text(&rcpt.address)
+            header_text(&rcpt.address.to_string())
         ));
         line("Action: failed");
         match &rcpt.last_failure {
@@ -261,7 +276,7 @@ pub fn build_bounce(
     }
     content.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     Ok(Some(Bounce {
-        recipient: envelope.reverse_path.clone(),
+        recipient: sender.clone(),
         content,
         smtputf8: utf8,
     }))
@@ -369,7 +384,7 @@ pub(crate) fn rfc5322_date(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::{EnhancedStatus, RecipientState, ResultType};
+    use crate::envelope::{EnhancedStatus, RecipientState, ResultType, mailbox, reverse_path};
     use std::time::{Duration, UNIX_EPOCH};
 
     const ORIGINAL: &[u8] =
@@ -381,10 +396,10 @@ mod tests {
 
     fn failed_envelope(sender: &str, params: MailParams) -> Envelope {
         let mut env = Envelope::new(
-            sender,
+            reverse_path(sender),
             [
-                Recipient::new("ok@example.com"),
-                Recipient::new("bad@example.net"),
+                Recipient::new(mailbox("ok@example.com")),
+                Recipient::new(mailbox("bad@example.net")),
             ],
             params,
             t(0),
@@ -411,7 +426,7 @@ mod tests {
         )
         .unwrap()
         .expect("a bounce");
-        assert_eq!(b.recipient, env.reverse_path);
+        assert_eq!(Some(&b.recipient), env.reverse_path.mailbox());
         String::from_utf8(b.content).unwrap()
     }
 
@@ -493,7 +508,7 @@ mod tests {
         let benv = b.envelope(t(1));
         assert!(benv.is_null_sender());
         assert_eq!(benv.recipients.len(), 1);
-        assert_eq!(benv.recipients[0].address, "a@example.org");
+        assert_eq!(benv.recipients[0].address, mailbox("a@example.org"));
         assert!(
             !benv.params.requiretls,
             "RFC 8689 §5: bounces are not sent with REQUIRETLS"
@@ -503,7 +518,7 @@ mod tests {
     #[test]
     fn utf8_addresses_use_the_global_report_type() {
         let mut env = failed_envelope("jöran@example.org", MailParams::default());
-        env.recipients[1].address = "дмитрий@example.net".into();
+        env.recipients[1].address = mailbox("дмитрий@example.net");
         let b = build_bounce(
             &env,
             &[1],

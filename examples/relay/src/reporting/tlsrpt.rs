@@ -66,7 +66,7 @@ use serde::{Deserialize, Serialize};
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Config, ConfigError};
-use crate::envelope::{Envelope, MailParams, MessageId, Recipient};
+use crate::envelope::{Envelope, MailParams, Mailbox, MessageId, Recipient};
 use crate::net::dns::Resolver;
 use crate::net::https::{self, AbortOnDrop, ConnectError, write_atomic};
 use crate::queue::SharedQueue;
@@ -507,12 +507,10 @@ impl TlsReporter {
         if let Some(signer) = &self.settings.dkim {
             content = signer.sign(&content, now).map_err(|e| e.to_string())?;
         }
-        let mut envelope = Envelope::new(
-            self.settings.report_from.clone(),
-            [Recipient::new(to)],
-            MailParams::default(),
-            now,
-        );
+        let from = Mailbox::parse(&self.settings.report_from)
+            .map_err(|e| format!("bad report_from {}: {e}", self.settings.report_from))?;
+        let to = Mailbox::parse(to).map_err(|e| format!("bad recipient {to}: {e}"))?;
+        let mut envelope = Envelope::new(from, [Recipient::new(to)], MailParams::default(), now);
         envelope.tls_report = true;
         let spool = Arc::clone(&queue.spool);
         let committed = tokio::task::spawn_blocking(move || {
