@@ -126,8 +126,9 @@ fn opportunistic_with_a_dane_outcome_is_opportunistic_dane() {
     let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com").with_dane(unusable_only());
     assert_eq!(a.requirement(), TlsRequirement::Encrypt);
     // A failed lookup defers, as under `dane`.
-    let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com")
-        .with_dane(DaneOutcome::from_lookup(TlsaLookup::Failed(LookupFailure::Bogus)));
+    let a = attempt(ClientTlsMode::Opportunistic, "mx.example.com").with_dane(
+        DaneOutcome::from_lookup(TlsaLookup::Failed(LookupFailure::Bogus)),
+    );
     assert!(a.before_connect().action.failure().is_some());
     // No records, or no outcome supplied: plain opportunistic TLS.
     for a in [
