@@ -43,8 +43,9 @@ use crate::config::routes::SMTP_PORT;
 use crate::config::{BareNewlines, Config};
 use crate::inbound::access::AccessPolicy;
 use crate::inbound::session::{RelayHandler, Shared};
+use crate::net::dns::{DnsSetupError, SystemResolver};
 use crate::net::fd_limit::{self, TooLow};
-use crate::outbound::delivery::{Delivery, SystemResolver};
+use crate::outbound::delivery::Delivery;
 use crate::outbound::mta_sts::StsResolver;
 use crate::outbound::routing::Router;
 use crate::queue::lock::{LockError, StateLock};
@@ -63,6 +64,9 @@ pub enum StartError {
     /// The MTA-STS HTTPS client could not be configured.
     #[error("mta-sts client: {0}")]
     MtaSts(#[from] rustls::Error),
+    /// A `[dns]` setting cannot be used.
+    #[error(transparent)]
+    Dns(#[from] DnsSetupError),
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -108,7 +112,8 @@ pub struct Relay {
 impl Relay {
     /// Starts the relay; returns once it listens.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        Self::start_with_resolver(config, SystemResolver::from_system(), SMTP_PORT).await
+        let resolver = SystemResolver::from_config(&config.dns)?;
+        Self::start_with_resolver(config, resolver, SMTP_PORT).await
     }
 
     /// Starts the relay with this DNS resolver, connecting to MX hosts on

@@ -13,7 +13,7 @@ use common::{Submit, message, start_postern_hop, transport, wait_for};
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
 use postern_relay::net::dns::FixedResolver;
-use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::net::dns::SystemResolver;
 use postern_relay::relay::Relay;
 
 async fn start(
@@ -69,7 +69,7 @@ async fn every_recipient_outcome_is_logged_once() {
         .with_address("mx2.two-mx.test", IpAddr::from([127, 0, 0, 1]));
     let relay = start(
         dir.path(),
-        SystemResolver::Fixed(Box::new(dns)),
+        SystemResolver::fixed(dns),
         mx.addr.port(),
         &format!("\"client.test\" = \"127.0.0.1:{}\"", sink.addr.port()),
     )
@@ -150,7 +150,7 @@ async fn dns_lookup_failures_are_logged_as_deferrals() {
     let dir = tempfile::tempdir().unwrap();
     let relay = start(
         dir.path(),
-        SystemResolver::Unavailable("no resolver in this test".into()),
+        SystemResolver::unavailable("no resolver in this test"),
         25,
         "",
     )
@@ -220,7 +220,7 @@ async fn envelope_paths_are_logged_and_relayed_as_given() {
     // host at the MX port: the sink.
     let relay = start(
         dir.path(),
-        SystemResolver::Fixed(Box::new(FixedResolver::new())),
+        SystemResolver::fixed(FixedResolver::new()),
         port,
         &format!(
             "\"paths-client.test\" = \"127.0.0.1:{port}\"\n\"paths-dest.test\" = \"127.0.0.1:{port}\""

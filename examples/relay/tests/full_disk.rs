@@ -21,7 +21,7 @@ use lettre::AsyncTransport;
 use postern_relay::config::Config;
 use postern_relay::envelope::{Envelope, MailParams, Mailbox, Recipient};
 use postern_relay::net::dns::FixedResolver;
-use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::net::dns::SystemResolver;
 use postern_relay::queue::spool::Spool;
 use postern_relay::relay::Relay;
 
@@ -92,13 +92,7 @@ async fn full_spool() {
         sink.addr.port()
     );
     let config = Config::from_toml_str(&toml).unwrap();
-    let dns = || {
-        SystemResolver::Fixed(Box::new(FixedResolver::new().with_mx(
-            "null-mx.test",
-            0,
-            ".",
-        )))
-    };
+    let dns = || SystemResolver::fixed(FixedResolver::new().with_mx("null-mx.test", 0, "."));
     // A first start creates the certificates; then, relay stopped, a message
     // for a domain that accepts no mail (it will bounce) is queued and the
     // file system filled.

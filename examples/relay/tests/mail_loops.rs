@@ -16,7 +16,7 @@ use common::{NextHop, Submit, message, start_postern_hop, submit_raw, transport,
 use lettre::AsyncTransport;
 use postern_relay::config::Config;
 use postern_relay::net::dns::FixedResolver;
-use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::net::dns::SystemResolver;
 use postern_relay::relay::Relay;
 
 /// A port free on 127.0.0.1 now (for a relay that must know its own port
@@ -47,7 +47,7 @@ async fn relay_on(
         sink.addr.port()
     );
     let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+    Relay::start_with_resolver(config, SystemResolver::fixed(dns), mx_port)
         .await
         .unwrap()
 }

@@ -22,7 +22,7 @@ use postern_policy::{StsCache, StsPolicy};
 use postern_relay::config::Config;
 use postern_relay::envelope::{FailureSource, RecipientState};
 use postern_relay::net::dns::FixedResolver;
-use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::net::dns::SystemResolver;
 use postern_relay::relay::Relay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -236,7 +236,7 @@ async fn mta_sts_policies_are_fetched_cached_and_enforced() {
         ));
     }
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+    let relay = Relay::start_with_resolver(config, SystemResolver::fixed(dns), mx_port)
         .await
         .unwrap();
     let addr = relay.local_addrs()[0];
@@ -416,7 +416,7 @@ async fn cached_policies_are_refreshed_without_mail() {
         dir.path().join("ca.pem").display()
     );
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), 25)
+    let relay = Relay::start_with_resolver(config, SystemResolver::fixed(dns), 25)
         .await
         .unwrap();
     assert_eq!(relay.refresh_mta_sts().await, 3);
@@ -530,7 +530,7 @@ async fn requiretls_applies_mta_sts_and_tls_required_no_relaxes_it() {
         sink.addr.port()
     );
     let config = Config::from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+    let relay = Relay::start_with_resolver(config, SystemResolver::fixed(dns), mx_port)
         .await
         .unwrap();
     let addr = relay.local_addrs()[0];

@@ -37,7 +37,7 @@ use postern_policy::ResultType;
 use postern_policy::tlsrpt::Report;
 use postern_relay::config::Config;
 use postern_relay::net::dns::FixedResolver;
-use postern_relay::outbound::delivery::SystemResolver;
+use postern_relay::net::dns::SystemResolver;
 use postern_relay::relay::Relay;
 use postern_relay::reporting::dkim::DkimSigner;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -300,13 +300,10 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
         .unwrap()
         .unwrap()
         .dns_record();
-    let relay = Relay::start_with_resolver(
-        config.clone(),
-        SystemResolver::Fixed(Box::new(dns.clone())),
-        mx_port,
-    )
-    .await
-    .unwrap();
+    let relay =
+        Relay::start_with_resolver(config.clone(), SystemResolver::fixed(dns.clone()), mx_port)
+            .await
+            .unwrap();
     let addr = relay.local_addrs()[0];
     for d in ["good.test", "badcert.test", "plain.test"] {
         transport(addr, Submit::Plain)
@@ -329,7 +326,7 @@ async fn a_days_outcomes_end_in_reports_by_mail_and_https() {
         assert!(saved.contains(&format!("\"{d}\"")), "{d}: {saved}");
     }
     assert!(!saved.contains("plain.test"), "{saved}");
-    let relay = Relay::start_with_resolver(config, SystemResolver::Fixed(Box::new(dns)), mx_port)
+    let relay = Relay::start_with_resolver(config, SystemResolver::fixed(dns), mx_port)
         .await
         .unwrap();
 

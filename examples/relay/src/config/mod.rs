@@ -88,11 +88,15 @@ impl ConfigError {
     }
 }
 
-/// The relay performs no DNSSEC-validated TLSA lookups yet, so a `dane` or
-/// `dane-only` destination could only ever see "lookup failed" and would be
-/// deferred forever (RFC 7672: a failed lookup is never "no DANE"). Refuse such
-/// a configuration up front instead of queueing mail that cannot leave.
-fn refuse_dane(policy: &Policy) -> Result<(), ConfigError> {
+/// `dane` and `dane-only` need DNSSEC-validated TLSA lookups: with
+/// `[dns] dnssec = "off"` a DANE destination could only ever see "lookup
+/// failed" and would be deferred forever (RFC 7672: a failed lookup is never
+/// "no DANE"). Refuse such a configuration up front instead of queueing mail
+/// that cannot leave.
+fn refuse_dane_without_dnssec(policy: &Policy, dnssec: DnssecMode) -> Result<(), ConfigError> {
+    if dnssec != DnssecMode::Off {
+        return Ok(());
+    }
     let outbound = &policy.outbound;
     let overrides = outbound
         .overrides
@@ -108,8 +112,8 @@ fn refuse_dane(policy: &Policy) -> Result<(), ConfigError> {
             return Err(invalid(
                 key,
                 format!(
-                    "\"{}\" needs DNSSEC-validated TLSA lookups, which this relay does not \
-                     perform yet; use \"verify\", \"secure\", \"fingerprint\" or \"mta-sts\"",
+                    "\"{}\" needs DNSSEC-validated TLSA lookups, which dns.dnssec = \"off\" \
+                     turns off; set dns.dnssec to \"trust-ad\" or \"validate\"",
                     destination.tls
                 ),
             ));
@@ -280,6 +284,9 @@ pub struct Config {
     /// MTA-STS policy fetching (RFC 8461), for destinations whose outbound
     /// mode is `mta-sts` (or `dane` without usable TLSA records).
     pub mta_sts: MtaStsConfig,
+    /// DNS and DNSSEC (`[dns]`): where DNSSEC-validated answers come from,
+    /// for DANE (RFC 7672).
+    pub dns: DnsConfig,
     /// SMTP TLS Reporting (RFC 8460): daily reports about deliveries under
     /// MTA-STS, sent to the domains that ask for them. Off by default.
     pub tls_reporting: TlsReportingConfig,
@@ -485,6 +492,100 @@ impl Default for MtaStsConfig {
     }
 }
 
+/// Where DNSSEC answers come from (`[dns] dnssec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum DnssecMode {
+    /// No DNSSEC: every answer counts as insecure, DANE never applies, and
+    /// the `dane` and `dane-only` modes are refused (Postfix
+    /// `smtp_dns_support_level = enabled`).
+    Off,
+    /// Trust the AD bit of the first name server, a validating resolver
+    /// (Postfix `smtp_dns_support_level = dnssec` with a local unbound;
+    /// Exim's default). The default: with a resolver that does not
+    /// validate, the AD bit is never set and nothing changes.
+    #[default]
+    TrustAd,
+    /// Validate DNSSEC in the relay, from `trust_anchor` (the built-in root
+    /// keys by default), asking the name servers with the DO bit.
+    Validate,
+}
+
+impl DnssecMode {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::TrustAd => "trust-ad",
+            Self::Validate => "validate",
+        }
+    }
+}
+
+/// DNS settings (`[dns]`): the name servers and how DNSSEC is trusted, for
+/// DANE (RFC 7672). MX, address and TLSA lookups of outbound deliveries go
+/// through the DNSSEC-aware resolver unless `dnssec = "off"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct DnsConfig {
+    /// `off`, `trust-ad` (the default) or `validate`; see [`DnssecMode`].
+    pub dnssec: DnssecMode,
+    /// The name servers (recursive resolvers) to ask, `ip` or `ip:port`.
+    /// Default: those of `/etc/resolv.conf`. With `trust-ad` the first one
+    /// is the resolver whose AD bit is trusted: keep it on loopback.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<NameServer>,
+    /// With `validate`: a file of `DNSKEY` records the chains of trust
+    /// start from. Default: the root zone's keys built into the resolver.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_anchor: Option<PathBuf>,
+    /// How long to wait for one answer from one server. Default `5s`.
+    pub timeout: Interval,
+    /// Whether destinations under the default `opportunistic` mode use DANE
+    /// when their MX and TLSA records are DNSSEC-secure (Exim's
+    /// `hosts_try_dane = *`): TLS is then required and authenticated by the
+    /// TLSA records. Without TLSA records nothing changes. Default `true`.
+    pub opportunistic_dane: bool,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            dnssec: DnssecMode::default(),
+            nameservers: Vec::new(),
+            trust_anchor: None,
+            timeout: Interval(Duration::from_secs(5)),
+            opportunistic_dane: true,
+        }
+    }
+}
+
+/// A name server address: `ip` (port 53) or `ip:port` (`[v6]:port`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NameServer(pub SocketAddr);
+
+impl TryFrom<String> for NameServer {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(ip) = text.parse::<IpAddr>() {
+            return Ok(Self(SocketAddr::new(ip, 53)));
+        }
+        text.parse::<SocketAddr>()
+            .map(Self)
+            .map_err(|_| format!("{text:?} is not an IP address or ip:port"))
+    }
+}
+
+impl From<NameServer> for String {
+    fn from(server: NameServer) -> Self {
+        server.0.to_string()
+    }
+}
+
 /// SMTP TLS Reporting (`[tls_reporting]`, RFC 8460).
 ///
 /// When enabled, every delivery attempt to a destination whose TLS was
@@ -580,6 +681,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             timeouts: Timeouts::default(),
             mta_sts: MtaStsConfig::default(),
+            dns: DnsConfig::default(),
             tls_reporting: TlsReportingConfig::default(),
             log: "info".into(),
             tls: None,
@@ -749,6 +851,7 @@ impl Config {
             ));
         }
         self.validate_dkim()?;
+        self.validate_dns()?;
         if self.mta_sts.https_port == 0 {
             return Err(invalid("mta_sts.https_port", "must be more than 0"));
         }
@@ -823,7 +926,7 @@ impl Config {
             }
             other => invalid("tls", other.to_string()),
         })?;
-        refuse_dane(&policy)?;
+        refuse_dane_without_dnssec(&policy, self.dns.dnssec)?;
         Ok(policy)
     }
 
@@ -832,6 +935,20 @@ impl Config {
     /// a name. Whether the selector is one and the key file holds a usable key is
     /// [`DkimSigner::from_config`](crate::reporting::dkim::DkimSigner::from_config)'s
     /// to say, when the relay starts and in `check-config`.
+    fn validate_dns(&self) -> Result<(), ConfigError> {
+        let dns = &self.dns;
+        if dns.timeout.0.is_zero() {
+            return Err(invalid("dns.timeout", "must be more than 0"));
+        }
+        if dns.trust_anchor.is_some() && dns.dnssec != DnssecMode::Validate {
+            return Err(invalid(
+                "dns.trust_anchor",
+                "used only with dns.dnssec = \"validate\"",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_dkim(&self) -> Result<(), ConfigError> {
         let r = &self.tls_reporting;
         let set = [
@@ -1055,7 +1172,7 @@ mod tests {
     }
 
     #[test]
-    fn dane_modes_are_refused_until_tlsa_lookups_exist() {
+    fn dane_modes_need_dnssec() {
         for (text, key) in [
             ("[tls.outbound]\ntls = \"dane\"", "tls.outbound.tls"),
             (
@@ -1063,14 +1180,54 @@ mod tests {
                 "tls.outbound.domains.\"example.org\".tls",
             ),
         ] {
-            let e = Config::from_toml_str(text)
+            // Accepted with the default (trust the resolver's AD bit) and
+            // with validation in the relay.
+            for dnssec in ["", "[dns]\ndnssec = \"validate\"\n"] {
+                let config = Config::from_toml_str(&format!("{dnssec}{text}")).unwrap();
+                assert!(config.validate().is_ok(), "{dnssec}{text}");
+            }
+            let e = Config::from_toml_str(&format!("[dns]\ndnssec = \"off\"\n{text}"))
                 .and_then(|c| c.policy())
                 .unwrap_err();
             assert_eq!(e.key(), Some(key), "{e}");
             assert!(e.to_string().contains("TLSA"), "{e}");
         }
-        let ok = Config::from_toml_str("[tls.outbound]\ntls = \"mta-sts\"").unwrap();
+        let ok =
+            Config::from_toml_str("[dns]\ndnssec = \"off\"\n[tls.outbound]\ntls = \"mta-sts\"")
+                .unwrap();
         assert!(ok.policy().is_ok());
+    }
+
+    #[test]
+    fn dns_settings() {
+        let config = Config::from_toml_str(
+            "[dns]\ndnssec = \"validate\"\nnameservers = [\"127.0.0.1\", \"[::1]:5353\"]\n\
+             trust_anchor = \"root.key\"\ntimeout = \"2s\"\nopportunistic_dane = false",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.dns.dnssec, DnssecMode::Validate);
+        assert_eq!(
+            config.dns.nameservers,
+            vec![
+                NameServer("127.0.0.1:53".parse().unwrap()),
+                NameServer("[::1]:5353".parse().unwrap())
+            ]
+        );
+        assert!(!config.dns.opportunistic_dane);
+        assert_eq!(Config::default().dns.dnssec, DnssecMode::TrustAd);
+        assert!(Config::default().dns.opportunistic_dane);
+        for (text, key) in [
+            ("[dns]\nnameservers = [\"ns.example\"]", "dns.nameservers"),
+            ("[dns]\ndnssec = \"maybe\"", "dns.dnssec"),
+            ("[dns]\ntimeout = \"0s\"", "dns.timeout"),
+            ("[dns]\ntrust_anchor = \"root.key\"", "dns.trust_anchor"),
+        ] {
+            let e = Config::from_toml_str(text)
+                .and_then(|c| c.validate())
+                .unwrap_err();
+            assert!(e.key().is_some_and(|k| k.starts_with(key)), "{text}: {e}");
+        }
     }
 
     #[test]

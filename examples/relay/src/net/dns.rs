@@ -1,14 +1,23 @@
 //! The DNS lookups the flows need (MX, addresses, TXT), behind the
 //! [`Resolver`] trait: [`HickoryResolver`] with the system configuration, or
-//! [`FixedResolver`], fixed tables for tests and sites without DNS.
+//! [`FixedResolver`], fixed tables for tests and sites without DNS; and the
+//! DNSSEC-aware [`DaneResolver`] for DANE (RFC 7672), which
+//! [`SystemResolver`] puts beside them as `[dns]` says.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 
+use std::net::SocketAddr;
+
 use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use postern_dns::{DaneResolver, TrustAdConfig, TrustAnchor, ValidatingConfig};
 use postern_types::DomainName;
+
+use crate::config::{DnsConfig, DnssecMode};
 
 /// A DNS lookup that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +56,11 @@ pub trait Resolver {
     /// The TXT records of `name`, each record's strings joined without
     /// separators (RFC 8461 §3.1 and RFC 7208 §3.3 read them so).
     fn txt(&self, name: &str) -> impl Future<Output = Result<Vec<String>, LookupError>> + Send;
+    /// The DNSSEC-aware resolver, when DNSSEC is on: MX, address and TLSA
+    /// lookups for delivery then go through it, with their DNSSEC status.
+    fn dnssec(&self) -> Option<&DaneResolver> {
+        None
+    }
 }
 
 /// [`Resolver`] backed by hickory-resolver with the system configuration
@@ -61,6 +75,29 @@ impl HickoryResolver {
     pub fn from_system() -> Result<Self, LookupError> {
         let inner = TokioResolver::builder_tokio()
             .and_then(|b| b.build())
+            .map_err(|e| LookupError::Temporary(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// A resolver asking `servers` (over UDP, and TCP when truncated)
+    /// instead of those of `/etc/resolv.conf`.
+    pub fn from_servers(servers: &[SocketAddr]) -> Result<Self, LookupError> {
+        let config = ResolverConfig::from_name_servers(
+            servers
+                .iter()
+                .map(|addr| {
+                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                        .map(|mut c| {
+                            c.port = addr.port();
+                            c
+                        })
+                        .to_vec();
+                    NameServerConfig::new(addr.ip(), true, connections)
+                })
+                .collect(),
+        );
+        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .build()
             .map_err(|e| LookupError::Temporary(e.to_string()))?;
         Ok(Self { inner })
     }
@@ -216,6 +253,173 @@ impl Resolver for FixedResolver {
             None if self.known(&key) => Err(LookupError::NoRecords),
             None => Err(LookupError::NoSuchDomain),
         }
+    }
+}
+
+/// The resolvers of a running relay, as `[dns]` says: the plain one (MX,
+/// addresses, TXT) and, unless `dnssec = "off"`, the DNSSEC-aware one that
+/// delivery uses for MX, address and TLSA lookups.
+#[derive(Debug)]
+pub struct SystemResolver {
+    plain: Plain,
+    dnssec: Option<DaneResolver>,
+}
+
+#[derive(Debug)]
+enum Plain {
+    Hickory(Box<HickoryResolver>),
+    Fixed(Box<FixedResolver>),
+    /// No resolver could be built: every lookup fails temporarily and only
+    /// static routes deliver.
+    Unavailable(String),
+}
+
+/// A `[dns]` setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("dns: {0}")]
+pub struct DnsSetupError(String);
+
+impl SystemResolver {
+    /// The resolvers `[dns]` describes. Call within a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// A trust-anchor file that cannot be read or holds no `DNSKEY`, or
+    /// DNSSEC on with no name server at all.
+    pub fn from_config(dns: &DnsConfig) -> Result<Self, DnsSetupError> {
+        let configured: Vec<SocketAddr> = dns.nameservers.iter().map(|n| n.0).collect();
+        let plain = if configured.is_empty() {
+            HickoryResolver::from_system()
+        } else {
+            HickoryResolver::from_servers(&configured)
+        };
+        let plain = match plain {
+            Ok(r) => Plain::Hickory(Box::new(r)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no DNS resolver: only static routes can deliver");
+                Plain::Unavailable(e.to_string())
+            }
+        };
+        let dnssec = dane_resolver(dns, configured)?;
+        Ok(Self { plain, dnssec })
+    }
+
+    /// Fixed tables, without DNSSEC (tests, sites without DNS).
+    pub fn fixed(tables: FixedResolver) -> Self {
+        Self {
+            plain: Plain::Fixed(Box::new(tables)),
+            dnssec: None,
+        }
+    }
+
+    /// No resolver: every lookup fails temporarily with `reason`, and only
+    /// static routes deliver (tests).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self {
+            plain: Plain::Unavailable(reason.into()),
+            dnssec: None,
+        }
+    }
+
+    /// Fixed tables for the plain lookups (TXT for MTA-STS and TLS-RPT) and
+    /// the DNSSEC-aware resolver of `dns` for delivery (tests).
+    ///
+    /// # Errors
+    ///
+    /// As [`SystemResolver::from_config`].
+    pub fn fixed_with_dnssec(
+        tables: FixedResolver,
+        dns: &DnsConfig,
+    ) -> Result<Self, DnsSetupError> {
+        let configured = dns.nameservers.iter().map(|n| n.0).collect();
+        Ok(Self {
+            plain: Plain::Fixed(Box::new(tables)),
+            dnssec: dane_resolver(dns, configured)?,
+        })
+    }
+}
+
+/// The DNSSEC-aware resolver of `dns`, asking `configured` (else the
+/// servers of `/etc/resolv.conf`); none with `dnssec = "off"`.
+fn dane_resolver(
+    dns: &DnsConfig,
+    configured: Vec<SocketAddr>,
+) -> Result<Option<DaneResolver>, DnsSetupError> {
+    if dns.dnssec == DnssecMode::Off {
+        return Ok(None);
+    }
+    let servers = if configured.is_empty() {
+        system_name_servers()
+    } else {
+        configured
+    };
+    let Some(&first) = servers.first() else {
+        return Err(DnsSetupError(
+            "no name server: set dns.nameservers, or dns.dnssec = \"off\"".to_owned(),
+        ));
+    };
+    match dns.dnssec {
+        DnssecMode::Validate => {
+            let anchor = dns
+                .trust_anchor
+                .clone()
+                .map_or(TrustAnchor::BuiltInRoot, TrustAnchor::File);
+            let config = ValidatingConfig::new(servers)
+                .with_trust_anchor(anchor)
+                .with_timeout(dns.timeout.0);
+            DaneResolver::validating(&config)
+                .map(Some)
+                .map_err(|e| DnsSetupError(e.to_string()))
+        }
+        _ => Ok(Some(DaneResolver::trust_ad(
+            TrustAdConfig::new(first).with_timeout(dns.timeout.0),
+        ))),
+    }
+}
+
+/// The name servers of `/etc/resolv.conf`, with their ports.
+fn system_name_servers() -> Vec<SocketAddr> {
+    hickory_resolver::system_conf::read_system_conf()
+        .map(|(config, _)| {
+            config
+                .name_servers()
+                .iter()
+                .map(|ns| {
+                    let port = ns.connections.first().map_or(53, |c| c.port);
+                    SocketAddr::new(ns.ip, port)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Resolver for SystemResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
+        match &self.plain {
+            Plain::Hickory(r) => r.mx(domain).await,
+            Plain::Fixed(r) => r.mx(domain).await,
+            Plain::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
+        match &self.plain {
+            Plain::Hickory(r) => r.addresses(host).await,
+            Plain::Fixed(r) => r.addresses(host).await,
+            Plain::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
+        match &self.plain {
+            Plain::Hickory(r) => r.txt(name).await,
+            Plain::Fixed(r) => r.txt(name).await,
+            Plain::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
+        }
+    }
+
+    fn dnssec(&self) -> Option<&DaneResolver> {
+        self.dnssec.as_ref()
     }
 }
 

@@ -60,9 +60,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
-use crate::net::dns::{
-    FixedResolver, HickoryResolver, LookupError, MxRecord, Resolver, normalize_domain,
-};
+use crate::net::dns::{Resolver, SystemResolver, normalize_domain};
 use crate::outbound::mta_sts::{StsLookup, StsResolver};
 use crate::outbound::routing::{Route, RouteSource, Router, is_localhost};
 use crate::queue::SharedQueue;
@@ -74,57 +72,6 @@ use crate::reporting::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, uni
 /// How often the cached MTA-STS policies are checked for a due refresh
 /// (each is fetched again about daily: RFC 8461 §10.2).
 pub const STS_REFRESH_CHECK: Duration = Duration::from_secs(3600);
-
-/// The system resolver, or the reason there is none (then every MX lookup
-/// fails temporarily and only static routes deliver).
-#[derive(Debug)]
-pub enum SystemResolver {
-    /// hickory-resolver with `/etc/resolv.conf`.
-    Hickory(Box<HickoryResolver>),
-    /// Fixed tables (tests, sites without DNS).
-    Fixed(Box<FixedResolver>),
-    /// No resolver could be built.
-    Unavailable(String),
-}
-
-impl SystemResolver {
-    /// The system resolver. Call within a tokio runtime.
-    pub fn from_system() -> Self {
-        match HickoryResolver::from_system() {
-            Ok(r) => Self::Hickory(Box::new(r)),
-            Err(e) => {
-                tracing::warn!(error = %e, "no DNS resolver: only static routes can deliver");
-                Self::Unavailable(e.to_string())
-            }
-        }
-    }
-}
-
-impl Resolver for SystemResolver {
-    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, LookupError> {
-        match self {
-            Self::Hickory(r) => r.mx(domain).await,
-            Self::Fixed(r) => r.mx(domain).await,
-            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
-        }
-    }
-
-    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, LookupError> {
-        match self {
-            Self::Hickory(r) => r.addresses(host).await,
-            Self::Fixed(r) => r.addresses(host).await,
-            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
-        }
-    }
-
-    async fn txt(&self, name: &str) -> Result<Vec<String>, LookupError> {
-        match self {
-            Self::Hickory(r) => r.txt(name).await,
-            Self::Fixed(r) => r.txt(name).await,
-            Self::Unavailable(e) => Err(LookupError::Temporary(e.clone())),
-        }
-    }
-}
 
 /// The delivery side of a running relay.
 #[derive(Debug)]
