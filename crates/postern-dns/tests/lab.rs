@@ -4,186 +4,26 @@
 //!
 //! Needs the Debian packages nsd, ldnsutils, unbound and bind9-dnsutils. When
 //! they are missing the test installs them if it runs as root, fails if `CI`
-//! is set, and otherwise skips with a message.
+//! is set, and otherwise skips with a message (postern-test-support's
+//! `dns_lab`).
 //!
 //! `POSTERN_LAB_BREAK=1` inverts every expectation: the run must then report
 //! every check as failed (a check that cannot fail proves nothing).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use postern_dns::{
     AddressLookup, DaneResolver, Denial, DnssecStatus, TrustAdConfig, TrustAnchor, ValidatingConfig,
 };
 use postern_policy::dane::{LookupFailure, TlsaLookup, TlsaRecord};
+use postern_test_support::dns_lab::{DnsLab, free_port};
 use postern_types::DomainName;
 
 /// The TLSA data published in tests/lab/zones (sha256 of fixed strings).
 const H_MX: &str = "ec111fbfc6bfa45fb9683d5c71d5b603b763ed110b8066c94d2de7cbf487851c";
 const H_CA: &str = "36a87a976c61f326df2d265fb11688428090f78ed3a00156b84dd5d2f23bbbee";
 const H_ALIAS2: &str = "f1ef087fdcdcae2b7098cda87fe149ba3a98f91bfe8a8b76928e1add9fa86b7f";
-
-const PACKAGES: [&str; 4] = ["nsd", "ldnsutils", "unbound", "bind9-dnsutils"];
-const TOOLS: [&str; 5] = ["nsd", "ldns-signzone", "ldns-keygen", "unbound", "dig"];
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn missing_tools() -> Vec<&'static str> {
-    TOOLS.into_iter().filter(|t| !have(t)).collect()
-}
-
-fn apt_install() -> bool {
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(PACKAGES)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    install()
-        || (Command::new("apt-get")
-            .arg("update")
-            .status()
-            .is_ok_and(|s| s.success())
-            && install())
-}
-
-/// Whether the lab's tools are there (installing them as root); `false` means
-/// skip. Panics under CI when they are missing.
-fn tools_ready() -> bool {
-    static CHECKED: Mutex<Option<bool>> = Mutex::new(None);
-    let mut checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(ready) = *checked {
-        return ready;
-    }
-    let mut missing = missing_tools();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
-    if !missing.is_empty() && root {
-        eprintln!("lab: installing {}", PACKAGES.join(" "));
-        apt_install();
-        missing = missing_tools();
-    }
-    let ready = missing.is_empty();
-    if !ready {
-        let message = format!(
-            "lab: missing {} (Debian packages: {}); the DNSSEC lab test needs them",
-            missing.join(", "),
-            PACKAGES.join(" ")
-        );
-        assert!(std::env::var_os("CI").is_none(), "{message}");
-        eprintln!("{message}: SKIPPED");
-    }
-    *checked = Some(ready);
-    ready
-}
-
-/// A loopback port free for both UDP and TCP at the time of asking.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
-        let port = udp.local_addr().expect("local address").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// A running lab; the daemons are stopped when it is dropped.
-struct Lab {
-    _dir: tempfile::TempDir,
-    nsd: SocketAddr,
-    unbound: SocketAddr,
-    trust_anchor: PathBuf,
-    pids: Vec<u32>,
-}
-
-impl Lab {
-    fn start() -> Option<Self> {
-        if !tools_ready() {
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lab/setup.sh");
-        let nsd_port = free_port();
-        let unbound_port = loop {
-            let p = free_port();
-            if p != nsd_port {
-                break p;
-            }
-        };
-        let started = Instant::now();
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(dir.path())
-            .arg(nsd_port.to_string())
-            .arg(unbound_port.to_string())
-            .output()
-            .expect("run setup.sh");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let value = |key: &str| {
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_owned)
-        };
-        let pids: Vec<u32> = ["NSD_PID", "UNBOUND_PID"]
-            .iter()
-            .filter_map(|k| value(k)?.parse().ok())
-            .collect();
-        let lab = Self {
-            nsd: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), nsd_port),
-            unbound: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), unbound_port),
-            trust_anchor: value("TRUST_ANCHOR").map(PathBuf::from).unwrap_or_default(),
-            pids,
-            _dir: dir,
-        };
-        assert!(
-            out.status.success() && lab.pids.len() == 2,
-            "setup.sh failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        eprintln!("lab: ready in {:?}", started.elapsed());
-        Some(lab)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for signal in ["-TERM", "-KILL"] {
-            let alive: Vec<String> = self
-                .pids
-                .iter()
-                .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-                .map(u32::to_string)
-                .collect();
-            if alive.is_empty() {
-                return;
-            }
-            let _ = Command::new("kill").arg(signal).args(&alive).status();
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while Instant::now() < deadline
-                && alive
-                    .iter()
-                    .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
 
 /// Collects checks, so one run reports every mismatch (and, with
 /// `POSTERN_LAB_BREAK=1`, shows that each check can fail).
@@ -498,7 +338,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validating_mode() {
-    let Some(lab) = Lab::start() else { return };
+    let Some(lab) = DnsLab::start() else { return };
     let config = ValidatingConfig::new([lab.nsd])
         .with_trust_anchor(TrustAnchor::File(lab.trust_anchor.clone()))
         .with_timeout(TIMEOUT);
@@ -511,7 +351,7 @@ async fn validating_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trust_ad_mode() {
-    let Some(lab) = Lab::start() else { return };
+    let Some(lab) = DnsLab::start() else { return };
     let resolver = DaneResolver::trust_ad(TrustAdConfig::new(lab.unbound).with_timeout(TIMEOUT));
     assert_eq!(resolver.trusted_resolver_is_loopback(), Some(true));
     let started = Instant::now();

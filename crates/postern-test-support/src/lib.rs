@@ -3,8 +3,9 @@
 //! rcgen, as PEM, and the conversions the tests need (a [`CertKey`], DER, a
 //! fingerprint, a root store, files on disk).
 //!
-//! Not published: it is a dev-dependency of `postern-certs`, `postern-tokio`
-//! and the relay, so their tests build certificates one way.
+//! Not published: it is a dev-dependency of `postern-certs`, `postern-tokio`,
+//! `postern-dns` and the relay, so their tests build certificates one way;
+//! [`dns_lab`] starts the offline DNSSEC lab for the tests that need DNS.
 //!
 //! ```
 //! use postern_test_support::{Ca, LeafSpec, self_signed};
@@ -17,6 +18,8 @@
 //! let alone = self_signed(&["client.example.net"], true);
 //! assert!(alone.cert_key().leaf().as_ref().len() > 100);
 //! ```
+
+pub mod dns_lab;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -11,8 +11,22 @@
 # (test.). Ports default to free ones picked at random.
 #
 # It prints KEY=VALUE lines on stdout: RUN_DIR, NSD_PORT, UNBOUND_PORT,
-# NSD_PID, UNBOUND_PID, TRUST_ANCHOR. The daemons keep running: stop them with
-# `kill NSD_PID UNBOUND_PID`. Logs and configuration stay in RUN_DIR.
+# NSD_PID, UNBOUND_PID, TRUST_ANCHOR, EXTRA_ZONES. The daemons keep running:
+# stop them with `kill NSD_PID UNBOUND_PID`. Logs and configuration stay in
+# RUN_DIR.
+#
+# Callers can add zones and resolver settings generated at run time:
+#   LAB_EXTRA_ZONES=DIR    each DIR/NAME.zone (NAME a child of test., such as
+#                          relay.test; origin NAME.) is signed with a fresh key
+#                          (NSEC) and delegated from test. with NS and DS; each
+#                          DIR/NAME.unsigned.zone is delegated without DS
+#                          (insecure). Names of the lab's own zones are refused.
+#                          EXTRA_ZONES lists the names added, space-separated.
+#   LAB_UNBOUND_EXTRA=FILE appended to unbound.conf (say, a forward-zone to a
+#                          dead port, so that one name fails to resolve).
+#   LAB_OWNER_PID=PID      when process PID ends, a watchdog stops the daemons
+#                          and removes RUN_DIR (for a lab shared by a whole
+#                          test process, which has no teardown).
 #
 # Zone tree (see zones/):
 #   test.              NSEC, the trust anchor; DS for dane, bogus, expired
@@ -47,6 +61,16 @@ free_port() {
 nsd_port=${2:-$(free_port)}
 unbound_port=${3:-$(free_port)}
 [ "$nsd_port" != "$unbound_port" ] || { echo "setup.sh: same port twice" >&2; exit 2; }
+extra_dir=
+if [ -n "${LAB_EXTRA_ZONES:-}" ]; then
+    extra_dir=$(cd "$LAB_EXTRA_ZONES" && pwd)
+    [ "$extra_dir" != "$run" ] || { echo "setup.sh: LAB_EXTRA_ZONES must not be RUN_DIR" >&2; exit 2; }
+fi
+unbound_extra=
+if [ -n "${LAB_UNBOUND_EXTRA:-}" ]; then
+    [ -r "$LAB_UNBOUND_EXTRA" ] || { echo "setup.sh: cannot read LAB_UNBOUND_EXTRA=$LAB_UNBOUND_EXTRA" >&2; exit 2; }
+    unbound_extra=$(cd "$(dirname "$LAB_UNBOUND_EXTRA")" && pwd)/$(basename "$LAB_UNBOUND_EXTRA")
+fi
 
 cd "$run"
 cp "$here"/zones/*.zone .
@@ -73,6 +97,36 @@ grep -q "$(printf %064d 0)" bogus.test.signed || { echo "setup.sh: bogus TLSA no
 grep -Eq '\sMX\s+20 ' bogus.test.signed || { echo "setup.sh: bogus MX not edited" >&2; exit 1; }
 ldns-signzone -i 20200101000000 -e 20200201000000 -o expired.test. -f expired.test.signed expired.test.zone "$ke"
 cat "$kd.ds" "$kb.ds" "$ke.ds" >>test.zone
+
+# The caller's zones: NAME.zone signed and delegated with DS, NAME.unsigned.zone
+# delegated without. nsd_zones collects "NAME FILE" pairs for nsd.conf.
+extra_names=()
+extra_signed=()
+nsd_zones=()
+if [ -n "$extra_dir" ]; then
+    for f in "$extra_dir"/*.zone; do
+        [ -e "$f" ] || continue
+        base=$(basename "$f" .zone)
+        name=${base%.unsigned}
+        [[ $name =~ ^[a-z0-9-]+\.test$ ]] || { echo "setup.sh: $f: $name is not a child of test." >&2; exit 2; }
+        if [ -e "$name.zone" ] || [[ " ${extra_names[*]} " == *" $name "* ]]; then
+            echo "setup.sh: $f: zone $name is already in the lab" >&2
+            exit 2
+        fi
+        cp "$f" "$name.zone"
+        extra_names+=("$name")
+        echo "$name. NS ns.test." >>test.zone
+        if [ "$base" = "$name" ]; then
+            k=$(key "$name.")
+            ldns-signzone -i "$inception" -e "$expiration" -o "$name." -f "$name.signed" "$name.zone" "$k"
+            cat "$k.ds" >>test.zone
+            nsd_zones+=("$name $name.signed")
+            extra_signed+=("$name")
+        else
+            nsd_zones+=("$name $name.zone")
+        fi
+    done
+fi
 ldns-signzone -i "$inception" -e "$expiration" -o test. -f test.signed test.zone "$kt"
 # hickory wants the anchor as a DNSKEY (not a DS); unbound takes either.
 cp "$kt.key" trust-anchor.dnskey
@@ -112,6 +166,9 @@ zone:
     name: expired.test.
     zonefile: expired.test.signed
 EOF
+for z in ${nsd_zones[@]+"${nsd_zones[@]}"}; do
+    printf 'zone:\n    name: %s.\n    zonefile: %s\n' "${z% *}" "${z#* }" >>nsd.conf
+done
 
 # A validating resolver forwarding test. to nsd, trusting only the lab's
 # anchor: no domain-insecure, no permissive mode, and RFC 8914 extended
@@ -148,6 +205,9 @@ forward-zone:
 remote-control:
     control-enable: no
 EOF
+if [ -n "$unbound_extra" ]; then
+    cat "$unbound_extra" >>unbound.conf
+fi
 
 nsd -c nsd.conf -d </dev/null >nsd.out 2>&1 &
 nsd_pid=$!
@@ -169,10 +229,24 @@ wait_for nsd nsd_ready
 
 unbound -d -c unbound.conf </dev/null >unbound.out 2>&1 &
 unbound_pid=$!
-unbound_ready() {
-    dig +tries=1 +time=1 +dnssec -p "$unbound_port" @127.0.0.1 SOA dane.test. | grep -Eq 'flags:[^;]* ad[ ;]'
+validated() { # name: its SOA comes back from unbound with AD set
+    dig +tries=1 +time=1 +dnssec -p "$unbound_port" @127.0.0.1 SOA "$1" | grep -Eq 'flags:[^;]* ad[ ;]'
 }
-wait_for "unbound (validated answer)" unbound_ready
+wait_for "unbound (validated answer)" validated dane.test.
+for z in ${extra_signed[@]+"${extra_signed[@]}"}; do
+    wait_for "unbound (validated answer for $z)" validated "$z."
+done
+
+if [ -n "${LAB_OWNER_PID:-}" ]; then
+    owner=$LAB_OWNER_PID
+    (
+        while kill -0 "$owner" 2>/dev/null; do sleep 0.2; done
+        kill "$nsd_pid" "$unbound_pid" 2>/dev/null || true
+        sleep 0.5
+        kill -KILL "$nsd_pid" "$unbound_pid" 2>/dev/null || true
+        rm -rf "$run"
+    ) </dev/null >/dev/null 2>&1 &
+fi
 
 echo "RUN_DIR=$run"
 echo "NSD_PORT=$nsd_port"
@@ -180,3 +254,4 @@ echo "UNBOUND_PORT=$unbound_port"
 echo "NSD_PID=$nsd_pid"
 echo "UNBOUND_PID=$unbound_pid"
 echo "TRUST_ANCHOR=$run/trust-anchor.dnskey"
+echo "EXTRA_ZONES=${extra_names[*]+${extra_names[*]}}"
