@@ -9,12 +9,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    NextHop, Pem, Submit, ca, message, rustls_server, self_signed, start_postern_hop,
-    start_postern_hop_at, submit_raw, submit_requiretls, transport, wait_for,
+    NextHop, Requests, Serve, Submit, ca, enforce, message, self_signed, start_policy_host,
+    start_postern_hop, start_postern_hop_at, submit_raw, submit_requiretls, transport, wait_for,
 };
 use lettre::AsyncTransport;
 use postern_policy::mta_sts::CachedPolicy;
@@ -24,85 +23,7 @@ use postern_relay::envelope::{FailureSource, RecipientState};
 use postern_relay::net::dns::FixedResolver;
 use postern_relay::net::dns::SystemResolver;
 use postern_relay::relay::Relay;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-
-/// What the policy host answers for one `mta-sts.<domain>`.
-#[derive(Clone)]
-enum Serve {
-    Policy(&'static str),
-    Status(&'static str),
-    Redirect(&'static str),
-}
-
-/// Requests seen by the policy host, per Host header.
-type Requests = Arc<Mutex<HashMap<String, usize>>>;
-
-/// An HTTPS policy host on 127.0.0.1 answering by Host header (each
-/// connection serves one request and closes).
-async fn start_policy_host(pem: &Pem, serve: HashMap<String, Serve>) -> (u16, Requests) {
-    let acceptor = TlsAcceptor::from(rustls_server(pem));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let requests: Requests = Arc::default();
-    let seen = Arc::clone(&requests);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            let acceptor = acceptor.clone();
-            let serve = serve.clone();
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 512];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                assert!(
-                    head.starts_with("get /.well-known/mta-sts.txt http/1.1\r\n"),
-                    "{head}"
-                );
-                let host = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("host: "))
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                *seen.lock().unwrap().entry(host.clone()).or_default() += 1;
-                let response = match serve.get(&host) {
-                    Some(Serve::Policy(body)) => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    ),
-                    Some(Serve::Status(status)) => {
-                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n")
-                    }
-                    Some(Serve::Redirect(to)) => format!(
-                        "HTTP/1.1 301 Moved Permanently\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
-                    ),
-                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
-                };
-                let _ = tls.write_all(response.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (port, requests)
-}
-
-fn enforce(mx: &str) -> String {
-    format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n")
-}
 
 const LEAKED_ENFORCE: &str = "version: STSv1\nmode: enforce\nmx: nowhere.test\nmax_age: 86400\n";
 

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use common::{
-    Submit, ca, message, rsa_key_pem, rustls_server, self_signed, start_postern_hop_at, transport,
-    wait_for,
+    Submit, ca, enforce, message, rsa_key_pem, rustls_server, self_signed, start_postern_hop_at,
+    transport, wait_for,
 };
 use lettre::AsyncTransport;
 use postern_policy::ResultType;
@@ -208,10 +208,6 @@ fn dkimpy_verify(dir: &std::path::Path, mail: &[u8], record: &str) -> Option<boo
         String::from_utf8_lossy(&out.stderr)
     );
     Some(code == Some(0))
-}
-
-fn enforce(mx: &str) -> String {
-    format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 //! helper that waits for the spool to reach a state.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -400,6 +401,85 @@ pub async fn served_fingerprint(addr: SocketAddr, sni: &str) -> String {
     postern_certs::Fingerprint::of(&leaf).to_string()
 }
 
+// ---- an MTA-STS policy host ----
+
+/// What the policy host answers for one `mta-sts.<domain>`.
+#[derive(Clone)]
+pub enum Serve {
+    Policy(&'static str),
+    Status(&'static str),
+    Redirect(&'static str),
+}
+
+/// Requests seen by the policy host, per Host header.
+pub type Requests = Arc<Mutex<HashMap<String, usize>>>;
+
+/// An HTTPS policy host on 127.0.0.1 answering by Host header (each
+/// connection serves one request and closes).
+pub async fn start_policy_host(pem: &Pem, serve: HashMap<String, Serve>) -> (u16, Requests) {
+    let acceptor = TlsAcceptor::from(rustls_server(pem));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests: Requests = Arc::default();
+    let seen = Arc::clone(&requests);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let serve = serve.clone();
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 512];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                assert!(
+                    head.starts_with("get /.well-known/mta-sts.txt http/1.1\r\n"),
+                    "{head}"
+                );
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned();
+                *seen.lock().unwrap().entry(host.clone()).or_default() += 1;
+                let response = match serve.get(&host) {
+                    Some(Serve::Policy(body)) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    Some(Serve::Status(status)) => {
+                        format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n")
+                    }
+                    Some(Serve::Redirect(to)) => format!(
+                        "HTTP/1.1 301 Moved Permanently\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+                    ),
+                    None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                };
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, requests)
+}
+
+/// An `enforce` policy listing `mx`, cached for a day.
+pub fn enforce(mx: &str) -> String {
+    format!("version: STSv1\nmode: enforce\nmx: {mx}\nmax_age: 86400\n")
+}
+
 // ---- a well-behaved next hop: postern-tokio's server ----
 
 /// Records into a [`HopLog`].
@@ -467,7 +547,8 @@ impl postern_tokio::server::SessionHandler for RecorderSession {
     }
 }
 
-/// Starts a next hop on postern-tokio's server: STARTTLS offered with `cert`, or not offered at all (`None`).
+/// Starts a next hop on postern-tokio's server: STARTTLS offered with `cert` (and its chain), or not offered at
+/// all (`None`).
 pub async fn start_postern_hop(cert: Option<&Pem>) -> NextHop {
     start_postern_hop_at(cert, "127.0.0.1:0").await
 }
@@ -480,7 +561,7 @@ pub async fn start_postern_hop_at(cert: Option<&Pem>, bind: &str) -> NextHop {
     use postern_policy::{ClientCertMode, ServerPolicy, ServerTlsMode, TlsVersion};
     let (policy, tls) = match cert {
         Some(pem) => {
-            let key = CertKey::from_pem(pem.cert.as_bytes(), pem.key.as_bytes()).unwrap();
+            let key = CertKey::from_pem(pem.chain_pem().as_bytes(), pem.key.as_bytes()).unwrap();
             let resolver = Arc::new(CertResolver::new(ServedCertificates::from_certs([&key])));
             (
                 ServerPolicy::default(),
