@@ -6,5 +6,6 @@
 
 pub mod delivery;
 pub mod mta_sts;
+pub mod next_hop;
 pub mod probe;
 pub mod routing;
