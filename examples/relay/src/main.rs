@@ -98,6 +98,11 @@ enum PolicyCommand {
     Explain {
         /// A domain, or [host]:port.
         destination: String,
+        /// Also look the destination up in DNS as delivery would: the route
+        /// and its DNSSEC status, each host's addresses, TLSA records and
+        /// DANE verdict, and what the connection would require.
+        #[arg(long)]
+        dns: bool,
     },
 }
 
@@ -131,8 +136,13 @@ fn main() -> ExitCode {
                 key,
                 force,
             })) => cli::cert_import(&config, &name, &cert, &key, force),
-            Some(Command::Policy(PolicyCommand::Explain { destination })) => {
-                cli::policy_explain(&config, &destination)
+            Some(Command::Policy(PolicyCommand::Explain { destination, dns })) => {
+                cli::policy_explain(&config, &destination)?;
+                if dns {
+                    runtime()?.block_on(cli::policy_explain_dns(&config, &destination))
+                } else {
+                    Ok(())
+                }
             }
             Some(Command::Probe { target }) => {
                 runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))

@@ -17,6 +17,9 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::config::{Config, DnssecMode};
 use crate::envelope::{Envelope, Failure, FailureSource, Mailbox};
+use crate::net::dns::{Resolver as _, SystemResolver};
+use crate::outbound::explain;
+use crate::outbound::routing::Router;
 use crate::queue::spool::{Scan, Spool};
 use crate::reporting::dkim::DkimSigner;
 use crate::tls::certs::{CertDir, rfc3339};
@@ -336,11 +339,31 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     Ok(())
 }
 
+/// `policy explain DOMAIN --dns`: the DNS facts and per-host decisions
+/// (see [`crate::outbound::explain`]).
+pub async fn policy_explain_dns(config: &Config, destination: &str) -> CliResult {
+    let policy = config.policy()?;
+    let resolver = SystemResolver::from_config(&config.dns)?;
+    let router = Router::new(config.static_routes()?, resolver);
+    outln!(
+        "  dns:                dnssec {}",
+        config.dns.dnssec.as_str()
+    );
+    out!(
+        "{}",
+        explain::dns_report(config, &policy.outbound, &router, destination).await
+    );
+    Ok(())
+}
+
 /// `probe HOST[:PORT]`.
 pub async fn probe(config: &Config, target: &str) -> CliResult {
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
-    let report = crate::outbound::probe::probe(target, &config.hostname, roots, timeout).await?;
+    let resolver = SystemResolver::from_config(&config.dns)?;
+    let report =
+        crate::outbound::probe::probe(target, &config.hostname, roots, timeout, resolver.dnssec())
+            .await?;
     out!("{}", report.to_text());
     Ok(())
 }
