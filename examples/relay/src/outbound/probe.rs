@@ -351,7 +351,7 @@ pub async fn probe(
         }
         let (check, line) = dane_check(records, &names, &tls.peer_certificates);
         dane_line = Some(line);
-        dane_facts = Some(facts.clone().with_handshake(HandshakeOutcome::Established {
+        dane_facts = Some(facts.with_handshake(HandshakeOutcome::Established {
             version: tls.version,
             certificate: check,
         }));
