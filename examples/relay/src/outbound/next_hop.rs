@@ -203,3 +203,123 @@ fn with_port(ips: Vec<IpAddr>, port: u16) -> Vec<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, port))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dns::FixedResolver;
+
+    fn route(source: RouteSource, mx_dnssec: Option<DnssecStatus>) -> Route {
+        Route {
+            domain: "example.org".into(),
+            hosts: vec![NextHop {
+                host: "mx.example.org".into(),
+                port: 2525,
+            }],
+            source,
+            mx_dnssec,
+        }
+    }
+
+    #[test]
+    fn dane_is_wanted_by_the_dane_modes_and_opportunistic_when_on() {
+        use ClientTlsMode as M;
+        let cases = [
+            // mode, message, report mail, opportunistic_dane → wanted
+            (M::Dane, MessageTls::Default, false, false, true),
+            (M::DaneOnly, MessageTls::Default, true, false, true),
+            (M::MtaSts, MessageTls::Default, false, false, true),
+            (M::MtaSts, MessageTls::Default, true, true, false),
+            (M::Opportunistic, MessageTls::Default, false, true, true),
+            (M::Opportunistic, MessageTls::Default, false, false, false),
+            (M::Opportunistic, MessageTls::RequireTls, false, false, true),
+            (M::Opportunistic, MessageTls::Default, true, true, false),
+            (M::Encrypt, MessageTls::Default, false, true, false),
+            (M::Verify, MessageTls::RequireTls, false, true, false),
+            (M::Secure, MessageTls::Default, false, true, false),
+            (M::Fingerprint, MessageTls::Default, false, true, false),
+            (M::None, MessageTls::Default, false, true, false),
+        ];
+        for (mode, message, report, opportunistic, wanted) in cases {
+            assert_eq!(
+                DaneUse::wanted(mode, message, report, opportunistic),
+                wanted,
+                "{mode:?} {message:?} report={report} opportunistic_dane={opportunistic}"
+            );
+        }
+    }
+
+    #[test]
+    fn tlsa_port_and_secure_hosts_follow_the_route() {
+        // MX hosts: TLSA at port 25 whatever port the connection uses; only
+        // a secure MX RRset lets DANE apply.
+        assert_eq!(
+            DaneUse::for_route(&route(RouteSource::Mx, Some(DnssecStatus::Secure))),
+            DaneUse::Yes {
+                port: 25,
+                secure_hosts: true
+            }
+        );
+        for status in [None, Some(DnssecStatus::Insecure)] {
+            assert_eq!(
+                DaneUse::for_route(&route(RouteSource::ImplicitMx, status)),
+                DaneUse::Yes {
+                    port: 25,
+                    secure_hosts: false
+                }
+            );
+        }
+        // A static route is the operator's choice: its host and port.
+        assert_eq!(
+            DaneUse::for_route(&route(RouteSource::Static("*".into()), None)),
+            DaneUse::Yes {
+                port: 2525,
+                secure_hosts: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn without_dns_names_dane_has_nothing_to_say() {
+        let dane = DaneUse::Yes {
+            port: 25,
+            secure_hosts: true,
+        };
+        let now = SystemTime::now();
+        let resolver = FixedResolver::new();
+        for host in ["[192.0.2.1]", "localhost"] {
+            let hop = NextHop {
+                host: host.into(),
+                port: 25,
+            };
+            let found = look_up(&resolver, &hop, dane, now).await.unwrap();
+            assert_eq!(found.dane, Some(DaneOutcome::Opportunistic), "{host}");
+            assert!(found.tlsa.is_none());
+            let none = look_up(&resolver, &hop, DaneUse::No, now).await.unwrap();
+            assert_eq!(none.dane, None, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_dnssec_addresses_come_from_the_plain_resolver() {
+        let resolver = FixedResolver::new().with_address("mx.example.org", [192, 0, 2, 7].into());
+        let hop = NextHop {
+            host: "mx.example.org".into(),
+            port: 2525,
+        };
+        let now = SystemTime::now();
+        let found = look_up(&resolver, &hop, DaneUse::No, now).await.unwrap();
+        assert_eq!(found.addresses, vec!["192.0.2.7:2525".parse().unwrap()]);
+        assert_eq!(found.server_name, DomainName::parse("mx.example.org").ok());
+        assert_eq!(found.address_status, None);
+        let missing = NextHop {
+            host: "nx.example.org".into(),
+            port: 25,
+        };
+        let failure = look_up(&resolver, &missing, DaneUse::No, now)
+            .await
+            .unwrap_err();
+        assert_eq!(failure.code, EnhancedStatus::DNS_FAILURE);
+        assert!(failure.text.contains("nx.example.org"), "{}", failure.text);
+    }
+}
