@@ -145,6 +145,10 @@ fn dns_summary(config: &Config, policy: &postern_policy::Policy) -> CliResult {
     );
     match dns.dnssec {
         DnssecMode::Off => {}
+        _ if servers.is_empty() => eprintln!(
+            "warning: no name server found (dns.nameservers or /etc/resolv.conf): only static \
+             routes can deliver, and DANE destinations are deferred"
+        ),
         DnssecMode::Validate => {
             // Reads and checks the trust anchor file, as the relay will.
             let anchor = dns.trust_anchor.clone().map_or(
@@ -172,12 +176,7 @@ fn dns_summary(config: &Config, policy: &postern_policy::Policy) -> CliResult {
                     }
                 );
             }
-            Some(_) => {}
-            None => {
-                return Err(
-                    "dns: no name server: set dns.nameservers, or dns.dnssec = \"off\"".into(),
-                );
-            }
+            _ => {}
         },
     }
     Ok(())

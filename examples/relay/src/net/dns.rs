@@ -284,8 +284,8 @@ impl SystemResolver {
     ///
     /// # Errors
     ///
-    /// A trust-anchor file that cannot be read or holds no `DNSKEY`, or
-    /// DNSSEC on with no name server at all.
+    /// A trust-anchor file that cannot be read or holds no `DNSKEY`, or a
+    /// configuration hickory-resolver refuses.
     pub fn from_config(dns: &DnsConfig) -> Result<Self, DnsSetupError> {
         let configured: Vec<SocketAddr> = dns.nameservers.iter().map(|n| n.0).collect();
         let plain = if configured.is_empty() {
@@ -346,9 +346,13 @@ fn dane_resolver(dns: &DnsConfig) -> Result<Option<DaneResolver>, DnsSetupError>
     }
     let servers = name_servers(dns);
     let Some(&first) = servers.first() else {
-        return Err(DnsSetupError(
-            "no name server: set dns.nameservers, or dns.dnssec = \"off\"".to_owned(),
-        ));
+        // No resolver at all (no /etc/resolv.conf): the plain resolver
+        // fails every lookup too; DANE destinations are deferred, never
+        // sent without it.
+        tracing::warn!(
+            "no name server: DNSSEC lookups unavailable; DANE destinations are deferred"
+        );
+        return Ok(None);
     };
     match dns.dnssec {
         DnssecMode::Validate => {
