@@ -5,8 +5,9 @@
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
-//! postern-relay [--config FILE] policy explain DOMAIN        outbound decision and the rule that matched
-//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide
+//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
+//!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
+//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
 //! postern-relay [--config FILE] queue list [--json]
 //! postern-relay [--config FILE] queue flush
 //! ```
