@@ -65,6 +65,7 @@
 //!                 version: TlsVersion::Tls13,
 //!                 cipher: "TLS13_AES_128_GCM_SHA256".into(),
 //!                 certificate,
+//!                 peer_certificates: Vec::new(),
 //!             })?;
 //!         }
 //!         Some(Event::RetryPlaintext(_)) => unreachable!("the handshake succeeded"),
@@ -87,6 +88,7 @@
 
 mod result;
 
+use rustls_pki_types::CertificateDer;
 use std::collections::VecDeque;
 use std::time::Instant;
 
@@ -143,6 +145,9 @@ pub enum HandshakeResult {
         cipher: String,
         /// The check of the peer's certificate against [`TlsParams`].
         certificate: CertificateCheck,
+        /// The peer's certificate chain as sent (its own certificate first),
+        /// for logs and reports ([`TlsSummary::peer_certificates`]).
+        peer_certificates: Vec<CertificateDer<'static>>,
     },
     /// The handshake failed (or timed out); the connection is unusable.
     Failed {
@@ -415,6 +420,7 @@ impl Attempt {
             version,
             cipher,
             certificate,
+            peer_certificates,
         } = result
         {
             self.tls = Some(TlsSummary {
@@ -422,6 +428,7 @@ impl Attempt {
                 version,
                 cipher,
                 certificate,
+                peer_certificates,
                 explanation: decision.to_string(),
                 discarded_before_handshake: self.session.discarded_bytes(),
             });

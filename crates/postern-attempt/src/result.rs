@@ -1,6 +1,7 @@
 //! What an attempt ends with: per-recipient results, one outcome, the TLS summary, and the failure that
 //! explains it.
 
+use rustls_pki_types::CertificateDer;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -24,6 +25,9 @@ pub struct TlsSummary {
     pub cipher: String,
     /// How far the server certificate was trusted, and why not further.
     pub certificate: CertificateCheck,
+    /// The server's certificate chain as it was sent, its own certificate
+    /// first (for logs, `probe`, and which TLSA record matched).
+    pub peer_certificates: Vec<CertificateDer<'static>>,
     /// The policy's explanation of the decision after the handshake (rule, mode, action).
     pub explanation: String,
     /// Octets received after the `220` to STARTTLS and discarded before the handshake (never read as a

@@ -95,3 +95,15 @@ pub struct HostTlsa {
     /// What was found there.
     pub lookup: TlsaLookup,
 }
+
+impl HostTlsa {
+    /// The records `lookup` found at `_port._tcp.base_domain` (for a
+    /// caller that decided without a query, e.g. a host of an insecure MX
+    /// RRset: [`TlsaLookup::Insecure`]).
+    pub fn new(base_domain: DomainName, lookup: TlsaLookup) -> Self {
+        Self {
+            base_domain,
+            lookup,
+        }
+    }
+}

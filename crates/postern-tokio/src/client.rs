@@ -392,6 +392,10 @@ impl Client {
                         version,
                         cipher,
                         certificate,
+                        peer_certificates: c
+                            .peer_certificates()
+                            .map(|chain| chain.iter().map(|d| d.clone().into_owned()).collect())
+                            .unwrap_or_default(),
                     },
                     note,
                 )

@@ -5,8 +5,9 @@
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
-//! postern-relay [--config FILE] policy explain DOMAIN        outbound decision and the rule that matched
-//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide
+//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
+//!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
+//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
 //! postern-relay [--config FILE] queue list [--json]
 //! postern-relay [--config FILE] queue flush
 //! ```
@@ -98,6 +99,11 @@ enum PolicyCommand {
     Explain {
         /// A domain, or [host]:port.
         destination: String,
+        /// Also look the destination up in DNS as delivery would: the route
+        /// and its DNSSEC status, each host's addresses, TLSA records and
+        /// DANE verdict, and what the connection would require.
+        #[arg(long)]
+        dns: bool,
     },
 }
 
@@ -131,8 +137,13 @@ fn main() -> ExitCode {
                 key,
                 force,
             })) => cli::cert_import(&config, &name, &cert, &key, force),
-            Some(Command::Policy(PolicyCommand::Explain { destination })) => {
-                cli::policy_explain(&config, &destination)
+            Some(Command::Policy(PolicyCommand::Explain { destination, dns })) => {
+                cli::policy_explain(&config, &destination)?;
+                if dns {
+                    runtime()?.block_on(cli::policy_explain_dns(&config, &destination))
+                } else {
+                    Ok(())
+                }
             }
             Some(Command::Probe { target }) => {
                 runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))

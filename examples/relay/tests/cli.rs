@@ -116,6 +116,83 @@ fn check_config_prints_the_dkim_record_of_tls_reports() {
 }
 
 #[test]
+fn check_config_says_where_dnssec_comes_from() {
+    let dir = tempfile::tempdir().unwrap();
+    // Trusting the AD bit of a resolver off this host: a warning, louder
+    // with DANE destinations; accepted.
+    for (extra, dane) in [
+        ("", false),
+        (
+            "[tls.outbound.domains.\"example.org\"]\ntls = \"dane-only\"\n",
+            true,
+        ),
+    ] {
+        write_config(
+            dir.path(),
+            &format!("{extra}[dns]\nnameservers = [\"192.0.2.53\"]\n"),
+        );
+        let out = relay(dir.path(), &with_cfg(&["check-config"]));
+        let err = text(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("dns: dnssec trust-ad, name servers 192.0.2.53:53"),
+            "{err}"
+        );
+        let warning = err
+            .lines()
+            .find(|l| {
+                l.starts_with(
+                    "warning: dns.dnssec = \"trust-ad\" trusts the AD bit of 192.0.2.53:53",
+                )
+            })
+            .unwrap_or_else(|| panic!("no warning: {err}"));
+        assert_eq!(warning.contains("dane-only"), dane, "{warning}");
+    }
+    // On loopback: no warning.
+    write_config(dir.path(), "[dns]\nnameservers = [\"127.0.0.1\"]\n");
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Validation in the relay reads the trust anchor file now, not at the
+    // first delivery.
+    write_config(
+        dir.path(),
+        "[dns]\ndnssec = \"validate\"\nnameservers = [\"127.0.0.1\"]\ntrust_anchor = \"none.key\"\n",
+    );
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("trust anchor file"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(dir.path().join("none.key"), "; nothing\n").unwrap();
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no DNSKEY"),
+        "{}",
+        text(&out.stderr)
+    );
+    // dane without DNSSEC is refused, naming the key.
+    write_config(
+        dir.path(),
+        "[tls.outbound]\ntls = \"dane\"\n[dns]\ndnssec = \"off\"\n",
+    );
+    let out = relay(dir.path(), &with_cfg(&["check-config"]));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("tls.outbound.tls"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn trusted_agents_example_passes_check_config() {
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("trusted-agents.toml");

@@ -470,6 +470,7 @@ pub(crate) fn handshakes() -> Vec<HandshakeResult> {
         version: TlsVersion::Tls13,
         cipher: "TLS13_AES_256_GCM_SHA384".into(),
         certificate,
+        peer_certificates: Vec::new(),
     };
     let failed = |certificate| HandshakeResult::Failed { certificate };
     vec![

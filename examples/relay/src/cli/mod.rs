@@ -10,13 +10,16 @@ use std::time::{Duration, SystemTime};
 use postern_certs::{
     CertKey, CertificateRow, ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE,
 };
-use postern_policy::NextHop;
+use postern_policy::{ClientTlsMode, NextHop};
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::config::Config;
+use crate::config::{Config, DnssecMode};
 use crate::envelope::{Envelope, Failure, FailureSource, Mailbox};
+use crate::net::dns::{Resolver as _, SystemResolver};
+use crate::outbound::explain;
+use crate::outbound::routing::Router;
 use crate::queue::spool::{Scan, Spool};
 use crate::reporting::dkim::DkimSigner;
 use crate::tls::certs::{CertDir, rfc3339};
@@ -98,6 +101,7 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         policy.outbound.overrides.len(),
         imported.len(),
     );
+    dns_summary(config, &policy)?;
     // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
     if let Some(signer) = DkimSigner::from_config(&config.tls_reporting)? {
         eprintln!(
@@ -115,6 +119,66 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
             " (embedded defaults)"
         }
     );
+    Ok(())
+}
+
+/// `check-config`'s lines about `[dns]`: where DNSSEC answers come from,
+/// the trust anchor checked, and a warning when the AD bit of a resolver
+/// off this host is trusted (anyone on the path can set it).
+fn dns_summary(config: &Config, policy: &postern_policy::Policy) -> CliResult {
+    let dns = &config.dns;
+    let servers = crate::net::dns::name_servers(dns);
+    let list: Vec<String> = servers.iter().map(ToString::to_string).collect();
+    let list = if list.is_empty() {
+        "none found".to_owned()
+    } else {
+        list.join(", ")
+    };
+    eprintln!(
+        "dns: dnssec {}, name servers {list}; DANE for opportunistic destinations: {}",
+        dns.dnssec.as_str(),
+        if dns.dnssec != DnssecMode::Off && dns.opportunistic_dane {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    match dns.dnssec {
+        DnssecMode::Off => {}
+        _ if servers.is_empty() => eprintln!(
+            "warning: no name server found (dns.nameservers or /etc/resolv.conf): only static \
+             routes can deliver, and DANE destinations are deferred"
+        ),
+        DnssecMode::Validate => {
+            // Reads and checks the trust anchor file, as the relay will.
+            let anchor = dns.trust_anchor.clone().map_or(
+                postern_dns::TrustAnchor::BuiltInRoot,
+                postern_dns::TrustAnchor::File,
+            );
+            postern_dns::DaneResolver::validating(
+                &postern_dns::ValidatingConfig::new(servers).with_trust_anchor(anchor),
+            )
+            .map_err(|e| format!("dns: {e}"))?;
+        }
+        _ => match servers.first() {
+            Some(resolver) if !resolver.ip().is_loopback() => {
+                let dane_modes = std::iter::once(&policy.outbound.default)
+                    .chain(policy.outbound.overrides.iter().map(|(_, p)| p))
+                    .any(|p| matches!(p.tls, ClientTlsMode::Dane | ClientTlsMode::DaneOnly));
+                eprintln!(
+                    "warning: dns.dnssec = \"trust-ad\" trusts the AD bit of {resolver}, which is not on \
+                     loopback: anyone on the path to it can forge DNSSEC-secure answers{}; run a \
+                     validating resolver on this host (unbound) or set dns.dnssec = \"validate\"",
+                    if dane_modes {
+                        " and defeat the dane and dane-only destinations"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            _ => {}
+        },
+    }
     Ok(())
 }
 
@@ -238,10 +302,7 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
         "  minimum version:    {}",
         settings.min_tls_version.as_str()
     );
-    if matches!(
-        settings.tls,
-        postern_policy::ClientTlsMode::Verify | postern_policy::ClientTlsMode::Secure
-    ) {
+    if matches!(settings.tls, ClientTlsMode::Verify | ClientTlsMode::Secure) {
         let names: Vec<String> = settings
             .effective_match()
             .iter()
@@ -277,11 +338,31 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     Ok(())
 }
 
+/// `policy explain DOMAIN --dns`: the DNS facts and per-host decisions
+/// (see [`crate::outbound::explain`]).
+pub async fn policy_explain_dns(config: &Config, destination: &str) -> CliResult {
+    let policy = config.policy()?;
+    let resolver = SystemResolver::from_config(&config.dns)?;
+    let router = Router::new(config.static_routes()?, resolver);
+    outln!(
+        "  dns:                dnssec {}",
+        config.dns.dnssec.as_str()
+    );
+    out!(
+        "{}",
+        explain::dns_report(config, &policy.outbound, &router, destination).await
+    );
+    Ok(())
+}
+
 /// `probe HOST[:PORT]`.
 pub async fn probe(config: &Config, target: &str) -> CliResult {
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
-    let report = crate::outbound::probe::probe(target, &config.hostname, roots, timeout).await?;
+    let resolver = SystemResolver::from_config(&config.dns)?;
+    let report =
+        crate::outbound::probe::probe(target, &config.hostname, roots, timeout, resolver.dnssec())
+            .await?;
     out!("{}", report.to_text());
     Ok(())
 }

@@ -284,8 +284,8 @@ impl SystemResolver {
     ///
     /// # Errors
     ///
-    /// A trust-anchor file that cannot be read or holds no `DNSKEY`, or
-    /// DNSSEC on with no name server at all.
+    /// A trust-anchor file that cannot be read or holds no `DNSKEY`, or a
+    /// configuration hickory-resolver refuses.
     pub fn from_config(dns: &DnsConfig) -> Result<Self, DnsSetupError> {
         let configured: Vec<SocketAddr> = dns.nameservers.iter().map(|n| n.0).collect();
         let plain = if configured.is_empty() {
@@ -300,7 +300,7 @@ impl SystemResolver {
                 Plain::Unavailable(e.to_string())
             }
         };
-        let dnssec = dane_resolver(dns, configured)?;
+        let dnssec = dane_resolver(dns)?;
         Ok(Self { plain, dnssec })
     }
 
@@ -331,32 +331,28 @@ impl SystemResolver {
         tables: FixedResolver,
         dns: &DnsConfig,
     ) -> Result<Self, DnsSetupError> {
-        let configured = dns.nameservers.iter().map(|n| n.0).collect();
         Ok(Self {
             plain: Plain::Fixed(Box::new(tables)),
-            dnssec: dane_resolver(dns, configured)?,
+            dnssec: dane_resolver(dns)?,
         })
     }
 }
 
-/// The DNSSEC-aware resolver of `dns`, asking `configured` (else the
-/// servers of `/etc/resolv.conf`); none with `dnssec = "off"`.
-fn dane_resolver(
-    dns: &DnsConfig,
-    configured: Vec<SocketAddr>,
-) -> Result<Option<DaneResolver>, DnsSetupError> {
+/// The DNSSEC-aware resolver of `dns` (asking [`name_servers`]); none with
+/// `dnssec = "off"`.
+fn dane_resolver(dns: &DnsConfig) -> Result<Option<DaneResolver>, DnsSetupError> {
     if dns.dnssec == DnssecMode::Off {
         return Ok(None);
     }
-    let servers = if configured.is_empty() {
-        system_name_servers()
-    } else {
-        configured
-    };
+    let servers = name_servers(dns);
     let Some(&first) = servers.first() else {
-        return Err(DnsSetupError(
-            "no name server: set dns.nameservers, or dns.dnssec = \"off\"".to_owned(),
-        ));
+        // No resolver at all (no /etc/resolv.conf): the plain resolver
+        // fails every lookup too; DANE destinations are deferred, never
+        // sent without it.
+        tracing::warn!(
+            "no name server: DNSSEC lookups unavailable; DANE destinations are deferred"
+        );
+        return Ok(None);
     };
     match dns.dnssec {
         DnssecMode::Validate => {
@@ -374,6 +370,16 @@ fn dane_resolver(
         _ => Ok(Some(DaneResolver::trust_ad(
             TrustAdConfig::new(first).with_timeout(dns.timeout.0),
         ))),
+    }
+}
+
+/// The name servers `[dns]` asks: `nameservers`, else those of
+/// `/etc/resolv.conf`.
+pub fn name_servers(dns: &DnsConfig) -> Vec<SocketAddr> {
+    if dns.nameservers.is_empty() {
+        system_name_servers()
+    } else {
+        dns.nameservers.iter().map(|n| n.0).collect()
     }
 }
 

@@ -48,9 +48,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use postern_policy::tlsrpt::{FailureFacts, SessionOutcome};
+use postern_policy::tlsrpt::{FailureFacts, PolicyType, SessionOutcome};
 use postern_policy::{
-    ClientTlsMode, Decision, DomainName, MessageTls, NextHop as PolicyHop, OutboundPolicy,
+    ClientTlsMode, ConnectionPolicy, Decision, MessageTls, NextHop as PolicyHop, OutboundPolicy,
 };
 use postern_smtp::{DeliveryStatus, ForwardPath, RcptParams, Reply};
 use postern_tokio::client::{Client, ClientSettings, DeliveryFailure, DeliveryResult, Destination};
@@ -62,7 +62,8 @@ use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
 use crate::net::dns::{Resolver, SystemResolver, normalize_domain};
 use crate::outbound::mta_sts::{StsLookup, StsResolver};
-use crate::outbound::routing::{Route, RouteSource, Router, is_localhost};
+use crate::outbound::next_hop::{self, DaneUse};
+use crate::outbound::routing::{Route, RouteSource, Router};
 use crate::queue::SharedQueue;
 use crate::queue::spool::SpoolError;
 use crate::queue::{AttemptReport, Disposition, Outcome};
@@ -213,26 +214,36 @@ impl Delivery {
         }
     }
 
-    /// Counts one attempt on `host` for TLS reporting (RFC 8460): under an
-    /// MTA-STS policy, or after a failed policy fetch.
+    /// Counts one attempt on `host` for TLS reporting (RFC 8460): under
+    /// DANE (policy type `tlsa`, when the connection was governed by TLSA
+    /// records), else under an MTA-STS policy or after a failed policy
+    /// fetch.
     fn record_tls_outcome(
         &self,
         envelope: &Envelope,
-        domain: Option<&DomainName>,
+        policy: &ConnectionPolicy,
         sts: Option<&StsLookup>,
         host: &NextHop,
         result: &DeliveryResult,
     ) {
-        let (Some(reporter), Some(domain), Some(sts)) = (&self.reporter, domain, sts) else {
+        let (Some(reporter), Some(domain)) = (&self.reporter, policy.next_hop().domain()) else {
             return;
         };
-        // A destination without an MTA-STS record (no policy, no failed
-        // fetch) has nothing to report under; report mails are not counted.
-        if (sts.policy.is_none() && sts.problem.is_none()) || envelope.tls_report {
+        // Report mails are not counted (RFC 8460 §5.3).
+        if envelope.tls_report {
             return;
         }
+        let dane = policy.report_policy();
+        let sts = sts.filter(|s| s.policy.is_some() || s.problem.is_some());
+        let policy = match (dane.policy_type, sts) {
+            (PolicyType::Tlsa, _) => dane,
+            (_, Some(sts)) => sts_policy_details(domain.as_str(), sts.policy.as_ref()),
+            // A destination without TLSA records or an MTA-STS record (no
+            // policy, no failed fetch) has nothing to report under.
+            (_, None) => return,
+        };
+        let sts = sts.filter(|_| policy.policy_type == PolicyType::Sts);
         let at = unix_time(SystemTime::now());
-        let policy = sts_policy_details(domain.as_str(), sts.policy.as_ref());
         // The policy's own facts (also a `testing` policy's failure that did
         // not stop delivery), else the client's TLS result type, else
         // §4.3.2.2: a failed fetch with no policy to fall back on.
@@ -248,10 +259,9 @@ impl Delivery {
                     .map(FailureFacts::new)
             })
             .or_else(|| {
-                sts.policy
-                    .is_none()
-                    .then(|| sts.problem.as_ref().map(|(t, _)| FailureFacts::new(*t)))
-                    .flatten()
+                sts.filter(|s| s.policy.is_none())
+                    .and_then(|s| s.problem.as_ref())
+                    .map(|(t, _)| FailureFacts::new(*t))
             });
         let outcome = match (facts, result.tls.is_some()) {
             (Some(mut facts), _) => {
@@ -621,7 +631,6 @@ impl Delivery {
                 )));
             }
         };
-        let secure_mx = matches!(route.source, RouteSource::Static(_));
         // RFC 8460 §5.3: a report mail is delivered "despite any TLS-related
         // failures": MTA-STS is not applied to it.
         let sts = if envelope.tls_report {
@@ -629,15 +638,28 @@ impl Delivery {
         } else {
             self.sts_policy(&next_hop, route, message).await
         };
+        let mode = self.outbound.connection(&next_hop, None).settings().tls;
+        let dane = if self.router.resolver().dnssec().is_some()
+            && DaneUse::wanted(
+                mode,
+                message,
+                envelope.tls_report,
+                self.config.dns.opportunistic_dane,
+            ) {
+            DaneUse::for_route(route)
+        } else {
+            DaneUse::No
+        };
         let mut last: Option<Attempted> = None;
         for host in &route.hosts {
-            let (addresses, mx_host) = match self.addresses(host).await {
+            let found = match next_hop::look_up(self.router.resolver(), host, dane, now).await {
                 Ok(v) => v,
                 Err(f) => {
                     replace_last(envelope, &mut last, all(Outcome::Deferred(f)));
                     continue;
                 }
             };
+            let addresses = found.addresses;
             // Postfix's "loops back to myself": this host and those after
             // it (no better MX preference) would hand the mail back to us.
             if let Some(own) = own_address(&addresses, &self.listening) {
@@ -653,20 +675,25 @@ impl Delivery {
                 }
                 break;
             }
-            let destination = Destination::new(addresses, next_hop.clone(), mx_host.clone());
-            // RFC 8689 §4.2.1: REQUIRETLS needs the MX found securely; a
-            // static route is the operator's own choice, not a DNS answer.
-            let policy = self
+            let destination =
+                Destination::new(addresses, next_hop.clone(), found.server_name.clone());
+            // RFC 8689 §4.2.1: REQUIRETLS needs the MX found securely (a
+            // DNSSEC-secure MX RRset; a static route is the operator's own
+            // choice, not a DNS answer).
+            let mut policy = self
                 .outbound
-                .connection(&next_hop, mx_host.as_ref())
+                .connection(&next_hop, found.server_name.as_ref())
                 .with_message(message)
-                .with_secure_mx(secure_mx)
+                .with_secure_mx(route.hosts_found_securely())
                 .with_mta_sts(sts.as_ref().and_then(|s| s.policy.clone()));
+            if let Some(outcome) = found.dane {
+                policy = policy.with_dane(outcome);
+            }
             let result = self
                 .client
                 .deliver_with(&destination, &policy, &smtp_envelope, content)
                 .await;
-            self.record_tls_outcome(envelope, next_hop.domain(), sts.as_ref(), host, &result);
+            self.record_tls_outcome(envelope, &policy, sts.as_ref(), host, &result);
             let mut outcomes = outcomes(&result, indices, host);
             if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {
                 note_sts_problem(&mut outcomes, *result_type, reason);
@@ -695,46 +722,6 @@ impl Delivery {
                 now,
             )))
         })
-    }
-
-    /// The addresses of a route host, and its name for `verify` (none for
-    /// an IP address: the destination domain is matched then).
-    async fn addresses(
-        &self,
-        host: &NextHop,
-    ) -> Result<(Vec<SocketAddr>, Option<DomainName>), Failure> {
-        let bare = host.host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok((vec![SocketAddr::new(ip, host.port)], None));
-        }
-        let now = SystemTime::now();
-        let ips = if is_localhost(&normalize_domain(bare)) {
-            vec![
-                IpAddr::from([127, 0, 0, 1]),
-                IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-            ]
-        } else {
-            self.router.resolver().addresses(bare).await.map_err(|e| {
-                Failure::local(
-                    EnhancedStatus::DNS_FAILURE,
-                    format!("address lookup for {bare} failed: {e}"),
-                    now,
-                )
-            })?
-        };
-        if ips.is_empty() {
-            return Err(Failure::local(
-                EnhancedStatus::DNS_FAILURE,
-                format!("no address for {bare}"),
-                now,
-            ));
-        }
-        Ok((
-            ips.into_iter()
-                .map(|ip| SocketAddr::new(ip, host.port))
-                .collect(),
-            DomainName::parse(bare).ok(),
-        ))
     }
 }
 

@@ -5,6 +5,8 @@
 //! TLS and stops, so it can never disagree with delivery.
 
 pub mod delivery;
+pub mod explain;
 pub mod mta_sts;
+pub mod next_hop;
 pub mod probe;
 pub mod routing;

@@ -9,19 +9,28 @@
 //! judged by postern-policy's [`ConnectionPolicy::evaluate`] once per mode (none,
 //! opportunistic, encrypt, verify, secure): the same step rules delivery follows,
 //! so the probe cannot disagree with it.
+//!
+//! With DNSSEC on (`[dns] dnssec`), a host name is looked up through the
+//! DNSSEC-aware resolver: the report shows the status of its addresses, the
+//! TLSA records at `_port._tcp.HOST` (RFC 7672 §2.2.2, CNAMEs followed) with
+//! their status, which record matched the certificate chain the server sent
+//! (or why none did), and the decisions of `dane` and `dane-only` too.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_certs::ClientTlsContext;
+use postern_certs::{ClientTlsContext, DaneHook};
+use postern_dns::{DaneResolver, HostTlsa};
+use postern_policy::dane::{DaneOutcome, TlsaRecord};
 use postern_policy::{
     Action, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy, DomainName,
-    EnhancedStatus, NextHop, OutboundPolicy, SessionFacts, TlsVersion,
+    EnhancedStatus, HandshakeOutcome, NextHop, OutboundPolicy, SessionFacts, TlsVersion,
 };
 use postern_tokio::client::{Client, ClientSettings};
 use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, UnixTime};
 
 /// The modes the probe judges, in order.
 pub const MODES: [ClientTlsMode; 5] = [
@@ -90,6 +99,11 @@ pub struct ProbeReport {
     pub injected: usize,
     /// The handshake, when tried.
     pub handshake: Option<Handshake>,
+    /// What DNSSEC said (addresses and TLSA), one line each; empty without
+    /// DNSSEC or for an IP address.
+    pub dns: Vec<String>,
+    /// Which TLSA record matched the chain, or why none did.
+    pub dane: Option<String>,
     /// Per mode, the final decision.
     pub decisions: Vec<(ClientTlsMode, String, bool)>,
 }
@@ -98,6 +112,9 @@ impl ProbeReport {
     /// The report as text.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
+        for line in &self.dns {
+            let _ = writeln!(out, "{line}");
+        }
         let _ = writeln!(out, "Connected to {}", self.addr);
         let _ = writeln!(
             out,
@@ -136,6 +153,9 @@ impl ProbeReport {
                 let _ = writeln!(out, "TLS handshake failed: {e}");
             }
             None => {}
+        }
+        if let Some(dane) = &self.dane {
+            let _ = writeln!(out, "DANE: {dane}");
         }
         out.push_str("\nWhat each client mode would do:\n");
         for (mode, decision, deliver) in &self.decisions {
@@ -177,17 +197,96 @@ fn next_hop(host: &str, port: u16) -> Result<(NextHop, Option<DomainName>), Stri
     }
 }
 
+/// What DNSSEC says about a probed host name.
+struct DnsFacts {
+    lines: Vec<String>,
+    addresses: Vec<SocketAddr>,
+    tlsa: HostTlsa,
+}
+
+/// The addresses and TLSA records of `host` through `dane`.
+async fn dns_facts(dane: &DaneResolver, host: &DomainName, port: u16) -> DnsFacts {
+    let addresses = dane.addresses(host).await;
+    let list: Vec<String> = addresses
+        .addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut lines = vec![format!(
+        "Addresses of {host}: {} (DNSSEC {})",
+        if list.is_empty() {
+            "none".to_owned()
+        } else {
+            list.join(", ")
+        },
+        addresses.status
+    )];
+    let tlsa = dane.tlsa_for(&addresses, port).await;
+    lines.extend(crate::outbound::explain::tlsa_lines(&tlsa));
+    DnsFacts {
+        lines,
+        addresses: addresses
+            .addresses
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect(),
+        tlsa,
+    }
+}
+
+/// DANE's check of `chain` (as sent) against `records` and the reference
+/// names `names`, and in words which record matched, or why none did.
+fn dane_check(
+    records: &[TlsaRecord],
+    names: &[String],
+    chain: &[CertificateDer<'static>],
+) -> (CertificateCheck, String) {
+    let Some((leaf, rest)) = chain.split_first() else {
+        return (
+            CertificateCheck::anonymous(),
+            "no certificate received".to_owned(),
+        );
+    };
+    let hook = DaneHook::new(records.iter().cloned(), names.iter().cloned());
+    match hook.authenticate(leaf, rest, UnixTime::now()) {
+        Ok(m) => {
+            let line = match m.depth {
+                Some(0) => format!("{} matched the server's certificate", m.record),
+                Some(depth) => format!("{} matched the certificate at depth {depth}", m.record),
+                None => format!("{} (a trust anchor published in DNS) matched", m.record),
+            };
+            (CertificateCheck::verified(), line)
+        }
+        Err(e) => (e.check(), format!("no TLSA record matched: {e}")),
+    }
+}
+
 /// Probes `target` (`HOST[:PORT]`), saying `ehlo_name` in EHLO and checking
-/// certificates against `roots`.
+/// certificates against `roots`; with `dnssec`, a host name's addresses
+/// and TLSA records come from it (see the module documentation).
 pub async fn probe(
     target: &str,
     ehlo_name: &str,
     roots: Arc<RootCertStore>,
     timeout: Duration,
+    dnssec: Option<&DaneResolver>,
 ) -> Result<ProbeReport, ProbeError> {
     let (host, port) = parse_target(target)?;
+    let dns = match (dnssec, DomainName::parse(&host)) {
+        (Some(dane), Ok(name)) if host.parse::<std::net::IpAddr>().is_err() => {
+            Some(dns_facts(dane, &name, port).await)
+        }
+        _ => None,
+    };
     let addr = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => SocketAddr::new(ip, port),
+        Err(_) if dns.as_ref().is_some_and(|d| !d.addresses.is_empty()) => dns
+            .as_ref()
+            .and_then(|d| d.addresses.first().copied())
+            .ok_or_else(|| ProbeError::Resolve {
+                host: host.clone(),
+                reason: "no address".into(),
+            })?,
         Err(_) => tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| ProbeError::Resolve {
@@ -236,7 +335,30 @@ pub async fn probe(
         }
         (None, _) => None,
     };
+    let dane_outcome = dns
+        .as_ref()
+        .map(|d| DaneOutcome::from_lookup(d.tlsa.lookup.clone()));
+    // The DANE check of the chain the server sent (the probe's own check is
+    // against the host name and the PKIX roots).
+    let mut dane_facts = None;
+    let mut dane_line = None;
+    if let (Some(DaneOutcome::Authenticate(records)), Some(tls), Some(d)) =
+        (&dane_outcome, &result.tls, &dns)
+    {
+        let mut names = vec![d.tlsa.base_domain.to_string()];
+        if !names.contains(&host.to_ascii_lowercase()) {
+            names.push(host.to_ascii_lowercase());
+        }
+        let (check, line) = dane_check(records, &names, &tls.peer_certificates);
+        dane_line = Some(line);
+        dane_facts = Some(facts.with_handshake(HandshakeOutcome::Established {
+            version: tls.version,
+            certificate: check,
+        }));
+    }
     let mut report = ProbeReport {
+        dns: dns.as_ref().map(|d| d.lines.clone()).unwrap_or_default(),
+        dane: dane_line,
         addr,
         starttls_offered: facts.starttls_offered,
         starttls_reply: facts.starttls_reply,
@@ -255,6 +377,18 @@ pub async fn probe(
             (mode, decision, deliver)
         })
         .collect();
+    // `dane` and `dane-only`, judged on the DANE check of the chain.
+    if let Some(outcome) = dane_outcome {
+        let judged = dane_facts.as_ref().unwrap_or(&facts);
+        for mode in [ClientTlsMode::Dane, ClientTlsMode::DaneOnly] {
+            let policy = OutboundPolicy::new(DestinationPolicy::new(mode))
+                .connection(&hop, mx.as_ref())
+                .with_secure_mx(true)
+                .with_dane(outcome.clone());
+            let (decision, deliver) = decide(&policy, judged);
+            report.decisions.push((mode, decision, deliver));
+        }
+    }
     Ok(report)
 }
 

@@ -25,12 +25,21 @@
 //!
 //! DNS goes through the [`Resolver`] trait:
 //! [`HickoryResolver`](crate::net::dns::HickoryResolver) in the relay, a fake
-//! in tests.
+//! in tests. When DNSSEC is on (`[dns] dnssec`, the default), the MX RRset
+//! comes from the DNSSEC-aware resolver and the route keeps its status
+//! ([`Route::mx_dnssec`]): a Secure MX RRset lets DANE apply to its hosts
+//! (RFC 7672 §2.2.1) and counts as an MX found securely for REQUIRETLS (RFC
+//! 8689 §4.2.1). A Bogus or Indeterminate MX answer defers (`4.4.3`): it is
+//! never read as "no MX" or "no DANE".
 
 use std::time::SystemTime;
 
 use crate::config::routes::{NextHop, SMTP_PORT, StaticRoutes};
 use crate::envelope::{EnhancedStatus, Failure};
+use postern_dns::{DaneResolver, Denial};
+use postern_policy::dane::{DnssecStatus, LookupFailure};
+use postern_types::DomainName;
+
 use crate::net::dns::{LookupError, MxRecord, Resolver, normalize_domain};
 
 /// How a route was found.
@@ -56,6 +65,21 @@ pub struct Route {
     pub hosts: Vec<NextHop>,
     /// How the route was found.
     pub source: RouteSource,
+    /// The DNSSEC status of the MX RRset (of its denial, for an implicit
+    /// MX), when it was looked up with DNSSEC on; `None` for static routes,
+    /// `localhost` and without DNSSEC.
+    pub mx_dnssec: Option<DnssecStatus>,
+}
+
+impl Route {
+    /// Whether the hosts were found securely: a static route (the
+    /// operator's own choice, no DNS answer to forge) or a DNSSEC-secure MX
+    /// RRset. DANE applies only to such hosts (RFC 7672 §2.2.1), and a
+    /// REQUIRETLS message needs one (RFC 8689 §4.2.1).
+    pub fn hosts_found_securely(&self) -> bool {
+        matches!(self.source, RouteSource::Static(_))
+            || self.mx_dnssec == Some(DnssecStatus::Secure)
+    }
 }
 
 /// Whether `name` (normalised) is `localhost` or under it: the loopback
@@ -104,6 +128,7 @@ impl<R: Resolver> Router<R> {
                 domain,
                 hosts: vec![hop.clone()],
                 source: RouteSource::Static(key.to_string()),
+                mx_dnssec: None,
             });
         }
         // RFC 6761 §6.3: `localhost` names are this host and are not looked
@@ -117,6 +142,7 @@ impl<R: Resolver> Router<R> {
                 }],
                 domain,
                 source: RouteSource::ImplicitMx,
+                mx_dnssec: None,
             });
         }
         // A domain literal (`user@[192.0.2.1]`, RFC 5321 §4.1.3) is not
@@ -127,6 +153,9 @@ impl<R: Resolver> Router<R> {
                 format!("no route to address literal {domain}"),
                 now,
             ));
+        }
+        if let Some(dane) = self.resolver.dnssec() {
+            return self.dnssec_route(dane, domain, now).await;
         }
         match self.resolver.mx(&domain).await {
             Ok(records) if !records.is_empty() => mx_route(domain, records, self.mx_port, now),
@@ -156,6 +185,7 @@ impl<R: Resolver> Router<R> {
                 }],
                 domain,
                 source: RouteSource::ImplicitMx,
+                mx_dnssec: None,
             }),
             Ok(_) | Err(LookupError::NoRecords | LookupError::NoSuchDomain) => Err(Failure::local(
                 EnhancedStatus::UNROUTABLE,
@@ -171,6 +201,109 @@ impl<R: Resolver> Router<R> {
     }
 }
 
+impl<R: Resolver> Router<R> {
+    /// [`Router::route`] with DNSSEC on: the MX RRset from `dane`, with its
+    /// status kept in the route.
+    async fn dnssec_route(
+        &self,
+        dane: &DaneResolver,
+        domain: String,
+        now: SystemTime,
+    ) -> Result<Route, Failure> {
+        let Ok(name) = DomainName::parse(&domain) else {
+            return Err(Failure::local(
+                EnhancedStatus::BAD_DESTINATION,
+                format!("{domain} is not a domain name"),
+                now,
+            ));
+        };
+        let mx = dane.mx(&name).await;
+        // RFC 7672 §2.2.1: a failed MX lookup is an error, never "no MX".
+        if let Some(failure) = mx.status.failure() {
+            return Err(dnssec_failure("MX", &domain, failure, now));
+        }
+        let status = Some(mx.status);
+        if mx.null_mx {
+            return Err(null_mx(&domain, now));
+        }
+        match mx.denial {
+            Some(Denial::NxDomain) => Err(Failure::local(
+                EnhancedStatus::BAD_DESTINATION,
+                format!("domain {domain} does not exist"),
+                now,
+            )),
+            Some(_) => {
+                // RFC 5321 §5.1 implicit MX; the status of the MX denial
+                // says whether the domain was found securely as its own host.
+                let addresses = dane.addresses(&name).await;
+                if let Some(failure) = addresses.status.failure()
+                    && addresses.addresses.is_empty()
+                {
+                    return Err(dnssec_failure("address", &domain, failure, now));
+                }
+                if addresses.addresses.is_empty() {
+                    return Err(Failure::local(
+                        EnhancedStatus::UNROUTABLE,
+                        format!("{domain} has no MX and no address record"),
+                        now,
+                    ));
+                }
+                Ok(Route {
+                    hosts: vec![NextHop {
+                        host: domain.clone(),
+                        port: self.mx_port,
+                    }],
+                    domain,
+                    source: RouteSource::ImplicitMx,
+                    mx_dnssec: status,
+                })
+            }
+            None => {
+                let records = mx
+                    .hosts
+                    .iter()
+                    .map(|h| MxRecord {
+                        preference: h.preference,
+                        exchange: h.exchange.to_string(),
+                    })
+                    .collect();
+                let mut route = mx_route(domain, records, self.mx_port, now)?;
+                route.mx_dnssec = status;
+                Ok(route)
+            }
+        }
+    }
+}
+
+/// The temporary failure of a `what` lookup for `name` that DNSSEC did not
+/// let through: `4.4.3`, retried later.
+pub(crate) fn dnssec_failure(
+    what: &str,
+    name: &str,
+    failure: LookupFailure,
+    now: SystemTime,
+) -> Failure {
+    let why = match failure {
+        LookupFailure::Bogus => "DNSSEC validation failed (bogus)",
+        _ => "no answer (server failure or timeout)",
+    };
+    Failure::local(
+        EnhancedStatus::DNS_FAILURE,
+        format!("{what} lookup for {name}: {why}"),
+        now,
+    )
+}
+
+fn null_mx(domain: &str, now: SystemTime) -> Failure {
+    // RFC 7505 §4: mail to a null MX domain is returned with status 5.1.10
+    // (reply code 556, RFC 7504 §3).
+    Failure::local(
+        EnhancedStatus::NULL_MX,
+        format!("null MX: {domain} accepts no mail"),
+        now,
+    )
+}
+
 fn mx_route(
     domain: String,
     mut records: Vec<MxRecord>,
@@ -183,11 +316,7 @@ fn mx_route(
     // mail is returned with status 5.1.10 (reply code 556, RFC 7504 §3).
     // `records[0]` exists: the length is checked first.
     if records.len() == 1 && is_null(&records[0]) {
-        return Err(Failure::local(
-            EnhancedStatus::NULL_MX,
-            format!("null MX: {domain} accepts no mail"),
-            now,
-        ));
+        return Err(null_mx(&domain, now));
     }
     // A "." mixed with real MX records is a misconfiguration; it names no
     // host, so it is skipped and the real ones are used.
@@ -210,6 +339,7 @@ fn mx_route(
         domain,
         hosts,
         source: RouteSource::Mx,
+        mx_dnssec: None,
     })
 }
 
