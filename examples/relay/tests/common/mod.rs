@@ -182,6 +182,8 @@ pub struct HopLog {
     pub connections: usize,
     /// MAIL commands received before TLS.
     pub plaintext_mail: usize,
+    /// MAIL commands received, before or after TLS.
+    pub mail: usize,
     /// STARTTLS commands received.
     pub starttls: usize,
     pub delivered: Vec<Delivered>,
@@ -300,9 +302,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 _ => return Ok(After::StartTls(io)),
             }
         } else if upper.starts_with("MAIL") {
+            let mut log = log.lock().unwrap();
+            log.mail += 1;
             if !tls {
-                log.lock().unwrap().plaintext_mail += 1;
+                log.plaintext_mail += 1;
             }
+            drop(log);
             rcpts.clear();
             "250 2.1.0 Ok\r\n".into()
         } else if upper.starts_with("RCPT") {
@@ -511,8 +516,10 @@ impl postern_tokio::server::SessionHandler for RecorderSession {
         _: &postern_smtp::ReversePath,
         _: &postern_smtp::MailParams,
     ) -> postern_tokio::server::Verdict {
+        let mut log = self.log.lock().unwrap();
+        log.mail += 1;
         if !info.tls_active() {
-            self.log.lock().unwrap().plaintext_mail += 1;
+            log.plaintext_mail += 1;
         }
         postern_tokio::server::Verdict::Accept
     }
