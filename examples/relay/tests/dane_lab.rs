@@ -15,7 +15,7 @@
 //! its own relay, whose `mx_port` is the port its next hops listen on, while
 //! TLSA records are still looked up at `_25._tcp.<host>`. Relays use
 //! `[dns] dnssec = "trust-ad"` asking unbound, or `"validate"` from the lab's
-//! trust anchor (asking unbound too). Each outcome is checked at the next hop
+//! trust anchor (asking unbound too, or nsd, to see tampered data itself). Each outcome is checked at the next hop
 //! (got the message or not, over TLS or not, any MAIL at all), in the spool
 //! (deferred with its code) or at the sender's domain (the bounce), and in
 //! the relay's delivery log line.
@@ -314,8 +314,12 @@ fn lab() -> Option<&'static Lab> {
 enum Dnssec {
     /// unbound validates; the relay trusts its AD bit.
     TrustAd,
-    /// The relay validates from the lab's trust anchor.
+    /// The relay validates from the lab's trust anchor, asking unbound
+    /// (which answers SERVFAIL where validation fails).
     Validate,
+    /// The relay validates from the lab's trust anchor, asking nsd (so
+    /// that it sees the tampered data and finds it Bogus itself).
+    ValidateAtNsd,
 }
 
 /// What a next hop offers.
@@ -361,11 +365,18 @@ async fn start_relay(lab: &Lab, dnssec: Dnssec, mx_port: u16, toml: &str) -> Run
     capture::start();
     let dir = tempfile::tempdir().unwrap();
     let sink = start_postern_hop(None).await;
-    let dns = match dnssec {
-        Dnssec::TrustAd => "dnssec = \"trust-ad\"".to_owned(),
-        Dnssec::Validate => format!(
-            "dnssec = \"validate\"\ntrust_anchor = \"{}\"",
-            lab.dns.trust_anchor.display()
+    let (dns, server) = match dnssec {
+        Dnssec::TrustAd => ("dnssec = \"trust-ad\"".to_owned(), lab.dns.unbound),
+        Dnssec::Validate | Dnssec::ValidateAtNsd => (
+            format!(
+                "dnssec = \"validate\"\ntrust_anchor = \"{}\"",
+                lab.dns.trust_anchor.display()
+            ),
+            if matches!(dnssec, Dnssec::Validate) {
+                lab.dns.unbound
+            } else {
+                lab.dns.nsd
+            },
         ),
     };
     let text = format!(
@@ -375,7 +386,7 @@ async fn start_relay(lab: &Lab, dnssec: Dnssec, mx_port: u16, toml: &str) -> Run
          [dns]\n{dns}\nnameservers = [\"{}\"]\ntimeout = \"2s\"\n\
          [routes]\n\"client.test\" = \"127.0.0.1:{}\"\n{toml}\n",
         dir.path().join("state").display(),
-        lab.dns.unbound,
+        server,
         sink.addr.port(),
     );
     let mut text = text;
@@ -638,8 +649,12 @@ async fn bogus(dnssec: Dnssec, site: Site) {
     .await;
     let run = start_relay(lab, dnssec, port, "").await;
     run.send(site).await;
-    run.expect_deferred(site, &[&hops[0], &hops[1]], "4.", None)
+    let failure = run
+        .expect_deferred(site, &[&hops[0], &hops[1]], "4.", None)
         .await;
+    if matches!(dnssec, Dnssec::ValidateAtNsd) {
+        assert!(failure.text.contains("bogus"), "{failure:?}");
+    }
     for hop in &hops {
         assert_eq!(hop.log.lock().unwrap().connections, 0, "{dnssec:?}");
     }
@@ -654,6 +669,11 @@ async fn bogus_signature_is_deferred_trust_ad() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bogus_signature_is_deferred_validate() {
     bogus(Dnssec::Validate, BOGUS.to("validate")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bogus_signature_is_deferred_validate_at_nsd() {
+    bogus(Dnssec::ValidateAtNsd, BOGUS.to("validate-nsd")).await;
 }
 
 /// RRSIGs that expired (expired.test): deferred, the MX never contacted.
@@ -781,9 +801,8 @@ async fn requiretls_with_dane() {
         }
         other => panic!("{}: not bounced: {other:?}", RT_INSECURE.domain),
     }
-    let l = hops[1].log.lock().unwrap();
-    assert_eq!(l.mail, 0, "MAIL sent to the insecure destination");
-    drop(l);
+    let mail = hops[1].log.lock().unwrap().mail;
+    assert_eq!(mail, 0, "MAIL sent to the insecure destination");
     run.relay.shutdown().await;
 }
 
