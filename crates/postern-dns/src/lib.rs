@@ -131,3 +131,9 @@ pub use answer::{AddressLookup, Denial, HostTlsa, MxHost, MxLookup};
 pub use config::{DEFAULT_TIMEOUT, TrustAdConfig, TrustAnchor, ValidatingConfig};
 pub use postern_policy::dane::DnssecStatus;
 pub use resolver::{BuildError, DaneResolver, Mode};
+
+/// Entry points for the fuzz targets; not part of the API (see
+/// `fuzz/fuzz_targets/dns_answer.rs`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use resolver::fuzzing;

@@ -24,6 +24,9 @@ use tracing::debug;
 use crate::answer::{AddressLookup, Denial, HostTlsa, MxHost, MxLookup};
 use crate::config::{TrustAdConfig, TrustAnchor, ValidatingConfig};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// Why a resolver could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
