@@ -5,7 +5,8 @@
 //!
 //! - no AD bit, never Secure; truncated, or an RCODE other than NOERROR/NXDOMAIN, always a failure
 //!   (Bogus or Indeterminate) with neither records nor a denial; otherwise Secure with AD, Insecure
-//!   without;
+//!   without, unless the resolver named a DNSSEC failure (Bogus) or said NXDOMAIN with records
+//!   (Indeterminate);
 //! - records only under NOERROR; a denial says NXDOMAIN exactly when the RCODE does;
 //! - a null MX leaves no hosts; hosts come most preferred first; a failure leaves no hosts;
 //! - a secure TLSA answer has records, each printing to a form that parses back to it (or, with
@@ -23,7 +24,7 @@ use postern_dns::fuzzing::proto::rr::{Name, RecordType};
 use postern_dns::fuzzing::{self, Classified};
 use postern_dns::{Denial, DnssecStatus};
 use postern_policy::DomainName;
-use postern_policy::dane::{DaneOutcome, TlsaLookup, TlsaRecord};
+use postern_policy::dane::{DaneOutcome, LookupFailure, TlsaLookup, TlsaRecord};
 
 const TYPES: [RecordType; 8] = [
     RecordType::MX,
@@ -65,7 +66,12 @@ fuzz_target!(|data: &[u8]| {
     let answerable = !response.metadata.truncation
         && matches!(code, ResponseCode::NoError | ResponseCode::NXDomain);
 
-    check_classified(&fuzzing::classify(&response, &qname, ty), ad, code, answerable);
+    check_classified(
+        &fuzzing::classify(&response, &qname, ty),
+        ad,
+        code,
+        answerable,
+    );
 
     let mx = fuzzing::mx(&domain, &response);
     let mx_class = match Name::from_ascii(format!("{domain}.")) {
@@ -91,7 +97,11 @@ fuzz_target!(|data: &[u8]| {
     let addresses = fuzzing::addresses(&domain, &response, &response);
     assert!(ad || addresses.status != DnssecStatus::Secure);
     if !addresses.addresses.is_empty() {
-        assert_eq!(code, ResponseCode::NoError, "addresses from a {code} answer");
+        assert_eq!(
+            code,
+            ResponseCode::NoError,
+            "addresses from a {code} answer"
+        );
         assert!(addresses.status.failure().is_none());
         assert!(addresses.denial.is_none());
     }
@@ -112,8 +122,11 @@ fuzz_target!(|data: &[u8]| {
         }
         TlsaLookup::SecureNoRecords => assert!(ad && answerable),
         TlsaLookup::Insecure => assert!(!ad && answerable),
-        // A secure RRset with no readable record fails too.
-        TlsaLookup::Failed(_) => assert!(!answerable || ad),
+        // Past a failed response: a DNSSEC failure the resolver named (Bogus), a secure RRset
+        // with no readable record, or NXDOMAIN with records (Indeterminate).
+        TlsaLookup::Failed(failure) => assert!(
+            !answerable || *failure == LookupFailure::Bogus || ad || code == ResponseCode::NXDomain
+        ),
         _ => unreachable!("a TLSA lookup this target does not know"),
     }
     match DaneOutcome::from_lookup(tlsa.clone()) {
@@ -146,12 +159,24 @@ fn check_classified(c: &Classified, ad: bool, code: ResponseCode, answerable: bo
         assert!(c.records.is_none() && c.denial.is_none());
         return;
     }
-    let expected = if ad {
-        DnssecStatus::Secure
-    } else {
-        DnssecStatus::Insecure
-    };
-    assert_eq!(c.status, expected);
+    match c.status {
+        // The resolver named a DNSSEC failure (an RFC 8914 extended error).
+        DnssecStatus::Bogus => {}
+        // NXDOMAIN with records of the type asked for contradicts itself.
+        DnssecStatus::Indeterminate => assert_eq!(code, ResponseCode::NXDomain),
+        status => assert_eq!(
+            status,
+            if ad {
+                DnssecStatus::Secure
+            } else {
+                DnssecStatus::Insecure
+            }
+        ),
+    }
+    if c.status.failure().is_some() {
+        assert!(c.records.is_none() && c.denial.is_none());
+        return;
+    }
     assert!(c.records.is_some() != c.denial.is_some());
     if let Some(records) = &c.records {
         assert_eq!(code, ResponseCode::NoError, "records from a {code} answer");
