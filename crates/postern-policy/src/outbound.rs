@@ -501,7 +501,8 @@ struct Resolved {
 impl ConnectionPolicy {
     /// Adds the DANE outcome for this MX host (required for `dane` and
     /// `dane-only`; for `mta-sts`, usable DANE records take precedence,
-    /// RFC 8461 §2; for `opportunistic`, an outcome supplied upgrades the
+    /// RFC 8461 §2, and a failed lookup makes the host unusable, RFC 7672
+    /// §2.1; for `opportunistic`, an outcome supplied upgrades the
     /// connection to opportunistic DANE, as `dane` decides it: the MTA
     /// chooses whether to look TLSA records up for opportunistic
     /// destinations).
@@ -776,11 +777,13 @@ impl ConnectionPolicy {
                 )),
                 None => by_dane(Self::dane_failure(LookupFailure::Indeterminate)),
             },
-            // RFC 8461 §2: MTA-STS must not override DANE; usable DANE records win.
+            // RFC 8461 §2: MTA-STS must not override DANE; usable DANE records win,
+            // and a failed TLSA lookup is never "no DANE" (RFC 7672 §2.1).
             ClientTlsMode::MtaSts => match &self.dane {
                 Some(DaneOutcome::Authenticate(records)) => by_dane(TlsRequirement::Authenticated(
                     Authentication::Dane(records.clone()),
                 )),
+                Some(DaneOutcome::HostUnusable(failure)) => by_dane(Self::dane_failure(*failure)),
                 _ => self.sts_requirement().unwrap_or_else(opportunistic),
             },
             // Opportunistic, and any mode added later, default to opportunistic.
