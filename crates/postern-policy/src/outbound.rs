@@ -731,6 +731,13 @@ impl ConnectionPolicy {
             basis: Basis::Dane,
         };
         let opportunistic = || by_mode(TlsRequirement::Opportunistic);
+        // RFC 7672 §2.2: secure TLSA records, none usable: TLS is mandatory,
+        // unauthenticated. An enforced MTA-STS policy for the host asks more
+        // (PKIX) and still applies; a `testing` one, or none, asks less.
+        let encrypt_only = || match self.sts_requirement() {
+            Some(sts) if sts.enforce => sts,
+            _ => by_dane(TlsRequirement::Encrypt),
+        };
         let mut resolved = match self.policy.tls {
             ClientTlsMode::None => by_mode(TlsRequirement::Plaintext),
             ClientTlsMode::Encrypt => by_mode(TlsRequirement::Encrypt),
@@ -754,7 +761,7 @@ impl ConnectionPolicy {
                     Some(DaneOutcome::Authenticate(records)) => by_dane(
                         TlsRequirement::Authenticated(Authentication::Dane(records.clone())),
                     ),
-                    Some(DaneOutcome::EncryptOnly) => by_dane(TlsRequirement::Encrypt),
+                    Some(DaneOutcome::EncryptOnly) => encrypt_only(),
                     Some(DaneOutcome::HostUnusable(failure)) => {
                         by_dane(Self::dane_failure(*failure))
                     }
@@ -784,6 +791,7 @@ impl ConnectionPolicy {
                     Authentication::Dane(records.clone()),
                 )),
                 Some(DaneOutcome::HostUnusable(failure)) => by_dane(Self::dane_failure(*failure)),
+                Some(DaneOutcome::EncryptOnly) => encrypt_only(),
                 _ => self.sts_requirement().unwrap_or_else(opportunistic),
             },
             // Opportunistic, and any mode added later, default to opportunistic.
