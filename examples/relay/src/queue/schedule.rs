@@ -816,6 +816,45 @@ mod tests {
     }
 
     #[test]
+    fn held_messages_are_not_taken_and_deletion_waits_for_the_attempt() {
+        let mut q = Queue::new(RetryPolicy::default());
+        let a = envelope("a@example.org", 1);
+        let b = envelope("b@example.org", 1);
+        q.insert(a.clone());
+        q.insert(b.clone());
+        assert_eq!(q.hold(&a.id), Ok(Change::Done));
+        assert_eq!(q.hold(&a.id), Ok(Change::Unchanged));
+        assert!(q.get(&a.id).unwrap().held);
+        let due = q.take_due(t(10), 10);
+        assert_eq!(due.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&b.id]);
+        assert_eq!(q.next_wakeup(), None, "held: no wakeup for it");
+        assert_eq!(q.flush(t(10), |_| true), 0, "held and in flight");
+
+        // Held during its attempt: the outcome is recorded, it is not retried.
+        assert_eq!(q.hold(&b.id), Ok(Change::DuringAttempt));
+        let (env, _) = q.complete_attempt(&b.id, &[(0, temp(1))], t(11)).unwrap();
+        assert!(env.held && env.attempts == 1, "{env:?}");
+        assert!(!q.end_attempt(&b.id));
+        assert!(q.take_due(t(100_000), 10).is_empty());
+
+        // Released: due at once.
+        assert_eq!(q.release(&b.id, t(20)), Ok(Change::Done));
+        assert_eq!(q.release(&b.id, t(20)), Ok(Change::Unchanged));
+        assert_eq!(q.next_wakeup(), Some(t(20)));
+        assert_eq!(q.take_due(t(20), 10).len(), 1);
+
+        // Deleted during its attempt: held, kept until the attempt ends.
+        assert_eq!(q.delete(&b.id), Ok(None));
+        assert!(q.is_deleted(&b.id) && q.get(&b.id).unwrap().held);
+        assert!(q.end_attempt(&b.id), "the caller removes it");
+        // Not in flight: taken out at once, for the caller to delete.
+        assert_eq!(q.delete(&a.id).unwrap().map(|e| e.id), Some(a.id.clone()));
+        assert!(q.get(&a.id).is_none());
+        assert_eq!(q.delete(&a.id), Err(QueueError::NotQueued(a.id.clone())));
+        assert_eq!(q.hold(&a.id), Err(QueueError::NotQueued(a.id.clone())));
+    }
+
+    #[test]
     fn a_bounce_not_queued_keeps_the_message_due() {
         let mut q = Queue::new(RetryPolicy::default());
         let env = envelope("a@example.org", 1);

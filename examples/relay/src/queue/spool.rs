@@ -1386,6 +1386,10 @@ mod tests {
         );
         assert_eq!(message.recipients[1].orcpt, None);
         assert!(bounce.is_null_sender());
+        assert!(
+            !message.held && !bounce.held,
+            "written before holds existed"
+        );
         // Written again, byte for byte what the string-era relay wrote.
         assert_eq!(serde_json::to_string(message).unwrap(), STRING_ERA_MESSAGE);
         assert_eq!(serde_json::to_string(bounce).unwrap(), STRING_ERA_BOUNCE);
@@ -1404,6 +1408,25 @@ mod tests {
         let (_, recovery) = Spool::open(dir.path()).unwrap();
         assert!(recovery.corrupt.is_empty(), "{:?}", recovery.corrupt);
         assert_eq!(recovery.messages[0], *message);
+    }
+
+    #[test]
+    fn held_state_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let mut env = receive(&spool, envelope(0), &[b"x\r\n"]);
+        env.held = true;
+        spool.update(&env).unwrap();
+        drop(spool);
+        let (_, recovery) = Spool::open(dir.path()).unwrap();
+        assert_eq!(recovery.messages, vec![env.clone()]);
+        let (shown, size, _) = Spool::read_message(dir.path(), &env.id).unwrap();
+        assert!(shown.held);
+        assert_eq!(size, 3);
+        assert!(matches!(
+            Spool::read_message(dir.path(), &envelope(1).id),
+            Err(SpoolError::NotQueued(_))
+        ));
     }
 
     #[test]
