@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, MessageId};
 use crate::net::dns::normalize_domain;
-use crate::queue::spool::{Spool, SpoolError};
+use crate::queue::spool::{PendingRequest, Spool, SpoolError};
 use crate::queue::{Change, QueueError, SharedQueue};
 
 /// How long a command waits for the running relay's answer.
@@ -330,7 +330,7 @@ pub fn serve(queue: &SharedQueue, now: SystemTime) -> Result<Vec<(Request, Answe
         let answer = apply(queue, &request, now);
         served.push((request, answer));
     }
-    for (rid, bytes) in queue.spool.pending_requests()? {
+    for PendingRequest { rid, bytes } in queue.spool.pending_requests()? {
         let parsed = bytes.and_then(|b| {
             serde_json::from_slice::<Request>(&b).map_err(|e| format!("unreadable request: {e}"))
         });

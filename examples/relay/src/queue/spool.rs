@@ -184,6 +184,15 @@ pub struct Scan {
     pub corrupt: Vec<CorruptEntry>,
 }
 
+/// A request waiting in `requests/` ([`Spool::pending_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Its id, under which it is answered ([`Spool::answer_request`]).
+    pub rid: String,
+    /// Its bytes, or why they could not be read.
+    pub bytes: Result<Vec<u8>, String>,
+}
+
 /// What a name in `queue/` stands for.
 enum QueueName {
     /// `<id>.msg`: a message file.
@@ -556,9 +565,8 @@ impl Spool {
         Ok(rid)
     }
 
-    /// The requests waiting in `requests/`, oldest first: each id and its
-    /// bytes, or why they could not be read.
-    pub fn pending_requests(&self) -> Result<Vec<(String, Result<Vec<u8>, String>)>, SpoolError> {
+    /// The requests waiting in `requests/`, oldest first.
+    pub fn pending_requests(&self) -> Result<Vec<PendingRequest>, SpoolError> {
         let dir = self.root.join(REQUESTS_DIR);
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -582,9 +590,12 @@ impl Spool {
                 Ok(b) => Ok(b),
                 Err(e) => Err(e.to_string()),
             };
-            pending.push((rid.to_owned(), bytes));
+            pending.push(PendingRequest {
+                rid: rid.to_owned(),
+                bytes,
+            });
         }
-        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        pending.sort_by(|a, b| a.rid.cmp(&b.rid));
         Ok(pending)
     }
 
@@ -1230,9 +1241,9 @@ mod tests {
         // Half-written by a command that stopped: never read, cleaned at start.
         fs::write(requests.join("HALF.tmp"), b"{").unwrap();
         let pending = spool.pending_requests().unwrap();
-        let names: Vec<_> = pending.iter().map(|(rid, _)| rid.clone()).collect();
+        let names: Vec<_> = pending.iter().map(|p| p.rid.clone()).collect();
         assert_eq!(names, vec![first.clone(), second.clone()]);
-        assert_eq!(pending[0].1.as_deref(), Ok(&b"one"[..]));
+        assert_eq!(pending[0].bytes.as_deref(), Ok(&b"one"[..]));
 
         assert_eq!(Spool::take_answer(dir.path(), &first).unwrap(), None);
         spool.answer_request(&first, b"answer").unwrap();
@@ -1249,7 +1260,7 @@ mod tests {
         drop(Spool::open(dir.path()).unwrap());
         assert!(!requests.join("HALF.tmp").exists());
         assert!(requests.join(format!("{second}.done")).exists(), "fresh");
-        let old = std::time::SystemTime::now() - 2 * STALE_ANSWER;
+        let old = SystemTime::now() - 2 * STALE_ANSWER;
         File::options()
             .write(true)
             .open(requests.join(format!("{second}.done")))
