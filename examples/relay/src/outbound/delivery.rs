@@ -1,7 +1,7 @@
 //! Delivery: the scheduler and its workers.
 //!
 //! The scheduler applies the operator's requests
-//! ([`control`](crate::queue::control): delete, hold, release, flush), takes
+//! ([`control`]: delete, hold, release, flush), takes
 //! due messages from the [`Queue`](crate::queue::Queue) (at most
 //! `delivery_workers` at a time), and sleeps until the next due time, a new
 //! message, `queue.scan_interval` or [`REQUEST_POLL`], whichever is first.
