@@ -323,6 +323,45 @@ mod tests {
         assert!(Cli::try_parse_from(["postern-relay", "queue", "drop"]).is_err());
     }
 
+    fn parse(args: &[&str]) -> Result<QueueCommand, clap::Error> {
+        let cli = Cli::try_parse_from([&["postern-relay", "queue"], args].concat())?;
+        match cli.command {
+            Some(Command::Queue(q)) => Ok(q),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn queue_actions_name_messages_or_all_never_both() {
+        let Ok(QueueCommand::Hold(m)) = parse(&["hold", "ABC", "DEF"]) else {
+            panic!()
+        };
+        assert_eq!(
+            m.selection(),
+            Selection::Ids(vec!["ABC".parse().unwrap(), "DEF".parse().unwrap()])
+        );
+        let Ok(QueueCommand::Delete(m)) = parse(&["delete", "--all"]) else {
+            panic!()
+        };
+        assert_eq!(m.selection(), Selection::All);
+        assert!(parse(&["delete"]).is_err(), "nothing named");
+        assert!(parse(&["release", "ABC", "--all"]).is_err(), "both");
+        assert!(parse(&["hold", "not/an/id"]).is_err());
+        assert!(parse(&["show"]).is_err());
+        assert!(matches!(
+            parse(&["show", "ABC", "--body"]),
+            Ok(QueueCommand::Show { body: true, .. })
+        ));
+        assert!(parse(&["flush", "--domain", "a.test", "--id", "ABC"]).is_err());
+        assert!(matches!(
+            parse(&["flush"]),
+            Ok(QueueCommand::Flush {
+                domain: None,
+                id: None
+            })
+        ));
+    }
+
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {
         assert!(colour(true, None));

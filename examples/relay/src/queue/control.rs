@@ -277,7 +277,7 @@ fn persisted(
     Some(match queue.persist(id) {
         Ok(()) => applied,
         Err(e) => Applied::Failed(format!(
-            "{applied} until the relay restarts: cannot record it: {e}"
+            "{applied}, but not recorded on disk ({e}): a running relay keeps it until it stops"
         )),
     })
 }
