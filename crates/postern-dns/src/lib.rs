@@ -41,7 +41,12 @@
 //!   get an answer": it is reported as **Bogus** when the response carries an
 //!   RFC 8914 extended error naming a DNSSEC failure (codes 6–12; unbound
 //!   sends them with `ede: yes`), and as **Indeterminate** otherwise. Both
-//!   defer the delivery (RFC 7672 §2.1); the difference is the report. The AD
+//!   defer the delivery (RFC 7672 §2.1); the difference is the report. A
+//!   NOERROR/NXDOMAIN answer carrying such an extended error (a resolver in
+//!   permissive mode hands out data it could not validate) is Bogus too,
+//!   never Insecure. A truncated response, one with any other RCODE
+//!   (REFUSED, NOTIMP, FORMERR …), and NXDOMAIN with records of the type
+//!   asked for are Indeterminate; records are only taken from NOERROR. The AD
 //!   bit is unauthenticated on the wire: keep the resolver on loopback
 //!   ([`TrustAdConfig::is_loopback`], [`DaneResolver::trusted_resolver_is_loopback`]
 //!   for a configuration check).
@@ -126,3 +131,9 @@ pub use answer::{AddressLookup, Denial, HostTlsa, MxHost, MxLookup};
 pub use config::{DEFAULT_TIMEOUT, TrustAdConfig, TrustAnchor, ValidatingConfig};
 pub use postern_policy::dane::DnssecStatus;
 pub use resolver::{BuildError, DaneResolver, Mode};
+
+/// Entry points for the fuzz targets; not part of the API (see
+/// `fuzz/fuzz_targets/dns_answer.rs`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use resolver::fuzzing;

@@ -24,6 +24,9 @@ use tracing::debug;
 use crate::answer::{AddressLookup, Denial, HostTlsa, MxHost, MxLookup};
 use crate::config::{TrustAdConfig, TrustAnchor, ValidatingConfig};
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
+
 /// Why a resolver could not be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -295,6 +298,14 @@ fn ede_codes(message: &Message) -> Vec<u16> {
         .collect()
 }
 
+/// Whether `message` carries an RFC 8914 extended error naming a DNSSEC
+/// validation failure.
+fn dnssec_failure_reported(message: &Message) -> bool {
+    ede_codes(message)
+        .iter()
+        .any(|c| EDE_DNSSEC_FAILURES.contains(c))
+}
+
 /// Maps the response of a resolver whose AD bit is trusted.
 fn from_trusted_response(message: &Message, qname: &Name, ty: RecordType) -> Raw {
     if message.metadata.truncation {
@@ -306,8 +317,17 @@ fn from_trusted_response(message: &Message, qname: &Name, ty: RecordType) -> Raw
     } else {
         DnssecStatus::Insecure
     };
-    match message.metadata.response_code {
+    let code = message.metadata.response_code;
+    match code {
         ResponseCode::NoError | ResponseCode::NXDomain => {
+            if dnssec_failure_reported(message) {
+                // A resolver that hands out data it could not validate
+                // (unbound's `val-permissive-mode`) clears the AD bit, which
+                // would read as Insecure, "no DANE": the extended error says
+                // Bogus (RFC 7672 §2.1).
+                debug!(%qname, ?ty, %code, "answer with a DNSSEC extended error");
+                return Raw::failed(DnssecStatus::Bogus);
+            }
             let records: Vec<Record> = message
                 .answers
                 .iter()
@@ -315,16 +335,22 @@ fn from_trusted_response(message: &Message, qname: &Name, ty: RecordType) -> Raw
                 .cloned()
                 .collect();
             let (_, found) = follow_chain(qname, ty, &records);
-            if found.is_empty() {
+            match (found.is_empty(), code) {
                 // A chain to nowhere is a denial of the chain's last name.
-                Raw {
+                (true, _) => Raw {
                     status: ad,
-                    kind: RawKind::Denied(denial_of(message.metadata.response_code)),
-                }
-            } else {
-                Raw {
+                    kind: RawKind::Denied(denial_of(code)),
+                },
+                (false, ResponseCode::NoError) => Raw {
                     status: ad,
                     kind: RawKind::Records(records),
+                },
+                // Records of the type asked for under NXDOMAIN: the response
+                // contradicts itself (RFC 6604 §2.1: the RCODE speaks of the
+                // last name of the chain); neither answer can be trusted.
+                (false, _) => {
+                    debug!(%qname, ?ty, "NXDOMAIN with records; ignored");
+                    Raw::failed(DnssecStatus::Indeterminate)
                 }
             }
         }
@@ -333,11 +359,10 @@ fn from_trusted_response(message: &Message, qname: &Name, ty: RecordType) -> Raw
             // for data it could not get. Only an RFC 8914 extended error
             // naming a DNSSEC failure (unbound: `ede: yes`) tells them apart;
             // without one the answer is Indeterminate.
-            let codes = ede_codes(message);
-            if codes.iter().any(|c| EDE_DNSSEC_FAILURES.contains(c)) {
+            if dnssec_failure_reported(message) {
                 Raw::failed(DnssecStatus::Bogus)
             } else {
-                debug!(%qname, ?ty, ?codes, "SERVFAIL");
+                debug!(%qname, ?ty, codes = ?ede_codes(message), "SERVFAIL");
                 Raw::failed(DnssecStatus::Indeterminate)
             }
         }
@@ -389,6 +414,121 @@ fn tlsa_record(record: &Record) -> Option<TlsaRecord> {
         other => {
             debug!(name = %record.name, rdata = ?other, "TLSA record not readable; skipped");
             None
+        }
+    }
+}
+
+/// Shapes the answer to an MX query for `domain` (RFC 7672 §2.2.1, RFC 7505);
+/// `None` when `domain` is not a DNS name (Indeterminate, nothing asked).
+fn mx_lookup(domain: &DomainName, answer: Option<(&Name, Raw)>) -> MxLookup {
+    let mut lookup = MxLookup {
+        domain: domain.clone(),
+        canonical: domain.clone(),
+        status: DnssecStatus::Indeterminate,
+        hosts: Vec::new(),
+        null_mx: false,
+        denial: None,
+    };
+    let Some((qname, raw)) = answer else {
+        return lookup;
+    };
+    lookup.status = raw.status;
+    match raw.kind {
+        RawKind::Records(records) => {
+            let (last, found) = follow_chain(qname, RecordType::MX, &records);
+            if let Some(canonical) = domain_of(&last) {
+                lookup.canonical = canonical;
+            }
+            for record in &found {
+                let RData::MX(mx) = &record.data else {
+                    continue;
+                };
+                if mx.exchange.is_root() {
+                    lookup.null_mx = true;
+                    continue;
+                }
+                match domain_of(&mx.exchange) {
+                    Some(exchange) => lookup.hosts.push(MxHost {
+                        preference: mx.preference,
+                        exchange,
+                    }),
+                    None => debug!(exchange = %mx.exchange, "MX exchange skipped"),
+                }
+            }
+            if lookup.null_mx {
+                // RFC 7505 §3: a null MX stands alone.
+                lookup.hosts.clear();
+            }
+            lookup.hosts.sort_by_key(|h| h.preference);
+        }
+        RawKind::Denied(denial) => lookup.denial = Some(denial),
+        RawKind::Failed => {}
+    }
+    lookup
+}
+
+/// Shapes the answers to the A and AAAA queries for `host` (RFC 7672
+/// §2.2.2); `None` when `host` is not a DNS name (Indeterminate, nothing
+/// asked).
+fn address_lookup(host: &DomainName, answers: Option<(&Name, &Raw, &Raw)>) -> AddressLookup {
+    let mut lookup = AddressLookup {
+        name: host.clone(),
+        canonical: host.clone(),
+        status: DnssecStatus::Indeterminate,
+        addresses: Vec::new(),
+        denial: None,
+    };
+    let Some((qname, a, aaaa)) = answers else {
+        return lookup;
+    };
+    lookup.status = a.status.and(aaaa.status);
+    let mut canonical = None;
+    for (raw, ty) in [(a, RecordType::A), (aaaa, RecordType::AAAA)] {
+        if let RawKind::Records(records) = &raw.kind {
+            let (last, found) = follow_chain(qname, ty, records);
+            canonical.get_or_insert(last);
+            lookup
+                .addresses
+                .extend(found.iter().filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
+                    _ => None,
+                }));
+        }
+    }
+    if let Some(canonical) = canonical.as_ref().and_then(domain_of) {
+        lookup.canonical = canonical;
+    }
+    if let (RawKind::Denied(denial), RawKind::Denied(_)) = (&a.kind, &aaaa.kind) {
+        lookup.denial = Some(*denial);
+    }
+    lookup
+}
+
+/// Shapes the answer to the TLSA query `qname` (`_port._tcp.host`) as the
+/// sans-IO DANE policy takes it; see [`DaneResolver::tlsa`].
+fn tlsa_lookup(qname: &Name, raw: Raw) -> TlsaLookup {
+    match (raw.status, raw.kind) {
+        (DnssecStatus::Bogus, _) => TlsaLookup::Failed(LookupFailure::Bogus),
+        (DnssecStatus::Indeterminate, _) | (_, RawKind::Failed) => {
+            TlsaLookup::Failed(LookupFailure::Indeterminate)
+        }
+        (DnssecStatus::Insecure, _) => TlsaLookup::Insecure,
+        (_, RawKind::Denied(_)) => TlsaLookup::SecureNoRecords,
+        (_, RawKind::Records(records)) => {
+            let (_, found) = follow_chain(qname, RecordType::TLSA, &records);
+            let parsed: Vec<TlsaRecord> = found.iter().filter_map(tlsa_record).collect();
+            if parsed.is_empty() && !found.is_empty() {
+                // Records exist but none can be read. "No TLSA" would
+                // downgrade the host to opportunistic TLS; say
+                // Indeterminate instead (the host is deferred).
+                debug!(%qname, "no readable TLSA record in a secure RRset");
+                TlsaLookup::Failed(LookupFailure::Indeterminate)
+            } else if parsed.is_empty() {
+                TlsaLookup::SecureNoRecords
+            } else {
+                TlsaLookup::Secure(parsed)
+            }
         }
     }
 }
@@ -500,92 +640,24 @@ impl DaneResolver {
 
     /// The MX RRset of `domain`, with its DNSSEC status (RFC 7672 §2.2.1).
     pub async fn mx(&self, domain: &DomainName) -> MxLookup {
-        let mut lookup = MxLookup {
-            domain: domain.clone(),
-            canonical: domain.clone(),
-            status: DnssecStatus::Indeterminate,
-            hosts: Vec::new(),
-            null_mx: false,
-            denial: None,
-        };
         let Some(qname) = dns_name(domain.as_str()) else {
-            return lookup;
+            return mx_lookup(domain, None);
         };
         let raw = self.query(&qname, RecordType::MX).await;
-        lookup.status = raw.status;
-        match raw.kind {
-            RawKind::Records(records) => {
-                let (last, found) = follow_chain(&qname, RecordType::MX, &records);
-                if let Some(canonical) = domain_of(&last) {
-                    lookup.canonical = canonical;
-                }
-                for record in &found {
-                    let RData::MX(mx) = &record.data else {
-                        continue;
-                    };
-                    if mx.exchange.is_root() {
-                        lookup.null_mx = true;
-                        continue;
-                    }
-                    match domain_of(&mx.exchange) {
-                        Some(exchange) => lookup.hosts.push(MxHost {
-                            preference: mx.preference,
-                            exchange,
-                        }),
-                        None => debug!(exchange = %mx.exchange, "MX exchange skipped"),
-                    }
-                }
-                if lookup.null_mx {
-                    // RFC 7505 §3: a null MX stands alone.
-                    lookup.hosts.clear();
-                }
-                lookup.hosts.sort_by_key(|h| h.preference);
-            }
-            RawKind::Denied(denial) => lookup.denial = Some(denial),
-            RawKind::Failed => {}
-        }
-        lookup
+        mx_lookup(domain, Some((&qname, raw)))
     }
 
     /// The A and AAAA records of `host`, with the status of both and of any
     /// CNAMEs on the way (RFC 7672 §2.2.2).
     pub async fn addresses(&self, host: &DomainName) -> AddressLookup {
-        let mut lookup = AddressLookup {
-            name: host.clone(),
-            canonical: host.clone(),
-            status: DnssecStatus::Indeterminate,
-            addresses: Vec::new(),
-            denial: None,
-        };
         let Some(qname) = dns_name(host.as_str()) else {
-            return lookup;
+            return address_lookup(host, None);
         };
         let (a, aaaa) = tokio::join!(
             self.query(&qname, RecordType::A),
             self.query(&qname, RecordType::AAAA)
         );
-        lookup.status = a.status.and(aaaa.status);
-        let mut canonical = None;
-        for (raw, ty) in [(&a, RecordType::A), (&aaaa, RecordType::AAAA)] {
-            if let RawKind::Records(records) = &raw.kind {
-                let (last, found) = follow_chain(&qname, ty, records);
-                canonical.get_or_insert(last);
-                lookup
-                    .addresses
-                    .extend(found.iter().filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
-                        _ => None,
-                    }));
-            }
-        }
-        if let Some(canonical) = canonical.as_ref().and_then(domain_of) {
-            lookup.canonical = canonical;
-        }
-        if let (RawKind::Denied(denial), RawKind::Denied(_)) = (&a.kind, &aaaa.kind) {
-            lookup.denial = Some(*denial);
-        }
-        lookup
+        address_lookup(host, Some((&qname, &a, &aaaa)))
     }
 
     /// The TLSA records at `_port._tcp.host` (RFC 7672 §2.2.2), as the
@@ -603,29 +675,7 @@ impl DaneResolver {
             return TlsaLookup::Failed(LookupFailure::Indeterminate);
         };
         let raw = self.query(&qname, RecordType::TLSA).await;
-        match (raw.status, raw.kind) {
-            (DnssecStatus::Bogus, _) => TlsaLookup::Failed(LookupFailure::Bogus),
-            (DnssecStatus::Indeterminate, _) | (_, RawKind::Failed) => {
-                TlsaLookup::Failed(LookupFailure::Indeterminate)
-            }
-            (DnssecStatus::Insecure, _) => TlsaLookup::Insecure,
-            (_, RawKind::Denied(_)) => TlsaLookup::SecureNoRecords,
-            (_, RawKind::Records(records)) => {
-                let (_, found) = follow_chain(&qname, RecordType::TLSA, &records);
-                let parsed: Vec<TlsaRecord> = found.iter().filter_map(tlsa_record).collect();
-                if parsed.is_empty() && !found.is_empty() {
-                    // Records exist but none can be read. "No TLSA" would
-                    // downgrade the host to opportunistic TLS; say
-                    // Indeterminate instead (the host is deferred).
-                    debug!(%qname, "no readable TLSA record in a secure RRset");
-                    TlsaLookup::Failed(LookupFailure::Indeterminate)
-                } else if parsed.is_empty() {
-                    TlsaLookup::SecureNoRecords
-                } else {
-                    TlsaLookup::Secure(parsed)
-                }
-            }
-        }
+        tlsa_lookup(&qname, raw)
     }
 
     /// The TLSA records for one MX host whose addresses were looked up, by
@@ -1052,6 +1102,140 @@ mod tests {
         // Refused and the rest: Indeterminate.
         let r = from_trusted_response(&response(ResponseCode::Refused, false, vec![]), &q, ty);
         assert_eq!(r, Raw::failed(DnssecStatus::Indeterminate));
+    }
+
+    /// A response with an RFC 8914 extended error of `code`.
+    fn with_ede(mut m: Message, code: u16) -> Message {
+        let mut edns = m.edns.take().unwrap_or_default();
+        let mut data = code.to_be_bytes().to_vec();
+        data.extend_from_slice(b"extra text");
+        edns.options_mut().insert(EdnsOption::Unknown(15, data));
+        m.set_edns(edns);
+        m
+    }
+
+    /// The status table of the crate documentation, for the trust-AD mode:
+    /// AD bit × RCODE × extended error × truncation.
+    #[test]
+    fn trusted_classification_matrix() {
+        use DnssecStatus::{Bogus, Indeterminate, Insecure, Secure};
+        let q = name("host.example.");
+        let ty = RecordType::A;
+        let answer = || vec![a("host.example.", Proof::Indeterminate)];
+        let dnssec_codes = 6..=12;
+        let other_codes = [0, 1, 3, 5, 13, 18, 22, 23];
+        for ad in [false, true] {
+            let data_status = if ad { Secure } else { Insecure };
+            // NOERROR with data, NOERROR without (NODATA), NXDOMAIN.
+            let cases = [
+                (ResponseCode::NoError, answer(), None),
+                (ResponseCode::NoError, vec![], Some(Denial::NoData)),
+                (ResponseCode::NXDomain, vec![], Some(Denial::NxDomain)),
+            ];
+            for (code, answers, denial) in cases {
+                let m = response(code, ad, answers.clone());
+                let r = from_trusted_response(&m, &q, ty);
+                assert_eq!(r.status, data_status, "{code} ad={ad}");
+                match denial {
+                    Some(d) => assert_eq!(r.kind, RawKind::Denied(d), "{code} ad={ad}"),
+                    None => assert!(matches!(r.kind, RawKind::Records(_)), "{code} ad={ad}"),
+                }
+                // Another extended error changes nothing.
+                for ede in other_codes {
+                    let r2 = from_trusted_response(&with_ede(m.clone(), ede), &q, ty);
+                    assert_eq!(r2, r, "{code} ad={ad} ede={ede}");
+                }
+                // A DNSSEC failure named by the resolver is Bogus, never
+                // Insecure data (a resolver in permissive mode).
+                for ede in dnssec_codes.clone() {
+                    let r2 = from_trusted_response(&with_ede(m.clone(), ede), &q, ty);
+                    assert_eq!(r2, Raw::failed(Bogus), "{code} ad={ad} ede={ede}");
+                }
+                // Truncated: Indeterminate, whatever else it says.
+                let mut t = with_ede(m.clone(), 6);
+                t.metadata.truncation = true;
+                assert_eq!(
+                    from_trusted_response(&t, &q, ty),
+                    Raw::failed(Indeterminate)
+                );
+            }
+            // SERVFAIL: Bogus only with a DNSSEC extended error.
+            let servfail = response(ResponseCode::ServFail, ad, vec![]);
+            assert_eq!(
+                from_trusted_response(&servfail, &q, ty),
+                Raw::failed(Indeterminate)
+            );
+            for ede in dnssec_codes.clone() {
+                let r = from_trusted_response(&with_ede(servfail.clone(), ede), &q, ty);
+                assert_eq!(r, Raw::failed(Bogus), "SERVFAIL ad={ad} ede={ede}");
+                // Among other extended errors too.
+                let both = with_ede(with_ede(servfail.clone(), 22), ede);
+                assert_eq!(from_trusted_response(&both, &q, ty), Raw::failed(Bogus));
+            }
+            for ede in other_codes {
+                let r = from_trusted_response(&with_ede(servfail.clone(), ede), &q, ty);
+                assert_eq!(r, Raw::failed(Indeterminate), "SERVFAIL ad={ad} ede={ede}");
+            }
+            // An extended error too short to hold a code is ignored.
+            let mut short = servfail.clone();
+            let mut edns = Edns::new();
+            edns.options_mut().insert(EdnsOption::Unknown(15, vec![6]));
+            short.set_edns(edns);
+            assert_eq!(
+                from_trusted_response(&short, &q, ty),
+                Raw::failed(Indeterminate)
+            );
+            let mut t = with_ede(servfail, 6);
+            t.metadata.truncation = true;
+            assert_eq!(
+                from_trusted_response(&t, &q, ty),
+                Raw::failed(Indeterminate)
+            );
+            // REFUSED and the other RCODEs: Indeterminate, records or not,
+            // extended error or not.
+            for code in [
+                ResponseCode::Refused,
+                ResponseCode::NotImp,
+                ResponseCode::FormErr,
+                ResponseCode::YXDomain,
+                ResponseCode::NotAuth,
+            ] {
+                let m = response(code, ad, answer());
+                assert_eq!(
+                    from_trusted_response(&m, &q, ty),
+                    Raw::failed(Indeterminate),
+                    "{code} ad={ad}"
+                );
+                assert_eq!(
+                    from_trusted_response(&with_ede(m, 6), &q, ty),
+                    Raw::failed(Indeterminate),
+                    "{code} ad={ad} ede=6"
+                );
+            }
+        }
+    }
+
+    /// The `dns_answer` fuzz target's invariant "records only under NOERROR":
+    /// NXDOMAIN with an RRset of the type asked for used to be read as that
+    /// RRset.
+    #[test]
+    fn nxdomain_with_records_is_not_an_answer() {
+        let q = name("host.example.");
+        for ad in [false, true] {
+            for answers in [
+                vec![a("host.example.", Proof::Indeterminate)],
+                vec![
+                    cname("host.example.", "target.example.", Proof::Indeterminate),
+                    a("target.example.", Proof::Indeterminate),
+                ],
+            ] {
+                let m = response(ResponseCode::NXDomain, ad, answers);
+                assert_eq!(
+                    from_trusted_response(&m, &q, RecordType::A),
+                    Raw::failed(DnssecStatus::Indeterminate)
+                );
+            }
+        }
     }
 
     #[test]

@@ -501,7 +501,8 @@ struct Resolved {
 impl ConnectionPolicy {
     /// Adds the DANE outcome for this MX host (required for `dane` and
     /// `dane-only`; for `mta-sts`, usable DANE records take precedence,
-    /// RFC 8461 §2; for `opportunistic`, an outcome supplied upgrades the
+    /// RFC 8461 §2, and a failed lookup makes the host unusable, RFC 7672
+    /// §2.1; for `opportunistic`, an outcome supplied upgrades the
     /// connection to opportunistic DANE, as `dane` decides it: the MTA
     /// chooses whether to look TLSA records up for opportunistic
     /// destinations).
@@ -730,6 +731,13 @@ impl ConnectionPolicy {
             basis: Basis::Dane,
         };
         let opportunistic = || by_mode(TlsRequirement::Opportunistic);
+        // RFC 7672 §2.2: secure TLSA records, none usable: TLS is mandatory,
+        // unauthenticated. An enforced MTA-STS policy for the host asks more
+        // (PKIX) and still applies; a `testing` one, or none, asks less.
+        let encrypt_only = || match self.sts_requirement() {
+            Some(sts) if sts.enforce => sts,
+            _ => by_dane(TlsRequirement::Encrypt),
+        };
         let mut resolved = match self.policy.tls {
             ClientTlsMode::None => by_mode(TlsRequirement::Plaintext),
             ClientTlsMode::Encrypt => by_mode(TlsRequirement::Encrypt),
@@ -753,7 +761,7 @@ impl ConnectionPolicy {
                     Some(DaneOutcome::Authenticate(records)) => by_dane(
                         TlsRequirement::Authenticated(Authentication::Dane(records.clone())),
                     ),
-                    Some(DaneOutcome::EncryptOnly) => by_dane(TlsRequirement::Encrypt),
+                    Some(DaneOutcome::EncryptOnly) => encrypt_only(),
                     Some(DaneOutcome::HostUnusable(failure)) => {
                         by_dane(Self::dane_failure(*failure))
                     }
@@ -776,11 +784,14 @@ impl ConnectionPolicy {
                 )),
                 None => by_dane(Self::dane_failure(LookupFailure::Indeterminate)),
             },
-            // RFC 8461 §2: MTA-STS must not override DANE; usable DANE records win.
+            // RFC 8461 §2: MTA-STS must not override DANE; usable DANE records win,
+            // and a failed TLSA lookup is never "no DANE" (RFC 7672 §2.1).
             ClientTlsMode::MtaSts => match &self.dane {
                 Some(DaneOutcome::Authenticate(records)) => by_dane(TlsRequirement::Authenticated(
                     Authentication::Dane(records.clone()),
                 )),
+                Some(DaneOutcome::HostUnusable(failure)) => by_dane(Self::dane_failure(*failure)),
+                Some(DaneOutcome::EncryptOnly) => encrypt_only(),
                 _ => self.sts_requirement().unwrap_or_else(opportunistic),
             },
             // Opportunistic, and any mode added later, default to opportunistic.

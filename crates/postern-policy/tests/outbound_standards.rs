@@ -284,6 +284,66 @@ fn dane_takes_precedence_over_mta_sts() {
     );
 }
 
+#[test]
+fn only_unusable_tlsa_records_require_tls_in_every_dane_using_mode() {
+    // RFC 7672 §2.2: TLS mandatory, not authenticated; an enforced MTA-STS
+    // policy (PKIX for the MX host) is stronger and still applies, a
+    // `testing` one or none is weaker and gives way.
+    for mode in [
+        ClientTlsMode::Dane,
+        ClientTlsMode::Opportunistic,
+        ClientTlsMode::MtaSts,
+    ] {
+        for policy in [None, Some(sts("testing")), Some(sts("none"))] {
+            let a = attempt(mode, "mail.example.com")
+                .with_dane(unusable_only())
+                .with_mta_sts(policy.clone());
+            assert_eq!(
+                a.requirement(),
+                TlsRequirement::Encrypt,
+                "{mode:?} {policy:?}"
+            );
+            assert!(a.requires_tls(), "{mode:?} {policy:?}");
+            assert_eq!(
+                a.on_ehlo(false).action.failure().map(|f| f.result_type),
+                Some(ResultType::StarttlsNotSupported),
+                "{mode:?} {policy:?}"
+            );
+        }
+        let a = attempt(mode, "mail.example.com")
+            .with_dane(unusable_only())
+            .with_mta_sts(Some(sts("enforce")));
+        assert_eq!(
+            a.requirement(),
+            TlsRequirement::Authenticated(Authentication::Pkix {
+                names: vec![NamePattern::Exact(name("mail.example.com"))],
+            }),
+            "{mode:?}"
+        );
+    }
+}
+
+#[test]
+fn mta_sts_mode_never_reads_a_failed_dane_lookup_as_no_dane() {
+    // RFC 7672 §2.1: a TLSA lookup that fails or is bogus is not "no DANE",
+    // and RFC 8461 §2: MTA-STS must not override DANE. A DANE outcome
+    // supplied under `mta-sts` is judged as under `dane` and `opportunistic`.
+    for failure in [LookupFailure::Bogus, LookupFailure::Indeterminate] {
+        for policy in [None, Some(sts("enforce")), Some(sts("testing"))] {
+            let a = attempt(ClientTlsMode::MtaSts, "mail.example.com")
+                .with_dane(DaneOutcome::from_lookup(TlsaLookup::Failed(failure)))
+                .with_mta_sts(policy.clone());
+            let d = a.before_connect();
+            assert_eq!(
+                defer_type(&d.action),
+                Some(("4.7.5".into(), ResultType::DnssecInvalid)),
+                "{failure:?} {policy:?}: {d}"
+            );
+            assert!(a.on_ehlo(false).action.failure().is_some());
+        }
+    }
+}
+
 // --- REQUIRETLS (RFC 8689) ------------------------------------------------------
 
 #[test]

@@ -309,6 +309,12 @@ pub struct Envelope {
     /// MTA-STS and not counted in the next report (§5.3).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tls_report: bool,
+    /// Put on hold by the operator (`queue hold`, Postfix `postsuper -h`):
+    /// never attempted, never expired, until released. Absent (not held)
+    /// in envelopes written before it existed, and written only when set,
+    /// so the envelope of a message never held is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 impl Envelope {
@@ -329,6 +335,7 @@ impl Envelope {
             next_attempt: received_at,
             last_failure: None,
             tls_report: false,
+            held: false,
         }
     }
 

@@ -17,7 +17,8 @@
 //!   message is acknowledged only after
 //!   [`Incoming::commit`](queue::spool::Incoming::commit) returned); the
 //!   schedule of retries, per-recipient outcomes and expiry; [`queue::lock`],
-//!   one relay per state directory.
+//!   one relay per state directory; [`queue::control`], the operator's
+//!   delete, hold, release and flush, on a running or a stopped relay.
 //! - [`outbound`]: the message leaves. [`outbound::routing`] (static routes,
 //!   MX), [`outbound::mta_sts`] (the destination's policy: TXT, HTTPS fetch,
 //!   persisted cache, daily refresh), [`outbound::delivery`] (postern-attempt's
@@ -32,7 +33,8 @@
 //! - [`net`]: the HTTPS client MTA-STS and TLS-RPT share, and the open-file
 //!   limit.
 //! - [`cli`]: the subcommands (`check-config`, `cert list`, `cert import`,
-//!   `policy explain`, `probe`, `queue list`, `queue flush`).
+//!   `policy explain`, `probe`, `queue list`, `show`, `delete`, `hold`,
+//!   `release`, `flush`).
 //! - [`relay`]: the one place that assembles them: a running relay
 //!   ([`Relay::start`](relay::Relay::start)): spool recovery, certificates,
 //!   listeners, delivery, hot reload, graceful shutdown.
@@ -78,6 +80,8 @@
 //! let (envelope, report) = queue.complete_attempt(&due[0].id, &[(0, Outcome::Deferred(failure))], now)?;
 //! spool.update(&envelope)?;
 //! assert_eq!(report.disposition, Disposition::Retry { at: now + Duration::from_secs(300) });
+//! // The attempt is over; the operator did not delete the message meanwhile.
+//! assert!(!queue.end_attempt(&envelope.id));
 //! # Ok(())
 //! # }
 //! ```

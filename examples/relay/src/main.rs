@@ -8,9 +8,18 @@
 //! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
 //!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
 //! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
-//! postern-relay [--config FILE] queue list [--json]
-//! postern-relay [--config FILE] queue flush
+//! postern-relay [--config FILE] queue list [--json]              like postqueue -p
+//! postern-relay [--config FILE] queue show ID [--body]             like postcat -q
+//! postern-relay [--config FILE] queue delete ID...|--all           like postsuper -d
+//! postern-relay [--config FILE] queue hold ID...|--all             like postsuper -h
+//! postern-relay [--config FILE] queue release ID...|--all          like postsuper -H
+//! postern-relay [--config FILE] queue flush [--domain D | --id ID] like postqueue -f / -s / -i
 //! ```
+//!
+//! `queue delete`, `hold`, `release` and `flush` act on the spool
+//! themselves when no relay runs, and otherwise hand the request to the
+//! running relay and wait up to 10 s for its answer (see
+//! `postern_relay::queue::control`).
 //!
 //! Errors go to stderr with exit status 1 (2 for usage errors). A command
 //! whose standard output is closed early (`queue list | head`) stops quietly
@@ -27,6 +36,8 @@ use tracing_subscriber::EnvFilter;
 
 use postern_relay::cli::{self, CliResult, StdoutClosed};
 use postern_relay::config::Config;
+use postern_relay::envelope::MessageId;
+use postern_relay::queue::control::{Request, Selection};
 use postern_relay::relay::Relay;
 
 #[derive(Debug, Parser)]
@@ -116,11 +127,80 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Ask the running relay to retry every queued message now (like
-    /// `postqueue -f`). Leaves a `flush` flag file in the spool directory,
-    /// which the relay consumes; if no relay runs, the next start retries
-    /// everything that is due anyway.
-    Flush,
+    /// Show one message: its envelope (recipients with their state and
+    /// last failure) and its header (like `postcat -q`). Reads only.
+    Show {
+        /// The message's queue id.
+        id: MessageId,
+        /// Show the body too.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Delete messages: never delivered, never bounced (like `postsuper
+    /// -d`). A message being delivered is removed when its attempt ends.
+    Delete(Messages),
+    /// Put messages on hold: not attempted, not expired, until released
+    /// (like `postsuper -h`).
+    Hold(Messages),
+    /// Release held messages: due at once (like `postsuper -H`).
+    Release(Messages),
+    /// Retry queued messages now (like `postqueue -f`; `-s` with
+    /// --domain, `-i` with --id). Held messages are not retried. With no
+    /// relay running, the flush waits for its next start.
+    Flush {
+        /// Only the messages with a recipient still to deliver in this domain.
+        #[arg(long, conflicts_with = "id")]
+        domain: Option<String>,
+        /// Only this message.
+        #[arg(long)]
+        id: Option<MessageId>,
+    },
+}
+
+/// The messages an action is about.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+struct Messages {
+    /// Queue ids.
+    ids: Vec<MessageId>,
+    /// Every queued message.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Messages {
+    fn selection(self) -> Selection {
+        if self.all {
+            Selection::All
+        } else {
+            Selection::Ids(self.ids)
+        }
+    }
+}
+
+/// Runs a `queue` subcommand.
+fn queue(config: &Config, command: QueueCommand) -> CliResult {
+    let request = match command {
+        QueueCommand::List { json } => return cli::queue_list(config, json),
+        QueueCommand::Show { id, body } => return cli::queue_show(config, &id, body),
+        QueueCommand::Delete(m) => Request::Delete {
+            messages: m.selection(),
+        },
+        QueueCommand::Hold(m) => Request::Hold {
+            messages: m.selection(),
+        },
+        QueueCommand::Release(m) => Request::Release {
+            messages: m.selection(),
+        },
+        QueueCommand::Flush { domain, id } => Request::Flush {
+            messages: match (domain, id) {
+                (Some(domain), _) => Selection::Domain(domain),
+                (None, Some(id)) => Selection::Ids(vec![id]),
+                (None, None) => Selection::All,
+            },
+        },
+    };
+    cli::queue_control(config, &request)
 }
 
 fn main() -> ExitCode {
@@ -148,8 +228,7 @@ fn main() -> ExitCode {
             Some(Command::Probe { target }) => {
                 runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
             }
-            Some(Command::Queue(QueueCommand::List { json })) => cli::queue_list(&config, json),
-            Some(Command::Queue(QueueCommand::Flush)) => cli::queue_flush(&config),
+            Some(Command::Queue(command)) => queue(&config, command),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,6 +322,45 @@ mod tests {
         let cli = Cli::try_parse_from(["postern-relay"]).unwrap();
         assert!(cli.command.is_none());
         assert!(Cli::try_parse_from(["postern-relay", "queue", "drop"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Result<QueueCommand, clap::Error> {
+        let cli = Cli::try_parse_from([&["postern-relay", "queue"], args].concat())?;
+        match cli.command {
+            Some(Command::Queue(q)) => Ok(q),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn queue_actions_name_messages_or_all_never_both() {
+        let Ok(QueueCommand::Hold(m)) = parse(&["hold", "ABC", "DEF"]) else {
+            panic!()
+        };
+        assert_eq!(
+            m.selection(),
+            Selection::Ids(vec!["ABC".parse().unwrap(), "DEF".parse().unwrap()])
+        );
+        let Ok(QueueCommand::Delete(m)) = parse(&["delete", "--all"]) else {
+            panic!()
+        };
+        assert_eq!(m.selection(), Selection::All);
+        assert!(parse(&["delete"]).is_err(), "nothing named");
+        assert!(parse(&["release", "ABC", "--all"]).is_err(), "both");
+        assert!(parse(&["hold", "not/an/id"]).is_err());
+        assert!(parse(&["show"]).is_err());
+        assert!(matches!(
+            parse(&["show", "ABC", "--body"]),
+            Ok(QueueCommand::Show { body: true, .. })
+        ));
+        assert!(parse(&["flush", "--domain", "a.test", "--id", "ABC"]).is_err());
+        assert!(matches!(
+            parse(&["flush"]),
+            Ok(QueueCommand::Flush {
+                domain: None,
+                id: None
+            })
+        ));
     }
 
     #[test]

@@ -622,9 +622,21 @@ fn run_recovers_the_spool_and_queue_commands_read_it() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["messages"].as_array().map(Vec::len), Some(0));
 
+    // No relay runs: the flush waits in the requests directory for the next start.
     let out = relay(dir.path(), &with_cfg(&["queue", "flush"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(dir.path().join("state/spool/flush").exists());
+    assert_eq!(
+        text(&out.stdout),
+        "no relay is running: the flush is applied when it starts\n"
+    );
+    let requests: Vec<_> = std::fs::read_dir(dir.path().join("state/spool/requests"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        requests.len() == 1 && requests[0].ends_with(".req"),
+        "{requests:?}"
+    );
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The subcommands of `postern-relay` other than running: configuration
-//! check, certificate table and import, policy explanation, probe, queue
-//! listing and flush. Each prints its result to stdout and returns an error
-//! for stderr.
+//! check, certificate table and import, policy explanation, probe, and the
+//! queue (list, show, delete, hold, release, flush: see
+//! [`crate::queue::control`] for how they act on a running relay). Each
+//! prints its result to stdout and returns an error for stderr.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,11 +17,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::{Config, DnssecMode};
-use crate::envelope::{Envelope, Failure, FailureSource, Mailbox};
+use crate::envelope::{Envelope, Failure, FailureSource, Mailbox, MessageId};
 use crate::net::dns::{Resolver as _, SystemResolver};
 use crate::outbound::explain;
 use crate::outbound::routing::Router;
-use crate::queue::spool::{Scan, Spool};
+use crate::queue::control::{self, ANSWER_WAIT, Answer, Request, Selection};
+use crate::queue::lock::{LockError, StateLock};
+use crate::queue::spool::{Scan, Spool, SpoolError};
+use crate::queue::{Queue, RetryPolicy, SharedQueue};
 use crate::reporting::dkim::DkimSigner;
 use crate::tls::certs::{CertDir, rfc3339};
 use crate::tls::{client_cert_roots, outbound_roots};
@@ -391,6 +395,7 @@ pub fn queue_json(scan: &Scan) -> Result<serde_json::Value, serde_json::Error> {
         let mut v = serde_json::to_value(&m.envelope)?;
         if let Some(obj) = v.as_object_mut() {
             obj.insert("size".into(), m.size.into());
+            obj.insert("held".into(), m.envelope.held.into());
         }
         messages.push(v);
     }
@@ -432,15 +437,15 @@ pub fn queue_text(scan: &Scan) -> String {
         if e.params.requiretls {
             out.push_str(", REQUIRETLS");
         }
+        if e.held {
+            out.push_str(", HELD (not attempted until released)");
+        }
         out.push('\n');
         if let Some(f) = &e.last_failure {
             let _ = writeln!(out, "    last failure: {}", failure_text(f));
         }
         for r in &e.recipients {
-            let state = serde_json::to_value(r.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned));
-            let _ = write!(out, "      {:<10} {}", state.unwrap_or_default(), r.address);
+            let _ = write!(out, "      {:<10} {}", json_text(&r.state), r.address);
             if let Some(f) = r.last_failure.as_ref().filter(|_| r.state.is_open()) {
                 let _ = write!(out, "  ({})", f.code);
             }
@@ -483,10 +488,213 @@ fn when(t: SystemTime) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// `queue flush`.
-pub fn queue_flush(config: &Config) -> CliResult {
-    Spool::request_flush(&config.spool_dir())?;
-    outln!("flush requested: the relay retries every queued message at its next queue scan");
+/// Headers longer than this are cut in `queue show` (the relay accepts
+/// no such header block by default anyway).
+const MAX_SHOWN_HEADER_BYTES: u64 = 1024 * 1024;
+
+/// `queue show ID [--body]` (like `postcat -q`): the envelope and the
+/// header, and the body if asked. Reads only: safe while the relay runs.
+pub fn queue_show(config: &Config, id: &MessageId, body: bool) -> CliResult {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    let (envelope, size, content) =
+        Spool::read_message(&config.spool_dir(), id).map_err(|e| match e {
+            SpoolError::NotQueued(_) => {
+                format!("message {id} is not queued (delivered or deleted, if it was)")
+            }
+            e => e.to_string(),
+        })?;
+    out!("{}", envelope_text(&envelope, size));
+    outln!("-- header --");
+    let mut reader = BufReader::new(content);
+    let mut header = Vec::new();
+    let mut line = Vec::new();
+    let mut complete = false;
+    // The header ends at the first empty line (RFC 5322 §2.1).
+    while (header.len() as u64) < MAX_SHOWN_HEADER_BYTES {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_SHOWN_HEADER_BYTES)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("message {id}: {e}"))?;
+        if n == 0 || line == b"\r\n" || line == b"\n" {
+            complete = true;
+            break;
+        }
+        header.extend_from_slice(&line);
+    }
+    out!("{}", String::from_utf8_lossy(&header));
+    if !complete {
+        outln!("[header cut at {MAX_SHOWN_HEADER_BYTES} bytes]");
+    }
+    if body {
+        outln!("-- body --");
+        let mut rest = Vec::new();
+        reader
+            .read_to_end(&mut rest)
+            .map_err(|e| format!("message {id}: {e}"))?;
+        out!("{}", String::from_utf8_lossy(&rest));
+    }
+    Ok(())
+}
+
+/// The envelope of one message, as `queue show` prints it.
+pub fn envelope_text(e: &Envelope, size: u64) -> String {
+    let mut out = String::new();
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let sender = e
+        .reverse_path
+        .mailbox()
+        .map_or_else(|| "<>".to_owned(), |m| format!("<{m}>"));
+    let _ = writeln!(out, "message:      {}", e.id);
+    let _ = writeln!(out, "size:         {size} bytes");
+    let _ = writeln!(out, "arrival:      {}", when(e.received_at));
+    let _ = writeln!(out, "sender:       {sender}");
+    let _ = writeln!(out, "attempts:     {}", e.attempts);
+    let _ = writeln!(out, "next attempt: {}", when(e.next_attempt));
+    let _ = writeln!(
+        out,
+        "held:         {}",
+        if e.held {
+            "yes (not attempted until released)"
+        } else {
+            "no"
+        }
+    );
+    let _ = writeln!(out, "requiretls:   {}", yes_no(e.params.requiretls));
+    let _ = writeln!(out, "smtputf8:     {}", yes_no(e.params.smtputf8));
+    if let Some(body) = &e.params.body {
+        let _ = writeln!(out, "body:         {}", json_text(body));
+    }
+    if let Some(envid) = &e.params.envid {
+        let _ = writeln!(out, "envid:        {envid}");
+    }
+    if let Some(ret) = &e.params.ret {
+        let _ = writeln!(out, "ret:          {}", json_text(ret));
+    }
+    if e.tls_report {
+        let _ = writeln!(
+            out,
+            "tls report:   yes (RFC 8460 report mailed by this relay)"
+        );
+    }
+    if let Some(f) = &e.last_failure {
+        let _ = writeln!(out, "last failure: {}", failure_text(f));
+    }
+    let _ = writeln!(out, "recipients:   {}", e.recipients.len());
+    for r in &e.recipients {
+        let _ = write!(out, "  {:<10} <{}>", json_text(&r.state), r.address);
+        if let Some((kind, addr)) = &r.orcpt {
+            let _ = write!(out, "  ORCPT={kind};{addr}");
+        }
+        out.push('\n');
+        if let Some(f) = &r.last_failure {
+            let _ = writeln!(out, "             last failure: {}", failure_text(f));
+        }
+    }
+    out
+}
+
+/// A value serialised as a JSON string, as text (`deferred`, `hdrs`).
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// `queue delete`, `hold`, `release` and `flush`: applied by this command
+/// if no relay runs, else handed to the running relay (see
+/// [`crate::queue::control`]). Prints one line per message; a message that
+/// is not queued, or an action that failed, makes the command fail.
+pub fn queue_control(config: &Config, request: &Request) -> CliResult {
+    let state = &config.state_dir;
+    let spool_dir = config.spool_dir();
+    // The lock file lives in the state directory: no spool, nothing to do.
+    Spool::attach(&spool_dir)?;
+    let answer = match StateLock::acquire(state) {
+        // Held until the action is done, then released.
+        Ok(_lock) => {
+            if let Request::Flush { messages } = request {
+                return flush_stopped(&spool_dir, request, messages);
+            }
+            apply_stopped(&spool_dir, config, request)?
+        }
+        Err(LockError::Busy { pid, .. }) => {
+            match control::submit_and_wait(&spool_dir, request, ANSWER_WAIT)? {
+                Some(answer) => answer,
+                None => {
+                    outln!(
+                        "request queued: the relay{} has not answered within {} s; it applies \
+                         the request when it next reads its requests (at the latest at its next start)",
+                        pid.map_or_else(String::new, |p| format!(" (pid {p})")),
+                        ANSWER_WAIT.as_secs()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(e) = answer.error {
+        return Err(e.into());
+    }
+    let mut failed = 0;
+    for (id, applied) in &answer.messages {
+        outln!("{id}: {applied}");
+        failed += usize::from(applied.is_error());
+    }
+    if answer.messages.is_empty() {
+        outln!("no message selected");
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{} of {} message(s) not {}",
+            failed,
+            answer.messages.len(),
+            past_tense(request)
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn past_tense(request: &Request) -> &'static str {
+    match request {
+        Request::Delete { .. } => "deleted",
+        Request::Hold { .. } => "held",
+        Request::Release { .. } => "released",
+        _ => "flushed",
+    }
+}
+
+/// Acts on the spool of a stopped relay (this process holds its lock).
+fn apply_stopped(
+    spool_dir: &Path,
+    config: &Config,
+    request: &Request,
+) -> Result<Answer, Box<dyn std::error::Error>> {
+    let spool = Spool::attach(spool_dir)?;
+    let mut schedule = Queue::new(RetryPolicy::from_config(&config.queue));
+    for m in Spool::scan(spool_dir)?.messages {
+        schedule.insert(m.envelope);
+    }
+    let queue = SharedQueue::new(std::sync::Arc::new(spool), schedule);
+    Ok(control::apply(&queue, request, SystemTime::now()))
+}
+
+/// A flush with no relay running has nothing to act on: it waits in the
+/// requests directory for the next start (which retries every message
+/// already due anyway).
+fn flush_stopped(spool_dir: &Path, request: &Request, messages: &Selection) -> CliResult {
+    if let Selection::Ids(ids) = messages {
+        for id in ids {
+            if let Err(SpoolError::NotQueued(_)) = Spool::read_message(spool_dir, id) {
+                return Err(format!("message {id} is not queued").into());
+            }
+        }
+    }
+    Spool::submit_request(spool_dir, &serde_json::to_vec(request)?)?;
+    outln!("no relay is running: the flush is applied when it starts");
     Ok(())
 }
 

@@ -1,8 +1,12 @@
 //! Delivery: the scheduler and its workers.
 //!
-//! The scheduler takes due messages from the [`Queue`](crate::queue::Queue)
-//! (at most `delivery_workers` at a time), consumes the `queue flush` flag,
-//! and sleeps until the next due time, a new message or `queue.scan_interval`.
+//! The scheduler applies the operator's requests
+//! ([`control`]: delete, hold, release, flush), takes
+//! due messages from the [`Queue`](crate::queue::Queue) (at most
+//! `delivery_workers` at a time), and sleeps until the next due time, a new
+//! message, `queue.scan_interval` or [`REQUEST_POLL`], whichever is first.
+//! A message the operator deleted during its attempt is removed when the
+//! attempt ends, without a bounce.
 //! A worker groups the open recipients by domain, routes each domain (static
 //! route or MX), and hands the message to postern-tokio's
 //! [`postern_tokio::client::Client`] under the per-domain outbound
@@ -65,6 +69,7 @@ use crate::outbound::mta_sts::{StsLookup, StsResolver};
 use crate::outbound::next_hop::{self, DaneUse};
 use crate::outbound::routing::{Route, RouteSource, Router};
 use crate::queue::SharedQueue;
+use crate::queue::control::{self, REQUEST_POLL};
 use crate::queue::spool::SpoolError;
 use crate::queue::{AttemptReport, Disposition, Outcome};
 use crate::reporting::dsn::{BounceSettings, build_bounce};
@@ -309,19 +314,18 @@ impl Delivery {
         self.finish_leftovers().await;
         let workers = Arc::new(Semaphore::new(self.config.delivery_workers));
         let mut tasks = JoinSet::new();
+        // New messages wake the loop often: the requests directory is read
+        // at most twice per poll interval.
+        let mut served_at: Option<tokio::time::Instant> = None;
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let now = SystemTime::now();
-            match self.queue.spool.take_flush_request() {
-                Ok(true) => {
-                    let n = self.queue().flush(now);
-                    tracing::info!(messages = n, "queue flush requested");
-                }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot read the flush flag"),
+            if served_at.is_none_or(|t| t.elapsed() >= REQUEST_POLL / 2) {
+                self.serve_requests().await;
+                served_at = Some(tokio::time::Instant::now());
             }
+            let now = SystemTime::now();
             let free = workers.available_permits();
             let due = if free > 0 {
                 self.queue().take_due(now, free)
@@ -345,7 +349,8 @@ impl Delivery {
                     t.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
                 })
-                .min(scan);
+                .min(scan)
+                .min(REQUEST_POLL);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 () = self.queue.wake.notified() => {}
@@ -364,6 +369,41 @@ impl Delivery {
 
     fn queue(&self) -> std::sync::MutexGuard<'_, crate::queue::Queue> {
         self.queue.schedule()
+    }
+
+    /// Applies the operator's pending requests and answers them.
+    async fn serve_requests(&self) {
+        let queue = Arc::clone(&self.queue);
+        let served =
+            tokio::task::spawn_blocking(move || control::serve(&queue, SystemTime::now())).await;
+        let served = match served {
+            Ok(Ok(served)) => served,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot serve the queue requests");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot serve the queue requests");
+                return;
+            }
+        };
+        for (request, answer) in served {
+            for (id, applied) in &answer.messages {
+                tracing::info!(queue_id = %id, action = request.action(), result = %applied, "queue request");
+            }
+        }
+    }
+
+    /// Persists a message's envelope as the schedule holds it
+    /// ([`SharedQueue::persist`]).
+    async fn persist(&self, id: &MessageId) -> Result<(), String> {
+        let queue = Arc::clone(&self.queue);
+        let id = id.clone();
+        match tokio::task::spawn_blocking(move || queue.persist(&id)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// After a crash: queue the bounces not yet queued, remove finished
@@ -409,6 +449,23 @@ impl Delivery {
         }
     }
 
+    /// Removes a message the operator deleted during its attempt, now that
+    /// the attempt is over (nothing is bounced). On failure it stays queued,
+    /// held, and the deletion can be asked again.
+    async fn remove_deleted(&self, id: &MessageId) {
+        let owned = id.clone();
+        match self.blocking(move |s| s.delete(&owned)).await {
+            Ok(()) => {
+                self.queue().remove(id);
+                tracing::info!(queue_id = %id, "removed: deleted by the operator during its attempt");
+            }
+            Err(e) => {
+                self.queue().end_attempt(id);
+                tracing::error!(queue_id = %id, error = %e, "cannot delete from the spool");
+            }
+        }
+    }
+
     /// Builds and queues the bounce for `failed`, then records it returned;
     /// returns whether that is done (false: the bounce is not queued and the
     /// recipients are still to be returned).
@@ -445,9 +502,9 @@ impl Delivery {
                 return false;
             }
         }
-        let updated = self.queue().mark_returned(&envelope.id, failed);
-        if let Ok(updated) = updated
-            && let Err(e) = self.blocking(move |s| s.update(&updated)).await
+        let marked = self.queue().mark_returned(&envelope.id, failed);
+        if marked.is_ok()
+            && let Err(e) = self.persist(&envelope.id).await
         {
             tracing::error!(queue_id = %envelope.id, error = %e, "cannot record the bounce");
         }
@@ -473,9 +530,20 @@ impl Delivery {
             done
         };
         let now = SystemTime::now();
+        // Deleted by the operator during the attempt: removed, not bounced.
+        if self.queue().is_deleted(&id) {
+            self.remove_deleted(&id).await;
+            self.queue.wake.notify_one();
+            return;
+        }
         // RFC 5321 §6.1: the message stays queued, with its failures, until
         // the bounce that reports them is durably queued.
         if !report.bounce.is_empty() && !self.bounce(&updated, &report.bounce, now).await {
+            if self.queue().is_deleted(&id) {
+                self.remove_deleted(&id).await;
+                self.queue.wake.notify_one();
+                return;
+            }
             let at = self.queue().retry_bounce(&id, now);
             if let Some(at) = at {
                 let wait = retry_in(at, now);
@@ -487,8 +555,12 @@ impl Delivery {
         match report.disposition {
             Disposition::Complete => self.remove(&id).await,
             Disposition::Retry { at } => {
-                let wait = retry_in(at, now);
-                tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
+                if self.queue().end_attempt(&id) {
+                    self.remove_deleted(&id).await;
+                } else {
+                    let wait = retry_in(at, now);
+                    tracing::info!(queue_id = %id, retry_in = %wait, "deferred");
+                }
             }
         }
         self.queue.wake.notify_one();
@@ -553,8 +625,7 @@ impl Delivery {
         // update). Anything that stays queued or must be bounced is
         // persisted first.
         let finished = report.bounce.is_empty() && report.disposition == Disposition::Complete;
-        let persisted = updated.clone();
-        if !finished && let Err(e) = self.blocking(move |s| s.update(&persisted)).await {
+        if !finished && let Err(e) = self.persist(&id).await {
             tracing::error!(queue_id = %id, error = %e, "cannot persist the delivery state");
         }
         Some((updated, report))

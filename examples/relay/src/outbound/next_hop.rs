@@ -7,6 +7,9 @@
 //! - The address records are looked up with their DNSSEC status. A Bogus
 //!   answer makes the host unusable (deferred), whatever the mode: it is a
 //!   sign of tampering, and a validating resolver would have refused it.
+//!   Where DANE is wanted, a failed address lookup goes to the policy as an
+//!   unusable host (4.7.5 `dnssec-invalid`); elsewhere it is a DNS failure
+//!   (4.4.3).
 //! - TLSA records are looked up only when DANE is wanted for the
 //!   destination ([`DaneUse`]) and the host was found securely (a Secure MX
 //!   RRset, or a static route); then through
@@ -157,7 +160,18 @@ pub async fn look_up<R: Resolver>(
         });
     };
     let addresses = dnssec.addresses(&name).await;
+    let dane_applies = matches!(
+        dane,
+        DaneUse::Yes {
+            secure_hosts: true,
+            ..
+        }
+    );
     match addresses.status.failure() {
+        // Where DANE applies, a failed address lookup makes the host
+        // unusable through the policy (4.7.5 `dnssec-invalid`, counted for
+        // TLS-RPT): `tlsa_for` says so without a TLSA query.
+        Some(_) if dane_applies => {}
         Some(failure @ LookupFailure::Bogus) => {
             return Err(dnssec_failure("address", bare, failure, now));
         }

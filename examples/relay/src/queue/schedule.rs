@@ -132,6 +132,19 @@ pub struct Leftovers {
     pub remove: Vec<MessageId>,
 }
 
+/// What an operator's action ([`Queue::hold`], [`Queue::release`]) did to
+/// one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Done.
+    Done,
+    /// Nothing to do: the message was already in that state.
+    Unchanged,
+    /// Done in memory while an attempt on the message is in progress: that
+    /// attempt finishes, and the worker's record of it carries the change.
+    DuringAttempt,
+}
+
 /// An error of [`record_attempt`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -273,7 +286,10 @@ pub struct Queue {
 #[derive(Debug)]
 struct Entry {
     envelope: Envelope,
+    /// Taken by [`Queue::take_due`], until the worker ends the attempt.
     in_flight: bool,
+    /// Deleted by the operator during its attempt: removed when it ends.
+    deleted: bool,
 }
 
 impl Queue {
@@ -297,6 +313,7 @@ impl Queue {
             Entry {
                 envelope,
                 in_flight: false,
+                deleted: false,
             },
         );
     }
@@ -336,6 +353,7 @@ impl Queue {
             .values_mut()
             .filter(|e| {
                 !e.in_flight
+                    && !e.envelope.held
                     && e.envelope.next_attempt <= now
                     && e.envelope
                         .recipients
@@ -366,9 +384,10 @@ impl Queue {
 
     /// Records the outcome of the attempt on a message taken with
     /// [`take_due`](Self::take_due) and returns the updated envelope (to
-    /// persist) with the report. A [`Disposition::Complete`] message stays
-    /// in the queue until [`remove`](Self::remove)d, a retried one is no
-    /// longer in flight.
+    /// persist) with the report. The message stays in flight: a
+    /// [`Disposition::Complete`] one until [`remove`](Self::remove)d, a
+    /// retried one until [`end_attempt`](Self::end_attempt) (once its
+    /// bounce is queued and its state persisted).
     pub fn complete_attempt(
         &mut self,
         id: &MessageId,
@@ -380,10 +399,76 @@ impl Queue {
             .get_mut(id)
             .ok_or_else(|| QueueError::NotQueued(id.clone()))?;
         let report = record_attempt(&mut entry.envelope, outcomes, now, &self.policy)?;
-        // A complete message has nothing left to deliver: it stays out of
-        // take_due until the caller removes it.
-        entry.in_flight = report.disposition == Disposition::Complete;
         Ok((entry.envelope.clone(), report))
+    }
+
+    /// Ends the attempt on a retried message: it is no longer in flight.
+    /// Returns whether the operator deleted it meanwhile
+    /// ([`delete`](Self::delete)): the caller then removes it.
+    pub fn end_attempt(&mut self, id: &MessageId) -> bool {
+        self.entries.get_mut(id).is_some_and(|e| {
+            e.in_flight = false;
+            e.deleted
+        })
+    }
+
+    /// Whether the operator deleted this message during its attempt.
+    pub fn is_deleted(&self, id: &MessageId) -> bool {
+        self.entries.get(id).is_some_and(|e| e.deleted)
+    }
+
+    /// Puts a message on hold (`queue hold`, Postfix `postsuper -h`): it is
+    /// not attempted, and so never expires, until [`release`](Self::release)d.
+    /// An attempt in progress finishes; the message is not retried after it.
+    pub fn hold(&mut self, id: &MessageId) -> Result<Change, QueueError> {
+        let entry = self.entry(id)?;
+        if entry.envelope.held {
+            return Ok(Change::Unchanged);
+        }
+        entry.envelope.held = true;
+        Ok(if entry.in_flight {
+            Change::DuringAttempt
+        } else {
+            Change::Done
+        })
+    }
+
+    /// Releases a held message (`queue release`, Postfix `postsuper -H`):
+    /// due at `now`. Its age still counts from its arrival, so a message
+    /// held beyond its lifetime is returned if its next attempt fails.
+    pub fn release(&mut self, id: &MessageId, now: SystemTime) -> Result<Change, QueueError> {
+        let entry = self.entry(id)?;
+        if !entry.envelope.held {
+            return Ok(Change::Unchanged);
+        }
+        entry.envelope.held = false;
+        if entry.in_flight {
+            return Ok(Change::DuringAttempt);
+        }
+        entry.envelope.next_attempt = entry.envelope.next_attempt.min(now);
+        Ok(Change::Done)
+    }
+
+    /// Deletes a message (`queue delete`, Postfix `postsuper -d`). One not
+    /// in flight leaves the schedule and is returned: the caller deletes its
+    /// files (and [`insert`](Self::insert)s it back if that fails). One
+    /// being delivered is held and marked deleted, and `None` is returned:
+    /// its attempt finishes (what it delivered stays delivered, and nothing
+    /// is bounced), then the worker removes it.
+    pub fn delete(&mut self, id: &MessageId) -> Result<Option<Envelope>, QueueError> {
+        let entry = self.entry(id)?;
+        if entry.in_flight {
+            entry.deleted = true;
+            entry.envelope.held = true;
+            return Ok(None);
+        }
+        Ok(self.remove(id))
+    }
+
+    fn entry(&mut self, id: &MessageId) -> Result<&mut Entry, QueueError> {
+        self.entries
+            .get_mut(id)
+            .ok_or_else(|| QueueError::NotQueued(id.clone()))
     }
 
     /// After the bounce for a message could not be queued (a full disk):
@@ -441,12 +526,17 @@ impl Queue {
         left
     }
 
-    /// Makes every message not in flight due at `now` (`queue flush`);
-    /// returns how many. The change is in memory only: after a restart
-    /// every message with a past due time is due anyway.
-    pub fn flush(&mut self, now: SystemTime) -> usize {
+    /// Makes every message `select`ed, not in flight and not held due at
+    /// `now` (`queue flush`); returns how many. The change is in memory
+    /// only: after a restart every message with a past due time is due
+    /// anyway.
+    pub fn flush(&mut self, now: SystemTime, select: impl Fn(&Envelope) -> bool) -> usize {
         let mut n = 0;
-        for entry in self.entries.values_mut().filter(|e| !e.in_flight) {
+        for entry in self
+            .entries
+            .values_mut()
+            .filter(|e| !e.in_flight && !e.envelope.held && select(&e.envelope))
+        {
             if entry.envelope.next_attempt > now {
                 entry.envelope.next_attempt = now;
             }
@@ -455,12 +545,12 @@ impl Queue {
         n
     }
 
-    /// The earliest due time of a message not in flight: when the scheduler
-    /// should wake up next.
+    /// The earliest due time of a message not in flight and not held: when
+    /// the scheduler should wake up next.
     pub fn next_wakeup(&self) -> Option<SystemTime> {
         self.entries
             .values()
-            .filter(|e| !e.in_flight)
+            .filter(|e| !e.in_flight && !e.envelope.held)
             .map(|e| e.envelope.next_attempt)
             .min()
     }
@@ -699,10 +789,12 @@ mod tests {
             Disposition::Retry { at: t(1) + 5 * MIN }
         );
         assert_eq!(q.get(&a.id), Some(&env));
+        assert_eq!(q.next_wakeup(), Some(t(1000)), "in flight until ended");
+        assert!(!q.end_attempt(&a.id));
         assert_eq!(q.next_wakeup(), Some(t(301)));
 
         assert!(q.take_due(t(100), 10).is_empty());
-        assert_eq!(q.flush(t(100)), 2);
+        assert_eq!(q.flush(t(100), |_| true), 2);
         let due = q.take_due(t(100), 1);
         assert_eq!(due.len(), 1, "limit honoured");
         assert_eq!(q.take_due(t(100), 10).len(), 1);
@@ -721,6 +813,45 @@ mod tests {
             Err(QueueError::NotQueued(_))
         ));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn held_messages_are_not_taken_and_deletion_waits_for_the_attempt() {
+        let mut q = Queue::new(RetryPolicy::default());
+        let a = envelope("a@example.org", 1);
+        let b = envelope("b@example.org", 1);
+        q.insert(a.clone());
+        q.insert(b.clone());
+        assert_eq!(q.hold(&a.id), Ok(Change::Done));
+        assert_eq!(q.hold(&a.id), Ok(Change::Unchanged));
+        assert!(q.get(&a.id).unwrap().held);
+        let due = q.take_due(t(10), 10);
+        assert_eq!(due.iter().map(|e| &e.id).collect::<Vec<_>>(), vec![&b.id]);
+        assert_eq!(q.next_wakeup(), None, "held: no wakeup for it");
+        assert_eq!(q.flush(t(10), |_| true), 0, "held and in flight");
+
+        // Held during its attempt: the outcome is recorded, it is not retried.
+        assert_eq!(q.hold(&b.id), Ok(Change::DuringAttempt));
+        let (env, _) = q.complete_attempt(&b.id, &[(0, temp(1))], t(11)).unwrap();
+        assert!(env.held && env.attempts == 1, "{env:?}");
+        assert!(!q.end_attempt(&b.id));
+        assert!(q.take_due(t(100_000), 10).is_empty());
+
+        // Released: due at once.
+        assert_eq!(q.release(&b.id, t(20)), Ok(Change::Done));
+        assert_eq!(q.release(&b.id, t(20)), Ok(Change::Unchanged));
+        assert_eq!(q.next_wakeup(), Some(t(20)));
+        assert_eq!(q.take_due(t(20), 10).len(), 1);
+
+        // Deleted during its attempt: held, kept until the attempt ends.
+        assert_eq!(q.delete(&b.id), Ok(None));
+        assert!(q.is_deleted(&b.id) && q.get(&b.id).unwrap().held);
+        assert!(q.end_attempt(&b.id), "the caller removes it");
+        // Not in flight: taken out at once, for the caller to delete.
+        assert_eq!(q.delete(&a.id).unwrap().map(|e| e.id), Some(a.id.clone()));
+        assert!(q.get(&a.id).is_none());
+        assert_eq!(q.delete(&a.id), Err(QueueError::NotQueued(a.id.clone())));
+        assert_eq!(q.hold(&a.id), Err(QueueError::NotQueued(a.id.clone())));
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!                          a delivery attempt left something to remember
 //! <spool>/tmp/             messages being received, updates being written
 //! <spool>/corrupt/         entries recovery could not read, moved aside
-//! <spool>/flush            present when `queue flush` asked for a retry
+//! <spool>/requests/        operator requests to the running relay
+//!                          (`<rid>.req`) and its answers (`<rid>.done`):
+//!                          see [`crate::queue::control`]
+//! <spool>/flush            the flush flag of earlier versions' `queue
+//!                          flush`, still honoured (a flush of every message)
 //! ```
 //!
 //! One message is one file: receiving it creates one inode and costs two
@@ -43,7 +47,10 @@
 //! bounded: content goes straight to the file through a fixed-size buffer.
 //!
 //! A spool is meant to be used by one relay process at a time;
-//! [`Spool::scan`] is the read-only view for other processes (`queue list`).
+//! [`Spool::scan`] and [`Spool::read_message`] are the read-only views for
+//! other processes (`queue list`, `queue show`), and [`Spool::attach`]
+//! serves a process that holds the state-directory lock instead of a
+//! relay (`queue delete` on a stopped relay).
 //!
 //! Earlier versions kept each message in a directory
 //! (`queue/<id>/content.eml` and `queue/<id>/envelope.json`);
@@ -61,7 +68,19 @@ use crate::envelope::{Envelope, MessageId};
 const QUEUE_DIR: &str = "queue";
 const TMP_DIR: &str = "tmp";
 const CORRUPT_DIR: &str = "corrupt";
+const REQUESTS_DIR: &str = "requests";
 const FLUSH_FLAG: &str = "flush";
+/// Extension of a request to the relay, once complete.
+const REQUEST_EXT: &str = "req";
+/// Extension of a request being written.
+const REQUEST_TMP_EXT: &str = "tmp";
+/// Extension of the relay's answer to a request.
+const ANSWER_EXT: &str = "done";
+/// Requests and answers are small; larger files are refused unread.
+const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+/// An answer no command collected (it gave up waiting) is deleted at the
+/// relay's next start once it is this old.
+const STALE_ANSWER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Extension of a message file.
 const MESSAGE_EXT: &str = "msg";
 /// Extension of an updated envelope.
@@ -165,6 +184,15 @@ pub struct Scan {
     pub corrupt: Vec<CorruptEntry>,
 }
 
+/// A request waiting in `requests/` ([`Spool::pending_requests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRequest {
+    /// Its id, under which it is answered ([`Spool::answer_request`]).
+    pub rid: String,
+    /// Its bytes, or why they could not be read.
+    pub bytes: Result<Vec<u8>, String>,
+}
+
 /// What a name in `queue/` stands for.
 enum QueueName {
     /// `<id>.msg`: a message file.
@@ -198,6 +226,16 @@ pub struct Spool {
 }
 
 impl Spool {
+    /// The spool in `root`, as paths only: nothing is read or created.
+    fn at(root: &Path) -> Self {
+        Self {
+            queue: root.join(QUEUE_DIR),
+            tmp: root.join(TMP_DIR),
+            corrupt: root.join(CORRUPT_DIR),
+            root: root.to_owned(),
+        }
+    }
+
     /// Opens (creating if needed) the spool in `root` and recovers it:
     /// deletes incomplete entries in `tmp/` and envelope files left by a
     /// removal, converts message directories of earlier versions, moves
@@ -207,19 +245,21 @@ impl Spool {
     /// Only the relay that will deliver from this spool calls `open`; other
     /// processes use [`Spool::scan`].
     pub fn open(root: impl Into<PathBuf>) -> Result<(Self, Recovery), SpoolError> {
-        let root = root.into();
-        let spool = Self {
-            queue: root.join(QUEUE_DIR),
-            tmp: root.join(TMP_DIR),
-            corrupt: root.join(CORRUPT_DIR),
-            root,
-        };
-        for dir in [&spool.root, &spool.queue, &spool.tmp, &spool.corrupt] {
+        let spool = Self::at(&root.into());
+        let requests = spool.root.join(REQUESTS_DIR);
+        for dir in [
+            &spool.root,
+            &spool.queue,
+            &spool.tmp,
+            &spool.corrupt,
+            &requests,
+        ] {
             private_dir_builder()
                 .recursive(true)
                 .create(dir)
                 .map_err(io_at(dir))?;
         }
+        clean_requests(&requests)?;
         let mut recovery = Recovery::default();
         for entry in fs::read_dir(&spool.tmp).map_err(io_at(&spool.tmp))? {
             let path = entry.map_err(io_at(&spool.tmp))?.path();
@@ -297,12 +337,7 @@ impl Spool {
     /// Reads the spool in `root` without changing anything, for `queue list`
     /// while a relay may be running. A missing spool is an empty one.
     pub fn scan(root: &Path) -> Result<Scan, SpoolError> {
-        let spool = Self {
-            queue: root.join(QUEUE_DIR),
-            tmp: root.join(TMP_DIR),
-            corrupt: root.join(CORRUPT_DIR),
-            root: root.to_owned(),
-        };
+        let spool = Self::at(root);
         let mut scan = Scan::default();
         if !spool.queue.is_dir() {
             return Ok(scan);
@@ -332,6 +367,67 @@ impl Spool {
             (a.envelope.received_at, &a.envelope.id).cmp(&(b.envelope.received_at, &b.envelope.id))
         });
         Ok(scan)
+    }
+
+    /// The spool in `root` as it is, without recovery, for a process that
+    /// holds the state-directory lock in place of a relay
+    /// ([`StateLock`](crate::queue::lock::StateLock)): `queue delete`,
+    /// `hold` and `release` on a stopped relay. Fails if there is no spool.
+    pub fn attach(root: &Path) -> Result<Self, SpoolError> {
+        let spool = Self::at(root);
+        for dir in [&spool.queue, &spool.tmp] {
+            if !dir.is_dir() {
+                return Err(no_spool(dir));
+            }
+        }
+        Ok(spool)
+    }
+
+    /// Reads one queued message without changing anything (`queue show`):
+    /// its current envelope, its content size and its content, positioned
+    /// at the start. A message removed meanwhile (delivered, deleted) is
+    /// [`SpoolError::NotQueued`].
+    pub fn read_message(root: &Path, id: &MessageId) -> Result<(Envelope, u64, File), SpoolError> {
+        let spool = Self::at(root);
+        if !spool.queue.is_dir() {
+            return Err(no_spool(&spool.queue));
+        }
+        let not_queued = |path: &Path, e: io::Error| {
+            if e.kind() == io::ErrorKind::NotFound {
+                SpoolError::NotQueued(id.clone())
+            } else {
+                io_at(path)(e)
+            }
+        };
+        let path = spool.message_path(id);
+        let legacy = spool.queue.join(id.as_str());
+        if !path.is_file() && legacy.is_dir() {
+            // A message directory of an earlier version, not yet converted.
+            let (envelope, size) = load_legacy(&legacy, id).map_err(|reason| {
+                if legacy.exists() {
+                    SpoolError::Damaged {
+                        path: legacy.clone(),
+                        reason,
+                    }
+                } else {
+                    SpoolError::NotQueued(id.clone())
+                }
+            })?;
+            let content = legacy.join(LEGACY_CONTENT_FILE);
+            let file = File::open(&content).map_err(|e| not_queued(&content, e))?;
+            return Ok((envelope, size, file));
+        }
+        let (envelope, size) = spool.load(id).map_err(|reason| {
+            if path.exists() {
+                SpoolError::Damaged {
+                    path: path.clone(),
+                    reason,
+                }
+            } else {
+                SpoolError::NotQueued(id.clone())
+            }
+        })?;
+        Ok((envelope, size, spool.open_content(id)?))
     }
 
     /// The spool directory.
@@ -388,6 +484,14 @@ impl Spool {
         durable::replace_file(&tmp, &target, &json, PRIVATE_FILE_MODE).map_err(io_at(&target))
     }
 
+    /// Deletes a message at the operator's request (`queue delete`):
+    /// [`remove`](Self::remove), then `queue/` fsynced, so that a deleted
+    /// message does not come back after a crash.
+    pub fn delete(&self, id: &MessageId) -> Result<(), SpoolError> {
+        self.remove(id)?;
+        sync_dir(&self.queue)
+    }
+
     /// Removes a message, after full delivery (and any bounce queued).
     pub fn remove(&self, id: &MessageId) -> Result<(), SpoolError> {
         let message = self.message_path(id);
@@ -430,28 +534,107 @@ impl Spool {
         Ok(file)
     }
 
-    /// Asks the relay using the spool in `root` to retry every message now
-    /// (what `postern-relay queue flush` does): creates the `flush` flag file,
-    /// which the relay consumes with [`Spool::take_flush_request`]. The
-    /// spool directory must exist.
-    pub fn request_flush(root: &Path) -> Result<(), SpoolError> {
+    /// Hands a request to the relay using the spool in `root` (see
+    /// [`crate::queue::control`]): written to `requests/<rid>.tmp`, fsynced,
+    /// renamed to `requests/<rid>.req` and the directory fsynced, so the
+    /// relay reads it whole, and after a crash or at its next start if it
+    /// is not running. Returns `rid`, under which the relay answers
+    /// ([`Spool::take_answer`]).
+    pub fn submit_request(root: &Path, request: &[u8]) -> Result<String, SpoolError> {
         let queue = root.join(QUEUE_DIR);
         if !queue.is_dir() {
-            return Err(io_at(&queue)(io::Error::new(
-                io::ErrorKind::NotFound,
-                "no spool here",
-            )));
+            return Err(no_spool(&queue));
         }
-        let flag = root.join(FLUSH_FLAG);
-        match durable::write_new_file(&flag, b"", PRIVATE_FILE_MODE) {
-            // A flush already requested stays requested.
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_at(&flag)(e)),
-            _ => {}
+        let dir = root.join(REQUESTS_DIR);
+        // Created by the relay at start; a spool of an earlier version has none.
+        private_dir_builder()
+            .recursive(true)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
+        // Unique: the time, this process id and a counter.
+        let rid = MessageId::generate(std::time::SystemTime::now()).to_string();
+        let tmp = dir.join(format!("{rid}.{REQUEST_TMP_EXT}"));
+        let path = dir.join(format!("{rid}.{REQUEST_EXT}"));
+        let written = durable::write_new_file(&tmp, request, PRIVATE_FILE_MODE)
+            .and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_at(&path)(e));
         }
-        sync_dir(root)
+        sync_dir(&dir)?;
+        Ok(rid)
     }
 
-    /// Whether a flush was requested since the last call; consumes the request.
+    /// The requests waiting in `requests/`, oldest first.
+    pub fn pending_requests(&self) -> Result<Vec<PendingRequest>, SpoolError> {
+        let dir = self.root.join(REQUESTS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(&dir)(e)),
+        };
+        let mut pending = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io_at(&dir))?.file_name();
+            let Some((rid, REQUEST_EXT)) = name.to_str().and_then(|n| n.rsplit_once('.')) else {
+                continue;
+            };
+            let path = dir.join(&name);
+            let bytes = File::open(&path).and_then(|file| {
+                let mut bytes = Vec::new();
+                file.take(MAX_REQUEST_BYTES + 1).read_to_end(&mut bytes)?;
+                Ok(bytes)
+            });
+            let bytes = match bytes {
+                Ok(b) if b.len() as u64 > MAX_REQUEST_BYTES => Err("request too large".to_owned()),
+                Ok(b) => Ok(b),
+                Err(e) => Err(e.to_string()),
+            };
+            pending.push(PendingRequest {
+                rid: rid.to_owned(),
+                bytes,
+            });
+        }
+        pending.sort_by(|a, b| a.rid.cmp(&b.rid));
+        Ok(pending)
+    }
+
+    /// Answers request `rid`: writes `requests/<rid>.done` durably (the
+    /// command waiting for it reads it whole), then deletes the request. A
+    /// crash in between applies the request again at the next start.
+    pub fn answer_request(&self, rid: &str, answer: &[u8]) -> Result<(), SpoolError> {
+        let dir = self.root.join(REQUESTS_DIR);
+        let path = dir.join(format!("{rid}.{ANSWER_EXT}"));
+        let tmp = self.tmp.join(format!("{rid}.{ANSWER_EXT}"));
+        durable::replace_file(&tmp, &path, answer, PRIVATE_FILE_MODE).map_err(io_at(&path))?;
+        let request = dir.join(format!("{rid}.{REQUEST_EXT}"));
+        match fs::remove_file(&request) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_at(&request)(e)),
+            _ => {}
+        }
+        sync_dir(&dir)
+    }
+
+    /// The relay's answer to request `rid`, consumed, if it has answered.
+    pub fn take_answer(root: &Path, rid: &str) -> Result<Option<Vec<u8>>, SpoolError> {
+        let path = root.join(REQUESTS_DIR).join(format!("{rid}.{ANSWER_EXT}"));
+        let bytes = match File::open(&path) {
+            Ok(file) => {
+                let mut bytes = Vec::new();
+                file.take(MAX_REQUEST_BYTES)
+                    .read_to_end(&mut bytes)
+                    .map_err(io_at(&path))?;
+                bytes
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        fs::remove_file(&path).map_err(io_at(&path))?;
+        Ok(Some(bytes))
+    }
+
+    /// Whether an earlier version's `queue flush` left its flag file (a
+    /// flush of every message); consumes it.
     pub fn take_flush_request(&self) -> Result<bool, SpoolError> {
         let flag = self.root.join(FLUSH_FLAG);
         match fs::remove_file(&flag) {
@@ -627,6 +810,30 @@ impl Drop for Incoming {
 /// `<id>.<ext>`: the name of a message's file in `queue/` and `tmp/`.
 fn file_name(id: &MessageId, ext: &str) -> String {
     format!("{id}.{ext}")
+}
+
+/// The error of a command run where there is no spool.
+fn no_spool(dir: &Path) -> SpoolError {
+    io_at(dir)(io::Error::new(io::ErrorKind::NotFound, "no spool here"))
+}
+
+/// At the relay's start: deletes requests left half-written by a command
+/// that stopped, and answers no command collected.
+fn clean_requests(dir: &Path) -> Result<(), SpoolError> {
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let path = entry.map_err(io_at(dir))?.path();
+        let stale = match path.extension().and_then(|e| e.to_str()) {
+            Some(REQUEST_TMP_EXT) => true,
+            Some(ANSWER_EXT) => fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_ANSWER)),
+            _ => false,
+        };
+        if stale {
+            remove_any(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Names of the entries of `queue/` (unsorted).
@@ -1010,14 +1217,58 @@ mod tests {
     }
 
     #[test]
-    fn flush_flag_round_trip() {
+    fn flush_flag_of_earlier_versions_is_consumed() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Spool::request_flush(dir.path()).is_err(), "no spool yet");
         let (spool, _) = Spool::open(dir.path()).unwrap();
         assert!(!spool.take_flush_request().unwrap());
-        Spool::request_flush(dir.path()).unwrap();
+        fs::write(dir.path().join("flush"), b"").unwrap();
         assert!(spool.take_flush_request().unwrap());
         assert!(!spool.take_flush_request().unwrap());
+    }
+
+    #[test]
+    fn requests_round_trip_and_stale_files_are_cleaned() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            Spool::submit_request(dir.path(), b"x").is_err(),
+            "no spool yet"
+        );
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let first = Spool::submit_request(dir.path(), b"one").unwrap();
+        let second = Spool::submit_request(dir.path(), b"two").unwrap();
+        assert!(first < second, "ordered by submission");
+        let requests = dir.path().join("requests");
+        // Half-written by a command that stopped: never read, cleaned at start.
+        fs::write(requests.join("HALF.tmp"), b"{").unwrap();
+        let pending = spool.pending_requests().unwrap();
+        let names: Vec<_> = pending.iter().map(|p| p.rid.clone()).collect();
+        assert_eq!(names, vec![first.clone(), second.clone()]);
+        assert_eq!(pending[0].bytes.as_deref(), Ok(&b"one"[..]));
+
+        assert_eq!(Spool::take_answer(dir.path(), &first).unwrap(), None);
+        spool.answer_request(&first, b"answer").unwrap();
+        assert_eq!(spool.pending_requests().unwrap().len(), 1);
+        assert_eq!(
+            Spool::take_answer(dir.path(), &first).unwrap().as_deref(),
+            Some(&b"answer"[..])
+        );
+        assert_eq!(Spool::take_answer(dir.path(), &first).unwrap(), None);
+
+        // An answer nobody collected is kept a while, then cleaned at start.
+        spool.answer_request(&second, b"late").unwrap();
+        drop(spool);
+        drop(Spool::open(dir.path()).unwrap());
+        assert!(!requests.join("HALF.tmp").exists());
+        assert!(requests.join(format!("{second}.done")).exists(), "fresh");
+        let old = SystemTime::now() - 2 * STALE_ANSWER;
+        File::options()
+            .write(true)
+            .open(requests.join(format!("{second}.done")))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        drop(Spool::open(dir.path()).unwrap());
+        assert!(!requests.join(format!("{second}.done")).exists(), "stale");
     }
 
     #[test]
@@ -1146,6 +1397,10 @@ mod tests {
         );
         assert_eq!(message.recipients[1].orcpt, None);
         assert!(bounce.is_null_sender());
+        assert!(
+            !message.held && !bounce.held,
+            "written before holds existed"
+        );
         // Written again, byte for byte what the string-era relay wrote.
         assert_eq!(serde_json::to_string(message).unwrap(), STRING_ERA_MESSAGE);
         assert_eq!(serde_json::to_string(bounce).unwrap(), STRING_ERA_BOUNCE);
@@ -1164,6 +1419,25 @@ mod tests {
         let (_, recovery) = Spool::open(dir.path()).unwrap();
         assert!(recovery.corrupt.is_empty(), "{:?}", recovery.corrupt);
         assert_eq!(recovery.messages[0], *message);
+    }
+
+    #[test]
+    fn held_state_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let mut env = receive(&spool, envelope(0), &[b"x\r\n"]);
+        env.held = true;
+        spool.update(&env).unwrap();
+        drop(spool);
+        let (_, recovery) = Spool::open(dir.path()).unwrap();
+        assert_eq!(recovery.messages, vec![env.clone()]);
+        let (shown, size, _) = Spool::read_message(dir.path(), &env.id).unwrap();
+        assert!(shown.held);
+        assert_eq!(size, 3);
+        assert!(matches!(
+            Spool::read_message(dir.path(), &envelope(1).id),
+            Err(SpoolError::NotQueued(_))
+        ));
     }
 
     #[test]
