@@ -320,22 +320,6 @@ impl SystemResolver {
             dnssec: None,
         }
     }
-
-    /// Fixed tables for the plain lookups (TXT for MTA-STS and TLS-RPT) and
-    /// the DNSSEC-aware resolver of `dns` for delivery (tests).
-    ///
-    /// # Errors
-    ///
-    /// As [`SystemResolver::from_config`].
-    pub fn fixed_with_dnssec(
-        tables: FixedResolver,
-        dns: &DnsConfig,
-    ) -> Result<Self, DnsSetupError> {
-        Ok(Self {
-            plain: Plain::Fixed(Box::new(tables)),
-            dnssec: dane_resolver(dns)?,
-        })
-    }
 }
 
 /// The DNSSEC-aware resolver of `dns` (asking [`name_servers`]); none with
