@@ -64,7 +64,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
-use crate::net::dns::{Resolver, SystemResolver, normalize_domain};
+use crate::net::dns::{SystemResolver, normalize_domain};
 use crate::outbound::mta_sts::{StsLookup, StsResolver};
 use crate::outbound::next_hop::{self, DaneUse};
 use crate::outbound::routing::{Route, RouteSource, Router};
@@ -710,17 +710,13 @@ impl Delivery {
             self.sts_policy(&next_hop, route, message).await
         };
         let mode = self.outbound.connection(&next_hop, None).settings().tls;
-        let dane = if self.router.resolver().dnssec().is_some()
-            && DaneUse::wanted(
-                mode,
-                message,
-                envelope.tls_report,
-                self.config.dns.opportunistic_dane,
-            ) {
-            DaneUse::for_route(route)
-        } else {
-            DaneUse::No
-        };
+        let wanted = DaneUse::wanted(
+            mode,
+            message,
+            envelope.tls_report,
+            self.config.dns.opportunistic_dane,
+        );
+        let dane = DaneUse::choose(self.router.resolver(), route, wanted);
         let mut last: Option<Attempted> = None;
         for host in &route.hosts {
             let found = match next_hop::look_up(self.router.resolver(), host, dane, now).await {

@@ -53,17 +53,13 @@ pub async fn dns_report(
     };
     let mode = outbound.connection(&hop, None).settings().tls;
     let dnssec_on = router.resolver().dnssec().is_some();
-    let dane = if dnssec_on
-        && DaneUse::wanted(
-            mode,
-            MessageTls::Default,
-            false,
-            config.dns.opportunistic_dane,
-        ) {
-        DaneUse::for_route(&route)
-    } else {
-        DaneUse::No
-    };
+    let wanted = DaneUse::wanted(
+        mode,
+        MessageTls::Default,
+        false,
+        config.dns.opportunistic_dane,
+    );
+    let dane = DaneUse::choose(router.resolver(), &route, wanted);
     for host in &route.hosts {
         let _ = writeln!(out, "  host {host}:");
         let found = match next_hop::look_up(router.resolver(), host, dane, now).await {

@@ -74,6 +74,17 @@ impl DaneUse {
         }
     }
 
+    /// What to look up for `route`'s hosts: TLSA records when DANE is
+    /// `wanted` ([`DaneUse::wanted`]) and `resolver` has DNSSEC on, else
+    /// nothing.
+    pub fn choose<R: Resolver>(resolver: &R, route: &Route, wanted: bool) -> Self {
+        if wanted && resolver.dnssec().is_some() {
+            Self::for_route(route)
+        } else {
+            Self::No
+        }
+    }
+
     /// TLSA lookups for the hosts of `route`.
     pub fn for_route(route: &Route) -> Self {
         let port = match route.source {

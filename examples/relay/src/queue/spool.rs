@@ -403,30 +403,15 @@ impl Spool {
         let legacy = spool.queue.join(id.as_str());
         if !path.is_file() && legacy.is_dir() {
             // A message directory of an earlier version, not yet converted.
-            let (envelope, size) = load_legacy(&legacy, id).map_err(|reason| {
-                if legacy.exists() {
-                    SpoolError::Damaged {
-                        path: legacy.clone(),
-                        reason,
-                    }
-                } else {
-                    SpoolError::NotQueued(id.clone())
-                }
-            })?;
+            let (envelope, size) =
+                load_legacy(&legacy, id).map_err(|reason| unreadable(&legacy, id, reason))?;
             let content = legacy.join(LEGACY_CONTENT_FILE);
             let file = File::open(&content).map_err(|e| not_queued(&content, e))?;
             return Ok((envelope, size, file));
         }
-        let (envelope, size) = spool.load(id).map_err(|reason| {
-            if path.exists() {
-                SpoolError::Damaged {
-                    path: path.clone(),
-                    reason,
-                }
-            } else {
-                SpoolError::NotQueued(id.clone())
-            }
-        })?;
+        let (envelope, size) = spool
+            .load(id)
+            .map_err(|reason| unreadable(&path, id, reason))?;
         Ok((envelope, size, spool.open_content(id)?))
     }
 
@@ -815,6 +800,19 @@ fn file_name(id: &MessageId, ext: &str) -> String {
 /// The error of a command run where there is no spool.
 fn no_spool(dir: &Path) -> SpoolError {
     io_at(dir)(io::Error::new(io::ErrorKind::NotFound, "no spool here"))
+}
+
+/// A message file at `path` that could not be read for `reason`: damaged
+/// if it is still there, else gone from the queue meanwhile.
+fn unreadable(path: &Path, id: &MessageId, reason: String) -> SpoolError {
+    if path.exists() {
+        SpoolError::Damaged {
+            path: path.to_owned(),
+            reason,
+        }
+    } else {
+        SpoolError::NotQueued(id.clone())
+    }
 }
 
 /// At the relay's start: deletes requests left half-written by a command
