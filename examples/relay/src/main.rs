@@ -14,6 +14,7 @@
 //! postern-relay [--config FILE] queue hold ID...|--all             like postsuper -h
 //! postern-relay [--config FILE] queue release ID...|--all          like postsuper -H
 //! postern-relay [--config FILE] queue flush [--domain D | --id ID] like postqueue -f / -s / -i
+//! postern-relay [--config FILE] reload                       the running relay reads its file again (SIGHUP)
 //! ```
 //!
 //! `queue delete`, `hold`, `release` and `flush` act on the spool
@@ -28,7 +29,7 @@
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -38,7 +39,7 @@ use postern_relay::cli::{self, CliResult, StdoutClosed};
 use postern_relay::config::Config;
 use postern_relay::envelope::MessageId;
 use postern_relay::queue::control::{Request, Selection};
-use postern_relay::relay::Relay;
+use postern_relay::relay::{Relay, ReloadReport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -74,6 +75,9 @@ enum Command {
     /// Show or act on the mail queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Make the running relay read its configuration file again (SIGHUP)
+    /// and say whether it took it (like `postfix reload`).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -208,7 +212,7 @@ fn main() -> ExitCode {
     let result = Config::load(cli.config.as_deref())
         .map_err(Into::into)
         .and_then(|config| match cli.command {
-            None => run(config),
+            None => run(config, cli.config.as_deref()),
             Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
             Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
             Some(Command::Cert(CertCommand::Import {
@@ -229,6 +233,7 @@ fn main() -> ExitCode {
                 runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
             }
             Some(Command::Queue(command)) => queue(&config, command),
+            Some(Command::Reload) => cli::reload(&config),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,8 +256,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
         .build()?)
 }
 
-/// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the certificates.
-fn run(config: Config) -> CliResult {
+/// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
+/// configuration from `path` (the embedded defaults without one).
+fn run(config: Config, path: Option<&Path>) -> CliResult {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -264,7 +270,7 @@ fn run(config: Config) -> CliResult {
         .init();
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
-        wait_for_signals(&relay).await?;
+        wait_for_signals(&relay, path).await?;
         relay.shutdown().await;
         Ok(())
     })
@@ -278,16 +284,20 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(relay: &Relay) -> std::io::Result<()> {
+async fn wait_for_signals(relay: &Relay, path: Option<&Path>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut serial = 0;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => relay.reload_certificates(),
+            _ = hup.recv() => {
+                serial += 1;
+                reload(relay, path, serial).await;
+            }
         }
     }
     tracing::info!("shutdown requested");
@@ -295,8 +305,31 @@ async fn wait_for_signals(relay: &Relay) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_relay: &Relay) -> std::io::Result<()> {
+async fn wait_for_signals(_relay: &Relay, _path: Option<&Path>) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
+}
+
+/// Reads the configuration from `path` again and puts it in force; on any
+/// error the running configuration stays. The outcome is logged and left
+/// in the state directory for `postern-relay reload`.
+#[cfg(unix)]
+async fn reload(relay: &Relay, path: Option<&Path>, serial: u64) {
+    let source = path.map_or_else(
+        || "the embedded defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!("reloading the configuration from {source}");
+    let outcome = match Config::load(path) {
+        Ok(config) => relay.reload(config).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "configuration reload refused: {source}: {e}; the running configuration stays");
+    }
+    let state_dir = relay.config().state_dir;
+    if let Err(e) = ReloadReport::new(serial, &outcome).save(&state_dir) {
+        tracing::warn!(error = %e, "cannot write the reload report in {}", state_dir.display());
+    }
 }
 
 #[cfg(test)]
