@@ -272,6 +272,9 @@ pub struct Config {
     pub bare_newlines: BareNewlines,
     /// Messages delivered at the same time. Default 10.
     pub delivery_workers: usize,
+    /// Outbound connection reuse (`[connection_cache]`): several messages
+    /// for one next hop over one connection.
+    pub connection_cache: ConnectionCacheConfig,
     /// Certificate files and trust anchors.
     pub certificates: CertificatesConfig,
     /// Static routes: destination (`example.com`, `.example.com`, `*`) →
@@ -466,6 +469,39 @@ impl Default for StressConfig {
             server_command: Interval(Duration::from_secs(10)),
             error_limit: 1,
             junk_command_limit: 1,
+        }
+    }
+}
+
+/// Outbound connection reuse (`[connection_cache]`, Postfix's connection
+/// cache): after a message, the connection to its next hop stays open
+/// when more mail for the same destination is due, and carries the next
+/// messages whose TLS policy is the one it was opened and judged under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ConnectionCacheConfig {
+    /// Keep connections for mail that is due (Postfix
+    /// `smtp_connection_cache_on_demand`). Default `true`.
+    pub enabled: bool,
+    /// How long an unused connection is kept (Postfix
+    /// `smtp_connection_cache_time_limit`). Default `2s`.
+    pub idle: Interval,
+    /// Messages one connection carries at most (Postfix
+    /// `smtp_connection_reuse_count_limit`). Default 100.
+    pub max_messages: u32,
+    /// How long after it was opened a connection is no longer given new
+    /// messages (Postfix `smtp_connection_reuse_time_limit`). Default `5m`.
+    pub max_age: Interval,
+}
+
+impl Default for ConnectionCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle: Interval(Duration::from_secs(2)),
+            max_messages: 100,
+            max_age: mins(5),
         }
     }
 }
@@ -676,6 +712,7 @@ impl Default for Config {
             stress: StressConfig::default(),
             bare_newlines: BareNewlines::Normalize,
             delivery_workers: 10,
+            connection_cache: ConnectionCacheConfig::default(),
             certificates: CertificatesConfig::default(),
             routes: BTreeMap::new(),
             queue: QueueConfig::default(),
@@ -880,6 +917,12 @@ impl Config {
         }
         if s.error_limit == 0 {
             return Err(invalid("stress.error_limit", "must be more than 0"));
+        }
+        if self.connection_cache.max_messages == 0 {
+            return Err(invalid(
+                "connection_cache.max_messages",
+                "must be at least 1",
+            ));
         }
         if self.delivery_workers == 0 {
             return Err(invalid("delivery_workers", "must be more than 0"));
