@@ -1,7 +1,7 @@
 //! `postern-relay`: the command line of the Postern relay.
 //!
 //! ```text
-//! postern-relay [--config FILE]                              run the relay
+//! postern-relay [--config FILE] [--allow-root]               run the relay
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
@@ -50,6 +50,9 @@ struct Cli {
     /// Configuration file (TOML); without it the embedded defaults apply.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Run the relay as root without `user` (as `allow_root = true`).
+    #[arg(long)]
+    allow_root: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -208,7 +211,11 @@ fn main() -> ExitCode {
     let result = Config::load(cli.config.as_deref())
         .map_err(Into::into)
         .and_then(|config| match cli.command {
-            None => run(config),
+            None => {
+                let mut config = config;
+                config.allow_root |= cli.allow_root;
+                run(config)
+            }
             Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
             Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
             Some(Command::Cert(CertCommand::Import {
@@ -252,7 +259,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
 }
 
 /// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the certificates.
+/// As root it needs `user` (it switches to it once its ports are bound) or
+/// `allow_root = true`. Under systemd (`Type=notify`) it says READY=1 once
+/// it listens, RELOADING=1 and READY=1 around a reload, STOPPING=1 at
+/// shutdown.
 fn run(config: Config) -> CliResult {
+    #[cfg(unix)]
+    postern_relay::privileges::refuse_root(&config)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -264,7 +277,11 @@ fn run(config: Config) -> CliResult {
         .init();
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
+        #[cfg(unix)]
+        notify(&[sd_notify::NotifyState::Ready]);
         wait_for_signals(&relay).await?;
+        #[cfg(unix)]
+        notify(&[sd_notify::NotifyState::Stopping]);
         relay.shutdown().await;
         Ok(())
     })
@@ -287,11 +304,33 @@ async fn wait_for_signals(relay: &Relay) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => relay.reload_certificates(),
+            _ = hup.recv() => reload(relay),
         }
     }
     tracing::info!("shutdown requested");
     Ok(())
+}
+
+/// SIGHUP: the certificates are reloaded (the service manager sees the
+/// relay reloading until the request is handed over).
+#[cfg(unix)]
+fn reload(relay: &Relay) {
+    use sd_notify::NotifyState;
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+    relay.reload_certificates();
+    notify(&[NotifyState::Ready]);
+}
+
+/// Tells the service manager (systemd `Type=notify`) the relay's state;
+/// nothing when `NOTIFY_SOCKET` is not set.
+#[cfg(unix)]
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
 }
 
 #[cfg(not(unix))]

@@ -1,6 +1,7 @@
-//! A running relay: the spool recovered, the certificates loaded (the
-//! Default Cert generated on first start), the SMTP listeners, the delivery
-//! scheduler, certificate hot reload; stopped gracefully.
+//! A running relay: the SMTP listeners bound (then, started as root with
+//! `user`, root given up), the spool recovered, the certificates loaded (the
+//! Default Cert generated on first start), the delivery scheduler,
+//! certificate hot reload; stopped gracefully.
 //!
 //! [`Relay::start`] returns once every listener is bound; the binary then
 //! waits for SIGINT / SIGTERM (SIGHUP reloads the certificates) and calls
@@ -87,6 +88,10 @@ pub enum StartError {
     /// The server settings were refused.
     #[error(transparent)]
     Server(#[from] postern_tokio::server::ServerError),
+    /// Root could not be given up for `user`.
+    #[cfg(unix)]
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -129,7 +134,27 @@ impl Relay {
         })?;
         // One relay per state directory: locked before anything in it is touched.
         let lock = StateLock::acquire(&config.state_dir)?;
+        // Started as root with `user`: the state directory is the user's now,
+        // and root is given up once the listeners are bound.
+        #[cfg(unix)]
+        let account = crate::privileges::Account::prepare(&config)?;
         let max_connections = fit_connections(&config)?;
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for &addr in &config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let local = l.local_addr().unwrap_or(addr);
+            tracing::info!(%local, "listening");
+            addrs.push(local);
+            listeners.push(l);
+        }
+        #[cfg(unix)]
+        if let Some(account) = account {
+            account.switch_to(&config.state_dir)?;
+            tracing::info!(user = %account.name, uid = %account.uid, gid = %account.gid, "switched to the relay's user");
+        }
         let spool_dir = config.spool_dir();
         let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(spool_dir))
             .await
@@ -202,18 +227,6 @@ impl Relay {
         settings.smtp.stress.max_errors = config.stress.error_limit;
         settings.smtp.stress.max_junk_commands = config.stress.junk_command_limit;
         let server = Server::new(settings, RelayHandler::new(Arc::clone(&shared)))?;
-
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for &addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?;
-            let local = l.local_addr().unwrap_or(addr);
-            tracing::info!(%local, "listening");
-            addrs.push(local);
-            listeners.push(l);
-        }
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

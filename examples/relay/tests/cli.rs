@@ -588,7 +588,7 @@ async fn probe_reports_what_each_mode_would_do() {
 #[test]
 fn run_recovers_the_spool_and_queue_commands_read_it() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), "listen = [\"127.0.0.1:0\"]");
+    write_config(dir.path(), "listen = [\"127.0.0.1:0\"]\nallow_root = true");
     let out = relay(dir.path(), &with_cfg(&["queue", "list"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Mail queue is empty\n");

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::{ca, served_fingerprint, start_relay};
 
 fn start_without_config(dir: &Path) -> Child {
+    // `--allow-root`: as root (CI), the relay refuses to start without `user`.
     let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+        .arg("--allow-root")
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -217,7 +219,7 @@ fn start_with_config(dir: &Path) -> Result<Child, String> {
 #[test]
 fn a_first_start_killed_at_any_moment_never_prevents_the_next_start() {
     let base = tempfile::tempdir().unwrap();
-    let config = "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\n\
+    let config = "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nallow_root = true\n\
                   [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n";
     let prepare = |round: usize| {
         let dir = base.path().join(format!("round-{round}"));
