@@ -5,6 +5,10 @@
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
+//! postern-relay [--config FILE] cert remove NAME             remove an imported certificate
+//! postern-relay [--config FILE] cert regenerate-default      a new Default Cert replaces the old
+//! postern-relay [--config FILE] cert inspect FILE [--key K]  check a chain without importing it
+//! postern-relay [--config FILE] cert use NAME|--clear        the certificate served first for its names
 //! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
 //!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
 //! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
@@ -104,6 +108,38 @@ enum CertCommand {
         /// served only to clients that no valid certificate can answer).
         #[arg(long)]
         force: bool,
+    },
+    /// Remove an imported certificate. A running relay stops serving it
+    /// without restart. (The Default Cert is replaced, never removed: see
+    /// regenerate-default.)
+    Remove {
+        /// Its name in the certificate table.
+        name: String,
+    },
+    /// Replace the Default Cert with a new self-signed one (RSA of
+    /// certificates.default_rsa_bits, SHA-256, and its ECDSA companion). A
+    /// running relay serves it without restart.
+    RegenerateDefault,
+    /// Show what `cert list` would for a PEM chain file and check it (order,
+    /// validity, the key with --key), without importing it. Exit status 1
+    /// when a problem is found.
+    Inspect {
+        /// The certificate chain, leaf first (PEM).
+        file: PathBuf,
+        /// A private key (PEM) to check against the leaf.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Choose the certificate served first when several carry the same name
+    /// (the host name, most often); --clear returns to the default order.
+    #[command(group = clap::ArgGroup::new("choice").required(true))]
+    Use {
+        /// Its name in the certificate table ("Default Cert" included).
+        #[arg(group = "choice")]
+        name: Option<String>,
+        /// Remove the preference.
+        #[arg(long, group = "choice")]
+        clear: bool,
     },
 }
 
@@ -224,6 +260,16 @@ fn main() -> ExitCode {
                 key,
                 force,
             })) => cli::cert_import(&config, &name, &cert, &key, force),
+            Some(Command::Cert(CertCommand::Remove { name })) => cli::cert_remove(&config, &name),
+            Some(Command::Cert(CertCommand::RegenerateDefault)) => {
+                cli::cert_regenerate_default(&config)
+            }
+            Some(Command::Cert(CertCommand::Inspect { file, key })) => {
+                cli::cert_inspect(&config, &file, key.as_deref())
+            }
+            Some(Command::Cert(CertCommand::Use { name, .. })) => {
+                cli::cert_use(&config, name.as_deref())
+            }
             Some(Command::Policy(PolicyCommand::Explain { destination, dns })) => {
                 cli::policy_explain(&config, &destination)?;
                 if dns {
@@ -400,6 +446,27 @@ mod tests {
                 id: None
             })
         ));
+    }
+
+    #[test]
+    fn cert_use_names_a_certificate_or_clears_never_both() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["postern-relay", "cert", "use"], args].concat())
+                .map(|cli| cli.command)
+        };
+        assert!(matches!(
+            parse(&["mx"]),
+            Ok(Some(Command::Cert(CertCommand::Use { name: Some(n), clear: false }))) if n == "mx"
+        ));
+        assert!(matches!(
+            parse(&["--clear"]),
+            Ok(Some(Command::Cert(CertCommand::Use {
+                name: None,
+                clear: true
+            })))
+        ));
+        assert!(parse(&[]).is_err(), "nothing chosen");
+        assert!(parse(&["mx", "--clear"]).is_err(), "both");
     }
 
     #[test]
