@@ -958,6 +958,52 @@ mod tests {
         Spool::scan(dir.path()).unwrap()
     }
 
+    fn row(der: &rustls::pki_types::CertificateDer<'_>) -> CertificateRow {
+        postern_certs::inspect("x", der, UnixTime::now()).unwrap()
+    }
+
+    #[test]
+    fn chain_problems_find_order_gaps_and_validity() {
+        use postern_test_support::{Ca, LeafSpec};
+        let root = Ca::new("Root");
+        let inter = root.intermediate("Inter");
+        let der = |pem: &str| {
+            use rustls::pki_types::pem::PemObject as _;
+            rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        };
+        let leaf = row(&inter.leaf(&["mx.example.org"], false, -1, 90).der());
+        let (inter, root) = (row(&der(&inter.cert_pem)), row(&der(&root.cert_pem)));
+        let (problems, notes) = chain_problems(
+            &[leaf.clone(), inter.clone(), root.clone()],
+            "mx.example.org",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(notes.len(), 1, "the root is included: {notes:?}");
+        let (problems, _) = chain_problems(&[leaf.clone(), inter.clone()], "mx.example.org");
+        assert!(problems.is_empty(), "{problems:?}");
+        let (problems, _) = chain_problems(
+            &[leaf.clone(), root.clone(), inter.clone()],
+            "mx.example.org",
+        );
+        assert!(problems[0].starts_with("out of order"), "{problems:?}");
+        let (problems, _) = chain_problems(&[leaf.clone(), root.clone()], "mx.example.org");
+        assert!(problems[0].contains("not in the file"), "{problems:?}");
+        let (_, notes) = chain_problems(&[leaf], "relay.example.org");
+        assert!(notes[0].contains("does not carry"), "{notes:?}");
+        let expired = Ca::new("Other").leaf_with(LeafSpec::server(&["a.test"]).valid(-30, -1));
+        let (problems, _) = chain_problems(&[row(&expired.der())], "a.test");
+        assert_eq!(problems, ["certificate #1 is expired"]);
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(names_host("mx.example.org", "MX.example.org."));
+        assert!(names_host("*.example.org", "mx.example.org"));
+        assert!(!names_host("*.example.org", "example.org"));
+        assert!(!names_host("*.example.org", "a.mx.example.org"));
+        assert!(!names_host("example.org", "mx.example.org"));
+    }
+
     #[test]
     fn failure_text_says_who_wrote_the_text() {
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
