@@ -13,9 +13,12 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Gid, Group, Uid, User};
+use rustix::fs;
 
 use crate::config::Config;
 
@@ -110,6 +113,20 @@ pub enum PrivilegeError {
     },
 }
 
+/// A directory of the state tree: opened without following a symbolic link.
+const DIR_FLAGS: fs::OFlags = fs::OFlags::RDONLY
+    .union(fs::OFlags::DIRECTORY)
+    .union(fs::OFlags::NOFOLLOW)
+    .union(fs::OFlags::CLOEXEC);
+
+/// A regular file of the state tree: opened for its descriptor only, never
+/// following a symbolic link nor blocking.
+const FILE_FLAGS: fs::OFlags = fs::OFlags::RDONLY
+    .union(fs::OFlags::NOFOLLOW)
+    .union(fs::OFlags::NONBLOCK)
+    .union(fs::OFlags::NOCTTY)
+    .union(fs::OFlags::CLOEXEC);
+
 /// The relay's own account (`user`, `group`), looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -188,26 +205,68 @@ impl Account {
         }
     }
 
-    /// Gives `dir` and everything in it to the account (as root, before
-    /// [`Account::switch_to`]); symbolic links are changed themselves, never
-    /// followed.
+    /// Gives `dir` and the directories and regular files in it to the
+    /// account (as root, before [`Account::switch_to`]).
+    ///
+    /// The directory belongs to the account, which may have put anything in
+    /// it: nothing is followed or changed by name. Each directory is opened
+    /// without following a symbolic link and changed through its descriptor,
+    /// its entries looked up relative to it; a regular file likewise, and
+    /// only when it has no other hard link (else changing it could give away
+    /// a file elsewhere). Symbolic links, other kinds of files and files with
+    /// several links are left as they are, with a warning.
     pub fn take_state_dir(&self, dir: &Path) -> Result<(), PrivilegeError> {
-        let fail = |path: &Path| {
-            let path = path.to_owned();
-            move |source| PrivilegeError::Chown {
-                user: self.name.clone(),
-                path,
-                source,
+        let top = fs::open(dir, DIR_FLAGS, fs::Mode::empty()).map_err(self.chown_err(dir))?;
+        self.take(&top, dir)
+    }
+
+    fn chown_err(&self, path: &Path) -> impl FnOnce(rustix::io::Errno) -> PrivilegeError {
+        let (user, path) = (self.name.clone(), path.to_owned());
+        move |e| PrivilegeError::Chown {
+            user,
+            path,
+            source: e.into(),
+        }
+    }
+
+    /// Gives the directory open as `dir` (at `path`) and what it holds.
+    fn take(&self, dir: &OwnedFd, path: &Path) -> Result<(), PrivilegeError> {
+        let (uid, gid) = (
+            Some(fs::Uid::from_raw(self.uid.as_raw())),
+            Some(fs::Gid::from_raw(self.gid.as_raw())),
+        );
+        fs::fchown(dir, uid, gid).map_err(self.chown_err(path))?;
+        let mut entries = fs::Dir::read_from(dir).map_err(self.chown_err(path))?;
+        while let Some(entry) = entries.read() {
+            let entry = entry.map_err(self.chown_err(path))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
             }
-        };
-        let mut pending = vec![dir.to_owned()];
-        while let Some(path) = pending.pop() {
-            let meta = std::fs::symlink_metadata(&path).map_err(fail(&path))?;
-            std::os::unix::fs::lchown(&path, Some(self.uid.as_raw()), Some(self.gid.as_raw()))
-                .map_err(fail(&path))?;
-            if meta.is_dir() {
-                for entry in std::fs::read_dir(&path).map_err(fail(&path))? {
-                    pending.push(entry.map_err(fail(&path))?.path());
+            let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            let kind = fs::statat(dir, name, fs::AtFlags::SYMLINK_NOFOLLOW)
+                .map(|st| fs::FileType::from_raw_mode(st.st_mode))
+                .map_err(self.chown_err(&child))?;
+            match kind {
+                fs::FileType::Directory => {
+                    let sub = fs::openat(dir, name, DIR_FLAGS, fs::Mode::empty())
+                        .map_err(self.chown_err(&child))?;
+                    self.take(&sub, &child)?;
+                }
+                fs::FileType::RegularFile => {
+                    let file = fs::openat(dir, name, FILE_FLAGS, fs::Mode::empty())
+                        .map_err(self.chown_err(&child))?;
+                    let st = fs::fstat(&file).map_err(self.chown_err(&child))?;
+                    if fs::FileType::from_raw_mode(st.st_mode) == fs::FileType::RegularFile
+                        && st.st_nlink == 1
+                    {
+                        fs::fchown(&file, uid, gid).map_err(self.chown_err(&child))?;
+                    } else {
+                        tracing::warn!(path = %child.display(), "left as it is: a file with several hard links");
+                    }
+                }
+                _ => {
+                    tracing::warn!(path = %child.display(), "left as it is: not a directory nor a regular file");
                 }
             }
         }

@@ -190,8 +190,16 @@ fn as_root_with_user_it_binds_then_runs_as_that_user() {
     let nobody = User::from_name("nobody").unwrap().expect("user nobody");
     let dir = open_tempdir();
     // Left by an earlier run as root: given to the user at start.
-    std::fs::create_dir_all(dir.path().join("state/mta-sts")).unwrap();
-    std::fs::write(dir.path().join("state/mta-sts/old"), b"x").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("mta-sts")).unwrap();
+    std::fs::write(state.join("mta-sts/old"), b"x").unwrap();
+    // Links the user could have planted to files of root's: never followed, never given.
+    let (outside, linked) = (dir.path().join("outside"), dir.path().join("linked"));
+    std::fs::write(&outside, b"root's").unwrap();
+    std::fs::write(&linked, b"root's").unwrap();
+    std::os::unix::fs::symlink(&outside, state.join("mta-sts/symlink")).unwrap();
+    std::os::unix::fs::symlink(dir.path(), state.join("dir-symlink")).unwrap();
+    std::fs::hard_link(&linked, state.join("hard")).unwrap();
     let port = free_port();
     let config = write_config(dir.path(), port, "user = \"nobody\"");
     let (socket, notify) = notify_socket(dir.path());
@@ -207,7 +215,17 @@ fn as_root_with_user_it_binds_then_runs_as_that_user() {
 
     let r = send_message(port);
     assert!(r.starts_with("250"), "{r}");
-    let state = dir.path().join("state");
+    for planted in [&outside, &linked, dir.path()] {
+        assert_eq!(
+            std::fs::metadata(planted).unwrap().uid(),
+            0,
+            "{}",
+            planted.display()
+        );
+    }
+    for planted in ["mta-sts/symlink", "dir-symlink", "hard"] {
+        std::fs::remove_file(state.join(planted)).unwrap();
+    }
     let entries = owners(&state);
     assert!(
         entries
