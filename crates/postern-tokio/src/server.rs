@@ -349,6 +349,7 @@ pub struct Server<H> {
     endpoint: Endpoint,
     handler: Arc<H>,
     slots: Arc<Semaphore>,
+    reconfiguring: Arc<std::sync::Mutex<()>>,
 }
 
 impl<H> Clone for Server<H> {
@@ -357,6 +358,7 @@ impl<H> Clone for Server<H> {
             endpoint: self.endpoint.clone(),
             handler: Arc::clone(&self.handler),
             slots: Arc::clone(&self.slots),
+            reconfiguring: Arc::clone(&self.reconfiguring),
         }
     }
 }
@@ -364,7 +366,7 @@ impl<H> Clone for Server<H> {
 impl<H> fmt::Debug for Server<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("settings", self.endpoint.settings())
+            .field("settings", &self.endpoint.settings())
             .field("free_slots", &self.slots.available_permits())
             .finish_non_exhaustive()
     }
@@ -439,12 +441,54 @@ impl<H: ServerHandler> Server<H> {
             endpoint: Endpoint::new(settings)?,
             handler: Arc::new(handler),
             slots,
+            reconfiguring: Arc::default(),
         })
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &ServerSettings {
+    /// The settings new connections get.
+    pub fn settings(&self) -> Arc<ServerSettings> {
         self.endpoint.settings()
+    }
+
+    /// Replace the settings for the connections accepted from now on (a configuration reload), checked as
+    /// [`new`](Self::new) checks them; on error nothing changes. Sessions already open finish under the
+    /// settings they started with; nothing is closed. A new `max_connections` applies at once to the slots
+    /// given from now on: lowered, the sessions over the new limit finish and their slots are not given again.
+    pub fn reconfigure(&self, settings: ServerSettings) -> Result<(), ServerError> {
+        // One reconfiguration at a time, so that the slot arithmetic sees the limit it replaces.
+        let _one = self
+            .reconfiguring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = self.settings().max_connections.max(1);
+        let after = settings.max_connections.max(1);
+        self.endpoint.reconfigure(settings)?;
+        if after > before {
+            self.slots.add_permits(after - before);
+        } else if before > after {
+            let owed = (before - after) - self.slots.forget_permits(before - after);
+            // The rest are in use: taken back as their sessions end.
+            if owed > 0 {
+                let slots = Arc::clone(&self.slots);
+                let take_back = async move {
+                    if let Ok(permits) = slots
+                        .acquire_many_owned(u32::try_from(owed).unwrap_or(u32::MAX))
+                        .await
+                    {
+                        permits.forget();
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn(take_back)),
+                    Err(_) => tracing::warn!(
+                        owed,
+                        "connection limit lowered outside a runtime: {owed} slots in use stay available"
+                    ),
+                }
+            }
+        }
+        self.update_stress();
+        Ok(())
     }
 
     /// Whether the server is under stress now (see [`ServerSettings::stress_percent`]).

@@ -384,3 +384,111 @@ async fn callbacks_get_the_message_start_and_the_connection() {
     .await
     .expect("bounded");
 }
+
+/// A raw SMTP client: sends `line` (unless empty) and returns the whole reply (every line of a multiline one).
+async fn say(stream: &mut tokio::io::BufReader<tokio::net::TcpStream>, line: &str) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    if !line.is_empty() {
+        stream
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let mut reply = String::new();
+    // Bounded: no reply of this test has that many lines.
+    for _ in 0..50 {
+        let mut l = String::new();
+        if stream.read_line(&mut l).await.unwrap() == 0 {
+            break;
+        }
+        reply.push_str(&l);
+        if l.as_bytes().get(3) == Some(&b' ') {
+            break;
+        }
+    }
+    reply
+}
+
+async fn open_session(addr: std::net::SocketAddr) -> tokio::io::BufReader<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::BufReader::new(tcp)
+}
+
+#[tokio::test]
+async fn reconfigure_applies_to_new_sessions_only() {
+    tokio::time::timeout(LIMIT, async {
+        let server = Server::new(server_settings(), Recorder::default()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn({
+            let server = server.clone();
+            async move {
+                server
+                    .serve(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            }
+        });
+        // Session A starts under "offer".
+        let mut a = open_session(addr).await;
+        assert!(say(&mut a, "").await.starts_with("220 "));
+        assert!(say(&mut a, "EHLO a.example").await.contains("STARTTLS"));
+
+        // A policy the TLS context does not match is refused and changes nothing.
+        let mut wrong = settings(ServerTlsMode::Require, ClientCertMode::Require);
+        wrong.smtp.greet_pause = Duration::ZERO;
+        wrong.tls = server_settings().tls;
+        assert!(server.reconfigure(wrong).is_err());
+        assert_eq!(server.settings().policy.tls, ServerTlsMode::Offer);
+
+        let mut require = settings(ServerTlsMode::Require, ClientCertMode::None);
+        require.smtp.greet_pause = Duration::ZERO;
+        server.reconfigure(require).unwrap();
+        assert_eq!(server.settings().policy.tls, ServerTlsMode::Require);
+
+        // Session B, opened after: TLS required.
+        let mut b = open_session(addr).await;
+        assert!(say(&mut b, "").await.starts_with("220 "));
+        say(&mut b, "EHLO b.example").await;
+        let refused = say(&mut b, "MAIL FROM:<b@example.net>").await;
+        assert!(refused.starts_with("530 5.7.0"), "{refused}");
+        assert!(say(&mut b, "QUIT").await.starts_with("221"));
+
+        // Session A finishes under the settings it started with.
+        let accepted = say(&mut a, "MAIL FROM:<a@example.net>").await;
+        assert!(accepted.starts_with("250"), "{accepted}");
+
+        // The connection limit lowered to 1 while A holds a slot: the next client is told to come back.
+        let mut one = settings(ServerTlsMode::Offer, ClientCertMode::None);
+        one.smtp.greet_pause = Duration::ZERO;
+        one.max_connections = 1;
+        server.reconfigure(one).unwrap();
+        let mut c = open_session(addr).await;
+        let busy = say(&mut c, "").await;
+        assert!(busy.starts_with("421 4.3.2"), "{busy}");
+        assert!(say(&mut a, "QUIT").await.starts_with("221"));
+        // A's slot was taken back, not given again: once A is gone, one client at a time gets in.
+        let mut served = None;
+        for _ in 0..50 {
+            let mut d = open_session(addr).await;
+            let greeting = say(&mut d, "").await;
+            if greeting.starts_with("220 ") {
+                served = Some(d);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut d = served.expect("a slot frees when A quits");
+        let mut e = open_session(addr).await;
+        let busy = say(&mut e, "").await;
+        assert!(busy.starts_with("421 4.3.2"), "{busy}");
+        assert!(say(&mut d, "QUIT").await.starts_with("221"));
+        let _ = stop.send(());
+        serving.await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}

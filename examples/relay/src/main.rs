@@ -18,6 +18,7 @@
 //! postern-relay [--config FILE] queue hold ID...|--all             like postsuper -h
 //! postern-relay [--config FILE] queue release ID...|--all          like postsuper -H
 //! postern-relay [--config FILE] queue flush [--domain D | --id ID] like postqueue -f / -s / -i
+//! postern-relay [--config FILE] reload                       the running relay reads its file again (SIGHUP)
 //! ```
 //!
 //! `queue delete`, `hold`, `release` and `flush` act on the spool
@@ -32,7 +33,7 @@
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -42,7 +43,7 @@ use postern_relay::cli::{self, CliResult, StdoutClosed};
 use postern_relay::config::Config;
 use postern_relay::envelope::MessageId;
 use postern_relay::queue::control::{Request, Selection};
-use postern_relay::relay::Relay;
+use postern_relay::relay::{Relay, ReloadReport};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +82,9 @@ enum Command {
     /// Show or act on the mail queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Make the running relay read its configuration file again (SIGHUP)
+    /// and say whether it took it (like `postfix reload`).
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,7 +254,7 @@ fn main() -> ExitCode {
             None => {
                 let mut config = config;
                 config.allow_root |= cli.allow_root;
-                run(config)
+                run(config, cli.config.as_deref())
             }
             Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
             Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
@@ -282,6 +286,7 @@ fn main() -> ExitCode {
                 runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
             }
             Some(Command::Queue(command)) => queue(&config, command),
+            Some(Command::Reload) => cli::reload(&config),
         });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,12 +309,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
         .build()?)
 }
 
-/// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the certificates.
-/// As root it needs `user` (it switches to it once its ports are bound) or
+/// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
+/// configuration from `path` (the embedded defaults without one). As root
+/// it needs `user` (it switches to it once its ports are bound) or
 /// `allow_root = true`. Under systemd (`Type=notify`) it says READY=1 once
 /// it listens, RELOADING=1 and READY=1 around a reload, STOPPING=1 at
 /// shutdown.
-fn run(config: Config) -> CliResult {
+fn run(config: Config, path: Option<&Path>) -> CliResult {
     #[cfg(unix)]
     postern_relay::privileges::refuse_root(&config)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
@@ -323,9 +329,7 @@ fn run(config: Config) -> CliResult {
         .init();
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
-        #[cfg(unix)]
-        notify(&[sd_notify::NotifyState::Ready]);
-        wait_for_signals(&relay).await?;
+        wait_for_signals(&relay, path).await?;
         #[cfg(unix)]
         notify(&[sd_notify::NotifyState::Stopping]);
         relay.shutdown().await;
@@ -341,33 +345,26 @@ fn colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 }
 
 #[cfg(unix)]
-async fn wait_for_signals(relay: &Relay) -> std::io::Result<()> {
+async fn wait_for_signals(relay: &Relay, path: Option<&Path>) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Ready once a SIGHUP can no longer end the process.
+    notify(&[sd_notify::NotifyState::Ready]);
+    let mut serial = 0;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(relay),
+            _ = hup.recv() => {
+                serial += 1;
+                reload(relay, path, serial).await;
+            }
         }
     }
     tracing::info!("shutdown requested");
     Ok(())
-}
-
-/// SIGHUP: the certificates are reloaded (the service manager sees the
-/// relay reloading until the request is handed over).
-#[cfg(unix)]
-fn reload(relay: &Relay) {
-    use sd_notify::NotifyState;
-    match NotifyState::monotonic_usec_now() {
-        Ok(now) => notify(&[NotifyState::Reloading, now]),
-        Err(_) => notify(&[NotifyState::Reloading]),
-    }
-    relay.reload_certificates();
-    notify(&[NotifyState::Ready]);
 }
 
 /// Tells the service manager (systemd `Type=notify`) the relay's state;
@@ -380,8 +377,37 @@ fn notify(states: &[sd_notify::NotifyState<'_>]) {
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_relay: &Relay) -> std::io::Result<()> {
+async fn wait_for_signals(_relay: &Relay, _path: Option<&Path>) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
+}
+
+/// Reads the configuration from `path` again and puts it in force; on any
+/// error the running configuration stays. The outcome is logged and left
+/// in the state directory for `postern-relay reload`.
+#[cfg(unix)]
+async fn reload(relay: &Relay, path: Option<&Path>, serial: u64) {
+    // The service manager sees the relay reloading until the outcome.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
+    let source = path.map_or_else(
+        || "the embedded defaults".to_owned(),
+        |p| p.display().to_string(),
+    );
+    tracing::info!("reloading the configuration from {source}");
+    let outcome = match Config::load(path) {
+        Ok(config) => relay.reload(config).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "configuration reload refused: {source}: {e}; the running configuration stays");
+    }
+    let state_dir = relay.config().state_dir;
+    if let Err(e) = ReloadReport::new(serial, &outcome).save(&state_dir) {
+        tracing::warn!(error = %e, "cannot write the reload report in {}", state_dir.display());
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
 }
 
 #[cfg(test)]

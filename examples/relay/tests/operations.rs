@@ -248,8 +248,9 @@ impl Running {
         line
     }
 
-    /// Reads the log up to the "listening" line; the address the system chose.
+    /// Reads the log up to "relay started" (the listeners are bound first); the address the system chose.
     fn addr(&mut self) -> std::net::SocketAddr {
+        let mut addr = None;
         loop {
             let line = self.next_line();
             if let Some(at) = line.find("listening") {
@@ -260,7 +261,10 @@ impl Running {
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect();
-                return format!("127.0.0.1:{port}").parse().unwrap();
+                addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+            }
+            if line.contains("relay started") {
+                return addr.expect("a listening line before \"relay started\"");
             }
         }
     }

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -35,10 +35,13 @@ const MAX_GREET_PASSES: usize = 65_536;
 /// the policy), the stress state, the clients that passed the greet pause and the connection numbers.
 ///
 /// Build one per listener and open a [`ServerConnection`] per accepted socket with
-/// [`connection`](Self::connection). Cloning is cheap. [`Server`](super::Server) is built on it.
+/// [`connection`](Self::connection). Cloning is cheap; clones share everything, the settings included:
+/// [`reconfigure`](Self::reconfigure) on one is seen by all. A connection keeps the settings it was opened
+/// with until it ends. [`Server`](super::Server) is built on it.
 #[derive(Clone)]
 pub struct Endpoint {
-    settings: Arc<ServerSettings>,
+    /// The settings new connections get (each connection keeps its own snapshot).
+    settings: Arc<RwLock<Arc<ServerSettings>>>,
     /// Whether the server is under stress, for every session to follow.
     stress: Arc<watch::Sender<bool>>,
     /// Client addresses that passed the greet pause, and when.
@@ -58,25 +61,31 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// An endpoint with these settings. The policy is validated, and so is its agreement with the TLS context
     /// (client-certificate mode, minimum TLS version); the engine's STARTTLS setting follows the policy's mode.
-    pub fn new(mut settings: ServerSettings) -> Result<Self, ServerError> {
-        settings.validate()?;
-        settings.smtp.starttls = match settings.policy.tls {
-            ServerTlsMode::None => StartTlsPolicy::Disabled,
-            ServerTlsMode::Require => StartTlsPolicy::Require,
-            _ => StartTlsPolicy::Offer,
-        };
-        settings.smtp.tls_available = settings.tls.is_some();
+    pub fn new(settings: ServerSettings) -> Result<Self, ServerError> {
         Ok(Self {
-            settings: Arc::new(settings),
+            settings: Arc::new(RwLock::new(Arc::new(prepare(settings)?))),
             stress: Arc::new(watch::channel(false).0),
             greet_passes: Arc::new(Mutex::new(HashMap::new())),
             next_id: Arc::new(AtomicU64::new(1)),
         })
     }
 
-    /// The settings in use.
-    pub fn settings(&self) -> &ServerSettings {
-        &self.settings
+    /// The settings new connections get.
+    pub fn settings(&self) -> Arc<ServerSettings> {
+        // A poisoned lock only means a panic elsewhere while swapping an `Arc`: the value is whole.
+        Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replace the settings for the connections opened from now on, checked as [`new`](Self::new) checks
+    /// them; connections already open finish under the settings they started with. On error nothing changes.
+    /// The stress state, the clients that passed the greet pause and the connection numbering carry over.
+    pub fn reconfigure(&self, settings: ServerSettings) -> Result<(), ServerError> {
+        let prepared = Arc::new(prepare(settings)?);
+        *self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = prepared;
+        Ok(())
     }
 
     /// Whether the server is under stress now.
@@ -119,7 +128,8 @@ impl Endpoint {
             tls: None,
         };
         tracing::debug!(id = info.id, %peer, "connect");
-        let mut smtp = self.settings.smtp.clone();
+        let settings = self.settings();
+        let mut smtp = settings.smtp.clone();
         if self.passed_greet_pause(peer.ip()) {
             smtp.greet_pause = Duration::ZERO;
         }
@@ -137,6 +147,7 @@ impl Endpoint {
         }
         ServerConnection {
             endpoint: self.clone(),
+            settings,
             session,
             stream: Stream::Plain(tcp),
             pending,
@@ -151,7 +162,7 @@ impl Endpoint {
 
     /// Whether `ip` passed the greet pause less than `greet_pass_ttl` ago.
     fn passed_greet_pause(&self, ip: IpAddr) -> bool {
-        let ttl = self.settings.greet_pass_ttl;
+        let ttl = self.settings().greet_pass_ttl;
         // A poisoned lock only means another connection panicked while holding it; the map is still valid.
         let passes = self
             .greet_passes
@@ -163,7 +174,7 @@ impl Endpoint {
     /// Remember that `ip` kept quiet through a whole greet pause. The map is bounded: when full, expired entries
     /// go, and if that is not enough, all of them.
     fn record_greet_pass(&self, ip: IpAddr) {
-        let ttl = self.settings.greet_pass_ttl;
+        let ttl = self.settings().greet_pass_ttl;
         if ttl.is_zero() {
             return;
         }
@@ -179,6 +190,19 @@ impl Endpoint {
         }
         passes.insert(ip, Instant::now());
     }
+}
+
+/// Checks `settings` ([`ServerSettings::validate`]) and sets the engine's STARTTLS setting from the policy's
+/// mode and the context's presence.
+fn prepare(mut settings: ServerSettings) -> Result<ServerSettings, ServerError> {
+    settings.validate()?;
+    settings.smtp.starttls = match settings.policy.tls {
+        ServerTlsMode::None => StartTlsPolicy::Disabled,
+        ServerTlsMode::Require => StartTlsPolicy::Require,
+        _ => StartTlsPolicy::Offer,
+    };
+    settings.smtp.tls_available = settings.tls.is_some();
+    Ok(settings)
 }
 
 /// What [`ServerConnection::next`] reports.
@@ -247,6 +271,8 @@ enum State {
 /// may be cut short: drop the connection then.
 pub struct ServerConnection {
     endpoint: Endpoint,
+    /// The settings this connection was opened with, kept to its end.
+    settings: Arc<ServerSettings>,
     session: ServerSession,
     stream: Stream<TlsStream<TcpStream>>,
     /// Bytes read but not yet taken by the session.
@@ -400,7 +426,7 @@ impl ServerConnection {
     }
 
     async fn transmit(&mut self) -> io::Result<()> {
-        let limit = self.endpoint.settings.smtp.timeouts.command;
+        let limit = self.settings.smtp.timeouts.command;
         while let Some(bytes) = self.session.poll_transmit() {
             match tokio::time::timeout(limit, self.stream.write_all(&bytes)).await {
                 Ok(r) => r?,
@@ -481,10 +507,7 @@ impl ServerConnection {
                 let reply = fixed(
                     421,
                     (4, 3, 2),
-                    &format!(
-                        "{} Service shutting down",
-                        self.endpoint.settings.smtp.hostname
-                    ),
+                    &format!("{} Service shutting down", self.settings.smtp.hostname),
                 );
                 let _ = tokio::time::timeout(
                     Duration::from_secs(1),
@@ -509,7 +532,7 @@ impl ServerConnection {
             // `AfterStartTls::Close`: the loop drains the Closing event and closes.
             return Ok(());
         }
-        let Some(ctx) = &self.endpoint.settings.tls else {
+        let Some(ctx) = &self.settings.tls else {
             // The engine only accepts STARTTLS when `tls_available`, set from the context's presence.
             return Err(CloseReason::Application);
         };
@@ -517,8 +540,7 @@ impl ServerConnection {
             return Err(CloseReason::Application);
         };
         let accept = TlsAcceptor::from(ctx.config()).accept(tcp);
-        let tls = match tokio::time::timeout(self.endpoint.settings.handshake_timeout, accept).await
-        {
+        let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 tracing::info!(
@@ -565,20 +587,14 @@ impl ServerConnection {
         // The policy decides whether the client failed a required authentication; the session refuses its
         // commands (RFC 3207 section 4.1: the handshake completes whatever the client presents, so that the
         // client reads why it is refused instead of a TLS alert).
-        let refusal = match self
-            .endpoint
-            .settings
-            .policy
-            .client_certificate_verdict(&check)
-        {
+        let refusal = match self.settings.policy.client_certificate_verdict(&check) {
             CommandVerdict::Allow => None,
             CommandVerdict::Reject { code, status, text } => {
                 Some(negative_reply(code, status, text))
             }
             _ => Some(fixed(554, (5, 7, 1), "Client certificate required")),
         };
-        if self.endpoint.settings.policy.client_certificates == ClientCertMode::Require
-            && refusal.is_some()
+        if self.settings.policy.client_certificates == ClientCertMode::Require && refusal.is_some()
         {
             let why = if self.info.client_certificate().is_some() {
                 "client certificate not verified"

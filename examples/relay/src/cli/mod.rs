@@ -73,6 +73,9 @@ macro_rules! outln {
     };
 }
 
+mod reload;
+pub use reload::{RELOAD_WAIT, reload};
+
 /// `check-config`: the configuration (already parsed and validated,
 /// `[tls]` included) printed as TOML; the trust anchor files, the imported
 /// certificates and the Default Cert (when present) are loaded to check them.

@@ -13,7 +13,7 @@
 //!   "the receiver-SMTP MUST NOT lose the message").
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
@@ -44,15 +44,34 @@ pub struct Shared {
 }
 
 /// The relay's [`ServerHandler`].
+///
+/// Cloning is cheap; clones share the state, which a configuration reload
+/// replaces with [`replace`](Self::replace): each session keeps the state
+/// it opened with to its end.
 #[derive(Debug, Clone)]
 pub struct RelayHandler {
-    shared: Arc<Shared>,
+    shared: Arc<RwLock<Arc<Shared>>>,
 }
 
 impl RelayHandler {
     /// A handler over the shared state.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared: Arc::new(RwLock::new(shared)),
+        }
+    }
+
+    /// The state new sessions get.
+    pub fn shared(&self) -> Arc<Shared> {
+        // A poisoned lock only means a panic elsewhere while swapping an
+        // `Arc`: the value is whole.
+        Arc::clone(&self.shared.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// New sessions get `shared` from now on; sessions in progress keep
+    /// theirs.
+    pub fn replace(&self, shared: Arc<Shared>) {
+        *self.shared.write().unwrap_or_else(PoisonError::into_inner) = shared;
     }
 }
 
@@ -61,7 +80,7 @@ impl ServerHandler for RelayHandler {
 
     fn open(&self, _info: &ConnectionInfo) -> RelaySession {
         RelaySession {
-            shared: Arc::clone(&self.shared),
+            shared: self.shared(),
             helo: None,
             extended: true,
             from: None,

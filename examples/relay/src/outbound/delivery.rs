@@ -49,7 +49,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use postern_policy::tlsrpt::{FailureFacts, PolicyType, SessionOutcome};
@@ -65,7 +65,7 @@ use crate::config::Config;
 use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
 use crate::net::dns::{SystemResolver, normalize_domain};
-use crate::outbound::mta_sts::{StsLookup, StsResolver};
+use crate::outbound::mta_sts::{StsFetch, StsLookup, StsResolver};
 use crate::outbound::next_hop::{self, DaneUse};
 use crate::outbound::routing::{Route, RouteSource, Router};
 use crate::queue::SharedQueue;
@@ -79,14 +79,51 @@ use crate::reporting::tlsrpt::{SendSummary, TlsReporter, sts_policy_details, uni
 /// (each is fetched again about daily: RFC 8461 §10.2).
 pub const STS_REFRESH_CHECK: Duration = Duration::from_secs(3600);
 
-/// The delivery side of a running relay.
+/// What delivery runs under, built from one configuration: replaced whole
+/// by a configuration reload ([`Delivery::reconfigure`]); an attempt keeps
+/// the rules it started with to its end.
 #[derive(Debug)]
-pub struct Delivery {
+pub struct DeliveryRules {
     config: Config,
-    queue: Arc<SharedQueue>,
     router: Router<SystemResolver>,
     client: Client,
     outbound: OutboundPolicy,
+}
+
+impl DeliveryRules {
+    /// Delivery under `config`, along `router`, with this outbound policy
+    /// and client TLS context.
+    pub fn new(
+        config: Config,
+        router: Router<SystemResolver>,
+        outbound: OutboundPolicy,
+        tls: Arc<postern_certs::ClientTlsContext>,
+    ) -> Self {
+        let mut settings = ClientSettings::new(config.hostname.clone());
+        settings.connect_timeout = config.timeouts.connect.0;
+        settings.handshake_timeout = config.timeouts.tls_handshake.0;
+        settings.smtp.timeouts.command = config.timeouts.client_reply.0;
+        settings.smtp.timeouts.data = config.timeouts.client_data.0;
+        let client = Client::new(settings, tls);
+        Self {
+            config,
+            router,
+            client,
+            outbound,
+        }
+    }
+
+    /// The router (its resolver is shared by the rules that replace these).
+    pub fn router(&self) -> &Router<SystemResolver> {
+        &self.router
+    }
+}
+
+/// The delivery side of a running relay.
+#[derive(Debug)]
+pub struct Delivery {
+    rules: RwLock<Arc<DeliveryRules>>,
+    queue: Arc<SharedQueue>,
     mta_sts: StsResolver,
     reporter: Option<Arc<TlsReporter>>,
     /// This relay's listening addresses: a next hop among them is a loop.
@@ -109,22 +146,28 @@ impl Delivery {
         tls: Arc<postern_certs::ClientTlsContext>,
         mta_sts: StsResolver,
     ) -> Self {
-        let mut settings = ClientSettings::new(config.hostname.clone());
-        settings.connect_timeout = config.timeouts.connect.0;
-        settings.handshake_timeout = config.timeouts.tls_handshake.0;
-        settings.smtp.timeouts.command = config.timeouts.client_reply.0;
-        settings.smtp.timeouts.data = config.timeouts.client_data.0;
-        let client = Client::new(settings, tls);
         Self {
-            config,
+            rules: RwLock::new(Arc::new(DeliveryRules::new(config, router, outbound, tls))),
             queue,
-            router,
-            client,
-            outbound,
             mta_sts,
             reporter: None,
             listening: Vec::new(),
         }
+    }
+
+    /// The rules attempts start under now.
+    pub fn rules(&self) -> Arc<DeliveryRules> {
+        // A poisoned lock only means a panic elsewhere while swapping an
+        // `Arc`: the value is whole.
+        Arc::clone(&self.rules.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Attempts started from now on run under `rules`, and MTA-STS policies
+    /// are fetched as `sts` says (a configuration reload); attempts in
+    /// progress finish under the rules they started with.
+    pub fn reconfigure(&self, rules: DeliveryRules, sts: StsFetch) {
+        self.mta_sts.reconfigure(sts);
+        *self.rules.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(rules);
     }
 
     /// Refuses to deliver to `addrs`, this relay's own listening addresses
@@ -153,8 +196,9 @@ impl Delivery {
         let Some(reporter) = &self.reporter else {
             return SendSummary::default();
         };
+        let rules = self.rules();
         let summary = reporter
-            .send_due(self.router.resolver(), &self.queue, now)
+            .send_due(rules.router.resolver(), &self.queue, now)
             .await;
         if summary.reports > 0 {
             // The taken days must not come back after a restart.
@@ -183,7 +227,7 @@ impl Delivery {
         if self.reporter.is_none() {
             return;
         }
-        let persist = self.config.tls_reporting.persist_interval.0;
+        let persist = self.rules().config.tls_reporting.persist_interval.0;
         let tick = persist.min(Duration::from_secs(60));
         let mut last_save = tokio::time::Instant::now();
         loop {
@@ -203,7 +247,8 @@ impl Delivery {
     /// Refreshes the cached MTA-STS policies that are due (RFC 8461 §10.2);
     /// returns the number of Policy Domains looked up.
     pub async fn refresh_mta_sts(&self) -> usize {
-        self.mta_sts.refresh_cached(self.router.resolver()).await
+        let rules = self.rules();
+        self.mta_sts.refresh_cached(rules.router.resolver()).await
     }
 
     /// Every [`STS_REFRESH_CHECK`], refreshes the cached MTA-STS policies
@@ -287,6 +332,7 @@ impl Delivery {
     /// module documentation).
     async fn sts_policy(
         &self,
+        rules: &DeliveryRules,
         next_hop: &PolicyHop,
         route: &Route,
         message: MessageTls,
@@ -294,7 +340,7 @@ impl Delivery {
         if matches!(route.source, RouteSource::Static(_)) {
             return None;
         }
-        let mode = self.outbound.connection(next_hop, None).settings().tls;
+        let mode = rules.outbound.connection(next_hop, None).settings().tls;
         // RFC 8689 §4.2.1: a REQUIRETLS message needs its MX found
         // securely, which the destination's MTA-STS policy can establish,
         // whatever mode is configured for the destination.
@@ -304,7 +350,7 @@ impl Delivery {
             return None;
         }
         let domain = next_hop.domain()?;
-        Some(self.mta_sts.lookup(self.router.resolver(), domain).await)
+        Some(self.mta_sts.lookup(rules.router.resolver(), domain).await)
     }
 
     /// Runs the scheduler until `shutdown` turns true; then lets running
@@ -312,7 +358,7 @@ impl Delivery {
     /// rest (their messages stay queued and are retried at the next start).
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         self.finish_leftovers().await;
-        let workers = Arc::new(Semaphore::new(self.config.delivery_workers));
+        let workers = Arc::new(Semaphore::new(self.rules().config.delivery_workers));
         let mut tasks = JoinSet::new();
         // New messages wake the loop often: the requests directory is read
         // at most twice per poll interval.
@@ -343,7 +389,7 @@ impl Delivery {
                 });
             }
             let next = self.queue().next_wakeup();
-            let scan = self.config.queue.scan_interval.0;
+            let scan = self.rules().config.queue.scan_interval.0;
             let sleep = next
                 .map_or(scan, |t| {
                     t.duration_since(SystemTime::now())
@@ -358,7 +404,7 @@ impl Delivery {
                 _ = shutdown.changed() => {}
             }
         }
-        let grace = self.config.timeouts.shutdown_grace.0;
+        let grace = self.rules().config.timeouts.shutdown_grace.0;
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tasks.abort_all();
@@ -470,7 +516,7 @@ impl Delivery {
     /// returns whether that is done (false: the bounce is not queued and the
     /// recipients are still to be returned).
     async fn bounce(&self, envelope: &Envelope, failed: &[usize], now: SystemTime) -> bool {
-        let settings = BounceSettings::from_config(&self.config);
+        let settings = BounceSettings::from_config(&self.rules().config);
         let env = envelope.clone();
         let list = failed.to_vec();
         let queued = self
@@ -598,7 +644,7 @@ impl Delivery {
                         .collect(),
                 )]
             }
-            Ok(content) => self.deliver_all(&envelope, &content).await,
+            Ok(content) => self.deliver_all(&self.rules(), &envelope, &content).await,
         };
         // Exactly one log line per recipient outcome.
         for a in &attempted {
@@ -632,7 +678,12 @@ impl Delivery {
     }
 
     /// Delivers to every domain of the open recipients.
-    async fn deliver_all(&self, envelope: &Envelope, content: &[u8]) -> Vec<Attempted> {
+    async fn deliver_all(
+        &self,
+        rules: &DeliveryRules,
+        envelope: &Envelope,
+        content: &[u8],
+    ) -> Vec<Attempted> {
         let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for i in envelope.open_recipients() {
             let Some(address) = envelope.recipients.get(i).map(|r| &r.address) else {
@@ -650,7 +701,7 @@ impl Delivery {
         let mut attempted = Vec::new();
         for (domain, indices) in by_domain {
             let now = SystemTime::now();
-            match self.router.route(&domain, now).await {
+            match rules.router.route(&domain, now).await {
                 Err(f) => {
                     let outcome = if f.code.is_permanent() {
                         Outcome::Failed(f)
@@ -662,7 +713,7 @@ impl Delivery {
                     ));
                 }
                 Ok(route) => attempted.push(
-                    self.deliver_route(envelope, &indices, &route, message, content)
+                    self.deliver_route(rules, envelope, &indices, &route, message, content)
                         .await,
                 ),
             }
@@ -675,6 +726,7 @@ impl Delivery {
     /// to this relay itself.
     async fn deliver_route(
         &self,
+        rules: &DeliveryRules,
         envelope: &Envelope,
         indices: &[usize],
         route: &Route,
@@ -707,19 +759,19 @@ impl Delivery {
         let sts = if envelope.tls_report {
             None
         } else {
-            self.sts_policy(&next_hop, route, message).await
+            self.sts_policy(rules, &next_hop, route, message).await
         };
-        let mode = self.outbound.connection(&next_hop, None).settings().tls;
+        let mode = rules.outbound.connection(&next_hop, None).settings().tls;
         let wanted = DaneUse::wanted(
             mode,
             message,
             envelope.tls_report,
-            self.config.dns.opportunistic_dane,
+            rules.config.dns.opportunistic_dane,
         );
-        let dane = DaneUse::choose(self.router.resolver(), route, wanted);
+        let dane = DaneUse::choose(rules.router.resolver(), route, wanted);
         let mut last: Option<Attempted> = None;
         for host in &route.hosts {
-            let found = match next_hop::look_up(self.router.resolver(), host, dane, now).await {
+            let found = match next_hop::look_up(rules.router.resolver(), host, dane, now).await {
                 Ok(v) => v,
                 Err(f) => {
                     replace_last(envelope, &mut last, all(Outcome::Deferred(f)));
@@ -747,7 +799,7 @@ impl Delivery {
             // RFC 8689 §4.2.1: REQUIRETLS needs the MX found securely (a
             // DNSSEC-secure MX RRset; a static route is the operator's own
             // choice, not a DNS answer).
-            let mut policy = self
+            let mut policy = rules
                 .outbound
                 .connection(&next_hop, found.server_name.as_ref())
                 .with_message(message)
@@ -756,7 +808,7 @@ impl Delivery {
             if let Some(outcome) = found.dane {
                 policy = policy.with_dane(outcome);
             }
-            let result = self
+            let result = rules
                 .client
                 .deliver_with(&destination, &policy, &smtp_envelope, content)
                 .await;

@@ -114,12 +114,47 @@ struct Slot {
     cache: StsCache,
 }
 
-/// Fetches and caches MTA-STS policies; one per relay, shared by the
-/// delivery workers (a Policy Domain is looked up by one worker at a time).
-pub struct StsResolver {
+/// How [`StsResolver`] fetches policies: the HTTPS client (its trust
+/// anchors), the port and the time allowed. Built apart so that a
+/// configuration reload can check it before anything changes.
+#[derive(Clone)]
+pub struct StsFetch {
     connector: TlsConnector,
     https_port: u16,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for StsFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StsFetch")
+            .field("https_port", &self.https_port)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StsFetch {
+    /// Fetches verifying policy hosts against `roots`, connecting to
+    /// `https_port` (443 but in tests), giving each fetch `timeout`.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        https_port: u16,
+        timeout: Duration,
+    ) -> Result<Self, rustls::Error> {
+        // RFC 8461 §7.2 / §3.3: TLS 1.2 or later, WebPKI validation.
+        Ok(Self {
+            connector: https::connector(roots)?,
+            https_port,
+            timeout,
+        })
+    }
+}
+
+/// Fetches and caches MTA-STS policies; one per relay, shared by the
+/// delivery workers (a Policy Domain is looked up by one worker at a time).
+pub struct StsResolver {
+    /// How policies are fetched; replaced by a configuration reload.
+    fetch: std::sync::RwLock<StsFetch>,
     dir: PathBuf,
     slots: tokio::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
@@ -127,8 +162,7 @@ pub struct StsResolver {
 impl std::fmt::Debug for StsResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StsResolver")
-            .field("https_port", &self.https_port)
-            .field("timeout", &self.timeout)
+            .field("fetch", &self.fetch_settings())
             .field("dir", &self.dir)
             .finish_non_exhaustive()
     }
@@ -142,23 +176,31 @@ fn unix_now() -> i64 {
 }
 
 impl StsResolver {
-    /// A resolver verifying policy hosts against `roots`, connecting to
-    /// `https_port` (443 but in tests), giving each fetch `timeout`, and
-    /// persisting its cache under `dir`.
-    pub fn new(
-        roots: Arc<RootCertStore>,
-        https_port: u16,
-        timeout: Duration,
-        dir: PathBuf,
-    ) -> Result<Self, rustls::Error> {
-        // RFC 8461 §7.2 / §3.3: TLS 1.2 or later, WebPKI validation.
-        Ok(Self {
-            connector: https::connector(roots)?,
-            https_port,
-            timeout,
+    /// A resolver fetching policies as `fetch` says and persisting its
+    /// cache under `dir`.
+    pub fn new(fetch: StsFetch, dir: PathBuf) -> Self {
+        Self {
+            fetch: std::sync::RwLock::new(fetch),
             dir,
             slots: tokio::sync::Mutex::new(HashMap::new()),
-        })
+        }
+    }
+
+    /// Fetches from now on as `fetch` says (a configuration reload); the
+    /// cache is kept.
+    pub fn reconfigure(&self, fetch: StsFetch) {
+        *self
+            .fetch
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fetch;
+    }
+
+    /// How policies are fetched now.
+    fn fetch_settings(&self) -> StsFetch {
+        self.fetch
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The file holding the cache entry of `domain`.
@@ -278,8 +320,9 @@ impl StsResolver {
         domain: &DomainName,
     ) -> Result<StsPolicy, FetchError> {
         let host = format!("mta-sts.{}", domain.as_str());
+        let fetch = self.fetch_settings();
         let attempt = async {
-            let tls = https::connect(&self.connector, resolver, &host, self.https_port)
+            let tls = https::connect(&fetch.connector, resolver, &host, fetch.https_port)
                 .await
                 .map_err(|e| match e {
                     ConnectError::Resolve(reason) => FetchError::Resolve {
@@ -293,7 +336,7 @@ impl StsResolver {
             let body = http_get(tls, &host).await?;
             parse_body(&body)
         };
-        tokio::time::timeout(self.timeout, attempt)
+        tokio::time::timeout(fetch.timeout, attempt)
             .await
             .map_err(|_| FetchError::Timeout)?
     }
@@ -607,13 +650,13 @@ mod tests {
     async fn untrusted_policy_host_is_sts_webpki_invalid_and_nothing_is_cached() {
         let port = self_signed_policy_host().await;
         let dir = tempfile::tempdir().unwrap();
-        let sts = StsResolver::new(
+        let fetch = StsFetch::new(
             Arc::new(RootCertStore::empty()),
             port,
             Duration::from_secs(10),
-            dir.path().to_owned(),
         )
         .unwrap();
+        let sts = StsResolver::new(fetch, dir.path().to_owned());
         let domain = DomainName::parse("example.test").unwrap();
         let dns = crate::net::dns::FixedResolver::new()
             .with_address(

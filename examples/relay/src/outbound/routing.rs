@@ -32,6 +32,7 @@
 //! 8689 §4.2.1). A Bogus or Indeterminate MX answer defers (`4.4.3`): it is
 //! never read as "no MX" or "no DANE".
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::routes::{NextHop, SMTP_PORT, StaticRoutes};
@@ -89,11 +90,23 @@ pub fn is_localhost(name: &str) -> bool {
 }
 
 /// Finds routes: static first, then DNS.
-#[derive(Debug, Clone)]
+///
+/// Cloning is cheap: clones share the resolver.
+#[derive(Debug)]
 pub struct Router<R> {
     routes: StaticRoutes,
-    resolver: R,
+    resolver: Arc<R>,
     mx_port: u16,
+}
+
+impl<R> Clone for Router<R> {
+    fn clone(&self) -> Self {
+        Self {
+            routes: self.routes.clone(),
+            resolver: Arc::clone(&self.resolver),
+            mx_port: self.mx_port,
+        }
+    }
 }
 
 impl<R: Resolver> Router<R> {
@@ -101,8 +114,18 @@ impl<R: Resolver> Router<R> {
     pub fn new(routes: StaticRoutes, resolver: R) -> Self {
         Self {
             routes,
-            resolver,
+            resolver: Arc::new(resolver),
             mx_port: SMTP_PORT,
+        }
+    }
+
+    /// The same router with other static routes (a configuration reload):
+    /// the resolver is shared.
+    #[must_use]
+    pub fn with_routes(&self, routes: StaticRoutes) -> Self {
+        Self {
+            routes,
+            ..self.clone()
         }
     }
 

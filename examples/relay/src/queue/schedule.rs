@@ -306,6 +306,13 @@ impl Queue {
         &self.policy
     }
 
+    /// Retries under `policy` from now on (a configuration reload): the
+    /// next retry of each message and its expiry follow it; retry times
+    /// already set stay.
+    pub fn set_policy(&mut self, policy: RetryPolicy) {
+        self.policy = policy;
+    }
+
     /// Adds (or replaces) a message.
     pub fn insert(&mut self, envelope: Envelope) {
         self.entries.insert(

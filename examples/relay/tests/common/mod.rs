@@ -52,6 +52,11 @@ pub fn rustls_server(pem: &Pem) -> Arc<rustls::ServerConfig> {
 /// Starts a relay on a free loopback port with `toml` (state dir inside
 /// `dir`; the Default Cert is RSA 2048 unless the text sets it).
 pub async fn start_relay(dir: &Path, toml: &str) -> Relay {
+    Relay::start(relay_config(dir, toml)).await.unwrap()
+}
+
+/// The configuration [`start_relay`] starts with.
+pub fn relay_config(dir: &Path, toml: &str) -> Config {
     let mut text = format!(
         "hostname = \"{RELAY}\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"{}\"\n",
         dir.join("state").display()
@@ -60,8 +65,7 @@ pub async fn start_relay(dir: &Path, toml: &str) -> Relay {
     if !toml.contains("[certificates]") {
         text.push_str("\n[certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n");
     }
-    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    Relay::start(config).await.unwrap()
+    Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 /// The spool of a relay started with [`start_relay`] in `dir`.
