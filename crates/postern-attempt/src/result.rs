@@ -4,6 +4,7 @@
 use rustls_pki_types::CertificateDer;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use postern_policy::{
     Action, CertificateCheck, Decision, EnhancedStatus, Failure, ResultType, SessionFacts,
@@ -323,6 +324,15 @@ pub struct DeliveryResult {
     pub plaintext_retry: bool,
     /// The facts the policy saw on that connection (what a probe reports).
     pub facts: SessionFacts,
+    /// Time from the start of the connection to the policy's last decision before the transaction (greeting,
+    /// EHLO and TLS included), when the driver measured it: Postfix's third `delays=` figure. The rest of the
+    /// attempt is the transmission.
+    pub connection_setup: Option<Duration>,
+    /// How long the TLS handshake took, when one completed and the driver measured it.
+    pub tls_handshake: Option<Duration>,
+    /// Why the TLS handshake failed, in the TLS library's words, when it failed on the connection that gave
+    /// this outcome (for the log line of the attempt; the policy's verdict is in `failure`).
+    pub tls_error: Option<String>,
 }
 
 impl DeliveryResult {
@@ -336,6 +346,9 @@ impl DeliveryResult {
             decision: done.decision,
             failure: done.failure,
             plaintext_retry: done.plaintext_retry,
+            connection_setup: None,
+            tls_handshake: None,
+            tls_error: None,
         }
     }
 
