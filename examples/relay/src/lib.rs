@@ -32,6 +32,8 @@
 //!   Cert generated on first start, imports, the certificate table).
 //! - [`net`]: the HTTPS client MTA-STS and TLS-RPT share, and the open-file
 //!   limit.
+//! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/health`,
+//!   `/ready`), off unless `[metrics] listen` is set.
 //! - [`cli`]: the subcommands (`check-config`, `cert list`, `cert import`,
 //!   `policy explain`, `probe`, `queue list`, `show`, `delete`, `hold`,
 //!   `release`, `flush`).
@@ -93,6 +95,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod inbound;
+pub mod metrics;
 pub mod net;
 pub mod outbound;
 pub mod queue;

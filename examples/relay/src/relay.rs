@@ -43,6 +43,7 @@ use crate::config::routes::SMTP_PORT;
 use crate::config::{BareNewlines, Config};
 use crate::inbound::access::AccessPolicy;
 use crate::inbound::session::{RelayHandler, Shared};
+use crate::metrics::{Endpoint, Metrics};
 use crate::net::dns::{DnsSetupError, SystemResolver};
 use crate::net::fd_limit::{self, TooLow};
 use crate::outbound::delivery::Delivery;
@@ -105,6 +106,7 @@ pub struct Relay {
     reload: Arc<Notify>,
     tasks: JoinSet<()>,
     delivery: Arc<Delivery>,
+    metrics_addr: Option<SocketAddr>,
     // Released when the relay is dropped, after shutdown.
     _lock: StateLock,
 }
@@ -201,7 +203,9 @@ impl Relay {
         settings.smtp.stress.command_timeout = config.stress.server_command.0;
         settings.smtp.stress.max_errors = config.stress.error_limit;
         settings.smtp.stress.max_junk_commands = config.stress.junk_command_limit;
-        let server = Server::new(settings, RelayHandler::new(Arc::clone(&shared)))?;
+        let metrics = Arc::new(Metrics::new());
+        let handler = RelayHandler::new(Arc::clone(&shared)).with_metrics(Arc::clone(&metrics));
+        let server = Server::new(settings, handler)?;
 
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -243,7 +247,8 @@ impl Relay {
             Arc::clone(&tls.client),
             mta_sts,
         )
-        .with_listen_addrs(&addrs);
+        .with_listen_addrs(&addrs)
+        .with_metrics(Arc::clone(&metrics));
         // RFC 8460 reporting exists only when enabled: no cost otherwise.
         // Built whether or not reporting is on: the DKIM key is checked at start.
         let report_settings = ReportSettings::from_config(&config).map_err(TlsSetupError::from)?;
@@ -259,6 +264,22 @@ impl Relay {
         tasks.spawn(Arc::clone(&delivery).run(rx.clone()));
         tasks.spawn(Arc::clone(&delivery).run_tls_reports(rx.clone()));
         tasks.spawn(Arc::clone(&delivery).run_mta_sts_refresh(rx.clone()));
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics.listen {
+            let endpoint = Endpoint::bind(
+                addr,
+                metrics,
+                Arc::clone(&queue),
+                config.cert_dir(),
+                rx.clone(),
+            )
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+            let local = endpoint.local_addr().unwrap_or(addr);
+            tracing::info!(%local, "metrics listening");
+            metrics_addr = Some(local);
+            tasks.spawn(endpoint.serve());
+        }
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(config, tls, Arc::clone(&reload), rx));
         tracing::info!(queued = queue.schedule().len(), "relay started");
@@ -268,6 +289,7 @@ impl Relay {
             reload,
             tasks,
             delivery,
+            metrics_addr,
             _lock: lock,
         })
     }
@@ -275,6 +297,12 @@ impl Relay {
     /// The bound listen addresses (a configured port 0 shows the real one).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The bound address of the metrics endpoint, when `[metrics] listen` is
+    /// set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Sends the TLS reports (RFC 8460) that are due by `now`, as the
