@@ -52,8 +52,8 @@ fn one_line(rcpt: &str, parts: &[&str]) {
         .nth(1)
         .and_then(|d| d.split(',').next())
         .unwrap_or_else(|| panic!("no delays=: {line}"));
-    let parts: Vec<f64> = delays.split('/').filter_map(|d| d.parse().ok()).collect();
-    assert_eq!(parts.len(), 4, "{line}");
+    let values: Vec<f64> = delays.split('/').filter_map(|d| d.parse().ok()).collect();
+    assert_eq!(values.len(), 4, "{line}");
     for part in parts {
         assert!(
             lines[0].contains(part),
