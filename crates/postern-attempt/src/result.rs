@@ -4,6 +4,7 @@
 use rustls_pki_types::CertificateDer;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use postern_policy::{
     Action, CertificateCheck, Decision, EnhancedStatus, Failure, ResultType, SessionFacts,
@@ -333,6 +334,15 @@ pub struct DeliveryResult {
     pub facts: SessionFacts,
     /// Which message of its connection this was: above 1 on a reused connection (Postfix's `conn_use`).
     pub connection_use: u32,
+    /// Time from the start of the connection to the policy's last decision before the transaction (greeting,
+    /// EHLO and TLS included), when the driver measured it: Postfix's third `delays=` figure. The rest of the
+    /// attempt is the transmission.
+    pub connection_setup: Option<Duration>,
+    /// How long the TLS handshake took, when one completed and the driver measured it.
+    pub tls_handshake: Option<Duration>,
+    /// Why the TLS handshake failed, in the TLS library's words, when it failed on the connection that gave
+    /// this outcome (for the log line of the attempt; the policy's verdict is in `failure`).
+    pub tls_error: Option<String>,
 }
 
 impl DeliveryResult {
@@ -347,6 +357,9 @@ impl DeliveryResult {
             failure: done.failure,
             plaintext_retry: done.plaintext_retry,
             connection_use: done.connection_use,
+            connection_setup: None,
+            tls_handshake: None,
+            tls_error: None,
         }
     }
 

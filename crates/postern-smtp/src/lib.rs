@@ -107,6 +107,7 @@ mod class;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod counts;
 pub mod data;
 pub mod reply;
 pub mod server;
@@ -128,6 +129,7 @@ pub use config::{
     AfterStartTls, ClientConfig, DEFAULT_GREET_PAUSE, ServerConfig, StartTlsPolicy, StressLimits,
     Timeouts,
 };
+pub use counts::{CommandCount, CommandCounts, Verb};
 pub use data::{
     BareLineEndings, DataLimits, DataReceiver, DataStep, DataSummary, DotStuffer, dot_stuff,
     normalize_line_endings,

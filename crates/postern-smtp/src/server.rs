@@ -7,6 +7,7 @@ use crate::address::{ForwardPath, Host, ReversePath};
 use crate::capabilities::Capabilities;
 use crate::command::{Body, Command, CommandError, MailParams, RcptParams};
 use crate::config::{AfterStartTls, ServerConfig, StartTlsPolicy};
+use crate::counts::{CommandCounts, Verb};
 use crate::data::{DataReceiver, DataSummary};
 use crate::reply::Reply;
 
@@ -87,6 +88,19 @@ pub enum ServerEvent {
         /// Octets that followed the STARTTLS line in the buffer and were discarded (log them: a client sending
         /// any is broken or an attacker's injection).
         discarded: usize,
+    },
+    /// The session refused a command itself, without asking the application: a sequence, syntax, size or
+    /// extension check, `530 5.7.0 Must issue a STARTTLS command first` while TLS is required, the refusal
+    /// that follows a failed client certificate check, or too many junk commands (a synchronization error is
+    /// the reason of [`ServerEvent::Closing`] instead). The reply is already queued; there is nothing to answer.
+    /// For logs and counters (refusals the application makes itself are not reported again).
+    Refused {
+        /// The command refused.
+        verb: Verb,
+        /// The command, when its line parsed (a refused `RCPT TO:<…>` carries its address).
+        command: Option<Box<Command>>,
+        /// The reply sent.
+        reply: Reply,
     },
     /// The session is over: send the pending output, then close the connection.
     Closing(CloseReason),
@@ -173,6 +187,13 @@ enum Phase {
     Closed,
 }
 
+/// The command whose final reply is awaited, for the counters and [`ServerEvent::Refused`].
+#[derive(Debug, Clone)]
+struct Current {
+    verb: Verb,
+    command: Option<Box<Command>>,
+}
+
 #[derive(Debug, Clone)]
 struct Transaction {
     params: MailParams,
@@ -247,6 +268,10 @@ pub struct ServerSession {
     /// Set by [`ServerSession::handle_tls_established_refusing`]: every decision is answered with this reply
     /// instead of being asked of the application (RFC 3207 4.1).
     tls_refusal: Option<Reply>,
+    /// Commands given and accepted.
+    counts: CommandCounts,
+    /// The command being answered.
+    current: Option<Current>,
 }
 
 impl ServerSession {
@@ -315,6 +340,8 @@ impl ServerSession {
             discarded: 0,
             refused: false,
             tls_refusal: None,
+            counts: CommandCounts::default(),
+            current: None,
             config,
         };
         if s.greet_at.is_none() {
@@ -418,6 +445,8 @@ impl ServerSession {
             let text = format!("{host} Error: timeout exceeded");
             (Reply::fixed(421, (4, 4, 2), text), CloseReason::Timeout)
         };
+        // The command in progress (DATA, say) was not refused: the session ends.
+        self.current = None;
         self.send(&r);
         self.close(reason);
     }
@@ -529,6 +558,11 @@ impl ServerSession {
         self.discarded
     }
 
+    /// How many times each command was given and accepted so far (Postfix's disconnect line).
+    pub fn command_counts(&self) -> CommandCounts {
+        self.counts
+    }
+
     /// Number of negative replies sent so far (the error budget).
     pub fn error_count(&self) -> u32 {
         self.errors
@@ -623,6 +657,8 @@ impl ServerSession {
             return Err(AnswerError::WrongReplyClass);
         }
         let pending = pending.clone();
+        // The application's own refusal: counted, not reported back to it.
+        self.current = None;
         self.refuse(&pending, &reply);
         Ok(())
     }
@@ -747,6 +783,7 @@ impl ServerSession {
 
     fn send(&mut self, reply: &Reply) {
         reply.encode(&mut self.output);
+        self.settle(reply);
         let code = reply.code();
         if (code.is_transient() || code.is_permanent()) && !self.is_closed() {
             self.errors += 1;
@@ -767,6 +804,26 @@ impl ServerSession {
         }
     }
 
+    /// A final reply to the current command: count it accepted, or report the engine's refusal.
+    fn settle(&mut self, reply: &Reply) {
+        let code = reply.code();
+        if code.is_intermediate() {
+            return;
+        }
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        if code.is_positive() {
+            self.counts.accepted(current.verb);
+        } else {
+            self.events.push_back(ServerEvent::Refused {
+                verb: current.verb,
+                command: current.command,
+                reply: reply.clone(),
+            });
+        }
+    }
+
     fn close(&mut self, reason: CloseReason) {
         if !self.is_closed() {
             self.phase = Phase::Closed;
@@ -782,6 +839,8 @@ impl ServerSession {
         // Postfix 3.9 smtpd_forbid_unauth_pipelining.
         let r = Reply::fixed(554, (5, 5, 0), "Error: SMTP protocol synchronization");
         r.encode(&mut self.output);
+        // Reported by the Closing event's reason, not as a refusal of the command.
+        self.current = None;
         self.close(CloseReason::Synchronization);
     }
 
@@ -812,15 +871,26 @@ impl ServerSession {
         let start = self.pos;
         self.pos = end;
         self.deadline = None;
-        if std::mem::take(&mut self.skipping_long_line) || line_len > self.config.max_command_line {
+        let skipped = std::mem::take(&mut self.skipping_long_line);
+        let verb = if skipped {
+            Verb::Unknown
+        } else {
+            Verb::of_line(&self.input[start..end])
+        };
+        if skipped || line_len > self.config.max_command_line {
+            self.begin_command(verb, None);
             self.send(&CommandError::LineTooLong.reply());
             return true;
         }
         let parsed = Command::parse(&self.input[start..end]);
         let more = self.pos < self.input.len();
         match parsed {
-            Err(e) => self.send(&e.reply()),
+            Err(e) => {
+                self.begin_command(verb, None);
+                self.send(&e.reply());
+            }
             Ok(cmd) => {
+                self.begin_command(Verb::of(&cmd), Some(Box::new(cmd.clone())));
                 let ends = cmd.ends_group() || !self.pipelining_allowed();
                 let exempt = matches!(cmd, Command::Bdat { .. } | Command::StartTls);
                 if self.config.forbid_unauth_pipelining && more && ends && !exempt {
@@ -831,6 +901,12 @@ impl ServerSession {
             }
         }
         true
+    }
+
+    /// A command line arrived: count it, and await its final reply.
+    fn begin_command(&mut self, verb: Verb, command: Option<Box<Command>>) {
+        self.counts.attempted(verb);
+        self.current = Some(Current { verb, command });
     }
 
     fn decide(&mut self, pending: Pending, event: ServerEvent) {
@@ -1333,12 +1409,26 @@ mod tests {
             (b"NOOP\r\n", "250 2.0.0 Ok\r\n"),
         ] {
             let (ev, out) = exchange(&mut s, now, line);
-            assert!(ev.iter().all(|e| *e == ServerEvent::Noop), "{ev:?}");
+            // Nothing is asked of the application; the refusals are reported.
+            assert!(
+                ev.iter()
+                    .all(|e| matches!(e, ServerEvent::Noop | ServerEvent::Refused { .. })),
+                "{ev:?}"
+            );
             assert_eq!(out, reply);
         }
         let (ev, out) = exchange(&mut s, now, b"VRFY c\r\n");
-        assert!(ev.is_empty(), "{ev:?}");
+        assert!(
+            matches!(ev.as_slice(), [ServerEvent::Refused { verb: Verb::Vrfy, reply, .. }]
+                if reply.to_string().starts_with("554 5.7.0")),
+            "{ev:?}"
+        );
         assert_eq!(out, refused);
+        let counts = s.command_counts();
+        assert_eq!(
+            counts.to_string(),
+            "ehlo=0/1 starttls=1 mail=0/1 noop=1 vrfy=0/1 commands=2/5"
+        );
     }
 
     #[test]
@@ -1352,7 +1442,16 @@ mod tests {
             b"554 5.7.1 Service unavailable; client blocked\r\n"
         );
         let (ev, out) = exchange(&mut s, now, b"EHLO c.example\r\n");
-        assert!(ev.is_empty(), "no Hello event: {ev:?}");
+        assert!(
+            matches!(
+                ev.as_slice(),
+                [ServerEvent::Refused {
+                    verb: Verb::Ehlo,
+                    ..
+                }]
+            ),
+            "no Hello event: {ev:?}"
+        );
         assert_eq!(out, "503 5.5.1 Error: service refused\r\n");
         let (ev, out) = exchange(&mut s, now, b"QUIT\r\n");
         assert_eq!(out, "221 2.0.0 Bye\r\n");

@@ -15,7 +15,7 @@ use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
 use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
     ClientTlsMode, ConnectionPolicy, Decision, DomainName, EnhancedStatus, NextHop, OutboundPolicy,
-    PeerTrust, TlsVersion,
+    PeerTrust,
 };
 use postern_smtp::{ClientConfig, Envelope, ForwardPath};
 use rustls::RootCertStore;
@@ -27,7 +27,7 @@ use tokio_rustls::client::TlsStream;
 
 pub use postern_attempt::{DeliveryFailure, DeliveryResult, TlsSummary};
 
-use crate::stream::{Stream, negotiated};
+use crate::stream::{Stream, negotiated, postfix_cipher};
 
 mod connection;
 
@@ -113,8 +113,20 @@ impl fmt::Debug for Client {
     }
 }
 
-/// How the last handshake went, for its log line: trust, version and cipher, or the error.
-type Handshaken = Result<(PeerTrust, TlsVersion, String), String>;
+/// How the last handshake went, for its log line: the trust reached and what follows `established to
+/// host[ip]:port: ` (version, cipher, key exchange, the server certificate), or the error.
+type Handshaken = Result<(PeerTrust, String), String>;
+
+/// When the parts of one attempt at one address ended, for [`DeliveryResult::connection_setup`] and
+/// [`DeliveryResult::tls_handshake`].
+#[derive(Debug, Clone)]
+struct Timing {
+    started: Instant,
+    setup: Option<Duration>,
+    handshake: Option<Duration>,
+    /// Why the last handshake failed, in the TLS library's words.
+    tls_error: Option<String>,
+}
 
 impl Client {
     /// A client with these settings, using `tls` (trust anchors, client certificate, session caches).
@@ -227,7 +239,8 @@ impl Client {
             let Some(f) = result.failure.as_ref().filter(|_| !handed_over) else {
                 return (result, kept);
             };
-            tracing::info!(server = %addr, failure = %f, "delivery attempt failed");
+            // The caller logs the outcome: one line per failed attempt.
+            tracing::debug!(server = %addr, failure = %f, "delivery attempt failed");
             if f.permanent {
                 return (result, None);
             }
@@ -252,15 +265,39 @@ impl Client {
     }
 
     /// Drive one attempt at `addr`: on `conn` (a reused connection) or a new one (and the new plaintext one
-    /// it may ask for) until Done. Returns the result, whether the message was handed over, and the
-    /// connection if the attempt keeps it open.
+    /// it may ask for) until Done. Returns the result, with its timings, whether the message was handed over,
+    /// and the connection if the attempt keeps it open.
     async fn drive(
+        &self,
+        addr: SocketAddr,
+        attempt: Attempt,
+        conn: Option<Conn>,
+        recipients: &[ForwardPath],
+        probe: bool,
+    ) -> (DeliveryResult, bool, Option<IdleConnection>) {
+        let mut timing = Timing {
+            started: Instant::now(),
+            setup: None,
+            handshake: None,
+            tls_error: None,
+        };
+        let (mut result, handed_over, kept) = self
+            .drive_timed(addr, attempt, conn, recipients, probe, &mut timing)
+            .await;
+        result.connection_setup = timing.setup;
+        result.tls_handshake = timing.handshake;
+        result.tls_error = timing.tls_error.take();
+        (result, handed_over, kept)
+    }
+
+    async fn drive_timed(
         &self,
         addr: SocketAddr,
         mut attempt: Attempt,
         conn: Option<Conn>,
         recipients: &[ForwardPath],
         probe: bool,
+        timing: &mut Timing,
     ) -> (DeliveryResult, bool, Option<IdleConnection>) {
         let undelivered = |f, decision, plaintext_retry| {
             let mut r = DeliveryResult::undelivered(recipients, f, Some(addr));
@@ -290,8 +327,13 @@ impl Client {
                         if params.discarded > 0 {
                             tracing::warn!(server = %addr, discarded = params.discarded, "bytes after the 220 to STARTTLS discarded, never read as a reply");
                         }
+                        let began = Instant::now();
                         let result = match self.handshake(&mut conn, &params, probe).await {
                             Ok((result, note)) => {
+                                match &note {
+                                    Ok(_) => timing.handshake = Some(began.elapsed()),
+                                    Err(e) => timing.tls_error = Some(e.clone()),
+                                }
                                 handshaken = Some(note);
                                 result
                             }
@@ -302,11 +344,14 @@ impl Client {
                         }
                     }
                     Event::Decided { step, decision } => {
+                        timing.setup = Some(timing.started.elapsed());
                         log_decision(addr, &server_name, &step, &decision, handshaken.take());
                         last_decision = Some(decision);
                     }
                     Event::RetryPlaintext(_) => {
                         tracing::info!(server = %addr, "retrying on a new plaintext connection");
+                        // The failed handshake is not why a later failure happened.
+                        timing.tls_error = None;
                         conn.shutdown().await;
                         conn = match self.connect(addr).await {
                             Ok(conn) => conn,
@@ -465,7 +510,11 @@ impl Client {
                 let (version, cipher) = negotiated(c);
                 let certificate =
                     tls_conn.certificate_check(c.peer_certificates(), UnixTime::now());
-                let note = Ok((certificate.trust, version, cipher.clone()));
+                let mut details = format!("{version} with cipher {}", postfix_cipher(c));
+                if let Some(leaf) = c.peer_certificates().and_then(|chain| chain.first()) {
+                    details.push_str(&peer_certificate(leaf, params, certificate.failure));
+                }
+                let note = Ok((certificate.trust, details));
                 (
                     HandshakeResult::Established {
                         version,
@@ -494,6 +543,47 @@ impl Client {
     }
 }
 
+/// What the TLS line says of the server certificate: its subject, DNS names and SHA-256 fingerprint; on a
+/// name mismatch, the names that were expected.
+fn peer_certificate(
+    leaf: &rustls::pki_types::CertificateDer<'_>,
+    params: &TlsParams,
+    failure: Option<postern_policy::CertificateFailure>,
+) -> String {
+    let Ok(row) = postern_certs::inspect("peer", leaf, UnixTime::now()) else {
+        return "; server certificate unreadable".to_owned();
+    };
+    let names: Vec<&str> = row
+        .sans
+        .iter()
+        .map(|n| n.strip_prefix("DNS:").unwrap_or(n))
+        .collect();
+    let mut out = format!(
+        "; server certificate subject=\"{}\", names={}, sha256={}",
+        row.subject.replace('"', "'"),
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(",")
+        },
+        row.fingerprint
+    );
+    if failure == Some(postern_policy::CertificateFailure::HostMismatch) {
+        let mut expected = vec![params.server_name.as_str()];
+        expected.extend(params.match_names.iter().map(String::as_str));
+        out.push_str(&format!(
+            "; name mismatch: expected {}, the certificate has {}",
+            expected.join(" or "),
+            if names.is_empty() {
+                "no DNS name".to_owned()
+            } else {
+                names.join(", ")
+            }
+        ));
+    }
+    out
+}
+
 /// The log line of a policy decision, as the relay's operators know them.
 fn log_decision(
     addr: SocketAddr,
@@ -505,19 +595,21 @@ fn log_decision(
     let (ip, port) = (addr.ip(), addr.port());
     match (step, handshaken) {
         (Step::StartTlsRefused(reply), _) => {
-            tracing::info!(server = %addr, reply = %reply, decision = %decision, "STARTTLS refused");
+            // In the failure or the plaintext delivery the caller logs.
+            tracing::debug!(server = %addr, reply = %reply, decision = %decision, "STARTTLS refused");
         }
         (Step::BytesAfterStartTls { discarded }, _) => {
             tracing::warn!(server = %addr, discarded, decision = %decision, "bytes after the 220 to STARTTLS: connection aborted");
         }
-        (Step::Handshake, Some(Ok((trust, version, cipher)))) => {
-            // Postfix's summary line (smtp_tls_loglevel = 1).
+        (Step::Handshake, Some(Ok((trust, details)))) => {
+            // Postfix's summary line (smtp_tls_loglevel = 1), with the server certificate.
             tracing::info!(
-                "{trust} TLS connection established to {server_name}[{ip}]:{port}: {version} with cipher {cipher}"
+                "{trust} TLS connection established to {server_name}[{ip}]:{port}: {details}"
             );
         }
         (Step::Handshake, Some(Err(error))) => {
-            tracing::info!(server = %addr, error = %error, decision = %decision, "TLS handshake failed with {server_name}[{ip}]:{port}");
+            // The error goes into the failure the caller logs (one line per failed attempt).
+            tracing::debug!(server = %addr, error = %error, decision = %decision, "TLS handshake failed with {server_name}[{ip}]:{port}");
         }
         _ => tracing::debug!(server = %addr, decision = %decision, "after EHLO"),
     }

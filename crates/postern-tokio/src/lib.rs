@@ -201,6 +201,7 @@ mod stream;
 /// The rustls whose types appear in this crate's signatures (and in
 /// postern-certs'): use it rather than a rustls dependency of your own.
 pub use rustls;
+pub use stream::openssl_cipher_name;
 
 pub use client::{
     Client, ClientConnection, ClientConnectionError, ClientSettings, DeliveryFailure,

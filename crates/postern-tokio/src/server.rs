@@ -16,8 +16,8 @@ use postern_policy::{
     ServerTlsMode, TlsVersion,
 };
 use postern_smtp::{
-    CloseReason, DataSummary, EnhancedStatus, ForwardPath, Host, MailParams, RcptParams, Reply,
-    ReversePath, ServerConfig, ServerEvent,
+    CloseReason, Command, CommandCounts, DataSummary, EnhancedStatus, ForwardPath, Host,
+    MailParams, RcptParams, Reply, ReversePath, ServerConfig, ServerEvent, Verb,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -96,6 +96,8 @@ pub struct TlsInfo {
     /// The client certificate, if one was presented: SHA-256 fingerprint, subject, issuer and the result of
     /// verifying it against the configured client CA roots.
     pub client_certificate: Option<ClientCertificate>,
+    /// How long the handshake took, from `220 Ready to start TLS` to its end.
+    pub handshake_time: Duration,
 }
 
 impl TlsInfo {
@@ -119,6 +121,11 @@ pub struct ConnectionInfo {
     pub local: SocketAddr,
     /// TLS facts once STARTTLS succeeded; `None` while plaintext.
     pub tls: Option<TlsInfo>,
+    /// A STARTTLS handshake was started and failed or timed out (the connection then closes).
+    pub tls_handshake_failed: bool,
+    /// How many times each command was given and accepted so far, as of the last event (complete in
+    /// [`SessionHandler::closed`]: Postfix's `disconnect from … ehlo=1 mail=1 rcpt=0/1 commands=2/3`).
+    pub commands: CommandCounts,
 }
 
 impl ConnectionInfo {
@@ -212,7 +219,21 @@ pub trait SessionHandler: Send + 'static {
     /// connection). May be called when no transaction is open.
     fn reset(&mut self) {}
 
-    /// The connection ended.
+    /// The engine refused a command itself, without a decision being asked (a sequence or size check, `530
+    /// 5.7.0 Must issue a STARTTLS command first` while TLS is required, the refusal after a failed client
+    /// certificate check, too many junk commands); the reply is already sent. For logs (Postfix's `NOQUEUE:
+    /// reject:` lines) and counters. Default: nothing.
+    fn refused(
+        &mut self,
+        info: &ConnectionInfo,
+        verb: Verb,
+        command: Option<&Command>,
+        reply: &Reply,
+    ) {
+        let _ = (info, verb, command, reply);
+    }
+
+    /// The connection ended; [`ConnectionInfo::commands`] holds the session's command counters.
     fn closed(&mut self, info: &ConnectionInfo, reason: CloseReason) {
         let _ = (info, reason);
     }
@@ -709,6 +730,14 @@ async fn run<S: SessionHandler>(conn: &mut ServerConnection, handler: &mut S) ->
             }
             ServerEvent::MessageEnd { summary } => handler.message_end(info, &summary).await,
             ServerEvent::Vrfy(_) => Verdict::Accept,
+            ServerEvent::Refused {
+                verb,
+                command,
+                reply,
+            } => {
+                handler.refused(info, verb, command.as_deref(), &reply);
+                continue;
+            }
             ServerEvent::MessageRejected { .. } | ServerEvent::Reset => {
                 handler.reset();
                 continue;

@@ -101,3 +101,82 @@ pub(crate) fn negotiated(conn: &rustls::CommonState) -> (postern_policy::TlsVers
     );
     (version, cipher)
 }
+
+/// What Postfix's `TLS connection established` line shows of a session besides its version: the cipher suite
+/// under its OpenSSL name (the IANA name for TLS 1.3), its key bits and the key-exchange group.
+pub(crate) fn postfix_cipher(conn: &rustls::CommonState) -> String {
+    let name = conn
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    let mut out = openssl_cipher_name(name).to_owned();
+    if let Some(bits) = cipher_bits(name) {
+        out.push_str(&format!(" ({bits}/{bits} bits)"));
+    }
+    if let Some(group) = conn.negotiated_key_exchange_group() {
+        out.push_str(&format!(" key-exchange {}", group_name(group.name())));
+    }
+    out
+}
+
+/// The name OpenSSL (and so Postfix) gives a cipher suite rustls names `name`; a name not in the table (a
+/// suite rustls adds later) is returned unchanged.
+pub fn openssl_cipher_name(name: &str) -> &str {
+    match name {
+        "TLS13_AES_256_GCM_SHA384" => "TLS_AES_256_GCM_SHA384",
+        "TLS13_AES_128_GCM_SHA256" => "TLS_AES_128_GCM_SHA256",
+        "TLS13_CHACHA20_POLY1305_SHA256" => "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => "ECDHE-RSA-AES256-GCM-SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => "ECDHE-RSA-AES128-GCM-SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => "ECDHE-RSA-CHACHA20-POLY1305",
+        other => other,
+    }
+}
+
+/// The key bits of a cipher suite (Postfix's `(256/256 bits)`).
+fn cipher_bits(name: &str) -> Option<u16> {
+    if name.contains("AES_256") || name.contains("CHACHA20") {
+        Some(256)
+    } else if name.contains("AES_128") {
+        Some(128)
+    } else {
+        None
+    }
+}
+
+/// The name OpenSSL gives a key-exchange group.
+fn group_name(group: rustls::NamedGroup) -> String {
+    match group {
+        rustls::NamedGroup::X25519 => "X25519".to_owned(),
+        rustls::NamedGroup::secp256r1 => "prime256v1".to_owned(),
+        rustls::NamedGroup::secp384r1 => "secp384r1".to_owned(),
+        rustls::NamedGroup::secp521r1 => "secp521r1".to_owned(),
+        rustls::NamedGroup::X448 => "X448".to_owned(),
+        rustls::NamedGroup::X25519MLKEM768 => "X25519MLKEM768".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_names_follow_openssl() {
+        assert_eq!(
+            openssl_cipher_name("TLS13_AES_256_GCM_SHA384"),
+            "TLS_AES_256_GCM_SHA384"
+        );
+        assert_eq!(
+            openssl_cipher_name("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "ECDHE-RSA-AES128-GCM-SHA256"
+        );
+        assert_eq!(openssl_cipher_name("SOMETHING_NEW"), "SOMETHING_NEW");
+        assert_eq!(cipher_bits("TLS13_CHACHA20_POLY1305_SHA256"), Some(256));
+        assert_eq!(cipher_bits("TLS13_AES_128_GCM_SHA256"), Some(128));
+        assert_eq!(group_name(rustls::NamedGroup::secp256r1), "prime256v1");
+    }
+}

@@ -33,6 +33,8 @@
 //! - [`net`]: the HTTPS client MTA-STS and TLS-RPT share, and the open-file
 //!   limit; [`privileges`]: started as root, the switch to the configured
 //!   `user` once the ports are bound.
+//! - [`metrics`]: the Prometheus endpoint (`/metrics`, `/health`,
+//!   `/ready`), off unless `[metrics] listen` is set.
 //! - [`cli`]: the subcommands (`check-config`, `cert list`, `cert import`,
 //!   `policy explain`, `probe`, `queue list`, `show`, `delete`, `hold`,
 //!   `release`, `flush`).
@@ -94,6 +96,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod inbound;
+pub mod metrics;
 pub mod net;
 pub mod outbound;
 #[cfg(unix)]

@@ -40,7 +40,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use postern_relay::cli::{self, CliResult, StdoutClosed};
-use postern_relay::config::Config;
+use postern_relay::config::{Config, LogFormat};
 use postern_relay::envelope::MessageId;
 use postern_relay::queue::control::{Request, Selection};
 use postern_relay::relay::{Relay, ReloadReport};
@@ -319,14 +319,20 @@ fn run(config: Config, path: Option<&Path>) -> CliResult {
     #[cfg(unix)]
     postern_relay::privileges::refuse_root(&config)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour(
-            std::io::stderr().is_terminal(),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        // One object per line: timestamp, level, target, message and the
+        // event's fields at the top level (docs/configuration.md).
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Plain => logs
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            ))
+            .init(),
+    }
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
         wait_for_signals(&relay, path).await?;

@@ -55,6 +55,7 @@ use crate::config::routes::{SMTP_PORT, StaticRoutes};
 use crate::config::{BareNewlines, Config};
 use crate::inbound::access::AccessPolicy;
 use crate::inbound::session::{RelayHandler, Shared};
+use crate::metrics::{Endpoint, Metrics};
 use crate::net::dns::{DnsSetupError, SystemResolver};
 use crate::net::fd_limit::{self, TooLow};
 use crate::outbound::delivery::{Delivery, DeliveryRules};
@@ -121,6 +122,7 @@ pub struct Relay {
     reload: Arc<Notify>,
     tasks: JoinSet<()>,
     live: Arc<Live>,
+    metrics_addr: Option<SocketAddr>,
     // Released when the relay is dropped, after shutdown.
     _lock: StateLock,
 }
@@ -281,6 +283,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     differs("dns", running.dns != new.dns);
     differs("tls_reporting", running.tls_reporting != new.tls_reporting);
     differs("log", running.log != new.log);
+    differs("log_format", running.log_format != new.log_format);
+    differs("metrics", running.metrics != new.metrics);
     keys
 }
 
@@ -361,7 +365,9 @@ impl Relay {
         // Again once a day, by the certificate reload task.
         crate::tls::certs::log_expiry(&prepared.tls.store, rustls::pki_types::UnixTime::now());
 
-        let handler = RelayHandler::new(Arc::clone(&prepared.shared));
+        let metrics = Arc::new(Metrics::new());
+        let handler =
+            RelayHandler::new(Arc::clone(&prepared.shared)).with_metrics(Arc::clone(&metrics));
         let server = Server::new(prepared.server.clone(), handler.clone())?;
 
         let (shutdown, rx) = watch::channel(false);
@@ -386,7 +392,8 @@ impl Relay {
             Arc::clone(&prepared.tls.client),
             mta_sts,
         )
-        .with_listen_addrs(&addrs);
+        .with_listen_addrs(&addrs)
+        .with_metrics(Arc::clone(&metrics));
         // RFC 8460 reporting exists only when enabled: no cost otherwise.
         if config.tls_reporting.enabled {
             let reporter = TlsReporter::new(
@@ -409,6 +416,22 @@ impl Relay {
         tasks.spawn(Arc::clone(&delivery).run(rx.clone()));
         tasks.spawn(Arc::clone(&delivery).run_tls_reports(rx.clone()));
         tasks.spawn(Arc::clone(&delivery).run_mta_sts_refresh(rx.clone()));
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics.listen {
+            let endpoint = Endpoint::bind(
+                addr,
+                metrics,
+                Arc::clone(&queue),
+                config.cert_dir(),
+                rx.clone(),
+            )
+            .await
+            .map_err(|source| StartError::Listen { addr, source })?;
+            let local = endpoint.local_addr().unwrap_or(addr);
+            tracing::info!(%local, "metrics listening");
+            metrics_addr = Some(local);
+            tasks.spawn(endpoint.serve());
+        }
         let reload = Arc::new(Notify::new());
         tasks.spawn(reload_certificates(
             Arc::clone(&live),
@@ -422,6 +445,7 @@ impl Relay {
             reload,
             tasks,
             live,
+            metrics_addr,
             _lock: lock,
         })
     }
@@ -458,6 +482,10 @@ impl Relay {
         config.dns = running.dns.clone();
         config.tls_reporting = running.tls_reporting.clone();
         config.log.clone_from(&running.log);
+        config.log_format = running.log_format;
+        config.metrics = running.metrics.clone();
+        config.user.clone_from(&running.user);
+        config.group.clone_from(&running.group);
         let router = self.live.delivery.rules().router().clone();
         let prepared = Prepared::new(config, &self.live.queue, &router).await?;
         let certificates = prepared.tls.store.len();
@@ -472,6 +500,12 @@ impl Relay {
         Ok(Reloaded {
             restart_needed: restart,
         })
+    }
+
+    /// The bound address of the metrics endpoint, when `[metrics] listen` is
+    /// set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Sends the TLS reports (RFC 8460) that are due by `now`, as the

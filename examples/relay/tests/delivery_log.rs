@@ -1,5 +1,5 @@
 //! The delivery log: every recipient outcome of an attempt gets exactly one
-//! Postfix-style `to=<…>, relay=…, delay=…, tls=…, dsn=…, status=…` line,
+//! Postfix-style `QUEUEID: to=<…>, relay=…, delay=…, delays=a/b/c/d, dsn=…, status=…` line,
 //! routing failures (null MX, NXDOMAIN, DNS lookups that fail, no address)
 //! included; a host passed over for the next MX gets a line of its own.
 
@@ -40,6 +40,20 @@ async fn start(
 fn one_line(rcpt: &str, parts: &[&str]) {
     let lines = capture::lines_with(&format!("to=<{rcpt}>,"));
     assert_eq!(lines.len(), 1, "{rcpt}: {lines:#?}");
+    // Postfix's shape: the queue id first, then delay= and four delays=.
+    let line = &lines[0];
+    let at = line
+        .find(&format!(": to=<{rcpt}>, relay="))
+        .unwrap_or_else(|| panic!("no queue id first: {line}"));
+    let id = line[..at].rsplit(' ').next().unwrap_or_default();
+    assert!(!id.is_empty() && !id.contains(':'), "{line}");
+    let delays = line
+        .split(", delays=")
+        .nth(1)
+        .and_then(|d| d.split(',').next())
+        .unwrap_or_else(|| panic!("no delays=: {line}"));
+    let values: Vec<f64> = delays.split('/').filter_map(|d| d.parse().ok()).collect();
+    assert_eq!(values.len(), 4, "{line}");
     for part in parts {
         assert!(
             lines[0].contains(part),
@@ -102,7 +116,7 @@ async fn every_recipient_outcome_is_logged_once() {
         "a@null-mx.test",
         &[
             "relay=none",
-            "tls=none",
+            "delays=",
             "dsn=5.1.10, status=bounced (null MX: null-mx.test accepts no mail)",
         ],
     );
@@ -167,7 +181,7 @@ async fn dns_lookup_failures_are_logged_as_deferrals() {
         "f@dns-down.test",
         &[
             "relay=none",
-            "tls=none",
+            "delays=",
             "dsn=4.4.3, status=deferred (MX lookup for dns-down.test failed: no resolver in this test)",
         ],
     );

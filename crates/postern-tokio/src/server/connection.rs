@@ -24,7 +24,7 @@ use super::{
     ConnectionInfo, ServerError, ServerSettings, TlsInfo, Verdict, fixed, internal_error,
     negative_reply,
 };
-use crate::stream::{Stream, negotiated};
+use crate::stream::{Stream, negotiated, postfix_cipher};
 
 /// Size of one socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -126,6 +126,8 @@ impl Endpoint {
             peer,
             local,
             tls: None,
+            tls_handshake_failed: false,
+            commands: postern_smtp::CommandCounts::default(),
         };
         tracing::debug!(id = info.id, %peer, "connect");
         let settings = self.settings();
@@ -345,6 +347,7 @@ impl ServerConnection {
                         if is_decision(&other) {
                             self.state = State::Deciding;
                         }
+                        self.info.commands = self.session.command_counts();
                         return Ok(Event::Session(other));
                     }
                 }
@@ -418,6 +421,7 @@ impl ServerConnection {
     /// The connection ended: remember a client that passed the greet pause, report `reason` once.
     fn closed(&mut self, reason: CloseReason) -> Event {
         self.state = State::Closed;
+        self.info.commands = self.session.command_counts();
         if self.session.passed_greet_pause() {
             self.endpoint.record_greet_pass(self.info.peer.ip());
         }
@@ -539,10 +543,12 @@ impl ServerConnection {
         let Some(tcp) = self.stream.take_plain() else {
             return Err(CloseReason::Application);
         };
+        let started = Instant::now();
         let accept = TlsAcceptor::from(ctx.config()).accept(tcp);
         let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
+                self.info.tls_handshake_failed = true;
                 tracing::info!(
                     id = self.info.id,
                     "TLS handshake failed from unknown[{}]: {}",
@@ -552,6 +558,7 @@ impl ServerConnection {
                 return Err(CloseReason::PeerClosed);
             }
             Err(_) => {
+                self.info.tls_handshake_failed = true;
                 tracing::info!(
                     id = self.info.id,
                     "TLS handshake timed out from unknown[{}]",
@@ -560,8 +567,10 @@ impl ServerConnection {
                 return Err(CloseReason::Timeout);
             }
         };
+        let handshake_time = started.elapsed();
         let (_, conn) = tls.get_ref();
         let (version, cipher) = negotiated(conn);
+        let described = postfix_cipher(conn);
         let client_certificate = ctx.client_certificate(conn.peer_certificates(), UnixTime::now());
         let trust = client_certificate
             .as_ref()
@@ -569,7 +578,7 @@ impl ServerConnection {
         // Postfix's summary line (smtpd_tls_loglevel = 1).
         tracing::info!(
             id = self.info.id,
-            "{trust} TLS connection established from unknown[{}]: {version} with cipher {cipher}",
+            "{trust} TLS connection established from unknown[{}]: {version} with cipher {described}",
             self.info.peer.ip()
         );
         if let Some(c) = &client_certificate {
@@ -580,6 +589,7 @@ impl ServerConnection {
             version,
             cipher,
             client_certificate,
+            handshake_time,
         };
         let check = info.client_check();
         self.info.tls = Some(info);

@@ -321,12 +321,42 @@ pub struct Config {
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` overrides it.
     /// Default `info`.
     pub log: String,
+    /// How log lines are written: `plain` text (the default) or `json`, one
+    /// object per line (docs/configuration.md lists the fields).
+    pub log_format: LogFormat,
+    /// The Prometheus metrics and health endpoint (`[metrics]`). Off by
+    /// default.
+    pub metrics: MetricsConfig,
     /// TLS policy settings: `[tls.inbound]` and `[tls.outbound]` in
     /// postern-policy's format (docs/policy.md), read with the rest of the
     /// file (so errors carry their line and full key);
     /// [`Config::policy`] validates it (and [`Config::validate`] calls it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<PolicyConfig>,
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text lines, as syslog would show them. The default.
+    #[default]
+    Plain,
+    /// One JSON object per line, with stable field names.
+    Json,
+}
+
+/// The metrics endpoint (`[metrics]`): Prometheus text format on
+/// `/metrics`, liveness on `/health`, readiness on `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct MetricsConfig {
+    /// The HTTP listen address (`127.0.0.1:9125`). Default: none, the
+    /// endpoint is off. It serves without authentication: keep it on
+    /// loopback or a management network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
 }
 
 /// What to do with a bare CR or LF in message content (SMTP smuggling,
@@ -749,6 +779,8 @@ impl Default for Config {
             dns: DnsConfig::default(),
             tls_reporting: TlsReportingConfig::default(),
             log: "info".into(),
+            log_format: LogFormat::Plain,
+            metrics: MetricsConfig::default(),
             tls: None,
         }
     }

@@ -11,20 +11,29 @@
 //! - `250` only after [`Incoming::commit`](crate::queue::spool::Incoming::commit)
 //!   returned: the message file and directory are fsynced (RFC 5321 §6.1,
 //!   "the receiver-SMTP MUST NOT lose the message").
+//! - Logs as Postfix's smtpd does, at the default level: every refusal
+//!   (the relay's and the engine's: `530 5.7.0 Must issue a STARTTLS
+//!   command first` under `require`, size and sequence checks) as
+//!   `NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 554 5.7.1 <x@y>:
+//!   Relay access denied; from=<a@b> to=<x@y> proto=ESMTP helo=<name>`,
+//!   and one `disconnect from unknown[192.0.2.1] ehlo=1 mail=1 rcpt=0/1
+//!   commands=2/3` line per session (accepted/given per command).
 
 use std::fmt::Write as _;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy};
+use postern_policy::{CertificateCheck, ClientCertMode, PeerTrust, ServerPolicy, ServerTlsMode};
 use postern_smtp::{
-    DataSummary, EnhancedStatus, ForwardPath, Host, Mailbox, RcptParams, Reply, ReversePath,
+    CloseReason, Command, DataSummary, EnhancedStatus, ForwardPath, Host, Mailbox, RcptParams,
+    Reply, ReversePath, Verb,
 };
 use postern_tokio::server::{ConnectionInfo, ServerHandler, SessionHandler, Verdict};
 
 use crate::config::Config;
 use crate::envelope::{Envelope, MailParams, Recipient};
 use crate::inbound::access::{AccessPolicy, Client};
+use crate::metrics::Metrics;
 use crate::queue::SharedQueue;
 use crate::queue::spool::{Incoming, SpoolError};
 use crate::reporting::dsn::rfc5322_date;
@@ -51,6 +60,7 @@ pub struct Shared {
 #[derive(Debug, Clone)]
 pub struct RelayHandler {
     shared: Arc<RwLock<Arc<Shared>>>,
+    metrics: Arc<Metrics>,
 }
 
 impl RelayHandler {
@@ -58,7 +68,15 @@ impl RelayHandler {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared: Arc::new(RwLock::new(shared)),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records the sessions into `metrics` (the relay's endpoint serves
+    /// them).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The state new sessions get.
@@ -81,6 +99,7 @@ impl ServerHandler for RelayHandler {
     fn open(&self, _info: &ConnectionInfo) -> RelaySession {
         RelaySession {
             shared: self.shared(),
+            metrics: Arc::clone(&self.metrics),
             helo: None,
             extended: true,
             from: None,
@@ -96,6 +115,7 @@ impl ServerHandler for RelayHandler {
 #[derive(Debug)]
 pub struct RelaySession {
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     helo: Option<String>,
     extended: bool,
     from: Option<(ReversePath, MailParams)>,
@@ -114,9 +134,13 @@ fn local_error(text: &str) -> Verdict {
 }
 
 impl SessionHandler for RelaySession {
-    async fn hello(&mut self, _info: &ConnectionInfo, name: &Host, extended: bool) -> Verdict {
+    async fn hello(&mut self, info: &ConnectionInfo, name: &Host, extended: bool) -> Verdict {
         self.helo = Some(name.to_string());
         self.extended = extended;
+        // The EHLO reply advertises STARTTLS.
+        if extended && !info.tls_active() && self.shared.inbound.tls != ServerTlsMode::None {
+            self.metrics.starttls("offered");
+        }
         Verdict::Accept
     }
 
@@ -166,8 +190,9 @@ impl SessionHandler for RelaySession {
                 Verdict::Accept
             }
             Err(denied) => {
-                tracing::info!(id = info.id, client = %info.peer.ip(), rcpt = %address,
-                    "NOQUEUE: reject: RCPT: {denied}");
+                let to = format!("<{address}>");
+                self.reject_line(info, "RCPT", &denied.to_string(), None, Some(&to));
+                self.metrics.refusal("rcpt", denied.code);
                 Verdict::reject(denied.code, denied.enhanced, &denied.text)
             }
         }
@@ -237,8 +262,15 @@ impl SessionHandler for RelaySession {
         // A mail loop (DESIGN.md §4, Postfix `hopcount_limit`): refused, so
         // never relayed again; dropping `incoming` deletes its file.
         if hops >= self.shared.config.hopcount_limit {
-            tracing::info!(id = info.id, queue_id = %incoming.id(), client = %info.peer.ip(), hops,
-                "NOQUEUE: reject: too many hops (a mail loop?)");
+            tracing::debug!(id = info.id, queue_id = %incoming.id(), hops, "too many hops (a mail loop?)");
+            self.reject_line(
+                info,
+                "END-OF-MESSAGE",
+                "554 5.4.6 Error: too many hops",
+                None,
+                None,
+            );
+            self.metrics.refusal("data", 554);
             return Verdict::reject(554, EnhancedStatus::ROUTING_LOOP, "Error: too many hops");
         }
         match tokio::task::spawn_blocking(move || incoming.commit()).await {
@@ -267,6 +299,92 @@ impl SessionHandler for RelaySession {
         }
     }
 
+    fn refused(
+        &mut self,
+        info: &ConnectionInfo,
+        verb: Verb,
+        command: Option<&Command>,
+        reply: &Reply,
+    ) {
+        let code = reply.code();
+        // Refusals, and the 4xx of policy (4.7.x): syntax slips and the
+        // like (a 503 after a refused MAIL, a 4xx of ours) stay at debug.
+        let policy = reply.enhanced().is_some_and(|e| e.subject() == 7);
+        if !(code.is_permanent() || policy) {
+            tracing::debug!(id = info.id, %verb, %reply, "command refused");
+            return;
+        }
+        let (from, to) = match command {
+            Some(Command::Mail { from, .. }) => (Some(from.to_string()), None),
+            Some(Command::Rcpt { to, .. }) => (None, Some(to.to_string())),
+            _ => (None, None),
+        };
+        let stage = verb.as_str().to_ascii_uppercase();
+        self.reject_line(
+            info,
+            &stage,
+            &reply.to_string(),
+            from.as_deref(),
+            to.as_deref(),
+        );
+        self.metrics.refusal(stage_label(verb), code.value());
+    }
+
+    fn closed(&mut self, info: &ConnectionInfo, reason: CloseReason) {
+        let client = format!("unknown[{}]", info.peer.ip());
+        let commands = info.commands;
+        // Postfix's lines for a session cut short, before its summary.
+        match reason {
+            CloseReason::Synchronization => {
+                let after = if commands.total().attempted == 0 {
+                    "CONNECT"
+                } else {
+                    "a command"
+                };
+                tracing::info!(
+                    id = info.id,
+                    "improper command pipelining after {after} from {client}"
+                );
+                let stage = if after == "CONNECT" {
+                    "connect"
+                } else {
+                    "other"
+                };
+                self.metrics.refusal(stage, 554);
+            }
+            CloseReason::Timeout => tracing::info!(id = info.id, "timeout from {client}"),
+            CloseReason::TooManyErrors => {
+                tracing::info!(id = info.id, "too many errors from {client}")
+            }
+            CloseReason::TooManyJunkCommands => {
+                tracing::info!(id = info.id, "too many junk commands from {client}");
+            }
+            CloseReason::SessionTimeLimit => {
+                tracing::info!(id = info.id, "session time limit exceeded from {client}");
+            }
+            _ => {}
+        }
+        tracing::info!(id = info.id, "disconnect from {client} {commands}");
+        if commands.get(Verb::StartTls).accepted > 0 {
+            self.metrics.starttls("taken");
+        }
+        if info.tls_handshake_failed {
+            self.metrics.starttls("failed");
+        }
+        match &info.tls {
+            Some(tls) => {
+                self.metrics.handshake("inbound", tls.handshake_time);
+                let trust = trust_label(tls.client_check().trust);
+                self.metrics.session(
+                    &tls.version.to_string(),
+                    postern_tokio::openssl_cipher_name(&tls.cipher),
+                    trust,
+                );
+            }
+            None => self.metrics.session("none", "none", "none"),
+        }
+    }
+
     fn reset(&mut self) {
         // Dropping an uncommitted Incoming removes its temporary file.
         self.incoming = None;
@@ -288,6 +406,37 @@ impl RelaySession {
             .first()
             .map_or(config.hostname.as_str(), |d| d.trim_start_matches('.'));
         Host::parse(domain).ok().map(Mailbox::postmaster)
+    }
+
+    /// Postfix's `NOQUEUE: reject: STAGE from unknown[ip]: REPLY; from=<…>
+    /// to=<…> proto=ESMTP helo=<…>` (`from` and `to` when known; the
+    /// sender of the open transaction unless the refused command names
+    /// one).
+    fn reject_line(
+        &self,
+        info: &ConnectionInfo,
+        stage: &str,
+        reply: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) {
+        let mut line = format!(
+            "NOQUEUE: reject: {stage} from unknown[{}]: {reply};",
+            info.peer.ip()
+        );
+        let open = self.from.as_ref().map(|(f, _)| f.to_string());
+        if let Some(from) = from.or(open.as_deref()) {
+            let _ = write!(line, " from={from}");
+        }
+        if let Some(to) = to {
+            let _ = write!(line, " to={to}");
+        }
+        let proto = if self.extended { "ESMTP" } else { "SMTP" };
+        let _ = write!(line, " proto={proto}");
+        if let Some(helo) = &self.helo {
+            let _ = write!(line, " helo=<{}>", header_safe(helo, 255));
+        }
+        tracing::info!(id = info.id, "{line}");
     }
 
     fn envelope(&self) -> Option<Envelope> {
@@ -367,6 +516,28 @@ impl ReceivedCounter {
                 Scan::Line => Scan::Line,
             };
         }
+    }
+}
+
+/// The `stage` label of a refused command.
+fn stage_label(verb: Verb) -> &'static str {
+    match verb {
+        Verb::Ehlo | Verb::Helo => "helo",
+        Verb::StartTls => "starttls",
+        Verb::Mail => "mail",
+        Verb::Rcpt => "rcpt",
+        Verb::Data | Verb::Bdat => "data",
+        _ => "other",
+    }
+}
+
+/// The `client_certificate` label of a TLS session.
+fn trust_label(trust: PeerTrust) -> &'static str {
+    match trust {
+        PeerTrust::Verified => "verified",
+        PeerTrust::Trusted => "trusted",
+        PeerTrust::Untrusted => "untrusted",
+        _ => "anonymous",
     }
 }
 

@@ -21,6 +21,14 @@
 //! bounce (queued before it is recorded, so a crash duplicates rather than
 //! loses it); a finished message is removed from the spool.
 //!
+//! The delivery line reads as Postfix's, queue id first: `4F2A…: to=<…>,
+//! relay=mx[192.0.2.1]:25, delay=1.2, delays=0.01/1.1/0.08/0.01, dsn=2.0.0,
+//! status=sent (…)`, the delays being: before the queue (reception, up to
+//! the message's commit), in the queue (up to this attempt), connection
+//! setup (address lookups, connection, greeting, EHLO and TLS) and
+//! transmission. A failed attempt is that one line (the TLS library's
+//! error, if the handshake failed, is in its parentheses).
+//!
 //! Every recipient outcome of an attempt is logged exactly once, routing
 //! failures included (`relay=none`); a host passed over for the next MX
 //! gets a line of its own. A next hop that is one of the relay's own
@@ -50,7 +58,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use postern_policy::tlsrpt::{FailureFacts, PolicyType, SessionOutcome};
 use postern_policy::{
@@ -64,6 +72,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
+use crate::metrics::Metrics;
 use crate::net::dns::{SystemResolver, normalize_domain};
 use crate::outbound::connection_cache::ConnectionCache;
 use crate::outbound::mta_sts::{StsFetch, StsLookup, StsResolver};
@@ -131,6 +140,7 @@ pub struct Delivery {
     listening: Vec<SocketAddr>,
     /// Connections kept open for the next message to their next hop.
     connections: ConnectionCache,
+    metrics: Arc<Metrics>,
 }
 
 /// `4.x.y`, which is always valid (class 4, small numbers).
@@ -156,7 +166,15 @@ impl Delivery {
             reporter: None,
             listening: Vec::new(),
             connections: ConnectionCache::new(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Records the attempts into `metrics` (the relay's endpoint serves
+    /// them).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The rules attempts start under now.
@@ -418,11 +436,7 @@ impl Delivery {
         }
         let closing: Vec<_> = self
             .connections
-            .expired(
-                &self.rules().config.connection_cache,
-                std::time::Instant::now(),
-                true,
-            )
+            .expired(&self.rules().config.connection_cache, Instant::now(), true)
             .into_iter()
             .map(postern_tokio::client::IdleConnection::quit)
             .collect();
@@ -436,10 +450,7 @@ impl Delivery {
     /// (`QUIT` sent in the background).
     fn close_idle(&self) {
         let cache = self.rules().config.connection_cache;
-        for conn in self
-            .connections
-            .expired(&cache, std::time::Instant::now(), false)
-        {
+        for conn in self.connections.expired(&cache, Instant::now(), false) {
             tokio::spawn(conn.quit());
         }
     }
@@ -649,21 +660,23 @@ impl Delivery {
     async fn deliver(&self, envelope: Envelope) -> Option<(Envelope, AttemptReport)> {
         let id = envelope.id.clone();
         let read_id = id.clone();
+        let started = SystemTime::now();
         let content = self
             .blocking(move |spool| {
                 use std::io::Read as _;
                 let mut buf = Vec::new();
-                spool
-                    .open_content(&read_id)?
-                    .read_to_end(&mut buf)
-                    .map_err(|e| SpoolError::Io {
-                        path: spool.root().to_owned(),
-                        source: e,
-                    })?;
-                Ok(buf)
+                let mut file = spool.open_content(&read_id)?;
+                // Written once, at the commit: when the message was queued.
+                let queued_at = file.metadata().and_then(|m| m.modified()).ok();
+                file.read_to_end(&mut buf).map_err(|e| SpoolError::Io {
+                    path: spool.root().to_owned(),
+                    source: e,
+                })?;
+                Ok((buf, queued_at))
             })
             .await;
         let now = SystemTime::now();
+        let mut queued_at = envelope.received_at;
         let attempted = match content {
             Err(e) => {
                 let f = Failure::local(transient(3, 0), format!("queue file read error: {e}"), now);
@@ -675,12 +688,21 @@ impl Delivery {
                         .collect(),
                 )]
             }
-            Ok(content) => self.deliver_all(&self.rules(), &envelope, &content).await,
+            Ok((content, at)) => {
+                queued_at = at.map_or(queued_at, |at| at.clamp(envelope.received_at, started));
+                self.deliver_all(&self.rules(), &envelope, &content).await
+            }
+        };
+        let before = Delays {
+            before_queue: queued_at
+                .duration_since(envelope.received_at)
+                .unwrap_or_default(),
+            in_queue: started.duration_since(queued_at).unwrap_or_default(),
         };
         // Exactly one log line per recipient outcome.
         for a in &attempted {
             for (i, o) in &a.outcomes {
-                log_outcome(&envelope, *i, o, a);
+                log_outcome(&envelope, *i, o, a, before);
             }
         }
         let outcomes: Vec<(usize, Outcome)> =
@@ -725,13 +747,10 @@ impl Delivery {
                 .or_default()
                 .push(i);
         }
-        let message = MessageTls::from_message(
-            envelope.params.requiretls,
-            tls_required_header(content).as_deref(),
-        );
         let mut attempted = Vec::new();
         for (domain, indices) in by_domain {
             let now = SystemTime::now();
+            let routing = Instant::now();
             match rules.router.route(&domain, now).await {
                 Err(f) => {
                     let outcome = if f.code.is_permanent() {
@@ -744,26 +763,37 @@ impl Delivery {
                     ));
                 }
                 Ok(route) => attempted.push(
-                    self.deliver_route(rules, envelope, &indices, &route, message, content)
-                        .await,
+                    self.deliver_route(
+                        rules,
+                        envelope,
+                        &indices,
+                        &route,
+                        content,
+                        routing.elapsed(),
+                    )
+                    .await,
                 ),
             }
         }
         attempted
     }
 
-    /// Delivers the recipients `indices` of one domain along `route`, trying
-    /// its hosts in order while they fail temporarily as a whole, and never
-    /// to this relay itself.
+    /// Delivers the recipients `indices` of one domain along `route` (found
+    /// in `routed_in`), trying its hosts in order while they fail
+    /// temporarily as a whole, and never to this relay itself.
     async fn deliver_route(
         &self,
         rules: &DeliveryRules,
         envelope: &Envelope,
         indices: &[usize],
         route: &Route,
-        message: MessageTls,
         content: &[u8],
+        routed_in: Duration,
     ) -> Attempted {
+        let message = MessageTls::from_message(
+            envelope.params.requiretls,
+            tls_required_header(content).as_deref(),
+        );
         let now = SystemTime::now();
         let all = |outcome: Outcome| {
             Attempted::without_host(indices.iter().map(|&i| (i, outcome.clone())).collect())
@@ -802,6 +832,7 @@ impl Delivery {
         let dane = DaneUse::choose(rules.router.resolver(), route, wanted);
         let mut last: Option<Attempted> = None;
         for host in &route.hosts {
+            let host_started = Instant::now();
             let found = match next_hop::look_up(rules.router.resolver(), host, dane, now).await {
                 Ok(v) => v,
                 Err(f) => {
@@ -844,6 +875,7 @@ impl Delivery {
                 .enabled
                 .then(|| self.connections.take(&destination, &policy))
                 .flatten();
+            let connecting = Instant::now();
             let (result, kept) = rules
                 .client
                 .deliver_reusing(
@@ -855,16 +887,26 @@ impl Delivery {
                     cache.enabled,
                 )
                 .await;
+            let took = connecting.elapsed();
             if let Some(kept) = kept {
                 let more_due = self.queue().has_due_for(&route.domain, SystemTime::now());
-                if let Some(done) =
-                    self.connections
-                        .keep(kept, cache, more_due, std::time::Instant::now())
-                {
+                if let Some(done) = self.connections.keep(kept, cache, more_due, Instant::now()) {
                     tokio::spawn(done.quit());
                 }
             }
             self.record_tls_outcome(envelope, &policy, sts.as_ref(), host, &result);
+            let label = match &result.failure {
+                None => "success",
+                Some(f) => f.result_type.map_or("failure", |t| t.as_str()),
+            };
+            self.metrics
+                .attempt(policy.settings().tls.as_str(), label, took);
+            if let Some(handshake) = result.tls_handshake {
+                self.metrics.handshake("outbound", handshake);
+            }
+            // Routing and lookups count as connection setup, as in Postfix.
+            let setup = result.connection_setup.unwrap_or(took).min(took);
+            let lookups = routed_in + connecting.duration_since(host_started);
             let mut outcomes = outcomes(&result, indices, host);
             if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {
                 note_sts_problem(&mut outcomes, *result_type, reason);
@@ -875,10 +917,9 @@ impl Delivery {
                 && result.failure.is_some();
             let attempted = Attempted {
                 relay: relay_name(host, &result),
-                tls: result.tls.as_ref().map_or_else(
-                    || "none".to_owned(),
-                    |t| format!("{} {} {}", t.version, t.cipher, t.certificate.trust),
-                ),
+                setup: lookups + setup,
+                transmission: took - setup,
+                tls_error: result.tls_error.clone(),
                 outcomes,
             };
             replace_last(envelope, &mut last, attempted);
@@ -1048,9 +1089,12 @@ struct Attempted {
     /// `host[ip]:port` when a server was reached, else the host; `none`
     /// when no host was tried (as Postfix writes `relay=none`).
     relay: String,
-    /// The TLS summary (`TLSv1.3 TLS13_AES_256_GCM_SHA384 verified`), or
-    /// `none`.
-    tls: String,
+    /// Routing, lookups and connection setup (greeting, EHLO, TLS).
+    setup: Duration,
+    /// The rest of the attempt: the transaction.
+    transmission: Duration,
+    /// Why the TLS handshake failed, in the TLS library's words.
+    tls_error: Option<String>,
     /// Each recipient's outcome.
     outcomes: Vec<(usize, Outcome)>,
 }
@@ -1060,7 +1104,9 @@ impl Attempted {
     fn without_host(outcomes: Vec<(usize, Outcome)>) -> Self {
         Self {
             relay: "none".to_owned(),
-            tls: "none".to_owned(),
+            setup: Duration::ZERO,
+            transmission: Duration::ZERO,
+            tls_error: None,
             outcomes,
         }
     }
@@ -1073,8 +1119,13 @@ fn replace_last(envelope: &Envelope, last: &mut Option<Attempted>, next: Attempt
     if let Some(passed) = last.replace(next)
         && let Some((_, Outcome::Deferred(f) | Outcome::Failed(f))) = passed.outcomes.first()
     {
-        tracing::info!(queue_id = %envelope.id, "relay={}, tls={}, {f}; trying the next host",
-            passed.relay, passed.tls);
+        let error = passed
+            .tls_error
+            .as_ref()
+            .map(|e| format!("; TLS error: {e}"))
+            .unwrap_or_default();
+        tracing::info!(queue_id = %envelope.id, "{}: relay={}, {f}{error}; trying the next host",
+            envelope.id, passed.relay);
     }
 }
 
@@ -1116,9 +1167,24 @@ fn tls_required_header(content: &[u8]) -> Option<String> {
         .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
 }
 
-/// Postfix-style delivery log line: `to=<…>, relay=…, delay=…, tls=…,
-/// dsn=…, status=…`.
-fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, attempted: &Attempted) {
+/// The first two of Postfix's `delays=a/b/c/d`: before the queue (from
+/// the start of reception to the commit) and in the queue (to the start
+/// of this attempt).
+#[derive(Debug, Clone, Copy)]
+struct Delays {
+    before_queue: Duration,
+    in_queue: Duration,
+}
+
+/// Postfix-style delivery log line: `QUEUEID: to=<…>, relay=…, delay=…,
+/// delays=a/b/c/d, dsn=…, status=… (…)`.
+fn log_outcome(
+    envelope: &Envelope,
+    index: usize,
+    outcome: &Outcome,
+    attempted: &Attempted,
+    before: Delays,
+) {
     let to = envelope
         .recipients
         .get(index)
@@ -1126,9 +1192,29 @@ fn log_outcome(envelope: &Envelope, index: usize, outcome: &Outcome, attempted: 
     let delay = SystemTime::now()
         .duration_since(envelope.received_at)
         .unwrap_or_default();
+    let mut status = status_field(outcome);
+    if let (Some(e), false) = (&attempted.tls_error, *outcome == Outcome::Delivered) {
+        // Inside the parentheses of the reason.
+        status.pop();
+        status.push_str(&format!("; TLS error: {e})"));
+    }
     tracing::info!(queue_id = %envelope.id,
-        "to=<{to}>, relay={}, delay={:.1}, tls={}, {}", attempted.relay, delay.as_secs_f64(),
-        attempted.tls, status_field(outcome));
+        "{}: to=<{to}>, relay={}, delay={}, delays={}/{}/{}/{}, {status}", envelope.id, attempted.relay,
+        seconds(delay), seconds(before.before_queue), seconds(before.in_queue),
+        seconds(attempted.setup), seconds(attempted.transmission));
+}
+
+/// A delay as Postfix writes it: two decimals under 10 s, one under 100 s,
+/// whole seconds beyond.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 10.0 {
+        format!("{s:.2}")
+    } else if s < 100.0 {
+        format!("{s:.1}")
+    } else {
+        format!("{s:.0}")
+    }
 }
 
 /// The end of a delivery log line, as Postfix writes it: `dsn=2.0.0,
