@@ -7,7 +7,8 @@
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
 //! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
 //!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
-//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
+//! postern-relay [--config FILE] probe DESTINATION [--servername NAME] [--ehlo NAME] [--all]
+//!                                                          the chain, what each client TLS mode and the configured policy would decide
 //! postern-relay [--config FILE] queue list [--json]              like postqueue -p
 //! postern-relay [--config FILE] queue show ID [--body]             like postcat -q
 //! postern-relay [--config FILE] queue delete ID...|--all           like postsuper -d
@@ -69,8 +70,19 @@ enum Command {
     /// Connect to a next hop, try STARTTLS and show what each client TLS
     /// mode would decide (like posttls-finger).
     Probe {
-        /// HOST or HOST:PORT (port 25 by default).
+        /// A domain (routed as delivery routes it: static route or MX
+        /// lookup), or `[host]`, `[host]:port`, `host:port` (no MX lookup).
         target: String,
+        /// The name sent as SNI and verified (posttls-finger -N is close).
+        #[arg(long, value_name = "NAME")]
+        servername: Option<String>,
+        /// The name said in EHLO (posttls-finger -H); default: `hostname`.
+        #[arg(long, value_name = "NAME")]
+        ehlo: Option<String>,
+        /// Probe every host of a domain's route, not only the first that
+        /// answers.
+        #[arg(long)]
+        all: bool,
     },
     /// Show or act on the mail queue.
     #[command(subcommand)]
@@ -229,9 +241,20 @@ fn main() -> ExitCode {
                     Ok(())
                 }
             }
-            Some(Command::Probe { target }) => {
-                runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
-            }
+            Some(Command::Probe {
+                target,
+                servername,
+                ehlo,
+                all,
+            }) => runtime().and_then(|rt| {
+                rt.block_on(cli::probe(
+                    &config,
+                    &target,
+                    servername.as_deref(),
+                    ehlo.as_deref(),
+                    all,
+                ))
+            }),
             Some(Command::Queue(command)) => queue(&config, command),
             Some(Command::Reload) => cli::reload(&config),
         });

@@ -420,6 +420,22 @@ pub fn parse_body(body: &[u8]) -> Result<StsPolicy, FetchError> {
     StsPolicy::parse(text).map_err(FetchError::Invalid)
 }
 
+/// Reads the persisted cache entry of `domain` under `state_dir`, without
+/// changing it (`policy explain`, `probe`): `None` when there is none.
+pub fn read_cached(state_dir: &Path, domain: &DomainName) -> Result<Option<StsCache>, String> {
+    let path = state_dir
+        .join("mta-sts")
+        .join(format!("{}.json", domain.as_str()));
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Reads a persisted cache entry; a missing or unreadable file is an empty
 /// entry (the policy is fetched again).
 async fn load(path: PathBuf) -> StsCache {
