@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use postern_certs::{
     CertKey, CertificateRow, ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE,
 };
+use postern_policy::mta_sts::StsPolicy;
 use postern_policy::{ClientTlsMode, DomainName, NextHop};
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
@@ -20,6 +21,7 @@ use crate::config::{Config, DnssecMode};
 use crate::envelope::{Envelope, Failure, FailureSource, Mailbox, MessageId};
 use crate::net::dns::{Resolver as _, SystemResolver};
 use crate::outbound::explain;
+use crate::outbound::next_hop::{self, DaneUse};
 use crate::outbound::routing::{RouteSource, Router};
 use crate::queue::control::{self, ANSWER_WAIT, Answer, Request, Selection};
 use crate::queue::lock::{LockError, StateLock};
@@ -448,6 +450,7 @@ pub async fn probe(
         configured: Some(&policy.outbound),
         secure_mx: true,
         mta_sts: None,
+        address: None,
         roots,
         timeout,
     };
@@ -455,6 +458,14 @@ pub async fn probe(
         || target.contains(':')
         || target.parse::<std::net::IpAddr>().is_ok();
     if direct {
+        // `[host]:port` keys of the policy apply to a bracketed target.
+        let mut options = options;
+        if target.starts_with('[') {
+            options.destination = NextHop::parse(target).ok();
+        }
+        if let Some(domain) = options.destination.as_ref().and_then(NextHop::domain) {
+            options.mta_sts = cached_sts(config, domain);
+        }
         let report = crate::outbound::probe::probe(target, options, resolver.dnssec()).await?;
         out!("{}", report.to_text());
         return Ok(());
@@ -476,16 +487,7 @@ pub async fn probe(
         .map(|h| format!("{}:{}", h.host, h.port))
         .collect();
     outln!("Route for {}: {how}: {}", route.domain, hosts.join(", "));
-    let sts = hop
-        .domain()
-        .and_then(|d| {
-            crate::outbound::mta_sts::read_cached(&config.state_dir, d)
-                .ok()
-                .flatten()
-        })
-        .and_then(|cache| cache.cached)
-        .filter(|c| c.is_valid_at(unix_now()))
-        .map(|c| c.policy);
+    let sts = hop.domain().and_then(|d| cached_sts(config, d));
     let mut answered = false;
     for host in &route.hosts {
         let mut options = options.clone();
@@ -494,6 +496,14 @@ pub async fn probe(
         options.secure_mx = route.hosts_found_securely();
         let target = format!("{}:{}", host.host, host.port);
         outln!("\n--- {target}");
+        // The addresses as delivery finds them.
+        match next_hop::look_up(router.resolver(), host, DaneUse::No, SystemTime::now()).await {
+            Ok(found) => options.address = found.addresses.first().copied(),
+            Err(failure) => {
+                outln!("not usable: {}", failure.text);
+                continue;
+            }
+        }
         match crate::outbound::probe::probe(&target, options, router.resolver().dnssec()).await {
             Ok(report) => {
                 out!("{}", report.to_text());
@@ -510,6 +520,16 @@ pub async fn probe(
     } else {
         Err(format!("{target}: no host answered").into())
     }
+}
+
+/// The valid MTA-STS policy cached for `domain`, if any (read only).
+fn cached_sts(config: &Config, domain: &DomainName) -> Option<StsPolicy> {
+    crate::outbound::mta_sts::read_cached(&config.state_dir, domain)
+        .ok()
+        .flatten()
+        .and_then(|cache| cache.cached)
+        .filter(|c| c.is_valid_at(unix_now()))
+        .map(|c| c.policy)
 }
 
 /// Seconds since the Unix epoch.

@@ -1,5 +1,15 @@
-//! `postern-relay probe HOST[:PORT]`: what a next hop offers and what each
+//! `postern-relay probe DESTINATION`: what a next hop offers and what each
 //! client TLS mode would decide, in the spirit of Postfix's `posttls-finger`.
+//! (The command line routes a domain first; see `cli::probe`.)
+//!
+//! The report shows the certificate chain the server sent, each certificate
+//! with its subject, subjectAltNames, issuer, validity, key and two SHA-256
+//! digests: of the certificate (what a `fingerprint` pin holds, written as
+//! `pins` takes it) and of its public key (SPKI). With the configured policy
+//! given, it also shows what that policy decides for the destination and
+//! which rule matched: the chain is checked as the policy's handshake would
+//! check it (match names, pins, TLSA records, trust anchors), then judged by
+//! the same evaluation.
 //!
 //! The probe drives the same delivery attempt as delivery
 //! (postern-attempt's `Attempt::probe`, through [`postern_tokio::client::Client::probe`]) under
@@ -322,6 +332,9 @@ pub struct ProbeOptions<'a> {
     pub secure_mx: bool,
     /// The MTA-STS policy (from the cache) for `mta-sts` mode.
     pub mta_sts: Option<StsPolicy>,
+    /// The address to connect to, when the caller looked it up (a domain's
+    /// route, looked up as delivery does); `None`: the target's.
+    pub address: Option<SocketAddr>,
     /// The PKIX trust anchors.
     pub roots: Arc<RootCertStore>,
     /// The time allowed to connect, for the handshake and each reply.
@@ -349,16 +362,17 @@ pub async fn probe(
         }
         _ => None,
     };
-    let addr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) if dns.as_ref().is_some_and(|d| !d.addresses.is_empty()) => dns
+    let addr = match (options.address, host.parse::<std::net::IpAddr>()) {
+        (Some(addr), _) => addr,
+        (None, Ok(ip)) => SocketAddr::new(ip, port),
+        (None, Err(_)) if dns.as_ref().is_some_and(|d| !d.addresses.is_empty()) => dns
             .as_ref()
             .and_then(|d| d.addresses.first().copied())
             .ok_or_else(|| ProbeError::Resolve {
                 host: host.clone(),
                 reason: "no address".into(),
             })?,
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+        (None, Err(_)) => tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| ProbeError::Resolve {
                 host: host.clone(),
