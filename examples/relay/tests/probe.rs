@@ -211,7 +211,7 @@ async fn servername_is_the_verified_name_and_ehlo_reaches_the_server() {
 async fn a_domain_is_probed_through_its_route_under_its_rule() {
     let dir = tempfile::tempdir().unwrap();
     let hop = start_hop(
-        Hop::Tls(rustls_server(&ca().leaf(&["localhost"], false, -1, 90))),
+        Hop::Tls(rustls_server(&ca().leaf(&["loose.test"], false, -1, 90))),
         Duration::ZERO,
     )
     .await;
@@ -222,7 +222,8 @@ async fn a_domain_is_probed_through_its_route_under_its_rule() {
         &format!(
             "[routes]\n\"loose.test\" = \"127.0.0.1:{port}\"\n\"strict.test\" = \"127.0.0.1:{port}\"\n\
              [tls.outbound.domains.\"loose.test\"]\ntls = \"encrypt\"\n\
-             [tls.outbound.domains.\"strict.test\"]\ntls = \"fingerprint\"\npins = [\"{other}\"]\n"
+             [tls.outbound.domains.\"strict.test\"]\ntls = \"fingerprint\"\npins = [\"{other}\"]\n\
+             [tls.outbound.domains.\"[127.0.0.1]:{port}\"]\ntls = \"verify\"\n"
         ),
     );
     let out = relay(dir.path(), &["probe", "loose.test"]).await;
@@ -239,6 +240,18 @@ async fn a_domain_is_probed_through_its_route_under_its_rule() {
         line.contains("loose.test") && line.contains("mode encrypt): deliver"),
         "{report}"
     );
+    // The host is judged under the domain, as delivery judges it: the
+    // domain is the name sent and checked, and `secure` matches it.
+    assert_eq!(
+        field(&report, "Server name (SNI, verified name):"),
+        "loose.test"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("secure ") && l.contains(" deliver ")),
+        "{report}"
+    );
 
     let report = text(&relay(dir.path(), &["probe", "strict.test"]).await.stdout);
     let line = configured(&report);
@@ -246,6 +259,19 @@ async fn a_domain_is_probed_through_its_route_under_its_rule() {
         line.contains("strict.test") && line.contains("mode fingerprint): no delivery"),
         "{report}"
     );
+
+    // A bracketed next hop: no route, its own `[host]:port` rule.
+    let report = text(
+        &relay(dir.path(), &["probe", &format!("[127.0.0.1]:{port}")])
+            .await
+            .stdout,
+    );
+    let line = configured(&report);
+    assert!(
+        line.contains(&format!("[127.0.0.1]:{port}")) && line.contains("mode verify): no delivery"),
+        "{report}"
+    );
+    assert!(!report.contains("Route for"), "{report}");
     assert!(hop.log.lock().unwrap().delivered.is_empty());
 }
 

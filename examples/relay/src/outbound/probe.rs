@@ -386,6 +386,8 @@ pub async fn probe(
     };
     let (hop, mx) = next_hop(&host, port).map_err(|_| ProbeError::Target(target.to_owned()))?;
     let mx = options.server_name.clone().or(mx);
+    // A domain's host is judged as delivery judges it: under the domain.
+    let hop = options.destination.clone().unwrap_or(hop);
     let mut settings = ClientSettings::new(ehlo_name);
     settings.connect_timeout = timeout;
     settings.handshake_timeout = timeout;
@@ -394,6 +396,11 @@ pub async fn probe(
     let client = Client::new(settings, Arc::clone(&context));
     let policy = OutboundPolicy::new(DestinationPolicy::new(ClientTlsMode::Opportunistic))
         .connection(&hop, mx.as_ref());
+    // The name sent as SNI and checked (the attempt's choice).
+    let server_name = policy
+        .server_name()
+        .or_else(|| hop.domain())
+        .map(ToString::to_string);
     let result = client.probe(addr, policy).await;
     let facts = result.facts;
     if let Some(f) = &result.failure
@@ -453,7 +460,7 @@ pub async fn probe(
             usize::try_from(t.discarded_before_handshake).unwrap_or(usize::MAX)
         }),
         handshake,
-        server_name: mx.as_ref().map(ToString::to_string),
+        server_name: server_name.clone(),
         chain: result
             .tls
             .as_ref()
@@ -484,10 +491,9 @@ pub async fn probe(
         }
     }
     if let Some(outbound) = options.configured {
-        let destination = options.destination.clone().unwrap_or_else(|| hop.clone());
-        let (settings, source) = outbound.lookup(&destination);
+        let (settings, source) = outbound.lookup(&hop);
         let mut policy = outbound
-            .connection(&destination, mx.as_ref())
+            .connection(&hop, mx.as_ref())
             .with_secure_mx(options.secure_mx);
         if settings.tls == ClientTlsMode::MtaSts {
             policy = policy.with_mta_sts(options.mta_sts.clone());
