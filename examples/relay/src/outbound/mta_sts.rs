@@ -463,6 +463,22 @@ async fn store(path: PathBuf, cache: StsCache) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_cached_reads_without_writing_and_names_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = DomainName::parse("example.com").unwrap();
+        assert!(read_cached(dir.path(), &domain).unwrap().is_none());
+        std::fs::create_dir_all(dir.path().join("mta-sts")).unwrap();
+        let path = dir.path().join("mta-sts/example.com.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = read_cached(dir.path(), &domain).unwrap_err();
+        assert!(e.contains("example.com.json"), "{e}");
+        let cache = StsCache::new();
+        std::fs::write(&path, serde_json::to_vec(&cache).unwrap()).unwrap();
+        let read = read_cached(dir.path(), &domain).unwrap().unwrap();
+        assert!(read.cached.is_none());
+    }
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// Serves `response` to one request on an in-memory pipe and returns the

@@ -663,4 +663,21 @@ mod tests {
         assert!(parse_target("").is_err());
         assert!(parse_target("mx:port").is_err());
     }
+
+    #[test]
+    fn an_unreadable_certificate_is_described_not_panicked_on() {
+        let der = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        let lines = describe(&der);
+        assert!(
+            lines[0].starts_with("unreadable certificate: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "pin (SHA-256 of the certificate): {}",
+                Fingerprint::of(&[0x30, 0x03, 0x02, 0x01])
+            )
+        );
+    }
 }
