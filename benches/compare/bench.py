@@ -306,6 +306,11 @@ class Relay:
         ]
         if outbound == "verify":
             cfg += ['certificate_match = ["sink.localhost"]', 'trust_anchors = "%s/ca.crt"' % c]
+        # Top-level keys go before the first table: `--relay-extra` / `--relay-old-extra` lines are put
+        # there (the bench runs as root: the relay under test is allowed to stay root).
+        extra = self.a.relay_extra if self.name == "relay" else self.a.relay_old_extra
+        top = (["allow_root = true"] if self.name == "relay" else []) + [l for l in extra.split("\n") if l]
+        cfg = cfg[:2] + top + cfg[2:]
         with open(self.config, "w") as f:
             f.write("\n".join(cfg) + "\n")
         # The same certificate files as Postfix, imported into the relay's certificate table.
@@ -485,6 +490,10 @@ def main():
     p.add_argument("--postfix-port", type=int, default=12625)
     p.add_argument("--relay-port", type=int, default=12525)
     p.add_argument("--relay-old-port", type=int, default=12526)
+    p.add_argument("--relay-extra", default="",
+                   help="configuration lines added to relay's file (\\n-separated; dotted keys for tables)")
+    p.add_argument("--relay-old-extra", default="",
+                   help="the same for relay-old (e.g. 'allow_root = true' when it is a recent build)")
     p.add_argument("--sink-port", type=int, default=12626)
     p.add_argument("--workdir", default="")
     p.add_argument("--out", default="", help="write the markdown summary here too")

@@ -212,6 +212,9 @@ enum Phase {
     Reconnecting,
     /// The new plaintext connection after a failed handshake: no STARTTLS.
     PlaintextRetry,
+    /// Done was emitted with the connection kept open ([`Attempt::keep_open`]): waiting for
+    /// [`Attempt::next_message`] or [`Attempt::quit`].
+    Idle,
     /// Done was emitted.
     Finished,
 }
@@ -278,6 +281,22 @@ pub struct Attempt {
     facts: SessionFacts,
     server_name: String,
     plaintext_retry: bool,
+    /// Keep the connection open after a completed transaction.
+    keep_open: bool,
+    /// The messages handed to this connection so far.
+    uses: u32,
+}
+
+/// Why [`Attempt::next_message`] refused a message: send it on a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotReusable {
+    /// The connection is not idle after a completed transaction (it was not kept open, or it is closed).
+    #[error("connection not idle")]
+    NotIdle,
+    /// The message's connection policy is not the one this connection was opened and judged under.
+    #[error("connection opened under another policy")]
+    OtherPolicy,
 }
 
 impl Attempt {
@@ -326,7 +345,74 @@ impl Attempt {
             server_name,
             policy,
             plaintext_retry: false,
+            keep_open: false,
+            uses: 1,
         }
+    }
+
+    /// Keep the connection open after a completed transaction (connection reuse, Postfix's connection
+    /// cache): [`Event::Done`] then says [`Done::connection_open`], and the driver may hand the same connection
+    /// the next message for this next hop with [`next_message`](Self::next_message), or end it with
+    /// [`quit`](Self::quit). A probe ignores it.
+    #[must_use]
+    pub fn keep_open(mut self) -> Self {
+        self.keep_open = !self.probe;
+        self
+    }
+
+    /// The messages handed to this connection so far (1, then 2 after a [`next_message`](Self::next_message), …).
+    pub fn connection_use(&self) -> u32 {
+        self.uses
+    }
+
+    /// Whether the connection is idle after a completed transaction, kept open for another message.
+    pub fn is_idle(&self) -> bool {
+        self.phase == Phase::Idle && self.session.is_ready()
+    }
+
+    /// Another message on this idle connection, as a new attempt under `policy` (the message's own
+    /// connection policy). Refused unless the connection is [idle](Self::is_idle) and `policy` is the very
+    /// policy this connection was opened and judged under — same destination settings, MX name, DANE and
+    /// MTA-STS facts, and message requirement (REQUIRETLS): a reused connection carries only messages whose
+    /// policy it satisfied. The message goes at once (`MAIL` is the next command); drain
+    /// [`poll_event`](Self::poll_event) as after any input. The [`Done`] of this message carries the
+    /// connection's TLS facts and decision.
+    pub fn next_message(
+        &mut self,
+        policy: &ConnectionPolicy,
+        envelope: Envelope,
+        message: Vec<u8>,
+    ) -> Result<(), NotReusable> {
+        if !self.is_idle() {
+            return Err(NotReusable::NotIdle);
+        }
+        if *policy != self.policy {
+            return Err(NotReusable::OtherPolicy);
+        }
+        self.recipients = envelope.recipients.iter().map(|(r, _)| r.clone()).collect();
+        self.mail = Some((envelope, message));
+        self.report = None;
+        self.failure = None;
+        self.uses += 1;
+        self.phase = if self.plaintext_retry {
+            Phase::PlaintextRetry
+        } else {
+            Phase::First
+        };
+        // The checks of a first message apply again (TLS required and active, the extensions it needs).
+        self.send();
+        Ok(())
+    }
+
+    /// Ends an idle connection: returns the `QUIT` to write before closing it (its reply need not be
+    /// awaited); `None` when the connection is not idle. Nothing follows.
+    pub fn quit(&mut self) -> Option<Vec<u8>> {
+        if self.phase != Phase::Idle {
+            return None;
+        }
+        self.phase = Phase::Finished;
+        self.session.quit().ok()?;
+        self.session.poll_transmit()
     }
 
     /// Before connecting: `Some` when the policy says this next hop cannot be used (for example a DANE
@@ -555,8 +641,19 @@ impl Attempt {
                 }
             }
             ClientEvent::TransactionDone(report) => {
-                self.report = Some(report);
-                let _ = self.session.quit();
+                if self.keep_open && self.session.is_ready() {
+                    // The connection stays, at the decision point, for the next message.
+                    let mut done = self.done_of(report);
+                    done.tls.clone_from(&self.tls);
+                    done.decision.clone_from(&self.decision);
+                    done.plaintext_retry = self.plaintext_retry;
+                    done.connection_open = true;
+                    self.phase = Phase::Idle;
+                    self.events.push_back(Event::Done(Box::new(done)));
+                } else {
+                    self.report = Some(report);
+                    let _ = self.session.quit();
+                }
             }
             ClientEvent::Closed(reason) => self.finish(Some(reason)),
             _ => {}
@@ -649,24 +746,7 @@ impl Attempt {
         }
         self.phase = Phase::Finished;
         let mut done = match self.report.take() {
-            Some(report) => {
-                let failure = report
-                    .data_reply
-                    .as_ref()
-                    .or(report.mail_reply.as_ref())
-                    .filter(|r| !r.code().is_positive())
-                    .map(|r| DeliveryFailure::reply(r, "message refused"));
-                Done {
-                    outcome: Done::outcome_of(&report.recipients, failure.as_ref()),
-                    recipients: report.recipients,
-                    tls: None,
-                    decision: None,
-                    failure,
-                    facts: self.facts,
-                    plaintext_retry: false,
-                    handed_over: true,
-                }
-            }
+            Some(report) => self.done_of(report),
             None if self.probe
                 && self.failure.is_none()
                 && reason == Some(ClientCloseReason::Quit) =>
@@ -681,6 +761,8 @@ impl Attempt {
                     facts: self.facts,
                     plaintext_retry: false,
                     handed_over: false,
+                    connection_open: false,
+                    connection_use: self.uses,
                 }
             }
             None => {
@@ -695,13 +777,37 @@ impl Attempt {
                         DeliveryFailure::closed,
                     )
                 });
-                Done::undelivered(&self.recipients, failure, self.facts)
+                let mut done = Done::undelivered(&self.recipients, failure, self.facts);
+                done.connection_use = self.uses;
+                done
             }
         };
         done.tls = self.tls.take();
         done.decision = self.decision.take();
         done.plaintext_retry = self.plaintext_retry;
         self.events.push_back(Event::Done(Box::new(done)));
+    }
+
+    /// The [`Done`] of a transaction that ran (TLS facts and decision are the caller's to add).
+    fn done_of(&self, report: TransactionReport) -> Done {
+        let failure = report
+            .data_reply
+            .as_ref()
+            .or(report.mail_reply.as_ref())
+            .filter(|r| !r.code().is_positive())
+            .map(|r| DeliveryFailure::reply(r, "message refused"));
+        Done {
+            outcome: Done::outcome_of(&report.recipients, failure.as_ref()),
+            recipients: report.recipients,
+            tls: None,
+            decision: None,
+            failure,
+            facts: self.facts,
+            plaintext_retry: false,
+            handed_over: true,
+            connection_open: false,
+            connection_use: self.uses,
+        }
     }
 
     /// The handshake's parameters, from the policy's requirement.

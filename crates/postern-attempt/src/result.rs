@@ -216,6 +216,12 @@ pub struct Done {
     /// The transaction ran (MAIL was sent): the recipients' statuses are the next hop's answers, and a
     /// driver does not try another address of the same next hop.
     pub handed_over: bool,
+    /// The connection is still open, idle after this transaction, for another message
+    /// ([`crate::Attempt::keep_open`], [`crate::Attempt::next_message`]).
+    pub connection_open: bool,
+    /// Which message of its connection this was: 1 for the first, 2 for the next on a reused connection
+    /// (Postfix's `conn_use`).
+    pub connection_use: u32,
 }
 
 impl Done {
@@ -301,6 +307,8 @@ impl Done {
             facts,
             plaintext_retry: false,
             handed_over: false,
+            connection_open: false,
+            connection_use: 1,
         }
     }
 }
@@ -323,6 +331,8 @@ pub struct DeliveryResult {
     pub plaintext_retry: bool,
     /// The facts the policy saw on that connection (what a probe reports).
     pub facts: SessionFacts,
+    /// Which message of its connection this was: above 1 on a reused connection (Postfix's `conn_use`).
+    pub connection_use: u32,
 }
 
 impl DeliveryResult {
@@ -336,6 +346,7 @@ impl DeliveryResult {
             decision: done.decision,
             failure: done.failure,
             plaintext_retry: done.plaintext_retry,
+            connection_use: done.connection_use,
         }
     }
 

@@ -22,6 +22,9 @@ use crate::certkey::{CertKey, KeyType};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 #[non_exhaustive]
 pub enum CertOrigin {
+    /// Chosen by the operator among the certificates of its names (the
+    /// relay's `cert use`): before every other, whatever the key types.
+    Preferred,
     /// Imported by the operator (the default).
     #[default]
     Imported,
@@ -92,10 +95,11 @@ fn insert_sorted(list: &mut Vec<Entry>, entry: Entry) {
 /// when no group has one is a certificate outside its validity (expired or
 /// not yet valid) served, in the same order, rather than failing the
 /// handshake. Within a group the precedence is:
-/// 1. origin: [`CertOrigin::Imported`] before [`CertOrigin::Generated`], so an
-///    imported certificate for a name is served instead of the generated
-///    Default Cert for that name, whatever their key types; a generated
-///    certificate is served only to a client that can use no imported one;
+/// 1. origin: [`CertOrigin::Preferred`], then [`CertOrigin::Imported`], then
+///    [`CertOrigin::Generated`], so an imported certificate for a name is
+///    served instead of the generated Default Cert for that name, whatever
+///    their key types, and a generated certificate is served only to a client
+///    that can use no imported one (unless the operator preferred it);
 /// 2. within the same origin, key type: ECDSA first, then Ed25519, then RSA: a
 ///    client offering an `ECDSA_*` scheme gets the ECDSA certificate, others
 ///    get RSA;

@@ -24,9 +24,13 @@ pub const DEFAULT_CERT_NAME: &str = "Default Cert";
 /// ([`CertOrigin::Generated`]); every other entry is operator-imported
 /// ([`CertOrigin::Imported`]). When several certificates carry the name a
 /// client asks for, [`CertificateStore::served`] picks:
-/// 1. an imported certificate before the Default Cert (and its ECDSA
+/// 1. the entries set with [`CertificateStore::set_preferred`]
+///    ([`CertOrigin::Preferred`]), whatever the key types, in the fallback
+///    group too: the operator's choice among several certificates for the
+///    same name (the Default Cert included);
+/// 2. an imported certificate before the Default Cert (and its ECDSA
 ///    companion), whatever the key types, in the fallback group too;
-/// 2. within the same origin, ECDSA for a client that offers an ECDSA
+/// 3. within the same origin, ECDSA for a client that offers an ECDSA
 ///    signature scheme, RSA otherwise.
 ///
 /// The Default Cert stays in the table, and still answers a client that can
@@ -35,6 +39,7 @@ pub const DEFAULT_CERT_NAME: &str = "Default Cert";
 pub struct CertificateStore {
     entries: Vec<(String, CertKey)>,
     fallback: Option<String>,
+    preferred: Option<String>,
 }
 
 impl CertificateStore {
@@ -92,6 +97,18 @@ impl CertificateStore {
         self.fallback = Some(name.into());
     }
 
+    /// Serves the entries named `name` before every other certificate for
+    /// their names ([`CertOrigin::Preferred`]); `None`: the default
+    /// precedence.
+    pub fn set_preferred(&mut self, name: Option<String>) {
+        self.preferred = name;
+    }
+
+    /// The name set with [`CertificateStore::set_preferred`].
+    pub fn preferred(&self) -> Option<&str> {
+        self.preferred.as_deref()
+    }
+
     /// The certificates under `name`.
     pub fn get(&self, name: &str) -> impl Iterator<Item = &CertKey> {
         self.entries
@@ -138,7 +155,9 @@ impl CertificateStore {
     /// (the host name) join the group, and outrank it there as everywhere.
     pub fn served(&self) -> ServedCertificates {
         let origin = |name: &str| {
-            if name == DEFAULT_CERT_NAME {
+            if self.preferred.as_deref() == Some(name) {
+                CertOrigin::Preferred
+            } else if name == DEFAULT_CERT_NAME {
                 CertOrigin::Generated
             } else {
                 CertOrigin::Imported
@@ -152,14 +171,14 @@ impl CertificateStore {
         let generated_fallback_names: Vec<&String> = self
             .entries
             .iter()
-            .filter(|(n, _)| Some(n.as_str()) == fallback && origin(n) == CertOrigin::Generated)
+            .filter(|(n, _)| Some(n.as_str()) == fallback && n == DEFAULT_CERT_NAME)
             .flat_map(|(_, c)| c.names())
             .collect();
         let mut set = ServedCertificates::new();
         for (name, cert) in &self.entries {
             let origin = origin(name);
             let joins_fallback = Some(name.as_str()) == fallback
-                || (origin == CertOrigin::Imported
+                || (name != DEFAULT_CERT_NAME
                     && cert
                         .names()
                         .iter()

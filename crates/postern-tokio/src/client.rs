@@ -155,37 +155,92 @@ impl Client {
         envelope: &Envelope,
         message: &[u8],
     ) -> DeliveryResult {
+        self.deliver_reusing(destination, policy, envelope, message, None, false)
+            .await
+            .0
+    }
+
+    /// As [`deliver_with`](Self::deliver_with), with connection reuse (Postfix's connection cache). `idle`, a
+    /// connection kept from an earlier delivery, carries the message if it [serves](IdleConnection::serves)
+    /// this destination under this very policy and is still open; else (or if it dies before the message is
+    /// handed over) a new connection is opened, as without it. With `keep_open`, the connection is kept after
+    /// a completed transaction and returned for the next message; the caller ends it with
+    /// [`IdleConnection::quit`] when it has no more.
+    pub async fn deliver_reusing(
+        &self,
+        destination: &Destination,
+        policy: &ConnectionPolicy,
+        envelope: &Envelope,
+        message: &[u8],
+        idle: Option<IdleConnection>,
+        keep_open: bool,
+    ) -> (DeliveryResult, Option<IdleConnection>) {
         if let Some(done) = Attempt::before_connect(policy, envelope) {
-            return DeliveryResult::from_done(done, None);
+            if let Some(idle) = idle {
+                idle.quit().await;
+            }
+            return (DeliveryResult::from_done(done, None), None);
         }
         let recipients: Vec<ForwardPath> =
             envelope.recipients.iter().map(|(r, _)| r.clone()).collect();
+        if let Some(mut idle) = idle {
+            if idle.serves(destination, policy)
+                && idle.is_open().await
+                && idle
+                    .attempt
+                    .next_message(policy, envelope.clone(), message.to_vec())
+                    .is_ok()
+            {
+                let IdleConnection {
+                    attempt,
+                    conn,
+                    addr,
+                    opened,
+                    ..
+                } = idle;
+                let (result, handed_over, kept) = self
+                    .drive(addr, attempt, Some(conn), &recipients, false)
+                    .await;
+                if handed_over {
+                    return (result, kept.map(|k| k.opened_at(opened)));
+                }
+                // Closed by the next hop while idle: the message goes on a new connection.
+                tracing::debug!(server = %addr, "reused connection lost before the message was handed over");
+            } else {
+                idle.quit().await;
+            }
+        }
         let mut last: Option<DeliveryResult> = None;
         for &addr in &destination.addresses {
-            let attempt = Attempt::new(
+            let mut attempt = Attempt::new(
                 policy.clone(),
                 self.settings.smtp.clone(),
                 envelope.clone(),
                 message.to_vec(),
                 Instant::now(),
             );
-            let (result, handed_over) = self.drive(addr, attempt, &recipients, false).await;
+            if keep_open {
+                attempt = attempt.keep_open();
+            }
+            let (result, handed_over, kept) =
+                self.drive(addr, attempt, None, &recipients, false).await;
             let Some(f) = result.failure.as_ref().filter(|_| !handed_over) else {
-                return result;
+                return (result, kept);
             };
             tracing::info!(server = %addr, failure = %f, "delivery attempt failed");
             if f.permanent {
-                return result;
+                return (result, None);
             }
             DeliveryResult::keep_most_telling(&mut last, result);
         }
-        last.unwrap_or_else(|| {
+        let result = last.unwrap_or_else(|| {
             DeliveryResult::undelivered(
                 &recipients,
                 DeliveryFailure::local(EnhancedStatus::NO_ANSWER, "no address to connect to"),
                 None,
             )
-        })
+        });
+        (result, None)
     }
 
     /// Probe `addr`: drive [`Attempt::probe`] under `policy` until TLS is up or refused, then QUIT; no MAIL is
@@ -193,26 +248,31 @@ impl Client {
     /// refused. The result's `facts` and `tls` say what the next hop offered.
     pub async fn probe(&self, addr: SocketAddr, policy: ConnectionPolicy) -> DeliveryResult {
         let attempt = Attempt::probe(policy, self.settings.smtp.clone(), Instant::now());
-        self.drive(addr, attempt, &[], true).await.0
+        self.drive(addr, attempt, None, &[], true).await.0
     }
 
-    /// Drive one attempt at `addr`: the connection (and the new plaintext one it may ask for) until Done.
-    /// Returns the result and whether the message was handed over.
+    /// Drive one attempt at `addr`: on `conn` (a reused connection) or a new one (and the new plaintext one
+    /// it may ask for) until Done. Returns the result, whether the message was handed over, and the
+    /// connection if the attempt keeps it open.
     async fn drive(
         &self,
         addr: SocketAddr,
         mut attempt: Attempt,
+        conn: Option<Conn>,
         recipients: &[ForwardPath],
         probe: bool,
-    ) -> (DeliveryResult, bool) {
+    ) -> (DeliveryResult, bool, Option<IdleConnection>) {
         let undelivered = |f, decision, plaintext_retry| {
             let mut r = DeliveryResult::undelivered(recipients, f, Some(addr));
             (r.decision, r.plaintext_retry) = (decision, plaintext_retry);
-            (r, false)
+            (r, false, None)
         };
-        let mut conn = match self.connect(addr).await {
-            Ok(conn) => conn,
-            Err(f) => return undelivered(f, None, false),
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => match self.connect(addr).await {
+                Ok(conn) => conn,
+                Err(f) => return undelivered(f, None, false),
+            },
         };
         let server_name = attempt.server_name().to_owned();
         let mut handshaken = None;
@@ -255,9 +315,28 @@ impl Client {
                         attempt.handle_reconnected(Instant::now());
                     }
                     Event::Done(done) => {
-                        conn.shutdown().await;
                         let handed_over = done.handed_over;
-                        return (DeliveryResult::from_done(*done, Some(addr)), handed_over);
+                        let kept = if done.connection_open && conn.pending.is_empty() {
+                            Some(IdleConnection {
+                                attempt,
+                                conn,
+                                addr,
+                                opened: Instant::now(),
+                                idle_since: Instant::now(),
+                            })
+                        } else {
+                            // Bytes the next hop sent unasked after the transaction: not a connection to reuse.
+                            if let Some(quit) = attempt.quit() {
+                                let _ = conn.write(&quit).await;
+                            }
+                            conn.shutdown().await;
+                            None
+                        };
+                        return (
+                            DeliveryResult::from_done(*done, Some(addr)),
+                            handed_over,
+                            kept,
+                        );
                     }
                     _ => {}
                 }
@@ -451,6 +530,86 @@ struct Conn {
     pending: Vec<u8>,
     /// Writes may block on a server that does not read: bounded by the data-phase deadline.
     write_limit: Duration,
+}
+
+/// A connection kept open after a delivery, idle at the decision point, for the next message to the same next
+/// hop under the same policy (connection reuse, Postfix's connection cache). Hand it to
+/// [`Client::deliver_reusing`], or end it with [`quit`](Self::quit); dropping it closes the socket without
+/// `QUIT`.
+pub struct IdleConnection {
+    attempt: Attempt,
+    conn: Conn,
+    addr: SocketAddr,
+    opened: Instant,
+    idle_since: Instant,
+}
+
+impl fmt::Debug for IdleConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdleConnection")
+            .field("server", &self.addr)
+            .field("server_name", &self.attempt.server_name())
+            .field("uses", &self.attempt.connection_use())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdleConnection {
+    /// The address it is connected to.
+    pub fn server(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The connection policy it was opened and judged under.
+    pub fn policy(&self) -> &ConnectionPolicy {
+        self.attempt.policy()
+    }
+
+    /// The messages it has carried.
+    pub fn uses(&self) -> u32 {
+        self.attempt.connection_use()
+    }
+
+    /// When it was opened (before its first message).
+    pub fn opened(&self) -> Instant {
+        self.opened
+    }
+
+    /// Since when it has been idle.
+    pub fn idle_since(&self) -> Instant {
+        self.idle_since
+    }
+
+    /// Whether it can carry a message for `destination` under `policy`: connected to one of its addresses,
+    /// and opened under this very policy.
+    pub fn serves(&self, destination: &Destination, policy: &ConnectionPolicy) -> bool {
+        destination.addresses.contains(&self.addr) && self.attempt.policy() == policy
+    }
+
+    /// Sends `QUIT` and closes the connection, giving it a second.
+    pub async fn quit(mut self) {
+        if let Some(quit) = self.attempt.quit() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.conn.write(&quit)).await;
+        }
+        self.conn.shutdown().await;
+    }
+
+    /// A connection kept again after another message keeps its first opening time.
+    fn opened_at(mut self, opened: Instant) -> Self {
+        self.opened = opened;
+        self
+    }
+
+    /// Whether the next hop has said nothing since (an idle server that closes, or sends `421`, is not used
+    /// again). Looks without waiting.
+    async fn is_open(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        // Polled once: ready means the next hop closed or spoke unasked; pending means quiet and open.
+        tokio::time::timeout(Duration::ZERO, self.conn.stream.read(&mut byte))
+            .await
+            .is_err()
+            && self.attempt.is_idle()
+    }
 }
 
 /// What a wait for input brought.

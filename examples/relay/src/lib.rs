@@ -31,7 +31,8 @@
 //!   contexts, and [`tls::certs`], the certificate directory (the Default
 //!   Cert generated on first start, imports, the certificate table).
 //! - [`net`]: the HTTPS client MTA-STS and TLS-RPT share, and the open-file
-//!   limit.
+//!   limit; [`privileges`]: started as root, the switch to the configured
+//!   `user` once the ports are bound.
 //! - [`cli`]: the subcommands (`check-config`, `cert list`, `cert import`,
 //!   `policy explain`, `probe`, `queue list`, `show`, `delete`, `hold`,
 //!   `release`, `flush`).
@@ -95,6 +96,8 @@ pub mod envelope;
 pub mod inbound;
 pub mod net;
 pub mod outbound;
+#[cfg(unix)]
+pub mod privileges;
 pub mod queue;
 pub mod relay;
 pub mod reporting;

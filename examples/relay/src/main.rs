@@ -1,10 +1,14 @@
 //! `postern-relay`: the command line of the Postern relay.
 //!
 //! ```text
-//! postern-relay [--config FILE]                              run the relay
+//! postern-relay [--config FILE] [--allow-root]               run the relay
 //! postern-relay [--config FILE] check-config                 validate, print the effective settings
 //! postern-relay [--config FILE] cert list [--json]           the certificate table
 //! postern-relay [--config FILE] cert import --name N --cert chain.pem --key key.pem [--force]
+//! postern-relay [--config FILE] cert remove NAME             remove an imported certificate
+//! postern-relay [--config FILE] cert regenerate-default      a new Default Cert replaces the old
+//! postern-relay [--config FILE] cert inspect FILE [--key K]  check a chain without importing it
+//! postern-relay [--config FILE] cert use NAME|--clear        the certificate served first for its names
 //! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
 //!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
 //! postern-relay [--config FILE] probe DESTINATION [--servername NAME] [--ehlo NAME] [--all]
@@ -52,6 +56,9 @@ struct Cli {
     /// Configuration file (TOML); without it the embedded defaults apply.
     #[arg(long, short, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Run the relay as root without `user` (as `allow_root = true`).
+    #[arg(long)]
+    allow_root: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -117,6 +124,38 @@ enum CertCommand {
         /// served only to clients that no valid certificate can answer).
         #[arg(long)]
         force: bool,
+    },
+    /// Remove an imported certificate. A running relay stops serving it
+    /// without restart. (The Default Cert is replaced, never removed: see
+    /// regenerate-default.)
+    Remove {
+        /// Its name in the certificate table.
+        name: String,
+    },
+    /// Replace the Default Cert with a new self-signed one (RSA of
+    /// certificates.default_rsa_bits, SHA-256, and its ECDSA companion). A
+    /// running relay serves it without restart.
+    RegenerateDefault,
+    /// Show what `cert list` would for a PEM chain file and check it (order,
+    /// validity, the key with --key), without importing it. Exit status 1
+    /// when a problem is found.
+    Inspect {
+        /// The certificate chain, leaf first (PEM).
+        file: PathBuf,
+        /// A private key (PEM) to check against the leaf.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Choose the certificate served first when several carry the same name
+    /// (the host name, most often); --clear returns to the default order.
+    #[command(group = clap::ArgGroup::new("choice").required(true))]
+    Use {
+        /// Its name in the certificate table ("Default Cert" included).
+        #[arg(group = "choice")]
+        name: Option<String>,
+        /// Remove the preference.
+        #[arg(long, group = "choice")]
+        clear: bool,
     },
 }
 
@@ -224,7 +263,11 @@ fn main() -> ExitCode {
     let result = Config::load(cli.config.as_deref())
         .map_err(Into::into)
         .and_then(|config| match cli.command {
-            None => run(config, cli.config.as_deref()),
+            None => {
+                let mut config = config;
+                config.allow_root |= cli.allow_root;
+                run(config, cli.config.as_deref())
+            }
             Some(Command::CheckConfig) => cli::check_config(&config, cli.config.is_some()),
             Some(Command::Cert(CertCommand::List { json })) => cli::cert_list(&config, json),
             Some(Command::Cert(CertCommand::Import {
@@ -233,6 +276,16 @@ fn main() -> ExitCode {
                 key,
                 force,
             })) => cli::cert_import(&config, &name, &cert, &key, force),
+            Some(Command::Cert(CertCommand::Remove { name })) => cli::cert_remove(&config, &name),
+            Some(Command::Cert(CertCommand::RegenerateDefault)) => {
+                cli::cert_regenerate_default(&config)
+            }
+            Some(Command::Cert(CertCommand::Inspect { file, key })) => {
+                cli::cert_inspect(&config, &file, key.as_deref())
+            }
+            Some(Command::Cert(CertCommand::Use { name, .. })) => {
+                cli::cert_use(&config, name.as_deref())
+            }
             Some(Command::Policy(PolicyCommand::Explain { destination, dns })) => {
                 cli::policy_explain(&config, &destination)?;
                 if dns {
@@ -280,8 +333,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, Box<dyn std::error::Error>> {
 }
 
 /// Runs the relay until SIGINT or SIGTERM; SIGHUP reloads the
-/// configuration from `path` (the embedded defaults without one).
+/// configuration from `path` (the embedded defaults without one). As root
+/// it needs `user` (it switches to it once its ports are bound) or
+/// `allow_root = true`. Under systemd (`Type=notify`) it says READY=1 once
+/// it listens, RELOADING=1 and READY=1 around a reload, STOPPING=1 at
+/// shutdown.
 fn run(config: Config, path: Option<&Path>) -> CliResult {
+    #[cfg(unix)]
+    postern_relay::privileges::refuse_root(&config)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -294,6 +353,8 @@ fn run(config: Config, path: Option<&Path>) -> CliResult {
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
         wait_for_signals(&relay, path).await?;
+        #[cfg(unix)]
+        notify(&[sd_notify::NotifyState::Stopping]);
         relay.shutdown().await;
         Ok(())
     })
@@ -312,6 +373,8 @@ async fn wait_for_signals(relay: &Relay, path: Option<&Path>) -> std::io::Result
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // Ready once a SIGHUP can no longer end the process.
+    notify(&[sd_notify::NotifyState::Ready]);
     let mut serial = 0;
     loop {
         tokio::select! {
@@ -327,6 +390,15 @@ async fn wait_for_signals(relay: &Relay, path: Option<&Path>) -> std::io::Result
     Ok(())
 }
 
+/// Tells the service manager (systemd `Type=notify`) the relay's state;
+/// nothing when `NOTIFY_SOCKET` is not set.
+#[cfg(unix)]
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
 #[cfg(not(unix))]
 async fn wait_for_signals(_relay: &Relay, _path: Option<&Path>) -> std::io::Result<()> {
     tokio::signal::ctrl_c().await
@@ -337,6 +409,11 @@ async fn wait_for_signals(_relay: &Relay, _path: Option<&Path>) -> std::io::Resu
 /// in the state directory for `postern-relay reload`.
 #[cfg(unix)]
 async fn reload(relay: &Relay, path: Option<&Path>, serial: u64) {
+    // The service manager sees the relay reloading until the outcome.
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+        Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+    }
     let source = path.map_or_else(
         || "the embedded defaults".to_owned(),
         |p| p.display().to_string(),
@@ -353,6 +430,7 @@ async fn reload(relay: &Relay, path: Option<&Path>, serial: u64) {
     if let Err(e) = ReloadReport::new(serial, &outcome).save(&state_dir) {
         tracing::warn!(error = %e, "cannot write the reload report in {}", state_dir.display());
     }
+    notify(&[sd_notify::NotifyState::Ready]);
 }
 
 #[cfg(test)]
@@ -417,6 +495,27 @@ mod tests {
                 id: None
             })
         ));
+    }
+
+    #[test]
+    fn cert_use_names_a_certificate_or_clears_never_both() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["postern-relay", "cert", "use"], args].concat())
+                .map(|cli| cli.command)
+        };
+        assert!(matches!(
+            parse(&["mx"]),
+            Ok(Some(Command::Cert(CertCommand::Use { name: Some(n), clear: false }))) if n == "mx"
+        ));
+        assert!(matches!(
+            parse(&["--clear"]),
+            Ok(Some(Command::Cert(CertCommand::Use {
+                name: None,
+                clear: true
+            })))
+        ));
+        assert!(parse(&[]).is_err(), "nothing chosen");
+        assert!(parse(&["mx", "--clear"]).is_err(), "both");
     }
 
     #[test]

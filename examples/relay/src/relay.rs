@@ -1,7 +1,7 @@
-//! A running relay: the spool recovered, the certificates loaded (the
-//! Default Cert generated on first start), the SMTP listeners, the delivery
-//! scheduler, certificate hot reload, configuration reload; stopped
-//! gracefully.
+//! A running relay: the SMTP listeners bound (then, started as root with
+//! `user`, root given up), the spool recovered, the certificates loaded (the
+//! Default Cert generated on first start), the delivery scheduler,
+//! certificate hot reload, configuration reload; stopped gracefully.
 //!
 //! [`Relay::start`] returns once every listener is bound; the binary then
 //! waits for SIGINT / SIGTERM (SIGHUP reads the configuration file again:
@@ -99,6 +99,10 @@ pub enum StartError {
     /// The server settings were refused.
     #[error(transparent)]
     Server(#[from] postern_tokio::server::ServerError),
+    /// Root could not be given up for `user`.
+    #[cfg(unix)]
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -268,6 +272,8 @@ pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
     };
     differs("listen", running.listen != new.listen);
     differs("state_dir", running.state_dir != new.state_dir);
+    differs("user", running.user != new.user);
+    differs("group", running.group != new.group);
     differs(
         "delivery_workers",
         running.delivery_workers != new.delivery_workers,
@@ -298,6 +304,29 @@ impl Relay {
         })?;
         // One relay per state directory: locked before anything in it is touched.
         let lock = StateLock::acquire(&config.state_dir)?;
+        // Started as root with `user`: the state directory is the user's now,
+        // and root is given up once the listeners are bound.
+        #[cfg(unix)]
+        let account = crate::privileges::Account::prepare(&config)?;
+        // Raised before the listeners take descriptors (again, silently, by
+        // each preparation).
+        raise_fd_limit();
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for &addr in &config.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Listen { addr, source })?;
+            let local = l.local_addr().unwrap_or(addr);
+            tracing::info!(%local, "listening");
+            addrs.push(local);
+            listeners.push(l);
+        }
+        #[cfg(unix)]
+        if let Some(account) = account {
+            account.switch_to(&config.state_dir)?;
+            tracing::info!(user = %account.name, uid = %account.uid, gid = %account.gid, "switched to the relay's user");
+        }
         let spool_dir = config.spool_dir();
         let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(spool_dir))
             .await
@@ -334,18 +363,6 @@ impl Relay {
 
         let handler = RelayHandler::new(Arc::clone(&prepared.shared));
         let server = Server::new(prepared.server.clone(), handler.clone())?;
-
-        let mut listeners = Vec::new();
-        let mut addrs = Vec::new();
-        for &addr in &config.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Listen { addr, source })?;
-            let local = l.local_addr().unwrap_or(addr);
-            tracing::info!(%local, "listening");
-            addrs.push(local);
-            listeners.push(l);
-        }
 
         let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -557,14 +574,21 @@ impl ReloadReport {
 /// days or have expired (also logged at start).
 const EXPIRY_LOG_INTERVAL: Duration = Duration::from_secs(86_400);
 
-/// Raises the open-file limit as far as the hard limit allows, and returns
-/// the connections that fit in it: `max_connections`, or fewer with a
-/// warning.
-fn fit_connections(config: &Config) -> Result<usize, TooLow> {
+/// Raises the open-file limit as far as the hard limit allows (logged when
+/// it changed); returns it.
+fn raise_fd_limit() -> fd_limit::FdLimit {
     let (before, after) = fd_limit::raise();
     if after != before {
         tracing::info!(from = %before, to = %after, "open-file limit raised");
     }
+    after
+}
+
+/// Raises the open-file limit as far as the hard limit allows, and returns
+/// the connections that fit in it: `max_connections`, or fewer with a
+/// warning.
+fn fit_connections(config: &Config) -> Result<usize, TooLow> {
+    let after = raise_fd_limit();
     let reserve = fd_limit::reserve(config.listen.len(), config.delivery_workers);
     let plan = fd_limit::plan(after, config.max_connections, reserve)?;
     if plan.lowered() {

@@ -377,6 +377,205 @@ fn cert_list_shows_the_default_cert_and_imports() {
     assert_eq!(mx["sha256"], pem.fingerprint().to_string());
 }
 
+/// `cert inspect` shows the table rows of a chain file and its problems (order, missing issuer, key), writing
+/// nothing; exit status 1 when it found one.
+#[test]
+fn cert_inspect_checks_a_chain_without_importing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let intermediate = ca().intermediate("Postern Test Intermediate");
+    let leaf = intermediate.leaf(&["relay.test"], false, -1, 90);
+    let (_, key) = leaf.write(dir.path(), "leaf");
+    let (_, other_key) = self_signed(&["x.test"], false).write(dir.path(), "other");
+    let chain = |name: &str, parts: &[&str]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, parts.concat()).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let good = chain(
+        "good.pem",
+        &[&leaf.cert, &intermediate.cert_pem, &ca().cert_pem],
+    );
+    let swapped = chain(
+        "swapped.pem",
+        &[&leaf.cert, &ca().cert_pem, &intermediate.cert_pem],
+    );
+    let gap = chain("gap.pem", &[&leaf.cert, &ca().cert_pem]);
+    let empty = chain("empty.pem", &["not a certificate\n"]);
+    let before = tree(dir.path());
+
+    let out = relay(
+        dir.path(),
+        &with_cfg(&["cert", "inspect", &good, "--key", key.to_str().unwrap()]),
+    );
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}{}", text(&out.stderr));
+    for want in [
+        "#1 (leaf)\n",
+        "names (SAN):  relay.test",
+        "issuer:       CN=Postern Test Intermediate",
+        "#2\n",
+        "subject:      CN=Postern Test Intermediate",
+        "#3\n",
+        "matches the leaf",
+        "note: the chain includes its root (CN=Postern Test CA)",
+        "chain: 3 certificate(s), in order",
+    ] {
+        assert!(said.contains(want), "{want:?} in\n{said}");
+    }
+    assert!(!said.contains("problem"), "{said}");
+
+    let out = relay(
+        dir.path(),
+        &with_cfg(&[
+            "cert",
+            "inspect",
+            &good,
+            "--key",
+            other_key.to_str().unwrap(),
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("problem: key"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("1 problem(s) found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = relay(dir.path(), &with_cfg(&["cert", "inspect", &swapped]));
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(
+        said.contains("problem: out of order: certificate #1 is issued by #3"),
+        "{said}"
+    );
+
+    let out = relay(dir.path(), &with_cfg(&["cert", "inspect", &gap]));
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout);
+    assert!(said.contains("which is not in the file"), "{said}");
+
+    let out = relay(dir.path(), &with_cfg(&["cert", "inspect", &empty]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no certificate"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert_eq!(tree(dir.path()), before, "cert inspect wrote to the disk");
+}
+
+/// `cert use` marks the certificate served first, `cert remove` removes an import (and the preference for it)
+/// but never the Default Cert, and `cert regenerate-default` replaces the Default Cert.
+#[test]
+fn cert_use_remove_and_regenerate_default() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "");
+    let rows = |dir: &Path| {
+        let out = relay(dir, &with_cfg(&["cert", "list", "--json"]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let default_fingerprints = |rows: &[serde_json::Value]| -> Vec<String> {
+        rows.iter()
+            .filter(|r| r["name"] == "Default Cert")
+            .map(|r| r["sha256"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let out = relay(dir.path(), &with_cfg(&["cert", "regenerate-default"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("key:          RSA 2048 bits"),
+        "{}",
+        text(&out.stdout)
+    );
+    let first = default_fingerprints(&rows(dir.path()));
+    assert_eq!(first.len(), 2);
+    let out = relay(dir.path(), &with_cfg(&["cert", "regenerate-default"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let second = default_fingerprints(&rows(dir.path()));
+    assert_eq!(second.len(), 2);
+    assert!(
+        second.iter().all(|f| !first.contains(f)),
+        "{first:?} {second:?}"
+    );
+
+    let out = relay(dir.path(), &with_cfg(&["cert", "remove", "Default Cert"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("regenerate-default"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "remove", "../certs"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("invalid certificate name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "use", "nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no certificate named \"nope\""),
+        "{}",
+        text(&out.stderr)
+    );
+
+    assert!(
+        import(
+            dir.path(),
+            "mx",
+            &ca().leaf(&["relay.test"], false, -1, 90),
+            false
+        )
+        .status
+        .success()
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "use", "mx"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = rows(dir.path());
+    let preferred: Vec<&serde_json::Value> =
+        listed.iter().filter(|r| r["preferred"] == true).collect();
+    assert_eq!(preferred.len(), 1, "{listed:?}");
+    assert_eq!(preferred[0]["name"], "mx");
+    let out = relay(dir.path(), &with_cfg(&["cert", "list"]));
+    assert!(
+        text(&out.stdout).contains("served first for its names (cert use): mx"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = relay(dir.path(), &with_cfg(&["cert", "remove", "mx"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = rows(dir.path());
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["name"] != "mx" && r["preferred"] == false),
+        "{listed:?}"
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "remove", "mx"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no certificate named \"mx\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = relay(dir.path(), &with_cfg(&["cert", "use", "--clear"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 fn import(dir: &Path, name: &str, pem: &common::Pem, force: bool) -> Output {
     let (c, k) = pem.write(dir, name);
     let mut args = vec![
@@ -588,7 +787,7 @@ async fn probe_reports_what_each_mode_would_do() {
 #[test]
 fn run_recovers_the_spool_and_queue_commands_read_it() {
     let dir = tempfile::tempdir().unwrap();
-    write_config(dir.path(), "listen = [\"127.0.0.1:0\"]");
+    write_config(dir.path(), "listen = [\"127.0.0.1:0\"]\nallow_root = true");
     let out = relay(dir.path(), &with_cfg(&["queue", "list"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "Mail queue is empty\n");

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use common::{ca, served_fingerprint, start_relay};
 
 fn start_without_config(dir: &Path) -> Child {
+    // `--allow-root`: as root (CI), the relay refuses to start without `user`.
     let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+        .arg("--allow-root")
         .current_dir(dir)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
@@ -170,6 +172,64 @@ async fn imported_certificate_is_served_without_restart() {
     relay.shutdown().await;
 }
 
+/// Waits (at most 10 s) until `sni` gets a certificate `accept` approves; returns its fingerprint.
+async fn served_when(
+    addr: std::net::SocketAddr,
+    sni: &str,
+    accept: impl Fn(&str) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let now = served_fingerprint(addr, sni).await;
+        if accept(&now) {
+            return now;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still serving {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `cert regenerate-default` and `cert use` while the relay runs: its certificate check serves the new Default
+/// Cert, then the preferred certificate for the host name, without restart.
+#[tokio::test]
+async fn a_regenerated_default_cert_and_a_preference_are_served_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = start_relay(
+        dir.path(),
+        "[certificates]\ndefault_rsa_bits = 2048\nreload_interval = \"1s\"\n",
+    )
+    .await;
+    let addr = relay.local_addrs()[0];
+    let certs = postern_relay::tls::certs::CertDir::new(dir.path().join("state/certs"));
+    let now = rustls::pki_types::UnixTime::now();
+    let before = served_fingerprint(addr, common::RELAY).await;
+    let new: Vec<String> = certs
+        .regenerate_default(common::RELAY, postern_certs::RsaBits::B2048, now)
+        .unwrap()
+        .iter()
+        .map(|c| c.fingerprint().to_string())
+        .collect();
+    assert!(!new.contains(&before));
+    served_when(addr, common::RELAY, |f| new.iter().any(|n| n == f)).await;
+
+    // An imported certificate for the host name takes the Default Cert's place...
+    let own = ca().leaf(&[common::RELAY], false, -1, 90);
+    certs
+        .import("own", own.cert.as_bytes(), own.key.as_bytes(), now, false)
+        .unwrap();
+    let own = own.fingerprint().to_string();
+    served_when(addr, common::RELAY, |f| f == own).await;
+    // ...until the operator puts the Default Cert back in service.
+    certs
+        .set_preferred(Some(postern_certs::DEFAULT_CERT_NAME))
+        .unwrap();
+    served_when(addr, common::RELAY, |f| new.iter().any(|n| n == f)).await;
+    relay.shutdown().await;
+}
+
 /// Starts the relay binary with `relay.toml` in `dir`; waits (at most 60 s)
 /// for "relay started". `Err` with the log if it exits or does not start.
 fn start_with_config(dir: &Path) -> Result<Child, String> {
@@ -217,7 +277,7 @@ fn start_with_config(dir: &Path) -> Result<Child, String> {
 #[test]
 fn a_first_start_killed_at_any_moment_never_prevents_the_next_start() {
     let base = tempfile::tempdir().unwrap();
-    let config = "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\n\
+    let config = "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nallow_root = true\n\
                   [certificates]\ndefault_rsa_bits = 2048\nsystem_roots = false\n";
     let prepare = |round: usize| {
         let dir = base.path().join(format!("round-{round}"));

@@ -56,7 +56,7 @@ async fn kill_9_while_receiving_and_delivering_loses_no_acknowledged_message() {
     std::fs::write(
         &config,
         format!(
-            "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nstate_dir = \"{}\"\ndelivery_workers = 4\n\
+            "hostname = \"relay.test\"\nlisten = [\"127.0.0.1:{port}\"]\nstate_dir = \"{}\"\ndelivery_workers = 4\nallow_root = true\n\
              [queue]\nmin_backoff = \"1s\"\nmax_backoff = \"1s\"\nscan_interval = \"1s\"\n\
              [timeouts]\nshutdown_grace = \"2s\"\n\
              [routes]\n\"dest.test\" = \"127.0.0.1:{}\"\n\

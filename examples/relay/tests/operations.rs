@@ -103,7 +103,7 @@ async fn a_second_relay_on_the_same_state_dir_stops_before_touching_it() {
     std::fs::write(
         dir.path().join("second.toml"),
         format!(
-            "hostname = \"relay.test\"\nlisten = [\"{addr}\"]\nstate_dir = \"state\"\n\
+            "hostname = \"relay.test\"\nlisten = [\"{addr}\"]\nstate_dir = \"state\"\nallow_root = true\n\
              [certificates]\ndefault_rsa_bits = 2048\n"
         ),
     )
@@ -140,12 +140,13 @@ async fn a_second_relay_on_the_same_state_dir_stops_before_touching_it() {
     relay.shutdown().await;
 }
 
-/// A configuration in `dir/relay.toml` with a quick Default Cert, the state in `dir/state`.
+/// A configuration in `dir/relay.toml` with a quick Default Cert, the state in `dir/state` (and root
+/// allowed: CI runs the binary as root).
 fn write_config(dir: &Path, extra: &str) {
     std::fs::write(
         dir.join("relay.toml"),
         format!(
-            "hostname = \"relay.test\"\nstate_dir = \"state\"\nlisten = [\"127.0.0.1:0\"]\n{extra}\n"
+            "hostname = \"relay.test\"\nstate_dir = \"state\"\nlisten = [\"127.0.0.1:0\"]\nallow_root = true\n{extra}\n"
         ),
     )
     .unwrap();
@@ -247,8 +248,9 @@ impl Running {
         line
     }
 
-    /// Reads the log up to the "listening" line; the address the system chose.
+    /// Reads the log up to "relay started" (the listeners are bound first); the address the system chose.
     fn addr(&mut self) -> std::net::SocketAddr {
+        let mut addr = None;
         loop {
             let line = self.next_line();
             if let Some(at) = line.find("listening") {
@@ -259,7 +261,10 @@ impl Running {
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect();
-                return format!("127.0.0.1:{port}").parse().unwrap();
+                addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+            }
+            if line.contains("relay started") {
+                return addr.expect("a listening line before \"relay started\"");
             }
         }
     }

@@ -250,7 +250,8 @@ fn listening(log: &Path) -> SocketAddr {
 fn reload_command_reports_what_the_running_relay_did() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("relay.toml");
-    let base = "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\n[certificates]\ndefault_rsa_bits = 2048\n";
+    // `allow_root`: CI runs the binary as root.
+    let base = "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nallow_root = true\n[certificates]\ndefault_rsa_bits = 2048\n";
     std::fs::write(&file, base).unwrap();
     let log = dir.path().join("relay.log");
     let mut child = relay_bin(dir.path(), &["--config", "relay.toml"])

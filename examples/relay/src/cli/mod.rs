@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use postern_certs::{
-    CertKey, CertificateRow, ECDSA_CERT_FILE, ECDSA_KEY_FILE, RSA_CERT_FILE, RSA_KEY_FILE,
+    CertKey, CertStatus, CertificateRow, DEFAULT_CERT_NAME, ECDSA_CERT_FILE, ECDSA_KEY_FILE,
+    RSA_CERT_FILE, RSA_KEY_FILE,
 };
 use postern_policy::mta_sts::StsPolicy;
 use postern_policy::{ClientTlsMode, DomainName, NextHop};
@@ -28,7 +29,7 @@ use crate::queue::lock::{LockError, StateLock};
 use crate::queue::spool::{Scan, Spool, SpoolError};
 use crate::queue::{Queue, RetryPolicy, SharedQueue};
 use crate::reporting::dkim::DkimSigner;
-use crate::tls::certs::{CertDir, rfc3339};
+use crate::tls::certs::{CertDir, rfc3339, rsa_bits};
 use crate::tls::{client_cert_roots, outbound_roots};
 
 /// The result of a command.
@@ -111,6 +112,14 @@ pub fn check_config(config: &Config, from_file: bool) -> CliResult {
         imported.len(),
     );
     dns_summary(config, &policy)?;
+    #[cfg(unix)]
+    if let Some(account) = crate::privileges::Account::from_config(config)? {
+        eprintln!(
+            "user: {} (uid {}, gid {}): started as root, the relay switches to it once its ports \
+             are bound",
+            account.name, account.uid, account.gid
+        );
+    }
     // The record to publish for the report mails' DKIM signature (RFC 6376 §3.6.2.1).
     if let Some(signer) = DkimSigner::from_config(&config.tls_reporting)? {
         eprintln!(
@@ -250,13 +259,28 @@ pub const NO_DEFAULT_CERT: &str = "no Default Cert exists yet: the relay generat
 pub fn cert_list(config: &Config, json: bool) -> CliResult {
     let (store, has_default) = CertDir::new(config.cert_dir()).existing_store()?;
     let rows = store.list(UnixTime::now());
+    let preferred = store.preferred();
     if json {
-        outln!("{}", serde_json::to_string_pretty(&cert_json(&rows))?);
+        let mut table = cert_json(&rows);
+        if let Some(rows) = table.as_array_mut() {
+            for row in rows {
+                let is_preferred = preferred.is_some() && row["name"].as_str() == preferred;
+                row["preferred"] = is_preferred.into();
+            }
+        }
+        outln!("{}", serde_json::to_string_pretty(&table)?);
         if !has_default {
             eprintln!("note: {NO_DEFAULT_CERT}");
         }
     } else {
         out!("{}", cert_table(&rows));
+        if let Some(name) = preferred {
+            if rows.iter().any(|r| r.name == name) {
+                outln!("served first for its names (cert use): {name}");
+            } else {
+                outln!("served first (cert use): {name}, which is not in the table");
+            }
+        }
         if !has_default {
             outln!("{NO_DEFAULT_CERT}");
         }
@@ -277,8 +301,9 @@ pub fn cert_import(
 ) -> CliResult {
     let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
     let now = UnixTime::now();
-    let cert =
-        CertDir::new(config.cert_dir()).import(name, &read(chain)?, &read(key)?, now, force)?;
+    let (chain, key) = (read(chain)?, read(key)?);
+    switch_for_writes(config)?;
+    let cert = CertDir::new(config.cert_dir()).import(name, &chain, &key, now, force)?;
     let row = postern_certs::inspect(name, cert.leaf(), now)?;
     out!("{}", cert_table(&[row]));
     outln!(
@@ -291,6 +316,204 @@ pub fn cert_import(
         );
     }
     Ok(())
+}
+
+/// Before a command writes into the state directory: run as root with
+/// `user` set, it switches to that user (its input files already read), so
+/// that the relay, running as that user, can read and replace what it
+/// writes.
+fn switch_for_writes(config: &Config) -> CliResult {
+    #[cfg(unix)]
+    crate::privileges::switch_for_command(config)?;
+    #[cfg(not(unix))]
+    let _ = config;
+    Ok(())
+}
+
+/// `cert remove NAME`: removes an imported certificate (and the preference
+/// for it); a running relay stops serving it at its next certificate check.
+/// Neither the Default Cert nor the `certificates.outbound_certificate` can
+/// be removed.
+pub fn cert_remove(config: &Config, name: &str) -> CliResult {
+    if config.certificates.outbound_certificate.as_deref() == Some(name) {
+        return Err(format!(
+            "{name:?} is the `certificates.outbound_certificate`: name another one (or none) \
+             in the configuration first"
+        )
+        .into());
+    }
+    switch_for_writes(config)?;
+    CertDir::new(config.cert_dir()).remove(name)?;
+    outln!(
+        "removed {name:?}: a running relay stops serving it within {}",
+        config.certificates.reload_interval
+    );
+    Ok(())
+}
+
+/// `cert regenerate-default`: a new Default Cert (RSA of
+/// `certificates.default_rsa_bits`, SHA-256, self-signed for the host name,
+/// and its ECDSA companion) replaces the old one; a running relay serves it
+/// at its next certificate check.
+pub fn cert_regenerate_default(config: &Config) -> CliResult {
+    switch_for_writes(config)?;
+    let now = UnixTime::now();
+    let certs = CertDir::new(config.cert_dir()).regenerate_default(
+        &config.hostname,
+        rsa_bits(config.certificates.default_rsa_bits),
+        now,
+    )?;
+    let rows = certs
+        .iter()
+        .map(|c| postern_certs::inspect(DEFAULT_CERT_NAME, c.leaf(), now))
+        .collect::<Result<Vec<_>, _>>()?;
+    out!("{}", cert_table(&rows));
+    outln!(
+        "regenerated: a running relay serves it within {}",
+        config.certificates.reload_interval
+    );
+    Ok(())
+}
+
+/// `cert use NAME` / `cert use --clear`: which certificate is served first
+/// when several carry the same name (see [`crate::tls::certs`]).
+pub fn cert_use(config: &Config, name: Option<&str>) -> CliResult {
+    switch_for_writes(config)?;
+    let certs = CertDir::new(config.cert_dir());
+    certs.set_preferred(name)?;
+    match name {
+        Some(name) => outln!(
+            "{name:?} is served first for its names; a running relay applies it within {}",
+            config.certificates.reload_interval
+        ),
+        None => outln!(
+            "no preference: imported certificates before the Default Cert, ECDSA before RSA, \
+             then by name; a running relay applies it within {}",
+            config.certificates.reload_interval
+        ),
+    }
+    Ok(())
+}
+
+/// `cert inspect FILE [--key KEY]`: what `cert list` shows for each
+/// certificate of a PEM chain, and the problems of the chain (order,
+/// validity, the key when given), without importing anything. An error when
+/// a problem was found.
+pub fn cert_inspect(config: &Config, file: &Path, key: Option<&Path>) -> CliResult {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let pem = read(file)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    if chain.is_empty() {
+        return Err(format!("{}: no certificate (PEM) in the file", file.display()).into());
+    }
+    let now = UnixTime::now();
+    let rows = chain
+        .iter()
+        .enumerate()
+        .map(|(i, der)| {
+            let name = if i == 0 {
+                "#1 (leaf)".to_owned()
+            } else {
+                format!("#{}", i + 1)
+            };
+            postern_certs::inspect(&name, der, now)
+                .map_err(|e| format!("{}: certificate #{}: {e}", file.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out!("{}", cert_table(&rows));
+    let (mut problems, notes) = chain_problems(&rows, &config.hostname);
+    if let Some(key_path) = key {
+        match CertKey::from_pem(&pem, &read(key_path)?) {
+            Ok(_) => outln!("key: {} matches the leaf", key_path.display()),
+            Err(e) => problems.push(format!("key {}: {e}", key_path.display())),
+        }
+    }
+    for note in &notes {
+        outln!("note: {note}");
+    }
+    if problems.is_empty() {
+        outln!("chain: {} certificate(s), in order", rows.len());
+        return Ok(());
+    }
+    for problem in &problems {
+        outln!("problem: {problem}");
+    }
+    Err(format!("{}: {} problem(s) found", file.display(), problems.len()).into())
+}
+
+/// The problems (and notes) of a chain as `cert inspect` reports them: each
+/// certificate must be issued by the next one (leaf first), and within its
+/// validity; notes say when the root is included or the leaf does not carry
+/// the host name.
+pub fn chain_problems(rows: &[CertificateRow], hostname: &str) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    for (i, pair) in rows.windows(2).enumerate() {
+        let (cert, next) = (&pair[0], &pair[1]);
+        if cert.issuer == next.subject {
+            continue;
+        }
+        let issuer_at = rows
+            .iter()
+            .position(|r| r.subject == cert.issuer && r.fingerprint != cert.fingerprint);
+        problems.push(match issuer_at {
+            Some(j) => format!(
+                "out of order: certificate #{} is issued by #{} ({}), not by the next one, #{} \
+                 ({}); order the file leaf first, each certificate followed by its issuer",
+                i + 1,
+                j + 1,
+                cert.issuer,
+                i + 2,
+                next.subject
+            ),
+            None => format!(
+                "certificate #{} is issued by {}, which is not in the file, yet #{} ({}) follows \
+                 it: a certificate is missing or does not belong to this chain",
+                i + 1,
+                cert.issuer,
+                i + 2,
+                next.subject
+            ),
+        });
+    }
+    for (i, row) in rows.iter().enumerate() {
+        if matches!(
+            row.status,
+            CertStatus::Expired | CertStatus::NotYetValid | CertStatus::Weak
+        ) {
+            problems.push(format!("certificate #{} is {}", i + 1, row.status));
+        }
+    }
+    if let Some(last) = rows.last().filter(|r| rows.len() > 1 && r.self_signed) {
+        notes.push(format!(
+            "the chain includes its root ({}): harmless, but clients need only the \
+             intermediates",
+            last.subject
+        ));
+    }
+    if let Some(leaf) = rows.first()
+        && !leaf.sans.iter().any(|n| names_host(n, hostname))
+    {
+        notes.push(format!(
+            "the leaf does not carry this relay's host name {hostname}: it is served only to \
+             clients that ask for one of its names"
+        ));
+    }
+    (problems, notes)
+}
+
+/// Whether a subjectAltName covers `host` (exactly, or as `*.parent` for
+/// one leftmost label).
+fn names_host(san: &str, host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    match san.strip_prefix("*.") {
+        Some(parent) => host.split_once('.').is_some_and(|(_, rest)| rest == parent),
+        None => san == host,
+    }
 }
 
 /// `policy explain DOMAIN`: the outbound settings for a destination and the
@@ -901,6 +1124,52 @@ mod tests {
         env.last_failure = Some(f);
         spool.update(&env).unwrap();
         Spool::scan(dir.path()).unwrap()
+    }
+
+    fn row(der: &rustls::pki_types::CertificateDer<'_>) -> CertificateRow {
+        postern_certs::inspect("x", der, UnixTime::now()).unwrap()
+    }
+
+    #[test]
+    fn chain_problems_find_order_gaps_and_validity() {
+        use postern_test_support::{Ca, LeafSpec};
+        let root = Ca::new("Root");
+        let inter = root.intermediate("Inter");
+        let der = |pem: &str| {
+            use rustls::pki_types::pem::PemObject as _;
+            rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+        };
+        let leaf = row(&inter.leaf(&["mx.example.org"], false, -1, 90).der());
+        let (inter, root) = (row(&der(&inter.cert_pem)), row(&der(&root.cert_pem)));
+        let (problems, notes) = chain_problems(
+            &[leaf.clone(), inter.clone(), root.clone()],
+            "mx.example.org",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(notes.len(), 1, "the root is included: {notes:?}");
+        let (problems, _) = chain_problems(&[leaf.clone(), inter.clone()], "mx.example.org");
+        assert!(problems.is_empty(), "{problems:?}");
+        let (problems, _) = chain_problems(
+            &[leaf.clone(), root.clone(), inter.clone()],
+            "mx.example.org",
+        );
+        assert!(problems[0].starts_with("out of order"), "{problems:?}");
+        let (problems, _) = chain_problems(&[leaf.clone(), root.clone()], "mx.example.org");
+        assert!(problems[0].contains("not in the file"), "{problems:?}");
+        let (_, notes) = chain_problems(&[leaf], "relay.example.org");
+        assert!(notes[0].contains("does not carry"), "{notes:?}");
+        let expired = Ca::new("Other").leaf_with(LeafSpec::server(&["a.test"]).valid(-30, -1));
+        let (problems, _) = chain_problems(&[row(&expired.der())], "a.test");
+        assert_eq!(problems, ["certificate #1 is expired"]);
+    }
+
+    #[test]
+    fn wildcards_cover_one_label() {
+        assert!(names_host("mx.example.org", "MX.example.org."));
+        assert!(names_host("*.example.org", "mx.example.org"));
+        assert!(!names_host("*.example.org", "example.org"));
+        assert!(!names_host("*.example.org", "a.mx.example.org"));
+        assert!(!names_host("example.org", "mx.example.org"));
     }
 
     #[test]

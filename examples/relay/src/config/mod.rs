@@ -136,6 +136,18 @@ pub fn is_certificate_name(name: &str) -> bool {
         && name != postern_certs::DEFAULT_CERT_NAME
 }
 
+/// A user or group name as `useradd` accepts it: 1–32 characters of
+/// letters, digits, `.`, `_` and `-` (and a final `$`), not starting with `-`.
+fn is_account_name(name: &str) -> bool {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    !body.is_empty()
+        && name.len() <= 32
+        && !body.starts_with('-')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -243,6 +255,19 @@ pub struct Config {
     /// The state directory: spool, certificates. Default `postern-state`
     /// (relative to the working directory).
     pub state_dir: PathBuf,
+    /// The account the relay runs as (Postfix `mail_owner`): started as
+    /// root, it binds its listen addresses, gives the state directory to
+    /// this user and switches to it before it accepts a connection. Default
+    /// none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group for `user`; default the user's primary group (and its
+    /// supplementary groups). Only with `user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Let the binary run as root without `user`; else it refuses to start
+    /// as root. Default `false`.
+    pub allow_root: bool,
     /// Domains accepted from anyone (`example.com`; `.example.com` for its
     /// subdomains). Default `["localhost"]`.
     pub accepted_domains: Vec<String>,
@@ -272,6 +297,9 @@ pub struct Config {
     pub bare_newlines: BareNewlines,
     /// Messages delivered at the same time. Default 10.
     pub delivery_workers: usize,
+    /// Outbound connection reuse (`[connection_cache]`): several messages
+    /// for one next hop over one connection.
+    pub connection_cache: ConnectionCacheConfig,
     /// Certificate files and trust anchors.
     pub certificates: CertificatesConfig,
     /// Static routes: destination (`example.com`, `.example.com`, `*`) →
@@ -470,6 +498,39 @@ impl Default for StressConfig {
     }
 }
 
+/// Outbound connection reuse (`[connection_cache]`, Postfix's connection
+/// cache): after a message, the connection to its next hop stays open
+/// when more mail for the same destination is due, and carries the next
+/// messages whose TLS policy is the one it was opened and judged under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+#[non_exhaustive]
+pub struct ConnectionCacheConfig {
+    /// Keep connections for mail that is due (Postfix
+    /// `smtp_connection_cache_on_demand`). Default `true`.
+    pub enabled: bool,
+    /// How long an unused connection is kept (Postfix
+    /// `smtp_connection_cache_time_limit`). Default `2s`.
+    pub idle: Interval,
+    /// Messages one connection carries at most (Postfix
+    /// `smtp_connection_reuse_count_limit`). Default 100.
+    pub max_messages: u32,
+    /// How long after it was opened a connection is no longer given new
+    /// messages (Postfix `smtp_connection_reuse_time_limit`). Default `5m`.
+    pub max_age: Interval,
+}
+
+impl Default for ConnectionCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle: Interval(Duration::from_secs(2)),
+            max_messages: 100,
+            max_age: mins(5),
+        }
+    }
+}
+
 /// MTA-STS policy fetching (`[mta_sts]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -660,6 +721,9 @@ impl Default for Config {
             hostname: system_hostname(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
             state_dir: PathBuf::from("postern-state"),
+            user: None,
+            group: None,
+            allow_root: false,
             accepted_domains: vec!["localhost".into()],
             // Prefix lengths 8 and 128 are within range for their families,
             // so `new_assert` cannot panic.
@@ -676,6 +740,7 @@ impl Default for Config {
             stress: StressConfig::default(),
             bare_newlines: BareNewlines::Normalize,
             delivery_workers: 10,
+            connection_cache: ConnectionCacheConfig::default(),
             certificates: CertificatesConfig::default(),
             routes: BTreeMap::new(),
             queue: QueueConfig::default(),
@@ -767,6 +832,7 @@ impl Config {
         if self.state_dir.as_os_str().is_empty() {
             return Err(invalid("state_dir", "must not be empty"));
         }
+        self.validate_account()?;
         for d in &self.accepted_domains {
             if DomainRule::parse(d).is_err() {
                 return Err(invalid(
@@ -881,6 +947,12 @@ impl Config {
         if s.error_limit == 0 {
             return Err(invalid("stress.error_limit", "must be more than 0"));
         }
+        if self.connection_cache.max_messages == 0 {
+            return Err(invalid(
+                "connection_cache.max_messages",
+                "must be at least 1",
+            ));
+        }
         if self.delivery_workers == 0 {
             return Err(invalid("delivery_workers", "must be more than 0"));
         }
@@ -935,6 +1007,31 @@ impl Config {
     /// a name. Whether the selector is one and the key file holds a usable key is
     /// [`DkimSigner::from_config`](crate::reporting::dkim::DkimSigner::from_config)'s
     /// to say, when the relay starts and in `check-config`.
+    /// `user` and `group` are account names (looked up when the relay
+    /// starts and by `check-config`); `group` only with `user`.
+    fn validate_account(&self) -> Result<(), ConfigError> {
+        for (key, name) in [("user", &self.user), ("group", &self.group)] {
+            if let Some(name) = name
+                && !is_account_name(name)
+            {
+                return Err(invalid(
+                    key,
+                    format!("{name:?} is not an account name (letters, digits, '.', '_', '-')"),
+                ));
+            }
+        }
+        if self.group.is_some() && self.user.is_none() {
+            return Err(invalid(
+                "group",
+                "needs `user` (the account the relay runs as)",
+            ));
+        }
+        if cfg!(not(unix)) && self.user.is_some() {
+            return Err(invalid("user", "switching users is supported on Unix only"));
+        }
+        Ok(())
+    }
+
     fn validate_dns(&self) -> Result<(), ConfigError> {
         let dns = &self.dns;
         if dns.timeout.0.is_zero() {
@@ -1103,6 +1200,8 @@ mod tests {
             hostname = "relay.example.org"
             listen = ["0.0.0.0:25", "[::]:25"]
             state_dir = "/var/lib/postern"
+            user = "postern"
+            group = "mail"
             accepted_domains = ["example.org", ".example.org"]
             authorised_networks = ["10.0.0.0/8"]
             bare_newlines = "reject"
@@ -1137,6 +1236,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.hostname, "relay.example.org");
+        assert_eq!(
+            (c.user.as_deref(), c.group.as_deref(), c.allow_root),
+            (Some("postern"), Some("mail"), false)
+        );
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.queue.max_backoff.as_secs(), 7200);
         assert_eq!(c.timeouts.connect.as_secs(), 10);
@@ -1440,6 +1543,12 @@ mod tests {
         );
         assert_eq!(error_key("log = \"[[[\""), "log");
         assert_eq!(error_key("hostname = "), "hostname");
+        assert_eq!(error_key("user = \"\""), "user");
+        assert_eq!(error_key("user = \"../x\""), "user");
+        assert_eq!(error_key("user = \"-x\""), "user");
+        assert_eq!(error_key("user = \"mail\"\ngroup = \"a b\""), "group");
+        assert_eq!(error_key("group = \"mail\""), "group");
+        assert_eq!(error_key("allow_root = \"yes\""), "allow_root");
     }
 
     /// `[tls]` is read with the rest of the file: an error there names the

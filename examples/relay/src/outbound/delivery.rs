@@ -65,6 +65,7 @@ use crate::config::Config;
 use crate::config::routes::NextHop;
 use crate::envelope::{EnhancedStatus, Envelope, Failure, MessageId};
 use crate::net::dns::{SystemResolver, normalize_domain};
+use crate::outbound::connection_cache::ConnectionCache;
 use crate::outbound::mta_sts::{StsFetch, StsLookup, StsResolver};
 use crate::outbound::next_hop::{self, DaneUse};
 use crate::outbound::routing::{Route, RouteSource, Router};
@@ -128,6 +129,8 @@ pub struct Delivery {
     reporter: Option<Arc<TlsReporter>>,
     /// This relay's listening addresses: a next hop among them is a loop.
     listening: Vec<SocketAddr>,
+    /// Connections kept open for the next message to their next hop.
+    connections: ConnectionCache,
 }
 
 /// `4.x.y`, which is always valid (class 4, small numbers).
@@ -152,6 +155,7 @@ impl Delivery {
             mta_sts,
             reporter: None,
             listening: Vec::new(),
+            connections: ConnectionCache::new(),
         }
     }
 
@@ -279,8 +283,9 @@ impl Delivery {
         let (Some(reporter), Some(domain)) = (&self.reporter, policy.next_hop().domain()) else {
             return;
         };
-        // Report mails are not counted (RFC 8460 §5.3).
-        if envelope.tls_report {
+        // Report mails are not counted (RFC 8460 §5.3); nor is a message
+        // on a reused connection: its TLS session was counted once.
+        if envelope.tls_report || result.connection_use > 1 {
             return;
         }
         let dane = policy.report_policy();
@@ -388,6 +393,7 @@ impl Delivery {
                     this.attempt(envelope).await;
                 });
             }
+            self.close_idle();
             let next = self.queue().next_wakeup();
             let scan = self.rules().config.queue.scan_interval.0;
             let sleep = next
@@ -410,7 +416,32 @@ impl Delivery {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        let closing: Vec<_> = self
+            .connections
+            .expired(
+                &self.rules().config.connection_cache,
+                std::time::Instant::now(),
+                true,
+            )
+            .into_iter()
+            .map(postern_tokio::client::IdleConnection::quit)
+            .collect();
+        for quit in closing {
+            quit.await;
+        }
         tracing::info!("delivery stopped");
+    }
+
+    /// Closes the kept connections idle for longer than the cache allows
+    /// (`QUIT` sent in the background).
+    fn close_idle(&self) {
+        let cache = self.rules().config.connection_cache;
+        for conn in self
+            .connections
+            .expired(&cache, std::time::Instant::now(), false)
+        {
+            tokio::spawn(conn.quit());
+        }
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, crate::queue::Queue> {
@@ -808,10 +839,31 @@ impl Delivery {
             if let Some(outcome) = found.dane {
                 policy = policy.with_dane(outcome);
             }
-            let result = rules
+            let cache = &rules.config.connection_cache;
+            let idle = cache
+                .enabled
+                .then(|| self.connections.take(&destination, &policy))
+                .flatten();
+            let (result, kept) = rules
                 .client
-                .deliver_with(&destination, &policy, &smtp_envelope, content)
+                .deliver_reusing(
+                    &destination,
+                    &policy,
+                    &smtp_envelope,
+                    content,
+                    idle,
+                    cache.enabled,
+                )
                 .await;
+            if let Some(kept) = kept {
+                let more_due = self.queue().has_due_for(&route.domain, SystemTime::now());
+                if let Some(done) =
+                    self.connections
+                        .keep(kept, cache, more_due, std::time::Instant::now())
+                {
+                    tokio::spawn(done.quit());
+                }
+            }
             self.record_tls_outcome(envelope, &policy, sts.as_ref(), host, &result);
             let mut outcomes = outcomes(&result, indices, host);
             if let Some((result_type, reason)) = sts.as_ref().and_then(|s| s.problem.as_ref()) {

@@ -69,13 +69,19 @@ impl StateLock {
             path: path.clone(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        // The state directory may belong to the relay's `user` while this
+        // runs as root: never write through a link it put there.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, nix::libc::O_NOFOLLOW);
+        let mut file = options.open(&path).map_err(io)?;
+        #[cfg(unix)]
+        if std::os::unix::fs::MetadataExt::nlink(&file.metadata().map_err(io)?) > 1 {
+            return Err(io(std::io::Error::other(
+                "the lock file has other hard links: remove it",
+            )));
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -96,5 +102,35 @@ impl StateLock {
         file.rewind().map_err(io)?;
         writeln!(file, "{}", std::process::id()).map_err(io)?;
         Ok(Self { _file: file })
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_writes_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, "precious\n").unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.join(LOCK_FILE)).unwrap();
+        assert!(matches!(
+            StateLock::acquire(&state),
+            Err(LockError::Io { .. })
+        ));
+        std::fs::remove_file(state.join(LOCK_FILE)).unwrap();
+        std::fs::hard_link(&elsewhere, state.join(LOCK_FILE)).unwrap();
+        let err = StateLock::acquire(&state).unwrap_err();
+        assert!(err.to_string().contains("hard links"), "{err}");
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "precious\n");
+        std::fs::remove_file(state.join(LOCK_FILE)).unwrap();
+        let _lock = StateLock::acquire(&state).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(state.join(LOCK_FILE)).unwrap(),
+            format!("{}\n", std::process::id())
+        );
     }
 }

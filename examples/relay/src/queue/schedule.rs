@@ -389,6 +389,22 @@ impl Queue {
             .collect()
     }
 
+    /// Whether a message not in flight is due by `now` with a recipient
+    /// still to deliver in `domain` (normalised): mail an open connection
+    /// to that domain's next hop could carry at once.
+    pub fn has_due_for(&self, domain: &str, now: SystemTime) -> bool {
+        self.entries.values().any(|e| {
+            !e.in_flight
+                && !e.envelope.held
+                && e.envelope.next_attempt <= now
+                && e.envelope.recipients.iter().any(|r| {
+                    r.state.is_open()
+                        && crate::net::dns::normalize_domain(&r.address.host().to_string())
+                            == domain
+                })
+        })
+    }
+
     /// Records the outcome of the attempt on a message taken with
     /// [`take_due`](Self::take_due) and returns the updated envelope (to
     /// persist) with the report. The message stays in flight: a

@@ -8,6 +8,7 @@
 //! default-rsa.crt.pem  default-rsa.key.pem       the Default Cert (RSA, generated once)
 //! default-ecdsa.crt.pem default-ecdsa.key.pem    its ECDSA P-256 companion
 //! imported/NAME/chain.pem imported/NAME/key.pem  `cert import --name NAME`
+//! preferred                                      `cert use NAME`: the name served first
 //! ```
 //!
 //! An import is validated first ([`CertKey::from_pem`]: the key matches the
@@ -16,7 +17,16 @@
 //! key file mode 0600, fsynced, then renamed into place, so a running relay
 //! never sees half a pair. The rename changes the `imported` directory's
 //! modification time, which the relay polls ([`CertDir::stamp`]) to reload
-//! without restart.
+//! without restart. `cert remove` renames the directory away before deleting
+//! it; `cert regenerate-default` and `cert use` replace their files by
+//! rename; the stamp sees each.
+//!
+//! When several certificates carry the same name (the host name, most
+//! often), the store serves imported ones before the Default Cert, then
+//! ECDSA before RSA, then by table name. `cert use NAME` records NAME in
+//! `preferred`: its certificates are then served first for their names (and
+//! to clients without SNI when they carry the host name), whatever their key
+//! types; `cert use --clear` returns to the default order.
 //!
 //! ```
 //! use postern_relay::tls::certs::CertDir;
@@ -45,8 +55,8 @@ use std::time::SystemTime;
 use crate::config::is_certificate_name;
 use postern_certs::{
     CertKey, CertificateStore, DEFAULT_CERT_NAME, DefaultCertError, DefaultCertOptions,
-    DefaultCertificate, EXPIRY_WARNING_DAYS, Fingerprint, ImportError, RsaBits, StoreError,
-    durable,
+    DefaultCertificate, EXPIRY_WARNING_DAYS, Fingerprint, GeneratedKind, ImportError, RsaBits,
+    StoreError, durable,
 };
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
@@ -81,6 +91,13 @@ pub enum CertDirError {
     /// No certificate with this name was imported.
     #[error("no certificate named {0:?}")]
     Unknown(String),
+    /// The Default Cert is not removed: it answers clients that no other
+    /// certificate can.
+    #[error(
+        "the Default Cert cannot be removed (it answers the clients no other certificate can); \
+         replace it with `cert regenerate-default`"
+    )]
+    DefaultCert,
     /// The certificate has expired: refused unless forced.
     #[error("the certificate expired at {} (not after); import it anyway with --force", rfc3339(*.not_after))]
     Expired {
@@ -99,6 +116,16 @@ pub enum CertDirError {
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
 }
+
+/// The file naming the preferred certificate (`cert use`).
+pub const PREFERRED_FILE: &str = "preferred";
+
+/// What [`CertDir::stamp`] compares: the imported directory's modification
+/// time, and for each file of the Default Cert and the preference its inode
+/// and modification time (a rename always changes the inode, even within the
+/// file system's timestamp granularity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp(Vec<Option<(u64, SystemTime)>>);
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CertDirError + '_ {
     move |source| CertDirError::Io {
@@ -223,13 +250,7 @@ impl CertDir {
         }
         let imported = self.imported_dir();
         fs::create_dir_all(&imported).map_err(io_err(&imported))?;
-        let unique = format!(
-            "{}-{}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos())
-        );
+        let unique = unique();
         let tmp = imported.join(format!(".tmp-{unique}"));
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         for (file, pem, mode) in [("chain.pem", chain_pem, 0o644), ("key.pem", key_pem, 0o600)] {
@@ -252,12 +273,143 @@ impl CertDir {
         Ok(cert)
     }
 
-    /// The modification stamp of the imported certificates: changes when a
-    /// certificate is imported or replaced.
-    pub fn stamp(&self) -> Option<SystemTime> {
-        fs::metadata(self.imported_dir())
-            .and_then(|m| m.modified())
-            .ok()
+    /// The modification stamp of the directory: changes when a certificate
+    /// is imported, replaced or removed, the Default Cert regenerated, or the
+    /// preference changed.
+    pub fn stamp(&self) -> Stamp {
+        #[cfg(unix)]
+        let ino = |m: &fs::Metadata| std::os::unix::fs::MetadataExt::ino(m);
+        #[cfg(not(unix))]
+        let ino = |_: &fs::Metadata| 0;
+        let watched = [
+            self.imported_dir(),
+            self.root.join(postern_certs::RSA_CERT_FILE),
+            self.root.join(postern_certs::RSA_KEY_FILE),
+            self.root.join(postern_certs::ECDSA_CERT_FILE),
+            self.root.join(postern_certs::ECDSA_KEY_FILE),
+            self.root.join(PREFERRED_FILE),
+        ];
+        Stamp(
+            watched
+                .iter()
+                .map(|p| {
+                    let m = fs::metadata(p).ok()?;
+                    Some((ino(&m), m.modified().ok()?))
+                })
+                .collect(),
+        )
+    }
+
+    /// Removes the imported certificate `name` (and the preference for it);
+    /// a running relay stops serving it at its next certificate check.
+    pub fn remove(&self, name: &str) -> Result<(), CertDirError> {
+        if name == DEFAULT_CERT_NAME {
+            return Err(CertDirError::DefaultCert);
+        }
+        check_name(name)?;
+        let imported = self.imported_dir();
+        let target = imported.join(name);
+        if !target.is_dir() {
+            return Err(CertDirError::Unknown(name.to_owned()));
+        }
+        if self.preferred()?.as_deref() == Some(name) {
+            self.set_preferred(None)?;
+        }
+        let old = imported.join(format!(".old-{}", unique()));
+        fs::rename(&target, &old).map_err(io_err(&target))?;
+        sync_dir(&imported)?;
+        fs::remove_dir_all(&old).map_err(io_err(&old))
+    }
+
+    /// Replaces the Default Cert with a new one (RSA of `bits`, SHA-256,
+    /// self-signed for `hostname`, and its ECDSA P-256 companion). Each file
+    /// is replaced by rename, key before certificate: a relay that reads the
+    /// directory meanwhile finds a key that does not match its certificate,
+    /// keeps the certificates it serves, and loads the new ones at its next
+    /// check. Returns the new certificates, RSA first.
+    pub fn regenerate_default(
+        &self,
+        hostname: &str,
+        bits: RsaBits,
+        now: UnixTime,
+    ) -> Result<Vec<CertKey>, CertDirError> {
+        let mut opts = DefaultCertOptions::new(hostname);
+        opts.rsa_bits = bits;
+        let pairs = [
+            (
+                GeneratedKind::Rsa(bits),
+                postern_certs::RSA_CERT_FILE,
+                postern_certs::RSA_KEY_FILE,
+            ),
+            (
+                GeneratedKind::EcdsaP256,
+                postern_certs::ECDSA_CERT_FILE,
+                postern_certs::ECDSA_KEY_FILE,
+            ),
+        ];
+        // Everything generated and checked before anything is replaced.
+        let mut generated = Vec::new();
+        for (kind, cert_file, key_file) in pairs {
+            let pem = postern_certs::generate_self_signed(&opts, kind, now)?;
+            let cert = CertKey::from_pem(pem.cert_pem.as_bytes(), pem.key_pem.as_bytes())?;
+            generated.push((pem, cert, cert_file, key_file));
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let mut certs = Vec::new();
+        for (pem, cert, cert_file, key_file) in generated {
+            for (file, bytes, mode) in [
+                (key_file, pem.key_pem.as_bytes(), 0o600),
+                (cert_file, pem.cert_pem.as_bytes(), 0o644),
+            ] {
+                let path = self.root.join(file);
+                let tmp = self.root.join(format!(".{file}.tmp-{}", unique()));
+                durable::replace_file(&tmp, &path, bytes, mode).map_err(io_err(&path))?;
+            }
+            certs.push(cert);
+        }
+        Ok(certs)
+    }
+
+    /// The certificate served first for its names (`cert use`), if set.
+    pub fn preferred(&self) -> Result<Option<String>, CertDirError> {
+        let path = self.root.join(PREFERRED_FILE);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let name = text.trim_end_matches('\n');
+        if name != DEFAULT_CERT_NAME {
+            check_name(name)?;
+        }
+        Ok(Some(name.to_owned()))
+    }
+
+    /// Records `name` (an imported certificate or the Default Cert) as the
+    /// certificate served first for its names; `None` removes the
+    /// preference.
+    pub fn set_preferred(&self, name: Option<&str>) -> Result<(), CertDirError> {
+        let path = self.root.join(PREFERRED_FILE);
+        let Some(name) = name else {
+            return match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&self.root),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(&path)(e)),
+            };
+        };
+        if name == DEFAULT_CERT_NAME {
+            if postern_certs::load_existing(&self.root)?.is_none() {
+                return Err(CertDirError::Unknown(name.to_owned()));
+            }
+        } else {
+            self.get(name)?;
+        }
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let tmp = self
+            .root
+            .join(format!(".{PREFERRED_FILE}.tmp-{}", unique()));
+        durable::replace_file(&tmp, &path, format!("{name}\n").as_bytes(), 0o644)
+            .map_err(io_err(&path))
     }
 
     /// The certificate store: the Default Cert (the fallback for clients
@@ -265,7 +417,9 @@ impl CertDir {
     ///
     /// Serve it with [`CertificateStore::served`]: an imported certificate
     /// for one of the Default Cert's names (the host name) is served in its
-    /// place, fallback included; the Default Cert stays in the table.
+    /// place, fallback included; the Default Cert stays in the table. The
+    /// preferred certificate ([`CertDir::set_preferred`]) comes before all
+    /// others for its names.
     pub fn store(
         &self,
         hostname: &str,
@@ -279,6 +433,7 @@ impl CertDir {
         for (name, cert) in self.imported()? {
             store.add(name, cert)?;
         }
+        store.set_preferred(self.preferred()?);
         Ok(store)
     }
 
@@ -295,6 +450,7 @@ impl CertDir {
         for (name, cert) in self.imported()? {
             store.add(name, cert)?;
         }
+        store.set_preferred(self.preferred()?);
         Ok((store, default.is_some()))
     }
 
@@ -359,6 +515,17 @@ pub fn log_expiry(store: &CertificateStore, now: UnixTime) -> Vec<ExpiryNotice> 
     notices
 }
 
+/// A suffix for temporary names: the process ID and the time.
+fn unique() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}
+
 fn sync_dir(dir: &Path) -> Result<(), CertDirError> {
     durable::sync_dir(dir).map_err(io_err(dir))
 }
@@ -366,7 +533,7 @@ fn sync_dir(dir: &Path) -> Result<(), CertDirError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_certs::{Fingerprint, GeneratedKind, generate_self_signed};
+    use postern_certs::{Fingerprint, generate_self_signed};
 
     fn pem(host: &str) -> postern_certs::GeneratedPem {
         generate_self_signed(
@@ -381,7 +548,7 @@ mod tests {
     fn import_validates_persists_and_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let certs = CertDir::new(dir.path());
-        assert!(certs.stamp().is_none());
+        let empty = certs.stamp();
         let a = pem("a.example");
         let b = pem("b.example");
         // A key that does not match the certificate is refused, nothing written.
@@ -418,7 +585,7 @@ mod tests {
         let all = certs.imported().unwrap();
         assert_eq!(all.len(), 1, "replaced, no leftovers");
         assert_eq!(all[0].1.names(), ["b.example"]);
-        assert!(certs.stamp().is_some());
+        assert_ne!(certs.stamp(), empty);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -490,6 +657,152 @@ mod tests {
             store.list(now).len(),
             4,
             "the Default Cert stays in the table"
+        );
+    }
+
+    #[test]
+    fn the_preferred_certificate_is_served_first_for_its_names() {
+        use rustls::SignatureScheme;
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        let now = UnixTime::now();
+        let both = [
+            SignatureScheme::ECDSA_NISTP256_SHA256,
+            SignatureScheme::RSA_PSS_SHA256,
+        ];
+        let served = |sni: Option<&str>| {
+            let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
+            Fingerprint::of(&store.served().select(sni, &both, now).unwrap().cert[0])
+        };
+        let fingerprint = |p: &postern_certs::GeneratedPem| {
+            CertKey::from_pem(p.cert_pem.as_bytes(), p.key_pem.as_bytes())
+                .unwrap()
+                .fingerprint()
+        };
+        let import = |name: &str, p: &postern_certs::GeneratedPem| {
+            certs
+                .import(
+                    name,
+                    p.cert_pem.as_bytes(),
+                    p.key_pem.as_bytes(),
+                    now,
+                    false,
+                )
+                .unwrap();
+        };
+        // Two ECDSA certificates and an RSA one for the host name.
+        let (a, b) = (pem("relay.test"), pem("relay.test"));
+        let rsa = generate_self_signed(
+            &DefaultCertOptions::new("relay.test"),
+            GeneratedKind::Rsa(RsaBits::B2048),
+            now,
+        )
+        .unwrap();
+        import("a", &a);
+        import("b", &b);
+        import("r", &rsa);
+        // By default: imported, ECDSA first, then by name.
+        assert_eq!(certs.preferred().unwrap(), None);
+        assert_eq!(served(Some("relay.test")), fingerprint(&a));
+        assert_eq!(served(None), fingerprint(&a));
+
+        certs.set_preferred(Some("b")).unwrap();
+        assert_eq!(certs.preferred().unwrap().as_deref(), Some("b"));
+        assert_eq!(served(Some("relay.test")), fingerprint(&b));
+        assert_eq!(served(None), fingerprint(&b), "without SNI too");
+        // Whatever the key types.
+        certs.set_preferred(Some("r")).unwrap();
+        assert_eq!(served(Some("relay.test")), fingerprint(&rsa));
+        assert_eq!(served(None), fingerprint(&rsa));
+        // The Default Cert can be put back in service.
+        certs.set_preferred(Some(DEFAULT_CERT_NAME)).unwrap();
+        let store = certs.store("relay.test", RsaBits::B2048, now).unwrap();
+        let default: Vec<Fingerprint> = store
+            .get(DEFAULT_CERT_NAME)
+            .map(CertKey::fingerprint)
+            .collect();
+        assert!(default.contains(&served(Some("relay.test"))));
+        assert!(default.contains(&served(None)));
+
+        // Removing the preferred certificate removes the preference.
+        certs.set_preferred(Some("b")).unwrap();
+        certs.remove("b").unwrap();
+        assert_eq!(certs.preferred().unwrap(), None);
+        assert_eq!(served(None), fingerprint(&a));
+        certs.set_preferred(None).unwrap();
+        certs.set_preferred(None).unwrap();
+        assert!(matches!(
+            certs.set_preferred(Some("b")),
+            Err(CertDirError::Unknown(_))
+        ));
+    }
+
+    #[test]
+    fn names_never_leave_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path().join("certs"));
+        for bad in ["../x", "a/b", ".old-1", ""] {
+            assert!(
+                matches!(certs.set_preferred(Some(bad)), Err(CertDirError::Name(_))),
+                "{bad:?}"
+            );
+            assert!(
+                matches!(certs.remove(bad), Err(CertDirError::Name(_))),
+                "{bad:?}"
+            );
+        }
+        // A preference file edited by hand is checked as well.
+        fs::create_dir_all(certs.root()).unwrap();
+        fs::write(certs.root().join(PREFERRED_FILE), "../../etc\n").unwrap();
+        assert!(matches!(certs.preferred(), Err(CertDirError::Name(_))));
+        assert!(matches!(
+            certs.remove(DEFAULT_CERT_NAME),
+            Err(CertDirError::DefaultCert)
+        ));
+        assert!(
+            CertDirError::DefaultCert
+                .to_string()
+                .contains("regenerate-default")
+        );
+    }
+
+    #[test]
+    fn regenerate_default_replaces_both_pairs_and_the_stamp_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = CertDir::new(dir.path());
+        let now = UnixTime::now();
+        let before: Vec<Fingerprint> = certs
+            .default_cert("relay.test", RsaBits::B2048, now)
+            .unwrap()
+            .certs()
+            .map(CertKey::fingerprint)
+            .collect();
+        let stamp = certs.stamp();
+        let new = certs
+            .regenerate_default("relay.test", RsaBits::B2048, now)
+            .unwrap();
+        assert_ne!(certs.stamp(), stamp);
+        let after = certs
+            .default_cert("relay.test", RsaBits::B2048, now)
+            .unwrap();
+        assert!(!after.created, "loaded, not generated");
+        let after: Vec<Fingerprint> = after.certs().map(CertKey::fingerprint).collect();
+        assert_eq!(
+            after,
+            new.iter().map(CertKey::fingerprint).collect::<Vec<_>>()
+        );
+        assert_eq!(after.len(), 2, "RSA and its ECDSA companion");
+        assert!(after.iter().all(|f| !before.contains(f)), "both replaced");
+        assert_eq!(new[0].key_type(), postern_certs::KeyType::Rsa);
+        assert_eq!(new[0].key_bits(), 2048);
+        assert_eq!(new[0].names(), ["relay.test"]);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().all(|n| !n.starts_with('.')),
+            "no temporary file left: {names:?}"
         );
     }
 
