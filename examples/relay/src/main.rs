@@ -9,10 +9,10 @@
 //! postern-relay [--config FILE] cert regenerate-default      a new Default Cert replaces the old
 //! postern-relay [--config FILE] cert inspect FILE [--key K]  check a chain without importing it
 //! postern-relay [--config FILE] cert use NAME|--clear        the certificate served first for its names
-//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
-//!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
+//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched, next hop,
+//!                                                            names matched, cached MTA-STS policy; --dns: route, DNSSEC status, TLSA, DANE per host
 //! postern-relay [--config FILE] probe DESTINATION [--servername NAME] [--ehlo NAME] [--all]
-//!                                                          the chain, what each client TLS mode and the configured policy would decide
+//!                                                            the chain, what each client TLS mode and the configured policy would decide
 //! postern-relay [--config FILE] queue list [--json]              like postqueue -p
 //! postern-relay [--config FILE] queue show ID [--body]             like postcat -q
 //! postern-relay [--config FILE] queue delete ID...|--all           like postsuper -d
@@ -161,7 +161,9 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// The outbound TLS decision for a destination and the rule that matched.
+    /// The outbound TLS decision for a destination and the rule that
+    /// matched, the next hop, the names the certificate is matched against,
+    /// and the MTA-STS policy in the cache.
     Explain {
         /// A domain, or [host]:port.
         destination: String,
