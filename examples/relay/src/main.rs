@@ -9,9 +9,10 @@
 //! postern-relay [--config FILE] cert regenerate-default      a new Default Cert replaces the old
 //! postern-relay [--config FILE] cert inspect FILE [--key K]  check a chain without importing it
 //! postern-relay [--config FILE] cert use NAME|--clear        the certificate served first for its names
-//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched;
-//!                                                            --dns: route, DNSSEC status, TLSA, DANE per host
-//! postern-relay [--config FILE] probe HOST[:PORT]            what each client TLS mode would decide (TLSA with DNSSEC)
+//! postern-relay [--config FILE] policy explain DOMAIN [--dns]  outbound decision and the rule that matched, next hop,
+//!                                                            names matched, cached MTA-STS policy; --dns: route, DNSSEC status, TLSA, DANE per host
+//! postern-relay [--config FILE] probe DESTINATION [--servername NAME] [--ehlo NAME] [--all]
+//!                                                            the chain, what each client TLS mode and the configured policy would decide
 //! postern-relay [--config FILE] queue list [--json]              like postqueue -p
 //! postern-relay [--config FILE] queue show ID [--body]             like postcat -q
 //! postern-relay [--config FILE] queue delete ID...|--all           like postsuper -d
@@ -76,8 +77,19 @@ enum Command {
     /// Connect to a next hop, try STARTTLS and show what each client TLS
     /// mode would decide (like posttls-finger).
     Probe {
-        /// HOST or HOST:PORT (port 25 by default).
+        /// A domain (routed as delivery routes it: static route or MX
+        /// lookup), or `[host]`, `[host]:port`, `host:port` (no MX lookup).
         target: String,
+        /// The name sent as SNI and verified (posttls-finger -N is close).
+        #[arg(long, value_name = "NAME")]
+        servername: Option<String>,
+        /// The name said in EHLO (posttls-finger -H); default: `hostname`.
+        #[arg(long, value_name = "NAME")]
+        ehlo: Option<String>,
+        /// Probe every host of a domain's route, not only the first that
+        /// answers.
+        #[arg(long)]
+        all: bool,
     },
     /// Show or act on the mail queue.
     #[command(subcommand)]
@@ -149,7 +161,9 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// The outbound TLS decision for a destination and the rule that matched.
+    /// The outbound TLS decision for a destination and the rule that
+    /// matched, the next hop, the names the certificate is matched against,
+    /// and the MTA-STS policy in the cache.
     Explain {
         /// A domain, or [host]:port.
         destination: String,
@@ -282,9 +296,20 @@ fn main() -> ExitCode {
                     Ok(())
                 }
             }
-            Some(Command::Probe { target }) => {
-                runtime().and_then(|rt| rt.block_on(cli::probe(&config, &target)))
-            }
+            Some(Command::Probe {
+                target,
+                servername,
+                ehlo,
+                all,
+            }) => runtime().and_then(|rt| {
+                rt.block_on(cli::probe(
+                    &config,
+                    &target,
+                    servername.as_deref(),
+                    ehlo.as_deref(),
+                    all,
+                ))
+            }),
             Some(Command::Queue(command)) => queue(&config, command),
             Some(Command::Reload) => cli::reload(&config),
         });

@@ -12,7 +12,8 @@ use postern_certs::{
     CertKey, CertStatus, CertificateRow, DEFAULT_CERT_NAME, ECDSA_CERT_FILE, ECDSA_KEY_FILE,
     RSA_CERT_FILE, RSA_KEY_FILE,
 };
-use postern_policy::{ClientTlsMode, NextHop};
+use postern_policy::mta_sts::StsPolicy;
+use postern_policy::{ClientTlsMode, DomainName, NextHop};
 use rustls::pki_types::UnixTime;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -21,7 +22,8 @@ use crate::config::{Config, DnssecMode};
 use crate::envelope::{Envelope, Failure, FailureSource, Mailbox, MessageId};
 use crate::net::dns::{Resolver as _, SystemResolver};
 use crate::outbound::explain;
-use crate::outbound::routing::Router;
+use crate::outbound::next_hop::{self, DaneUse};
+use crate::outbound::routing::{RouteSource, Router};
 use crate::queue::control::{self, ANSWER_WAIT, Answer, Request, Selection};
 use crate::queue::lock::{LockError, StateLock};
 use crate::queue::spool::{Scan, Spool, SpoolError};
@@ -523,6 +525,16 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
     outln!("{}", policy.outbound.explain(&hop));
     outln!("  destination:        {hop}");
     outln!("  rule:               {source}");
+    if let Some(domain) = hop.domain() {
+        match config.static_routes()?.lookup(domain.as_str()) {
+            Some((key, next)) => outln!(
+                "  next hop:           {}:{} (static route {key})",
+                next.host,
+                next.port
+            ),
+            None => outln!("  next hop:           MX lookup (`--dns` shows the hosts)"),
+        }
+    }
     outln!(
         "  mode:               {} (Postfix smtp_tls_security_level = {})",
         settings.tls.as_str(),
@@ -532,13 +544,29 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
         "  minimum version:    {}",
         settings.min_tls_version.as_str()
     );
-    if matches!(settings.tls, ClientTlsMode::Verify | ClientTlsMode::Secure) {
-        let names: Vec<String> = settings
-            .effective_match()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        outln!("  certificate match:  {}", names.join(", "));
+    let names: Vec<String> = settings
+        .effective_match()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match settings.tls {
+        ClientTlsMode::Verify | ClientTlsMode::Secure => {
+            outln!("  certificate match:  {}", names.join(", "));
+        }
+        ClientTlsMode::MtaSts => {
+            outln!(
+                "  certificate match:  the MX host, which must match the MTA-STS policy's mx patterns"
+            );
+        }
+        ClientTlsMode::Dane | ClientTlsMode::DaneOnly => outln!(
+            "  certificate match:  a usable TLSA record; DANE-TA(2) names: the MX host and {hop}"
+        ),
+        _ => {}
+    }
+    if matches!(
+        settings.tls,
+        ClientTlsMode::Verify | ClientTlsMode::Secure | ClientTlsMode::MtaSts
+    ) {
         outln!(
             "  trust anchors:      {}",
             settings.trust_anchors.clone().unwrap_or_else(|| {
@@ -556,6 +584,11 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
         let pins: Vec<String> = settings.pins.iter().map(ToString::to_string).collect();
         outln!("  pins:               {}", pins.join(", "));
     }
+    if let Some(domain) = hop.domain() {
+        for line in mta_sts_lines(config, domain) {
+            outln!("{line}");
+        }
+    }
     let requires = settings.tls.always_requires_tls();
     outln!(
         "  without TLS:        {}",
@@ -566,6 +599,36 @@ pub fn policy_explain(config: &Config, destination: &str) -> CliResult {
         }
     );
     Ok(())
+}
+
+/// The MTA-STS policy cached for `domain`, read only, as lines.
+fn mta_sts_lines(config: &Config, domain: &DomainName) -> Vec<String> {
+    let cache = match crate::outbound::mta_sts::read_cached(&config.state_dir, domain) {
+        Ok(Some(cache)) => cache,
+        Ok(None) => return vec!["  mta-sts cache:      none".to_owned()],
+        Err(e) => return vec![format!("  mta-sts cache:      unreadable: {e}")],
+    };
+    let Some(cached) = cache.cached else {
+        return vec!["  mta-sts cache:      no policy (a failed fetch only)".to_owned()];
+    };
+    let expires = cached.expires_at();
+    let when = OffsetDateTime::from_unix_timestamp(expires)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| expires.to_string());
+    let state = if cached.is_valid_at(unix_now()) {
+        "valid"
+    } else {
+        "expired"
+    };
+    let mx: Vec<String> = cached.policy.mx.iter().map(ToString::to_string).collect();
+    vec![
+        format!("  mta-sts cache:      id {}, {state}", cached.id),
+        format!("    mode:             {}", cached.policy.mode),
+        format!("    mx:               {}", mx.join(", ")),
+        format!("    max_age:          {}", cached.policy.max_age),
+        format!("    expires:          {when}"),
+    ]
 }
 
 /// `policy explain DOMAIN --dns`: the DNS facts and per-host decisions
@@ -585,16 +648,118 @@ pub async fn policy_explain_dns(config: &Config, destination: &str) -> CliResult
     Ok(())
 }
 
-/// `probe HOST[:PORT]`.
-pub async fn probe(config: &Config, target: &str) -> CliResult {
+/// `probe DESTINATION`: a domain is routed as delivery routes it (static
+/// route or MX lookup) and its hosts probed in order, stopping at the first
+/// that answers unless `all`; `[host]`, `[host]:port` and `host:port` are
+/// probed directly (no MX lookup).
+pub async fn probe(
+    config: &Config,
+    target: &str,
+    server_name: Option<&str>,
+    ehlo: Option<&str>,
+    all: bool,
+) -> CliResult {
+    let policy = config.policy()?;
     let roots = outbound_roots(config)?;
     let timeout = config.timeouts.connect.0.max(Duration::from_secs(5));
     let resolver = SystemResolver::from_config(&config.dns)?;
-    let report =
-        crate::outbound::probe::probe(target, &config.hostname, roots, timeout, resolver.dnssec())
-            .await?;
-    out!("{}", report.to_text());
-    Ok(())
+    let server_name = server_name
+        .map(|n| DomainName::parse(n).map_err(|e| format!("--servername {n:?}: {e}")))
+        .transpose()?;
+    let options = crate::outbound::probe::ProbeOptions {
+        ehlo: ehlo.unwrap_or(&config.hostname),
+        server_name,
+        destination: None,
+        configured: Some(&policy.outbound),
+        secure_mx: true,
+        mta_sts: None,
+        address: None,
+        roots,
+        timeout,
+    };
+    let direct = target.starts_with('[')
+        || target.contains(':')
+        || target.parse::<std::net::IpAddr>().is_ok();
+    if direct {
+        // `[host]:port` keys of the policy apply to a bracketed target.
+        let mut options = options;
+        if target.starts_with('[') {
+            options.destination = NextHop::parse(target).ok();
+        }
+        if let Some(domain) = options.destination.as_ref().and_then(NextHop::domain) {
+            options.mta_sts = cached_sts(config, domain);
+        }
+        let report = crate::outbound::probe::probe(target, options, resolver.dnssec()).await?;
+        out!("{}", report.to_text());
+        return Ok(());
+    }
+    let hop = NextHop::parse(target).map_err(|e| format!("{target:?}: {e}"))?;
+    let router = Router::new(config.static_routes()?, resolver);
+    let route = router
+        .route(target, SystemTime::now())
+        .await
+        .map_err(|f| format!("{target}: no route: {} ({})", f.text, f.code))?;
+    let how = match &route.source {
+        RouteSource::Static(key) => format!("static route {key:?}"),
+        RouteSource::Mx => "MX lookup".to_owned(),
+        RouteSource::ImplicitMx => "implicit MX (the domain itself)".to_owned(),
+    };
+    let hosts: Vec<String> = route
+        .hosts
+        .iter()
+        .map(|h| format!("{}:{}", h.host, h.port))
+        .collect();
+    outln!("Route for {}: {how}: {}", route.domain, hosts.join(", "));
+    let sts = hop.domain().and_then(|d| cached_sts(config, d));
+    let mut answered = false;
+    for host in &route.hosts {
+        let mut options = options.clone();
+        options.destination = Some(hop.clone());
+        options.mta_sts.clone_from(&sts);
+        options.secure_mx = route.hosts_found_securely();
+        let target = format!("{}:{}", host.host, host.port);
+        outln!("\n--- {target}");
+        // The addresses as delivery finds them.
+        match next_hop::look_up(router.resolver(), host, DaneUse::No, SystemTime::now()).await {
+            Ok(found) => options.address = found.addresses.first().copied(),
+            Err(failure) => {
+                outln!("not usable: {}", failure.text);
+                continue;
+            }
+        }
+        match crate::outbound::probe::probe(&target, options, router.resolver().dnssec()).await {
+            Ok(report) => {
+                out!("{}", report.to_text());
+                answered = true;
+                if !all {
+                    break;
+                }
+            }
+            Err(e) => outln!("{e}"),
+        }
+    }
+    if answered {
+        Ok(())
+    } else {
+        Err(format!("{target}: no host answered").into())
+    }
+}
+
+/// The valid MTA-STS policy cached for `domain`, if any (read only).
+fn cached_sts(config: &Config, domain: &DomainName) -> Option<StsPolicy> {
+    crate::outbound::mta_sts::read_cached(&config.state_dir, domain)
+        .ok()
+        .flatten()
+        .and_then(|cache| cache.cached)
+        .filter(|c| c.is_valid_at(unix_now()))
+        .map(|c| c.policy)
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// `queue list [--json]`.

@@ -420,6 +420,22 @@ pub fn parse_body(body: &[u8]) -> Result<StsPolicy, FetchError> {
     StsPolicy::parse(text).map_err(FetchError::Invalid)
 }
 
+/// Reads the persisted cache entry of `domain` under `state_dir`, without
+/// changing it (`policy explain`, `probe`): `None` when there is none.
+pub fn read_cached(state_dir: &Path, domain: &DomainName) -> Result<Option<StsCache>, String> {
+    let path = state_dir
+        .join("mta-sts")
+        .join(format!("{}.json", domain.as_str()));
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Reads a persisted cache entry; a missing or unreadable file is an empty
 /// entry (the policy is fetched again).
 async fn load(path: PathBuf) -> StsCache {
@@ -447,6 +463,22 @@ async fn store(path: PathBuf, cache: StsCache) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_cached_reads_without_writing_and_names_a_damaged_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let domain = DomainName::parse("example.com").unwrap();
+        assert!(read_cached(dir.path(), &domain).unwrap().is_none());
+        std::fs::create_dir_all(dir.path().join("mta-sts")).unwrap();
+        let path = dir.path().join("mta-sts/example.com.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let e = read_cached(dir.path(), &domain).unwrap_err();
+        assert!(e.contains("example.com.json"), "{e}");
+        let cache = StsCache::new();
+        std::fs::write(&path, serde_json::to_vec(&cache).unwrap()).unwrap();
+        let read = read_cached(dir.path(), &domain).unwrap().unwrap();
+        assert!(read.cached.is_none());
+    }
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// Serves `response` to one request on an in-memory pipe and returns the

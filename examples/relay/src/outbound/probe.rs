@@ -1,5 +1,15 @@
-//! `postern-relay probe HOST[:PORT]`: what a next hop offers and what each
+//! `postern-relay probe DESTINATION`: what a next hop offers and what each
 //! client TLS mode would decide, in the spirit of Postfix's `posttls-finger`.
+//! (The command line routes a domain first; see `cli::probe`.)
+//!
+//! The report shows the certificate chain the server sent, each certificate
+//! with its subject, subjectAltNames, issuer, validity, key and two SHA-256
+//! digests: of the certificate (what a `fingerprint` pin holds, written as
+//! `pins` takes it) and of its public key (SPKI). With the configured policy
+//! given, it also shows what that policy decides for the destination and
+//! which rule matched: the chain is checked as the policy's handshake would
+//! check it (match names, pins, TLSA records, trust anchors), then judged by
+//! the same evaluation.
 //!
 //! The probe drives the same delivery attempt as delivery
 //! (postern-attempt's `Attempt::probe`, through [`postern_tokio::client::Client::probe`]) under
@@ -21,12 +31,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_certs::{ClientTlsContext, DaneHook};
+use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_dns::{DaneResolver, HostTlsa};
 use postern_policy::dane::{DaneOutcome, TlsaRecord};
+use postern_policy::mta_sts::StsPolicy;
 use postern_policy::{
-    Action, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy, DomainName,
-    EnhancedStatus, HandshakeOutcome, NextHop, OutboundPolicy, SessionFacts, TlsVersion,
+    Action, Authentication, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy,
+    DomainName, EnhancedStatus, Fingerprint, HandshakeOutcome, NamePattern, NextHop,
+    OutboundPolicy, SessionFacts, TlsRequirement, TlsVersion,
 };
 use postern_tokio::client::{Client, ClientSettings};
 use rustls::RootCertStore;
@@ -104,8 +116,30 @@ pub struct ProbeReport {
     pub dns: Vec<String>,
     /// Which TLSA record matched the chain, or why none did.
     pub dane: Option<String>,
+    /// The name sent as SNI and verified (`verify`), if any.
+    pub server_name: Option<String>,
+    /// The certificate chain the server sent, leaf first, one block of
+    /// lines per certificate.
+    pub chain: Vec<Vec<String>>,
     /// Per mode, the final decision.
     pub decisions: Vec<(ClientTlsMode, String, bool)>,
+    /// The configured policy's rule, mode, decision and whether it would
+    /// deliver.
+    pub configured: Option<Configured>,
+}
+
+/// What the configured policy for the destination decides.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Configured {
+    /// The rule that matched (`default`, `example.com`, `.example.com` …).
+    pub rule: String,
+    /// Its mode.
+    pub mode: ClientTlsMode,
+    /// The decision, in words.
+    pub decision: String,
+    /// Whether it would deliver.
+    pub deliver: bool,
 }
 
 impl ProbeReport {
@@ -116,6 +150,9 @@ impl ProbeReport {
             let _ = writeln!(out, "{line}");
         }
         let _ = writeln!(out, "Connected to {}", self.addr);
+        if let Some(name) = &self.server_name {
+            let _ = writeln!(out, "Server name (SNI, verified name): {name}");
+        }
         let _ = writeln!(
             out,
             "STARTTLS: {}",
@@ -154,8 +191,24 @@ impl ProbeReport {
             }
             None => {}
         }
+        for (depth, lines) in self.chain.iter().enumerate() {
+            let _ = writeln!(out, "Certificate {depth}:");
+            for line in lines {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
         if let Some(dane) = &self.dane {
             let _ = writeln!(out, "DANE: {dane}");
+        }
+        if let Some(c) = &self.configured {
+            let verdict = if c.deliver { "deliver" } else { "no delivery" };
+            let _ = writeln!(
+                out,
+                "\nConfigured policy (rule {}, mode {}): {verdict}: {}",
+                c.rule,
+                c.mode.as_str(),
+                c.decision
+            );
         }
         out.push_str("\nWhat each client mode would do:\n");
         for (mode, decision, deliver) in &self.decisions {
@@ -261,16 +314,47 @@ fn dane_check(
     }
 }
 
-/// Probes `target` (`HOST[:PORT]`), saying `ehlo_name` in EHLO and checking
-/// certificates against `roots`; with `dnssec`, a host name's addresses
-/// and TLSA records come from it (see the module documentation).
+/// How to probe, besides the target.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ProbeOptions<'a> {
+    /// The name said in EHLO.
+    pub ehlo: &'a str,
+    /// The name sent as SNI and verified; `None`: the host name probed.
+    pub server_name: Option<DomainName>,
+    /// The destination whose configured policy is judged (a domain whose MX
+    /// host is probed); `None`: the target itself.
+    pub destination: Option<NextHop>,
+    /// The configured outbound policy, judged too when given.
+    pub configured: Option<&'a OutboundPolicy>,
+    /// Whether the host was found securely (a static route, a DNSSEC-secure
+    /// MX RRset, or named directly): DANE applies only then.
+    pub secure_mx: bool,
+    /// The MTA-STS policy (from the cache) for `mta-sts` mode.
+    pub mta_sts: Option<StsPolicy>,
+    /// The address to connect to, when the caller looked it up (a domain's
+    /// route, looked up as delivery does); `None`: the target's.
+    pub address: Option<SocketAddr>,
+    /// The PKIX trust anchors.
+    pub roots: Arc<RootCertStore>,
+    /// The time allowed to connect, for the handshake and each reply.
+    pub timeout: Duration,
+}
+
+/// Probes `target` (`HOST[:PORT]`) as `options` say; with `dnssec`, a host
+/// name's addresses and TLSA records come from it (see the module
+/// documentation).
 pub async fn probe(
     target: &str,
-    ehlo_name: &str,
-    roots: Arc<RootCertStore>,
-    timeout: Duration,
+    options: ProbeOptions<'_>,
     dnssec: Option<&DaneResolver>,
 ) -> Result<ProbeReport, ProbeError> {
+    let ProbeOptions {
+        ehlo: ehlo_name,
+        roots,
+        timeout,
+        ..
+    } = options.clone();
     let (host, port) = parse_target(target)?;
     let dns = match (dnssec, DomainName::parse(&host)) {
         (Some(dane), Ok(name)) if host.parse::<std::net::IpAddr>().is_err() => {
@@ -278,16 +362,17 @@ pub async fn probe(
         }
         _ => None,
     };
-    let addr = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => SocketAddr::new(ip, port),
-        Err(_) if dns.as_ref().is_some_and(|d| !d.addresses.is_empty()) => dns
+    let addr = match (options.address, host.parse::<std::net::IpAddr>()) {
+        (Some(addr), _) => addr,
+        (None, Ok(ip)) => SocketAddr::new(ip, port),
+        (None, Err(_)) if dns.as_ref().is_some_and(|d| !d.addresses.is_empty()) => dns
             .as_ref()
             .and_then(|d| d.addresses.first().copied())
             .ok_or_else(|| ProbeError::Resolve {
                 host: host.clone(),
                 reason: "no address".into(),
             })?,
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+        (None, Err(_)) => tokio::net::lookup_host((host.as_str(), port))
             .await
             .map_err(|e| ProbeError::Resolve {
                 host: host.clone(),
@@ -300,13 +385,22 @@ pub async fn probe(
             })?,
     };
     let (hop, mx) = next_hop(&host, port).map_err(|_| ProbeError::Target(target.to_owned()))?;
+    let mx = options.server_name.clone().or(mx);
+    // A domain's host is judged as delivery judges it: under the domain.
+    let hop = options.destination.clone().unwrap_or(hop);
     let mut settings = ClientSettings::new(ehlo_name);
     settings.connect_timeout = timeout;
     settings.handshake_timeout = timeout;
     settings.smtp.timeouts.command = timeout;
-    let client = Client::new(settings, Arc::new(ClientTlsContext::new(roots)));
+    let context = Arc::new(ClientTlsContext::new(roots));
+    let client = Client::new(settings, Arc::clone(&context));
     let policy = OutboundPolicy::new(DestinationPolicy::new(ClientTlsMode::Opportunistic))
         .connection(&hop, mx.as_ref());
+    // The name sent as SNI and checked (the attempt's choice).
+    let server_name = policy
+        .server_name()
+        .or_else(|| hop.domain())
+        .map(ToString::to_string);
     let result = client.probe(addr, policy).await;
     let facts = result.facts;
     if let Some(f) = &result.failure
@@ -366,7 +460,14 @@ pub async fn probe(
             usize::try_from(t.discarded_before_handshake).unwrap_or(usize::MAX)
         }),
         handshake,
+        server_name: server_name.clone(),
+        chain: result
+            .tls
+            .as_ref()
+            .map(|t| t.peer_certificates.iter().map(|c| describe(c)).collect())
+            .unwrap_or_default(),
         decisions: Vec::new(),
+        configured: None,
     };
     report.decisions = MODES
         .iter()
@@ -378,7 +479,7 @@ pub async fn probe(
         })
         .collect();
     // `dane` and `dane-only`, judged on the DANE check of the chain.
-    if let Some(outcome) = dane_outcome {
+    if let Some(outcome) = &dane_outcome {
         let judged = dane_facts.as_ref().unwrap_or(&facts);
         for mode in [ClientTlsMode::Dane, ClientTlsMode::DaneOnly] {
             let policy = OutboundPolicy::new(DestinationPolicy::new(mode))
@@ -389,7 +490,144 @@ pub async fn probe(
             report.decisions.push((mode, decision, deliver));
         }
     }
+    if let Some(outbound) = options.configured {
+        let (settings, source) = outbound.lookup(&hop);
+        let mut policy = outbound
+            .connection(&hop, mx.as_ref())
+            .with_secure_mx(options.secure_mx);
+        if settings.tls == ClientTlsMode::MtaSts {
+            policy = policy.with_mta_sts(options.mta_sts.clone());
+        }
+        if let Some(outcome) = &dane_outcome {
+            policy = policy.with_dane(outcome.clone());
+        }
+        let (mode, rule) = (settings.tls, source.to_string());
+        let judged = match (&result.tls, facts.handshake) {
+            (Some(tls), Some(_)) => {
+                let name = mx
+                    .as_ref()
+                    .map_or_else(|| host.clone(), ToString::to_string);
+                let check = configured_check(&context, &policy, &name, &tls.peer_certificates)
+                    .await
+                    .map_err(ProbeError::Protocol)?;
+                facts.with_handshake(HandshakeOutcome::Established {
+                    version: tls.version,
+                    certificate: check,
+                })
+            }
+            _ => facts,
+        };
+        let (decision, deliver) = decide(&policy, &judged);
+        report.configured = Some(Configured {
+            rule,
+            mode,
+            decision,
+            deliver,
+        });
+    }
     Ok(report)
+}
+
+/// One certificate as lines: subject, names, issuer, validity, key and the
+/// SHA-256 fingerprints (the first is what a `fingerprint` pin holds).
+fn describe(der: &CertificateDer<'_>) -> Vec<String> {
+    let row = match postern_certs::inspect("", der, UnixTime::now()) {
+        Ok(row) => row,
+        Err(e) => {
+            return vec![
+                format!("unreadable certificate: {e}"),
+                format!("pin (SHA-256 of the certificate): {}", Fingerprint::of(der)),
+            ];
+        }
+    };
+    let spki = x509_parser::parse_x509_certificate(der).map_or_else(
+        |e| format!("unreadable ({e})"),
+        |(_, cert)| Fingerprint::of(cert.public_key().raw).to_string(),
+    );
+    let date = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.to_string())
+    };
+    vec![
+        format!("subject:     {}", row.subject),
+        format!(
+            "names:       {}",
+            if row.sans.is_empty() {
+                "none".to_owned()
+            } else {
+                row.sans.join(", ")
+            }
+        ),
+        format!("issuer:      {}", row.issuer),
+        format!("not before:  {}", date(row.not_before)),
+        format!("not after:   {} ({})", date(row.not_after), row.status),
+        format!("key:         {} {} bits", row.key_type, row.key_bits),
+        format!(
+            "pin (SHA-256 of the certificate, as `pins` takes it): {}",
+            row.fingerprint
+        ),
+        format!("SHA-256 of the public key (SPKI): {spki}"),
+    ]
+}
+
+/// The check of `chain` as the configured `policy` would make it during the
+/// handshake: chain and match names (`verify`, `secure`, `mta-sts`), pins
+/// (`fingerprint`) or TLSA records (`dane`), mirroring the delivery
+/// attempt's handshake parameters.
+async fn configured_check(
+    context: &ClientTlsContext,
+    policy: &ConnectionPolicy,
+    server_name: &str,
+    chain: &[CertificateDer<'static>],
+) -> Result<CertificateCheck, String> {
+    let mut spec = ClientTlsSpec::new(ClientTlsMode::Opportunistic, server_name.to_owned());
+    match policy.requirement() {
+        TlsRequirement::Authenticated(Authentication::Pkix { names }) => {
+            spec.mode = match policy.settings().tls {
+                mode @ (ClientTlsMode::Secure | ClientTlsMode::MtaSts) => mode,
+                _ => ClientTlsMode::Verify,
+            };
+            spec.match_names = names
+                .iter()
+                .map(|n| match n {
+                    NamePattern::Exact(name) => name.to_string(),
+                    NamePattern::Subdomains(name) => format!(".{name}"),
+                })
+                .collect();
+        }
+        TlsRequirement::Authenticated(Authentication::Pins(pins)) => {
+            spec.mode = ClientTlsMode::Fingerprint;
+            spec.pins = pins;
+        }
+        TlsRequirement::Authenticated(Authentication::Dane(records)) => {
+            spec.mode = ClientTlsMode::Dane;
+            let mut names = vec![server_name.to_owned()];
+            if let Some(domain) = policy.next_hop().domain().map(ToString::to_string)
+                && !names.contains(&domain)
+            {
+                names.push(domain);
+            }
+            spec.hook = Some(Arc::new(DaneHook::new(records, names)));
+        }
+        _ => {}
+    }
+    if let Some(path) = policy.trust_anchors() {
+        let owned = path.to_owned();
+        let pem = tokio::task::spawn_blocking(move || std::fs::read(owned))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()))
+            .map_err(|e| format!("trust anchors {path}: {e}"))?;
+        let mut roots = TrustRoots::empty();
+        roots
+            .add_pem(&pem)
+            .map_err(|e| format!("trust anchors {path}: {e}"))?;
+        spec.roots = Some(roots.into_store());
+    }
+    let connection = context
+        .connection(&spec)
+        .map_err(|e| format!("TLS settings of the configured policy: {e}"))?;
+    Ok(connection.certificate_check(Some(chain), UnixTime::now()))
 }
 
 /// The decision `policy` takes on what the probe saw, and whether it would
@@ -424,5 +662,22 @@ mod tests {
         assert_eq!(parse_target("[::1]:2526").unwrap(), ("::1".into(), 2526));
         assert!(parse_target("").is_err());
         assert!(parse_target("mx:port").is_err());
+    }
+
+    #[test]
+    fn an_unreadable_certificate_is_described_not_panicked_on() {
+        let der = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        let lines = describe(&der);
+        assert!(
+            lines[0].starts_with("unreadable certificate: "),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "pin (SHA-256 of the certificate): {}",
+                Fingerprint::of(&[0x30, 0x03, 0x02, 0x01])
+            )
+        );
     }
 }

@@ -190,6 +190,8 @@ pub struct HopLog {
     pub mail: usize,
     /// STARTTLS commands received.
     pub starttls: usize,
+    /// The names given in EHLO, in order.
+    pub ehlo: Vec<String>,
     pub delivered: Vec<Delivered>,
 }
 
@@ -290,6 +292,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
+            log.lock()
+                .unwrap()
+                .ehlo
+                .push(line.get(5..).unwrap_or("").trim().to_owned());
             let starttls = !tls && !matches!(hop, Hop::NoStartTls);
             format!(
                 "250-hop.test\r\n250-PIPELINING\r\n{}250 8BITMIME\r\n",
