@@ -812,21 +812,36 @@ impl Attempt {
 
     /// The handshake's parameters, from the policy's requirement.
     fn tls_params(&self, discarded: u64) -> Result<TlsParams, DeliveryFailure> {
-        let mut params = TlsParams {
-            server_name: self.server_name.clone(),
+        let mut params = TlsParams::for_policy(&self.policy, &self.server_name)?;
+        params.discarded = discarded;
+        Ok(params)
+    }
+}
+
+impl TlsParams {
+    /// What a handshake under `policy` with `server_name` (SNI, first reference identifier) must check: the
+    /// parameters an [`Attempt`] hands its driver with [`Event::StartTls`] (nothing discarded). A probe judging
+    /// a chain as a configured policy would uses the same. `Err`: an authentication method this client does
+    /// not have.
+    pub fn for_policy(
+        policy: &ConnectionPolicy,
+        server_name: &str,
+    ) -> Result<Self, DeliveryFailure> {
+        let mut params = Self {
+            server_name: server_name.to_owned(),
             mode: ClientTlsMode::Opportunistic,
             match_names: Vec::new(),
             pins: Vec::new(),
             dane: None,
-            trust_anchors: self.policy.trust_anchors().map(str::to_owned),
-            min_version: self.policy.min_tls_version(),
-            dangerous_report_only: !self.policy.enforced(),
-            discarded,
+            trust_anchors: policy.trust_anchors().map(str::to_owned),
+            min_version: policy.min_tls_version(),
+            dangerous_report_only: !policy.enforced(),
+            discarded: 0,
         };
-        match self.policy.requirement() {
+        match policy.requirement() {
             TlsRequirement::Encrypt => params.mode = ClientTlsMode::Encrypt,
             TlsRequirement::Authenticated(Authentication::Pkix { names }) => {
-                params.mode = match self.policy.settings().tls {
+                params.mode = match policy.settings().tls {
                     mode @ (ClientTlsMode::Secure | ClientTlsMode::MtaSts) => mode,
                     _ => ClientTlsMode::Verify,
                 };
@@ -843,15 +858,15 @@ impl Attempt {
                 params.pins = pins;
             }
             TlsRequirement::Authenticated(Authentication::Dane(records)) => {
-                params.mode = match self.policy.settings().tls {
+                params.mode = match policy.settings().tls {
                     ClientTlsMode::DaneOnly => ClientTlsMode::DaneOnly,
                     _ => ClientTlsMode::Dane,
                 };
                 // RFC 7672 section 8.1: the SNI is the TLSA base domain, the MX host. RFC 7671 section 10.2:
                 // it is the primary reference identifier of DANE-TA(2) name checks, and with SMTP the
                 // destination domain is acceptable too (Postfix's "nexthop, hostname").
-                let mut names = vec![self.server_name.clone()];
-                if let Some(domain) = self.policy.next_hop().domain().map(ToString::to_string)
+                let mut names = vec![server_name.to_owned()];
+                if let Some(domain) = policy.next_hop().domain().map(ToString::to_string)
                     && !names.contains(&domain)
                 {
                     names.push(domain);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use postern_attempt::{Attempt, Event, HandshakeResult, Step, TlsParams};
+use postern_attempt::{Attempt, Event, HandshakeResult, Step};
 use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
 use postern_policy::{
     ClientTlsMode, ConnectionPolicy, Decision, DomainName, EnhancedStatus, NextHop, OutboundPolicy,
@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-pub use postern_attempt::{DeliveryFailure, DeliveryResult, TlsSummary};
+pub use postern_attempt::{DeliveryFailure, DeliveryResult, TlsParams, TlsSummary};
 
 use crate::stream::{Stream, negotiated, postfix_cipher};
 
@@ -432,6 +432,16 @@ impl Client {
             spec.dangerous_report_only = true;
             return Ok(spec);
         }
+        self.handshake_spec(params).await
+    }
+
+    /// The TLS settings of a handshake with these parameters (a field-by-field copy; the trust anchors file
+    /// read once and kept): what [`deliver`](Self::deliver) builds its verifier from, for callers that judge a
+    /// chain as a policy would (a probe).
+    pub async fn handshake_spec(
+        &self,
+        params: &TlsParams,
+    ) -> Result<ClientTlsSpec, DeliveryFailure> {
         let mut spec = ClientTlsSpec::new(params.mode, params.server_name.clone());
         spec.match_names.clone_from(&params.match_names);
         spec.pins.clone_from(&params.pins);

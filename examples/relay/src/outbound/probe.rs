@@ -31,16 +31,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_certs::{ClientTlsContext, ClientTlsSpec, DaneHook, TrustRoots};
+use postern_certs::{ClientTlsContext, DaneHook};
 use postern_dns::{DaneResolver, HostTlsa};
 use postern_policy::dane::{DaneOutcome, TlsaRecord};
 use postern_policy::mta_sts::StsPolicy;
 use postern_policy::{
-    Action, Authentication, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy,
-    DomainName, EnhancedStatus, Fingerprint, HandshakeOutcome, NamePattern, NextHop,
-    OutboundPolicy, SessionFacts, TlsRequirement, TlsVersion,
+    Action, CertificateCheck, ClientTlsMode, ConnectionPolicy, DestinationPolicy, DomainName,
+    EnhancedStatus, Fingerprint, HandshakeOutcome, NextHop, OutboundPolicy, SessionFacts,
+    TlsVersion,
 };
-use postern_tokio::client::{Client, ClientSettings};
+use postern_tokio::client::{Client, ClientSettings, TlsParams};
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, UnixTime};
 
@@ -507,9 +507,10 @@ pub async fn probe(
                 let name = mx
                     .as_ref()
                     .map_or_else(|| host.clone(), ToString::to_string);
-                let check = configured_check(&context, &policy, &name, &tls.peer_certificates)
-                    .await
-                    .map_err(ProbeError::Protocol)?;
+                let check =
+                    configured_check(&client, &context, &policy, &name, &tls.peer_certificates)
+                        .await
+                        .map_err(ProbeError::Protocol)?;
                 facts.with_handshake(HandshakeOutcome::Established {
                     version: tls.version,
                     certificate: check,
@@ -572,58 +573,20 @@ fn describe(der: &CertificateDer<'_>) -> Vec<String> {
 
 /// The check of `chain` as the configured `policy` would make it during the
 /// handshake: chain and match names (`verify`, `secure`, `mta-sts`), pins
-/// (`fingerprint`) or TLSA records (`dane`), mirroring the delivery
-/// attempt's handshake parameters.
+/// (`fingerprint`) or TLSA records (`dane`), from the delivery attempt's
+/// own handshake parameters ([`TlsParams::for_policy`]).
 async fn configured_check(
+    client: &Client,
     context: &ClientTlsContext,
     policy: &ConnectionPolicy,
     server_name: &str,
     chain: &[CertificateDer<'static>],
 ) -> Result<CertificateCheck, String> {
-    let mut spec = ClientTlsSpec::new(ClientTlsMode::Opportunistic, server_name.to_owned());
-    match policy.requirement() {
-        TlsRequirement::Authenticated(Authentication::Pkix { names }) => {
-            spec.mode = match policy.settings().tls {
-                mode @ (ClientTlsMode::Secure | ClientTlsMode::MtaSts) => mode,
-                _ => ClientTlsMode::Verify,
-            };
-            spec.match_names = names
-                .iter()
-                .map(|n| match n {
-                    NamePattern::Exact(name) => name.to_string(),
-                    NamePattern::Subdomains(name) => format!(".{name}"),
-                })
-                .collect();
-        }
-        TlsRequirement::Authenticated(Authentication::Pins(pins)) => {
-            spec.mode = ClientTlsMode::Fingerprint;
-            spec.pins = pins;
-        }
-        TlsRequirement::Authenticated(Authentication::Dane(records)) => {
-            spec.mode = ClientTlsMode::Dane;
-            let mut names = vec![server_name.to_owned()];
-            if let Some(domain) = policy.next_hop().domain().map(ToString::to_string)
-                && !names.contains(&domain)
-            {
-                names.push(domain);
-            }
-            spec.hook = Some(Arc::new(DaneHook::new(records, names)));
-        }
-        _ => {}
-    }
-    if let Some(path) = policy.trust_anchors() {
-        let owned = path.to_owned();
-        let pem = tokio::task::spawn_blocking(move || std::fs::read(owned))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|read| read.map_err(|e| e.to_string()))
-            .map_err(|e| format!("trust anchors {path}: {e}"))?;
-        let mut roots = TrustRoots::empty();
-        roots
-            .add_pem(&pem)
-            .map_err(|e| format!("trust anchors {path}: {e}"))?;
-        spec.roots = Some(roots.into_store());
-    }
+    let params = TlsParams::for_policy(policy, server_name).map_err(|f| f.to_string())?;
+    let spec = client
+        .handshake_spec(&params)
+        .await
+        .map_err(|f| f.to_string())?;
     let connection = context
         .connection(&spec)
         .map_err(|e| format!("TLS settings of the configured policy: {e}"))?;
