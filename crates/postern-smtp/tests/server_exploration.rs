@@ -775,7 +775,7 @@ fn step(c: &Config, node: &mut Node, mv: Move, start: Instant) -> Result<Step, S
 }
 
 fn key(node: &Node) -> (u64, u64) {
-    let rendered = format!("{:?}", node.session);
+    let rendered = without_counts(&format!("{:?}", node.session));
     let hash = |seed: u8| {
         let mut h = DefaultHasher::new();
         seed.hash(&mut h);
@@ -784,6 +784,30 @@ fn key(node: &Node) -> (u64, u64) {
         h.finish()
     };
     (hash(0), hash(1))
+}
+
+/// The rendering without the command counts: statistics the session only writes (for its disconnect summary),
+/// never reads to decide anything, so two sessions that differ only there behave alike, and counting them as
+/// different states would make the state space grow with every command.
+fn without_counts(rendered: &str) -> String {
+    const FIELD: &str = "counts: CommandCounts {";
+    let Some(start) = rendered.find(FIELD) else {
+        return rendered.to_owned();
+    };
+    let mut depth = 0usize;
+    for (i, c) in rendered[start..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return format!("{}{}", &rendered[..start], &rendered[start + i + 1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    rendered.to_owned()
 }
 
 /// The moves of a path, for a failure message.
