@@ -616,7 +616,7 @@ fn mta_sts_lines(config: &Config, domain: &DomainName) -> Vec<String> {
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_else(|| expires.to_string());
-    let state = if cached.is_valid_at(unix_now()) {
+    let state = if cached.is_valid_at(crate::reporting::tlsrpt::unix_time(SystemTime::now())) {
         "valid"
     } else {
         "expired"
@@ -751,15 +751,8 @@ fn cached_sts(config: &Config, domain: &DomainName) -> Option<StsPolicy> {
         .ok()
         .flatten()
         .and_then(|cache| cache.cached)
-        .filter(|c| c.is_valid_at(unix_now()))
+        .filter(|c| c.is_valid_at(crate::reporting::tlsrpt::unix_time(SystemTime::now())))
         .map(|c| c.policy)
-}
-
-/// Seconds since the Unix epoch.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// `queue list [--json]`.

@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
 use hyper::body::Bytes;
@@ -168,13 +168,6 @@ impl std::fmt::Debug for StsResolver {
     }
 }
 
-/// The current time in seconds since the Unix epoch.
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 impl StsResolver {
     /// A resolver fetching policies as `fetch` says and persisting its
     /// cache under `dir`.
@@ -262,7 +255,7 @@ impl StsResolver {
             slot.cache = load(self.path(domain)).await;
             slot.loaded = true;
         }
-        let now = unix_now();
+        let now = crate::reporting::tlsrpt::unix_time(SystemTime::now());
         let cache = &mut slot.cache;
         let plan = cache.plan(&txt, now);
         let fetch_id = match (&plan, &txt) {
