@@ -358,6 +358,10 @@ fn run(config: Config, path: Option<&Path>) -> CliResult {
             ))
             .init(),
     }
+    #[cfg(unix)]
+    if let Some(warning) = postern_relay::privileges::root_warning(&config) {
+        tracing::warn!("{warning}");
+    }
     runtime()?.block_on(async move {
         let relay = Relay::start(config).await?;
         wait_for_signals(&relay, path).await?;

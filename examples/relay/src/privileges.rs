@@ -62,9 +62,9 @@ pub enum PrivilegeError {
     },
     /// Root without `user` (see [`refuse_root`]).
     #[error(
-        "refusing to run as root: set `user` (the unprivileged account the relay switches to \
-         once its ports are bound, like Postfix's mail_owner), or set `allow_root = true` to \
-         run as root on purpose"
+        "refusing to run as root on a network address: set `user` (the unprivileged account the \
+         relay switches to once its ports are bound, like Postfix's mail_owner), or set \
+         `allow_root = true` to run as root on purpose"
     )]
     Root,
     /// A step of the switch failed.
@@ -329,16 +329,29 @@ impl Account {
     }
 }
 
-/// The binary's rule: running as root needs `user` (the relay then switches
-/// to it) or an explicit `allow_root = true`. [`crate::relay::Relay::start`]
-/// itself does not apply it, so that a program (or a test) embedding the
-/// relay decides for itself.
+/// The binary's rule: running as root with a listen address off loopback
+/// (where hostile peers are) needs `user` (the relay then switches to it) or
+/// an explicit `allow_root = true`. A relay that listens on loopback only —
+/// the embedded defaults, a first try on a workstation — runs as root with
+/// the warning [`root_warning`]. [`crate::relay::Relay::start`] itself does
+/// not apply the rule, so that a program (or a test) embedding the relay
+/// decides for itself.
 pub fn refuse_root(config: &Config) -> Result<(), PrivilegeError> {
-    if Uid::effective().is_root() && config.user.is_none() && !config.allow_root {
+    let loopback_only = config.listen.iter().all(|a| a.ip().is_loopback());
+    if Uid::effective().is_root() && config.user.is_none() && !config.allow_root && !loopback_only {
         Err(PrivilegeError::Root)
     } else {
         Ok(())
     }
+}
+
+/// What to say when the relay runs as root without `user` or `allow_root`
+/// (on loopback only, which [`refuse_root`] lets through).
+pub fn root_warning(config: &Config) -> Option<&'static str> {
+    (Uid::effective().is_root() && config.user.is_none() && !config.allow_root).then_some(
+        "running as root, on loopback only: set `user` (or `allow_root = true`) before listening \
+         on a network address",
+    )
 }
 
 /// For the commands that write into the state directory (`cert import`,
@@ -389,11 +402,16 @@ mod tests {
     #[test]
     fn root_needs_a_user_or_allow_root() {
         let root = Uid::effective().is_root();
-        let err = refuse_root(&Config::default());
+        let exposed = config("listen = [\"192.0.2.1:25\"]");
+        let err = refuse_root(&exposed);
         assert_eq!(err.is_err(), root);
         if root {
             assert!(err.unwrap_err().to_string().contains("allow_root"));
         }
+        // The embedded defaults listen on loopback only: allowed, with a warning.
+        assert!(refuse_root(&Config::default()).is_ok());
+        assert_eq!(root_warning(&Config::default()).is_some(), root);
+        assert!(root_warning(&config("allow_root = true")).is_none());
         assert!(refuse_root(&config("allow_root = true")).is_ok());
         assert!(refuse_root(&config("user = \"nobody\"")).is_ok());
     }
