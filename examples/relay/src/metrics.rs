@@ -312,7 +312,7 @@ impl Endpoint {
     }
 
     /// Serves until shutdown; each connection is bounded in time, and at
-    /// most [`MAX_CONNECTIONS`] are served at once.
+    /// most 16 are served at once.
     pub async fn serve(self) {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         let mut shutdown = self.scrape.shutdown.clone();
