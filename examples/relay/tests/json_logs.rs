@@ -1,10 +1,13 @@
 //! `log_format = "json"`: every line the relay writes is one JSON object with the documented fields
 //! (`timestamp`, `level`, `target`, `message`, the event's own fields at the top level).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::stop;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -60,7 +63,7 @@ fn every_line_is_one_object_with_the_documented_fields() {
     )
     .unwrap();
     let log = dir.path().join("relay.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
+    let child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
         .args(["--config", "relay.toml"])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
@@ -84,17 +87,7 @@ fn every_line_is_one_object_with_the_documented_fields() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop(child);
     let text = std::fs::read_to_string(&log).unwrap_or(text);
     let lines: Vec<serde_json::Value> = text
         .lines()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{relay_config, scan, start_relay};
+use common::{relay_config, scan, start_relay, stop};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -254,7 +254,7 @@ fn reload_command_reports_what_the_running_relay_did() {
     let base = "listen = [\"127.0.0.1:0\"]\nstate_dir = \"state\"\nallow_root = true\n[certificates]\ndefault_rsa_bits = 2048\n";
     std::fs::write(&file, base).unwrap();
     let log = dir.path().join("relay.log");
-    let mut child = relay_bin(dir.path(), &["--config", "relay.toml"])
+    let child = relay_bin(dir.path(), &["--config", "relay.toml"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -308,17 +308,7 @@ fn reload_command_reports_what_the_running_relay_did() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("configuration reload refused"), "{text}");
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop(child);
     // No relay any more: nothing to reload, said plainly.
     let out = relay_bin(dir.path(), &["--config", "relay.toml", "reload"])
         .output()

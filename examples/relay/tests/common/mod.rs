@@ -688,3 +688,22 @@ pub async fn submit_raw(addr: SocketAddr, from: &str, to: &str, content: &str) -
     let _ = io.get_mut().write_all(b"QUIT\r\n").await;
     done
 }
+
+/// Stops a relay process with SIGTERM and waits (at most 40 s) for it to exit.
+pub fn stop(mut child: std::process::Child) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
