@@ -263,29 +263,33 @@ fn server_settings(config: &Config, tls: &TlsSetup, max_connections: usize) -> S
     settings
 }
 
-/// The settings a running relay reads only at start, that differ between
-/// `running` and `new`: a reload leaves them as they are and says so.
-pub fn restart_needed(running: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut differs = |key, changed| {
-        if changed {
-            keys.push(key);
-        }
-    };
-    differs("listen", running.listen != new.listen);
-    differs("state_dir", running.state_dir != new.state_dir);
-    differs("user", running.user != new.user);
-    differs("group", running.group != new.group);
-    differs(
-        "delivery_workers",
-        running.delivery_workers != new.delivery_workers,
+/// Gives `new` the running values of the settings a relay reads only at
+/// start, so that the configuration in force describes what runs; returns
+/// the names of those that differed (a reload says a restart is needed for
+/// them). One list for both, so they cannot drift apart.
+pub fn keep_start_settings(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($($field:ident),*) => {$(
+            if new.$field != running.$field {
+                changed.push(stringify!($field));
+                new.$field.clone_from(&running.$field);
+            }
+        )*};
+    }
+    keep!(
+        listen,
+        state_dir,
+        user,
+        group,
+        delivery_workers,
+        dns,
+        tls_reporting,
+        log,
+        log_format,
+        metrics
     );
-    differs("dns", running.dns != new.dns);
-    differs("tls_reporting", running.tls_reporting != new.tls_reporting);
-    differs("log", running.log != new.log);
-    differs("log_format", running.log_format != new.log_format);
-    differs("metrics", running.metrics != new.metrics);
-    keys
+    changed
 }
 
 impl Relay {
@@ -466,26 +470,14 @@ impl Relay {
     /// running configuration stays and the error is returned. Sessions in
     /// progress finish under the configuration they started with; new
     /// sessions and new delivery attempts get the new one; nothing is
-    /// dropped. The settings read only at start ([`restart_needed`]:
+    /// dropped. The settings read only at start ([`keep_start_settings`]:
     /// listen addresses, state directory, …) keep their running values;
     /// the returned summary names those that differ.
     pub async fn reload(&self, config: Config) -> Result<Reloaded, StartError> {
         let _one = self.live.reloading.lock().await;
         let running = self.live.config();
-        let restart = restart_needed(&running, &config);
-        // The start-only settings keep their running values, so that the
-        // configuration in force describes what runs.
         let mut config = config;
-        config.listen.clone_from(&running.listen);
-        config.state_dir.clone_from(&running.state_dir);
-        config.delivery_workers = running.delivery_workers;
-        config.dns = running.dns.clone();
-        config.tls_reporting = running.tls_reporting.clone();
-        config.log.clone_from(&running.log);
-        config.log_format = running.log_format;
-        config.metrics = running.metrics.clone();
-        config.user.clone_from(&running.user);
-        config.group.clone_from(&running.group);
+        let restart = keep_start_settings(&running, &mut config);
         let router = self.live.delivery.rules().router().clone();
         let prepared = Prepared::new(config, &self.live.queue, &router).await?;
         let certificates = prepared.tls.store.len();

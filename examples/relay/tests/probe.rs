@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use common::{Hop, ca, rustls_server, start_hop};
 use postern_policy::mta_sts::{CachedPolicy, StsCache, StsPolicy};
@@ -283,13 +283,7 @@ async fn policy_explain_names_the_route_and_the_cached_mta_sts_policy() {
         "[routes]\n\"sts.test\" = \"127.0.0.1:2599\"\n\
          [tls.outbound.domains.\"sts.test\"]\ntls = \"mta-sts\"\n",
     );
-    let now = i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap();
+    let now = postern_relay::reporting::tlsrpt::unix_time(SystemTime::now());
     let mut cache = StsCache::new();
     cache.cached = Some(CachedPolicy::new(
         "id20261206",
